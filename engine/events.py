@@ -1,0 +1,195 @@
+"""Engine events: what the dispatcher and the scheduler report to progress displays and logs.
+
+Events are small frozen values pushed to hooks synchronously on the event loop; a hook must be
+cheap (aggregate counters, never I/O) because it runs on the hot path. Displays read their own
+aggregates on their own timer, so the engine never waits for a screen.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BudgetUpdate",
+    "ConversationFinished",
+    "ConversationStarted",
+    "Event",
+    "EventHook",
+    "Hooks",
+    "RateLimitHit",
+    "RequestDone",
+    "RequestFailed",
+    "RequestRetried",
+    "RequestSent",
+    "RunFinished",
+    "RunStarted",
+    "StepDone",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted:
+    """A run began (or resumed): totals known at the start."""
+
+    run: str
+    conversations_total: int
+    conversations_done: int  # finished in earlier sessions of this run (done, failed or filtered)
+    rpm: float | None
+    tpm: float | None
+    budget_usd: float | None
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSent:
+    """A request passed the limiter and went out."""
+
+    key: str
+    kind: str  # step kind: "evolve" | "answer" | "follow_up"
+    prompt_tokens: int
+    max_tokens: int
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestDone:
+    """A request came back with a usable reply."""
+
+    key: str
+    kind: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    cost_usd: float
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRetried:
+    """A transient failure; the request will be sent again after ``delay_s``."""
+
+    key: str
+    error_class: str
+    message: str
+    attempt: int
+    delay_s: float
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitHit:
+    """The provider answered 429; all dispatch pauses for ``pause_s``."""
+
+    key: str
+    limit_kind: str | None
+    pause_s: float
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailed:
+    """A request gave up (permanent error, attempts or patience exhausted, or fatal)."""
+
+    key: str
+    error_class: str
+    message: str
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationStarted:
+    """A conversation became active."""
+
+    conv_id: int
+    language: str
+    task: str
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class StepDone:
+    """A conversation step's result is durable; ``kind`` is the step that finished."""
+
+    conv_id: int
+    kind: str
+    language: str
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationFinished:
+    """A conversation reached a final state: ``done``, ``failed`` or ``filtered``."""
+
+    conv_id: int
+    status: str
+    reason: str | None
+    language: str
+    task: str
+    turns: int
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetUpdate:
+    """Money so far: settled spend, open reservations, the cap and the projected total."""
+
+    spent_usd: float
+    reserved_usd: float
+    cap_usd: float | None
+    projected_usd: float | None
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished:
+    """The run stopped: ``finished``, ``interrupted``, ``budget_exhausted`` or ``failed``."""
+
+    status: str
+    message: str
+    t: float
+
+
+Event = (
+    RunStarted
+    | RequestSent
+    | RequestDone
+    | RequestRetried
+    | RateLimitHit
+    | RequestFailed
+    | ConversationStarted
+    | StepDone
+    | ConversationFinished
+    | BudgetUpdate
+    | RunFinished
+)
+
+
+class EventHook(Protocol):
+    """Receives every event, synchronously, on the event loop. Must not block or raise."""
+
+    def on_event(self, event: Event) -> None: ...
+
+
+class Hooks:
+    """Fan-out to several hooks; a hook that raises is dropped (and logged), never fatal."""
+
+    __slots__ = ("_hooks",)
+
+    def __init__(self, hooks: Iterable[EventHook] = ()) -> None:
+        self._hooks: list[EventHook] = list(hooks)
+
+    def add(self, hook: EventHook) -> None:
+        self._hooks.append(hook)
+
+    def on_event(self, event: Event) -> None:
+        for hook in tuple(self._hooks):
+            try:
+                hook.on_event(event)
+            except Exception:  # a broken display must not take the run down with it
+                log.exception("progress hook %r failed and was removed", hook)
+                self._hooks.remove(hook)
