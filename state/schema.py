@@ -1,0 +1,211 @@
+"""The state store's tables, its schema version, and opening a run's DuckDB file safely.
+
+Raises StateError (engine.errors) for a missing run, a file another process holds, a damaged
+file, or a file written with another schema version; an existing file is never modified
+before it has passed these checks.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+
+from engine import __version__ as M2L_VERSION
+from engine.errors import StateError
+
+__all__ = [
+    "PRIMARY_KEYS",
+    "SCHEMA_VERSION",
+    "TABLES",
+    "check_schema",
+    "create_schema",
+    "open_store",
+    "table_for_error",
+]
+
+SCHEMA_VERSION = 1
+
+# No secondary indexes: every lookup the engine makes goes through a primary key (or its
+# prefix, conv_id for messages), and DuckDB's ART indexes slow every insert on the hot path.
+TABLES: dict[str, str] = {
+    "run_meta": """
+        CREATE TABLE run_meta(key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)""",
+    "seeds": """
+        CREATE TABLE seeds(seed_id BIGINT PRIMARY KEY, source_row BIGINT,
+            instruction VARCHAR NOT NULL, target VARCHAR, language VARCHAR NOT NULL,
+            language_code VARCHAR NOT NULL, task VARCHAR NOT NULL, source VARCHAR,
+            instruction_tokens INTEGER)""",
+    "conversations": """
+        CREATE TABLE conversations(conv_id BIGINT PRIMARY KEY, seed_id BIGINT NOT NULL,
+            evol_type VARCHAR NOT NULL, turns_planned SMALLINT NOT NULL,
+            followup_types VARCHAR[] NOT NULL, language VARCHAR NOT NULL,
+            language_code VARCHAR NOT NULL, task VARCHAR NOT NULL,
+            status VARCHAR NOT NULL DEFAULT 'pending', steps_done SMALLINT NOT NULL DEFAULT 0,
+            regenerations SMALLINT NOT NULL DEFAULT 0, error VARCHAR, filter_reason VARCHAR,
+            created_at TIMESTAMP, finished_at TIMESTAMP)""",
+    "messages": """
+        CREATE TABLE messages(conv_id BIGINT NOT NULL, step SMALLINT NOT NULL,
+            turn SMALLINT NOT NULL, role VARCHAR NOT NULL, kind VARCHAR NOT NULL,
+            content VARCHAR NOT NULL, tokens INTEGER NOT NULL, evol_type VARCHAR,
+            prompt VARCHAR, finish_reason VARCHAR, created_at TIMESTAMP,
+            PRIMARY KEY(conv_id, step))""",
+    "requests": """
+        CREATE TABLE requests(request_id BIGINT PRIMARY KEY, conv_id BIGINT, step SMALLINT,
+            attempt SMALLINT NOT NULL, status VARCHAR NOT NULL, error_class VARCHAR,
+            error VARCHAR, prompt_tokens INTEGER NOT NULL, max_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER, cached_tokens INTEGER, latency_ms DOUBLE,
+            reserved_usd DOUBLE NOT NULL DEFAULT 0, cost_usd DOUBLE, model VARCHAR,
+            sent_at TIMESTAMP, finished_at TIMESTAMP)""",
+}
+
+PRIMARY_KEYS: dict[tuple[str, ...], str] = {
+    ("key",): "run_meta",
+    ("seed_id",): "seeds",
+    ("conv_id",): "conversations",
+    ("conv_id", "step"): "messages",
+    ("request_id",): "requests",
+}
+
+# DuckDB names the key's columns ("conv_id: 1, step: 2") but not the table; the primary keys
+# above are distinct, so the columns identify it.
+_DUPLICATE_KEY = re.compile(r'Duplicate key "([^"]*)" violates primary key')
+_NOT_NULL = re.compile(r"NOT NULL constraint failed: (\w+)\.")
+_LOCK_PID = re.compile(r"\(PID (\d+)\)")
+
+
+def table_for_error(message: str) -> str | None:
+    """Name the m2l table a DuckDB constraint error message is about, or None if it does not say."""
+    if match := _NOT_NULL.search(message):
+        return match.group(1)
+    if match := _DUPLICATE_KEY.search(message):
+        columns = tuple(part.split(":", 1)[0].strip() for part in match.group(1).split(","))
+        return PRIMARY_KEYS.get(columns)
+    return None
+
+
+def create_schema(conn: duckdb.DuckDBPyConnection) -> None:
+    """Create every table and record the schema version, all in one transaction.
+
+    Raises duckdb.Error if a table already exists (the caller checks the file first).
+    """
+    # One transaction: a crash mid-way leaves an empty file, never a file with tables but no
+    # schema_version that later looks like some other program's database.
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        for ddl in TABLES.values():
+            conn.execute(ddl)
+        conn.executemany(
+            "INSERT INTO run_meta VALUES (?, ?)",
+            [
+                ["schema_version", str(SCHEMA_VERSION)],
+                ["m2l_version", M2L_VERSION],
+                ["created_at", datetime.now(UTC).isoformat(timespec="seconds")],
+            ],
+        )
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def check_schema(conn: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Check that the open file at path is an m2l state file of SCHEMA_VERSION; it only reads.
+
+    Raises StateError when run_meta or its schema_version is missing or is another version.
+    """
+    has_meta = conn.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'run_meta'"
+    ).fetchone()
+    rows: dict[str, str] = {}
+    if has_meta is not None and has_meta[0]:
+        rows = dict(
+            conn.execute(
+                "SELECT key, value FROM run_meta WHERE key IN ('schema_version', 'm2l_version')"
+            ).fetchall()
+        )
+    found = rows.get("schema_version")
+    if found is None:
+        raise StateError(
+            f"state file {path} has no m2l schema version: it is not an m2l state file. "
+            "Use another run name, or move the file away to start afresh"
+        )
+    if found != str(SCHEMA_VERSION):
+        writer = rows.get("m2l_version", "unknown version")
+        raise StateError(
+            f"state file {path} was written by m2l schema v{found} (m2l {writer}); "
+            f"this m2l reads v{SCHEMA_VERSION}: use a matching m2l or a new run name"
+        )
+
+
+def open_store(path: Path, *, create: bool) -> duckdb.DuckDBPyConnection:
+    """Open the run's DuckDB file, creating it with the schema when new; call it off the loop.
+
+    Raises StateError when create is False and there is no file, when another process holds
+    the file, when the file is not a DuckDB database or is damaged, or when check_schema fails.
+    """
+    exists = path.exists()
+    if not exists and not create:
+        raise StateError(
+            f"there is no run at {path.parent} (no state file {path.name}): check the output "
+            "directory and the run name, or start a new run"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = duckdb.connect(str(path))
+    except OSError as exc:
+        raise StateError(
+            f"could not create the run directory {path.parent}: {exc.strerror or exc}; "
+            "check the output path and its permissions"
+        ) from exc
+    except duckdb.Error as exc:
+        raise _open_error(path, exc) from exc
+    try:
+        # A file with no tables at all is one whose creation was interrupted before its first
+        # commit: nothing was ever stored in it, so finishing the creation loses nothing.
+        if exists and not (create and _is_empty(conn)):
+            check_schema(conn, path)
+        else:
+            create_schema(conn)
+    except duckdb.Error as exc:
+        conn.close()
+        raise _open_error(path, exc) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _is_empty(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Tell whether the open database holds no tables and no views."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM duckdb_tables()) + (SELECT count(*) FROM duckdb_views() "
+        "WHERE NOT internal)"
+    ).fetchone()
+    return row is not None and row[0] == 0
+
+
+def _open_error(path: Path, exc: duckdb.Error) -> StateError:
+    """Translate DuckDB's refusal to open path into a StateError that says what to do."""
+    reason = str(exc)
+    if "Could not set lock" in reason or "Conflicting lock" in reason:
+        pid = _LOCK_PID.search(reason)
+        holder = f"pid {pid.group(1)}" if pid else "pid unknown"
+        return StateError(
+            f"run directory {path.parent} is in use by another m2l process ({holder}); "
+            "wait for it or use `m2l status`"
+        )
+    if (
+        "not a valid DuckDB database" in reason
+        or "Corrupt database" in reason
+        or isinstance(exc, duckdb.SerializationException)
+    ):
+        return StateError(
+            f"state file {path} is not a DuckDB database or is damaged: {reason}; "
+            "move it away to start afresh, or restore a backup"
+        )
+    return StateError(
+        f"could not open the state file {path}: {reason}; check the path and its permissions"
+    )
