@@ -1,0 +1,128 @@
+"""The ``m2l`` command line: parses arguments, loads config at the edge, maps errors to exit codes.
+
+Exit codes: 0 done; 1 the run failed (a fatal provider error, or a bug); 2 bad input (config,
+seed file, arguments) or an unusable state store; 3 stopped at a budget cap; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from engine import __version__
+from engine.errors import ConfigError, M2LError, StateError
+
+__all__ = ["build_parser", "main"]
+
+Handler = Callable[[argparse.Namespace], int]
+SubParsers = argparse._SubParsersAction  # type: ignore[type-arg]
+
+EPILOG = """\
+Start with `make demo`, or:
+  m2l run examples/demo.toml          generate a dataset (no API key: the embedded simulator)
+  m2l status runs/demo                how a run is doing, from any terminal
+  m2l export runs/demo --format messages-jsonl
+Docs: README.md."""
+
+
+def _add_run_parser(sub: SubParsers) -> None:
+    p = sub.add_parser(
+        "run",
+        help="generate (or resume) the run a config describes",
+        description=(
+            "Generate the run described by CONFIG. Running the same command again resumes "
+            "where it stopped: finished steps are never redone or stored twice. Ctrl-C once "
+            "stops admitting and lets in-flight requests finish (run.grace_s); twice stops now."
+        ),
+    )
+    p.add_argument("config", type=Path, help="the run's TOML config (see examples/demo.toml)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="on resume, accept safe config changes (limits, concurrency, budget, retries)",
+    )
+    p.add_argument(
+        "--progress",
+        choices=("auto", "rich", "plain", "json", "quiet"),
+        default="auto",
+        help="live dashboard (rich), log lines (plain), JSON lines (json); auto picks rich "
+        "on a terminal and plain otherwise",
+    )
+    p.add_argument("--quiet", action="store_true", help="same as --progress quiet")
+    p.add_argument(
+        "--interval", type=float, default=None, help="seconds between plain/json progress lines"
+    )
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from engine.runcmd import run_from_cli
+
+    return run_from_cli(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="m2l",
+        description=(
+            "m2l builds M2Lingual-style multilingual, multi-turn instruction datasets from seed "
+            "instructions with an OpenAI-compatible model, under rate limits and a hard budget."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"m2l {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_run_parser(sub)
+    for register in _registrars():
+        register(sub)
+    return parser
+
+
+def _registrars() -> list[Callable[[SubParsers], None]]:
+    """Each package's own subcommands; imported here so `m2l --help` lists them all."""
+    from engine.progress.commands import add_status_parser
+    from engine.simulator.commands import add_sim_parser
+    from prompts.commands import add_prompts_parser
+    from state.commands import add_seeds_parser
+
+    return [add_status_parser, add_sim_parser, add_prompts_parser, add_seeds_parser]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="m2l: %(levelname)s: %(message)s",
+    )
+    func: Handler | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 2
+    try:
+        return func(args)
+    except (ConfigError, StateError) as exc:
+        print(f"m2l: error: {exc}", file=sys.stderr)
+        return 2
+    except M2LError as exc:
+        print(f"m2l: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("m2l: interrupted", file=sys.stderr)
+        return 130
+
+
+def run_async(coro: asyncio.Future[int] | object) -> int:
+    """Run a coroutine to completion on a fresh event loop (one per command)."""
+    result = asyncio.run(coro)  # type: ignore[arg-type]
+    return int(result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

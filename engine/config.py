@@ -1,0 +1,368 @@
+"""The run configuration: one TOML file parsed once, at the edge, into frozen typed objects.
+
+Every section is a dataclass; ``engine._typed_toml`` checks types and rejects unknown keys. The API
+key is never part of the config: the config names an environment variable, and the key is read
+from it once into a ``Secret`` whose repr hides it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from engine._typed_toml import from_table
+from engine.errors import ConfigError
+from engine.simulator.settings import SimSettings
+
+__all__ = [
+    "BudgetConfig",
+    "Config",
+    "GenerationConfig",
+    "LimitsConfig",
+    "PriceOverride",
+    "ProviderConfig",
+    "RetryConfig",
+    "RunConfig",
+    "Secret",
+    "SeedsConfig",
+    "StepTokens",
+    "config_diff",
+    "load_config",
+    "parse_config",
+    "to_plain",
+]
+
+_EMPTY: Mapping[str, Any] = types.MappingProxyType({})
+
+
+class Secret:
+    """A string that never shows itself in repr, str, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """Where requests go. ``kind = "auto"`` means the simulator unless the key variable is set."""
+
+    kind: Literal["auto", "sim", "openai"] = "auto"
+    base_url: str = "https://api.openai.com/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    model: str = "gpt-4o"
+    headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    query: Mapping[str, str] = field(default_factory=lambda: _EMPTY)  # e.g. Azure's api-version
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 120.0
+    total_timeout_s: float = 600.0
+    pool_size: int = 512
+    unknown_model_encoding: Literal["o200k_base", "cl100k_base"] = "o200k_base"
+
+    def __post_init__(self) -> None:
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        for name in ("connect_timeout_s", "read_timeout_s", "total_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if any(k.lower() == "authorization" for k in self.headers):
+            raise ValueError(
+                "put the API key in the environment variable named by api_key_env, "
+                "not in headers (the config is stored with the run)"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """The provider's limits for this key; m2l learns the real ones from response headers."""
+
+    rpm: float | None = None
+    tpm: float | None = None
+    max_inflight: int | None = 256
+    initial_burst_s: float = 1.0
+    refund_unused: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive (leave it out for no limit)")
+        if self.max_inflight is not None and self.max_inflight < 1:
+            raise ValueError("max_inflight must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class StepTokens:
+    """``max_tokens`` per step kind."""
+
+    evolve: int = 512
+    answer: int = 1024
+    follow_up: int = 256
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if getattr(self, f.name) < 1:
+                raise ValueError(f"max_tokens.{f.name} must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationConfig:
+    """Sampling and conversation shape."""
+
+    temperature: float = 0.7
+    max_tokens: StepTokens = field(default_factory=StepTokens)
+    max_regenerations: int = 2
+    max_turns: int = 6
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_turns <= 6:
+            raise ValueError("max_turns must be between 1 and 6")
+        if self.max_regenerations < 0:
+            raise ValueError("max_regenerations cannot be negative")
+        if not 0.0 <= self.temperature <= 2.0:
+            raise ValueError("temperature must be between 0 and 2")
+
+
+@dataclass(frozen=True, slots=True)
+class RunConfig:
+    """The run's name and where its files go."""
+
+    name: str
+    output_dir: Path = Path("runs")
+    seed: int = 0
+    max_active: int = 512
+    grace_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
+            raise ValueError(f"run name {self.name!r} must be a plain folder name")
+        if self.max_active < 1:
+            raise ValueError("max_active must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class SeedsConfig:
+    """The seed file and how seeds are chosen from it."""
+
+    file: Path
+    mapping: str = "auto"
+    total: int | None = None
+    per_language: int | None = None
+    language_weights: Literal["uniform", "tier"] | Mapping[str, float] = "uniform"
+    tier_weights: Mapping[str, float] = field(
+        default_factory=lambda: types.MappingProxyType({"high": 1.0, "mid": 1.0, "low": 1.0})
+    )
+    task_weights: Literal["uniform"] | Mapping[str, float] = "uniform"
+    evols_per_seed: int = 1
+    turn_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    multiturn: Literal["uniform"] | Mapping[str, float] = "uniform"
+
+    def __post_init__(self) -> None:
+        if self.total is not None and self.total < 1:
+            raise ValueError("total must be at least 1")
+        if self.evols_per_seed < 1:
+            raise ValueError("evols_per_seed must be at least 1")
+        if not 1 <= len(self.turn_weights) <= 6 or any(w < 0 for w in self.turn_weights):
+            raise ValueError("turn_weights takes 1 to 6 non-negative weights (1 turn first)")
+        if sum(self.turn_weights) <= 0:
+            raise ValueError("turn_weights needs at least one positive weight")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """How often a failed request is tried again."""
+
+    max_attempts: int = 6
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    rate_limit_patience: int = 50
+    refused_before_fatal: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class PriceOverride:
+    """USD per million tokens for one model, overriding the built-in table."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetConfig:
+    """Hard caps; a run never spends past any of them."""
+
+    usd: float | None = None
+    tokens: int | None = None
+    requests: int | None = None
+    prices: Mapping[str, PriceOverride] = field(default_factory=lambda: _EMPTY)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A whole run configuration, as loaded from one TOML file."""
+
+    run: RunConfig
+    seeds: SeedsConfig
+    provider: ProviderConfig = field(default_factory=ProviderConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    sim: SimSettings = field(default_factory=SimSettings)
+    taxonomy: Path | None = None
+    source: Path | None = field(default=None, compare=False)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.output_dir / self.run.name
+
+    def uses_simulator(self, env: Mapping[str, str]) -> bool:
+        """Whether requests go to the embedded simulator rather than ``provider.base_url``."""
+        if self.provider.kind == "auto":
+            return not env.get(self.provider.api_key_env)
+        return self.provider.kind == "sim"
+
+    def api_key(self, env: Mapping[str, str]) -> Secret | None:
+        """The API key from the environment; ConfigError if a real provider needs one."""
+        value = env.get(self.provider.api_key_env)
+        if value:
+            return Secret(value)
+        if self.provider.kind == "openai":
+            raise ConfigError(
+                f"provider.kind is 'openai' but the environment variable "
+                f"{self.provider.api_key_env} is not set; export it, or set provider.kind = 'sim'"
+            )
+        return None
+
+    def snapshot(self) -> dict[str, Any]:
+        """The config as plain JSON-able data (no secrets: the config holds none)."""
+        data = to_plain(self)
+        assert isinstance(data, dict)
+        data.pop("source", None)
+        return data
+
+    def hash(self) -> str:
+        canonical = orjson.dumps(self.snapshot(), option=orjson.OPT_SORT_KEYS)
+        return hashlib.sha256(canonical).hexdigest()
+
+
+def to_plain(value: Any) -> Any:
+    """Dataclasses, mappings, tuples and paths → JSON-able dicts, lists and strings."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# Keys whose change on resume leaves every generated text as it would have been: they only
+# change how fast, how far, or how patiently the run goes. Everything else alters content.
+SAFE_ON_RESUME = (
+    "limits.",
+    "run.max_active",
+    "run.grace_s",
+    "run.output_dir",
+    "retry.",
+    "budget.usd",
+    "budget.tokens",
+    "budget.requests",
+    "provider.connect_timeout_s",
+    "provider.read_timeout_s",
+    "provider.total_timeout_s",
+    "provider.pool_size",
+    "provider.headers",
+    "sim.host",
+    "sim.port",
+    "sim.rpm",
+    "sim.tpm",
+    "sim.bucket_seconds",
+    "sim.ttft_s",
+    "sim.per_token_s",
+    "sim.jitter",
+    "sim.hang_s",
+)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out or {prefix.rstrip("."): {}}
+    return {prefix.rstrip("."): data}
+
+
+def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any, bool]]:
+    """``(key, old, new, safe)`` for every leaf that differs between two snapshots."""
+    a, b = _flatten(dict(old)), _flatten(dict(new))
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            safe = any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_ON_RESUME)
+            out.append((key, a.get(key), b.get(key), safe))
+    return out
+
+
+def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path | None) -> Config:
+    """Build a Config from already-parsed TOML data; raises ConfigError."""
+    config = from_table(Config, data, source=source, base_dir=base_dir)
+    seeds_file = config.seeds.file
+    if not seeds_file.is_file():
+        raise ConfigError(
+            f"{source}: seeds.file: {seeds_file} does not exist; point it at a JSONL, Parquet or "
+            "CSV file of seed instructions (examples/seeds.jsonl is a bundled sample)"
+        )
+    return config
+
+
+def load_config(path: Path) -> Config:
+    """Read and check a TOML config; relative paths inside it resolve against its folder.
+
+    Raises ConfigError naming the file, the key, what was expected and what was found.
+    """
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    config = parse_config(data, source=str(path), base_dir=path.resolve().parent)
+    return _with_source(config, path)
+
+
+def _with_source(config: Config, path: Path) -> Config:
+    object.__setattr__(config, "source", path)
+    return config
+
+
+def environment() -> Mapping[str, str]:
+    """The process environment; read here, at the edge, and passed down explicitly."""
+    return os.environ

@@ -1,0 +1,201 @@
+"""The dispatcher: one call, ``await dispatcher.complete(request, kind=...)``, that a conversation
+makes for each step. It strings together, in this order: budget reservation (durable), the rate
+limiter, the HTTP client, the retry policy, and settlement; and it reports every event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Protocol
+
+from engine.chat import ChatRequest, ChatResult
+from engine.errors import (
+    ConnectionRefused,
+    OversizeRequest,
+    RateLimited,
+    RequestError,
+    ServerUnreachable,
+)
+from engine.events import (
+    EventHook,
+    Hooks,
+    RateLimitHit,
+    RequestDone,
+    RequestFailed,
+    RequestRetried,
+    RequestSent,
+)
+from engine.headers import RateLimitSnapshot
+from engine.limiter import RateLimiter
+from engine.retry import GiveUp, RateLimitWait, RefusalTracker, Retry, RetryPolicy, decide
+
+__all__ = ["Accounting", "Completer", "Dispatcher", "NullAccounting", "Ticket"]
+
+
+class Completer(Protocol):
+    """Anything that completes chat requests (the HTTP client, or a fake in tests)."""
+
+    async def complete(self, request: ChatRequest) -> ChatResult: ...
+
+
+class Ticket(Protocol):
+    """What ``Accounting.reserve`` hands back: it identifies one attempt."""
+
+
+class Accounting(Protocol):
+    """Records each attempt durably and guards the budget (the state store implements it)."""
+
+    async def reserve(self, request: ChatRequest, attempt: int) -> Ticket:
+        """Durably reserve the attempt's worst-case cost before it is sent; BudgetExhausted."""
+        ...
+
+    def settle(self, ticket: Ticket, result: ChatResult) -> float:
+        """Record the real usage; returns the attempt's cost in USD."""
+        ...
+
+    def release(self, ticket: Ticket, error: RequestError | None, *, admitted: bool) -> None:
+        """The attempt failed. ``admitted=False``: the provider never took it, it cost nothing."""
+        ...
+
+
+class NullAccounting:
+    """Records nothing and never refuses: for benchmarks and peer comparisons."""
+
+    async def reserve(self, request: ChatRequest, attempt: int) -> Ticket:
+        return None
+
+    def settle(self, ticket: Ticket, result: ChatResult) -> float:
+        return 0.0
+
+    def release(self, ticket: Ticket, error: RequestError | None, *, admitted: bool) -> None:
+        return None
+
+
+class Dispatcher:
+    """Sends requests through limiter and client, retrying as the policy says."""
+
+    def __init__(
+        self,
+        client: Completer,
+        limiter: RateLimiter,
+        *,
+        policy: RetryPolicy | None = None,
+        accounting: Accounting | None = None,
+        hooks: EventHook | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._client = client
+        self._limiter = limiter
+        self._policy = policy or RetryPolicy()
+        self._accounting: Accounting = accounting or NullAccounting()
+        self._hooks: EventHook = hooks or Hooks()
+        self._rng = rng or random.Random()
+        self._refusals = RefusalTracker(self._policy.refused_before_fatal)
+
+    async def complete(self, request: ChatRequest, *, kind: str = "") -> ChatResult:
+        """The reply to ``request``; raises PermanentRequestError, FatalRunError or the error
+        that exhausted the attempts, and BudgetExhausted when a cap would be passed."""
+        tries = transient = rate_limited = 0
+        while True:
+            tries += 1
+            outcome = await self._attempt(request, kind, tries)
+            if isinstance(outcome, ChatResult):
+                return outcome
+            error = self._promote(outcome)
+            if isinstance(error, RateLimited):
+                rate_limited += 1
+            else:
+                transient += 1
+            decision = decide(
+                self._policy, error, attempt=transient, rate_limited=rate_limited, rng=self._rng
+            )
+            emit, key = self._hooks.on_event, request.key
+            if isinstance(decision, Retry):
+                emit(
+                    RequestRetried(
+                        key, error.error_class, str(error), tries, decision.delay_s, _now()
+                    )
+                )
+                if decision.delay_s > 0:
+                    await asyncio.sleep(decision.delay_s)
+            elif isinstance(decision, RateLimitWait):
+                # The limiter has already paused every sender until the reset: just queue again.
+                limit_kind = error.limit_kind if isinstance(error, RateLimited) else None
+                emit(RateLimitHit(key, limit_kind, decision.delay_s or 0.0, _now()))
+            else:
+                assert isinstance(decision, GiveUp)
+                emit(RequestFailed(key, decision.error.error_class, str(decision.error), _now()))
+                raise decision.error from None
+
+    async def _attempt(
+        self, request: ChatRequest, kind: str, tries: int
+    ) -> ChatResult | RequestError:
+        """One try: reserve, acquire, send, then settle or release; the error is returned."""
+        ticket = await self._accounting.reserve(request, tries)
+        try:
+            permit = await self._limiter.acquire(request.charge)
+        except BaseException as exc:
+            # Never sent (oversize, or cancelled while queued): it cost nothing.
+            self._accounting.release(
+                ticket, exc if isinstance(exc, RequestError) else None, admitted=False
+            )
+            if isinstance(exc, OversizeRequest):
+                self._hooks.on_event(RequestFailed(request.key, exc.error_class, str(exc), _now()))
+            raise
+        self._hooks.on_event(
+            RequestSent(request.key, kind, request.prompt_tokens, request.max_tokens, _now())
+        )
+        try:
+            result = await self._client.complete(request)
+        except RequestError as exc:
+            # A 429 or a refused connection never reached the model: nothing was charged.
+            admitted = not isinstance(exc, RateLimited | ConnectionRefused)
+            if isinstance(exc, RateLimited):
+                snap = exc.ratelimit if isinstance(exc.ratelimit, RateLimitSnapshot) else None
+                self._limiter.rejected(permit, snapshot=snap, retry_after=exc.retry_after)
+            else:
+                self._limiter.release(permit, admitted=admitted)
+            self._accounting.release(ticket, exc, admitted=admitted)
+            return exc
+        except BaseException:
+            # Cancelled mid-flight: the provider may have taken it, so it stays charged.
+            self._limiter.release(permit, admitted=True)
+            self._accounting.release(ticket, None, admitted=True)
+            raise
+        self._limiter.complete(
+            permit, snapshot=result.ratelimit, used_tokens=result.usage.total_tokens
+        )
+        self._refusals.note_success()
+        cost = self._accounting.settle(ticket, result)
+        usage = result.usage
+        self._hooks.on_event(
+            RequestDone(
+                request.key,
+                kind,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                result.latency_s,
+                cost,
+                _now(),
+            )
+        )
+        return result
+
+    def _promote(self, error: RequestError) -> RequestError:
+        """Connection refusals become fatal once they repeat across requests."""
+        if isinstance(error, ConnectionRefused) and self._refusals.note_refused():
+            return ServerUnreachable(
+                f"{error} — connections were refused {self._policy.refused_before_fatal} times "
+                "in a row; is the server running and is provider.base_url right?"
+            )
+        return error
+
+    @property
+    def limiter(self) -> RateLimiter:
+        return self._limiter
+
+
+def _now() -> float:
+    return time.monotonic()

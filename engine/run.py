@@ -1,0 +1,276 @@
+"""``m2l run``: set up or resume a run, drive it to the end (or a stop), and report.
+
+The shape: load config (done by the CLI) → open the run's store → on a new run, ingest and plan
+in one transaction; on a resume, compare the config → start the simulator if no key is set →
+build limiter, client, dispatcher, prompter and scheduler → run with live progress → export.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import signal
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from state.setup import SetupReport, plan_run
+
+from engine import __version__
+from engine.client import ChatClient
+from engine.config import Config, Secret, config_diff
+from engine.dispatcher import Dispatcher
+from engine.errors import ConfigError
+from engine.events import EventHook, Hooks, RunFinished, RunStarted
+from engine.limiter import Limits, RateLimiter
+from engine.prompter import TaxonomyPrompter
+from engine.retry import RetryPolicy
+from engine.scheduler import RunResult, RunStatus, Scheduler, StopControl
+from engine.simulator import run_simulator
+from engine.tokens import TokenCounter
+from engine.validation import QualityValidator
+from prompts.languages import LanguageTable, load_languages
+from prompts.taxonomy import Taxonomy, load_taxonomy
+from state import journal
+from state.requestlog import RequestLog
+from state.store import RunStore
+from state.writer import GroupCommitWriter
+
+__all__ = ["RunOptions", "execute_run"]
+
+STATE_FILE = "state.duckdb"
+
+
+@dataclass(frozen=True, slots=True)
+class RunOptions:
+    force: bool = False  # accept safe config changes (limits, budget, ...) on resume
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    result: RunResult
+    setup: SetupReport | None
+    run_dir: Path
+    counts: Mapping[str, int]
+
+
+def seeds_digest(path: Path) -> str:
+    """sha256 of the seed file: a changed seed file changes content, so resume must notice."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _meta_for(config: Config, taxonomy: Taxonomy) -> dict[str, str]:
+    return {
+        "m2l_version": __version__,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "config_json": orjson.dumps(config.snapshot(), option=orjson.OPT_SORT_KEYS).decode(),
+        "config_hash": config.hash(),
+        "taxonomy_fingerprint": taxonomy.fingerprint,
+        "seeds_sha256": seeds_digest(config.seeds.file),
+        "status": "running",
+    }
+
+
+def check_resume(
+    meta: Mapping[str, str], config: Config, taxonomy: Taxonomy, *, force: bool
+) -> dict[str, str]:
+    """Compare the stored config with this one; the meta keys to update, or ConfigError."""
+    stored: dict[str, Any] = orjson.loads(meta["config_json"])
+    diffs = config_diff(stored, config.snapshot())
+    content = [d for d in diffs if not d[3]]
+    if meta.get("taxonomy_fingerprint") != taxonomy.fingerprint:
+        content.append(("taxonomy (prompt files)", "changed", "", False))
+    if meta.get("seeds_sha256") != seeds_digest(config.seeds.file):
+        content.append((f"seeds file {config.seeds.file} (contents)", "changed", "", False))
+    if not diffs and not content:
+        return {"status": "running"}
+    lines = "\n".join(
+        f"  {key}: {old!r} → {new!r}" + ("" if safe else "   (changes content)")
+        for key, old, new, safe in diffs
+    )
+    extra = "\n".join(
+        f"  {key}: {old}   (changes content)" for key, old, _n, _s in content if _n == ""
+    )
+    listing = "\n".join(x for x in (lines, extra) if x)
+    if content:
+        raise ConfigError(
+            f"the config differs from the one run {config.run.name!r} started with:\n{listing}\n"
+            "These changes alter what is generated, so they cannot continue this run: restore "
+            "the old values, or set a new run.name to start a new run."
+        )
+    if not force:
+        raise ConfigError(
+            f"the config differs from the one run {config.run.name!r} started with:\n{listing}\n"
+            "These changes are safe (limits, concurrency, budget, retries, timeouts); "
+            "run again with --force to continue with them."
+        )
+    return {
+        "status": "running",
+        "config_json": orjson.dumps(config.snapshot(), option=orjson.OPT_SORT_KEYS).decode(),
+        "config_hash": config.hash(),
+    }
+
+
+@contextlib.asynccontextmanager
+async def _endpoint(
+    config: Config, env: Mapping[str, str]
+) -> AsyncIterator[tuple[str, Secret | None]]:
+    """The base URL and key to use: the embedded simulator, or the configured provider."""
+    if config.uses_simulator(env):
+        async with run_simulator(config.sim) as sim:
+            yield sim.base_url, None
+    else:
+        yield config.provider.base_url, config.api_key(env)
+
+
+async def execute_run(
+    config: Config,
+    *,
+    env: Mapping[str, str],
+    hooks: EventHook | None = None,
+    options: RunOptions = RunOptions(),
+    stop: StopControl | None = None,
+) -> RunReport:
+    """Run (or resume) the configured run to its end; raises ConfigError or StateError early."""
+    hooks = hooks or Hooks()
+    taxonomy = load_taxonomy(config.taxonomy)
+    languages = load_languages()
+    stop = stop or StopControl()
+    async with GroupCommitWriter(config.run_dir / STATE_FILE, create=True) as writer:
+        setup = await _prepare(writer, config, taxonomy, languages, options, hooks)
+        first_request_id = await writer.run(RequestLog.next_id)
+        async with (
+            _endpoint(config, env) as (base_url, api_key),
+            ChatClient(config.provider, base_url=base_url, api_key=api_key) as client,
+        ):
+            scheduler = _assemble(
+                config, writer, client, taxonomy, languages, hooks, stop, first_request_id
+            )
+            result = await _run_with_signals(scheduler, stop, config.run.grace_s)
+        await writer.run(journal.write_meta({"status": result.status.value}))
+        counts = await writer.run(journal.count_by_status)
+    hooks.on_event(RunFinished(result.status.value, result.message, _now()))
+    return RunReport(result, setup, config.run_dir, counts)
+
+
+async def _prepare(
+    writer: GroupCommitWriter,
+    config: Config,
+    taxonomy: Taxonomy,
+    languages: LanguageTable,
+    options: RunOptions,
+    hooks: EventHook,
+) -> SetupReport | None:
+    """Plan a new run, or check the config of a resumed one; reports RunStarted."""
+    meta = await writer.run(journal.read_meta)
+    setup = None
+    if "config_json" not in meta:
+        # A new run (or one killed during set-up, which committed nothing): plan it in one
+        # transaction, so set-up is all or nothing.
+        setup = await writer.run(plan_run(config, taxonomy, languages, _meta_for(config, taxonomy)))
+    else:
+        updates = check_resume(meta, config, taxonomy, force=options.force)
+        await writer.run(journal.write_meta(updates))
+    counts = await writer.run(journal.count_by_status)
+    hooks.on_event(
+        RunStarted(
+            config.run.name,
+            sum(counts.values()),
+            sum(counts.get(s, 0) for s in ("done", "failed", "filtered")),
+            config.limits.rpm,
+            config.limits.tpm,
+            config.budget.usd,
+            _now(),
+        )
+    )
+    return setup
+
+
+def _assemble(
+    config: Config,
+    writer: GroupCommitWriter,
+    client: ChatClient,
+    taxonomy: Taxonomy,
+    languages: LanguageTable,
+    hooks: EventHook,
+    stop: StopControl,
+    first_request_id: int,
+) -> Scheduler:
+    """Limiter, dispatcher, prompter and scheduler, configured for this run."""
+    limits = config.limits
+    limiter = RateLimiter(
+        Limits(
+            rpm=limits.rpm,
+            tpm=limits.tpm,
+            max_inflight=limits.max_inflight,
+            initial_burst_s=limits.initial_burst_s,
+            refund_unused=limits.refund_unused,
+        )
+    )
+    retry = config.retry
+    dispatcher = Dispatcher(
+        client,
+        limiter,
+        policy=RetryPolicy(
+            max_attempts=retry.max_attempts,
+            base_delay_s=retry.base_delay_s,
+            max_delay_s=retry.max_delay_s,
+            rate_limit_patience=retry.rate_limit_patience,
+            refused_before_fatal=retry.refused_before_fatal,
+        ),
+        accounting=RequestLog(
+            writer, model=config.provider.model, next_request_id=first_request_id
+        ),
+        hooks=hooks,
+    )
+    counter = TokenCounter(
+        config.provider.model, unknown_model_encoding=config.provider.unknown_model_encoding
+    )
+    return Scheduler(
+        store=RunStore(writer),
+        dispatcher=dispatcher,
+        prompter=TaxonomyPrompter(taxonomy, counter, config.generation.max_tokens),
+        validator=QualityValidator(languages),
+        generation=config.generation,
+        max_active=config.run.max_active,
+        stop=stop,
+        hooks=hooks,
+    )
+
+
+async def _run_with_signals(scheduler: Scheduler, stop: StopControl, grace_s: float) -> RunResult:
+    """Run the scheduler with SIGINT/SIGTERM wired to a graceful stop (twice: at once)."""
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.request, f"stopped by {sig.name}")
+            installed.append(sig)
+    try:
+        return await scheduler.run(grace_s=grace_s)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def _now() -> float:
+    return time.monotonic()
+
+
+def exit_code(status: RunStatus) -> int:
+    """Process exit code for a run's end: 0 finished, 130 interrupted, 3 budget, 1 failed."""
+    return {
+        RunStatus.FINISHED: 0,
+        RunStatus.INTERRUPTED: 130,
+        RunStatus.BUDGET_EXHAUSTED: 3,
+        RunStatus.FAILED: 1,
+    }[status]

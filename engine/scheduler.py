@@ -1,0 +1,262 @@
+"""The scheduler: keeps up to ``max_active`` conversations moving, oldest first, until the run is
+finished, stopped, out of budget, or hits a fatal error.
+
+Conversations come from the store in batches (those a previous session left half-done first),
+so memory stays flat however many are pending. A new conversation is admitted only while the
+limiter's queue is short: concurrency follows what the provider accepts, not a fixed guess, and
+started conversations finish before new ones begin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from engine.config import GenerationConfig
+from engine.conversation import (
+    Conversation,
+    Done,
+    Outcome,
+    Prompter,
+    Status,
+    Validator,
+    apply,
+    next_request,
+    step_kind,
+)
+from engine.dispatcher import Dispatcher
+from engine.errors import BudgetExhausted, FatalRunError, PermanentRequestError, StateError
+from engine.events import ConversationFinished, ConversationStarted, EventHook, Hooks, StepDone
+
+__all__ = ["Admission", "ConversationStore", "RunStatus", "Scheduler", "StopControl"]
+
+
+class RunStatus(enum.Enum):
+    FINISHED = "finished"
+    INTERRUPTED = "interrupted"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    FAILED = "failed"
+
+
+class ConversationStore(Protocol):
+    """What the scheduler needs from the state store."""
+
+    async def load(self, statuses: Sequence[str], after: int, limit: int) -> list[Conversation]: ...
+
+    async def record_step(self, conv: Conversation) -> None: ...
+
+    async def mark_final(self, conv: Conversation) -> None: ...
+
+    async def mark_active(self, conv: Conversation) -> None: ...
+
+
+class Admission(Protocol):
+    """Decides whether a new conversation may start (the budget's projection implements it)."""
+
+    def admit(self, conv: Conversation) -> bool: ...
+
+
+class _AdmitAll:
+    def admit(self, conv: Conversation) -> bool:
+        return True
+
+
+class StopControl:
+    """Ctrl-C handling: the first request stops admitting and lets in-flight steps finish for a
+    grace period; the second (or the end of the grace period) cancels what is still running."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.reason = ""
+        self.stopping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake: asyncio.Event | None = None
+
+    def bind(self, wake: asyncio.Event) -> None:
+        self._wake = wake
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def request(self, reason: str = "interrupted") -> None:
+        if self.requested:
+            self.cancel_now()
+            return
+        self.requested = True
+        self.reason = reason
+        self.stopping.set()
+        if self._wake is not None:
+            self._wake.set()
+
+    def cancel_now(self) -> None:
+        self.requested = True
+        self.stopping.set()
+        for task in tuple(self._tasks):
+            task.cancel()
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    status: RunStatus
+    message: str
+
+
+class Scheduler:
+    """Drives conversations through the dispatcher and records every step durably."""
+
+    def __init__(
+        self,
+        *,
+        store: ConversationStore,
+        dispatcher: Dispatcher,
+        prompter: Prompter,
+        validator: Validator,
+        generation: GenerationConfig,
+        max_active: int,
+        stop: StopControl,
+        admission: Admission | None = None,
+        hooks: EventHook | None = None,
+        queue_low_water: int = 8,
+        batch_size: int = 256,
+    ) -> None:
+        self._store = store
+        self._dispatcher = dispatcher
+        self._prompter = prompter
+        self._validator = validator
+        self._generation = generation
+        self._max_active = max_active
+        self._stop = stop
+        self._admission: Admission = admission or _AdmitAll()
+        self._hooks: EventHook = hooks or Hooks()
+        self._low_water = queue_low_water
+        self._batch = max(batch_size, 16)
+        self._active = 0
+        self._room = asyncio.Event()
+        self._budget_hit: str | None = None
+        self._fatal: Exception | None = None
+
+    async def run(self, *, grace_s: float) -> RunResult:
+        """Run until every conversation is final, or the run stops; a stop is not an error."""
+        self._stop.bind(self._room)
+        watcher = asyncio.create_task(self._watch_stop(grace_s))
+        try:
+            async with asyncio.TaskGroup() as group:
+                async for conv in self._source():
+                    if not await self._wait_for_room():
+                        break
+                    if conv.status is Status.PENDING and not self._admission.admit(conv):
+                        self._budget_hit = "the projected cost of a new conversation does not fit"
+                        break
+                    self._active += 1
+                    self._stop.track(group.create_task(self._drive(conv)))
+        finally:
+            watcher.cancel()
+        if self._fatal is not None:
+            return RunResult(RunStatus.FAILED, str(self._fatal))
+        if self._budget_hit is not None:
+            return RunResult(RunStatus.BUDGET_EXHAUSTED, self._budget_hit)
+        if self._stop.requested:
+            return RunResult(RunStatus.INTERRUPTED, self._stop.reason)
+        return RunResult(RunStatus.FINISHED, "every conversation is done, failed or filtered")
+
+    async def _watch_stop(self, grace_s: float) -> None:
+        """After a stop request, give in-flight steps ``grace_s`` seconds, then cancel them."""
+        await self._stop.stopping.wait()
+        deadline = time.monotonic() + grace_s
+        while self._active > 0 and time.monotonic() < deadline:
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), timeout=deadline - time.monotonic())
+            except TimeoutError:
+                break
+        if self._active > 0:
+            self._stop.cancel_now()
+
+    async def _source(self) -> AsyncIterator[Conversation]:
+        """Conversations to run: half-done ones from an earlier session first, then pending."""
+        for statuses in (("active",), ("pending",)):
+            after = 0
+            while not self._stopped():
+                batch = await self._store.load(statuses, after, self._batch)
+                if not batch:
+                    break
+                for conv in batch:
+                    yield conv
+                after = batch[-1].plan.conv_id
+
+    def _stopped(self) -> bool:
+        return self._stop.requested or self._budget_hit is not None or self._fatal is not None
+
+    async def _wait_for_room(self) -> bool:
+        """Wait until another conversation may start; False when the run is stopping."""
+        limiter = self._dispatcher.limiter
+        while not self._stopped():
+            if self._active < self._max_active and limiter.statistics().queued <= self._low_water:
+                return True
+            self._room.clear()
+            await self._room.wait()
+        return False
+
+    async def _drive(self, conv: Conversation) -> None:
+        """Advance one conversation step by step until it is final or the run stops."""
+        emit = self._hooks.on_event
+        plan = conv.plan
+        try:
+            if conv.status is Status.PENDING:
+                conv = Conversation(plan, conv.steps, Status.ACTIVE, conv.regenerations)
+                await self._store.mark_active(conv)
+                emit(ConversationStarted(plan.conv_id, plan.language, plan.task, time.monotonic()))
+            while not self._stopped():
+                nxt = next_request(conv, self._prompter, temperature=self._generation.temperature)
+                if isinstance(nxt, Done):
+                    break
+                request, rendered = nxt
+                kind = step_kind(conv.next_step)
+                try:
+                    result = await self._dispatcher.complete(request, kind=kind.value)
+                    outcome = Outcome(result.content, result.finish_reason)
+                except PermanentRequestError as exc:
+                    outcome = Outcome(None, error=f"{exc.error_class}: {exc}")
+                new = apply(
+                    conv,
+                    rendered,
+                    outcome,
+                    prompter=self._prompter,
+                    validator=self._validator,
+                    max_regenerations=self._generation.max_regenerations,
+                )
+                if len(new.steps) > len(conv.steps):
+                    await self._store.record_step(new)  # durable before we move on
+                    emit(StepDone(plan.conv_id, kind.value, plan.language, time.monotonic()))
+                elif new.status.final:
+                    await self._store.mark_final(new)
+                conv = new
+                self._room.set()  # a step finished: the limiter's queue may have room now
+            if conv.status.final:
+                emit(
+                    ConversationFinished(
+                        plan.conv_id,
+                        conv.status.value,
+                        conv.reason,
+                        plan.language,
+                        plan.task,
+                        len(conv.steps) // 2,
+                        time.monotonic(),
+                    )
+                )
+        except BudgetExhausted as exc:
+            # Leave the conversation active: a resume with a higher cap continues it.
+            self._budget_hit = str(exc)
+        except (FatalRunError, StateError) as exc:
+            # Nothing else can succeed either: stop everyone now, keep what is committed.
+            if self._fatal is None:
+                self._fatal = exc
+            self._stop.cancel_now()
+        finally:
+            self._active -= 1
+            self._room.set()

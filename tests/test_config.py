@@ -1,0 +1,129 @@
+"""Config loading: typed values, and errors that name the file, the key and the fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.config import Config, config_diff, load_config
+from engine.errors import ConfigError
+
+GOOD = """
+[run]
+name = "t"
+[seeds]
+file = "seeds.jsonl"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "seeds.jsonl").write_text('{"inputs": "x", "language": "English"}\n')
+    path = tmp_path / "m2l.toml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
+    """Only run.name and seeds.file are required; paths in the file resolve against its folder,
+    and the default output folder is ./runs where m2l is started."""
+    config = load_config(write(tmp_path, GOOD))
+    assert config.run.name == "t"
+    assert config.seeds.file == tmp_path / "seeds.jsonl"
+    assert config.provider.kind == "auto"
+    assert config.generation.max_turns == 6
+    assert config.run_dir == Path("runs") / "t"
+    moved = load_config(write(tmp_path, GOOD.replace('"t"', '"t"\noutput_dir = "out"')))
+    assert moved.run_dir == tmp_path / "out" / "t"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("[limits]\ntpm = '300k'", r"limits\.tpm: expected a number, found string '300k'"),
+        ("[limits]\nrmp = 100", r"unknown key 'limits\.rmp'; did you mean 'rpm'\?"),
+        ("[provider]\nkind = 'azure'", r"provider\.kind: expected 'auto' or 'sim' or 'openai'"),
+        ("[generation]\nmax_turns = 9", r"\[generation\]: max_turns must be between 1 and 6"),
+        ("[generation.max_tokens]\nanswr = 5", r"did you mean 'answer'"),
+        ("[provider]\nheaders = { Authorization = 'Bearer x' }", "api_key_env"),
+        ("[limits]\nmax_inflight = true", r"limits\.max_inflight: expected an integer"),
+        ("[seeds]\nturn_weights = [1, 'a']", r"seeds\.turn_weights\[1\]: expected a number"),
+        ("[bogus]\nx = 1", r"unknown key 'bogus'"),
+        ("[provider]\nbase_url = 'api.openai.com'", "must start with http"),
+        ("[run]\nname = '../x'", "plain folder name"),
+    ],
+)
+def test_bad_configs(tmp_path: Path, extra: str, message: str) -> None:
+    """Each mistake gets a message naming the file and the key path."""
+    text = GOOD + extra if not extra.startswith(("[run]", "[seeds]")) else extra
+    if extra.startswith("[run]"):
+        text = extra + "\n[seeds]\nfile = 'seeds.jsonl'\n"
+    if extra.startswith("[seeds]"):
+        text = "[run]\nname = 't'\n" + extra + "\nfile = 'seeds.jsonl'\n"
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_syntax_error_names_file(tmp_path: Path) -> None:
+    """Broken TOML says so, with the parser's line and column."""
+    path = write(tmp_path, "[run\nname = 1")
+    with pytest.raises(ConfigError, match=r"not valid TOML.*line 1"):
+        load_config(path)
+
+
+def test_missing_required_key(tmp_path: Path) -> None:
+    """A missing required section is named."""
+    path = write(tmp_path, "[run]\nname = 't'\n")
+    with pytest.raises(ConfigError, match="needs the key"):
+        load_config(path)
+
+
+def test_missing_seed_file(tmp_path: Path) -> None:
+    """A seeds.file that does not exist is named, with a pointer to the bundled sample."""
+    path = write(tmp_path, "[run]\nname = 't'\n[seeds]\nfile = 'nope.jsonl'\n")
+    with pytest.raises(ConfigError, match=r"seeds\.file: .*nope\.jsonl does not exist"):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    """A config path that does not exist is named."""
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_api_key_comes_from_environment_and_hides(tmp_path: Path) -> None:
+    """The key is read from the named variable, never stored, and its repr hides it."""
+    config = load_config(write(tmp_path, GOOD + "[provider]\napi_key_env = 'MY_KEY'\n"))
+    assert config.uses_simulator({})
+    secret = config.api_key({"MY_KEY": "sk-abcdefghijklmnopqrstuvwxyz"})
+    assert secret is not None and secret.reveal().startswith("sk-")
+    assert "sk-" not in repr(secret) and "sk-" not in str(secret)
+    assert "sk-" not in str(config.snapshot())
+    assert not config.uses_simulator({"MY_KEY": "sk-x"})
+
+
+def test_openai_kind_without_key_is_an_error(tmp_path: Path) -> None:
+    """kind = 'openai' with no key set tells the user which variable to export."""
+    config = load_config(write(tmp_path, GOOD + "[provider]\nkind = 'openai'\n"))
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        config.api_key({})
+
+
+def test_config_diff_classifies_safe_and_content_changes(tmp_path: Path) -> None:
+    """Limit changes are safe on resume; a model change alters content."""
+    old = load_config(write(tmp_path, GOOD)).snapshot()
+    new_config: Config = load_config(
+        write(tmp_path, GOOD + "[limits]\nrpm = 10\n[provider]\nmodel = 'gpt-4.1'\n")
+    )
+    diffs = {key: safe for key, _old, _new, safe in config_diff(old, new_config.snapshot())}
+    assert diffs == {"limits.rpm": True, "provider.model": False}
+
+
+def test_hash_is_stable(tmp_path: Path) -> None:
+    """The same config hashes the same; a change changes the hash."""
+    a = load_config(write(tmp_path, GOOD))
+    b = load_config(write(tmp_path, GOOD))
+    c = load_config(write(tmp_path, GOOD + "[limits]\nrpm = 5\n"))
+    assert a.hash() == b.hash() != c.hash()
