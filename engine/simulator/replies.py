@@ -1,0 +1,129 @@
+"""What the simulator answers to an admitted request: content, finish reason, usage, latency.
+
+Pure: the reply is a function of (simulator seed, body key) and, for the content faults and the
+latency jitter, of the attempt number too. Nothing here raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, replace
+
+from engine.simulator.counting import UsageCounter
+from engine.simulator.faults import rng_for, uniform
+from engine.simulator.languages import ENGLISH, LANGUAGES, Language, find_language
+from engine.simulator.request import SimRequest
+from engine.simulator.settings import SimSettings
+from engine.simulator.text import ReplySpec, composer_for, json_keys_in
+
+__all__ = ["Reply", "ReplyWriter", "target_language"]
+
+_TARGET = re.compile(r"^[ \t]*target language[ \t]*:[ \t]*(.+?)[ \t]*$", re.IGNORECASE | re.M)
+_JSON_WORD = re.compile(r"\bJSON\b")
+_REWRITE_MARK = "return only the new"
+# Drafting past max_tokens by this much, then cutting at max_tokens, gives a "length" reply
+# that really was cut off rather than one that ended by chance just at the limit.
+_OVERDRAFT = 8
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One reply: its text, why it ended, its tokens, and when its tokens go out."""
+
+    completion_id: str
+    content: str
+    finish_reason: str  # "stop" | "length"
+    completion_tokens: int
+    language: str
+    ttft_s: float
+    total_s: float  # time to first token + time for all the others
+
+
+def _last_user(messages: tuple[tuple[str, str], ...]) -> str:
+    for role, content in reversed(messages):
+        if role == "user":
+            return content
+    return ""
+
+
+def target_language(messages: tuple[tuple[str, str], ...]) -> Language:
+    """The language named on a ``Target language:`` line (last user message first, then the
+    system/developer messages, latest first); English when none names a known language."""
+    candidates = [_last_user(messages)]
+    candidates += [c for r, c in reversed(messages) if r in ("system", "developer")]
+    for text in candidates:
+        for match in _TARGET.finditer(text):
+            lang = find_language(match.group(1))
+            if lang is not None:
+                return lang
+    return ENGLISH
+
+
+class ReplyWriter:
+    """Writes replies for one simulator: its seed, bounds and latency model."""
+
+    __slots__ = ("_counter", "_settings")
+
+    def __init__(self, settings: SimSettings, counter: UsageCounter) -> None:
+        self._settings = settings
+        self._counter = counter
+
+    def spec_for(self, req: SimRequest) -> ReplySpec:
+        """The shape the request asks for (language, instruction or answer, JSON or not)."""
+        last_user = _last_user(req.messages)
+        json_mode = req.json_mode or bool(_JSON_WORD.search(last_user))
+        keys: tuple[str, ...] = ()
+        if json_mode and req.json_schema is None:
+            keys = json_keys_in(last_user) or next(
+                (json_keys_in(c) for r, c in req.messages if r in ("system", "developer")), ()
+            )
+        return ReplySpec(
+            language=target_language(req.messages),
+            instruction=_REWRITE_MARK in last_user.lower(),
+            json=json_mode,
+            json_keys=keys,
+            json_schema=req.json_schema,
+        )
+
+    def write(self, req: SimRequest, max_tokens: int, attempt: int, fault: str | None) -> Reply:
+        """The reply to the ``attempt``-th admission of ``req``, capped at ``max_tokens``."""
+        s = self._settings
+        spec = self.spec_for(req)
+        rng = rng_for(s.seed, b"m2l-sim-content", req.key)
+        drawn = rng.randint(s.min_completion_tokens, s.max_completion_tokens)
+        if fault in ("wrong_language", "repetition"):
+            # A content fault is a fresh draw per attempt: the retry may well come out clean.
+            rng = rng_for(s.seed, b"m2l-sim-badtext", req.key, attempt)
+            if fault == "wrong_language":
+                others = [lang for lang in LANGUAGES if lang is not spec.language]
+                spec = replace(spec, language=others[rng.randrange(len(others))])
+            else:
+                spec = replace(spec, repetition=True)
+        encoding = self._counter.encoding(req.model)
+        composer = composer_for(spec.language, encoding.name)
+        content = composer.reply(spec, rng, min(drawn, max_tokens + _OVERDRAFT))
+        tokens = self._counter.count(req.model, content)
+        finish = "stop"
+        if tokens > max_tokens:
+            content = self._counter.truncate(req.model, content, max_tokens)
+            tokens = self._counter.count(req.model, content)
+            finish = "length"
+        u = uniform(s.seed, b"m2l-sim-latency", req.key, attempt)
+        factor = 1.0 + s.jitter * (2.0 * u - 1.0)
+        ttft = s.ttft_s * factor
+        return Reply(
+            completion_id=_completion_id(s.seed, req.key, attempt),
+            content=content,
+            finish_reason=finish,
+            completion_tokens=tokens,
+            language=spec.language.name,
+            ttft_s=ttft,
+            total_s=ttft + s.per_token_s * tokens * factor,
+        )
+
+
+def _completion_id(seed: int, key: bytes, attempt: int) -> str:
+    h = hashlib.blake2b(key, digest_size=12, salt=attempt.to_bytes(8, "little", signed=False))
+    h.update(str(seed).encode())
+    return "chatcmpl-" + h.hexdigest()

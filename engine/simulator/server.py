@@ -1,0 +1,365 @@
+"""The simulator's HTTP shell on aiohttp.web: routes, rate-limit admission, latency and faults.
+
+Decisions (parsing, limits, fault draws, reply text) live in the pure modules beside this one;
+this module only orders them and performs the I/O. ``Simulator.start`` raises ConfigError when
+the address cannot be bound; ``base_url`` raises StateError before the server has started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import re
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+import orjson
+from aiohttp import web
+
+from engine.clock import Clock, MonotonicClock
+from engine.errors import ConfigError, StateError
+from engine.simulator import wire
+from engine.simulator.buckets import Admission, RateLimits
+from engine.simulator.counting import UsageCounter
+from engine.simulator.faults import draw_fault
+from engine.simulator.replies import Reply, ReplyWriter
+from engine.simulator.request import SimRequest, parse_request
+from engine.simulator.settings import SimSettings
+from engine.simulator.stats import SimStats
+
+__all__ = ["Simulator", "run_simulator"]
+
+_MAX_BODY = 64 * 1024 * 1024  # a 128k-token prompt is ~0.5 MB; leave room for long contexts
+_SHUTDOWN_S = 0.25  # in-flight replies are cut after this on stop: it is a simulator
+_STREAM_PIECE = re.compile(r"\S+\s*|\s+")
+_WORDS_PER_CHUNK = 4  # spaced scripts: a stream chunk carries a few words (~ a few tokens)
+_CHARS_PER_CHUNK = 6  # Chinese and Japanese: a few characters
+
+
+class Simulator:
+    """An OpenAI-compatible chat completions server with limits, latency and faults."""
+
+    def __init__(self, settings: SimSettings, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock: Clock = clock if clock is not None else MonotonicClock()
+        self.limits = RateLimits(settings.rpm, settings.tpm, settings.bucket_seconds, self.clock)
+        self._counter = UsageCounter()
+        self._writer = ReplyWriter(settings, self._counter)
+        self._stats = SimStats()
+        self._seen: Counter[bytes] = Counter()  # admissions per body key, for fault draws
+        self._listed = frozenset(settings.listed_models)
+        self._runner: web.AppRunner | None = None
+        self._base_url: str | None = None
+        self.app = web.Application(client_max_size=_MAX_BODY)
+        self.app.router.add_post("/v1/chat/completions", self._chat)
+        self.app.router.add_get("/v1/models", self._models)
+        self.app.router.add_get("/v1/models/{model}", self._model)
+        self.app.router.add_get("/stats", self._get_stats)
+        self.app.router.add_post("/stats/reset", self._reset_stats)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port/v1``, once started."""
+        if self._base_url is None:
+            raise StateError("the simulator has not started yet; use `async with run_simulator()`")
+        return self._base_url
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1].split("/", 1)[0])
+
+    async def start(self) -> str:
+        """Bind and serve; returns the base URL. Raises ConfigError if the port is taken."""
+        # handler_cancellation: a client that hangs up (e.g. on a "hang" fault) frees its handler.
+        runner = web.AppRunner(
+            self.app, access_log=None, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_S
+        )
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"the simulator cannot listen on {self.settings.host}:{self.settings.port} "
+                f"({exc.strerror or exc}); choose another --port (0 picks a free one)"
+            ) from exc
+        self._runner = runner
+        host, port = runner.addresses[0][:2]
+        host = f"[{host}]" if ":" in host else host
+        self._base_url = f"http://{host}:{port}/v1"
+        return self._base_url
+
+    async def stop(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    # --- stats ----------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, object]:
+        """Counters since start or the last reset (see SimStats.as_dict)."""
+        return self._stats.as_dict(self.clock.now())
+
+    def reset_stats(self) -> None:
+        self._stats.reset()
+
+    async def _get_stats(self, request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(self.stats()), content_type="application/json")
+
+    async def _reset_stats(self, request: web.Request) -> web.Response:
+        self.reset_stats()
+        return web.Response(body=orjson.dumps(self.stats()), content_type="application/json")
+
+    # --- models ---------------------------------------------------------------------------------
+
+    async def _models(self, request: web.Request) -> web.Response:
+        if (error := self._auth_error(request)) is not None:
+            return self._error(error, {})
+        return web.Response(
+            body=wire.model_list(self.settings.listed_models), content_type="application/json"
+        )
+
+    async def _model(self, request: web.Request) -> web.Response:
+        if (error := self._auth_error(request)) is not None:
+            return self._error(error, {})
+        model = request.match_info["model"]
+        if self.settings.unknown_models_404 and model not in self._listed:
+            return self._error(wire.model_not_found(model), {})
+        return web.Response(
+            body=orjson.dumps(wire.model_entry(model)), content_type="application/json"
+        )
+
+    # --- chat completions -----------------------------------------------------------------------
+
+    def _auth_error(self, request: web.Request) -> wire.ApiError | None:
+        expected = self.settings.require_api_key
+        if expected is None:
+            return None
+        header = request.headers.get("Authorization", "")
+        if not header:
+            return wire.missing_api_key()
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), expected):
+            return wire.invalid_api_key()
+        return None
+
+    def _error(self, error: wire.ApiError, headers: Mapping[str, str]) -> web.Response:
+        self._stats.by_status[error.status] += 1
+        if error.status == 429:
+            self._stats.rate_limited[error.type] += 1
+        elif error.status < 500:
+            self._stats.rejected[error.kind] += 1
+        return web.Response(
+            status=error.status,
+            body=error.body(),
+            headers=headers,
+            content_type="application/json",
+        )
+
+    def _precheck(self, req: SimRequest) -> tuple[int, int, int] | wire.ApiError:
+        """(prompt tokens, max_tokens, TPM charge), or the 404/400 OpenAI answers first."""
+        s = self.settings
+        if s.unknown_models_404 and req.model not in self._listed:
+            return wire.model_not_found(req.model)
+        prompt = self._counter.prompt_tokens(req.model, req.messages)
+        if req.max_tokens is not None:
+            if prompt + req.max_tokens > s.context_window:
+                return wire.context_length_error(s.context_window, prompt, req.max_tokens)
+            return prompt, req.max_tokens, prompt + req.max_tokens
+        if prompt >= s.context_window:
+            return wire.context_length_error(s.context_window, prompt, None)
+        # No max_tokens: the reply may use the rest of the window; the charge uses the default.
+        return (
+            prompt,
+            min(s.default_max_tokens, s.context_window - prompt),
+            prompt + s.default_max_tokens,
+        )
+
+    def _refusal(self, req: SimRequest, admission: Admission) -> wire.ApiError:
+        refused = admission.refused_by or "requests"
+        bucket = self.limits.requests if refused == "requests" else self.limits.tokens
+        assert bucket is not None  # a refusal names a configured bucket
+        state = next(b for b in admission.buckets if b.kind == refused)
+        used = max(0, round(bucket.capacity - state.remaining))
+        return wire.rate_limit_error(
+            refused,
+            req.model,
+            bucket.limit_per_minute,
+            used,
+            admission.requested,
+            admission.retry_after_s,
+            bucket.capacity,
+        )
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self._stats.requests += 1
+        self._stats.in_flight += 1
+        try:
+            return await self._answer(request)
+        finally:
+            self._stats.in_flight -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        if (error := self._auth_error(request)) is not None:
+            return self._error(error, {})
+        parsed = parse_request(await request.read())
+        if isinstance(parsed, wire.ApiError):
+            return self._error(parsed, {})
+        checked = self._precheck(parsed)
+        if isinstance(checked, wire.ApiError):
+            return self._error(checked, {})
+        prompt_tokens, max_tokens, charge = checked
+
+        headers: dict[str, str] = {}
+        if self.limits.enabled:
+            admission = self.limits.admit(charge)
+            headers = admission.headers()
+            if not admission.admitted:
+                return self._error(self._refusal(parsed, admission), headers)
+        self._stats.admit(self.clock.now(), charge)
+        attempt = self._seen[parsed.key]
+        self._seen[parsed.key] = attempt + 1
+        fault = draw_fault(self.settings.seed, parsed.key, attempt, self.settings.faults)
+        if fault is not None:
+            self._stats.faults[fault] += 1
+        if fault == "server_error":
+            return self._error(wire.server_error(), headers)
+        if fault == "unavailable":
+            return self._error(wire.unavailable_error(), headers)
+
+        reply = self._writer.write(parsed, max_tokens, attempt, fault)
+        headers["x-request-id"] = "req_" + reply.completion_id[9:]
+        if fault == "hang":
+            await asyncio.sleep(self.settings.hang_s)
+        if parsed.stream:
+            return await self._stream(request, parsed, reply, prompt_tokens, headers, fault)
+
+        if reply.total_s > 0:
+            await asyncio.sleep(reply.total_s)
+        body = wire.completion(
+            reply.completion_id,
+            int(time.time()),
+            parsed.model,
+            reply.content,
+            reply.finish_reason,
+            prompt_tokens,
+            reply.completion_tokens,
+        )
+        self._stats.by_status[200] += 1
+        if fault == "reset":
+            return await self._reset(request, body, headers)
+        if fault == "truncated":
+            # Cut inside the JSON: the status and length are right, the document is not.
+            body = body[: max(1, len(body) // 2)]
+        else:
+            self._count_usage(prompt_tokens, reply)
+        return web.Response(body=body, headers=headers, content_type="application/json")
+
+    def _count_usage(self, prompt_tokens: int, reply: Reply) -> None:
+        self._stats.prompt_tokens += prompt_tokens
+        self._stats.completion_tokens += reply.completion_tokens
+
+    async def _reset(
+        self, request: web.Request, body: bytes, headers: Mapping[str, str]
+    ) -> web.StreamResponse:
+        """Send the headers and half the body, then drop the connection."""
+        response = web.StreamResponse(status=200, headers=headers)
+        response.content_type = "application/json"
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        _drop(request)
+        return response  # aiohttp's write_eof then meets a closed transport and lets it be
+
+    async def _stream(
+        self,
+        request: web.Request,
+        req: SimRequest,
+        reply: Reply,
+        prompt_tokens: int,
+        headers: dict[str, str],
+        fault: str | None,
+    ) -> web.StreamResponse:
+        """Server-sent events as OpenAI sends them: role, content pieces, finish, usage, DONE."""
+        response = web.StreamResponse(status=200, headers=headers)
+        response.content_type = "text/event-stream"
+        response.headers["Cache-Control"] = "no-cache"
+        self._stats.by_status[200] += 1
+        await response.prepare(request)
+        created = int(time.time())
+        with_usage = req.include_usage
+
+        def event(delta: dict[str, object] | None, finish: str | None = None) -> bytes:
+            return wire.sse(
+                wire.chunk(
+                    reply.completion_id, created, req.model, delta, finish,
+                    with_usage_field=with_usage,
+                )
+            )  # fmt: skip
+
+        if reply.ttft_s > 0:
+            await asyncio.sleep(reply.ttft_s)
+        await response.write(event({"role": "assistant", "content": "", "refusal": None}))
+        pieces = _stream_pieces(reply.content, spaced=" " in reply.content)
+        pause = (reply.total_s - reply.ttft_s) / max(1, len(pieces))
+        half = len(pieces) // 2
+        for i, piece in enumerate(pieces):
+            if pause > 0:
+                await asyncio.sleep(pause)
+            if i == half and fault == "reset":
+                _drop(request)
+                return response
+            if i == half and fault == "truncated":
+                whole = event({"content": piece})
+                await response.write(whole[: len(whole) // 2] + b"\n\n")
+                continue
+            await response.write(event({"content": piece}))
+        await response.write(event({}, reply.finish_reason))
+        if with_usage:
+            usage = wire.usage(prompt_tokens, reply.completion_tokens)
+            final = wire.chunk(
+                reply.completion_id, created, req.model, None,
+                with_usage_field=True, usage_value=usage,
+            )  # fmt: skip
+            await response.write(wire.sse(final))
+        await response.write(wire.sse(None))
+        await response.write_eof()
+        if fault not in ("reset", "truncated"):
+            self._count_usage(prompt_tokens, reply)
+        return response
+
+
+def _stream_pieces(content: str, *, spaced: bool) -> list[str]:
+    """The content split into stream deltas: a few words (or characters) each."""
+    if not content:
+        return []
+    if spaced:
+        words = _STREAM_PIECE.findall(content)
+        return [
+            "".join(words[i : i + _WORDS_PER_CHUNK]) for i in range(0, len(words), _WORDS_PER_CHUNK)
+        ]
+    return [content[i : i + _CHARS_PER_CHUNK] for i in range(0, len(content), _CHARS_PER_CHUNK)]
+
+
+def _drop(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()  # no FIN handshake, no flush of what is unsent: a reset, as in the wild
+
+
+@asynccontextmanager
+async def run_simulator(
+    settings: SimSettings, *, clock: Clock | None = None
+) -> AsyncIterator[Simulator]:
+    """Serve a simulator for the duration of the block; ``sim.base_url`` ends with ``/v1``."""
+    simulator = Simulator(settings, clock=clock)
+    await simulator.start()
+    try:
+        yield simulator
+    finally:
+        await simulator.stop()

@@ -1,0 +1,137 @@
+"""The simulator's configuration: listening address, limits, latency, content bounds and faults.
+
+Raises ConfigError (from ``__post_init__``) when a value is out of range, naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+from engine.errors import ConfigError
+
+__all__ = ["FAULT_KINDS", "FaultRates", "SimSettings"]
+
+# The order in which fault kinds share the unit interval of one draw (see faults.draw_fault).
+FAULT_KINDS: tuple[str, ...] = (
+    "server_error",
+    "unavailable",
+    "reset",
+    "hang",
+    "truncated",
+    "wrong_language",
+    "repetition",
+)
+
+
+def _check_fraction(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ConfigError(f"simulator fault rate {name}={value!r} must be a number in [0, 1]")
+
+
+@dataclass(frozen=True, slots=True)
+class FaultRates:
+    """Probability of each injected fault per admitted request; their sum must not exceed 1."""
+
+    server_error: float = 0.0  # HTTP 500
+    unavailable: float = 0.0  # HTTP 503
+    reset: float = 0.0  # connection dropped mid-body
+    hang: float = 0.0  # no answer for SimSettings.hang_s seconds
+    truncated: float = 0.0  # HTTP 200 whose JSON body is cut short
+    wrong_language: float = 0.0  # a reply in another language than asked
+    repetition: float = 0.0  # a reply that repeats one phrase over and over
+
+    def __post_init__(self) -> None:
+        for kind in FAULT_KINDS:
+            _check_fraction(kind, getattr(self, kind))
+        if self.total > 1.0 + 1e-9:
+            raise ConfigError(
+                f"simulator fault rates add up to {self.total:.4g}; lower them so the sum is <= 1"
+            )
+
+    @property
+    def total(self) -> float:
+        return float(sum(getattr(self, kind) for kind in FAULT_KINDS))
+
+    def as_dict(self) -> dict[str, float]:
+        return {kind: getattr(self, kind) for kind in FAULT_KINDS}
+
+
+@dataclass(frozen=True, slots=True)
+class SimSettings:
+    """Everything one simulator instance needs; the defaults look like a fast gpt-4o endpoint."""
+
+    host: str = "127.0.0.1"
+    port: int = 0  # 0 = let the OS pick a free port
+    seed: int = 0
+    model: str = "gpt-4o-sim"
+    models: tuple[str, ...] = ()  # listed by GET /v1/models besides `model`
+    rpm: int | None = None  # requests per minute; None = unlimited
+    tpm: int | None = None  # tokens per minute; None = unlimited
+    bucket_seconds: float = 60.0  # bucket capacity = limit * bucket_seconds / 60
+    ttft_s: float = 0.2
+    per_token_s: float = 0.005
+    jitter: float = 0.1  # latency is multiplied by a factor drawn in [1 - jitter, 1 + jitter]
+    min_completion_tokens: int = 20
+    max_completion_tokens: int = 400
+    default_max_tokens: int = 1024  # charged when a request sets no max_tokens
+    context_window: int = 128_000
+    hang_s: float = 30.0
+    faults: FaultRates = field(default_factory=FaultRates)
+    unknown_models_404: bool = False
+    require_api_key: str | None = field(default=None, repr=False)  # never shown in reprs
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.port <= 65535):
+            raise ConfigError(f"simulator port {self.port} must be in 0..65535 (0 = any free port)")
+        if not self.model:
+            raise ConfigError("simulator model name must not be empty")
+        for name in ("rpm", "tpm"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"simulator {name}={value} must be >= 1, or unset for no limit")
+        positive = ("bucket_seconds",)
+        non_negative = ("ttft_s", "per_token_s", "hang_s")
+        for name in positive:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"simulator {name}={value} must be a positive number of seconds")
+        for name in non_negative:
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"simulator {name}={value} must be >= 0 seconds")
+        if not (0.0 <= self.jitter < 1.0):
+            raise ConfigError(f"simulator jitter={self.jitter} must be in [0, 1)")
+        if not (1 <= self.min_completion_tokens <= self.max_completion_tokens):
+            raise ConfigError(
+                f"simulator completion bounds {self.min_completion_tokens}.."
+                f"{self.max_completion_tokens} must satisfy 1 <= min <= max"
+            )
+        if self.default_max_tokens < 1 or self.context_window < 2:
+            raise ConfigError(
+                "simulator default_max_tokens must be >= 1 and context_window >= 2 "
+                f"(got {self.default_max_tokens} and {self.context_window})"
+            )
+
+    @property
+    def listed_models(self) -> tuple[str, ...]:
+        """The models GET /v1/models reports: `model` first, then `models`, without repeats."""
+        return tuple(dict.fromkeys((self.model, *self.models)))
+
+    @property
+    def limited(self) -> bool:
+        return self.rpm is not None or self.tpm is not None
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-friendly view for logs and /stats; the API key is never included."""
+        out: dict[str, object] = {}
+        for f in fields(self):
+            if f.name == "require_api_key":
+                out["requires_api_key"] = self.require_api_key is not None
+            elif f.name == "faults":
+                out["faults"] = self.faults.as_dict()
+            elif f.name == "models":
+                out["models"] = list(self.listed_models)
+            else:
+                out[f.name] = getattr(self, f.name)
+        return out
