@@ -1,0 +1,182 @@
+"""Retry policy: what each request error means, how long to wait, and when to give up.
+
+Every failure is one of four kinds, decided here and nowhere else:
+
+- **transient** — ``ServerError`` (5xx), ``RequestTimeout``, ``ConnectionLost`` (reset or
+  truncated body), ``MalformedResponse``, ``ConnectionRefused``: the same request may well
+  succeed, so it is retried after an exponential backoff with full jitter (a ``Retry-After``
+  the server sent is the floor), up to ``max_attempts`` attempts in all; after the last one the
+  caller gets the original error. Connection refusals are also counted across all requests by
+  ``RefusalTracker``: ``refused_before_fatal`` in a row with no success between them stop the
+  run with ``ServerUnreachable``.
+- **rate limited** — ``RateLimited`` (HTTP 429): not the request's fault and not one of its
+  attempts; the limiter pauses all dispatch until the reset the server names, and the request
+  queues again. After ``rate_limit_patience`` 429s the request gives up with ``RateLimited``.
+- **permanent for the request** — ``ContextLengthExceeded``, ``ContentFiltered``,
+  ``OversizeRequest`` (and any ``RequestError`` of no other kind): retrying cannot help, so the
+  conversation fails at once with the typed error and its reason.
+- **fatal for the run** — ``AuthenticationFailed`` (401), ``PermissionDenied`` (403),
+  ``ModelNotFound`` (404), ``ServerUnreachable``: nothing will succeed until the user fixes
+  something, so there is no retry and the run stops.
+
+These are pure functions and one small counter; the async loop that applies them lives in the
+dispatcher. ``RetryPolicy(backoff=False)`` removes every wait, for tests.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from engine.errors import (
+    ConfigError,
+    ConnectionRefused,
+    RateLimited,
+    RequestError,
+    ServerUnreachable,
+    TransientError,
+)
+
+__all__ = [
+    "GiveUp",
+    "RateLimitWait",
+    "RefusalTracker",
+    "Retry",
+    "RetryPolicy",
+    "backoff_delay",
+    "decide",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard one request tries. Raises ConfigError when a value is impossible."""
+
+    max_attempts: int = 6
+    base_delay_s: float = 0.5
+    max_delay_s: float = 30.0
+    rate_limit_patience: int = 50
+    refused_before_fatal: int = 5
+    backoff: bool = True  # False removes every wait (tests)
+
+    def __post_init__(self) -> None:
+        for name in ("max_attempts", "rate_limit_patience", "refused_before_fatal"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ConfigError(f"retry.{name} must be at least 1, got {value!r}")
+        for name in ("base_delay_s", "max_delay_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"retry.{name} must be a non-negative number, got {value!r}")
+        if self.max_delay_s < self.base_delay_s:
+            raise ConfigError(
+                f"retry.max_delay_s ({self.max_delay_s}) must not be below retry.base_delay_s "
+                f"({self.base_delay_s})"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Send the request again after ``delay_s`` seconds."""
+
+    delay_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitWait:
+    """Report the 429 to the limiter (it pauses everyone), queue again; ``delay_s``: Retry-After."""
+
+    delay_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Stop trying: raise ``error``, the original one (a FatalRunError stops the run)."""
+
+    error: RequestError
+
+
+def backoff_delay(
+    policy: RetryPolicy, attempt: int, rng: random.Random, retry_after: float | None = None
+) -> float:
+    """Full-jitter exponential backoff after failed attempt ``attempt`` (1-based), capped.
+
+    A server's ``retry_after`` is a floor, honoured even above ``max_delay_s``: the server knows
+    when it will be back. Raises ValueError for an attempt below 1.
+    """
+    if attempt < 1:
+        raise ValueError(f"attempts are numbered from 1, got {attempt}")
+    if not policy.backoff:
+        return 0.0
+    # The exponent is clamped so that a huge attempt number cannot overflow a float.
+    cap = min(policy.max_delay_s, policy.base_delay_s * 2.0 ** min(attempt - 1, 60))
+    # Full jitter (uniform on [0, cap]) spreads retries of a burst that failed together.
+    delay = rng.uniform(0.0, cap)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+def decide(
+    policy: RetryPolicy,
+    error: RequestError,
+    *,
+    attempt: int,
+    rate_limited: int,
+    rng: random.Random,
+) -> Retry | RateLimitWait | GiveUp:
+    """What to do after ``error``.
+
+    ``attempt`` is the number of the attempt that just failed, counting only attempts that did
+    not end in a 429 (1 for the first); ``rate_limited`` is how many 429s this request has had,
+    this one included. Raises ValueError for counts that cannot be.
+    """
+    if attempt < 1 or rate_limited < 0:
+        raise ValueError(
+            f"attempt is numbered from 1 and rate_limited counts from 0; got {attempt}, "
+            f"{rate_limited}"
+        )
+    if isinstance(error, RateLimited):
+        if rate_limited >= policy.rate_limit_patience:
+            return GiveUp(error)
+        return RateLimitWait(error.retry_after)
+    if isinstance(error, TransientError):
+        if attempt >= policy.max_attempts:
+            return GiveUp(error)
+        return Retry(backoff_delay(policy, attempt, rng, error.retry_after))
+    # Permanent for the request, fatal for the run, or an error of no known kind: retrying
+    # the same bytes cannot change the answer.
+    return GiveUp(error)
+
+
+class RefusalTracker:
+    """Counts connection refusals in a row across all requests; any success resets the count."""
+
+    __slots__ = ("_count", "_limit")
+
+    def __init__(self, refused_before_fatal: int = 5) -> None:
+        if refused_before_fatal < 1:
+            raise ValueError(f"refused_before_fatal must be at least 1, got {refused_before_fatal}")
+        self._limit = refused_before_fatal
+        self._count = 0
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    def note_refused(self) -> bool:
+        """Count one refusal; True when the run should stop with ServerUnreachable."""
+        self._count += 1
+        return self._count >= self._limit
+
+    def note_success(self) -> None:
+        self._count = 0
+
+    def unreachable(self, last: ConnectionRefused | None = None) -> ServerUnreachable:
+        """The error that stops the run, naming what happened and what to check."""
+        detail = f" (last: {last})" if last is not None else ""
+        return ServerUnreachable(
+            f"the server refused {self._count} connections in a row{detail}; check that it is "
+            "running and that base_url points at it"
+        )
