@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import aiohttp
 import openai
 import orjson
 import pytest
+from multidict import CIMultiDict
 from openai.types.chat import ChatCompletionMessageParam as MessageParam
 
 from engine.chat import REPLY_PRIMING_TOKENS
 from engine.errors import ConfigError, StateError
-from engine.simulator import SimSettings, Simulator, run_simulator
+from engine.simulator import FaultRates, SimSettings, Simulator, run_simulator
+from engine.simulator.commands import add_sim_parser, is_loopback, run_sim, settings_from_args
 from engine.tokens import TokenCounter
 
 FAST = SimSettings(ttft_s=0.0, per_token_s=0.0, seed=7)
@@ -35,7 +38,7 @@ def client(sim: Simulator, **kwargs: Any) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=sim.base_url, api_key="sk-test", max_retries=0, **kwargs)
 
 
-async def post(sim: Simulator, body: object, **headers: str) -> tuple[int, dict[str, str], bytes]:
+async def post(sim: Simulator, body: object, **headers: str) -> tuple[int, CIMultiDict[str], bytes]:
     async with (
         aiohttp.ClientSession() as session,
         session.post(
@@ -44,7 +47,7 @@ async def post(sim: Simulator, body: object, **headers: str) -> tuple[int, dict[
             headers={"Content-Type": "application/json", **headers},
         ) as response,
     ):
-        return response.status, dict(response.headers), await response.read()
+        return response.status, CIMultiDict(response.headers), await response.read()
 
 
 @pytest.mark.anyio
@@ -399,3 +402,38 @@ async def test_stats_count_and_reset() -> None:
     assert after_reset["requests"] == 0
     assert after_reset["admitted"] == 0
     assert after_reset["first_admission_s"] is None
+
+
+def parse_sim_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="m2l")
+    add_sim_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["sim", *argv])
+
+
+def test_sim_command_options_become_settings() -> None:
+    """`m2l sim` options map onto SimSettings, fault rates and limits included."""
+    args = parse_sim_args(
+        "--port", "0", "--rpm", "500", "--tpm", "30000", "--bucket-seconds", "1",
+        "--ttft", "0", "--per-token", "0.001", "--fault-server-error", "0.1",
+        "--fault-wrong-language", "0.02", "--context-window", "8192", "--also-model", "b",
+        "--require-api-key-env", "SIM_KEY",
+    )  # fmt: skip
+    assert args.func is run_sim
+    settings = settings_from_args(args, {"SIM_KEY": "sk-local"})
+    assert (settings.rpm, settings.tpm, settings.bucket_seconds) == (500, 30000, 1.0)
+    assert settings.faults == FaultRates(server_error=0.1, wrong_language=0.02)
+    assert settings.context_window == 8192
+    assert settings.listed_models == (MODEL, "b")
+    assert settings.require_api_key == "sk-local"
+
+
+def test_sim_command_refuses_remote_hosts_and_bad_values() -> None:
+    """A non-loopback --host needs --allow-remote; bad rates and unset key variables exit 2."""
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0")
+    with pytest.raises(ConfigError, match="--allow-remote"):
+        settings_from_args(parse_sim_args("--host", "0.0.0.0"), {})
+    assert settings_from_args(parse_sim_args("--host", "0.0.0.0", "--allow-remote"), {})
+    with pytest.raises(ConfigError, match="SIM_KEY"):
+        settings_from_args(parse_sim_args("--require-api-key-env", "SIM_KEY"), {})
+    assert run_sim(parse_sim_args("--fault-hang", "1.5")) == 2

@@ -297,7 +297,7 @@ LANGUAGES: tuple[Language, ...] = (
     ),
     _lang(
         "Haitian Creole",
-        "ht|hat|haitian|kreyòl|kreyol|haitian kreyol",
+        "ht|hat|haitian|kreyòl|kreyol|haitian kreyol|kreyòl ayisyen",
         "LATIN",
         "mwen|ou|li|nou|yo|se|nan|pou|ak|pa|gen|ki|sa|te|ap|men|tou|anpil|lè|paske|konsa|tan|"
         "lavi|mond|kay|dlo|travay|vil|lekòl|fanmi|moun|istwa|jou|ane|bon|nouvo|enpòtan|egzanp|"
@@ -470,7 +470,7 @@ LANGUAGES: tuple[Language, ...] = (
     ),
     _lang(
         "Chinese",
-        "zh|zho|chi|cmn|mandarin|chinese (simplified)|simplified chinese|中文",
+        "zh|zho|chi|cmn|mandarin|mandarin chinese|chinese (simplified)|simplified chinese|中文",
         "CJK",
         "的|是|在|我们|他们|这个|那个|一个|和|也|很|不|有|没有|但是|因为|所以|时候|时间|生活|世界|"
         "家|水|工作|城市|学校|家庭|人们|历史|今天|年|好|新|重要|例子|问题|回答|想法|总是|每个|"
@@ -596,6 +596,9 @@ def find_language(text: str) -> Language | None:
     if not key:
         return None
     found = _BY_NAME.get(key)
+    if found is None and " (" in key:
+        # "Nepali (individual language)", "Swahili (macrolanguage)": the name before the note.
+        found = _BY_NAME.get(key.split(" (", 1)[0])
     if found is None:
         # "zh-Hans", "pt_BR", "sr-Cyrl": the part before the subtag names the language.
         found = _BY_NAME.get(key.replace("_", "-").split("-", 1)[0])

@@ -10,8 +10,8 @@ from __future__ import annotations
 import functools
 import math
 import random
-import zlib
 import re
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
