@@ -1,0 +1,269 @@
+"""Exact and near-duplicate conversations across a run: MinHash signatures with LSH banding.
+
+Written here on numpy (already required by the language identifier) rather than taken from
+datasketch: datasketch pulls in scipy and keeps every full signature as a numpy array per key,
+while this index keeps per conversation only its band keys, one byte per hash function (b-bit
+MinHash, Li & König 2010) to confirm candidates, and an 8-byte digest for exact matches: about
+1.5 kB per conversation in CPython dictionaries. The pure helpers (``MinHasher.signature``,
+``MinHasher.band_keys``) let a post-hoc pass store band keys in the run's database and find
+candidates with a join instead of holding an index in memory.
+
+Hash functions are seeded, so signatures and band keys are the same in every process and run.
+Construction raises FilterConfigError for impossible parameters; nothing else raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+import zlib
+from array import array
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from engine.quality.config import FilterConfig, FilterConfigError
+from engine.quality.text import units
+from engine.quality.verdict import Verdict
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+__all__ = [
+    "DuplicateMatch",
+    "MinHasher",
+    "NearDuplicateIndex",
+    "exact_key",
+    "lsh_bands",
+]
+
+# A prime just above 2**32: with 32-bit shingle hashes and 32-bit coefficients, a * x + b stays
+# below 2**64, so the universal hash (a * x + b) mod P is exact in uint64 arithmetic.
+_PRIME = (1 << 32) + 15
+_CHUNK = 2048  # shingles per step: bounds the temporary (shingles x hash functions) matrix
+
+
+def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows) for LSH: the most rows per band that still make a pair at ``threshold``
+    similarity a candidate with probability 0.9 or more.
+
+    Candidates are confirmed against stored signatures, so the banding errs towards recall;
+    more rows mean fewer bands to keep per conversation and fewer candidates to confirm.
+    Raises FilterConfigError when ``num_perm`` is below 1.
+    """
+    if num_perm < 1:
+        raise FilterConfigError(f"num_perm = {num_perm}: expected 1 or more")
+    best = (num_perm, 1)
+    for rows in range(1, num_perm + 1):
+        bands = num_perm // rows
+        if 1.0 - (1.0 - threshold**rows) ** bands >= 0.9:
+            best = (bands, rows)
+    return best
+
+
+def exact_key(text: str) -> int:
+    """A 64-bit digest of ``text`` with case, Unicode form and runs of whitespace folded."""
+    folded = " ".join(unicodedata.normalize("NFC", text).casefold().split())
+    return int.from_bytes(hashlib.blake2b(folded.encode(), digest_size=8).digest(), "big")
+
+
+class MinHasher:
+    """Seeded MinHash over shingles of ``shingle_size`` units (words, or CJK characters)."""
+
+    __slots__ = ("_a", "_b", "num_perm", "seed", "shingle_size")
+
+    def __init__(self, *, num_perm: int = 128, shingle_size: int = 3, seed: int = 0) -> None:
+        if num_perm < 1 or shingle_size < 1:
+            raise FilterConfigError(
+                f"num_perm = {num_perm}, shingle_size = {shingle_size}: both must be 1 or more"
+            )
+        self.num_perm = num_perm
+        self.shingle_size = shingle_size
+        self.seed = seed
+        # numpy is imported on first use: it costs 0.2 s, paid only by runs that deduplicate.
+        import numpy as np
+
+        rng = np.random.Generator(np.random.PCG64(seed))
+        self._a = rng.integers(1, 1 << 32, size=num_perm, dtype=np.uint64)
+        self._b = rng.integers(0, 1 << 32, size=num_perm, dtype=np.uint64)
+
+    def shingles(self, text: str) -> set[str]:
+        """The distinct runs of ``shingle_size`` units; a shorter text is one shingle."""
+        items = units(text)
+        k = self.shingle_size
+        if len(items) <= k:
+            return {" ".join(items)} if items else set()
+        return {" ".join(items[i : i + k]) for i in range(len(items) - k + 1)}
+
+    def signature(self, text: str) -> npt.NDArray[np.uint64]:
+        """The MinHash signature of ``text`` (``num_perm`` values below 2**32 + 15).
+
+        A text without units gets the all-maximum signature, which matches only other empty
+        texts.
+        """
+        import numpy as np
+
+        prime = np.uint64(_PRIME)
+        hashes = np.fromiter((zlib.crc32(s.encode()) for s in self.shingles(text)), dtype=np.uint64)
+        out = np.full(self.num_perm, prime, dtype=np.uint64)
+        for start in range(0, len(hashes), _CHUNK):
+            chunk = hashes[start : start + _CHUNK, None]
+            values = (chunk * self._a[None, :] + self._b[None, :]) % prime
+            np.minimum(out, values.min(axis=0), out=out)
+        return out
+
+    def band_keys(self, signature: npt.NDArray[np.uint64], bands: int, rows: int) -> list[int]:
+        """One signed 64-bit key per band (band index mixed in): fits a BIGINT column."""
+        keys = []
+        for band in range(bands):
+            chunk = signature[band * rows : (band + 1) * rows]
+            digest = hashlib.blake2b(
+                chunk.tobytes(), digest_size=8, salt=band.to_bytes(16, "big")
+            ).digest()
+            keys.append(int.from_bytes(digest, "big", signed=True))
+        return keys
+
+
+def _bbit(signature: npt.NDArray[np.uint64]) -> bytes:
+    # The low byte of each minimum: two signatures agree on it with probability
+    # J + (1 - J) / 256, from which J is recovered (b-bit MinHash).
+    import numpy as np
+
+    return (signature & np.uint64(0xFF)).astype(np.uint8).tobytes()
+
+
+def _estimate(a: bytes, b: bytes) -> float:
+    import numpy as np
+
+    same = np.count_nonzero(np.frombuffer(a, dtype=np.uint8) == np.frombuffer(b, dtype=np.uint8))
+    agree = same / len(a)
+    return max(0.0, float(agree - 1 / 256) / (1 - 1 / 256))
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateMatch:
+    """An earlier conversation this one duplicates, exactly or nearly (estimated Jaccard)."""
+
+    earlier_id: int
+    exact: bool
+    similarity: float
+
+    def verdict(self) -> Verdict:
+        """The failing filter verdict for the later conversation."""
+        if self.exact:
+            return Verdict.failed("exact_duplicate", f"same text as conversation {self.earlier_id}")
+        return Verdict.failed(
+            "near_duplicate",
+            f"near-duplicate of conversation {self.earlier_id} "
+            f"(estimated similarity {self.similarity:.2f})",
+        )
+
+
+class NearDuplicateIndex:
+    """Conversations seen so far in a run, to find exact and near-duplicate later ones.
+
+    Only first occurrences are kept: a duplicate is reported and not added, so the index holds
+    one representative per cluster. Not thread-safe; use it from one task.
+    """
+
+    __slots__ = (
+        "_bands",
+        "_exact",
+        "_hasher",
+        "_ids",
+        "_nbands",
+        "_rows",
+        "_sigs",
+        "_slot_of",
+        "threshold",
+    )
+
+    def __init__(
+        self,
+        *,
+        threshold: float = 0.85,
+        num_perm: int = 128,
+        shingle_size: int = 3,
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise FilterConfigError(f"near_dup_threshold = {threshold}: expected above 0, to 1")
+        self.threshold = threshold
+        self._hasher = MinHasher(num_perm=num_perm, shingle_size=shingle_size, seed=seed)
+        self._nbands, self._rows = lsh_bands(threshold, num_perm)
+        self._bands: dict[int, int] = {}  # band key -> slot of the first conversation with it
+        self._exact: dict[int, int] = {}  # exact_key -> conversation id
+        self._ids = array("q")  # slot -> conversation id
+        self._sigs = bytearray()  # slot -> num_perm bytes of b-bit signature
+        self._slot_of: dict[int, int] = {}  # conversation id -> slot
+
+    @classmethod
+    def from_config(cls, config: FilterConfig) -> NearDuplicateIndex:
+        """An index with the dedup settings of ``config``."""
+        return cls(
+            threshold=config.near_dup_threshold,
+            num_perm=config.dedup_num_perm,
+            shingle_size=config.dedup_shingle_size,
+            seed=config.dedup_seed,
+        )
+
+    @property
+    def bands(self) -> tuple[int, int]:
+        """(bands, rows per band) of the LSH banding in use."""
+        return self._nbands, self._rows
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, conv_id: object) -> bool:
+        return conv_id in self._slot_of
+
+    def add(self, conv_id: int, text: str) -> int | None:
+        """Add a conversation; return the id of an earlier (near-)duplicate, or None."""
+        found = self.add_match(conv_id, text)
+        return None if found is None else found.earlier_id
+
+    def add_match(self, conv_id: int, text: str) -> DuplicateMatch | None:
+        """Add a conversation unless it duplicates an earlier one, which is then returned.
+
+        Adding an id again (a resumed run replaying its history) is a no-op returning None.
+        """
+        if conv_id in self._slot_of:
+            return None
+        key = exact_key(text)
+        earlier = self._exact.get(key)
+        if earlier is not None and earlier != conv_id:
+            return DuplicateMatch(earlier, True, 1.0)
+        signature = self._hasher.signature(text)
+        keys = self._hasher.band_keys(signature, self._nbands, self._rows)
+        sig = _bbit(signature)
+        found = self._near(keys, sig)
+        if found is not None:
+            return found
+        slot = len(self._ids)
+        self._ids.append(conv_id)
+        self._sigs += sig
+        self._slot_of[conv_id] = slot
+        self._exact[key] = conv_id
+        for band_key in keys:
+            self._bands.setdefault(band_key, slot)
+        return None
+
+    def query(self, text: str) -> DuplicateMatch | None:
+        """The earlier conversation ``text`` duplicates, without adding it."""
+        earlier = self._exact.get(exact_key(text))
+        if earlier is not None:
+            return DuplicateMatch(earlier, True, 1.0)
+        signature = self._hasher.signature(text)
+        keys = self._hasher.band_keys(signature, self._nbands, self._rows)
+        return self._near(keys, _bbit(signature))
+
+    def _near(self, keys: list[int], sig: bytes) -> DuplicateMatch | None:
+        best: DuplicateMatch | None = None
+        width = len(sig)
+        for slot in sorted({self._bands[k] for k in keys if k in self._bands}):
+            stored = bytes(self._sigs[slot * width : (slot + 1) * width])
+            similarity = _estimate(sig, stored)
+            if similarity >= self.threshold and (best is None or similarity > best.similarity):
+                best = DuplicateMatch(self._ids[slot], False, similarity)
+        return best

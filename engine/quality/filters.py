@@ -1,0 +1,198 @@
+"""The quality filters on one generated text: each a pure function returning a Verdict.
+
+``check_reply`` and ``check_instruction`` run the filters in order, cheapest and most specific
+first, and return the first failure; the engine regenerates a step whose verdict failed, and a
+post-hoc pass can call the single filters it wants. Raises ConfigError only when a configured
+data file (refusals, markers) is missing or malformed, or py3langid is not installed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+
+from engine.quality.config import DEFAULT_FILTER_CONFIG, FilterConfig
+from engine.quality.langid import (
+    LanguageDetector,
+    LanguageLike,
+    default_detector,
+    judge_language,
+)
+from engine.quality.markers import Markers, load_markers
+from engine.quality.refusal import RefusalPhrases, load_refusals
+from engine.quality.repetition import (
+    cross_turn_overlap,
+    most_repeated_sentence,
+    ngram_total,
+    repetition_stats,
+)
+from engine.quality.verdict import Verdict
+
+__all__ = [
+    "check_cross_turn",
+    "check_instruction",
+    "check_language",
+    "check_length",
+    "check_markers",
+    "check_refusal",
+    "check_repetition",
+    "check_reply",
+]
+
+_PASS = Verdict.passed()
+
+
+def check_length(text: str, min_chars: int) -> Verdict:
+    """Fail blank text as "empty", and text under ``min_chars`` non-space ones as "too_short"."""
+    size = sum(1 for ch in text if not ch.isspace())
+    if size == 0:
+        return Verdict.failed("empty", "no text")
+    if size < min_chars:
+        return Verdict.failed("too_short", f"{size} characters, fewer than {min_chars}")
+    return _PASS
+
+
+def check_repetition(text: str, config: FilterConfig = DEFAULT_FILTER_CONFIG) -> Verdict:
+    """Fail as "repetition" when n-grams or whole sentences repeat beyond the limits."""
+    n = config.ngram_size
+    total, ratio = repetition_stats(text, n)
+    if total >= config.min_ngrams and ratio > config.max_ngram_repeat_ratio:
+        return Verdict.failed(
+            "repetition",
+            f"{ratio:.0%} of {n}-grams repeat (limit {config.max_ngram_repeat_ratio:.0%})",
+        )
+    count, sentence = most_repeated_sentence(text)
+    if count > config.max_sentence_repeats:
+        shown = sentence if len(sentence) <= 60 else sentence[:57] + "..."
+        return Verdict.failed("repetition", f"sentence repeated {count} times: {shown!r}")
+    return _PASS
+
+
+def check_cross_turn(
+    text: str, previous: Sequence[str], config: FilterConfig = DEFAULT_FILTER_CONFIG
+) -> Verdict:
+    """Fail as "cross_turn_repetition" when ``text`` mostly copies earlier turns."""
+    n = config.cross_turn_ngram_size
+    if not previous or ngram_total(text, n) < config.min_ngrams:
+        return _PASS
+    overlap = cross_turn_overlap(text, previous, n)
+    if overlap > config.cross_turn_overlap:
+        return Verdict.failed(
+            "cross_turn_repetition",
+            f"{overlap:.0%} of {n}-grams already in earlier turns "
+            f"(limit {config.cross_turn_overlap:.0%})",
+        )
+    return _PASS
+
+
+def check_refusal(text: str, config: FilterConfig = DEFAULT_FILTER_CONFIG) -> Verdict:
+    """Fail as "refusal" when the opening of ``text`` holds a refusal phrase (any language)."""
+    found = _refusals(config.refusals_path).find(text, window=config.refusal_window)
+    if found is None:
+        return _PASS
+    return Verdict.failed("refusal", f"{found.language}: {found.phrase!r}")
+
+
+def check_markers(text: str, config: FilterConfig = DEFAULT_FILTER_CONFIG) -> Verdict:
+    """Fail as "leaked_markers" on template text, chat tokens, disclaimers or role labels."""
+    markers = _markers(config.markers_path, config.extra_markers)
+    found = markers.find(text, role_labels=config.role_labels)
+    if found is None:
+        return _PASS
+    return Verdict.failed("leaked_markers", f"{found.kind} {found.text!r}")
+
+
+def check_language(
+    text: str,
+    language: LanguageLike,
+    config: FilterConfig = DEFAULT_FILTER_CONFIG,
+    detector: LanguageDetector | None = None,
+) -> Verdict:
+    """Fail as "wrong_language" when ``text`` is confidently not in ``language``."""
+    check = judge_language(
+        text,
+        language,
+        detector=detector if detector is not None else default_detector(),
+        min_chars=config.language_min_chars,
+        script_min_share=config.script_min_share,
+        min_confidence=config.language_min_confidence,
+        accept_share=config.language_accept_share,
+        foreign_confidence=config.foreign_confidence,
+    )
+    if check.ok:
+        return Verdict.passed(check.detail)
+    return Verdict.failed("wrong_language", check.detail)
+
+
+def check_reply(
+    text: str,
+    *,
+    language: LanguageLike,
+    previous: Sequence[str] = (),
+    config: FilterConfig = DEFAULT_FILTER_CONFIG,
+    detector: LanguageDetector | None = None,
+) -> Verdict:
+    """The first failing filter for an assistant reply, or a pass.
+
+    ``previous`` holds the conversation's earlier turns (replies, and user turns if echoing
+    them should count too). Order: length, leaked markers, refusal, repetition, cross-turn
+    repetition, language.
+    """
+    verdict = check_length(text, config.min_reply_chars)
+    if not verdict.ok:
+        return verdict
+    return _common(text, language, previous, config, detector)
+
+
+def check_instruction(
+    text: str,
+    *,
+    language: LanguageLike,
+    config: FilterConfig = DEFAULT_FILTER_CONFIG,
+    detector: LanguageDetector | None = None,
+) -> Verdict:
+    """The first failing filter for an evolved or follow-up instruction, or a pass.
+
+    The same filters as a reply, with ``min_instruction_chars`` and no cross-turn check.
+    """
+    verdict = check_length(text, config.min_instruction_chars)
+    if not verdict.ok:
+        return verdict
+    return _common(text, language, (), config, detector)
+
+
+def _common(
+    text: str,
+    language: LanguageLike,
+    previous: Sequence[str],
+    config: FilterConfig,
+    detector: LanguageDetector | None,
+) -> Verdict:
+    if config.markers:
+        verdict = check_markers(text, config)
+        if not verdict.ok:
+            return verdict
+    if config.refusal:
+        verdict = check_refusal(text, config)
+        if not verdict.ok:
+            return verdict
+    verdict = check_repetition(text, config)
+    if not verdict.ok:
+        return verdict
+    verdict = check_cross_turn(text, previous, config)
+    if not verdict.ok:
+        return verdict
+    if config.check_language:
+        return check_language(text, language, config, detector)
+    return _PASS
+
+
+@functools.lru_cache(maxsize=8)
+def _refusals(path: Path | None) -> RefusalPhrases:
+    return load_refusals(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _markers(path: Path | None, extra: tuple[str, ...]) -> Markers:
+    return load_markers(path).with_extra(extra)
