@@ -332,3 +332,18 @@ def test_repetition_fault_text_repeats_and_wrong_language_changes_language() -> 
     wrong = {w.write(req, 400, attempt, "wrong_language").language for attempt in range(8)}
     assert "Korean" not in wrong
     assert len(wrong) > 1
+
+
+def test_an_independent_language_identifier_agrees() -> None:
+    """py3langid names each language's answers correctly (it knows no Wolof and reads Darija
+    as Arabic, so those two are judged by their word lists above)."""
+    langid = pytest.importorskip("py3langid")
+    wrong = []
+    for language in LANGUAGES:
+        if language.name in ("Wolof", "Moroccan Arabic"):
+            continue
+        for seed in range(3):
+            code, _ = langid.classify(answer_in(language, seed, 150))
+            if code != language.codes[0]:
+                wrong.append((language.name, seed, code))
+    assert wrong == []

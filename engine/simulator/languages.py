@@ -255,10 +255,10 @@ LANGUAGES: tuple[Language, ...] = (
         "Wolof",
         "wo|wol",
         "LATIN",
-        "ak|ci|ñu|mu|nga|dafa|dañu|nekk|am|def|dem|ñëw|bu|yu|ba|gi|yi|ko|leen|waaye|ndax|te|nit|"
-        "jamono|dund|àddina|kër|ndox|liggéey|dëkk|lekool|njaboot|taariix|bés|at|baax|bees|misaal|"
-        "laaj|tontu|xalaat|bépp|beneen|tey|mag|ndaw|xale|lekk|téere|làkk|réew|xarit|man|nun|moom|"
-        "lool",
+        "ak|ci|ñu|nga|dafa|dañu|dañuy|nekk|dem|ñëw|waaye|ndax|ngir|nit|jamono|dund|àddina|kër|"
+        "ndox|liggéey|dëkk|bés|baax|bees|laaj|tontu|xalaat|bépp|beneen|tey|leegi|ndaw|xale|lekk|"
+        "téere|làkk|réew|xarit|moom|lool|jàng|xam|bëgg|dégg|wax|jëf|gën|benn|lépp|jëkk|jërëjëf|"
+        "bokk|ëllëg|démb|guddi|jigéen|góor|yaay|baay|ceeb|jën|waxtaan|dinaa|damay",
         "lu tax|naka|lan|ban",
         "leeral|bindal|méngaleel|waxal",
     ),
@@ -385,9 +385,9 @@ LANGUAGES: tuple[Language, ...] = (
         "ary|darija|moroccan darija|الدارجة",
         "ARABIC",
         "ديال|واش|بزاف|دابا|كاين|ماشي|مزيان|هاد|هادي|حنا|نتا|نتي|هوما|غادي|بغيت|خاصني|شي|والو|"
-        "داكشي|عافاك|صافي|حيت|ولكن|الدار|الما|الخدمة|المدينة|المدرسة|العائلة|الناس|النهار|العام|"
-        "جديد|مهم|مثال|سؤال|جواب|ديما|واحد|خويا|الوقت|الدنيا|الماكلة|الكتاب|البلاد|صاحبي|كبير|"
-        "صغير|دري|كنقول|كيبان|بلا",
+        "داكشي|عافاك|صافي|حيت|ولكن|الدار|الما|الخدمة|النهار|ديما|واحد|خويا|الدنيا|الماكلة|البلاد|"
+        "صاحبي|دري|كنقول|كيبان|بلا|كنبغي|كيدير|شحال|دغيا|شوية|واخا|زوين|بحال|ديالي|ديالك|راه|"
+        "غير|تما|ملي|باش|بلاصة|الحانوت|الفلوس|السيمانة|البارح|كنخدم|مكاينش",
         "علاش|كيفاش|شنو|فين",
         "شرح ليا|كتب|قارن|وصف",
         question=_AR_Q,
