@@ -1,0 +1,433 @@
+"""The progress model: an event hook that keeps a run's figures in O(1) per event.
+
+Nothing here raises on an event (a hook must never take the run down); ``snapshot`` is pure.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from engine.clock import Clock
+from engine.events import (
+    BudgetUpdate,
+    ConversationFinished,
+    ConversationStarted,
+    Event,
+    RateLimitHit,
+    RequestDone,
+    RequestFailed,
+    RequestRetried,
+    RequestSent,
+    RunFinished,
+    RunStarted,
+    StepDone,
+)
+from engine.progress.rates import SlidingCounter
+from engine.progress.snapshot import (
+    FINAL_STATES,
+    LanguageProgress,
+    ProgressSnapshot,
+    pairs,
+    slowest_first,
+)
+
+__all__ = ["ProgressModel"]
+
+# Request rates are what providers limit per minute, so they use exactly a minute. Conversations
+# finish a few per minute per language, so their rates use a longer, coarser window to be stable.
+_REQUEST_WINDOW = (60.0, 1.0)
+_CONVERSATION_WINDOW = (600.0, 10.0)
+_MAX_MESSAGE = 500  # a last-error message longer than this is cut: displays show one line
+
+
+class _Language:
+    """One language's running counts (mutable; only the model touches it)."""
+
+    __slots__ = ("active", "done", "failed", "filtered", "finishes", "total")
+
+    def __init__(self, total: int | None = None) -> None:
+        self.total = total
+        self.done = 0
+        self.failed = 0
+        self.filtered = 0
+        self.active = 0
+        self.finishes = SlidingCounter(*_CONVERSATION_WINDOW)
+
+
+class ProgressModel:
+    """Aggregates engine events into counters and sliding windows; an ``EventHook``.
+
+    ``baseline`` is the store's snapshot from before this session (see
+    ``engine.progress.store.store_snapshot``): with it, counts cover the whole run with their
+    breakdowns; without it, earlier sessions are one ``finished_before`` count from RunStarted.
+    All times come from ``clock`` (the events' own ``t`` is not needed), so rates and ages in a
+    snapshot are consistent with the moment it is taken.
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        baseline: ProgressSnapshot | None = None,
+        language_totals: Mapping[str, int] | None = None,
+    ) -> None:
+        self._clock = clock
+        self._baseline = baseline or ProgressSnapshot()
+        base = self._baseline
+        self._run = base.run
+        self._state = "starting"
+        self._message = ""
+        self._started = clock.now()
+        self._ended: float | None = None
+        self._total = base.total
+        self._finished_before = base.finished_before
+        self._rpm_limit = base.rpm_limit
+        self._tpm_limit = base.tpm_limit
+        # conversations, this session
+        self._done = 0
+        self._failed = 0
+        self._filtered = 0
+        self._active = 0
+        self._failed_by_reason: dict[str, int] = dict(base.failed_by_reason)
+        self._filtered_by_reason: dict[str, int] = dict(base.filtered_by_reason)
+        self._steps: dict[str, int] = {}
+        self._finishes = SlidingCounter(*_CONVERSATION_WINDOW)
+        self._languages: dict[str, _Language] = {}
+        for lang in base.languages:
+            entry = self._language(lang.language)
+            entry.total = lang.total
+            entry.done, entry.failed, entry.filtered = lang.done, lang.failed, lang.filtered
+        if language_totals:
+            self.set_language_totals(language_totals)
+        # requests, this session (the in-flight map is keyed by request key: a retry reuses it)
+        self._inflight: dict[str, str] = {}
+        self._inflight_by_kind: dict[str, int] = {}
+        self._sent = 0
+        self._ok = 0
+        self._failed_requests = 0
+        self._retries = 0
+        self._hits = 0
+        self._errors: dict[str, int] = {}
+        self._last_error: tuple[str, str, float] | None = None
+        self._paused_until = -math.inf
+        self._sent_window = SlidingCounter(*_REQUEST_WINDOW)
+        self._charged_window = SlidingCounter(*_REQUEST_WINDOW)
+        self._used_window = SlidingCounter(*_REQUEST_WINDOW)
+        self._latency_window = SlidingCounter(*_REQUEST_WINDOW)
+        self._replies_window = SlidingCounter(*_REQUEST_WINDOW)
+        # The busiest figures add up in plain attributes for the current second and are folded
+        # into their windows once per second: at thousands of events a second, a window update
+        # per event was most of the model's cost.
+        self._second = -math.inf  # start of the second being accumulated
+        self._acc_sent = 0
+        self._acc_charged = 0
+        self._acc_replies = 0
+        self._acc_used = 0
+        self._acc_latency = 0.0
+        self._charged = 0
+        self._tokens_in = 0
+        self._tokens_out = 0
+        # money: the ledger's figures when it reports, else the replies' costs
+        self._cost = 0.0
+        self._budget: BudgetUpdate | None = None
+        self._cap = base.cap_usd
+        self._handlers: dict[type[Any], Callable[[Any], None]] = {
+            RunStarted: self._run_started,
+            RequestSent: self._request_sent,
+            RequestDone: self._request_done,
+            RequestRetried: self._request_retried,
+            RateLimitHit: self._rate_limit_hit,
+            RequestFailed: self._request_failed,
+            ConversationStarted: self._conversation_started,
+            StepDone: self._step_done,
+            ConversationFinished: self._conversation_finished,
+            BudgetUpdate: self._budget_update,
+            RunFinished: self._run_finished,
+        }
+
+    def __repr__(self) -> str:
+        return f"<ProgressModel {self._run or '?'} {self._state} active={self._active}>"
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    def set_language_totals(self, totals: Mapping[str, int]) -> None:
+        """Say how many conversations each language has in the run, so languages show ETAs."""
+        for language, total in totals.items():
+            self._language(language).total = total
+
+    def set_limits(self, *, rpm: float | None, tpm: float | None) -> None:
+        """Show new limits (e.g. learned from response headers) in the utilisation bars."""
+        self._rpm_limit, self._tpm_limit = rpm, tpm
+
+    # --- events ----------------------------------------------------------------------------
+
+    def on_event(self, event: Event) -> None:
+        """Update the counters for one event; unknown event types are ignored."""
+        handler = self._handlers.get(type(event))
+        if handler is not None:
+            handler(event)
+
+    def _language(self, name: str) -> _Language:
+        entry = self._languages.get(name)
+        if entry is None:
+            entry = self._languages[name] = _Language()
+        return entry
+
+    def _run_started(self, e: RunStarted) -> None:
+        self._run = e.run
+        self._total = e.conversations_total
+        if not self._baseline.finished:  # with a baseline, its breakdown already counts these
+            self._finished_before = e.conversations_done
+        self._rpm_limit, self._tpm_limit = e.rpm, e.tpm
+        self._cap = e.budget_usd
+        self._state = "running"
+        self._started = self._clock.now()
+        self._ended = None
+
+    def _fold(self) -> None:
+        """Add the current second's sums to the windows and start a new second."""
+        t = self._second
+        if self._acc_sent:
+            self._sent_window.add(t, self._acc_sent)
+            self._charged_window.add(t, self._acc_charged)
+            self._acc_sent = self._acc_charged = 0
+        if self._acc_replies:
+            self._replies_window.add(t, self._acc_replies)
+            self._used_window.add(t, self._acc_used)
+            self._latency_window.add(t, self._acc_latency)
+            self._acc_replies = self._acc_used = 0
+            self._acc_latency = 0.0
+        self._second = math.floor(self._clock.now())
+
+    def _request_sent(self, e: RequestSent) -> None:
+        if self._clock.now() >= self._second + 1.0:
+            self._fold()
+        charged = e.prompt_tokens + e.max_tokens
+        self._sent += 1
+        self._charged += charged
+        self._acc_sent += 1
+        self._acc_charged += charged
+        previous = self._inflight.get(e.key)
+        if previous is not None:  # sent again without an outcome event: count it once
+            self._inflight_by_kind[previous] -= 1
+        self._inflight[e.key] = e.kind
+        self._inflight_by_kind[e.kind] = self._inflight_by_kind.get(e.kind, 0) + 1
+
+    def _request_ended(self, key: str) -> None:
+        kind = self._inflight.pop(key, None)
+        if kind is not None:
+            self._inflight_by_kind[kind] -= 1
+
+    def _request_done(self, e: RequestDone) -> None:
+        if self._clock.now() >= self._second + 1.0:
+            self._fold()
+        self._request_ended(e.key)
+        self._ok += 1
+        self._tokens_in += e.prompt_tokens
+        self._tokens_out += e.completion_tokens
+        self._cost += e.cost_usd
+        self._acc_replies += 1
+        self._acc_used += e.prompt_tokens + e.completion_tokens
+        self._acc_latency += e.latency_s
+
+    def _error(self, error_class: str, message: str) -> None:
+        self._errors[error_class] = self._errors.get(error_class, 0) + 1
+        self._last_error = (error_class, message[:_MAX_MESSAGE], self._clock.now())
+
+    def _request_retried(self, e: RequestRetried) -> None:
+        self._request_ended(e.key)
+        self._retries += 1
+        self._error(e.error_class, e.message)
+
+    def _rate_limit_hit(self, e: RateLimitHit) -> None:
+        self._request_ended(e.key)
+        self._hits += 1
+        self._paused_until = max(self._paused_until, self._clock.now() + e.pause_s)
+
+    def _request_failed(self, e: RequestFailed) -> None:
+        self._request_ended(e.key)
+        self._failed_requests += 1
+        self._error(e.error_class, e.message)
+
+    def _conversation_started(self, e: ConversationStarted) -> None:
+        self._active += 1
+        self._language(e.language).active += 1
+
+    def _step_done(self, e: StepDone) -> None:
+        self._steps[e.kind] = self._steps.get(e.kind, 0) + 1
+
+    def _conversation_finished(self, e: ConversationFinished) -> None:
+        now = self._clock.now()
+        self._active = max(self._active - 1, 0)
+        lang = self._language(e.language)
+        lang.active = max(lang.active - 1, 0)
+        reason = e.reason or "unknown"
+        if e.status == "done":
+            self._done += 1
+            lang.done += 1
+        elif e.status == "filtered":
+            self._filtered += 1
+            lang.filtered += 1
+            self._filtered_by_reason[reason] = self._filtered_by_reason.get(reason, 0) + 1
+        else:  # "failed", or a status this model does not know: never lose a finish
+            self._failed += 1
+            lang.failed += 1
+            self._failed_by_reason[reason] = self._failed_by_reason.get(reason, 0) + 1
+        self._finishes.add(now)
+        lang.finishes.add(now)
+
+    def _budget_update(self, e: BudgetUpdate) -> None:
+        self._budget = e
+        self._cap = e.cap_usd
+
+    def _run_finished(self, e: RunFinished) -> None:
+        self._state = e.status
+        self._message = e.message
+        self._ended = self._clock.now()
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def snapshot(self) -> ProgressSnapshot:
+        """Every figure the displays show, as of now."""
+        self._fold()  # the current second's sums count too; later ones join the same bucket
+        now = self._clock.now()
+        base = self._baseline
+        end = self._ended if self._ended is not None else now
+        elapsed = max(end - self._started, 0.0)
+        since = self._started
+        done = base.done + self._done
+        failed = base.failed + self._failed
+        filtered = base.filtered + self._filtered
+        finished = done + failed + filtered + self._finished_before
+        conv_rate = self._finishes.rate(now, since)  # per second
+        remaining = max(self._total - finished, 0)
+        eta = _eta(remaining, conv_rate)
+        rpm = self._sent_window.rate(now, since) * 60
+        tpm = self._charged_window.rate(now, since) * 60
+        binding, mean_util = _binding(
+            self._sent, self._charged, elapsed, self._rpm_limit, self._tpm_limit
+        )
+        replies = self._replies_window.total(now)
+        errors = dict(base.errors_by_class)
+        for name, n in self._errors.items():
+            errors[name] = errors.get(name, 0) + n
+        last_class, last_message, last_age = _last_error(self._last_error, now, base)
+        spent, reserved, projected = self._money(finished)
+        return ProgressSnapshot(
+            run=self._run,
+            state=self._state,
+            message=self._message,
+            elapsed_s=elapsed,
+            total=self._total,
+            done=done,
+            failed=failed,
+            filtered=filtered,
+            finished_before=self._finished_before,
+            active=self._active,
+            failed_by_reason=pairs(self._failed_by_reason),
+            filtered_by_reason=pairs(self._filtered_by_reason),
+            steps_by_kind=pairs(self._steps),
+            conv_per_min=conv_rate * 60,
+            eta_s=0.0 if self._state in FINAL_STATES and not remaining else eta,
+            in_flight=len(self._inflight),
+            in_flight_by_kind=pairs(self._inflight_by_kind),
+            requests_sent=base.requests_sent + self._sent,
+            requests_ok=base.requests_ok + self._ok,
+            requests_failed=base.requests_failed + self._failed_requests,
+            retries=base.retries + self._retries,
+            rate_limit_hits=base.rate_limit_hits + self._hits,
+            errors_by_class=pairs(errors),
+            last_error_class=last_class,
+            last_error=last_message,
+            last_error_age_s=last_age,
+            paused_s=max(self._paused_until - now, 0.0),
+            latency_s=self._latency_window.total(now) / replies if replies else None,
+            rpm=rpm,
+            rpm_limit=self._rpm_limit,
+            tpm=tpm,
+            tpm_limit=self._tpm_limit,
+            tokens_per_min=self._used_window.rate(now, since) * 60,
+            binding_limit=binding,
+            mean_utilisation=mean_util,
+            tokens_in=base.tokens_in + self._tokens_in,
+            tokens_out=base.tokens_out + self._tokens_out,
+            spent_usd=spent,
+            reserved_usd=reserved,
+            cap_usd=self._cap,
+            projected_usd=projected,
+            languages=self._language_rows(now, since),
+        )
+
+    def _money(self, finished: int) -> tuple[float, float, float | None]:
+        """Spent, reserved and projected USD: the ledger's when it has reported, else estimated."""
+        if self._budget is not None:
+            b = self._budget
+            projected = b.projected_usd
+            spent, reserved = b.spent_usd, b.reserved_usd
+        else:
+            spent, reserved, projected = self._baseline.spent_usd + self._cost, 0.0, None
+        if projected is None and finished and self._total:
+            # Spend so far includes the active conversations' first steps, so this errs high,
+            # which is the safe side for a number people compare against a cap.
+            projected = spent * max(self._total / finished, 1.0)
+        return spent, reserved, projected
+
+    def _language_rows(self, now: float, since: float) -> tuple[LanguageProgress, ...]:
+        rows = []
+        for name, lang in self._languages.items():
+            rate = lang.finishes.rate(now, since)
+            finished = lang.done + lang.failed + lang.filtered
+            eta = None if lang.total is None else _eta(max(lang.total - finished, 0), rate)
+            rows.append(
+                LanguageProgress(
+                    language=name,
+                    total=lang.total,
+                    done=lang.done,
+                    failed=lang.failed,
+                    filtered=lang.filtered,
+                    active=lang.active,
+                    rate_per_min=rate * 60,
+                    eta_s=eta,
+                )
+            )
+        rows.sort(key=slowest_first)
+        return tuple(rows)
+
+
+def _eta(remaining: int, rate_per_s: float) -> float | None:
+    if remaining <= 0:
+        return 0.0
+    if rate_per_s <= 0:
+        return None
+    return remaining / rate_per_s
+
+
+def _binding(
+    sent: int, charged: int, elapsed: float, rpm_limit: float | None, tpm_limit: float | None
+) -> tuple[str | None, float | None]:
+    """Which limit the run leaned on hardest, and its mean utilisation over ``elapsed``."""
+    minutes = elapsed / 60
+    if minutes <= 0:
+        return None, None
+    candidates = []
+    if rpm_limit:
+        candidates.append((sent / minutes / rpm_limit, "rpm"))
+    if tpm_limit:
+        candidates.append((charged / minutes / tpm_limit, "tpm"))
+    if not candidates:
+        return None, None
+    util, name = max(candidates)
+    return name, util
+
+
+def _last_error(
+    last: tuple[str, str, float] | None, now: float, base: ProgressSnapshot
+) -> tuple[str | None, str | None, float | None]:
+    if last is not None:
+        return last[0], last[1], max(now - last[2], 0.0)
+    # An error from an earlier session has no meaningful age on this session's clock.
+    return base.last_error_class, base.last_error, None

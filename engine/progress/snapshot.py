@@ -1,0 +1,225 @@
+"""Progress snapshots: every figure a display shows, as one frozen, JSON-ready value.
+
+``from_dict`` raises ValueError or TypeError when the data is not a snapshot's shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = ["FINAL_STATES", "LanguageProgress", "ProgressSnapshot", "pairs", "slowest_first"]
+
+# How a run can end; "running" and "starting" are the only other states a live run has.
+FINAL_STATES = frozenset({"finished", "interrupted", "budget_exhausted", "failed"})
+
+# Snapshot fields that hold (name, count) pairs, biggest first; they are objects in JSON.
+_PAIR_FIELDS = frozenset(
+    {
+        "failed_by_reason",
+        "filtered_by_reason",
+        "steps_by_kind",
+        "in_flight_by_kind",
+        "errors_by_class",
+    }
+)
+
+Pairs = tuple[tuple[str, int], ...]
+
+
+def pairs(counts: Mapping[str, int]) -> Pairs:
+    """Counts as (name, count) pairs, biggest first, then by name, dropping zeros."""
+    return tuple(sorted(((k, v) for k, v in counts.items() if v), key=lambda kv: (-kv[1], kv[0])))
+
+
+@dataclass(frozen=True, slots=True)
+class LanguageProgress:
+    """One language's conversations: finished so far, planned, active and how fast they finish."""
+
+    language: str
+    total: int | None = None  # None when the engine did not say how many are planned
+    done: int = 0
+    failed: int = 0
+    filtered: int = 0
+    active: int = 0
+    rate_per_min: float = 0.0  # conversations finished per minute, recent window
+    eta_s: float | None = None
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed + self.filtered
+
+    @property
+    def fraction(self) -> float | None:
+        if not self.total:
+            return None
+        return min(self.finished / self.total, 1.0)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data, with the derived ``finished`` and ``fraction``."""
+        out = {name: _finite(getattr(self, name)) for name in _LANGUAGE_FIELDS}
+        out["finished"] = self.finished
+        out["fraction"] = self.fraction
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LanguageProgress:
+        """The inverse of ``as_dict``; derived and unknown keys are ignored."""
+        return cls(
+            language=str(data["language"]),
+            total=None if data.get("total") is None else int(data["total"]),
+            done=int(data.get("done", 0)),
+            failed=int(data.get("failed", 0)),
+            filtered=int(data.get("filtered", 0)),
+            active=int(data.get("active", 0)),
+            rate_per_min=float(data.get("rate_per_min", 0.0)),
+            eta_s=None if data.get("eta_s") is None else float(data["eta_s"]),
+        )
+
+
+def slowest_first(lang: LanguageProgress) -> tuple[int, float, float, str]:
+    """Sort key: languages that will finish last first, complete languages last.
+
+    With a planned total, "slowest" is the longest time to finish at the recent rate (a
+    language with work left and no recent finish is slowest of all); without one, the lowest
+    rate.
+    """
+    if lang.total is not None:
+        remaining = lang.total - lang.finished
+        if remaining <= 0:
+            return (2, 0.0, 0.0, lang.language)
+        eta = math.inf if lang.eta_s is None else lang.eta_s
+        return (0, -eta, lang.fraction or 0.0, lang.language)
+    return (1, lang.rate_per_min, float(lang.finished), lang.language)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressSnapshot:
+    """A run's figures at one moment; counts are cumulative over the run, rates are recent."""
+
+    run: str = ""
+    state: str = "starting"  # starting | running | one of FINAL_STATES
+    message: str = ""  # why the run ended, when it has
+    elapsed_s: float = 0.0  # wall time of this session (of the whole run, when read from a store)
+    # conversations
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    filtered: int = 0
+    finished_before: int = 0  # finished in earlier sessions, when no breakdown was available
+    active: int = 0
+    failed_by_reason: Pairs = ()
+    filtered_by_reason: Pairs = ()
+    steps_by_kind: Pairs = ()
+    conv_per_min: float = 0.0
+    eta_s: float | None = None
+    # requests
+    in_flight: int = 0
+    in_flight_by_kind: Pairs = ()
+    requests_sent: int = 0
+    requests_ok: int = 0
+    requests_failed: int = 0
+    retries: int = 0
+    rate_limit_hits: int = 0
+    errors_by_class: Pairs = ()
+    last_error_class: str | None = None
+    last_error: str | None = None
+    last_error_age_s: float | None = None
+    paused_s: float = 0.0  # dispatch is paused by a 429 for this much longer
+    latency_s: float | None = None  # mean reply latency, recent window
+    # limits: rpm counts requests sent; tpm counts prompt + max_tokens, which providers charge
+    rpm: float = 0.0
+    rpm_limit: float | None = None
+    tpm: float = 0.0
+    tpm_limit: float | None = None
+    tokens_per_min: float = 0.0  # prompt + completion tokens actually used
+    binding_limit: str | None = None  # "rpm" | "tpm": the limit with the higher mean utilisation
+    mean_utilisation: float | None = None  # of the binding limit, over the elapsed time
+    # tokens and money
+    tokens_in: int = 0
+    tokens_out: int = 0
+    spent_usd: float = 0.0
+    reserved_usd: float = 0.0
+    cap_usd: float | None = None
+    projected_usd: float | None = None
+    languages: tuple[LanguageProgress, ...] = ()  # slowest first
+
+    @property
+    def finished(self) -> int:
+        """Conversations in a final state: done, failed or filtered, in any session."""
+        return self.done + self.failed + self.filtered + self.finished_before
+
+    @property
+    def pending(self) -> int:
+        return max(self.total - self.finished - self.active, 0)
+
+    @property
+    def fraction(self) -> float | None:
+        if self.total <= 0:
+            return None
+        return min(self.finished / self.total, 1.0)
+
+    @property
+    def rpm_util(self) -> float | None:
+        return _ratio(self.rpm, self.rpm_limit)
+
+    @property
+    def tpm_util(self) -> float | None:
+        return _ratio(self.tpm, self.tpm_limit)
+
+    @property
+    def spent_fraction(self) -> float | None:
+        return _ratio(self.spent_usd, self.cap_usd)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data: pair fields become objects, derived figures are included."""
+        out: dict[str, Any] = {}
+        for name in _SNAPSHOT_FIELDS:
+            value = getattr(self, name)
+            if name in _PAIR_FIELDS:
+                value = dict(value)
+            elif name == "languages":
+                value = [lang.as_dict() for lang in value]
+            out[name] = _finite(value)
+        out.update(
+            finished=self.finished,
+            pending=self.pending,
+            fraction=self.fraction,
+            rpm_util=self.rpm_util,
+            tpm_util=self.tpm_util,
+        )
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProgressSnapshot:
+        """The inverse of ``as_dict``: derived, unknown keys ignored; missing ones default."""
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            if f.name in _PAIR_FIELDS:
+                value = pairs({str(k): int(n) for k, n in dict(value).items()})
+            elif f.name == "languages":
+                value = tuple(LanguageProgress.from_dict(item) for item in value)
+            kwargs[f.name] = value
+        return cls(**kwargs)
+
+
+_LANGUAGE_FIELDS = tuple(f.name for f in fields(LanguageProgress))
+_SNAPSHOT_FIELDS = tuple(f.name for f in fields(ProgressSnapshot))
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no infinity or NaN; readers treat None as "not known"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _ratio(value: float, limit: float | None) -> float | None:
+    if limit is None or limit <= 0:
+        return None
+    return value / limit

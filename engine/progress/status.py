@@ -1,0 +1,178 @@
+"""``m2l status``'s answer: is the run running, finished, interrupted or stopped at its cap.
+
+``read_run_status`` raises NoRun (a StateError) when the directory holds no run, and
+StateError when its store cannot be read and there is no status file to fall back on.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from engine.errors import StateError
+from engine.progress._format import duration
+from engine.progress.snapshot import FINAL_STATES, ProgressSnapshot
+from engine.progress.statusfile import (
+    HEARTBEAT_FRESH_S,
+    STATUS_FILE,
+    StatusFile,
+    pid_alive,
+    read_status_file,
+)
+from engine.progress.store import STATE_DB, StoreLocked, read_store
+
+__all__ = ["NoRun", "RunStatus", "judge_status_file", "read_run_status"]
+
+_RESUME = "run the same command to resume"
+
+
+class NoRun(StateError):
+    """The directory holds neither a store nor a status file."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunStatus:
+    """A run's state, one sentence on why we believe it, and its figures."""
+
+    run_dir: Path
+    state: str  # running | stalled | finished | interrupted | budget_exhausted | failed | unknown
+    note: str
+    source: str  # where the figures come from, in words
+    snapshot: ProgressSnapshot
+    pid: int | None = None
+    heartbeat_age_s: float | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain JSON-able data for ``m2l status --json``."""
+        return {
+            "run_dir": str(self.run_dir),
+            "state": self.state,
+            "note": self.note,
+            "source": self.source,
+            "pid": self.pid,
+            "heartbeat_age_s": self.heartbeat_age_s,
+            "snapshot": self.snapshot.as_dict(),
+        }
+
+
+def judge_status_file(status: StatusFile, *, now: float, alive: bool | None) -> tuple[str, str]:
+    """The state a status file supports, and why; ``alive`` is None when the pid cannot be
+    checked (the writer ran on another host).
+
+    A run is running only if the file says so, its pid is alive and its heartbeat is fresh.
+    """
+    age = status.age_s(now)
+    if status.state not in ("running", "starting"):
+        return status.state, _ended_note(status.state, status.snapshot.message)
+    beat = f"last heartbeat {age:.0f} s ago" if age < 120 else f"last heartbeat {duration(age)} ago"
+    if alive is False:
+        return "interrupted", f"the process is gone (pid {status.pid}, {beat}); {_RESUME}"
+    if age < HEARTBEAT_FRESH_S:
+        where = "" if alive else f" on {status.host}"
+        return "running", f"pid {status.pid}{where} is writing ({beat})"
+    if alive is None:
+        return "interrupted", (
+            f"no heartbeat from pid {status.pid} on {status.host} ({beat}); if that process is "
+            f"gone, {_RESUME}"
+        )
+    return "stalled", (
+        f"pid {status.pid} is alive but silent ({beat}): it may be hung, or the pid reused; "
+        f"stop it, then {_RESUME}"
+    )
+
+
+def read_run_status(
+    run_dir: Path,
+    *,
+    now: Callable[[], float] = time.time,
+    alive: Callable[[int], bool] = pid_alive,
+) -> RunStatus:
+    """Read a run's state and figures from its status file and, when it is free, its store.
+
+    Raises NoRun when ``run_dir`` holds neither ``state.duckdb`` nor ``status.json``, and
+    StateError when the store is unreadable and no status file can stand in for it.
+    """
+    run_dir = Path(run_dir)
+    store_path = run_dir / STATE_DB
+    damaged = None
+    try:
+        status = read_status_file(run_dir)
+    except StateError:
+        if not store_path.exists():
+            raise
+        status, damaged = None, f"{STATUS_FILE} is damaged and was ignored"
+    if status is None and not store_path.exists():
+        raise NoRun(
+            f"{run_dir} holds no run: there is no {STATE_DB} or {STATUS_FILE} in it; check the "
+            "path (a run directory is <output_dir>/<run name>)"
+        )
+    wall = now()
+    file_state = file_note = None
+    pid = age = None
+    if status is not None:
+        same_host = status.host in ("", socket.gethostname())
+        file_state, file_note = judge_status_file(
+            status, now=wall, alive=alive(status.pid) if same_host else None
+        )
+        pid, age = status.pid, status.age_s(wall)
+        if file_state == "running":
+            # The writer holds the store; its status file is the only view while it runs.
+            return RunStatus(
+                run_dir,
+                "running",
+                file_note,
+                f"{STATUS_FILE}, written {age:.1f} s ago",
+                _with_state(status.snapshot, "running"),
+                pid,
+                age,
+            )
+    if not store_path.exists():
+        assert status is not None and file_state is not None and file_note is not None
+        source = f"{STATUS_FILE} (there is no {STATE_DB} yet)"
+        snapshot = _with_state(status.snapshot, file_state)
+        return RunStatus(run_dir, file_state, file_note, source, snapshot, pid, age)
+    try:
+        snapshot = read_store(store_path)
+    except StoreLocked as exc:
+        holder = f"pid {exc.pid}" if exc.pid else "another process"
+        if status is None:
+            note = f"{holder} holds the store and has written no status file yet"
+            snapshot = ProgressSnapshot(run=run_dir.name, state="running")
+            return RunStatus(run_dir, "running", note, "none", snapshot, exc.pid)
+        assert file_state is not None and file_note is not None
+        source = f"{STATUS_FILE}, {duration(age)} old: the store is locked by {holder}"
+        snapshot = _with_state(status.snapshot, file_state)
+        return RunStatus(run_dir, file_state, file_note, source, snapshot, pid, age)
+    message = status.snapshot.message if status is not None else snapshot.message
+    if file_state in FINAL_STATES and file_note is not None:
+        state, note = file_state, file_note
+    elif status is not None or snapshot.state in ("running", "starting", "unknown"):
+        # Nobody holds the store, so nobody is running the run, whatever was last recorded:
+        # the process ended without recording its end (killed, crashed, machine down).
+        state, note, message = "interrupted", f"the process is gone; {_RESUME}", ""
+    else:
+        state, note = snapshot.state, _ended_note(snapshot.state, message)
+    snapshot = replace(snapshot, state=state, message=message or snapshot.message)
+    source = f"{STATE_DB} (read-only)" + (f"; {damaged}" if damaged else "")
+    return RunStatus(run_dir, state, note, source, snapshot, pid, age)
+
+
+def _ended_note(state: str, message: str) -> str:
+    """One sentence on a run that nobody is running, by how it ended."""
+    why = f" ({message})" if message else ""
+    if state == "interrupted":
+        return f"stopped before the end{why}; {_RESUME}"
+    if state == "budget_exhausted":
+        return "stopped at the budget cap: raise budget.usd, then run the same command to go on"
+    if state == "failed":
+        return f"stopped on an error{why}: fix it, then {_RESUME}"
+    if state == "finished":
+        return "every conversation reached a final state"
+    return f"the store records the state '{state}'"
+
+
+def _with_state(snapshot: ProgressSnapshot, state: str) -> ProgressSnapshot:
+    return snapshot if snapshot.state == state else replace(snapshot, state=state)

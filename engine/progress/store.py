@@ -1,0 +1,224 @@
+"""Reading a run's figures from its DuckDB store, read-only, for ``m2l status`` and summaries.
+
+``open_read_only`` raises StoreLocked (a StateError) while another process writes the store,
+and StateError when the file is missing, not DuckDB, or not an m2l store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from engine.errors import StateError
+from engine.progress.snapshot import LanguageProgress, ProgressSnapshot, pairs, slowest_first
+
+__all__ = ["STATE_DB", "StoreLocked", "open_read_only", "read_store", "store_snapshot"]
+
+STATE_DB = "state.duckdb"
+_LOCK_PID = re.compile(r"\(PID (\d+)\)")
+_REASON_CHARS = 80  # failure reasons are grouped by their text; long messages are cut to group
+
+
+class StoreLocked(StateError):
+    """Another process holds the store open for writing (DuckDB allows one writer, no readers)."""
+
+    def __init__(self, message: str, *, pid: int | None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+def open_read_only(path: Path) -> duckdb.DuckDBPyConnection:
+    """Open a store without any chance of writing to it; raises StoreLocked or StateError."""
+    if not path.is_file():
+        raise StateError(f"there is no state file {path}")
+    try:
+        return duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        reason = str(exc)
+        if "lock" in reason.lower():
+            found = _LOCK_PID.search(reason)
+            pid = int(found.group(1)) if found else None
+            holder = f"pid {pid}" if pid else "another process"
+            raise StoreLocked(f"the store {path} is locked by {holder}", pid=pid) from exc
+        raise StateError(f"cannot read the store {path}: {reason}") from exc
+
+
+def read_store(path: Path) -> ProgressSnapshot:
+    """The figures of the store at ``path``, opened read-only; raises StoreLocked or StateError."""
+    con = open_read_only(path)
+    try:
+        return store_snapshot(con, run=path.parent.name)
+    finally:
+        con.close()
+
+
+def _scalar_row(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:
+    row = con.execute(sql).fetchone()
+    if row is None:  # aggregates always return a row; this only guards the type
+        raise StateError("the store returned no row for an aggregate query")
+    return tuple(row)
+
+
+def store_snapshot(con: duckdb.DuckDBPyConnection, *, run: str = "") -> ProgressSnapshot:
+    """The run's figures from any open connection to its store (also the engine's own).
+
+    Rates are means over the span from the first request sent to the last reply; ``state`` is
+    run_meta's status. Raises StateError when the connection holds no m2l store.
+    """
+    try:
+        return _snapshot(con, run)
+    except duckdb.CatalogException as exc:
+        raise StateError(f"this DuckDB file is not an m2l run store ({exc})") from exc
+
+
+def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
+    meta = dict(con.execute("SELECT key, value FROM run_meta").fetchall())
+    config = _config(meta.get("config_json"))
+    run = str(_dig(config, "run", "name") or run)
+    by_status = dict(
+        con.execute("SELECT status, count(*) FROM conversations GROUP BY 1").fetchall()
+    )
+    reasons: dict[str, dict[str, int]] = {"failed": {}, "filtered": {}}
+    for status, reason, n in con.execute(
+        f"""SELECT status, left(coalesce(filter_reason, error, 'unknown'), {_REASON_CHARS}),
+            count(*) FROM conversations WHERE status IN ('failed', 'filtered') GROUP BY ALL"""
+    ).fetchall():
+        reasons[status][reason] = n
+    (sent, ok, charged, tokens_in, tokens_out, spent, reserved, span, hits) = _scalar_row(
+        con,
+        """SELECT count(*) FILTER (WHERE status IN ('ok', 'error', 'reserved')),
+            count(*) FILTER (WHERE status = 'ok'),
+            coalesce(sum(prompt_tokens + max_tokens) FILTER (WHERE status <> 'rejected'), 0),
+            coalesce(sum(prompt_tokens) FILTER (WHERE status = 'ok'), 0),
+            coalesce(sum(completion_tokens) FILTER (WHERE status = 'ok'), 0),
+            coalesce(sum(cost_usd), 0),
+            coalesce(sum(reserved_usd) FILTER (WHERE status = 'reserved'), 0),
+            coalesce(epoch(max(finished_at)) - epoch(min(sent_at)), 0),
+            count(*) FILTER (WHERE error_class = 'rate_limited')
+        FROM requests""",
+    )
+    # Attempts past the first of each step are retries; a step whose last attempt did not
+    # succeed is a failed request. Neither depends on how attempts are numbered.
+    retries, failed_requests = _scalar_row(
+        con,
+        """SELECT coalesce(sum(n - 1), 0), count(*) FILTER (WHERE last IN ('error', 'rejected'))
+        FROM (SELECT count(*) AS n, arg_max(status, attempt) AS last
+              FROM requests GROUP BY conv_id, step)""",
+    )
+    errors = dict(
+        con.execute(
+            "SELECT error_class, count(*) FROM requests WHERE error_class IS NOT NULL GROUP BY 1"
+        ).fetchall()
+    )
+    last = con.execute(
+        """SELECT error_class, error FROM requests WHERE error IS NOT NULL
+        ORDER BY finished_at DESC NULLS LAST, request_id DESC LIMIT 1"""
+    ).fetchone()
+    span = float(span or 0.0)
+    minutes = span / 60
+    rpm_limit = _number(_dig(config, "limits", "rpm"))
+    tpm_limit = _number(_dig(config, "limits", "tpm"))
+    languages = _languages(con, minutes)
+    total = sum(by_status.values())
+    finished = sum(by_status.get(k, 0) for k in ("done", "failed", "filtered"))
+    rate = finished / minutes if minutes > 0 else 0.0
+    utils: list[tuple[float, str]] = []
+    if minutes > 0 and rpm_limit:
+        utils.append((sent / minutes / rpm_limit, "rpm"))
+    if minutes > 0 and tpm_limit:  # tpm counts what providers charge: prompt + max_tokens
+        utils.append((charged / minutes / tpm_limit, "tpm"))
+    binding = max(utils) if utils else None
+    cap = _number(_dig(config, "budget", "usd"))
+    return ProgressSnapshot(
+        run=run,
+        state=meta.get("status", "unknown"),
+        elapsed_s=span,
+        total=total,
+        done=by_status.get("done", 0),
+        failed=by_status.get("failed", 0),
+        filtered=by_status.get("filtered", 0),
+        active=by_status.get("active", 0),
+        failed_by_reason=pairs(reasons["failed"]),
+        filtered_by_reason=pairs(reasons["filtered"]),
+        conv_per_min=rate,
+        eta_s=(total - finished) * 60 / rate if rate > 0 else (0.0 if total == finished else None),
+        requests_sent=sent,
+        requests_ok=ok,
+        requests_failed=failed_requests,
+        retries=retries,
+        rate_limit_hits=hits,
+        errors_by_class=pairs(errors),
+        last_error_class=None if last is None else last[0],
+        last_error=None if last is None else last[1],
+        rpm=sent / minutes if minutes > 0 else 0.0,
+        rpm_limit=rpm_limit,
+        tpm=charged / minutes if minutes > 0 else 0.0,
+        tpm_limit=tpm_limit,
+        tokens_per_min=(tokens_in + tokens_out) / minutes if minutes > 0 else 0.0,
+        binding_limit=None if binding is None else binding[1],
+        mean_utilisation=None if binding is None else binding[0],
+        tokens_in=int(tokens_in),
+        tokens_out=int(tokens_out),
+        spent_usd=float(spent),
+        reserved_usd=float(reserved),
+        cap_usd=cap,
+        languages=languages,
+    )
+
+
+def _languages(con: duckdb.DuckDBPyConnection, minutes: float) -> tuple[LanguageProgress, ...]:
+    rows = []
+    for language, total, done, failed, filtered, active in con.execute(
+        """SELECT language, count(*), count(*) FILTER (WHERE status = 'done'),
+            count(*) FILTER (WHERE status = 'failed'), count(*) FILTER (WHERE status = 'filtered'),
+            count(*) FILTER (WHERE status = 'active')
+        FROM conversations GROUP BY language"""
+    ).fetchall():
+        finished = done + failed + filtered
+        rate = finished / minutes if minutes > 0 else 0.0
+        remaining = total - finished
+        eta = 0.0 if remaining <= 0 else remaining * 60 / rate if rate > 0 else None
+        rows.append(
+            LanguageProgress(
+                language=language,
+                total=total,
+                done=done,
+                failed=failed,
+                filtered=filtered,
+                active=active,
+                rate_per_min=rate,
+                eta_s=eta,
+            )
+        )
+    rows.sort(key=slowest_first)
+    return tuple(rows)
+
+
+def _config(text: str | None) -> dict[str, Any]:
+    """The run's stored configuration; an unreadable one only costs the limits and the cap."""
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _dig(data: dict[str, Any], *keys: str) -> Any:
+    value: Any = data
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return None

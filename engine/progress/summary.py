@@ -1,0 +1,160 @@
+"""The end-of-run summary: what was made, what failed and why, what it cost, and what to do next.
+
+Nothing here raises for any snapshot.
+"""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from engine.progress._format import compact, count, duration, percent, usd
+from engine.progress.dashboard import STATE_STYLES
+from engine.progress.snapshot import Pairs, ProgressSnapshot
+
+__all__ = ["Row", "export_command", "next_steps", "render_summary", "summary_rows", "summary_text"]
+
+_HEADLINES = {
+    "finished": "finished",
+    "interrupted": "interrupted",
+    "budget_exhausted": "stopped at the budget cap",
+    "failed": "failed",
+    "running": "running",
+    "stalled": "stalled",
+}
+
+
+def export_command(run_dir: Path) -> str:
+    """The shell command that exports this run for training, quoted to paste as it is."""
+    return f"m2l export {shlex.quote(str(run_dir))} --format messages-jsonl"
+
+
+def _reasons(items: Pairs, limit: int = 4) -> str:
+    shown = [f"{name} {count(n)}" for name, n in items[:limit]]
+    if len(items) > limit:
+        shown.append(f"{len(items) - limit} more")
+    return ", ".join(shown)
+
+
+def _of_total(n: int, total: int, detail: str = "") -> str:
+    share = percent(n / total) if total > 0 else ""
+    return " · ".join(part for part in (share, detail) if part)
+
+
+Row = tuple[str, str, str]  # label, figure (right-aligned), detail
+
+
+def summary_rows(s: ProgressSnapshot) -> list[Row]:
+    """The summary's (label, figure, detail) rows, shared by the rich table and the plain text."""
+    total = s.total
+    rows: list[Row] = [
+        ("conversations", count(total), "planned"),
+        ("  done", count(s.done), _of_total(s.done, total)),
+        ("  failed", count(s.failed), _of_total(s.failed, total, _reasons(s.failed_by_reason))),
+        (
+            "  filtered",
+            count(s.filtered),
+            _of_total(s.filtered, total, _reasons(s.filtered_by_reason)),
+        ),
+    ]
+    if s.finished_before:
+        rows.append(("  earlier", count(s.finished_before), "finished in earlier sessions"))
+    unfinished = s.pending + s.active
+    if unfinished:
+        rows.append(("  not finished", count(unfinished), _of_total(unfinished, total)))
+    rows.append(
+        (
+            "requests",
+            count(s.requests_sent),
+            f"sent · {count(s.requests_ok)} ok · {count(s.retries)} retries · "
+            f"{count(s.rate_limit_hits)} rate-limited (429) · {count(s.requests_failed)} failed",
+        )
+    )
+    if s.errors_by_class:
+        rows.append(("errors by class", "", _reasons(s.errors_by_class, limit=6)))
+    rows.append(("tokens in", count(s.tokens_in), compact(s.tokens_in)))
+    rows.append(("tokens out", count(s.tokens_out), compact(s.tokens_out)))
+    cost = "" if s.cap_usd is None else f"of the {usd(s.cap_usd)} cap ({percent(s.spent_fraction)})"
+    if s.reserved_usd > 0:
+        cost = " · ".join(part for part in (cost, f"{usd(s.reserved_usd)} still reserved") if part)
+    rows.append(("cost", usd(s.spent_usd), cost))
+    rows.append(("wall time", duration(s.elapsed_s), ""))
+    if s.binding_limit is None or s.mean_utilisation is None:
+        rows.append(("utilisation", "-", "no rpm or tpm limit known"))
+    else:
+        rows.append(
+            (
+                "utilisation",
+                percent(s.mean_utilisation),
+                f"mean of the {s.binding_limit} limit, the binding one",
+            )
+        )
+    return rows
+
+
+def next_steps(s: ProgressSnapshot, *, run_dir: Path) -> list[str]:
+    """What to do now, by how the run ended; the export command is always last."""
+    steps = []
+    if s.state == "interrupted":
+        steps.append("resume: run the same command again; finished steps are kept")
+    elif s.state == "budget_exhausted":
+        steps.append(
+            "the budget cap was reached: raise budget.usd in the config, then run the same "
+            "command again to continue"
+        )
+    elif s.state == "failed":
+        why = f" ({s.message})" if s.message else ""
+        steps.append(f"the run stopped early{why}: fix the cause, then run the same command again")
+    steps.append(f"export: {export_command(run_dir)}")
+    return steps
+
+
+def _headline(s: ProgressSnapshot) -> str:
+    return _HEADLINES.get(s.state, s.state.replace("_", " "))
+
+
+def summary_text(s: ProgressSnapshot, *, run_dir: Path) -> str:
+    """The summary as plain text lines, for logs and terminals without rich."""
+    lines = [f"m2l run {s.run or run_dir.name}: {_headline(s)} after {duration(s.elapsed_s)}"]
+    rows = summary_rows(s)
+    label_w = max(len(label) for label, _, _ in rows)
+    figure_w = max(len(figure) for _, figure, _ in rows)
+    for label, figure, detail in rows:
+        lines.append(f"  {label:<{label_w}}  {figure:>{figure_w}}  {detail}".rstrip())
+    lines += next_steps(s, run_dir=run_dir)
+    return "\n".join(lines)
+
+
+def render_summary(s: ProgressSnapshot, *, run_dir: Path, console: Console) -> None:
+    """Print the summary as a rich panel, then the next steps below it.
+
+    The next steps are printed outside the panel and soft-wrapped, so a long run directory
+    never breaks the export command across box-drawn lines: it stays one line to copy.
+    """
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column(justify="right", no_wrap=True, style="bold")
+    table.add_column()
+    for label, figure, detail in summary_rows(s):
+        table.add_row(label, figure, detail)
+    style = STATE_STYLES.get(s.state, "white")
+    title = Text.assemble(("m2l", "bold"), f" · {s.run or run_dir.name} · ", (_headline(s), style))
+    console.print(
+        Panel(
+            table,
+            title=title,
+            title_align="left",
+            border_style=style,
+            padding=(0, 1),
+            expand=False,
+        )
+    )
+    for step in next_steps(s, run_dir=run_dir):
+        line = Text(step)
+        line.highlight_regex(r"m2l export .*$", "bold")
+        console.print(line, soft_wrap=True)
