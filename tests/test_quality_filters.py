@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,7 @@ from engine.quality import (
     check_length,
     check_reply,
 )
+from prompts.languages import load_languages
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,3 +162,20 @@ def test_verdict_values() -> None:
         "near_duplicate",
         "exact_duplicate",
     )
+
+
+def test_bundled_seed_instructions_all_pass() -> None:
+    """Every human-written seed instruction of the bundled 41-language sample passes."""
+    table = load_languages()
+    seeds = Path(__file__).resolve().parent.parent / "examples" / "seeds.jsonl"
+    failures = []
+    count = 0
+    for line in seeds.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        language = table.lookup(row["language"])
+        verdict = check_instruction(row["inputs"], language=language)
+        count += 1
+        if not verdict.ok:
+            failures.append((row["language"], str(verdict), row["inputs"][:60]))
+    assert count > 100
+    assert failures == []

@@ -426,6 +426,37 @@ def test_latin_text_in_a_language_the_model_may_not_know_passes(
 
 
 @pytest.mark.parametrize(
+    ("code", "script", "text"),
+    [
+        (
+            "su",
+            "Latin",
+            "Wilujeng enjing. Abdi bade angkat ka pasar kanggo meser lauk sareng sayuran "
+            "kanggo tuang wengi.",
+        ),
+        ("ti", "Ethiopic", "ከመይ ሓዲርኩም? ሎሚ ናብ ዕዳጋ ክኸይድ እየ ዓሳን ኣሕምልትን ክገዝእ።"),
+        ("ckb", "Arabic", "بەیانیت باش. ئەمڕۆ دەچمە بازاڕ بۆ کڕینی ماسی و سەوزە بۆ نانی ئێوارە."),
+        (
+            "ceb",
+            "Latin",
+            "Maayong buntag! Unsa ang imong gibuhat karong adlawa? Moadto ko sa merkado aron "
+            "mopalit og isda ug utanon.",
+        ),
+    ],
+)
+def test_unknown_language_read_as_a_neighbour_still_passes(
+    code: str, script: str, text: str, detector: Py3LangidDetector
+) -> None:
+    """The model files Sundanese as Javanese, Tigrinya as Amharic: not a wrong language."""
+    lang = Lang(None, code, script)
+    assert not detector.knows(code)
+    check = judge_language(text, lang, detector=detector)
+    assert check.ok and check.method == "script", check
+    # An English reply is still caught: by the model for Latin-script languages, by script else.
+    assert not judge_language(PHOTO["en"], lang, detector=detector).ok
+
+
+@pytest.mark.parametrize(
     ("text", "expected", "dominant"),
     [
         ("Fotosinteza je proces u kojem biljke koriste sunčevu svetlost.", "sr", "Latin"),

@@ -102,6 +102,7 @@ def test_repetition_ratio_separates_prose_from_loops(text: str, low: float, high
         (ZH_LOOP, "repetition"),
         (HI_LOOP, "repetition"),
         (TAIL_LOOP, "repetition"),  # a loop after an honest first half: sentence count
+        ("முக்கியமான. " * 12, "repetition"),  # one Tamil word again and again
         ("yes yes yes", None),  # too few n-grams to judge
     ],
 )

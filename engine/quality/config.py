@@ -46,7 +46,7 @@ class FilterConfig:
     min_instruction_chars: int = 5
     ngram_size: int = 3
     max_ngram_repeat_ratio: float = 0.4
-    min_ngrams: int = 16
+    min_ngrams: int = 8
     max_sentence_repeats: int = 3
     cross_turn_ngram_size: int = 4
     cross_turn_overlap: float = 0.8

@@ -138,6 +138,10 @@ for _group in _GROUPS:
 for _code, _extra in _ONE_WAY.items():
     _CONFUSABLE[_code] = _CONFUSABLE.get(_code, frozenset()) | _extra
 
+# Languages an LLM falls back to when it fails to write a low-resource one. For a language the
+# model does not know, only these count as confidently wrong: the model files real Sundanese as
+# Javanese, Tigrinya as Amharic and Central Kurdish as Southern Kurdish, all with p ~ 1.0.
+_FALLBACK = frozenset({"en", "fr", "es", "pt", "de", "it", "nl", "ru", "zh", "ja", "ko"})
 _CHINESE = frozenset({"zh", "yue", "wuu"})
 _NOT_LANGUAGE = "zxx"  # py3langid's label for numbers, markup and identifiers
 
@@ -202,8 +206,9 @@ def judge_language(
     ``min_chars`` weighted letters left is "too_short" (a pass). The model's verdict is "wrong"
     only when its top label is not accepted for ``language``, has at least ``min_confidence``,
     and the accepted labels together have less than ``accept_share``. For a language the model
-    does not know, a label with at least ``foreign_confidence`` is still "wrong": a French reply
-    to a Wolof conversation is caught even though Wolof is not in the model.
+    does not know, a major language an LLM falls back to (English, French, Chinese, ...) with
+    at least ``foreign_confidence`` is still "wrong": a French reply to a Wolof conversation is
+    caught even though Wolof is not in the model.
     """
     body = prose(text)
     counts = script_counts(body)
@@ -230,7 +235,7 @@ def judge_language(
     ranking = detector.rank(body)
     top, top_p = ranking[0] if ranking else (_NOT_LANGUAGE, 0.0)
     if not known:
-        if top != _NOT_LANGUAGE and top_p >= foreign_confidence:
+        if top in _FALLBACK and top_p >= foreign_confidence:
             return LanguageCheck(
                 "wrong", "model", top, top_p, f"detected {top} ({top_p:.2f}), expected {want}"
             )
