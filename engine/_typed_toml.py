@@ -156,7 +156,7 @@ def _build(cls: type[T], table: Mapping[str, Any], prefix: str, ctx: _Ctx) -> T:
         raise ConfigError(f"{ctx.source}: {where} needs the key(s) {', '.join(missing)}")
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError) as exc:  # __post_init__ checks that span several keys
+    except (ValueError, TypeError, ConfigError) as exc:  # __post_init__ checks across keys
         where = f"[{prefix}]" if prefix else "config"
         raise ConfigError(f"{ctx.source}: {where}: {exc}") from None
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from engine.chat import ChatRequest, Message
+from engine.quality.verdict import Verdict
 
 __all__ = [
     "Conversation",
@@ -146,13 +147,6 @@ class Prompter(Protocol):
     def message(self, role: str, content: str) -> Message: ...
 
     def max_tokens(self, kind: StepKind) -> int: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    ok: bool
-    reason: str | None = None
-    detail: str = ""
 
 
 class Validator(Protocol):

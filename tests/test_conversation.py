@@ -1,0 +1,175 @@
+"""The conversation state machine: steps in order, regeneration, failure, illegal moves."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.chat import Message
+from engine.conversation import (
+    Conversation,
+    Done,
+    IllegalTransition,
+    Outcome,
+    Plan,
+    Rendered,
+    Status,
+    StepKind,
+    Verdict,
+    apply,
+    next_request,
+    step_kind,
+)
+
+
+class FakePrompter:
+    """Counts a token per word and renders a recognisable prompt per step kind."""
+
+    def __init__(self) -> None:
+        self.rendered: list[StepKind] = []
+
+    def message(self, role: str, content: str) -> Message:
+        return Message(role, content, 4 + len(content.split()))
+
+    def max_tokens(self, kind: StepKind) -> int:
+        return {StepKind.EVOLVE: 10, StepKind.ANSWER: 30, StepKind.FOLLOW_UP: 20}[kind]
+
+    def render(self, conv: Conversation, kind: StepKind) -> Rendered:
+        self.rendered.append(kind)
+        if kind is StepKind.ANSWER:
+            return Rendered(tuple(s.message for s in conv.steps), None, None)
+        prompt = f"{kind.value} for {conv.plan.conv_id}"
+        pid = conv.plan.evol_type if kind is StepKind.EVOLVE else "CLARIFICATION"
+        return Rendered((self.message("user", prompt),), pid, prompt)
+
+
+class RejectWord:
+    """Rejects any output containing the word 'bad'."""
+
+    def check(self, conv: Conversation, kind: StepKind, text: str) -> Verdict:
+        return Verdict(False, "refusal") if "bad" in text else Verdict(True)
+
+
+def plan(turns: int = 2) -> Plan:
+    return Plan(
+        7,
+        3,
+        "Explain tides.",
+        "Swahili",
+        "swh",
+        "open_qa",
+        "DEEPEN",
+        turns,
+        tuple("CLARIFICATION" for _ in range(turns - 1)),
+    )
+
+
+def step(conv: Conversation, text: str, *, max_regen: int = 2) -> Conversation:
+    prompter = FakePrompter()
+    nxt = next_request(conv, prompter, temperature=0.5)
+    assert not isinstance(nxt, Done)
+    _request, rendered = nxt
+    return apply(
+        conv,
+        rendered,
+        Outcome(text),
+        prompter=prompter,
+        validator=RejectWord(),
+        max_regenerations=max_regen,
+    )
+
+
+def test_step_kinds_follow_the_method() -> None:
+    """Step 0 evolves, odd steps answer, even steps after 0 ask a follow-up."""
+    assert [step_kind(i) for i in range(6)] == [
+        StepKind.EVOLVE,
+        StepKind.ANSWER,
+        StepKind.FOLLOW_UP,
+        StepKind.ANSWER,
+        StepKind.FOLLOW_UP,
+        StepKind.ANSWER,
+    ]
+
+
+def test_a_two_turn_conversation_runs_to_done() -> None:
+    """Four good outputs make a done conversation with alternating user/assistant turns."""
+    conv = Conversation(plan(2))
+    for text in ("evolved q", "answer one", "follow up", "answer two"):
+        conv = step(conv, text)
+    assert conv.status is Status.DONE
+    assert [s.message.role for s in conv.steps] == ["user", "assistant", "user", "assistant"]
+    assert [s.turn for s in conv.steps] == [1, 1, 2, 2]
+    assert conv.steps[0].prompt_id == "DEEPEN" and conv.steps[2].prompt_id == "CLARIFICATION"
+    assert isinstance(next_request(conv, FakePrompter(), temperature=0.5), Done)
+
+
+def test_answer_request_carries_history_and_key() -> None:
+    """The answer request reuses stored messages (their counts) and names conversation:step."""
+    conv = step(Conversation(plan(1)), "evolved q")
+    nxt = next_request(conv, FakePrompter(), temperature=0.5)
+    assert not isinstance(nxt, Done)
+    request, _ = nxt
+    assert request.key == "7:1"
+    assert request.messages == (conv.steps[0].message,)
+    assert request.max_tokens == 30
+    assert request.prompt_tokens == 3 + conv.steps[0].message.tokens
+
+
+def test_bad_output_is_regenerated_with_a_new_seed() -> None:
+    """A rejected output keeps the step, counts a regeneration and changes the sampling seed."""
+    conv = Conversation(plan(1))
+    first = next_request(conv, FakePrompter(), temperature=0.5)
+    again = step(conv, "a bad one")
+    assert again.next_step == 0 and again.regenerations == 1 and again.status is Status.ACTIVE
+    second = next_request(again, FakePrompter(), temperature=0.5)
+    assert not isinstance(first, Done) and not isinstance(second, Done)
+    assert first[0].seed != second[0].seed
+
+
+def test_regeneration_limit_fails_with_reason() -> None:
+    """After max_regenerations bad outputs the conversation fails, naming why."""
+    conv = Conversation(plan(1))
+    for _ in range(3):
+        conv = step(conv, "bad", max_regen=2)
+    assert conv.status is Status.FAILED
+    assert conv.reason == "refusal after 3 tries"
+
+
+def test_permanent_error_fails_the_conversation() -> None:
+    """A permanent request error ends the conversation with that error as its reason."""
+    conv = Conversation(plan(1))
+    prompter = FakePrompter()
+    nxt = next_request(conv, prompter, temperature=0.5)
+    assert not isinstance(nxt, Done)
+    failed = apply(
+        conv,
+        nxt[1],
+        Outcome(None, error="context_length_exceeded: too long"),
+        prompter=prompter,
+        validator=RejectWord(),
+        max_regenerations=2,
+    )
+    assert failed.status is Status.FAILED and failed.reason is not None
+    assert failed.reason.startswith("context_length_exceeded")
+
+
+def test_final_conversation_rejects_more_outcomes() -> None:
+    """Applying an outcome to a finished conversation is an IllegalTransition."""
+    conv = Conversation(plan(1))
+    conv = step(step(conv, "q"), "a")
+    assert conv.status is Status.DONE
+    with pytest.raises(IllegalTransition, match="cannot take another"):
+        apply(
+            conv,
+            Rendered((), None, None),
+            Outcome("x"),
+            prompter=FakePrompter(),
+            validator=RejectWord(),
+            max_regenerations=1,
+        )
+
+
+@pytest.mark.parametrize(("turns", "followups"), [(0, 0), (7, 6), (3, 1)])
+def test_plan_shape_is_checked(turns: int, followups: int) -> None:
+    """A plan needs 1..6 turns and one follow-up type per extra turn."""
+    with pytest.raises(ValueError, match="turns"):
+        Plan(1, 1, "s", "English", "eng", "general", "DEEPEN", turns, ("X",) * followups)

@@ -1,0 +1,91 @@
+"""`m2l run` end to end, in process: the embedded simulator, a real DuckDB store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from engine.config import load_config
+from engine.errors import ConfigError
+from engine.run import RunOptions, execute_run
+from engine.scheduler import RunStatus
+from tests.runfixtures import write_config
+
+pytestmark = pytest.mark.anyio
+
+
+def rows(run_dir: Path, sql: str) -> list[tuple[object, ...]]:
+    with duckdb.connect(str(run_dir / "state.duckdb"), read_only=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+async def test_run_finishes_every_conversation(tmp_path: Path) -> None:
+    """Every planned conversation ends done with exactly its planned steps, stored once."""
+    config = load_config(write_config(tmp_path, evols_per_seed=2))
+    report = await execute_run(config, env={})
+    assert report.result.status is RunStatus.FINISHED
+    assert report.counts == {"done": 16}
+    mismatched = rows(
+        config.run_dir,
+        """SELECT c.conv_id FROM conversations c LEFT JOIN messages m USING (conv_id)
+           GROUP BY c.conv_id, c.turns_planned HAVING count(m.step) != 2 * c.turns_planned""",
+    )
+    assert mismatched == []
+    roles = rows(config.run_dir, "SELECT DISTINCT step % 2, role FROM messages ORDER BY 1")
+    assert roles == [(0, "user"), (1, "assistant")]
+    # Every stored step came from a request that succeeded; regenerations add more.
+    ok = rows(config.run_dir, "SELECT count(*) FROM requests WHERE status = 'ok'")[0][0]
+    steps = rows(config.run_dir, "SELECT count(*) FROM messages")[0][0]
+    assert isinstance(ok, int) and isinstance(steps, int) and ok >= steps > 0
+
+
+async def test_rerun_of_a_finished_run_does_nothing(tmp_path: Path) -> None:
+    """Running a finished run again sends no request and stores nothing twice."""
+    config = load_config(write_config(tmp_path))
+    await execute_run(config, env={})
+    before = rows(config.run_dir, "SELECT count(*) FROM requests")
+    report = await execute_run(config, env={})
+    assert report.result.status is RunStatus.FINISHED
+    assert rows(config.run_dir, "SELECT count(*) FROM requests") == before
+
+
+async def test_changed_content_config_is_refused_with_a_diff(tmp_path: Path) -> None:
+    """A resumed run whose model changed is refused, naming the key and both values."""
+    path = write_config(tmp_path)
+    await execute_run(load_config(path), env={})
+    path.write_text(path.read_text().replace('model = "gpt-4o-mini"', 'model = "gpt-4o"'))
+    with pytest.raises(ConfigError, match=r"provider\.model: 'gpt-4o-mini' → 'gpt-4o'"):
+        await execute_run(load_config(path), env={})
+
+
+async def test_safe_change_needs_force(tmp_path: Path) -> None:
+    """A changed limit is accepted on resume only with --force."""
+    path = write_config(tmp_path)
+    await execute_run(load_config(path), env={})
+    path.write_text(path.read_text().replace("max_active = 16", "max_active = 4"))
+    with pytest.raises(ConfigError, match="--force"):
+        await execute_run(load_config(path), env={})
+    report = await execute_run(load_config(path), env={}, options=RunOptions(force=True))
+    assert report.result.status is RunStatus.FINISHED
+
+
+async def test_transient_faults_do_not_change_the_dataset(tmp_path: Path) -> None:
+    """With 500s, 503s, resets and truncated bodies injected, the conversations are the same."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    clean = load_config(write_config(tmp_path / "a"))
+    await execute_run(clean, env={})
+    faulty = load_config(
+        write_config(
+            tmp_path / "b",
+            faults="server_error = 0.1\nunavailable = 0.05\nreset = 0.05\ntruncated = 0.05",
+        )
+    )
+    report = await execute_run(faulty, env={})
+    assert report.result.status is RunStatus.FINISHED
+    sql = "SELECT conv_id, step, content FROM messages ORDER BY conv_id, step"
+    assert rows(clean.run_dir, sql) == rows(faulty.run_dir, sql)
+    errors = rows(faulty.run_dir, "SELECT count(*) FROM requests WHERE status != 'ok'")
+    assert errors[0][0] > 0
