@@ -7,11 +7,11 @@ seed file, arguments) or an unusable state store; 3 stopped at a budget cap; 130
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeAlias
 
 from engine import __version__
 from engine.errors import ConfigError, M2LError, StateError
@@ -19,7 +19,7 @@ from engine.errors import ConfigError, M2LError, StateError
 __all__ = ["build_parser", "main"]
 
 Handler = Callable[[argparse.Namespace], int]
-SubParsers = argparse._SubParsersAction  # type: ignore[type-arg]
+SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 EPILOG = """\
 Start with `make demo`, or:
@@ -30,6 +30,8 @@ Docs: README.md."""
 
 
 def _add_run_parser(sub: SubParsers) -> None:
+    from engine.progress.commands import add_progress_options
+
     p = sub.add_parser(
         "run",
         help="generate (or resume) the run a config describes",
@@ -45,17 +47,7 @@ def _add_run_parser(sub: SubParsers) -> None:
         action="store_true",
         help="on resume, accept safe config changes (limits, concurrency, budget, retries)",
     )
-    p.add_argument(
-        "--progress",
-        choices=("auto", "rich", "plain", "json", "quiet"),
-        default="auto",
-        help="live dashboard (rich), log lines (plain), JSON lines (json); auto picks rich "
-        "on a terminal and plain otherwise",
-    )
-    p.add_argument("--quiet", action="store_true", help="same as --progress quiet")
-    p.add_argument(
-        "--interval", type=float, default=None, help="seconds between plain/json progress lines"
-    )
+    add_progress_options(p)
     p.set_defaults(func=_cmd_run)
 
 
@@ -116,12 +108,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("m2l: interrupted", file=sys.stderr)
         return 130
-
-
-def run_async(coro: asyncio.Future[int] | object) -> int:
-    """Run a coroutine to completion on a fresh event loop (one per command)."""
-    result = asyncio.run(coro)  # type: ignore[arg-type]
-    return int(result)
 
 
 if __name__ == "__main__":

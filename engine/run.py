@@ -13,13 +13,13 @@ import datetime as dt
 import hashlib
 import signal
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import orjson
-from state.setup import SetupReport, plan_run
 
 from engine import __version__
 from engine.client import ChatClient
@@ -28,7 +28,10 @@ from engine.dispatcher import Dispatcher
 from engine.errors import ConfigError
 from engine.events import EventHook, Hooks, RunFinished, RunStarted
 from engine.limiter import Limits, RateLimiter
+from engine.progress.snapshot import ProgressSnapshot
+from engine.progress.store import store_snapshot
 from engine.prompter import TaxonomyPrompter
+from engine.quality import default_detector
 from engine.retry import RetryPolicy
 from engine.scheduler import RunResult, RunStatus, Scheduler, StopControl
 from engine.simulator import run_simulator
@@ -38,6 +41,7 @@ from prompts.languages import LanguageTable, load_languages
 from prompts.taxonomy import Taxonomy, load_taxonomy
 from state import journal
 from state.requestlog import RequestLog
+from state.setup import SetupReport, plan_run
 from state.store import RunStore
 from state.writer import GroupCommitWriter
 
@@ -139,14 +143,19 @@ async def execute_run(
     hooks: EventHook | None = None,
     options: RunOptions = RunOptions(),
     stop: StopControl | None = None,
+    baseline: Callable[[ProgressSnapshot], None] | None = None,
 ) -> RunReport:
-    """Run (or resume) the configured run to its end; raises ConfigError or StateError early."""
+    """Run (or resume) the configured run to its end; raises ConfigError or StateError early.
+
+    ``baseline`` receives the store's figures from before this session (for a display), on
+    the event loop, before the first event of the run.
+    """
     hooks = hooks or Hooks()
     taxonomy = load_taxonomy(config.taxonomy)
     languages = load_languages()
     stop = stop or StopControl()
     async with GroupCommitWriter(config.run_dir / STATE_FILE, create=True) as writer:
-        setup = await _prepare(writer, config, taxonomy, languages, options, hooks)
+        setup = await _prepare(writer, config, taxonomy, languages, options, hooks, baseline)
         first_request_id = await writer.run(RequestLog.next_id)
         async with (
             _endpoint(config, env) as (base_url, api_key),
@@ -169,6 +178,7 @@ async def _prepare(
     languages: LanguageTable,
     options: RunOptions,
     hooks: EventHook,
+    baseline: Callable[[ProgressSnapshot], None] | None,
 ) -> SetupReport | None:
     """Plan a new run, or check the config of a resumed one; reports RunStarted."""
     meta = await writer.run(journal.read_meta)
@@ -181,6 +191,10 @@ async def _prepare(
         updates = check_resume(meta, config, taxonomy, force=options.force)
         await writer.run(journal.write_meta(updates))
     counts = await writer.run(journal.count_by_status)
+    if baseline is not None:
+        name = config.run.name
+        baseline(await writer.run(lambda conn: store_snapshot(conn, run=name)))
+    await anyio.to_thread.run_sync(default_detector().warm_up)  # 0.5 s model load, off the loop
     hooks.on_event(
         RunStarted(
             config.run.name,
