@@ -1,12 +1,14 @@
 """What the progress display costs the engine: CPU seconds per wall second at full throughput.
 
 Feeds a synthetic event stream shaped like a busy run (by default 2,000 requests/s for 20 s of
-simulated time, 70 languages, six-request conversations, 1% retries, 0.1% 429s, a budget
-update per reply) into a ProgressModel, redraws a rich Live dashboard on a terminal console
-that writes to /dev/null at 4 Hz, and writes the status file once a second. Everything runs on
-a FakeClock, so the measured process CPU time is all display work; dividing it by the
-simulated seconds gives the share of one core a real run of that speed would spend on the
-display. Prints a table, then one JSON line.
+simulated time after a 5 s warm-up; 70 languages, six-request conversations, 1% retries, 0.1%
+429s, and a budget update per reply, which is pessimistic: the ledger sends at most 4 a
+second) into a ProgressModel, redraws a rich Live dashboard on a terminal console that writes
+to /dev/null at 4 Hz, and writes the status file once a second. Everything runs on a
+FakeClock, so the measured process CPU time is all display work (the bench's own loop is
+measured with a do-nothing hook and subtracted); dividing it by the simulated seconds gives
+the share of one core a real run of that speed spends on its display. Prints a table, then
+one JSON line.
 
     .venv/bin/python bench/dashboard_cost.py [--rps 2000] [--seconds 20] [--hz 4] [--width 100]
 """
@@ -42,6 +44,7 @@ from engine.events import (
     StepDone,
 )
 from engine.progress import Dashboard, ProgressModel, StatusFileWriter
+from engine.progress.display import DRAW_BUDGET
 
 LANGUAGES = [f"language-{i:02d}" for i in range(70)]
 KINDS = ["evolve", "answer", "follow_up", "answer", "follow_up", "answer"]
@@ -212,6 +215,9 @@ def measure(rps: float, seconds: float, hz: float, width: int) -> dict[str, floa
         "status_cpu_per_s": status_cpu / seconds,
         "display_cpu_per_s": display_cpu / seconds,
         "core_percent": display_cpu / seconds * 100,
+        # progress_display stretches its frame interval so drawing stays within DRAW_BUDGET of
+        # a core; this is the rate it would settle at for frames this expensive.
+        "governed_hz": min(hz, DRAW_BUDGET / ((snapshot_cpu + render_cpu) / frames)),
     }
 
 
@@ -235,6 +241,7 @@ def main() -> None:
     table.add_row("model CPU", f"{r['model_cpu_per_s'] * 100:.2f}% of a core")
     table.add_row(f"frames CPU ({args.hz:g} Hz)", f"{r['frames_cpu_per_s'] * 100:.2f}% of a core")
     table.add_row("status file CPU (1 Hz)", f"{r['status_cpu_per_s'] * 100:.2f}% of a core")
+    table.add_row("frame rate the governor allows", f"{r['governed_hz']:.1f} Hz (max {args.hz:g})")
     verdict = "under" if r["core_percent"] < 2 else "OVER"
     table.add_row("display total", f"{r['core_percent']:.2f}% of a core ({verdict} the 2% target)")
     Console(stderr=False).print(table)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +16,13 @@ from rich.console import Console
 from engine.clock import MonotonicClock
 from engine.errors import BudgetExhausted
 from engine.events import ConversationFinished, ConversationStarted, RunFinished, RunStarted
-from engine.progress import ProgressModel, progress_display, read_status_file
+from engine.progress import (
+    ProgressModel,
+    ProgressSnapshot,
+    RichDisplay,
+    progress_display,
+    read_status_file,
+)
 
 
 def started_model(total: int = 2) -> ProgressModel:
@@ -147,3 +154,35 @@ async def test_a_broken_display_is_logged_once_and_the_run_goes_on(
     assert len(warnings) == 1
     status = read_status_file(tmp_path)
     assert status is not None and status.state == "finished"
+
+
+def test_log_lines_print_above_the_dashboard_while_it_is_up() -> None:
+    """A root stderr handler prints via rich while the panel is up, then gets its stream back."""
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=100, height=40, color_system=None)
+    handler = logging.StreamHandler(sys.stderr)
+    original = handler.stream
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        display = RichDisplay(console)
+        display.start()
+        logging.getLogger("engine.test").warning("connection reset, retrying")
+        display.close(ProgressSnapshot(state="finished"), run_dir=Path("r"), summary=True)
+    finally:
+        root.removeHandler(handler)
+    assert "connection reset, retrying" in out.getvalue()
+    assert handler.stream is original
+
+
+@pytest.mark.anyio
+async def test_a_run_that_never_started_leaves_no_status_file(tmp_path: Path) -> None:
+    """Failing before RunStarted (e.g. the store is locked) writes nothing and sums up nothing."""
+    out = io.StringIO()
+    model = ProgressModel(MonotonicClock())
+    with pytest.raises(RuntimeError):
+        async with progress_display("plain", model, stream=out, interval_s=0.01, run_dir=tmp_path):
+            await anyio.sleep(0.05)
+            raise RuntimeError("run directory is in use by another m2l process")
+    assert not (tmp_path / "status.json").exists()
+    assert "m2l run" not in out.getvalue()

@@ -339,3 +339,22 @@ def test_sliding_counter_rejects_a_span_that_is_not_whole_buckets() -> None:
         SlidingCounter(10.0, 3.0)
     with pytest.raises(ValueError, match="cannot be cut"):
         SlidingCounter(10.0, 0.0)
+
+
+def test_a_baseline_loaded_after_run_started_replaces_the_lump() -> None:
+    """The engine may read the store after RunStarted: the breakdown then replaces the lump."""
+    model = ProgressModel(FakeClock())
+    start(model, total=10, done=5)
+    model.load_baseline(ProgressSnapshot(total=10, done=4, filtered=1, cap_usd=3.0))
+    feed(model, finish(1, "Hindi"))
+    s = model.snapshot()
+    assert (s.finished_before, s.done, s.filtered, s.finished) == (0, 5, 1, 6)
+    assert s.cap_usd == 1.0  # RunStarted's cap (this session's config) wins over the store's
+
+
+def test_a_request_without_a_kind_is_counted_as_other() -> None:
+    """A dispatcher that does not name the step kind still shows up in flight."""
+    model = ProgressModel(FakeClock())
+    start(model)
+    model.on_event(sent("a", kind=""))
+    assert model.snapshot().in_flight_by_kind == (("other", 1),)

@@ -53,7 +53,7 @@ def test_the_summary_table_has_every_figure() -> None:
         and "context_length_exceeded 15, content_filtered 5" in lines["failed"]
     )
     assert "30" in lines["filtered"] and "repetition 25, wrong_language 5" in lines["filtered"]
-    assert "6,100" in text and "80 retries" in text and "12 rate-limited (429)" in text
+    assert "6,100" in text and "80 retried" in text and "12 rate-limited (429)" in text
     assert "12,300,000" in text and "4,560,000" in text
     assert "$123.46" in text and "of the $200.00 cap (61.7%)" in text
     assert "1:23:45" in text

@@ -14,11 +14,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 import anyio
 import anyio.to_thread
 from rich.console import Console
+from rich.file_proxy import FileProxy
 from rich.live import Live
 
 from engine.errors import BudgetExhausted, ConfigError
@@ -55,7 +56,11 @@ DRAW_BUDGET = 0.01
 
 
 class Display(Protocol):
-    """Shows snapshots; ``show`` runs in a worker thread, never two calls at once."""
+    """Shows snapshots; ``show`` runs in a worker thread, never two calls at once.
+
+    ``close`` stops the display and, with ``summary``, prints the final figures and the
+    end-of-run summary; without it, it prints nothing more.
+    """
 
     interval_s: float
 
@@ -91,6 +96,7 @@ class RichDisplay:
         # Transient: at the end the dashboard gives its place to the summary, which holds the
         # same figures, so the scrollback keeps one final picture rather than two.
         self._live = Live(console=console, auto_refresh=False, transient=True)
+        self._adopted: list[tuple[logging.StreamHandler[Any], Any]] = []
 
     def _dashboard(self, snapshot: ProgressSnapshot) -> Dashboard:
         # The dashboard's fixed part is about 20 lines; the languages table gets the rest.
@@ -99,16 +105,34 @@ class RichDisplay:
 
     def start(self) -> None:
         self._live.start()
+        self._adopt_log_handlers()
+
+    def _adopt_log_handlers(self) -> None:
+        """Route the root logger's stream handlers through rich while the panel is up.
+
+        Handlers made before the dashboard (``logging.basicConfig``) hold the real stderr, so
+        their lines would tear the live panel; the Live has put a proxy in sys.stderr (and
+        sys.stdout) that prints above the panel, so they write to that until ``close``.
+        """
+        for proxy in (sys.stderr, sys.stdout):
+            if not isinstance(proxy, FileProxy):
+                continue  # not a terminal: the Live redirected nothing
+            real = proxy.rich_proxied_file
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.StreamHandler) and handler.stream is real:
+                    handler.setStream(proxy)
+                    self._adopted.append((handler, real))
 
     def show(self, snapshot: ProgressSnapshot) -> None:
         self._live.update(self._dashboard(snapshot), refresh=True)
 
     def close(self, snapshot: ProgressSnapshot, *, run_dir: Path | None, summary: bool) -> None:
+        for handler, stream in self._adopted:
+            handler.setStream(stream)
+        self._adopted.clear()
         self._live.stop()
         if summary:
             render_summary(snapshot, run_dir=_summary_dir(snapshot, run_dir), console=self.console)
-        else:
-            self.console.print(self._dashboard(snapshot))
 
 
 class PlainDisplay:
@@ -133,8 +157,8 @@ class PlainDisplay:
         self.stream.flush()
 
     def close(self, snapshot: ProgressSnapshot, *, run_dir: Path | None, summary: bool) -> None:
-        self.show(snapshot)
         if summary:
+            self.show(snapshot)
             text = summary_text(snapshot, run_dir=_summary_dir(snapshot, run_dir))
             self.stream.write(text + "\n")
             self.stream.flush()
@@ -162,6 +186,8 @@ class JsonDisplay:
         self.stream.flush()
 
     def close(self, snapshot: ProgressSnapshot, *, run_dir: Path | None, summary: bool) -> None:
+        if not summary:
+            return
         export = export_command(_summary_dir(snapshot, run_dir))
         line = progress_json(snapshot, wall=self._wall(), kind="summary", extra={"export": export})
         self.stream.write(line + "\n")
@@ -248,7 +274,9 @@ class _Ticker:
                     cost if not self.frame_cpu_s else 0.8 * self.frame_cpu_s + 0.2 * cost
                 )
                 next_show = max(next_show + self._display_interval(), anyio.current_time())
-            if now >= next_status and self.writer is not None:
+            # Not before RunStarted: a second `m2l run` on the same directory stops at the
+            # store's lock before that, and must not overwrite the running one's status file.
+            if now >= next_status and self.writer is not None and self.model.state != "starting":
                 snapshot = snapshot or self.model.snapshot()
                 await self._off_loop("status file", self.writer.write, snapshot)
                 next_status = max(next_status + self.status_interval_s, anyio.current_time())
@@ -278,8 +306,9 @@ class _Ticker:
             log.warning("the progress %s failed; the run goes on without it", what, exc_info=True)
 
     def final(self, snapshot: ProgressSnapshot, *, run_dir: Path | None, summary: bool) -> None:
+        writer = self.writer if snapshot.state != "starting" else None
         for what, call in (
-            ("status file", None if self.writer is None else self.writer.write),
+            ("status file", None if writer is None else writer.write),
             ("display", lambda s: self.display.close(s, run_dir=run_dir, summary=summary)),
         ):
             if call is None:
@@ -347,7 +376,14 @@ async def progress_display(
             task.cancel()
             with anyio.CancelScope(shield=True):
                 await asyncio.wait({task})
-        if model.state not in FINAL_STATES:
-            status, message = _ending(error, model)
-            model.on_event(RunFinished(status=status, message=message, t=time.monotonic()))
-        ticker.final(model.snapshot(), run_dir=run_dir, summary=summary)
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("the progress timer failed", exc_info=task.exception())
+        if model.state == "starting":
+            # The run never began (a bad config, a locked store): there is nothing to sum up,
+            # and the error the caller is about to report says everything.
+            ticker.final(model.snapshot(), run_dir=run_dir, summary=False)
+        else:
+            if model.state not in FINAL_STATES:
+                status, message = _ending(error, model)
+                model.on_event(RunFinished(status=status, message=message, t=time.monotonic()))
+            ticker.final(model.snapshot(), run_dir=run_dir, summary=summary)

@@ -74,31 +74,29 @@ class ProgressModel:
         language_totals: Mapping[str, int] | None = None,
     ) -> None:
         self._clock = clock
-        self._baseline = baseline or ProgressSnapshot()
-        base = self._baseline
-        self._run = base.run
+        self._run = ""
         self._state = "starting"
         self._message = ""
         self._started = clock.now()
         self._ended: float | None = None
-        self._total = base.total
-        self._finished_before = base.finished_before
-        self._rpm_limit = base.rpm_limit
-        self._tpm_limit = base.tpm_limit
+        self._total = 0
+        self._finished_before = 0
+        self._rpm_limit: float | None = None
+        self._tpm_limit: float | None = None
+        self._cap: float | None = None
         # conversations, this session
         self._done = 0
         self._failed = 0
         self._filtered = 0
         self._active = 0
-        self._failed_by_reason: dict[str, int] = dict(base.failed_by_reason)
-        self._filtered_by_reason: dict[str, int] = dict(base.filtered_by_reason)
+        self._failed_by_reason: dict[str, int] = {}
+        self._filtered_by_reason: dict[str, int] = {}
         self._steps: dict[str, int] = {}
         self._finishes = SlidingCounter(*_CONVERSATION_WINDOW)
         self._languages: dict[str, _Language] = {}
-        for lang in base.languages:
-            entry = self._language(lang.language)
-            entry.total = lang.total
-            entry.done, entry.failed, entry.filtered = lang.done, lang.failed, lang.filtered
+        self._baseline = ProgressSnapshot()
+        if baseline is not None:
+            self.load_baseline(baseline)
         if language_totals:
             self.set_language_totals(language_totals)
         # requests, this session (the in-flight map is keyed by request key: a retry reuses it)
@@ -132,7 +130,6 @@ class ProgressModel:
         # money: the ledger's figures when it reports, else the replies' costs
         self._cost = 0.0
         self._budget: BudgetUpdate | None = None
-        self._cap = base.cap_usd
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
             RunStarted: self._run_started,
             RequestSent: self._request_sent,
@@ -153,6 +150,26 @@ class ProgressModel:
     @property
     def state(self) -> str:
         return self._state
+
+    def load_baseline(self, baseline: ProgressSnapshot) -> None:
+        """Count what earlier sessions finished, from the store (``store_snapshot``).
+
+        Call it before this session's conversations start finishing (before or after
+        RunStarted): it replaces the reasons and per-language counts with the store's.
+        """
+        self._baseline = baseline
+        self._run = self._run or baseline.run
+        self._total = max(self._total, baseline.total)
+        self._finished_before = baseline.finished_before  # the breakdown replaces the lump
+        self._rpm_limit = self._rpm_limit or baseline.rpm_limit
+        self._tpm_limit = self._tpm_limit or baseline.tpm_limit
+        self._cap = self._cap if self._cap is not None else baseline.cap_usd
+        self._failed_by_reason = dict(baseline.failed_by_reason)
+        self._filtered_by_reason = dict(baseline.filtered_by_reason)
+        for lang in baseline.languages:
+            entry = self._language(lang.language)
+            entry.total = lang.total
+            entry.done, entry.failed, entry.filtered = lang.done, lang.failed, lang.filtered
 
     def set_language_totals(self, totals: Mapping[str, int]) -> None:
         """Say how many conversations each language has in the run, so languages show ETAs."""
@@ -182,8 +199,9 @@ class ProgressModel:
         self._total = e.conversations_total
         if not self._baseline.finished:  # with a baseline, its breakdown already counts these
             self._finished_before = e.conversations_done
-        self._rpm_limit, self._tpm_limit = e.rpm, e.tpm
-        self._cap = e.budget_usd
+        self._rpm_limit = e.rpm or self._rpm_limit
+        self._tpm_limit = e.tpm or self._tpm_limit
+        self._cap = e.budget_usd if e.budget_usd is not None else self._cap
         self._state = "running"
         self._started = self._clock.now()
         self._ended = None
@@ -211,11 +229,12 @@ class ProgressModel:
         self._charged += charged
         self._acc_sent += 1
         self._acc_charged += charged
+        kind = e.kind or "other"
         previous = self._inflight.get(e.key)
         if previous is not None:  # sent again without an outcome event: count it once
             self._inflight_by_kind[previous] -= 1
-        self._inflight[e.key] = e.kind
-        self._inflight_by_kind[e.kind] = self._inflight_by_kind.get(e.kind, 0) + 1
+        self._inflight[e.key] = kind
+        self._inflight_by_kind[kind] = self._inflight_by_kind.get(kind, 0) + 1
 
     def _request_ended(self, key: str) -> None:
         kind = self._inflight.pop(key, None)
@@ -258,7 +277,8 @@ class ProgressModel:
         self._language(e.language).active += 1
 
     def _step_done(self, e: StepDone) -> None:
-        self._steps[e.kind] = self._steps.get(e.kind, 0) + 1
+        kind = e.kind or "other"
+        self._steps[kind] = self._steps.get(kind, 0) + 1
 
     def _conversation_finished(self, e: ConversationFinished) -> None:
         now = self._clock.now()

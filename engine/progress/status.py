@@ -84,6 +84,22 @@ def judge_status_file(status: StatusFile, *, now: float, alive: bool | None) -> 
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _FileView:
+    """A status file and what it supports: state, why, and how old it is."""
+
+    file: StatusFile
+    state: str
+    note: str
+    age_s: float
+
+    def status(self, run_dir: Path, source: str, state: str | None = None) -> RunStatus:
+        """A RunStatus with this file's figures (and state, unless another is given)."""
+        state = state or self.state
+        snapshot = _with_state(self.file.snapshot, state)
+        return RunStatus(run_dir, state, self.note, source, snapshot, self.file.pid, self.age_s)
+
+
 def read_run_status(
     run_dir: Path,
     *,
@@ -97,67 +113,60 @@ def read_run_status(
     """
     run_dir = Path(run_dir)
     store_path = run_dir / STATE_DB
-    damaged = None
+    damaged = ""
     try:
-        status = read_status_file(run_dir)
+        file = read_status_file(run_dir)
     except StateError:
         if not store_path.exists():
             raise
-        status, damaged = None, f"{STATUS_FILE} is damaged and was ignored"
-    if status is None and not store_path.exists():
+        file, damaged = None, f"; {STATUS_FILE} is damaged and was ignored"
+    if file is None and not store_path.exists():
         raise NoRun(
             f"{run_dir} holds no run: there is no {STATE_DB} or {STATUS_FILE} in it; check the "
             "path (a run directory is <output_dir>/<run name>)"
         )
-    wall = now()
-    file_state = file_note = None
-    pid = age = None
-    if status is not None:
-        same_host = status.host in ("", socket.gethostname())
-        file_state, file_note = judge_status_file(
-            status, now=wall, alive=alive(status.pid) if same_host else None
+    view = None
+    if file is not None:
+        wall = now()
+        same_host = file.host in ("", socket.gethostname())
+        state, note = judge_status_file(
+            file, now=wall, alive=alive(file.pid) if same_host else None
         )
-        pid, age = status.pid, status.age_s(wall)
-        if file_state == "running":
+        view = _FileView(file, state, note, file.age_s(wall))
+        if state == "running":
             # The writer holds the store; its status file is the only view while it runs.
-            return RunStatus(
-                run_dir,
-                "running",
-                file_note,
-                f"{STATUS_FILE}, written {age:.1f} s ago",
-                _with_state(status.snapshot, "running"),
-                pid,
-                age,
-            )
-    if not store_path.exists():
-        assert status is not None and file_state is not None and file_note is not None
-        source = f"{STATUS_FILE} (there is no {STATE_DB} yet)"
-        snapshot = _with_state(status.snapshot, file_state)
-        return RunStatus(run_dir, file_state, file_note, source, snapshot, pid, age)
+            return view.status(run_dir, f"{STATUS_FILE}, written {view.age_s:.1f} s ago")
+        if not store_path.exists():
+            return view.status(run_dir, f"{STATUS_FILE} (there is no {STATE_DB} yet)")
     try:
         snapshot = read_store(store_path)
     except StoreLocked as exc:
         holder = f"pid {exc.pid}" if exc.pid else "another process"
-        if status is None:
+        if view is None:
             note = f"{holder} holds the store and has written no status file yet"
-            snapshot = ProgressSnapshot(run=run_dir.name, state="running")
-            return RunStatus(run_dir, "running", note, "none", snapshot, exc.pid)
-        assert file_state is not None and file_note is not None
-        source = f"{STATUS_FILE}, {duration(age)} old: the store is locked by {holder}"
-        snapshot = _with_state(status.snapshot, file_state)
-        return RunStatus(run_dir, file_state, file_note, source, snapshot, pid, age)
-    message = status.snapshot.message if status is not None else snapshot.message
-    if file_state in FINAL_STATES and file_note is not None:
-        state, note = file_state, file_note
-    elif status is not None or snapshot.state in ("running", "starting", "unknown"):
+            empty = ProgressSnapshot(run=run_dir.name, state="running")
+            return RunStatus(run_dir, "running", note, "nothing yet", empty, exc.pid)
+        age = duration(view.age_s)
+        return view.status(run_dir, f"{STATUS_FILE}, {age} old: the store is locked by {holder}")
+    return _from_store(run_dir, snapshot, view, damaged)
+
+
+def _from_store(
+    run_dir: Path, snapshot: ProgressSnapshot, view: _FileView | None, damaged: str
+) -> RunStatus:
+    """The status of a run nobody is running, with the store's figures."""
+    message = view.file.snapshot.message if view is not None else snapshot.message
+    if view is not None and view.state in FINAL_STATES:
+        state, note = view.state, view.note
+    elif view is not None or snapshot.state in ("running", "starting", "unknown"):
         # Nobody holds the store, so nobody is running the run, whatever was last recorded:
         # the process ended without recording its end (killed, crashed, machine down).
         state, note, message = "interrupted", f"the process is gone; {_RESUME}", ""
     else:
         state, note = snapshot.state, _ended_note(snapshot.state, message)
     snapshot = replace(snapshot, state=state, message=message or snapshot.message)
-    source = f"{STATE_DB} (read-only)" + (f"; {damaged}" if damaged else "")
-    return RunStatus(run_dir, state, note, source, snapshot, pid, age)
+    pid, age = (view.file.pid, view.age_s) if view is not None else (None, None)
+    return RunStatus(run_dir, state, note, f"{STATE_DB} (read-only){damaged}", snapshot, pid, age)
 
 
 def _ended_note(state: str, message: str) -> str:

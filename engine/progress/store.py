@@ -101,17 +101,22 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
             count(*) FILTER (WHERE error_class = 'rate_limited')
         FROM requests""",
     )
-    # Attempts past the first of each step are retries; a step whose last attempt did not
-    # succeed is a failed request. Neither depends on how attempts are numbered.
+    # Like the live model: a retry is a failed attempt (not a 429, which only waits for the
+    # limiter) that another attempt followed; a failed request is a step whose last attempt
+    # did not succeed. Neither depends on how attempts are numbered.
     retries, failed_requests = _scalar_row(
         con,
-        """SELECT coalesce(sum(n - 1), 0), count(*) FILTER (WHERE last IN ('error', 'rejected'))
-        FROM (SELECT count(*) AS n, arg_max(status, attempt) AS last
-              FROM requests GROUP BY conv_id, step)""",
+        """SELECT count(*) FILTER (WHERE status IN ('error', 'rejected') AND attempt < last_attempt
+                AND coalesce(error_class, '') <> 'rate_limited'),
+            count(DISTINCT (conv_id, step)) FILTER (WHERE attempt = last_attempt
+                AND status IN ('error', 'rejected'))
+        FROM (SELECT conv_id, step, attempt, status, error_class,
+                max(attempt) OVER (PARTITION BY conv_id, step) AS last_attempt FROM requests)""",
     )
     errors = dict(
         con.execute(
-            "SELECT error_class, count(*) FROM requests WHERE error_class IS NOT NULL GROUP BY 1"
+            """SELECT error_class, count(*) FROM requests
+            WHERE error_class IS NOT NULL AND error_class <> 'rate_limited' GROUP BY 1"""
         ).fetchall()
     )
     last = con.execute(

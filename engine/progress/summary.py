@@ -71,14 +71,14 @@ def summary_rows(s: ProgressSnapshot) -> list[Row]:
         (
             "requests",
             count(s.requests_sent),
-            f"sent · {count(s.requests_ok)} ok · {count(s.retries)} retries · "
+            f"sent · {count(s.requests_ok)} ok · {count(s.retries)} retried · "
             f"{count(s.rate_limit_hits)} rate-limited (429) · {count(s.requests_failed)} failed",
         )
     )
     if s.errors_by_class:
         rows.append(("errors by class", "", _reasons(s.errors_by_class, limit=6)))
-    rows.append(("tokens in", count(s.tokens_in), compact(s.tokens_in)))
-    rows.append(("tokens out", count(s.tokens_out), compact(s.tokens_out)))
+    for label, tokens in (("tokens in", s.tokens_in), ("tokens out", s.tokens_out)):
+        rows.append((label, count(tokens), compact(tokens) if tokens >= 10_000 else ""))
     cost = "" if s.cap_usd is None else f"of the {usd(s.cap_usd)} cap ({percent(s.spent_fraction)})"
     if s.reserved_usd > 0:
         cost = " · ".join(part for part in (cost, f"{usd(s.reserved_usd)} still reserved") if part)
