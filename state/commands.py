@@ -1,0 +1,231 @@
+"""`m2l seeds inspect FILE`: ingest a seed file in memory and show its language × task counts.
+
+The handler returns an exit code: 0 on success, 2 when the file, its format or the mapping is
+wrong (a ConfigError, printed to stderr with what to fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from engine.errors import ConfigError
+from prompts.languages import LanguageTable, load_languages
+from prompts.taxonomy import Taxonomy, load_taxonomy
+from state.seeds import MAPPINGS, IngestReport, ingest_seeds, pool_counts
+
+__all__ = ["add_seeds_parser", "inspect_seeds", "run_inspect"]
+
+EXIT_CONFIG = 2
+
+
+def add_seeds_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `seeds inspect` to a CLI; it sets ``func`` to its handler."""
+    seeds = subparsers.add_parser("seeds", help="inspect seed files")
+    sub = seeds.add_subparsers(dest="seeds_command", required=True, metavar="{inspect}")
+    inspect = sub.add_parser(
+        "inspect",
+        help="count a seed file's usable seeds by language and task",
+        description=(
+            "Read FILE (Parquet, JSONL or CSV) as ingestion would and print how many seeds "
+            "each language × task has, and what was left out (duplicates, empty "
+            "instructions, unknown languages)."
+        ),
+    )
+    inspect.add_argument("file", type=Path, metavar="FILE", help="the seed file")
+    inspect.add_argument(
+        "--mapping",
+        choices=["auto", *MAPPINGS],
+        default="auto",
+        help="which columns hold instruction, language and task (default: auto-detect)",
+    )
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.add_argument(
+        "--taxonomy", type=Path, metavar="DIR", help="taxonomy directory (default: built-in)"
+    )
+    inspect.set_defaults(func=run_inspect)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    """Handle `m2l seeds inspect`; returns an exit code."""
+    try:
+        return inspect_seeds(
+            args.file,
+            mapping=args.mapping,
+            as_json=args.json,
+            taxonomy=load_taxonomy(args.taxonomy),
+        )
+    except ConfigError as err:
+        print(f"m2l: error: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def inspect_seeds(
+    path: Path,
+    *,
+    mapping: str = "auto",
+    as_json: bool = False,
+    console: Console | None = None,
+    languages: LanguageTable | None = None,
+    taxonomy: Taxonomy | None = None,
+) -> int:
+    """Print the file's ingest report and language × task counts (rich table or JSON).
+
+    Raises ConfigError for the file, its format or the mapping.
+    """
+    console = console or Console()
+    conn = duckdb.connect(":memory:")
+    try:
+        report = ingest_seeds(
+            conn,
+            path,
+            mapping=mapping,
+            languages=languages or load_languages(),
+            taxonomy=taxonomy or load_taxonomy(),
+            keep_text=False,  # counts need no text: one scan, and memory stays small
+        )
+        cells = list(pool_counts(conn))
+    finally:
+        conn.close()
+    if as_json:
+        text = orjson.dumps(_as_json(report, cells), option=orjson.OPT_INDENT_2).decode()
+        console.file.write(text + "\n")
+        console.file.flush()
+        return 0
+    for line in report.lines():
+        console.print(line, markup=False, highlight=False)
+    grid = _table(report, cells)
+    if _width(grid) <= console.width:
+        console.print(grid)
+    else:
+        # A grid with a column per task does not fit: one row per language listing its tasks,
+        # then the tasks' totals.
+        console.print(_compact_table(report, cells))
+        console.print(_task_totals(cells))
+    return 0
+
+
+Cell = tuple[str, str, str | None, str, int]
+
+
+def _totals(cells: list[Cell]) -> tuple[dict[str, int], dict[str, int]]:
+    by_language: dict[str, int] = {}
+    by_task: dict[str, int] = {}
+    for language, _, _, task, n in cells:
+        by_language[language] = by_language.get(language, 0) + n
+        by_task[task] = by_task.get(task, 0) + n
+    return by_language, by_task
+
+
+def _ranked(totals: Mapping[str, int]) -> list[str]:
+    return sorted(totals, key=lambda k: (-totals[k], k))
+
+
+def _table(report: IngestReport, cells: list[Cell]) -> Table:
+    by_language, by_task = _totals(cells)
+    tasks = _ranked(by_task)
+    grid = {(language, task): n for language, _, _, task, n in cells}
+    info = {language: (code, tier) for language, code, tier, _, _ in cells}
+    table = Table(
+        title=f"{report.ingested} seeds in {report.path.name}: "
+        f"{len(by_language)} languages × {len(tasks)} tasks",
+        show_footer=True,
+    )
+    table.add_column("language", footer="total")
+    table.add_column("code")
+    table.add_column("tier")
+    for task in tasks:
+        table.add_column(task, justify="right", footer=str(by_task[task]))
+    table.add_column("total", justify="right", footer=str(report.ingested))
+    for language in _ranked(by_language):
+        code, tier = info[language]
+        counts = [str(grid.get((language, task), "")) for task in tasks]
+        table.add_row(language, code, tier or "", *counts, str(by_language[language]))
+    return table
+
+
+def _width(table: Table) -> int:
+    """The width the table needs unwrapped: widest cell of each column plus borders."""
+    widths = []
+    for column in table.columns:
+        cells = [str(column.header), str(column.footer), *map(str, column.cells)]
+        widths.append(max(len(c) for c in cells) + 3)  # a space each side and a border
+    return sum(widths) + 1
+
+
+def _compact_table(report: IngestReport, cells: list[Cell]) -> Table:
+    by_language, by_task = _totals(cells)
+    tasks_of: dict[str, list[tuple[str, int]]] = {}
+    info = {language: (code, tier) for language, code, tier, _, _ in cells}
+    for language, _, _, task, n in cells:
+        tasks_of.setdefault(language, []).append((task, n))
+    table = Table(
+        title=f"{report.ingested} seeds in {report.path.name}: "
+        f"{len(by_language)} languages × {len(by_task)} tasks",
+        show_footer=True,
+    )
+    table.add_column("language", footer="total")
+    table.add_column("code")
+    table.add_column("tier")
+    table.add_column("seeds", justify="right", footer=str(report.ingested))
+    table.add_column("tasks", overflow="fold")
+    for language in _ranked(by_language):
+        code, tier = info[language]
+        listed = sorted(tasks_of[language], key=lambda tn: (-tn[1], tn[0]))
+        text = ", ".join(f"{task} {n}" for task, n in listed)
+        table.add_row(language, code, tier or "", str(by_language[language]), text)
+    return table
+
+
+def _task_totals(cells: list[Cell]) -> Table:
+    _, by_task = _totals(cells)
+    table = Table(title="seeds per task")
+    table.add_column("task")
+    table.add_column("seeds", justify="right")
+    table.add_column("languages", justify="right")
+    languages_of: dict[str, int] = {}
+    for _, _, _, task, _ in cells:
+        languages_of[task] = languages_of.get(task, 0) + 1
+    for task in _ranked(by_task):
+        table.add_row(task, str(by_task[task]), str(languages_of[task]))
+    return table
+
+
+def _as_json(report: IngestReport, cells: list[Cell]) -> dict[str, Any]:
+    by_language, by_task = _totals(cells)
+    rows: dict[str, dict[str, Any]] = {}
+    for language, code, tier, task, n in cells:
+        row = rows.setdefault(
+            language,
+            {
+                "language": language,
+                "language_code": code,
+                "tier": tier,
+                "total": by_language[language],
+                "tasks": {},
+            },
+        )
+        row["tasks"][task] = n
+    return {
+        "file": str(report.path),
+        "format": report.format,
+        "mapping": {"name": report.mapping_name, "columns": report.mapping.named()},
+        "rows_read": report.rows_read,
+        "ingested": report.ingested,
+        "duplicates": report.duplicates,
+        "empty_instruction": report.empty_instruction,
+        "unknown_language": report.unknown_language,
+        "unknown_language_top": [list(pair) for pair in report.unknown_language_top],
+        "unknown_task": report.unknown_task,
+        "unknown_task_top": [list(pair) for pair in report.unknown_task_top],
+        "languages": [rows[language] for language in _ranked(by_language)],
+        "tasks": {task: by_task[task] for task in _ranked(by_task)},
+    }
