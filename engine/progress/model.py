@@ -26,7 +26,6 @@ from engine.events import (
 )
 from engine.progress.rates import SlidingCounter
 from engine.progress.snapshot import (
-    FINAL_STATES,
     LanguageProgress,
     ProgressSnapshot,
     pairs,
@@ -352,7 +351,7 @@ class ProgressModel:
             filtered_by_reason=pairs(self._filtered_by_reason),
             steps_by_kind=pairs(self._steps),
             conv_per_min=conv_rate * 60,
-            eta_s=0.0 if self._state in FINAL_STATES and not remaining else eta,
+            eta_s=None if not self._total else eta,
             in_flight=len(self._inflight),
             in_flight_by_kind=pairs(self._inflight_by_kind),
             requests_sent=base.requests_sent + self._sent,
