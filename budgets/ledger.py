@@ -1,0 +1,249 @@
+"""The budget ledger: reserve a request's worst case before it is sent, settle it at its real cost.
+
+Pure arithmetic on whole nano-dollars, tokens and requests; no I/O, no clock. The invariant it
+keeps is ``spent + reserved <= cap`` for every capped quantity at every moment; ``reserve``
+raises BudgetExhausted rather than break it. After a crash the ledger starts from the request
+log (``spend_from_log``), where every attempt whose outcome is unknown counts as spent, so the
+cap holds across crashes too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+from budgets.prices import NANO_PER_USD, from_nano, to_nano
+from engine.config import BudgetConfig
+from engine.errors import BudgetExhausted, ConfigError
+from state.requestlog import Ticket
+
+__all__ = [
+    "UNBILLED_FAILURES",
+    "ZERO",
+    "Caps",
+    "Ledger",
+    "Spend",
+    "failure_is_billed",
+    "spend_by_conversation",
+    "spend_from_log",
+]
+
+# Failures after which the provider has certainly not billed the request: it answered with an
+# error before generating anything (OpenAI bills tokens of completed generations; a 5xx, a
+# 400 for context length, 401/403/404 and a refused connection produce none). Everything else
+# that was admitted -- a timeout, a connection lost mid-body, a malformed or truncated body, a
+# content-filtered reply, an error class m2l does not know -- may have been generated and
+# billed, so it counts at its reserved worst case. Wrongly counting a free failure costs some
+# headroom; wrongly counting a billed one as free would let the cap be passed.
+UNBILLED_FAILURES: frozenset[str] = frozenset(
+    {
+        "server_error",
+        "context_length_exceeded",
+        "authentication_failed",
+        "permission_denied",
+        "model_not_found",
+        "rate_limited",
+        "connection_refused",
+        "server_unreachable",
+        "oversize_request",
+    }
+)
+
+
+def failure_is_billed(error_class: str | None) -> bool:
+    """Whether an admitted attempt that failed this way may have been billed (None: unknown)."""
+    return error_class is None or error_class not in UNBILLED_FAILURES
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """An amount in the ledger's units: nano-dollars, tokens and requests."""
+
+    nano: int = 0
+    tokens: int = 0
+    requests: int = 0
+
+    @property
+    def usd(self) -> float:
+        return from_nano(self.nano)
+
+    def __add__(self, other: Spend) -> Spend:
+        return Spend(
+            self.nano + other.nano, self.tokens + other.tokens, self.requests + other.requests
+        )
+
+    def __sub__(self, other: Spend) -> Spend:
+        return Spend(
+            self.nano - other.nano, self.tokens - other.tokens, self.requests - other.requests
+        )
+
+
+ZERO = Spend()
+
+
+@dataclass(frozen=True, slots=True)
+class Caps:
+    """Hard caps; None means that quantity is not capped. Raises ConfigError if one is negative."""
+
+    usd: float | None = None
+    tokens: int | None = None
+    requests: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("usd", "tokens", "requests"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ConfigError(f"budget.{name} must be zero or more, got {value!r}")
+
+    @classmethod
+    def from_config(cls, budget: BudgetConfig) -> Caps:
+        return cls(budget.usd, budget.tokens, budget.requests)
+
+    @property
+    def any(self) -> bool:
+        return self.usd is not None or self.tokens is not None or self.requests is not None
+
+    @property
+    def nano(self) -> int | None:
+        return None if self.usd is None else to_nano(self.usd)
+
+
+class Ledger:
+    """The Guard the request log calls: keeps settled + reserved within every cap."""
+
+    __slots__ = ("_cap_nano", "_caps", "_open", "_reserved", "_spent")
+
+    def __init__(self, caps: Caps, start: Spend = ZERO) -> None:
+        self._caps = caps
+        self._cap_nano = caps.nano
+        self._spent = start
+        self._reserved = ZERO
+        self._open: dict[int, Spend] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"<Ledger spent ${self._spent.usd:.6f} reserved ${self._reserved.usd:.6f} "
+            f"cap {self._caps.usd!r} open {len(self._open)}>"
+        )
+
+    @property
+    def caps(self) -> Caps:
+        return self._caps
+
+    @property
+    def spent(self) -> Spend:
+        """Settled costs plus attempts that may have been billed (outcome unknown included)."""
+        return self._spent
+
+    @property
+    def reserved(self) -> Spend:
+        """Worst cases held by attempts not yet settled or released."""
+        return self._reserved
+
+    @property
+    def open_tickets(self) -> int:
+        return len(self._open)
+
+    def committed(self) -> Spend:
+        return self._spent + self._reserved
+
+    def shortfall(self, extra: Spend, *, count_reserved: bool = True) -> str | None:
+        """Which cap ``extra`` more would pass (a message), or None if it fits under every cap."""
+        base = self.committed() if count_reserved else self._spent
+        total = base + extra
+        if self._cap_nano is not None and total.nano > self._cap_nano:
+            left = max(self._cap_nano - base.nano, 0)
+            return (
+                f"budget.usd cap of ${self._caps.usd:g} reached: ${from_nano(extra.nano):.6f} "
+                f"more does not fit in the ${from_nano(left):.6f} left "
+                f"(${self._spent.usd:.6f} spent, ${self._reserved.usd:.6f} held by requests "
+                "in flight)"
+            )
+        if self._caps.tokens is not None and total.tokens > self._caps.tokens:
+            return (
+                f"budget.tokens cap of {self._caps.tokens} reached: {extra.tokens} more tokens "
+                f"do not fit ({self._spent.tokens} used, {self._reserved.tokens} held in flight)"
+            )
+        if self._caps.requests is not None and total.requests > self._caps.requests:
+            return (
+                f"budget.requests cap of {self._caps.requests} reached "
+                f"({self._spent.requests} made, {self._reserved.requests} in flight)"
+            )
+        return None
+
+    def reserve(self, ticket: Ticket) -> None:
+        """Hold the ticket's worst case; raises BudgetExhausted when it would pass a cap."""
+        if ticket.request_id in self._open:
+            raise ValueError(f"request {ticket.request_id} is already reserved")
+        need = Spend(to_nano(ticket.reserved_usd), ticket.reserved_tokens, 1)
+        problem = self.shortfall(need)
+        if problem is not None:
+            raise BudgetExhausted(
+                f"{problem}; raise the cap in the config and resume with `m2l run CONFIG --force`"
+            )
+        self._open[ticket.request_id] = need
+        self._reserved += need
+
+    def settle(self, ticket: Ticket, usd: float, tokens: int) -> None:
+        """Replace the ticket's reservation by its real cost (which may, rarely, be higher)."""
+        self._take(ticket)
+        self._spent += Spend(to_nano(usd), tokens, 1)
+
+    def release(self, ticket: Ticket, *, admitted: bool, error_class: str | None = None) -> None:
+        """The attempt failed: free if never admitted or surely unbilled, else its worst case."""
+        held = self._take(ticket)
+        if not admitted:
+            return
+        if failure_is_billed(error_class):
+            self._spent += held
+        else:
+            self._spent += Spend(0, 0, 1)
+
+    def _take(self, ticket: Ticket) -> Spend:
+        try:
+            held = self._open.pop(ticket.request_id)
+        except KeyError:
+            raise ValueError(f"request {ticket.request_id} holds no reservation") from None
+        self._reserved -= held
+        return held
+
+
+# One conversion for SQL and Python: floor(usd * 1e9 + 0.5) on IEEE doubles, as to_nano does.
+_NANO = f"CAST({NANO_PER_USD} AS DOUBLE)"
+_UNBILLED = ", ".join(f"'{c}'" for c in sorted(UNBILLED_FAILURES))
+_COUNTS_AS_RESERVED = (
+    "(status = 'reserved' OR "
+    f"(status = 'error' AND coalesce(error_class, '') NOT IN ({_UNBILLED})))"
+)
+_ROW_SPEND = f"""
+    CAST(CASE WHEN status = 'ok'
+              THEN floor(coalesce(cost_usd, reserved_usd) * {_NANO} + 0.5)
+              WHEN {_COUNTS_AS_RESERVED} THEN floor(reserved_usd * {_NANO} + 0.5)
+              ELSE 0 END AS BIGINT) AS nano,
+    CAST(CASE WHEN status = 'ok' THEN prompt_tokens + coalesce(completion_tokens, 0)
+              WHEN {_COUNTS_AS_RESERVED} THEN prompt_tokens + max_tokens
+              ELSE 0 END AS BIGINT) AS tokens,
+    CAST(status <> 'rejected' AS BIGINT) AS requests"""
+
+
+def spend_from_log(conn: duckdb.DuckDBPyConnection) -> Spend:
+    """What the request log says has been spent: settled 'ok' costs, rows left 'reserved' by a
+    crash (outcome unknown) and admitted failures that may have been billed, at their worst case.
+    """
+    row = conn.execute(
+        f"SELECT coalesce(sum(nano), 0), coalesce(sum(tokens), 0), coalesce(sum(requests), 0) "
+        f"FROM (SELECT {_ROW_SPEND} FROM requests)"
+    ).fetchone()
+    assert row is not None
+    return Spend(int(row[0]), int(row[1]), int(row[2]))
+
+
+def spend_by_conversation(conn: duckdb.DuckDBPyConnection) -> dict[int, Spend]:
+    """The same accounting as ``spend_from_log``, per conversation (rows with a conv_id)."""
+    rows = conn.execute(
+        f"SELECT conv_id, sum(nano), sum(tokens), sum(requests) "
+        f"FROM (SELECT conv_id, {_ROW_SPEND} FROM requests WHERE conv_id IS NOT NULL) "
+        "GROUP BY conv_id ORDER BY conv_id"
+    ).fetchall()
+    return {int(c): Spend(int(n), int(t), int(r)) for c, n, t, r in rows}
