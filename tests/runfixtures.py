@@ -60,6 +60,8 @@ def write_config(
     faults: str = "",
     evols_per_seed: int = 1,
     sim: str = "",
+    ttft_s: float = 0.0,
+    per_token_s: float = 0.0,
 ) -> Path:
     """A config for a fast simulated run; ``extra``/``sim``/``faults`` add TOML lines."""
     write_seeds(folder / "seeds.jsonl")
@@ -93,8 +95,8 @@ max_delay_s = 0.05
 
 [sim]
 seed = 11
-ttft_s = 0.0
-per_token_s = 0.0
+ttft_s = {ttft_s}
+per_token_s = {per_token_s}
 jitter = 0.0
 min_completion_tokens = 12
 max_completion_tokens = 60
