@@ -1,0 +1,378 @@
+"""Exporting a run's conversations from its DuckDB store as release Parquet/JSONL or chat JSONL.
+
+DuckDB writes every file (``COPY (SELECT ...) TO``), one range of conversations at a time, so
+memory stays bounded whatever the run's size; the file appears at its path only once complete.
+Raises StateError for a missing, busy, damaged or foreign store and ConfigError for an unknown
+format or an impossible combination of options.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from engine.errors import ConfigError, StateError
+from state.schema import _open_error, check_schema
+
+__all__ = [
+    "CHUNK_CONVERSATIONS",
+    "FORMATS",
+    "STATE_FILE",
+    "ExportFormat",
+    "ExportReport",
+    "default_output",
+    "export_run",
+    "export_with",
+    "open_run",
+]
+
+# The state file's name inside a run directory (engine.run.STATE_FILE says the same; importing
+# it would make state depend on the engine's run wiring, which imports state).
+STATE_FILE = "state.duckdb"
+
+# Conversations per COPY: DuckDB's ORDER BY does not spill rows holding long nested lists, so
+# each range must fit in memory (about 20 kB per conversation in the release schema: ~80 MB).
+CHUNK_CONVERSATIONS = 4000
+
+# Rows per Parquet row group: the writer buffers one group, so this bounds its memory too.
+_ROW_GROUP_ROWS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class ExportFormat:
+    """One export format: its CLI name, what DuckDB writes, and the default file name."""
+
+    name: str
+    copy_format: str  # DuckDB COPY's FORMAT: "parquet" or "json" (newline-delimited)
+    stem: str
+    suffix: str
+    can_mark_filtered: bool  # the rows may carry a filter_reason field
+
+
+FORMATS: dict[str, ExportFormat] = {
+    f.name: f
+    for f in (
+        ExportFormat("release-parquet", "parquet", "release", ".parquet", True),
+        ExportFormat("release-jsonl", "json", "release", ".jsonl", True),
+        # OpenAI's fine-tuning validator rejects any key besides "messages", so these lines
+        # cannot say which conversations were filtered.
+        ExportFormat("messages-jsonl", "json", "messages", ".jsonl", False),
+        ExportFormat("sharegpt-jsonl", "json", "sharegpt", ".jsonl", True),
+    )
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ExportReport:
+    """Where an export was written and how many conversations (rows or lines) it holds."""
+
+    path: Path
+    rows: int
+
+
+def open_run(run_dir: Path, *, action: str, write: bool = False) -> duckdb.DuckDBPyConnection:
+    """Open a run's store for an offline command: read-only, or exclusively when ``write``.
+
+    ``action`` completes the busy message ("export", "filter it", ...). Raises StateError when
+    there is no store, when a running m2l process holds it, or when it is damaged or foreign.
+    """
+    path = run_dir / STATE_FILE
+    if not path.is_file():
+        raise StateError(
+            f"there is no run at {run_dir} (no {STATE_FILE}): check the run directory, "
+            "e.g. runs/<run name>"
+        )
+    try:
+        conn = duckdb.connect(str(path), read_only=not write)
+    except duckdb.Error as exc:
+        reason = str(exc)
+        if "Could not set lock" in reason or "Conflicting lock" in reason:
+            raise StateError(
+                f"run {run_dir} is in use by a running m2l process; wait for it to finish "
+                f"or stop it (Ctrl-C), then {action}"
+            ) from exc
+        if "different configuration" in reason:
+            raise StateError(
+                f"run {run_dir} is already open in this process; {action} through that "
+                "connection (state.export.export_with) instead"
+            ) from exc
+        raise _open_error(path, exc) from exc
+    try:
+        check_schema(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def default_output(run_dir: Path, fmt: str, *, include_filtered: bool = False) -> Path:
+    """``<run_dir>/export/<stem><suffix>``, with ``-with-filtered`` before the suffix if asked.
+
+    Raises ConfigError for an unknown format.
+    """
+    spec = _format(fmt)
+    extra = "-with-filtered" if include_filtered else ""
+    return run_dir / "export" / f"{spec.stem}{extra}{spec.suffix}"
+
+
+def export_run(
+    run_dir: Path, fmt: str, *, output: Path | None = None, include_filtered: bool = False
+) -> ExportReport:
+    """Export the run at ``run_dir``, opening its store read-only; see ``export_with``.
+
+    Raises StateError when the store is missing, busy or damaged, ConfigError for bad options,
+    and OSError when the output cannot be written.
+    """
+    _check_options(fmt, include_filtered)
+    target = output or default_output(run_dir, fmt, include_filtered=include_filtered)
+    conn = open_run(run_dir, action="export")
+    try:
+        return export_with(conn, fmt, target, include_filtered)
+    finally:
+        conn.close()
+
+
+def export_with(
+    conn: duckdb.DuckDBPyConnection,
+    fmt: str,
+    output: Path,
+    include_filtered: bool = False,
+    *,
+    chunk_size: int = CHUNK_CONVERSATIONS,
+) -> ExportReport:
+    """Write the run's done (and, if asked, filtered) conversations to ``output`` atomically.
+
+    Rows are in conv_id order, written ``chunk_size`` conversations per COPY. The file is built
+    beside ``output`` and moved into place at the end, so a failure leaves any earlier file
+    there untouched. Raises ConfigError for bad
+    options, OSError when the folder cannot be written, duckdb.Error if DuckDB fails.
+    """
+    spec = _check_options(fmt, include_filtered)
+    if chunk_size < 1:
+        raise ConfigError(f"chunk_size = {chunk_size}: expected 1 or more conversations")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    statuses = ("done", "filtered") if include_filtered else ("done",)
+    bounds = _chunk_bounds(conn, statuses, chunk_size)
+    # A run with nothing to export still gets a file: one unbounded range with no rows.
+    ranges = list(_ranges(bounds)) or [(None, None)]
+    selects = [_select(spec, statuses, include_filtered, lo, hi) for lo, hi in ranges]
+    with _scratch(output) as scratch:
+        temp = scratch(".tmp")
+        write = _parquet_in_parts if spec.copy_format == "parquet" else _jsonl_in_parts
+        rows = write(conn, spec, selects, temp, scratch)
+        _fsync(temp)
+        os.replace(temp, output)
+    return ExportReport(output, rows)
+
+
+def _format(fmt: str) -> ExportFormat:
+    spec = FORMATS.get(fmt)
+    if spec is None:
+        raise ConfigError(f"unknown export format {fmt!r}: use one of {', '.join(FORMATS)}")
+    return spec
+
+
+def _check_options(fmt: str, include_filtered: bool) -> ExportFormat:
+    spec = _format(fmt)
+    if include_filtered and not spec.can_mark_filtered:
+        raise ConfigError(
+            f"--include-filtered cannot be used with {fmt}: its lines may only hold "
+            '"messages", so filtered conversations could not be told apart; use '
+            "sharegpt-jsonl or release-jsonl, which carry a filter_reason field"
+        )
+    return spec
+
+
+def _chunk_bounds(conn: duckdb.DuckDBPyConnection, statuses: Sequence[str], size: int) -> list[int]:
+    """The first conv_id of each run of ``size`` exported conversations, ascending."""
+    rows = conn.execute(
+        f"""SELECT conv_id FROM conversations WHERE status IN ({_in(statuses)})
+            QUALIFY (row_number() OVER (ORDER BY conv_id) - 1) % {int(size)} = 0
+            ORDER BY conv_id"""
+    ).fetchall()
+    return [int(r[0]) for r in rows]
+
+
+def _in(values: Sequence[str]) -> str:
+    return ", ".join(_literal(v) for v in values)
+
+
+def _literal(text: str) -> str:
+    # COPY takes no prepared parameters, so values are inlined; only our own constants and
+    # paths reach here, quoted the SQL way.
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _select(
+    spec: ExportFormat,
+    statuses: Sequence[str],
+    include_filtered: bool,
+    lo: int | None,
+    hi: int | None,
+) -> str:
+    """The SELECT for one format over conversations with lo <= conv_id < hi (None: no bound)."""
+    # Messages are gathered unordered and sorted afterwards: DuckDB spills a plain list()
+    # aggregate to disk but not an ordered one. Step is the struct's first field, so
+    # list_sort orders by it (it is unique within a conversation).
+    base = f"""WITH conv AS (
+        SELECT c.conv_id, c.language, c.task, c.filter_reason, s.instruction AS seed_prompt
+        FROM conversations c JOIN seeds s USING (seed_id)
+        WHERE c.status IN ({_in(statuses)}){_between("c.conv_id", lo, hi)}),
+    steps AS (
+        SELECT conv_id, list_sort(list({{'step': step, 'role': role, 'kind': kind,
+            'content': content, 'evol_type': evol_type, 'prompt': prompt}})) AS ms
+        FROM messages WHERE conv_id IN (SELECT conv_id FROM conv){_between("conv_id", lo, hi)}
+        GROUP BY conv_id)"""
+    columns = _COLUMNS[spec.stem]
+    if include_filtered:
+        columns += ",\n        filter_reason"
+    return f"{base}\nSELECT {columns}\nFROM conv JOIN steps USING (conv_id) ORDER BY conv_id"
+
+
+def _between(column: str, lo: int | None, hi: int | None) -> str:
+    # The bounds are repeated on messages so DuckDB skips its row groups by their min/max
+    # conv_id instead of scanning the whole table for every range.
+    low = f" AND {column} >= {int(lo)}" if lo is not None else ""
+    high = f" AND {column} < {int(hi)}" if hi is not None else ""
+    return low + high
+
+
+_COLUMNS: dict[str, str] = {
+    # The release schema of M2Lingual, in its column order; id is the conv_id as text, so
+    # every row can be traced back to the run's store.
+    "release": """CAST(conv_id AS VARCHAR) AS id,
+        ms[1].evol_type AS task_evol_type,
+        ms[1].prompt AS task_evol_prompt,
+        seed_prompt,
+        ms[1].content AS evolved_user_prompt,
+        ms[2].content AS output_assistant_reply,
+        [m.evol_type FOR m IN ms IF m.kind = 'follow_up'] AS multiturn_evol_type,
+        [m.prompt FOR m IN ms IF m.kind = 'follow_up'] AS multiturn_evol_prompt,
+        [m.content FOR m IN ms IF m.kind = 'follow_up'] AS evolved_multiturn_prompt,
+        CAST(len([m FOR m IN ms IF m.role = 'user']) AS BIGINT) AS no_of_turns,
+        language,
+        task,
+        [{'role': m.role, 'content': m.content} FOR m IN ms] AS conversation""",
+    "messages": "[{'role': m.role, 'content': m.content} FOR m IN ms] AS messages",
+    # ShareGPT as Axolotl reads it: "human" and "gpt" turns under "conversations".
+    "sharegpt": """CAST(conv_id AS VARCHAR) AS id,
+        language,
+        task,
+        [{'from': CASE m.role WHEN 'user' THEN 'human' WHEN 'assistant' THEN 'gpt'
+            ELSE m.role END, 'value': m.content} FOR m IN ms] AS conversations""",
+}
+
+
+def _copy_options(spec: ExportFormat) -> str:
+    if spec.copy_format == "parquet":
+        return f"FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {_ROW_GROUP_ROWS}"
+    return "FORMAT json"
+
+
+def _copy(conn: duckdb.DuckDBPyConnection, select: str, spec: ExportFormat, path: Path) -> int:
+    """COPY the rows of ``select`` to ``path`` in the format's file type; returns the count."""
+    row = conn.execute(
+        f"COPY ({select}) TO {_literal(str(path))} ({_copy_options(spec)})"
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _ranges(bounds: Sequence[int]) -> Iterator[tuple[int | None, int | None]]:
+    for i, lo in enumerate(bounds):
+        yield lo, bounds[i + 1] if i + 1 < len(bounds) else None
+
+
+class _Scratch:
+    """Temporary files beside an output, each removed at the end unless moved away."""
+
+    def __init__(self, output: Path) -> None:
+        self._prefix = output.parent / f".{output.name}.{os.getpid()}"
+        self.paths: list[Path] = []
+
+    def __call__(self, suffix: str) -> Path:
+        path = Path(f"{self._prefix}{suffix}")
+        self.paths.append(path)
+        return path
+
+
+@contextlib.contextmanager
+def _scratch(output: Path) -> Iterator[_Scratch]:
+    scratch = _Scratch(output)
+    try:
+        yield scratch
+    finally:
+        for path in scratch.paths:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _parquet_in_parts(
+    conn: duckdb.DuckDBPyConnection,
+    spec: ExportFormat,
+    selects: Sequence[str],
+    temp: Path,
+    scratch: _Scratch,
+) -> int:
+    """Write each range to its own Parquet part, then stream the parts into one file.
+
+    Even a single range goes through a part, so the file's schema (nullability included) does
+    not depend on how many ranges the run needed.
+    """
+    parts = []
+    for i, select in enumerate(selects):
+        part = scratch(f".part{i}")
+        _copy(conn, select, spec, part)
+        parts.append(part)
+    files = "[" + ", ".join(_literal(str(p)) for p in parts) + "]"
+    # One thread reads the parts in order; with several, DuckDB buffers row groups that
+    # arrive early to keep their order, and memory grows with the file. Without statistics
+    # propagation every column is written nullable: otherwise DuckDB marks a column "required"
+    # whenever this run's data happens to hold no NULL in it, and the schema varies by run.
+    with _settings(conn, threads="1", disabled_optimizers="statistics_propagation"):
+        return _copy(conn, f"SELECT * FROM read_parquet({files})", spec, temp)
+
+
+@contextlib.contextmanager
+def _settings(conn: duckdb.DuckDBPyConnection, **values: str) -> Iterator[None]:
+    """Set DuckDB settings for a block, then restore them (the connection may be the run's)."""
+    saved = {}
+    for name, value in values.items():
+        row = conn.execute(f"SELECT current_setting({_literal(name)})").fetchone()
+        saved[name] = "" if row is None or row[0] is None else str(row[0])
+        conn.execute(f"SET {name} = {_literal(value)}")
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            conn.execute(f"SET {name} = {_literal(value)}")
+
+
+def _jsonl_in_parts(
+    conn: duckdb.DuckDBPyConnection,
+    spec: ExportFormat,
+    selects: Sequence[str],
+    temp: Path,
+    scratch: _Scratch,
+) -> int:
+    """Write each range as JSON lines and append it to ``temp`` (one part on disk at a time)."""
+    rows = 0
+    part = scratch(".part")
+    with temp.open("wb") as out:
+        for select in selects:
+            rows += _copy(conn, select, spec, part)
+            with part.open("rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+    return rows
+
+
+def _fsync(path: Path) -> None:
+    # The rename must not reach the disk before the data: else a power cut could leave an
+    # empty or short file under the final name.
+    with path.open("rb") as f:
+        os.fsync(f.fileno())

@@ -1,0 +1,243 @@
+"""The post-hoc filter pass (``m2l filter RUN``): the quality filters over every done conversation.
+
+Conversations are read in conv_id order, a batch at a time; one failing a filter becomes
+'filtered' with a stable ``filter_reason``, and nothing is deleted. Turn checks mirror the run's
+inline validation (engine.validation): user turns as instructions, answers as replies against
+the earlier answers. Near and exact duplicates need the whole run, so only this pass finds them:
+the earlier conversation of a pair stays, the later one is filtered. Only 'done' conversations
+are read and a filtered one is never restored, so a second pass over the same store changes
+nothing. Raises StateError when the store is missing, busy or damaged, and ConfigError when a
+conversation's language is not in the language table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from engine.errors import ConfigError
+from engine.quality import (
+    DEFAULT_FILTER_CONFIG,
+    FilterConfig,
+    LanguageDetector,
+    LanguageLike,
+    NearDuplicateIndex,
+    check_instruction,
+    check_reply,
+)
+from prompts.languages import LanguageTable, UnknownLanguage, load_languages
+from state.export import open_run
+
+__all__ = [
+    "BATCH_CONVERSATIONS",
+    "FilterReport",
+    "Finding",
+    "PosthocFilter",
+    "StoredConversation",
+    "check_turns",
+    "filter_run",
+    "filter_with",
+]
+
+# Conversations read (and updated) per transaction: a few MB of text at most.
+BATCH_CONVERSATIONS = 500
+
+# Examples kept per reason for the report, so a user can look at what was filtered.
+_SAMPLES_PER_REASON = 3
+
+
+@dataclass(frozen=True, slots=True)
+class StoredConversation:
+    """A done conversation as the store holds it: its language code and its steps in order."""
+
+    conv_id: int
+    language_code: str
+    steps: tuple[tuple[str, str], ...]  # (kind, content) for steps 0, 1, 2, ...
+
+    def text(self) -> str:
+        """Every turn, user and assistant, one after the other: what duplicates compare."""
+        return "\n".join(content for _, content in self.steps)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Why one conversation is filtered: the reason, the step at fault (None: all), and detail."""
+
+    conv_id: int
+    reason: str
+    step: int | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class FilterReport:
+    """What a pass did (or, in a dry run, would do): conversations checked and filtered."""
+
+    checked: int
+    by_reason: tuple[tuple[str, int], ...]  # most frequent first
+    samples: tuple[Finding, ...]
+    dry_run: bool
+
+    @property
+    def filtered(self) -> int:
+        return sum(n for _, n in self.by_reason)
+
+
+def check_turns(
+    conv: StoredConversation,
+    language: LanguageLike,
+    config: FilterConfig = DEFAULT_FILTER_CONFIG,
+    detector: LanguageDetector | None = None,
+) -> Finding | None:
+    """The first turn of ``conv`` that fails a filter, or None when every turn passes."""
+    if not conv.steps:
+        return Finding(conv.conv_id, "empty", None, "a done conversation with no stored turns")
+    answers: list[str] = []
+    for step, (kind, content) in enumerate(conv.steps):
+        if kind == "answer":
+            verdict = check_reply(
+                content, language=language, previous=answers, config=config, detector=detector
+            )
+            answers.append(content)
+        else:
+            verdict = check_instruction(
+                content, language=language, config=config, detector=detector
+            )
+        if not verdict.ok:
+            return Finding(conv.conv_id, str(verdict.reason), step, verdict.detail)
+    return None
+
+
+class PosthocFilter:
+    """Judges conversations in conv_id order; holds the run-wide duplicate index between them."""
+
+    __slots__ = ("_config", "_detector", "_index", "_languages", "_resolved")
+
+    def __init__(
+        self,
+        languages: LanguageTable,
+        config: FilterConfig = DEFAULT_FILTER_CONFIG,
+        detector: LanguageDetector | None = None,
+    ) -> None:
+        self._languages = languages
+        self._config = config
+        self._detector = detector
+        self._index = NearDuplicateIndex.from_config(config)
+        self._resolved: dict[str, LanguageLike] = {}
+
+    def check(self, conv: StoredConversation) -> Finding | None:
+        """Why ``conv`` must be filtered, or None; raises ConfigError for an unknown language."""
+        finding = check_turns(conv, self._language(conv), self._config, self._detector)
+        if finding is not None:
+            # Not indexed: a conversation filtered for its own faults must not make a clean
+            # later copy of it look like the duplicate.
+            return finding
+        match = self._index.add_match(conv.conv_id, conv.text())
+        if match is None:
+            return None
+        verdict = match.verdict()
+        return Finding(conv.conv_id, str(verdict.reason), None, verdict.detail)
+
+    def _language(self, conv: StoredConversation) -> LanguageLike:
+        code = conv.language_code
+        found = self._resolved.get(code)
+        if found is None:
+            try:
+                found = self._languages.lookup(code)
+            except UnknownLanguage as exc:
+                raise ConfigError(f"conversation {conv.conv_id}: {exc}") from exc
+            self._resolved[code] = found
+        return found
+
+
+def filter_run(
+    run_dir: Path,
+    *,
+    dry_run: bool = False,
+    config: FilterConfig = DEFAULT_FILTER_CONFIG,
+    languages: LanguageTable | None = None,
+    detector: LanguageDetector | None = None,
+    batch_size: int = BATCH_CONVERSATIONS,
+) -> FilterReport:
+    """Run the pass over the run at ``run_dir``, holding its store exclusively unless dry.
+
+    Raises StateError when the store is missing, held by a running m2l process or damaged,
+    and ConfigError for a language the table does not know.
+    """
+    conn = open_run(run_dir, action="filter it", write=not dry_run)
+    try:
+        checker = PosthocFilter(languages or load_languages(), config, detector)
+        return filter_with(conn, checker, dry_run=dry_run, batch_size=batch_size)
+    finally:
+        conn.close()
+
+
+def filter_with(
+    conn: duckdb.DuckDBPyConnection,
+    checker: PosthocFilter,
+    *,
+    dry_run: bool = False,
+    batch_size: int = BATCH_CONVERSATIONS,
+) -> FilterReport:
+    """Run the pass on an open store; each batch's updates commit together.
+
+    A pass stopped midway keeps the batches it committed; running it again finishes the rest.
+    Raises ConfigError for an unknown language, duckdb.Error if the store fails.
+    """
+    checked = 0
+    counts: dict[str, int] = {}
+    samples: list[Finding] = []
+    for batch in _batches(conn, batch_size):
+        checked += len(batch)
+        findings = [f for f in map(checker.check, batch) if f is not None]
+        for finding in findings:
+            counts[finding.reason] = counts.get(finding.reason, 0) + 1
+            if counts[finding.reason] <= _SAMPLES_PER_REASON:
+                samples.append(finding)
+        if findings and not dry_run:
+            _mark(conn, findings)
+    by_reason = tuple(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    return FilterReport(checked, by_reason, tuple(samples), dry_run)
+
+
+def _batches(conn: duckdb.DuckDBPyConnection, size: int) -> Iterator[list[StoredConversation]]:
+    """Done conversations in conv_id order, ``size`` at a time, with their steps."""
+    after: int | None = None
+    while True:
+        heads = conn.execute(
+            """SELECT conv_id, language_code FROM conversations
+               WHERE status = 'done' AND ($after IS NULL OR conv_id > $after)
+               ORDER BY conv_id LIMIT $size""",
+            {"after": after, "size": size},
+        ).fetchall()
+        if not heads:
+            return
+        lo, hi = heads[0][0], heads[-1][0]
+        steps: dict[int, list[tuple[str, str]]] = {int(cid): [] for cid, _ in heads}
+        for cid, kind, content in conn.execute(
+            """SELECT conv_id, kind, content FROM messages
+               WHERE conv_id BETWEEN ? AND ? ORDER BY conv_id, step""",
+            [lo, hi],
+        ).fetchall():
+            if cid in steps:  # the range also holds conversations that are not done
+                steps[cid].append((kind, content))
+        yield [StoredConversation(int(cid), code, tuple(steps[cid])) for cid, code in heads]
+        after = int(hi)
+
+
+def _mark(conn: duckdb.DuckDBPyConnection, findings: Sequence[Finding]) -> None:
+    """Mark the batch's findings filtered, in one transaction."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.executemany(
+            """UPDATE conversations SET status = 'filtered', filter_reason = ?
+               WHERE conv_id = ? AND status = 'done'""",
+            [(f.reason, f.conv_id) for f in findings],
+        )
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

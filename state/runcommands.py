@@ -1,0 +1,175 @@
+"""Offline commands on a finished (or stopped) run: `m2l export`, `m2l stats`, `m2l filter`.
+
+Each ``add_*_parser`` adds one subcommand whose ``func`` returns an exit code (0). Errors are
+raised, not printed: engine.cli maps StateError (no run, run in use, damaged store) and
+ConfigError (bad options) to exit code 2 with their message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from state.export import FORMATS, export_run, open_run
+from state.posthoc import FilterReport, Finding, filter_run
+from state.report_html import write_report
+from state.stats import compute_stats, print_stats, stats_json
+
+__all__ = [
+    "add_export_parser",
+    "add_filter_parser",
+    "add_stats_parser",
+    "export_command",
+    "filter_command",
+    "print_filter_report",
+    "stats_command",
+]
+
+
+def add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``m2l export RUN_DIR``; it sets ``func`` to its handler."""
+    p = sub.add_parser(
+        "export",
+        help="write a run's conversations as a dataset file",
+        description=(
+            "Write the run's done conversations as release Parquet/JSONL (the M2Lingual "
+            "schema), OpenAI messages JSONL or ShareGPT JSONL. The file appears only once "
+            "complete. The run must not be running."
+        ),
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run's directory")
+    p.add_argument(
+        "--format",
+        choices=list(FORMATS),
+        default="release-parquet",
+        help="file format (default: release-parquet)",
+    )
+    p.add_argument(
+        "--include-filtered",
+        action="store_true",
+        help="also write filtered conversations, with a filter_reason field "
+        "(not with messages-jsonl, whose lines may only hold messages)",
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        metavar="PATH",
+        help="where to write (default: RUN_DIR/export/<kind>.<ext>)",
+    )
+    p.set_defaults(func=export_command)
+
+
+def add_stats_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``m2l stats RUN_DIR``; it sets ``func`` to its handler."""
+    p = sub.add_parser(
+        "stats",
+        help="tables of what a run made, filtered and cost",
+        description=(
+            "Show conversations by language × task, turns, evol types, filter reasons, and "
+            "tokens and cost by language, task and step kind. The run must not be running."
+        ),
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run's directory")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead")
+    p.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="also write a self-contained HTML report with charts to FILE",
+    )
+    p.set_defaults(func=stats_command)
+
+
+def add_filter_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``m2l filter RUN_DIR``; it sets ``func`` to its handler."""
+    p = sub.add_parser(
+        "filter",
+        help="apply the quality filters to every done conversation of a run",
+        description=(
+            "Check every done conversation (repetition, cross-turn repetition, refusals, "
+            "leaked markers, wrong language, exact and near duplicates across the run) and "
+            "mark the failing ones 'filtered' with their reason; nothing is deleted, and "
+            "running it again changes nothing more. The run must not be running."
+        ),
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run's directory")
+    p.add_argument(
+        "--dry-run", action="store_true", help="count what would be filtered, change nothing"
+    )
+    p.set_defaults(func=filter_command)
+
+
+def export_command(args: argparse.Namespace, console: Console | None = None) -> int:
+    """``m2l export``: write the file and say where; raises StateError or ConfigError."""
+    out = console or Console()
+    report = export_run(
+        Path(args.run_dir),
+        str(args.format),
+        output=args.output,
+        include_filtered=bool(args.include_filtered),
+    )
+    out.print(f"wrote {report.rows:,} conversations to {escape(str(report.path))}")
+    return 0
+
+
+def stats_command(args: argparse.Namespace, console: Console | None = None) -> int:
+    """``m2l stats``: print tables or JSON, and write the HTML report if asked."""
+    out = console or Console()
+    run_dir = Path(args.run_dir)
+    conn = open_run(run_dir, action="read its stats")
+    try:
+        stats = compute_stats(conn, run=run_dir.name)
+    finally:
+        conn.close()
+    if args.json:
+        out.file.write(stats_json(stats).decode() + "\n")
+    else:
+        print_stats(stats, out)
+    if args.html is not None:
+        path = write_report(stats, Path(args.html))
+        # With --json, stdout must stay one JSON document.
+        note = Console(file=sys.stderr) if args.json else out
+        note.print(f"wrote the HTML report to {escape(str(path))}")
+    return 0
+
+
+def filter_command(args: argparse.Namespace, console: Console | None = None) -> int:
+    """``m2l filter``: run the post-hoc pass and print counts by reason."""
+    out = console or Console()
+    report = filter_run(Path(args.run_dir), dry_run=bool(args.dry_run))
+    print_filter_report(report, out)
+    return 0
+
+
+def print_filter_report(report: FilterReport, console: Console) -> None:
+    """Print a pass's counts by reason and a few examples of each."""
+    verb = "would filter" if report.dry_run else "filtered"
+    console.print(
+        f"checked {report.checked:,} done conversations; {verb} {report.filtered:,}"
+        + (" (dry run: nothing changed)" if report.dry_run else "")
+    )
+    if not report.by_reason:
+        return
+    table = Table(title="by reason", title_justify="left")
+    table.add_column("reason")
+    table.add_column("conversations", justify="right")
+    table.add_column("for example")
+    examples: dict[str, Finding] = {}
+    for sample in report.samples:
+        examples.setdefault(sample.reason, sample)
+    for reason, n in report.by_reason:
+        table.add_row(reason, f"{n:,}", escape(_example(examples.get(reason))))
+    console.print(table)
+
+
+def _example(sample: Finding | None) -> str:
+    if sample is None:
+        return ""
+    where = f"#{sample.conv_id}" + ("" if sample.step is None else f" step {sample.step}")
+    return f"{where}: {sample.detail}"

@@ -1,0 +1,384 @@
+"""A run's statistics from its store: what was made (language × task, turns, evol types), what
+was filtered and why, and what it cost (tokens and USD by language, task and step kind).
+
+DuckDB aggregates everything; Python only holds the small result tables. ``compute_stats``
+raises StateError when the connection holds no m2l store; printing raises nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import duckdb
+import orjson
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from engine.errors import StateError
+
+__all__ = [
+    "KINDS",
+    "STATUSES",
+    "Breakdown",
+    "Failure",
+    "LanguageTask",
+    "ReasonCount",
+    "RunStats",
+    "Spend",
+    "TypeCount",
+    "compute_stats",
+    "print_stats",
+    "stats_json",
+]
+
+# Conversation statuses in the order tables show them; "open" is pending + active.
+STATUSES = ("done", "filtered", "failed", "open")
+
+# Step kinds of the request log, from the step number (a failed step has no message row).
+KINDS = ("evolve", "answer", "follow_up", "other")
+
+_STATUS_COUNTS = """count(*) FILTER (WHERE status = 'done'),
+    count(*) FILTER (WHERE status = 'filtered'),
+    count(*) FILTER (WHERE status = 'failed'),
+    count(*) FILTER (WHERE status IN ('pending', 'active'))"""
+
+
+@dataclass(frozen=True, slots=True)
+class LanguageTask:
+    """Conversations of one language and task, by status."""
+
+    language: str
+    task: str
+    done: int
+    filtered: int
+    failed: int
+    open: int
+
+    @property
+    def total(self) -> int:
+        return self.done + self.filtered + self.failed + self.open
+
+
+@dataclass(frozen=True, slots=True)
+class TypeCount:
+    """Conversations (or follow-up turns) made with one evol type, by conversation status."""
+
+    type: str
+    done: int
+    filtered: int
+    failed: int
+    open: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonCount:
+    """Filtered conversations of one language with one filter reason."""
+
+    language: str
+    reason: str
+    conversations: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Failed conversations sharing an error message's first words."""
+
+    error: str
+    conversations: int
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """Requests, tokens and USD of one group of the request log.
+
+    Tokens count settled ('ok') attempts, whose usage the provider reported; USD sums every
+    attempt's cost_usd, a missing price counting as 0.
+    """
+
+    requests: int
+    ok: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class Breakdown:
+    """The spend of one value of a grouping (a language, a task or a step kind)."""
+
+    key: str
+    spend: Spend
+
+
+@dataclass(frozen=True, slots=True)
+class RunStats:
+    """Everything ``m2l stats`` shows, as plain values."""
+
+    run: str
+    statuses: tuple[tuple[str, int], ...]
+    language_task: tuple[LanguageTask, ...]
+    turns: tuple[tuple[int, int], ...]  # (turns, done conversations)
+    evol_types: tuple[TypeCount, ...]
+    multiturn_types: tuple[TypeCount, ...]  # counts follow-up turns stored
+    filter_reasons: tuple[ReasonCount, ...]
+    failures: tuple[Failure, ...]
+    by_language: tuple[Breakdown, ...]
+    by_task: tuple[Breakdown, ...]
+    by_kind: tuple[Breakdown, ...]
+    total: Spend
+
+    def per_language(self) -> list[tuple[str, tuple[int, int, int, int]]]:
+        """(language, (done, filtered, failed, open)) summed over tasks, by language name."""
+        return _sum_by(self.language_task, lambda row: row.language)
+
+    def per_task(self) -> list[tuple[str, tuple[int, int, int, int]]]:
+        """(task, (done, filtered, failed, open)) summed over languages, by task name."""
+        return _sum_by(self.language_task, lambda row: row.task)
+
+    def reasons(self) -> list[tuple[str, int]]:
+        """(filter reason, conversations) over all languages, most frequent first."""
+        totals: dict[str, int] = {}
+        for row in self.filter_reasons:
+            totals[row.reason] = totals.get(row.reason, 0) + row.conversations
+        return sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+
+
+def _sum_by(rows: Iterable[LanguageTask], key: Any) -> list[tuple[str, tuple[int, int, int, int]]]:
+    sums: dict[str, list[int]] = {}
+    for row in rows:
+        acc = sums.setdefault(key(row), [0, 0, 0, 0])
+        for i, value in enumerate((row.done, row.filtered, row.failed, row.open)):
+            acc[i] += value
+    return [(name, (a[0], a[1], a[2], a[3])) for name, a in sorted(sums.items())]
+
+
+def compute_stats(conn: duckdb.DuckDBPyConnection, *, run: str) -> RunStats:
+    """The statistics of the store on ``conn``; ``run`` names it when its config does not.
+
+    Raises StateError when the connection holds no m2l store.
+    """
+    try:
+        return _compute(conn, run)
+    except duckdb.CatalogException as exc:
+        raise StateError(f"this DuckDB file is not an m2l run store ({exc})") from exc
+
+
+def _compute(conn: duckdb.DuckDBPyConnection, run: str) -> RunStats:
+    def rows(sql: str) -> list[tuple[Any, ...]]:
+        return conn.execute(sql).fetchall()
+
+    return RunStats(
+        run=_run_name(conn) or run,
+        statuses=tuple(
+            (str(s), int(n))
+            for s, n in rows(
+                "SELECT status, count(*) FROM conversations GROUP BY 1 ORDER BY 2 DESC, 1"
+            )
+        ),
+        language_task=tuple(
+            LanguageTask(*r)
+            for r in rows(
+                f"SELECT language, task, {_STATUS_COUNTS} FROM conversations "
+                "GROUP BY ALL ORDER BY language, task"
+            )
+        ),
+        turns=tuple(
+            (int(t), int(n))
+            for t, n in rows(
+                "SELECT turns_planned, count(*) FROM conversations WHERE status = 'done' "
+                "GROUP BY 1 ORDER BY 1"
+            )
+        ),
+        evol_types=_types(
+            rows(f"SELECT evol_type, {_STATUS_COUNTS} FROM conversations GROUP BY 1")
+        ),
+        multiturn_types=_types(
+            rows(
+                f"""SELECT m.evol_type, {_STATUS_COUNTS}
+                FROM messages m JOIN conversations c USING (conv_id)
+                WHERE m.kind = 'follow_up' GROUP BY 1"""
+            )
+        ),
+        filter_reasons=tuple(
+            ReasonCount(*r)
+            for r in rows(
+                """SELECT language, coalesce(filter_reason, 'unknown'), count(*)
+                FROM conversations WHERE status = 'filtered' GROUP BY ALL ORDER BY 1, 3 DESC, 2"""
+            )
+        ),
+        failures=tuple(
+            Failure(*r)
+            for r in rows(
+                """SELECT left(coalesce(error, 'unknown'), 80), count(*) FROM conversations
+                WHERE status = 'failed' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10"""
+            )
+        ),
+        by_language=_spend(conn, "coalesce(c.language, '(no conversation)')"),
+        by_task=_spend(conn, "coalesce(c.task, '(no conversation)')"),
+        by_kind=_kind_order(_spend(conn, _KIND)),
+        total=next(iter(_spend(conn, "'all'")), Breakdown("all", _NO_SPEND)).spend,
+    )
+
+
+_NO_SPEND = Spend(0, 0, 0, 0, 0, 0.0)
+
+_KIND = """CASE WHEN r.step IS NULL THEN 'other' WHEN r.step = 0 THEN 'evolve'
+    WHEN r.step % 2 = 1 THEN 'answer' ELSE 'follow_up' END"""
+
+
+def _run_name(conn: duckdb.DuckDBPyConnection) -> str | None:
+    row = conn.execute("SELECT value FROM run_meta WHERE key = 'config_json'").fetchone()
+    if row is None:
+        return None
+    try:
+        name = orjson.loads(row[0]).get("run", {}).get("name")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return name if isinstance(name, str) and name else None
+
+
+def _types(rows: Sequence[tuple[Any, ...]]) -> tuple[TypeCount, ...]:
+    items = [TypeCount(str(r[0] or "(none)"), *r[1:]) for r in rows]
+    return tuple(sorted(items, key=lambda t: (-t.done, -t.filtered, t.type)))
+
+
+def _spend(conn: duckdb.DuckDBPyConnection, key: str) -> tuple[Breakdown, ...]:
+    """Request-log spend grouped by the SQL expression ``key`` (over r and c), costliest first."""
+    result = conn.execute(
+        f"""SELECT {key} AS key, count(*),
+            count(*) FILTER (WHERE r.status = 'ok'),
+            coalesce(sum(r.prompt_tokens) FILTER (WHERE r.status = 'ok'), 0),
+            coalesce(sum(r.completion_tokens) FILTER (WHERE r.status = 'ok'), 0),
+            coalesce(sum(r.cached_tokens) FILTER (WHERE r.status = 'ok'), 0),
+            coalesce(sum(r.cost_usd), 0)
+        FROM requests r LEFT JOIN conversations c USING (conv_id)
+        GROUP BY 1 ORDER BY 7 DESC, 1"""
+    ).fetchall()
+    return tuple(
+        Breakdown(str(k), Spend(int(a), int(b), int(c), int(d), int(e), float(f)))
+        for k, a, b, c, d, e, f in result
+    )
+
+
+def _kind_order(rows: tuple[Breakdown, ...]) -> tuple[Breakdown, ...]:
+    return tuple(sorted(rows, key=lambda b: KINDS.index(b.key)))
+
+
+def stats_json(stats: RunStats) -> bytes:
+    """The statistics as one JSON document (UTF-8), for machines."""
+    doc = asdict(stats)
+    doc["statuses"] = dict(stats.statuses)
+    doc["turns"] = [{"turns": t, "conversations": n} for t, n in stats.turns]
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+
+
+# --- terminal tables ---------------------------------------------------------------------------
+
+
+def print_stats(stats: RunStats, console: Console) -> None:
+    """Print the statistics as rich tables."""
+    total = sum(n for _, n in stats.statuses)
+    summary = ", ".join(f"{n} {s}" for s, n in stats.statuses) or "none"
+    console.print(f"[bold]{escape(stats.run)}[/bold]: {total} conversations ({summary})")
+    for table in (
+        _language_task_table(stats),
+        _status_table("Conversations by language", "language", stats.per_language()),
+        _status_table("Conversations by task", "task", stats.per_task()),
+        _pairs_table("Turns (done conversations)", ("turns", "conversations"), stats.turns),
+        _types_table("Task evol types (conversations)", stats.evol_types),
+        _types_table("Multi-turn evol types (follow-up turns)", stats.multiturn_types),
+        _reasons_table(stats),
+        _pairs_table(
+            "Failures",
+            ("error", "conversations"),
+            [(f.error, f.conversations) for f in stats.failures],
+        ),
+        _spend_table("Spend by step kind", "step kind", stats.by_kind, stats.total),
+        _spend_table("Spend by language", "language", stats.by_language, stats.total),
+        _spend_table("Spend by task", "task", stats.by_task, stats.total),
+    ):
+        if table.row_count:
+            console.print(table)
+
+
+def _language_task_table(stats: RunStats) -> Table:
+    tasks = sorted({row.task for row in stats.language_task})
+    table = Table(title="Done conversations: language × task", title_justify="left")
+    table.add_column("language")
+    for task in tasks:
+        table.add_column(task, justify="right")
+    table.add_column("all", justify="right", style="bold")
+    cells: dict[tuple[str, str], int] = {(r.language, r.task): r.done for r in stats.language_task}
+    for language, counts in stats.per_language():
+        row = [str(cells.get((language, task), 0) or "·") for task in tasks]
+        table.add_row(language, *row, str(counts[0]))
+    return table
+
+
+def _status_table(
+    title: str, name: str, rows: Sequence[tuple[str, tuple[int, int, int, int]]]
+) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column(name)
+    for status in STATUSES:
+        table.add_column(status, justify="right")
+    for key, counts in rows:
+        table.add_row(key, *(str(n) for n in counts))
+    return table
+
+
+def _pairs_table(title: str, header: tuple[str, str], rows: Iterable[tuple[Any, int]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column(header[0])
+    table.add_column(header[1], justify="right")
+    for key, n in rows:
+        table.add_row(str(key), str(n))
+    return table
+
+
+def _types_table(title: str, rows: Sequence[TypeCount]) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("type")
+    for status in STATUSES:
+        table.add_column(status, justify="right")
+    for t in rows:
+        table.add_row(t.type, str(t.done), str(t.filtered), str(t.failed), str(t.open))
+    return table
+
+
+def _reasons_table(stats: RunStats) -> Table:
+    reasons = [reason for reason, _ in stats.reasons()]
+    table = Table(title="Filter reasons by language", title_justify="left")
+    table.add_column("language")
+    for reason in reasons:
+        table.add_column(reason, justify="right")
+    cells = {(r.language, r.reason): r.conversations for r in stats.filter_reasons}
+    for language in sorted({r.language for r in stats.filter_reasons}):
+        table.add_row(language, *(str(cells.get((language, x), 0) or "·") for x in reasons))
+    return table
+
+
+def _spend_table(title: str, name: str, rows: Sequence[Breakdown], total: Spend) -> Table:
+    table = Table(title=title, title_justify="left", show_footer=bool(rows))
+    columns = ("requests", "ok", "prompt tokens", "completion tokens", "cached", "USD")
+    table.add_column(name, footer="all")
+    for column, value in zip(columns, _spend_cells(total), strict=True):
+        table.add_column(column, justify="right", footer=value)
+    for row in rows:
+        table.add_row(row.key, *_spend_cells(row.spend))
+    return table
+
+
+def _spend_cells(s: Spend) -> list[str]:
+    return [
+        f"{s.requests:,}",
+        f"{s.ok:,}",
+        f"{s.prompt_tokens:,}",
+        f"{s.completion_tokens:,}",
+        f"{s.cached_tokens:,}",
+        f"{s.cost_usd:,.4f}",
+    ]

@@ -1,0 +1,261 @@
+"""Tests for state.stats, state.report_html and `m2l stats`: figures checked against the fixture."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from engine.errors import StateError
+from state.export import STATE_FILE, open_run
+from state.posthoc import filter_run
+from state.report_html import render_report
+from state.runcommands import add_stats_parser
+from state.schema import open_store
+from state.stats import RunStats, compute_stats
+from tests.test_export import FixtureRun, build_run, copy_run, holding
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> FixtureRun:
+    """The fixture run, built once for this module."""
+    return build_run(tmp_path_factory.mktemp("template") / "run")
+
+
+@pytest.fixture(scope="module")
+def stats(template: FixtureRun) -> RunStats:
+    """The fixture run's statistics (the tests only read them)."""
+    conn = open_run(template.run_dir, action="read its stats")
+    try:
+        return compute_stats(conn, run="dir-name")
+    finally:
+        conn.close()
+
+
+def bucket(status: str) -> str:
+    """The stats column a conversation status counts in."""
+    return "open" if status in ("pending", "active") else status
+
+
+def test_counts_by_language_and_task_match_the_fixture(
+    template: FixtureRun, stats: RunStats
+) -> None:
+    """Language × task cells count each conversation once, under its status."""
+    expected: Counter[tuple[str, str, str]] = Counter(
+        (c.language, c.task, bucket(c.status)) for c in template.convs.values()
+    )
+    got: Counter[tuple[str, str, str]] = Counter()
+    for row in stats.language_task:
+        for status in ("done", "filtered", "failed", "open"):
+            if getattr(row, status):
+                got[(row.language, row.task, status)] = getattr(row, status)
+    assert got == expected
+    assert sum(row.total for row in stats.language_task) == len(template.convs)
+    assert dict(stats.statuses) == Counter(c.status for c in template.convs.values())
+    assert stats.run == "fx"  # from the stored config, not the directory name
+
+
+def test_turns_histogram_counts_done_conversations(template: FixtureRun, stats: RunStats) -> None:
+    """The turns histogram has one entry per length, over done conversations only."""
+    expected = Counter(c.turns for c in template.by_status("done"))
+    assert dict(stats.turns) == expected
+    assert [t for t, _ in stats.turns] == sorted(expected)
+
+
+def test_evol_and_multiturn_types_are_counted(template: FixtureRun, stats: RunStats) -> None:
+    """Task evol types count conversations; multi-turn types count stored follow-up turns."""
+    evol = Counter(c.evol_type for c in template.by_status("done"))
+    assert {t.type: t.done for t in stats.evol_types if t.done} == evol
+    follow: Counter[str] = Counter()
+    for c in template.by_status("done"):
+        for step in range(2, len(c.texts), 2):
+            follow[str(c.step_evol_type(step))] += 1
+    assert {t.type: t.done for t in stats.multiturn_types if t.done} == follow
+
+
+def test_spend_sums_the_request_log(template: FixtureRun, stats: RunStats) -> None:
+    """Cost sums every attempt (NULL as 0); tokens count settled attempts; kinds by step."""
+    rows = template.requests
+    cost = sum(r[12] or 0.0 for r in rows)
+    prompt_ok = sum(r[6] for r in rows if r[4] == "ok")
+    assert stats.total.requests == len(rows)
+    assert stats.total.cost_usd == pytest.approx(cost)
+    assert stats.total.prompt_tokens == prompt_ok
+    kinds: Counter[str] = Counter()
+    for r in rows:
+        step = r[2]
+        kinds["evolve" if step == 0 else "answer" if step % 2 else "follow_up"] += 1
+    assert {b.key: b.spend.requests for b in stats.by_kind} == kinds
+    assert [b.key for b in stats.by_kind] == ["evolve", "answer", "follow_up"]
+    by_lang: dict[str, float] = {}
+    for r in rows:
+        language = template.convs[r[1]].language
+        by_lang[language] = by_lang.get(language, 0.0) + (r[12] or 0.0)
+    assert {b.key: b.spend.cost_usd for b in stats.by_language} == pytest.approx(by_lang)
+    assert sum(b.spend.requests for b in stats.by_task) == len(rows)
+
+
+def test_filter_reasons_by_language_after_the_pass(template: FixtureRun, tmp_path: Path) -> None:
+    """After `m2l filter`, each planted reason shows under its conversation's language."""
+    run = copy_run(template, tmp_path / "run")
+    filter_run(run.run_dir)
+    conn = open_run(run.run_dir, action="read its stats")
+    try:
+        after = compute_stats(conn, run="x")
+    finally:
+        conn.close()
+    expected = Counter((run.convs[cid].language, reason) for cid, reason in run.planted.items())
+    expected.update((c.language, str(c.filter_reason)) for c in run.by_status("filtered"))
+    assert {(r.language, r.reason): r.conversations for r in after.filter_reasons} == expected
+
+
+def test_failures_list_the_failed_conversations_errors(
+    template: FixtureRun, stats: RunStats
+) -> None:
+    """Failed conversations are grouped by their error message."""
+    expected = Counter(str(c.error) for c in template.by_status("failed"))
+    assert {f.error: f.conversations for f in stats.failures} == expected
+
+
+def run_cli(run_dir: Path, *extra: str) -> tuple[int, str]:
+    """Run `m2l stats RUN_DIR ...` through its parser; return the exit code and the output."""
+    parser = argparse.ArgumentParser(prog="m2l")
+    add_stats_parser(parser.add_subparsers())
+    args = parser.parse_args(["stats", str(run_dir), *extra])
+    console = Console(record=True, width=220)
+    code = args.func(args, console)
+    return code, console.export_text()
+
+
+def test_cli_prints_tables(template: FixtureRun) -> None:
+    """`m2l stats` prints the tables with every language and the total cost."""
+    code, text = run_cli(template.run_dir)
+    assert code == 0
+    for title in ("language × task", "Turns", "Filter reasons by language", "Spend by step kind"):
+        assert title in text
+    for c in template.convs.values():
+        assert c.language in text
+
+
+def test_cli_json_is_one_document(template: FixtureRun, capsys: pytest.CaptureFixture[str]) -> None:
+    """`m2l stats --json` prints one JSON document with the run's figures."""
+    parser = argparse.ArgumentParser(prog="m2l")
+    add_stats_parser(parser.add_subparsers())
+    args = parser.parse_args(["stats", str(template.run_dir), "--json"])
+    assert args.func(args) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["statuses"]["done"] == len(template.by_status("done"))
+    assert {t["turns"] for t in doc["turns"]} == {c.turns for c in template.by_status("done")}
+    assert doc["total"]["requests"] == len(template.requests)
+    assert {"language_task", "evol_types", "multiturn_types", "by_kind"} <= set(doc)
+
+
+def test_stats_refuses_a_store_in_use(template: FixtureRun, tmp_path: Path) -> None:
+    """`m2l stats` on a store a running process holds says to wait, then read its stats."""
+    run = copy_run(template, tmp_path / "run")
+    with holding(run.run_dir / STATE_FILE), pytest.raises(StateError, match="in use"):
+        run_cli(run.run_dir)
+
+
+# --- the HTML report -------------------------------------------------------------------------
+
+
+class Page(HTMLParser):
+    """Collects figures (caption and SVG element counts) and anything that loads from outside."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.figures: list[dict[str, Any]] = []
+        self.external: list[str] = []
+        self.tags: Counter[str] = Counter()
+        self._in_caption = False
+        self._in_title = False
+        self.bar_titles: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags[tag] += 1
+        if tag == "figure":
+            self.figures.append({"caption": "", "svg": 0, "rect": 0})
+        elif tag == "figcaption":
+            self._in_caption = True
+        elif tag in ("svg", "rect") and self.figures:
+            self.figures[-1][tag] += 1
+        elif tag == "title" and self.figures:
+            self._in_title = True
+        for name, value in attrs:
+            if name in ("src", "href") and value and not value.startswith("#"):
+                self.external.append(f"{tag} {name}={value}")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "figcaption":
+            self._in_caption = False
+        elif tag == "title":
+            self._in_title = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_caption:
+            self.figures[-1]["caption"] += data
+        elif self._in_title:
+            self.bar_titles.append(data)
+
+
+def parse(html: str) -> Page:
+    """Parse a report page."""
+    page = Page()
+    page.feed(html)
+    page.close()
+    return page
+
+
+def test_html_report_has_a_chart_per_figure_and_nothing_external(
+    template: FixtureRun, tmp_path: Path
+) -> None:
+    """`--html` writes a page whose figures each hold an inline SVG chart; no script, no URL."""
+    out = tmp_path / "report" / "stats.html"
+    code, text = run_cli(template.run_dir, "--html", str(out))
+    assert code == 0 and str(out) in text.replace("\n", "")
+    page = parse(out.read_text(encoding="utf-8"))
+    captions = {f["caption"].split(" (")[0].strip(): f for f in page.figures}
+    for wanted in (
+        "Conversations per language",
+        "Conversations per task",
+        "Turns per done conversation",
+        "Filter reasons",
+        "Cost by step kind",
+    ):
+        assert captions[wanted]["svg"] == 1, wanted
+        assert captions[wanted]["rect"] >= 1, wanted
+    assert page.tags["script"] == 0 and page.tags["link"] == 0 and page.tags["img"] == 0
+    assert page.external == []
+    assert not [p for p in tmp_path.joinpath("report").iterdir() if p.name != "stats.html"]
+
+
+def test_html_bars_carry_the_figures(template: FixtureRun, stats: RunStats) -> None:
+    """Bar tooltips give each language's done count and the turns histogram's bins."""
+    page = parse(render_report(stats))
+    titles = set(page.bar_titles)
+    done = Counter(c.language for c in template.by_status("done"))
+    for language, n in done.items():
+        assert f"{language} — done: {n}" in titles
+    for turns, n in Counter(c.turns for c in template.by_status("done")).items():
+        assert f"{turns} turn{'s' if turns > 1 else ''}: {n}" in titles
+
+
+def test_empty_run_renders_without_charts(tmp_path: Path) -> None:
+    """A run with nothing in it gives zero figures and a page saying there is nothing yet."""
+    open_store(tmp_path / "empty" / STATE_FILE, create=True).close()
+    conn = open_run(tmp_path / "empty", action="read its stats")
+    try:
+        empty = compute_stats(conn, run="empty")
+    finally:
+        conn.close()
+    assert empty.total.requests == 0 and empty.language_task == () and empty.turns == ()
+    page = parse(render_report(empty))
+    assert page.figures and all(f["svg"] == 0 for f in page.figures)
+    assert "Nothing to show yet" in render_report(empty)
