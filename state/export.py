@@ -150,8 +150,8 @@ def export_with(
 
     Rows are in conv_id order, written ``chunk_size`` conversations per COPY. The file is built
     beside ``output`` and moved into place at the end, so a failure leaves any earlier file
-    there untouched. Raises ConfigError for bad
-    options, OSError when the folder cannot be written, duckdb.Error if DuckDB fails.
+    there untouched. Raises ConfigError for bad options, OSError when the folder cannot be
+    written, and duckdb.Error if DuckDB fails.
     """
     spec = _check_options(fmt, include_filtered)
     if chunk_size < 1:

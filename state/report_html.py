@@ -19,7 +19,17 @@ from state.stats import STATUSES, Breakdown, RunStats, TypeCount
 __all__ = ["bar_chart", "column_chart", "render_report", "write_report"]
 
 # Colour-blind-safe (Okabe-Ito) colours; status colours keep their meaning in every chart.
-PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#999999")
+PALETTE = (
+    "#0072B2",
+    "#E69F00",
+    "#009E73",
+    "#CC79A7",
+    "#56B4E9",
+    "#D55E00",
+    "#F0E442",
+    "#999999",
+    "#332288",  # a ninth, so the nine filter reasons of engine.quality never share a colour
+)
 STATUS_COLOURS = {"done": "#009E73", "filtered": "#E69F00", "failed": "#D55E00", "open": "#999999"}
 
 _WIDTH = 760
@@ -63,13 +73,18 @@ def _fit(label: str, chars: int) -> str:
     return label if len(label) <= chars else label[: max(1, chars - 1)] + "…"
 
 
-def _legend(series: Sequence[Series], x: float, y: float) -> list[str]:
+def _legend(series: Sequence[Series], left: float) -> tuple[list[str], int]:
+    """The legend's SVG items from ``left``, wrapped onto more lines when wide; and its height."""
     parts: list[str] = []
+    x, y = left, 2
     for name, colour in series:
+        width = 28 + 7 * len(name)
+        if x > left and x + width > _WIDTH:
+            x, y = left, y + _LEGEND_H
         parts.append(f'<rect x="{x:.0f}" y="{y}" width="12" height="12" fill="{colour}"/>')
         parts.append(f'<text x="{x + 16:.0f}" y="{y + 10}" class="legend">{escape(name)}</text>')
-        x += 28 + 7 * len(name)
-    return parts
+        x += width
+    return parts, y - 2 + _LEGEND_H
 
 
 def _grid(
@@ -101,7 +116,7 @@ def bar_chart(
     ``whole`` says the values are counts, so the axis ticks are whole numbers.
     """
     label_w = min(230, max(60, 7 * max((len(label) for label, _ in rows), default=4) + 12))
-    legend_h = _LEGEND_H if len(series) > 1 else 0
+    legend, legend_h = _legend(series, label_w) if len(series) > 1 else ([], 0)
     plot_w = _WIDTH - label_w - _VALUE_W
     top = legend_h + 4
     height = top + _ROW * len(rows) + _AXIS_H
@@ -110,7 +125,7 @@ def bar_chart(
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_WIDTH} {height}" '
         f'width="{_WIDTH}" height="{height}" role="img" aria-label="{escape(title)}">',
-        *(_legend(series, label_w, 2) if legend_h else []),
+        *legend,
         *_grid(label_w, plot_w, top, _ROW * len(rows), ticks, fmt),
     ]
     for i, (label, values) in enumerate(rows):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 from rich.console import Console
@@ -238,7 +240,10 @@ def test_html_report_has_a_chart_per_figure_and_nothing_external(
 
 def test_html_bars_carry_the_figures(template: FixtureRun, stats: RunStats) -> None:
     """Bar tooltips give each language's done count and the turns histogram's bins."""
-    page = parse(render_report(stats))
+    html = render_report(stats)
+    for svg in re.findall(r"<svg.*?</svg>", html, re.S):
+        ElementTree.fromstring(svg)  # well-formed: it renders on its own too
+    page = parse(html)
     titles = set(page.bar_titles)
     done = Counter(c.language for c in template.by_status("done"))
     for language, n in done.items():
