@@ -82,8 +82,17 @@ def _registrars() -> list[Callable[[SubParsers], None]]:
     from engine.simulator.commands import add_sim_parser
     from prompts.commands import add_prompts_parser
     from state.commands import add_seeds_parser
+    from state.runcommands import add_export_parser, add_filter_parser, add_stats_parser
 
-    return [add_status_parser, add_sim_parser, add_prompts_parser, add_seeds_parser]
+    return [
+        add_status_parser,
+        add_export_parser,
+        add_stats_parser,
+        add_filter_parser,
+        add_sim_parser,
+        add_prompts_parser,
+        add_seeds_parser,
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -40,14 +40,14 @@ from engine.validation import QualityValidator
 from prompts.languages import LanguageTable, load_languages
 from prompts.taxonomy import Taxonomy, load_taxonomy
 from state import journal
+from state.export import ExportReport, default_output, export_with
 from state.requestlog import RequestLog
+from state.schema import STATE_FILE
 from state.setup import SetupReport, plan_run
 from state.store import RunStore
 from state.writer import GroupCommitWriter
 
 __all__ = ["RunOptions", "execute_run"]
-
-STATE_FILE = "state.duckdb"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +61,7 @@ class RunReport:
     setup: SetupReport | None
     run_dir: Path
     counts: Mapping[str, int]
+    dataset: ExportReport
 
 
 def seeds_digest(path: Path) -> str:
@@ -167,8 +168,14 @@ async def execute_run(
             result = await _run_with_signals(scheduler, stop, config.run.grace_s)
         await writer.run(journal.write_meta({"status": result.status.value}))
         counts = await writer.run(journal.count_by_status)
+        # The dataset so far, in the form trainers read; `m2l export` writes the other formats.
+        dataset = await writer.run(
+            lambda conn: export_with(
+                conn, "messages-jsonl", default_output(config.run_dir, "messages-jsonl")
+            )
+        )
     hooks.on_event(RunFinished(result.status.value, result.message, _now()))
-    return RunReport(result, setup, config.run_dir, counts)
+    return RunReport(result, setup, config.run_dir, counts, dataset)
 
 
 async def _prepare(

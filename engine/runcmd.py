@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
+import sys
 
 from engine.clock import MonotonicClock
 from engine.config import Config, environment, load_config
 from engine.events import Hooks
 from engine.progress import ProgressModel, progress_display, progress_options
-from engine.run import RunOptions, execute_run, exit_code
+from engine.run import RunOptions, RunReport, execute_run, exit_code
+from engine.scheduler import RunStatus
 
 __all__ = ["run_from_cli"]
 
@@ -18,10 +21,27 @@ def run_from_cli(args: argparse.Namespace) -> int:
     """Load the config, run it with progress, and return the process exit code."""
     config = load_config(args.config)
     mode, interval = progress_options(args)
-    return asyncio.run(_run(config, mode=mode, interval=interval, force=bool(args.force)))
+    report = asyncio.run(_run(config, mode=mode, interval=interval, force=bool(args.force)))
+    status = report.result.status
+    if mode != "quiet":
+        print(
+            f"dataset: {report.dataset.path} ({report.dataset.rows} conversations, OpenAI "
+            "messages form)",
+            file=sys.stderr,
+        )
+    command = f"m2l run {shlex.quote(str(args.config))}"
+    if status is RunStatus.INTERRUPTED:
+        print(f"m2l: interrupted; resume with: {command}", file=sys.stderr)
+    elif status is RunStatus.BUDGET_EXHAUSTED:
+        print(
+            f"m2l: stopped at the budget cap; raise budget.usd in {args.config}, then resume "
+            f"with: {command} --force",
+            file=sys.stderr,
+        )
+    return exit_code(status)
 
 
-async def _run(config: Config, *, mode: str, interval: float | None, force: bool) -> int:
+async def _run(config: Config, *, mode: str, interval: float | None, force: bool) -> RunReport:
     model = ProgressModel(MonotonicClock())
     async with progress_display(mode, model, interval_s=interval, run_dir=config.run_dir):
         report = await execute_run(
@@ -31,4 +51,4 @@ async def _run(config: Config, *, mode: str, interval: float | None, force: bool
             options=RunOptions(force=force),
             baseline=model.load_baseline,
         )
-    return exit_code(report.result.status)
+    return report

@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 
 from engine.errors import ConfigError, StateError
-from state.schema import _open_error, check_schema
+from state.schema import STATE_FILE, check_schema, open_error
 
 __all__ = [
     "CHUNK_CONVERSATIONS",
@@ -32,9 +32,6 @@ __all__ = [
     "open_run",
 ]
 
-# The state file's name inside a run directory (engine.run.STATE_FILE says the same; importing
-# it would make state depend on the engine's run wiring, which imports state).
-STATE_FILE = "state.duckdb"
 
 # Conversations per COPY: DuckDB's ORDER BY does not spill rows holding long nested lists, so
 # each range must fit in memory (about 20 kB per conversation in the release schema: ~80 MB).
@@ -102,7 +99,7 @@ def open_run(run_dir: Path, *, action: str, write: bool = False) -> duckdb.DuckD
                 f"run {run_dir} is already open in this process; {action} through that "
                 "connection (state.export.export_with) instead"
             ) from exc
-        raise _open_error(path, exc) from exc
+        raise open_error(path, exc) from exc
     try:
         check_schema(conn, path)
     except BaseException:

@@ -28,6 +28,9 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 
+# The state file's name inside a run directory.
+STATE_FILE = "state.duckdb"
+
 # No secondary indexes: every lookup the engine makes goes through a primary key (or its
 # prefix, conv_id for messages), and DuckDB's ART indexes slow every insert on the hot path.
 TABLES: dict[str, str] = {
@@ -161,7 +164,7 @@ def open_store(path: Path, *, create: bool) -> duckdb.DuckDBPyConnection:
             "check the output path and its permissions"
         ) from exc
     except duckdb.Error as exc:
-        raise _open_error(path, exc) from exc
+        raise open_error(path, exc) from exc
     try:
         # A file with no tables at all is one whose creation was interrupted before its first
         # commit: nothing was ever stored in it, so finishing the creation loses nothing.
@@ -171,7 +174,7 @@ def open_store(path: Path, *, create: bool) -> duckdb.DuckDBPyConnection:
             create_schema(conn)
     except duckdb.Error as exc:
         conn.close()
-        raise _open_error(path, exc) from exc
+        raise open_error(path, exc) from exc
     except BaseException:
         conn.close()
         raise
@@ -187,7 +190,7 @@ def _is_empty(conn: duckdb.DuckDBPyConnection) -> bool:
     return row is not None and row[0] == 0
 
 
-def _open_error(path: Path, exc: duckdb.Error) -> StateError:
+def open_error(path: Path, exc: duckdb.Error) -> StateError:
     """Translate DuckDB's refusal to open path into a StateError that says what to do."""
     reason = str(exc)
     if "Could not set lock" in reason or "Conflicting lock" in reason:

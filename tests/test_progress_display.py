@@ -63,7 +63,7 @@ async def test_plain_lines_while_running_then_a_summary(tmp_path: Path) -> None:
         model.on_event(RunFinished("finished", "", 0.0))
     text = out.getvalue()
     assert "m2l run demo: finished after" in text
-    assert text.rstrip().endswith(f"export: m2l export {tmp_path} --format messages-jsonl")
+    assert text.rstrip().endswith(f"export: m2l export {tmp_path} --format release-parquet")
     final = read_status_file(tmp_path)
     assert final is not None and final.state == "finished" and final.snapshot.done == 2
     assert not temp_files(tmp_path)  # the atomic writes left no temp file behind

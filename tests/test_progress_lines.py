@@ -126,7 +126,7 @@ def test_plain_and_json_displays_write_one_line_per_call() -> None:
     assert parse_logfmt(lines[1])["done"] == "401"
     assert parse_logfmt(lines[2])["state"] == "finished"
     assert "m2l run demo run: finished after 1:02:05" in lines[3]
-    assert lines[-1] == "export: m2l export 'demo run' --format messages-jsonl"
+    assert lines[-1] == "export: m2l export 'demo run' --format release-parquet"
 
     display = JsonDisplay(json_out, wall=lambda: 0.0)
     display.show(SNAPSHOT)
@@ -134,7 +134,7 @@ def test_plain_and_json_displays_write_one_line_per_call() -> None:
     records = [json.loads(line) for line in json_out.getvalue().splitlines()]
     assert [r["type"] for r in records] == ["progress", "summary"]
     assert records[1]["state"] == "finished"
-    assert records[1]["export"] == "m2l export 'demo run' --format messages-jsonl"
+    assert records[1]["export"] == "m2l export 'demo run' --format release-parquet"
 
 
 @pytest.mark.parametrize(

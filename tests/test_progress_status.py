@@ -179,7 +179,7 @@ def test_a_finished_run_is_read_from_its_store(tmp_path: Path) -> None:
     assert "finished — every conversation reached a final state" in flat(text)
     assert "figures from state.duckdb (read-only)" in flat(text)
     assert "context_length_exceeded 1" in text and "repetition 1" in text
-    assert f"m2l export {tmp_path / 'demo'} --format messages-jsonl" in text
+    assert f"m2l export {tmp_path / 'demo'} --format release-parquet" in text
 
 
 def test_the_store_figures_match_its_rows(tmp_path: Path) -> None:

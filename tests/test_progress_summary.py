@@ -59,7 +59,7 @@ def test_the_summary_table_has_every_figure() -> None:
     assert "1:23:45" in text
     assert "87.3%" in text and "tpm limit" in text
     assert "not finished" not in text  # every conversation reached a final state
-    assert text.splitlines()[-1] == "export: m2l export runs/hi-sw --format messages-jsonl"
+    assert text.splitlines()[-1] == "export: m2l export runs/hi-sw --format release-parquet"
 
 
 def test_the_summary_fits_80_columns() -> None:
@@ -85,7 +85,7 @@ def test_each_ending_says_what_to_do_next(state: str, message: str, hint: str) -
     text = rendered(snapshot, Path("runs/x"))
     assert hint in text
     assert "not finished" in text and "450" in text
-    assert text.splitlines()[-1] == "export: m2l export runs/x --format messages-jsonl"
+    assert text.splitlines()[-1] == "export: m2l export runs/x --format release-parquet"
 
 
 def test_the_plain_summary_matches_the_table() -> None:
@@ -96,7 +96,7 @@ def test_the_plain_summary_matches_the_table() -> None:
     assert any(line.split()[:3] == ["done", "950", "95.0%"] for line in lines)
     assert "context_length_exceeded 15" in text and "$123.46" in text
     assert lines[-2] == "resume: run the same command again; finished steps are kept"
-    assert lines[-1] == "export: m2l export runs/hi-sw --format messages-jsonl"
+    assert lines[-1] == "export: m2l export runs/hi-sw --format release-parquet"
     assert "│" not in text
 
 

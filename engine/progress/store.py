@@ -15,10 +15,11 @@ import duckdb
 
 from engine.errors import StateError
 from engine.progress.snapshot import LanguageProgress, ProgressSnapshot, pairs, slowest_first
+from state.schema import STATE_FILE
 
 __all__ = ["STATE_DB", "StoreLocked", "open_read_only", "read_store", "store_snapshot"]
 
-STATE_DB = "state.duckdb"
+STATE_DB = STATE_FILE  # the run directory's store, as state.schema names it
 _LOCK_PID = re.compile(r"\(PID (\d+)\)")
 _REASON_CHARS = 80  # failure reasons are grouped by their text; long messages are cut to group
 

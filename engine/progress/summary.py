@@ -30,8 +30,9 @@ _HEADLINES = {
 
 
 def export_command(run_dir: Path) -> str:
-    """The shell command that exports this run for training, quoted to paste as it is."""
-    return f"m2l export {shlex.quote(str(run_dir))} --format messages-jsonl"
+    """The shell command that exports this run in the release schema, quoted to paste as it is
+    (``m2l run`` itself already wrote the OpenAI ``messages`` JSONL)."""
+    return f"m2l export {shlex.quote(str(run_dir))} --format release-parquet"
 
 
 def _reasons(items: Pairs, limit: int = 4) -> str:
