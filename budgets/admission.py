@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from budgets.estimate import TemplateSizes, step_loads, worst_outputs
+from budgets.estimate import TemplateSizes, step_loads, usd, worst_outputs
 from budgets.ledger import ZERO, Caps, Ledger, Spend, spend_from_log
 from budgets.prices import (
     Price,
@@ -252,6 +252,7 @@ class BudgetAdmission:
                 )
                 self._update(force=True)
                 return False
+        self.refused = None  # a scheduler may ask again once active conversations finish
         if self._pending[plan.turns] > 0:
             self._pending[plan.turns] -= 1
         self._track(plan.conv_id, conv.next_step, plan.steps)
@@ -335,15 +336,15 @@ class Budget:
         if self.price is None:
             lines.append(f"cost: unknown (no price for this model; {spent.tokens:,} tokens)")
         else:
-            line = f"cost: ${spent.usd:,.4f} ({spent.tokens:,} tokens, {spent.requests:,} requests)"
+            line = f"cost: {usd(spent.usd)} ({spent.tokens:,} tokens, {spent.requests:,} requests)"
             if self.guard is not None and self.guard.caps.usd is not None:
-                line += f" of the ${self.guard.caps.usd:,.2f} cap"
+                line += f" of the {usd(self.guard.caps.usd)} cap"
             lines.append(line)
             remaining = adm.active_remaining() + adm.pending_remaining()
             if remaining.nano > 0:
                 lines.append(
-                    f"projected: ${adm.projected_total().usd:,.4f} for the whole run "
-                    f"(${remaining.usd:,.4f} still to spend)"
+                    f"projected: {usd(adm.projected_total().usd)} for the whole run "
+                    f"({usd(remaining.usd)} still to spend)"
                 )
             lines.append(f"price: {self.price.describe()}")
         if adm.refused is not None:

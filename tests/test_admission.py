@@ -133,6 +133,7 @@ def test_finished_steps_and_conversations_free_their_projection() -> None:
     # 4 steps done at half their worst case: 2 steps left, projected at half the worst case.
     assert adm.active_remaining() == Spend(1000, 100, 2)
     assert adm.admit(conv(2, 1))
+    assert adm.refused is None, "asked again and admitted: no longer refused"
     adm.on_event(ConversationFinished(1, "failed", "x", "English", "open_qa", 2, 0.0))
     assert adm.active_remaining() == Spend(1000, 100, 2)  # only conversation 2 is left
 
