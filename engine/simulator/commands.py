@@ -1,15 +1,18 @@
 """`m2l sim`: serve the simulator until Ctrl-C, for dry runs, demos and benchmarks.
 
-The handler returns an exit code: 0 after Ctrl-C, 2 when an option is wrong (a ConfigError,
-printed to stderr with what to fix), including a non-loopback --host without --allow-remote.
+The handler returns an exit code: 0 after Ctrl-C or SIGTERM, 2 when an option is wrong (a
+ConfigError, printed to stderr with what to fix), including a non-loopback --host without
+--allow-remote.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import os
+import signal
 import sys
 
 from engine.errors import ConfigError
@@ -157,7 +160,11 @@ async def _serve(settings: SimSettings) -> None:
             f"({', '.join(limits) or 'no rate limits'}; seed {settings.seed}). Ctrl-C stops it.",
             flush=True,
         )
-        await asyncio.Event().wait()  # until Ctrl-C cancels this task
+        stop = asyncio.Event()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            # SIGTERM (a service manager, `kill`) stops as cleanly as Ctrl-C does.
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()  # until SIGTERM, or Ctrl-C cancels this task
 
 
 def run_sim(args: argparse.Namespace) -> int:
@@ -169,5 +176,6 @@ def run_sim(args: argparse.Namespace) -> int:
         print(f"m2l sim: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     except KeyboardInterrupt:
-        print("m2l simulator stopped.", file=sys.stderr)
+        pass
+    print("m2l simulator stopped.", file=sys.stderr)
     return 0

@@ -49,6 +49,7 @@ class Simulator:
         self._writer = ReplyWriter(settings, self._counter)
         self._stats = SimStats()
         self._seen: Counter[bytes] = Counter()  # admissions per body key, for fault draws
+        self._faulty = settings.faults.total > 0
         self._listed = frozenset(settings.listed_models)
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
@@ -222,8 +223,12 @@ class Simulator:
             if not admission.admitted:
                 return self._error(self._refusal(parsed, admission), headers)
         self._stats.admit(self.clock.now(), charge)
-        attempt = self._seen[parsed.key]
-        self._seen[parsed.key] = attempt + 1
+        attempt = 0
+        if self._faulty:
+            # Only fault draws need the attempt number; without faults the table is not kept,
+            # so a long fault-free run does not grow it by one entry per request.
+            attempt = self._seen[parsed.key]
+            self._seen[parsed.key] = attempt + 1
         fault = draw_fault(self.settings.seed, parsed.key, attempt, self.settings.faults)
         if fault is not None:
             self._stats.faults[fault] += 1
