@@ -25,7 +25,7 @@ EPILOG = """\
 Start with `make demo`, or:
   m2l run examples/demo.toml          generate a dataset (no API key: the embedded simulator)
   m2l status runs/demo                how a run is doing, from any terminal
-  m2l export runs/demo --format messages-jsonl
+  m2l export runs/demo --format release-parquet
 Docs: README.md."""
 
 

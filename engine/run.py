@@ -21,6 +21,7 @@ from typing import Any
 import anyio.to_thread
 import orjson
 
+from budgets.admission import Budget, load_budget
 from engine import __version__
 from engine.client import ChatClient
 from engine.config import Config, Secret, config_diff
@@ -151,19 +152,22 @@ async def execute_run(
     ``baseline`` receives the store's figures from before this session (for a display), on
     the event loop, before the first event of the run.
     """
-    hooks = hooks or Hooks()
+    events: EventHook = hooks or Hooks()
     taxonomy = load_taxonomy(config.taxonomy)
     languages = load_languages()
     stop = stop or StopControl()
     async with GroupCommitWriter(config.run_dir / STATE_FILE, create=True) as writer:
-        setup = await _prepare(writer, config, taxonomy, languages, options, hooks, baseline)
+        setup = await _prepare(writer, config, taxonomy, languages, options, events, baseline)
         first_request_id = await writer.run(RequestLog.next_id)
+        # The budget is rebuilt from the request log, so a cap holds across crashes.
+        budget = await writer.run(lambda conn: load_budget(conn, config, events))
+        events = Hooks([events, budget.admission])
         async with (
             _endpoint(config, env) as (base_url, api_key),
             ChatClient(config.provider, base_url=base_url, api_key=api_key) as client,
         ):
             scheduler = _assemble(
-                config, writer, client, taxonomy, languages, hooks, stop, first_request_id
+                config, writer, client, taxonomy, languages, events, stop, first_request_id, budget
             )
             result = await _run_with_signals(scheduler, stop, config.run.grace_s)
         await writer.run(journal.write_meta({"status": result.status.value}))
@@ -174,7 +178,7 @@ async def execute_run(
                 conn, "messages-jsonl", default_output(config.run_dir, "messages-jsonl")
             )
         )
-    hooks.on_event(RunFinished(result.status.value, result.message, _now()))
+    events.on_event(RunFinished(result.status.value, result.message, _now()))
     return RunReport(result, setup, config.run_dir, counts, dataset)
 
 
@@ -225,6 +229,7 @@ def _assemble(
     hooks: EventHook,
     stop: StopControl,
     first_request_id: int,
+    budget: Budget,
 ) -> Scheduler:
     """Limiter, dispatcher, prompter and scheduler, configured for this run."""
     limits = config.limits
@@ -249,7 +254,11 @@ def _assemble(
             refused_before_fatal=retry.refused_before_fatal,
         ),
         accounting=RequestLog(
-            writer, model=config.provider.model, next_request_id=first_request_id
+            writer,
+            model=config.provider.model,
+            next_request_id=first_request_id,
+            costs=budget.costs,
+            guard=budget.guard,
         ),
         hooks=hooks,
     )
@@ -264,6 +273,7 @@ def _assemble(
         generation=config.generation,
         max_active=config.run.max_active,
         stop=stop,
+        admission=budget.admission,
         hooks=hooks,
     )
 
