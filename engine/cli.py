@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _registrars() -> list[Callable[[SubParsers], None]]:
     """Each package's own subcommands; imported here so `m2l --help` lists them all."""
+    from budgets.commands import add_estimate_parser
     from engine.progress.commands import add_status_parser
     from engine.simulator.commands import add_sim_parser
     from prompts.commands import add_prompts_parser
@@ -89,6 +90,7 @@ def _registrars() -> list[Callable[[SubParsers], None]]:
         add_export_parser,
         add_stats_parser,
         add_filter_parser,
+        add_estimate_parser,
         add_sim_parser,
         add_prompts_parser,
         add_seeds_parser,
