@@ -37,10 +37,11 @@ def parse_duration(text: str) -> float | None:
 
 def format_duration(seconds: float) -> str:
     """Seconds in OpenAI's format: 0.02 → "20ms", 360 → "6m0s", 1.5 → "1.5s"."""
-    seconds = max(0.0, seconds)
-    if seconds < 1.0:
-        return f"{round(seconds * 1000)}ms"
-    minutes, secs = divmod(seconds, 60.0)
+    # Round to whole milliseconds first, so 59.9996 s becomes "1m0s", not "60s".
+    millis = round(max(0.0, seconds) * 1000)
+    if millis < 1000:
+        return f"{millis}ms"
+    minutes, secs = divmod(millis / 1000, 60.0)
     hours, minutes = divmod(int(minutes), 60)
     sec_text = f"{secs:.3f}".rstrip("0").rstrip(".")
     if hours:

@@ -25,7 +25,8 @@ def test_parse_duration_rejects_garbage(text: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("seconds", "text"), [(0.02, "20ms"), (360, "6m0s"), (1.5, "1.5s"), (3723.5, "1h2m3.5s")]
+    ("seconds", "text"),
+    [(0.02, "20ms"), (360, "6m0s"), (1.5, "1.5s"), (3723.5, "1h2m3.5s"), (59.9996, "1m0s")],
 )
 def test_format_duration(seconds: float, text: str) -> None:
     """Seconds format the way OpenAI writes them."""
