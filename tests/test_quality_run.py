@@ -1,0 +1,60 @@
+"""Quality on a real simulated run: wrong-language and repetitive replies are regenerated inline,
+or end their conversation with the reason; the post-hoc pass finds nothing they let through."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from engine.config import load_config
+from engine.quality import FilterConfig, check_instruction, check_reply
+from engine.run import execute_run
+from engine.scheduler import RunStatus
+from prompts.languages import load_languages
+from state.posthoc import filter_run
+from tests.runfixtures import write_config
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_bad_replies_are_regenerated_or_fail_with_their_reason(tmp_path: Path) -> None:
+    """Injected wrong-language and repeated replies never reach the dataset."""
+    config = load_config(
+        write_config(tmp_path, evols_per_seed=3, faults="wrong_language = 0.12\nrepetition = 0.12")
+    )
+    report = await execute_run(config, env={})
+    assert report.result.status is RunStatus.FINISHED
+    with duckdb.connect(str(config.run_dir / "state.duckdb"), read_only=True) as conn:
+        regenerated = conn.execute(
+            """SELECT count(*) FROM (SELECT conv_id, step FROM requests WHERE status = 'ok'
+               GROUP BY ALL HAVING count(*) > 1)"""
+        ).fetchone()
+        failures = conn.execute(
+            "SELECT error FROM conversations WHERE status = 'failed'"
+        ).fetchall()
+        stored = conn.execute(
+            """SELECT m.kind, m.content, c.language_code, m.conv_id, m.step FROM messages m
+               JOIN conversations c USING (conv_id) ORDER BY m.conv_id, m.step"""
+        ).fetchall()
+    assert regenerated is not None and regenerated[0] > 0, "no step was ever regenerated"
+    for (error,) in failures:
+        assert str(error).split(" after ")[0] in {"wrong_language", "repetition"}, error
+    # Every stored output passes the same checks the engine applied inline.
+    languages, cfg = load_languages(), FilterConfig()
+    answers: dict[int, list[str]] = {}
+    for kind, content, code, conv_id, _step in stored:
+        language = languages.lookup(code)
+        if kind == "answer":
+            verdict = check_reply(
+                content, language=language, previous=answers.get(conv_id, []), config=cfg
+            )
+            answers.setdefault(conv_id, []).append(content)
+        else:
+            verdict = check_instruction(content, language=language, config=cfg)
+        assert verdict.ok, (conv_id, kind, verdict)
+    post = filter_run(config.run_dir, dry_run=True)
+    assert post.checked == report.counts["done"]
+    reasons = dict(post.by_reason)
+    assert "wrong_language" not in reasons and "repetition" not in reasons
