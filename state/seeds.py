@@ -32,11 +32,13 @@ __all__ = [
     "POOL_COLUMNS",
     "ColumnMapping",
     "IngestReport",
+    "PoolSource",
     "detect_format",
     "file_columns",
     "ingest_seeds",
     "normalize_text",
     "pool_counts",
+    "pool_source",
     "resolve_mapping",
     "text_key",
 ]
@@ -63,6 +65,8 @@ POOL_COLUMNS = (
 _TOP_UNKNOWN = 10
 _FIX_BATCH = 20_000
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The pool is created with CREATE OR REPLACE: it must never be given a run table's name.
+_RUN_TABLES = frozenset({"run_meta", "seeds", "conversations", "messages", "requests"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,16 +150,16 @@ class IngestReport:
     def lines(self) -> list[str]:
         """The report as short human-readable lines."""
         out = [
-            f"{self.path}: {self.rows_read} rows read ({self.format}, mapping {self.mapping_name})",
+            f"{self.path}: rows read {self.rows_read} ({self.format}, mapping {self.mapping_name})",
             f"ingested {self.ingested}",
-            f"left out: {self.duplicates} duplicates, {self.empty_instruction} with no "
-            f"instruction, {self.unknown_language} in an unknown language",
+            f"left out: duplicates {self.duplicates}, no instruction {self.empty_instruction}, "
+            f"unknown language {self.unknown_language}",
         ]
         if self.unknown_language_top:
             out.append("unknown languages: " + _top_text(self.unknown_language_top))
         if self.unknown_task:
             out.append(
-                f"{self.unknown_task} rows with an unknown task became {GENERAL_TASK!r}: "
+                f"unknown tasks (ingested as {GENERAL_TASK!r}): {self.unknown_task} rows: "
                 + _top_text(self.unknown_task_top)
             )
         return out
@@ -419,20 +423,24 @@ def ingest_seeds(
     """Read a seed file into `table` (replaced if it exists): resolved, normalised, deduplicated.
 
     Rows with no instruction or an unknown language are left out and counted; duplicates keep
-    their first row; an unknown task becomes "general" and is counted. keep_text=False reads
-    the file once and leaves instruction, target and source out of the table (enough to count,
-    not to select). Raises ConfigError for the file, its format, the mapping or a malformed
-    line, and StateError for a bad table name.
+    their first row; an unknown task becomes "general" and is counted. keep_text=False leaves
+    instruction, target and source out of the pool and records the file in `<table>_source`
+    instead: select_seeds then reads the text of the chosen rows only, so memory no longer
+    grows with the file's text. Raises ConfigError for the file, its format, the mapping or a
+    malformed line, and StateError for a bad table name.
     """
     if not _IDENT.match(table):
         raise StateError(f"pool table name {table!r} is not a plain SQL identifier; use [A-Za-z_]")
+    if table.lower() in _RUN_TABLES:
+        raise StateError(f"pool table name {table!r} is one of the run's own tables; pick another")
     general = taxonomy.task(GENERAL_TASK).id
     fmt = detect_format(path)
     columns = file_columns(conn, path, fmt)
     mapping_name, chosen = resolve_mapping(mapping, columns, path)
-    # Two scans of the file: the first keeps only keys and labels (tens of bytes a row), the
-    # second copies the text of the rows kept straight into the pool, so the file's text is
-    # held once, never as a staging copy plus a pool copy.
+    # The first scan keeps only keys and labels (tens of bytes a row); with keep_text a second
+    # scan copies the kept rows' text straight into the pool, so the text is held once, never
+    # as a staging copy plus a pool copy.
+    stat = path.stat()
     try:
         _scan_keys(conn, path, fmt, chosen)
         _fix_special(conn)
@@ -440,15 +448,22 @@ def ingest_seeds(
         _map_tasks(conn, taxonomy)
         counts = _count(conn)
         _keep_firsts(conn)
+        kind = "TEMP TABLE" if temporary else "TABLE"
         if keep_text:
-            _build_pool(conn, table, temporary, path, fmt, chosen, general)
+            _build_pool(conn, table, kind, path, fmt, chosen, general)
+            conn.execute(f"DROP TABLE IF EXISTS {_quote(table + '_source')}")
         else:
             conn.execute(
-                f"CREATE OR REPLACE {'TEMP TABLE' if temporary else 'TABLE'} {_quote(table)} AS "
+                f"CREATE OR REPLACE {kind} {_quote(table)} AS "
                 "SELECT source_row + 1 AS seed_id, source_row, language, language_code, "
                 "coalesce(task, ?) AS task, norm_key, tier FROM _m2l_keep",
                 [general],
             )
+            source = PoolSource(
+                path, fmt, chosen.instruction, chosen.target, chosen.source, stat.st_size,
+                stat.st_mtime_ns,
+            )  # fmt: skip
+            _record_source(conn, table + "_source", kind, source)
         ingested = _scalar(conn, f"SELECT count(*) FROM {_quote(table)}")
         unknown_tasks = conn.execute(
             "SELECT raw_task, count(*) AS n FROM _m2l_keep WHERE raw_task IS NOT NULL "
@@ -627,34 +642,99 @@ def _keep_firsts(conn: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def _text_scan(fmt: str, instruction: str, target: str | None, source: str | None) -> str:
+    """A subquery of (source_row, instruction, target, source) over the file; `?` is the path."""
+    used = list(dict.fromkeys(c for c in (instruction, target, source) if c))
+    return f"""(
+        SELECT ordinality - 1 AS source_row, {_text(instruction)} AS instruction,
+               {_text(target)} AS target, {_trimmed(source)} AS source
+        FROM {_reader(fmt, used)} WITH ORDINALITY)"""
+
+
 def _build_pool(
     conn: duckdb.DuckDBPyConnection,
     table: str,
-    temporary: bool,
+    kind: str,
     path: Path,
     fmt: str,
     mapping: ColumnMapping,
     general: str,
 ) -> None:
     """Second scan: copy the kept rows' text from the file into the pool table."""
-    kind = "TEMP TABLE" if temporary else "TABLE"
-    used = list(
-        dict.fromkeys(c for c in (mapping.instruction, mapping.target, mapping.source) if c)
-    )
+    scan = _text_scan(fmt, mapping.instruction, mapping.target, mapping.source)
     sql = f"""
         CREATE OR REPLACE {kind} {_quote(table)} AS
         SELECT k.source_row + 1 AS seed_id, k.source_row, s.instruction, s.target, k.language,
                k.language_code, coalesce(k.task, ?) AS task, coalesce(s.source, ?) AS source,
                CAST(NULL AS INTEGER) AS instruction_tokens, k.norm_key, k.tier
-        FROM (
-            SELECT ordinality - 1 AS source_row, {_text(mapping.instruction)} AS instruction,
-                   {_text(mapping.target)} AS target, {_trimmed(mapping.source)} AS source
-            FROM {_reader(fmt, used)} WITH ORDINALITY) s
-        JOIN _m2l_keep k ON k.source_row = s.source_row"""
+        FROM {scan} s JOIN _m2l_keep k ON k.source_row = s.source_row"""
     try:
         conn.execute(sql, [general, path.name, str(path)])
     except duckdb.Error as exc:
         raise _file_error(path, fmt, exc) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSource:
+    """Where the text of a pool ingested with keep_text=False lives: its file and columns."""
+
+    path: Path
+    format: str
+    instruction: str
+    target: str | None
+    source: str | None
+    size: int
+    mtime_ns: int
+
+    def text_scan(self) -> tuple[str, list[str]]:
+        """SQL subquery (source_row, instruction, target, source) over the file, and its params.
+
+        Raises StateError when the file is gone or changed since it was ingested, since its
+        row numbers may then point at other rows.
+        """
+        try:
+            stat = self.path.stat()
+        except OSError:
+            stat = None
+        if stat is None or (stat.st_size, stat.st_mtime_ns) != (self.size, self.mtime_ns):
+            state = "is gone" if stat is None else "changed"
+            raise StateError(
+                f"seed file {self.path} {state} since it was ingested; ingest it again "
+                "before selecting seeds"
+            )
+        return _text_scan(self.format, self.instruction, self.target, self.source), [str(self.path)]
+
+    def read_error(self, exc: duckdb.Error) -> ConfigError:
+        """The ConfigError for a DuckDB error met while reading the file's text."""
+        return _file_error(self.path, self.format, exc)
+
+
+def _record_source(
+    conn: duckdb.DuckDBPyConnection, table: str, kind: str, source: PoolSource
+) -> None:
+    conn.execute(
+        f"CREATE OR REPLACE {kind} {_quote(table)}(path VARCHAR, format VARCHAR, "
+        "instruction VARCHAR, target VARCHAR, source VARCHAR, size BIGINT, mtime_ns BIGINT)"
+    )
+    conn.execute(
+        f"INSERT INTO {_quote(table)} VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [str(source.path), source.format, source.instruction, source.target, source.source,
+         source.size, source.mtime_ns],
+    )  # fmt: skip
+
+
+def pool_source(conn: duckdb.DuckDBPyConnection, table: str = "seed_pool") -> PoolSource | None:
+    """The file a keys-only pool reads its text from, or None if the pool holds its text."""
+    if not _IDENT.match(table):
+        raise StateError(f"pool table name {table!r} is not a plain SQL identifier; use [A-Za-z_]")
+    try:
+        row = conn.execute(f"SELECT * FROM {_quote(table + '_source')}").fetchone()
+    except duckdb.CatalogException:
+        return None
+    if row is None:
+        return None
+    path, fmt, instruction, target, source, size, mtime_ns = row
+    return PoolSource(Path(path), fmt, instruction, target, source, size, mtime_ns)
 
 
 def _scalar(conn: duckdb.DuckDBPyConnection, sql: str) -> int:

@@ -23,6 +23,7 @@ import duckdb
 
 from engine.errors import ConfigError, StateError
 from prompts.taxonomy import Taxonomy
+from state.seeds import pool_source
 
 __all__ = [
     "DEFAULT_TIER_WEIGHTS",
@@ -343,15 +344,19 @@ def select_seeds(
     """Pick seeds from the pool by the spec's quotas and write them to `seeds`, ids dense from 1.
 
     Within each language × task cell rows are ranked by md5(seed, norm_key), so the choice is
-    fixed by the spec's seed and the data. Raises StateError when the pool or `seeds` is
-    missing or `seeds` already has rows.
+    fixed by the spec's seed and the data. A pool ingested without text has the chosen rows'
+    text read from its seed file. Raises StateError when the pool or `seeds` is missing,
+    `seeds` already has rows, or a keys-only pool's file is gone or changed; ConfigError when
+    that file cannot be read.
     """
     _check_table(conn, source_table, "ingest a seed file first (ingest_seeds)")
     cursor = conn.execute(f'SELECT * FROM "{source_table}" LIMIT 0')
-    if "instruction" not in {d[0] for d in cursor.description or []}:
+    has_text = "instruction" in {d[0] for d in cursor.description or []}
+    source = None if has_text else pool_source(conn, source_table)
+    if not has_text and source is None:
         raise StateError(
-            f"the pool {source_table!r} holds counts only (ingested with keep_text=False); "
-            "ingest the seed file again with keep_text=True to select from it"
+            f"the pool {source_table!r} has no text and no {source_table + '_source'!r} table "
+            "naming its file; ingest the seed file again"
         )
     existing = _check_table(conn, "seeds", "create the run's schema first")
     if existing:
@@ -371,29 +376,49 @@ def select_seeds(
         "unnest(?::VARCHAR[]) AS task, unnest(?::BIGINT[]) AS quota",
         [[k[0] for k in keys], [k[1] for k in keys], [quotas[k] for k in keys]],
     )
+    if source is None:
+        scan, params = f'"{source_table}"', list[str]()
+        source_column = "s.source"
+    else:
+        scan, params = source.text_scan()
+        source_column = "coalesce(s.source, ?)"
+        params = [source.path.name, *params]
     try:
         # seed_id follows each seed's relative position in its cell, so conversations (made in
         # seed_id order) come out interleaved: a run stopped early is still balanced.
         conn.execute(
             f"""
-            INSERT INTO seeds (seed_id, source_row, instruction, target, language,
-                               language_code, task, source, instruction_tokens)
+            CREATE OR REPLACE TEMP TABLE _m2l_chosen AS
             WITH hashed AS (
-                SELECT p.*, q.quota,
+                SELECT p.source_row, p.language, p.language_code, p.task, q.quota,
                        md5_number(CAST(? AS VARCHAR) || ':' || p.norm_key) AS h
                 FROM "{source_table}" p JOIN _m2l_quota q USING (language, task)),
             ranked AS (
                 SELECT *, row_number() OVER (
                     PARTITION BY language, task ORDER BY h, source_row) AS rn
                 FROM hashed)
-            SELECT row_number() OVER (ORDER BY (rn - 0.5) / quota, h, source_row),
-                   source_row, instruction, target, language, language_code, task, source,
-                   instruction_tokens
+            SELECT row_number() OVER (ORDER BY (rn - 0.5) / quota, h, source_row) AS seed_id,
+                   source_row, language, language_code, task
             FROM ranked WHERE rn <= quota""",
             [spec.seed],
         )
+        # The text is joined only now, to the few chosen rows (a small hash table to build).
+        conn.execute(
+            f"""
+            INSERT INTO seeds (seed_id, source_row, instruction, target, language,
+                               language_code, task, source, instruction_tokens)
+            SELECT c.seed_id, c.source_row, s.instruction, s.target, c.language,
+                   c.language_code, c.task, {source_column}, CAST(NULL AS INTEGER)
+            FROM _m2l_chosen c JOIN {scan} s ON s.source_row = c.source_row""",
+            params,
+        )
+    except duckdb.Error as exc:
+        if source is None:
+            raise
+        raise source.read_error(exc) from exc
     finally:
         conn.execute("DROP TABLE IF EXISTS temp._m2l_quota")
+        conn.execute("DROP TABLE IF EXISTS temp._m2l_chosen")
     selected = _check_table(conn, "seeds", "")
     return SelectionReport(
         requested=requested,

@@ -28,6 +28,7 @@ from state.seeds import (
     ingest_seeds,
     normalize_text,
     pool_counts,
+    pool_source,
     text_key,
 )
 
@@ -139,7 +140,7 @@ def test_duplicates_empty_and_unknown_languages_are_counted_not_dropped_silently
     assert (report.duplicates, report.empty_instruction, report.unknown_language) == (2, 2, 3)
     assert report.unknown_language_top == (("Klingon (tlh)", 2), ("Elvish", 1))
     assert [r[0] for r in pool(conn, "instruction")] == ["What is the capital of Kenya?", "Bonjour"]
-    assert "3 in an unknown language" in str(report)
+    assert "unknown language 3" in str(report)
 
 
 def test_language_code_wins_and_names_or_tags_resolve(
@@ -268,10 +269,10 @@ def test_auto_mapping_prefers_the_preset_naming_most_columns(
     assert set(MAPPINGS) == {"aya-dataset", "aya-collection", "m2l"}
 
 
-def test_keep_text_false_holds_counts_only(
+def test_keep_text_false_holds_keys_and_records_the_file(
     tmp_path: Path, conn: duckdb.DuckDBPyConnection, languages: LanguageTable, taxonomy: Taxonomy
 ) -> None:
-    """Without text the pool still counts language × task cells, with no text columns."""
+    """Without text the pool still counts language × task cells and names its file."""
     path = write_jsonl(tmp_path / "s.jsonl", [row("a", task_type="qa"), row("b"), row("B ")])
     report = ingest(conn, path, languages, taxonomy, keep_text=False)
     assert report.ingested == 2
@@ -281,6 +282,9 @@ def test_keep_text_false_holds_counts_only(
     ]
     columns = {d[0] for d in conn.execute("SELECT * FROM seed_pool LIMIT 0").description or []}
     assert "instruction" not in columns
+    source = pool_source(conn)
+    assert source is not None and (source.path, source.format) == (path, "jsonl")
+    assert (source.instruction, source.target, source.source) == ("inputs", "targets", None)
 
 
 def test_temporary_tables_are_dropped_even_after_an_error(
@@ -351,6 +355,8 @@ def test_other_bad_mappings_are_config_errors(
         ColumnMapping(instruction="text")
     with pytest.raises(StateError, match="not a plain SQL identifier"):
         ingest(conn, path, languages, taxonomy, table="x; DROP TABLE seeds")
+    with pytest.raises(StateError, match="one of the run's own tables"):
+        ingest(conn, path, languages, taxonomy, table="seeds")
 
 
 # --- m2l seeds inspect ------------------------------------------------------------------------
@@ -372,7 +378,7 @@ def test_inspect_prints_language_by_task_table(tmp_path: Path, taxonomy: Taxonom
     console = Console(file=io.StringIO(), width=200, color_system=None)
     assert inspect_seeds(_sample(tmp_path), console=console, taxonomy=taxonomy) == 0
     out = console.file.getvalue()  # type: ignore[attr-defined]
-    assert "7 rows read" in out and "1 duplicates" in out and "'Klingon (tlh)' (1)" in out
+    assert "rows read 7" in out and "duplicates 1," in out and "'Klingon (tlh)' (1)" in out
     lines = out.splitlines()
     header = next(line for line in lines if "language" in line and "┃" in line)
     assert [c.strip() for c in header.split("┃")[1:-1]] == [

@@ -254,15 +254,37 @@ def test_select_twice_or_without_pool_is_a_state_error(
         select_seeds(store, SelectionSpec(per_language=1), source_table="other_pool")
 
 
-def test_select_from_a_counts_only_pool_is_a_state_error(
+def test_keys_only_pool_reads_the_chosen_text_from_the_file(
     seed_file: Path, languages: LanguageTable, taxonomy: Taxonomy
 ) -> None:
-    """A pool ingested with keep_text=False cannot be selected from."""
+    """A pool ingested with keep_text=False selects exactly what a pool with text selects."""
+    spec = SelectionSpec(per_language=20, seed=4)
+    tables = []
+    for keep_text in (True, False):
+        conn = duckdb.connect()
+        conn.execute(SEEDS_DDL)
+        ingest_seeds(conn, seed_file, languages=languages, taxonomy=taxonomy, keep_text=keep_text)
+        select_seeds(conn, spec)
+        tables.append(_seeds_table(conn))
+        conn.close()
+    assert tables[0] == tables[1]
+    assert len(tables[0]) == 20 * 3 + 12 and tables[0][0][7] == "seeds.jsonl"
+
+
+def test_keys_only_pool_refuses_a_file_changed_since_ingestion(
+    tmp_path: Path, seed_file: Path, languages: LanguageTable, taxonomy: Taxonomy
+) -> None:
+    """If the seed file changed, its row numbers may point elsewhere: selection stops."""
+    path = tmp_path / "copy.jsonl"
+    path.write_bytes(seed_file.read_bytes())
     conn = duckdb.connect()
     conn.execute(SEEDS_DDL)
-    ingest_seeds(conn, seed_file, languages=languages, taxonomy=taxonomy, keep_text=False)
-    with pytest.raises(StateError, match="keep_text=True"):
-        select_seeds(conn, SelectionSpec(per_language=1))
+    ingest_seeds(conn, path, languages=languages, taxonomy=taxonomy, keep_text=False)
+    with path.open("a") as fh:
+        fh.write('{"inputs": "late", "language_code": "eng"}\n')
+    with pytest.raises(StateError, match=r"copy\.jsonl changed since it was ingested"):
+        select_seeds(conn, SelectionSpec(per_language=5))
+    assert _seeds_table(conn) == []
     conn.close()
 
 
