@@ -1,4 +1,9 @@
-"""m2l's async core: tokens, config, simulator, dispatch, conversations and the CLI."""
+"""m2l's async core: tokens, config, simulator, dispatch, conversations and the CLI.
+
+The package itself exports the values and the dispatch layer; the run pipeline (``engine.run``)
+and the subpackages (``engine.simulator``, ``engine.quality``, ``engine.progress``) are imported
+from their modules, so importing ``engine`` stays cheap and free of the state store.
+"""
 
 from __future__ import annotations
 
@@ -19,20 +24,39 @@ from engine.tokens import TokenCounter, encoding_for_model, get_encoding
 
 __version__ = "0.1.0"
 
+# After __version__: these modules import it back from the package.
+from engine.client import ChatClient
+from engine.config import Config, load_config
+from engine.dispatcher import Accounting, Dispatcher, NullAccounting
+from engine.events import Event, EventHook, Hooks
+from engine.limiter import Limits, RateLimiter
+from engine.retry import RetryPolicy
+
 __all__ = [
+    "Accounting",
+    "ChatClient",
     "ChatRequest",
     "ChatResult",
     "Clock",
+    "Config",
     "ConfigError",
+    "Dispatcher",
+    "Event",
+    "EventHook",
     "FakeClock",
     "FatalRunError",
+    "Hooks",
+    "Limits",
     "M2LError",
     "Message",
     "MonotonicClock",
+    "NullAccounting",
     "PermanentRequestError",
     "RateLimitSnapshot",
     "RateLimited",
+    "RateLimiter",
     "RequestError",
+    "RetryPolicy",
     "StateError",
     "TokenCounter",
     "TransientError",
@@ -40,4 +64,5 @@ __all__ = [
     "__version__",
     "encoding_for_model",
     "get_encoding",
+    "load_config",
 ]

@@ -23,7 +23,6 @@ from state.schema import STATE_FILE, check_schema, open_error
 __all__ = [
     "CHUNK_CONVERSATIONS",
     "FORMATS",
-    "STATE_FILE",
     "ExportFormat",
     "ExportReport",
     "default_output",

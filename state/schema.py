@@ -19,9 +19,11 @@ from engine.errors import StateError
 __all__ = [
     "PRIMARY_KEYS",
     "SCHEMA_VERSION",
+    "STATE_FILE",
     "TABLES",
     "check_schema",
     "create_schema",
+    "open_error",
     "open_store",
     "table_for_error",
 ]
@@ -30,6 +32,9 @@ SCHEMA_VERSION = 1
 
 # The state file's name inside a run directory.
 STATE_FILE = "state.duckdb"
+
+# DuckDB's memory cap for the run's store (bench/selection_memory.py measures what it buys).
+MEMORY_LIMIT = "1GB"
 
 # No secondary indexes: every lookup the engine makes goes through a primary key (or its
 # prefix, conv_id for messages), and DuckDB's ART indexes slow every insert on the hot path.
@@ -157,7 +162,9 @@ def open_store(path: Path, *, create: bool) -> duckdb.DuckDBPyConnection:
         )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = duckdb.connect(str(path))
+        # A memory cap makes DuckDB spill big ingests and exports to disk (next to the state
+        # file) instead of growing with the seed file: a 1M-row pool stays under ~400 MB.
+        conn = duckdb.connect(str(path), config={"memory_limit": MEMORY_LIMIT})
     except OSError as exc:
         raise StateError(
             f"could not create the run directory {path.parent}: {exc.strerror or exc}; "

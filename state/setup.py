@@ -64,6 +64,7 @@ def plan_run(
             mapping=config.seeds.mapping,
             languages=languages,
             taxonomy=taxonomy,
+            keep_text=False,  # keys only: the chosen seeds' text is read back from the file
         )
         selection = select_seeds(conn, spec)
         planned = sum(
