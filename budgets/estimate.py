@@ -195,8 +195,8 @@ def sim_outputs(
     composer the way it does: a budget uniform in its bounds, text written to it, cut at
     max_tokens. Instructions (evolve, follow-up) are a sentence or two whatever the budget."""
     top = sorted(languages.items(), key=lambda kv: (-kv[1], kv[0]))[:_SIM_LANGUAGES]
-    weight = sum(n for _, n in top)
     picked = [(find_language(name) or ENGLISH, n) for name, n in top] or [(ENGLISH, 1)]
+    weight = sum(n for _, n in picked)
     encoding = get_encoding(encoding_name)
     rng = random.Random(sim.seed)
     means = {}
@@ -205,7 +205,7 @@ def sim_outputs(
         mean = 0.0
         for lang, n in picked:
             composer = composer_for(lang, encoding_name)
-            draws = max(8, round(_SIM_SAMPLES * n / max(weight, 1)))
+            draws = max(8, round(_SIM_SAMPLES * n / weight))
             total = 0
             for _ in range(draws):
                 budget = min(
@@ -214,7 +214,7 @@ def sim_outputs(
                 )
                 text = composer.reply(ReplySpec(lang, instruction=instruction), rng, budget)
                 total += min(len(encoding.encode_ordinary(text)), cap)
-            mean += total / draws * (n / max(weight, 1) if top else 1.0)
+            mean += total / draws * n / weight
         means[kind] = mean
     return OutputLengths(
         means["evolve"],
@@ -552,8 +552,8 @@ class Estimate:
 
 
 def usd(amount: float) -> str:
-    """Dollars with the precision a small run needs: $1,234.57, $3.1416, $0.004217."""
-    if amount >= 10:
+    """Dollars with the precision a small run needs: $1,234.57, $0.3142, $0.004217."""
+    if amount >= 1:
         return f"${amount:,.2f}"
     return f"${amount:.4f}" if amount >= 0.01 else f"${amount:.6f}"
 

@@ -148,7 +148,7 @@ def test_starting_state_is_computed_from_the_request_log(tmp_path: Path) -> None
     assert per_conv[2].nano == to_nano(0.5)
 
 
-@settings(max_examples=30)
+@settings(max_examples=30, deadline=None)
 @given(st.lists(st.floats(0.0, 50.0, allow_nan=False), min_size=1, max_size=300))
 def test_sql_and_python_convert_dollars_identically(values: list[float]) -> None:
     """The request log's SQL sums exactly the nano-dollars the in-memory ledger counted."""

@@ -6,7 +6,7 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from budgets.prices import (
@@ -162,6 +162,7 @@ def test_pricing_reserves_prompt_times_input_plus_max_tokens_times_output() -> N
     assert pricing.actual(Usage(1000, 100)) == pytest.approx(0.002 + 0.0008)
 
 
+@settings(deadline=None)
 @given(
     prompt=st.integers(0, 200_000),
     max_tokens=st.integers(1, 100_000),
@@ -178,6 +179,7 @@ def test_actual_cost_never_exceeds_the_reservation(
     assert price.cost_nano(prompt, completion, cached) <= price.worst_nano(prompt, max_tokens)
 
 
+@settings(deadline=None)
 @given(st.integers(0, 10**15))
 def test_nano_dollars_survive_the_round_trip_through_a_float(nano: int) -> None:
     """A cost stored as a float USD in the request log converts back to the same nano-dollars."""
