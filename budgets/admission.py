@@ -318,7 +318,7 @@ class _Free:
         return 0.0
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Budget:
     """Everything a run needs of its budget, built once at start from config + request log."""
 

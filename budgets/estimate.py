@@ -491,7 +491,8 @@ class Estimate:
                 out.append(self._cap_line(cost))
         bounds = ", ".join(f"{k} {_duration(v)}" for k, v in self.wall.bounds.items())
         out.append(
-            f"wall time: about {_duration(self.wall.seconds)}, bound by {self.wall.bound} "
+            f"wall time: about {_duration(self.wall.seconds)} at the configured limits, bound by "
+            f"{self.wall.bound} "
             f"({bounds}; latency: {self.latency.basis})"
         )
         out.extend(f"note: {n}" for n in self.notes)
