@@ -42,10 +42,17 @@ def test_one_interrupt_finishes_in_flight_and_exits_130(tmp_path: Path) -> None:
     write_config(tmp_path, evols_per_seed=2, ttft_s=0.2, per_token_s=0.004)
     proc = m2l("run", "m2l.toml", "--quiet", cwd=tmp_path)
     wait_until_sending(tmp_path / "runs" / "t")
+    # `m2l status` from another process sees the run going, without touching its store.
+    code, output = finish(m2l("status", "runs/t", "--json", cwd=tmp_path))
+    assert code == 0, output
+    live = json.loads(output)
+    assert live["state"] == "running" and live["snapshot"]["total"] == 16
     proc.send_signal(signal.SIGINT)
     code, output = finish(proc)
     assert code == 130, output
     assert "resume with: m2l run m2l.toml" in output
+    code, output = finish(m2l("status", "runs/t", "--json", cwd=tmp_path))
+    assert code == 0 and json.loads(output)["state"] == "interrupted", output
     run_dir = tmp_path / "runs" / "t"
     assert meta_status(run_dir) == "interrupted"
     with duckdb.connect(str(run_dir / "state.duckdb"), read_only=True) as conn:
