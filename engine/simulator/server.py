@@ -24,10 +24,12 @@ from engine.simulator import wire
 from engine.simulator.buckets import Admission, RateLimits
 from engine.simulator.counting import UsageCounter
 from engine.simulator.faults import draw_fault
+from engine.simulator.languages import LANGUAGES
 from engine.simulator.replies import Reply, ReplyWriter
 from engine.simulator.request import SimRequest, parse_request
 from engine.simulator.settings import SimSettings
 from engine.simulator.stats import SimStats
+from engine.simulator.text import composer_for
 
 __all__ = ["Simulator", "run_simulator"]
 
@@ -75,6 +77,7 @@ class Simulator:
 
     async def start(self) -> str:
         """Bind and serve; returns the base URL. Raises ConfigError if the port is taken."""
+        self._warm()
         # handler_cancellation: a client that hangs up (e.g. on a "hang" fault) frees its handler.
         runner = web.AppRunner(
             self.app, access_log=None, handler_cancellation=True, shutdown_timeout=_SHUTDOWN_S
@@ -94,6 +97,15 @@ class Simulator:
         host = f"[{host}]" if ":" in host else host
         self._base_url = f"http://{host}:{port}/v1"
         return self._base_url
+
+    def _warm(self) -> None:
+        """Load the tokenizer and every language's composer before the first request."""
+        # Done lazily, the first request stalls the loop ~0.5 s (more on a busy machine) and each
+        # new language ~10 ms: a burst queued behind that is admitted late, after its bucket
+        # wasted that refill, and clients whose model of the limits is exact get 429s.
+        encoding = self._counter.encoding(self.settings.model).name
+        for lang in LANGUAGES:
+            composer_for(lang, encoding)
 
     async def stop(self) -> None:
         runner, self._runner = self._runner, None
