@@ -85,7 +85,7 @@ def test_cap_holds_through_sigkill_and_resume(tmp_path: Path) -> None:
         time.sleep(0.02)
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.communicate(timeout=30)  # reaps it and closes its pipes
     assert spend_usd(run_dir) <= CAP_USD + 1e-12
 
     code, output = finish(m2l("run", "m2l.toml", "--quiet", cwd=tmp_path))
