@@ -162,6 +162,7 @@ async def execute_run(
         # The budget is rebuilt from the request log, so a cap holds across crashes.
         budget = await writer.run(lambda conn: load_budget(conn, config, events))
         events = Hooks([events, budget.admission])
+        events.on_event(budget.admission.snapshot())  # spend so far, before the first reply
         async with (
             _endpoint(config, env) as (base_url, api_key),
             ChatClient(config.provider, base_url=base_url, api_key=api_key) as client,

@@ -149,8 +149,7 @@ class Scheduler:
                 async for conv in self._source():
                     if not await self._wait_for_room():
                         break
-                    if conv.status is Status.PENDING and not self._admission.admit(conv):
-                        self._budget_hit = "the projected cost of a new conversation does not fit"
+                    if conv.status is Status.PENDING and not await self._admit(conv):
                         break
                     self._active += 1
                     self._stop.track(group.create_task(self._drive(conv)))
@@ -201,6 +200,22 @@ class Scheduler:
             self._room.clear()
             await self._room.wait()
         return False
+
+    async def _admit(self, conv: Conversation) -> bool:
+        """Whether a new conversation may start under the budget's projection.
+
+        A refusal while others are active only waits: their steps teach the projection what
+        steps really cost, and finishing them frees what they reserved. The run stops for the
+        budget only when the projection refuses with nothing left running.
+        """
+        while not self._admission.admit(conv):
+            if self._active == 0 or self._stopped():
+                if not self._stopped():
+                    self._budget_hit = "the projected cost of a new conversation does not fit"
+                return False
+            self._room.clear()
+            await self._room.wait()
+        return True
 
     async def _drive(self, conv: Conversation) -> None:
         """Advance one conversation step by step until it is final or the run stops."""

@@ -43,7 +43,9 @@ class Guard(Protocol):
 
     def settle(self, ticket: Ticket, usd: float, tokens: int) -> None: ...
 
-    def release(self, ticket: Ticket, *, admitted: bool) -> None: ...
+    def release(self, ticket: Ticket, *, admitted: bool, error_class: str | None = None) -> None:
+        """The attempt failed; ``error_class`` says how (some failures are never billed)."""
+        ...
 
 
 class _Free:
@@ -133,7 +135,8 @@ class RequestLog:
     def release(self, ticket: object, error: RequestError | None, *, admitted: bool) -> None:
         assert isinstance(ticket, Ticket)
         if self._guard is not None:
-            self._guard.release(ticket, admitted=admitted)
+            error_class = error.error_class if error is not None else None
+            self._guard.release(ticket, admitted=admitted, error_class=error_class)
         if error is None and admitted:
             # Cancelled mid-flight: the row stays 'reserved' (outcome unknown, counted as spent).
             return

@@ -104,12 +104,6 @@ def test_cap_holds_through_sigkill_and_resume(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine/scheduler.py stops the run at the first refusal, before the worst-case "
-    "projection has learnt real costs, and cuts short the active conversations; it should "
-    "wait for active conversations and ask again",
-)
 async def test_a_capped_run_spends_most_of_its_cap_and_leaves_few_half_done(
     tmp_path: Path,
 ) -> None:
