@@ -29,7 +29,6 @@ from budgets.prices import (
     resolve_price,
     to_nano,
 )
-from engine.chat import ChatRequest, Usage
 from engine.clock import Clock, MonotonicClock
 from engine.config import Config
 from engine.conversation import Conversation
@@ -46,7 +45,7 @@ from engine.events import (
 )
 from engine.tokens import TokenCounter
 from prompts.taxonomy import load_taxonomy
-from state.requestlog import CostModel
+from state.requestlog import CostModel, FreeCosts
 
 __all__ = [
     "UPDATE_INTERVAL_S",
@@ -308,16 +307,6 @@ class BudgetAdmission:
 # --- the run's budget -----------------------------------------------------------------------
 
 
-class _Free:
-    """The CostModel of a model with no price and no USD cap: every request costs nothing."""
-
-    def worst_case(self, request: ChatRequest) -> float:
-        return 0.0
-
-    def actual(self, usage: Usage) -> float:
-        return 0.0
-
-
 @dataclass(frozen=True, slots=True)
 class Budget:
     """Everything a run needs of its budget, built once at start from config + request log."""
@@ -444,4 +433,4 @@ def load_budget(conn: duckdb.DuckDBPyConnection, config: Config, hooks: EventHoo
         pending=pending,
         priced=price is not None,
     )
-    return Budget(pricing or _Free(), ledger, admission, price, prices)
+    return Budget(pricing or FreeCosts(), ledger, admission, price, prices)

@@ -21,7 +21,7 @@ from engine.errors import RequestError
 from state import journal
 from state.writer import GroupCommitWriter
 
-__all__ = ["CostModel", "Guard", "RequestLog", "Ticket"]
+__all__ = ["CostModel", "FreeCosts", "Guard", "RequestLog", "Ticket"]
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ class Guard(Protocol):
         ...
 
 
-class _Free:
+class FreeCosts:
+    """The CostModel of an unpriced model with no USD cap: every request costs nothing."""
+
     def worst_case(self, request: ChatRequest) -> float:
         return 0.0
 
@@ -80,7 +82,7 @@ class RequestLog:
         self._writer = writer
         self._model = model
         self._next_id = next_request_id
-        self._costs: CostModel = costs or _Free()
+        self._costs: CostModel = costs or FreeCosts()
         self._guard = guard
 
     @staticmethod
