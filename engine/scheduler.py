@@ -225,7 +225,8 @@ class Scheduler:
             if conv.status is Status.PENDING:
                 conv = Conversation(plan, conv.steps, Status.ACTIVE, conv.regenerations)
                 await self._store.mark_active(conv)
-                emit(ConversationStarted(plan.conv_id, plan.language, plan.task, time.monotonic()))
+            # Resumed conversations count as started too, so displays see them as active.
+            emit(ConversationStarted(plan.conv_id, plan.language, plan.task, time.monotonic()))
             while not self._stopped():
                 nxt = next_request(conv, self._prompter, temperature=self._generation.temperature)
                 if isinstance(nxt, Done):
