@@ -108,8 +108,14 @@ class Dispatcher:
                 rate_limited += 1
             else:
                 transient += 1
+            # A request whose only failures were 429s has used none of its attempts yet;
+            # decide() numbers attempts from 1.
             decision = decide(
-                self._policy, error, attempt=transient, rate_limited=rate_limited, rng=self._rng
+                self._policy,
+                error,
+                attempt=max(transient, 1),
+                rate_limited=rate_limited,
+                rng=self._rng,
             )
             emit, key = self._hooks.on_event, request.key
             if isinstance(decision, Retry):
