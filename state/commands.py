@@ -20,6 +20,7 @@ from rich.table import Table
 from engine.errors import ConfigError
 from prompts.languages import LanguageTable, load_languages
 from prompts.taxonomy import Taxonomy, load_taxonomy
+from state._tables import table_width
 from state.seeds import MAPPINGS, IngestReport, ingest_seeds, pool_counts
 
 __all__ = ["add_seeds_parser", "inspect_seeds", "run_inspect"]
@@ -103,7 +104,7 @@ def inspect_seeds(
     for line in report.lines():
         console.print(line, markup=False, highlight=False)
     grid = _table(report, cells)
-    if _width(grid) <= console.width:
+    if table_width(grid) <= console.width:
         console.print(grid)
     else:
         # A grid with a column per task does not fit: one row per language listing its tasks,
@@ -150,15 +151,6 @@ def _table(report: IngestReport, cells: list[Cell]) -> Table:
         counts = [str(grid.get((language, task), "")) for task in tasks]
         table.add_row(language, code, tier or "", *counts, str(by_language[language]))
     return table
-
-
-def _width(table: Table) -> int:
-    """The width the table needs unwrapped: widest cell of each column plus borders."""
-    widths = []
-    for column in table.columns:
-        cells = [str(column.header), str(column.footer), *map(str, column.cells)]
-        widths.append(max(len(c) for c in cells) + 3)  # a space each side and a border
-    return sum(widths) + 1
 
 
 def _compact_table(report: IngestReport, cells: list[Cell]) -> Table:

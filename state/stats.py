@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.errors import StateError
+from state._tables import table_width
 
 __all__ = [
     "KINDS",
@@ -284,8 +285,12 @@ def print_stats(stats: RunStats, console: Console) -> None:
     total = sum(n for _, n in stats.statuses)
     summary = ", ".join(f"{n} {s}" for s, n in stats.statuses) or "none"
     console.print(f"[bold]{escape(stats.run)}[/bold]: {total} conversations ({summary})")
+    grid = _language_task_table(stats)
+    if table_width(grid) > console.width:
+        # A column per task does not fit: one row per language, listing its tasks.
+        grid = _language_task_list(stats)
     for table in (
-        _language_task_table(stats),
+        grid,
         _status_table("Conversations by language", "language", stats.per_language()),
         _status_table("Conversations by task", "task", stats.per_task()),
         _pairs_table("Turns (done conversations)", ("turns", "conversations"), stats.turns),
@@ -316,6 +321,21 @@ def _language_task_table(stats: RunStats) -> Table:
     for language, counts in stats.per_language():
         row = [str(cells.get((language, task), 0) or "·") for task in tasks]
         table.add_row(language, *row, str(counts[0]))
+    return table
+
+
+def _language_task_list(stats: RunStats) -> Table:
+    table = Table(title="Done conversations: language × task", title_justify="left")
+    table.add_column("language")
+    table.add_column("done", justify="right", style="bold")
+    table.add_column("by task")
+    by_language: dict[str, list[tuple[str, int]]] = {}
+    for row in stats.language_task:
+        if row.done:
+            by_language.setdefault(row.language, []).append((row.task, row.done))
+    for language, counts in stats.per_language():
+        tasks = sorted(by_language.get(language, []), key=lambda item: (-item[1], item[0]))
+        table.add_row(language, str(counts[0]), ", ".join(f"{t} {n}" for t, n in tasks))
     return table
 
 

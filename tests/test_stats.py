@@ -125,12 +125,12 @@ def test_failures_list_the_failed_conversations_errors(
     assert {f.error: f.conversations for f in stats.failures} == expected
 
 
-def run_cli(run_dir: Path, *extra: str) -> tuple[int, str]:
+def run_cli(run_dir: Path, *extra: str, width: int = 220) -> tuple[int, str]:
     """Run `m2l stats RUN_DIR ...` through its parser; return the exit code and the output."""
     parser = argparse.ArgumentParser(prog="m2l")
     add_stats_parser(parser.add_subparsers())
     args = parser.parse_args(["stats", str(run_dir), *extra])
-    console = Console(record=True, width=220)
+    console = Console(record=True, width=width)
     code = args.func(args, console)
     return code, console.export_text()
 
@@ -143,6 +143,16 @@ def test_cli_prints_tables(template: FixtureRun) -> None:
         assert title in text
     for c in template.convs.values():
         assert c.language in text
+
+
+def test_narrow_terminal_lists_tasks_per_language(template: FixtureRun, stats: RunStats) -> None:
+    """At 60 columns the language × task grid becomes one row per language naming its tasks."""
+    code, text = run_cli(template.run_dir, width=60)
+    assert code == 0
+    assert "by task" in text
+    assert max(len(line) for line in text.splitlines()) <= 60
+    for language, _counts in stats.per_language():
+        assert language in text
 
 
 def test_cli_json_is_one_document(template: FixtureRun, capsys: pytest.CaptureFixture[str]) -> None:
