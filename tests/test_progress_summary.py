@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import replace
 from pathlib import Path
@@ -42,6 +43,12 @@ def rendered(snapshot: ProgressSnapshot, run_dir: Path, width: int = 100) -> str
     return console.export_text()
 
 
+def test_utilisation_over_100_percent_is_explained() -> None:
+    """A short run that used the provider's initial burst says so next to its utilisation."""
+    text = rendered(dataclasses.replace(RUN, mean_utilisation=2.4), Path("runs/hi-sw"))
+    assert "240.0%" in text and "initial burst" in text
+
+
 def test_the_summary_table_has_every_figure() -> None:
     """Done, failed and filtered with reasons, tokens, cost, wall time and utilisation."""
     text = rendered(RUN, Path("runs/hi-sw"))
@@ -58,6 +65,7 @@ def test_the_summary_table_has_every_figure() -> None:
     assert "$123.46" in text and "of the $200.00 cap (61.7%)" in text
     assert "1:23:45" in text
     assert "87.3%" in text and "tpm limit" in text
+    assert "initial burst" not in text
     assert "not finished" not in text  # every conversation reached a final state
     assert text.splitlines()[-1] == "export: m2l export runs/hi-sw --format release-parquet"
 
