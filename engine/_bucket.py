@@ -1,12 +1,19 @@
 """The rate limiter's pure core: a local model of the provider's request and token buckets.
 
-Each bucket has a level that refills at ``limit / 60`` per second up to a capacity. A request
-is charged (1 request, prompt + max_tokens tokens) when it is granted; response headers are the
-truth and correct the model: ``remaining`` is the server's level right after admitting that
-request, ``remaining + reset x rate`` is its capacity, ``limit`` its rate. Time comes from an
-injected Clock and nothing here awaits, so tests drive it with a FakeClock; ``engine.limiter``
-wraps it in futures and one timer. Raises OversizeRequest for a request that can never fit and
-ConfigError for impossible limits.
+Each bucket has a level that refills at ``limit / 60`` per second up to a capacity; a request
+is charged (1 request; prompt + max_tokens tokens) when it is granted, first in, first out.
+Before any header the capacity is ``initial_burst_s`` of quota. Headers are the truth:
+``limit`` gives the rate (adopted when lower than configured), ``remaining + reset x rate``
+the capacity, and ``remaining`` - the server's level right after admitting that request - is
+compared with the level stamped when it was charged. Corrections move one shared offset (so
+replies in flight together never apply the same error twice) and only by what no order of
+admission could explain, since requests granted together reach the server in any order. A
+steady pull in the corrections is read as another process on the key. A 429 refunds its
+charge, caps the level, pauses everyone and cuts the rate factor (AIMD).
+
+Time comes from an injected Clock and nothing here awaits, so tests drive it with a FakeClock;
+``engine.limiter`` wraps it in futures and one timer. Raises OversizeRequest for a request
+that can never fit and ConfigError for impossible limits.
 """
 
 from __future__ import annotations
@@ -43,12 +50,21 @@ _INCREASE = 0.02
 _BACKOFF_BASE_S = 0.5
 _BACKOFF_MAX_S = 30.0
 # Another process sharing the key drains the server's bucket between our requests; its pace is
-# estimated from the header corrections, averaged over at least this long to ride out noise
-# (reordered admissions, rounding), and followed with this gain.
-_DRAIN_WINDOW_S = 1.0
+# estimated from the header corrections, summed over at least this long to ride out noise,
+# and followed with this gain.
+_DRAIN_WINDOW_S = 2.0
 _DRAIN_GAIN = 0.5
+_DRAIN_FULLNESS = 0.5
 # However much others seem to take, keep refilling at this fraction so the model never freezes.
 _MIN_NET_RATE = 0.1
+# However much the bucket holds, grants go out at most this many times the rate (after a first
+# initial_burst_s of quota): a minute's bucket is still spent in seconds, during which nothing
+# is wasted since the server's bucket is below full, but the client can send each request as
+# it is granted, so requests reach the server in about the order they were charged.
+_PACE = 10.0
+# Requests granted this close together can reach the server in either order (connections
+# opened in parallel race each other), even when one of them has already been answered.
+_REORDER_S = 0.5
 # Timers can fire a hair early (loop clock resolution); a head this close to its ready time goes
 # now, which spends under a microsecond of quota early instead of arming another timer.
 _EPS_S = 1e-6
@@ -129,16 +145,66 @@ class LimiterStats:
 class _Stamp:
     """What the model believed right after charging one request to one bucket."""
 
-    __slots__ = ("adjust", "amount", "level", "shift", "t")
+    __slots__ = ("adjust", "amount", "level", "near", "shift", "t")
 
-    def __init__(self, t: float, level: float, shift: float, amount: float) -> None:
+    def __init__(self, t: float, level: float, shift: float, amount: float, near: float) -> None:
         self.t = t  # when it was charged
         self.level = level  # the bucket's level right after this charge
         self.shift = shift  # the bucket's cumulative header correction at that moment
         self.amount = amount
+        self.near = near  # charged within _REORDER_S before this one
         # Charges of earlier requests that the server later rejected: the server never held
         # them, so this request's ``remaining`` will not include them either.
         self.adjust = 0.0
+
+
+class _SendOrderSums:
+    """Charges of requests still in flight, summed by send order (a Fenwick tree over a window)."""
+
+    __slots__ = ("_amounts", "_base", "_tree", "total")
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._amounts: dict[int, float] = {}
+        self._base = 0
+        self._tree = [0.0] * 1025  # 1-based over seqs base .. base + 1023
+
+    def add(self, seq: int, amount: float) -> None:
+        if seq - self._base >= len(self._tree) - 1:
+            self._rebuild(seq)
+        self._amounts[seq] = amount
+        self.total += amount
+        self._update(seq - self._base + 1, amount)
+
+    def remove(self, seq: int) -> None:
+        amount = self._amounts.pop(seq, None)
+        if amount is not None:
+            self.total -= amount
+            self._update(seq - self._base + 1, -amount)
+
+    def before(self, seq: int) -> float:
+        """The in-flight charges of requests sent before ``seq``."""
+        i, total = min(seq - self._base, len(self._tree) - 1), 0.0
+        while i > 0:
+            total += self._tree[i]
+            i -= i & -i
+        return max(0.0, total)
+
+    def _update(self, i: int, amount: float) -> None:
+        while i < len(self._tree):
+            self._tree[i] += amount
+            i += i & -i
+
+    def _rebuild(self, seq: int) -> None:
+        # Slide the window to the oldest request in flight; doubling the room keeps the
+        # rebuilds rare (amortised O(1) per request) however long one request hangs.
+        self._base = min(self._amounts, default=seq)
+        size = 1024
+        while size < 2 * (seq - self._base + 1):
+            size *= 2
+        self._tree = [0.0] * (size + 1)
+        for s, amount in self._amounts.items():
+            self._update(s - self._base + 1, amount)
 
 
 class _Flight:
@@ -154,12 +220,16 @@ class Bucket:
     """One server bucket: a level refilling at ``limit / 60`` per second up to ``capacity``."""
 
     __slots__ = (
+        "_anchor_t",
         "_burst_s",
         "_drain_dt",
         "_drain_err",
         "_floor",
+        "_in_flight",
         "_last_seq",
-        "_last_stamp_t",
+        "_pace",
+        "_recent",
+        "_recent_sum",
         "_shift",
         "_t",
         "capacity",
@@ -167,7 +237,10 @@ class Bucket:
         "drain",
         "learned",
         "level",
+        "per_minute",
+        "rate",
         "server_limit",
+        "user_capped",
     )
 
     def __init__(
@@ -176,7 +249,7 @@ class Bucket:
         if configured is None and server_limit is None:
             raise ValueError("a bucket needs a configured or a server-reported limit")
         self.configured = configured
-        self.server_limit = server_limit
+        self._set_server_limit(server_limit)
         self.learned = False  # capacity measured from headers rather than assumed
         self._burst_s = burst_s
         self._floor = 0.0  # the largest level the server has shown us: capacity is at least this
@@ -184,35 +257,31 @@ class Bucket:
         # enforces per second is not tripped, and the first response tells us the truth.
         self.capacity = self._assumed_capacity()
         self.level = self.capacity
+        self._pace = self._pace_capacity  # a local bucket that spaces grants out; see _PACE
         self._t = now
         # Sum of header corrections applied so far: a response's error is measured against its
         # stamp moved by the corrections made since, so several in-flight responses re-estimate
         # one offset instead of each adding the same delta.
         self._shift = 0.0
-        self._last_seq = -1  # newest permit whose headers corrected the level
+        self._last_seq = -1  # newest permit whose reply was read
+        self._in_flight = _SendOrderSums()
+        self._recent: deque[tuple[float, float]] = deque()  # (time, amount) charged lately
+        self._recent_sum = 0.0
         self.drain = 0.0  # units per second others take from the server's bucket (estimated)
         self._drain_err = 0.0
         self._drain_dt = 0.0
-        self._last_stamp_t: float | None = None
+        # Send time of the newest reply that corrected the level: the model is pinned there.
+        self._anchor_t: float | None = None
 
-    @property
-    def per_minute(self) -> float:
-        """The binding limit: the lower of the configured and the server-reported one."""
-        known = [v for v in (self.configured, self.server_limit) if v is not None]
-        return min(known)
-
-    @property
-    def rate(self) -> float:
-        """Refill in units per second at full speed."""
-        return self.per_minute / 60.0
-
-    @property
-    def user_capped(self) -> bool:
-        """True when the user configured less than the server allows (the user's cap binds)."""
-        return (
-            self.configured is not None
-            and self.server_limit is not None
-            and self.configured < self.server_limit
+    def _set_server_limit(self, limit: float | None) -> None:
+        self.server_limit = limit
+        known = [v for v in (self.configured, limit) if v is not None]
+        # The binding limit is the lower of the configured and the server-reported one.
+        self.per_minute = min(known)
+        self.rate = self.per_minute / 60.0  # refill per second at full speed
+        # The user configured less than the server allows: the user's cap binds.
+        self.user_capped = (
+            self.configured is not None and limit is not None and self.configured < limit
         )
 
     @property
@@ -227,8 +296,13 @@ class Bucket:
     def refill(self, now: float, factor: float) -> None:
         """Move the level forward to ``now`` at ``factor`` times the rate."""
         if now > self._t:
-            self.level = min(self.capacity, self.level + (now - self._t) * self.net_rate(factor))
-            self._t = now
+            elapsed, self._t = now - self._t, now
+            self.level = min(self.capacity, self.level + elapsed * self.net_rate(factor))
+            self._pace = min(self._pace_capacity, self._pace + elapsed * self.rate * _PACE)
+
+    @property
+    def _pace_capacity(self) -> float:
+        return self.rate * self._burst_s
 
     def net_rate(self, factor: float) -> float:
         """What refills for us per second: our share of the rate, less what others take."""
@@ -240,12 +314,25 @@ class Bucket:
         # A charge larger than the assumed capacity (before headers) goes when the bucket is
         # full and leaves it in debt, which keeps the average rate right.
         need = min(amount + margin * self.capacity, self.capacity)
-        deficit = need - self.level
-        return 0.0 if deficit <= 0 else deficit / self.net_rate(factor)
+        wait = max(0.0, need - self.level) / self.net_rate(factor)
+        pace_need = min(amount, self._pace_capacity)
+        return max(wait, (pace_need - self._pace) / (self.rate * _PACE))
 
-    def charge(self, amount: float) -> _Stamp:
+    def charge(self, seq: int, amount: float) -> _Stamp:
+        recent, now = self._recent, self._t
+        while recent and recent[0][0] < now - _REORDER_S:
+            self._recent_sum -= recent.popleft()[1]
+        near = max(0.0, self._recent_sum)
+        recent.append((now, amount))
+        self._recent_sum += amount
         self.level -= amount
-        return _Stamp(self._t, self.level, self._shift, amount)
+        self._pace -= amount
+        self._in_flight.add(seq, amount)
+        return _Stamp(now, self.level, self._shift, amount, near)
+
+    def settle(self, seq: int) -> None:
+        """Permit ``seq`` has its outcome: it no longer waits to be admitted."""
+        self._in_flight.remove(seq)
 
     def refund(self, amount: float) -> None:
         self.level = min(self.capacity, self.level + amount)
@@ -255,7 +342,7 @@ class Bucket:
     ) -> None:
         """Adopt the server's limit and capacity from one response's headers."""
         if limit is not None and limit > 0:
-            self.server_limit = float(limit)
+            self._set_server_limit(float(limit))
         if remaining is not None:
             # The server held ``remaining`` plus what it just admitted: capacity is no less.
             floor = remaining + admitted
@@ -277,7 +364,7 @@ class Bucket:
         ``at`` is the send time of the response that brought the new limit; ``later`` are the
         stamps of requests still in flight, which the replay moves the same way.
         """
-        known = [t for t in (at, self._last_stamp_t) if t is not None]
+        known = [t for t in (at, self._anchor_t) if t is not None]
         delta = (self.rate - old_rate) * factor
         if not known or delta == 0:
             return
@@ -290,34 +377,65 @@ class Bucket:
                 stamp.adjust += delta * (stamp.t - anchor)
 
     def correct(self, seq: int, stamp: _Stamp, remaining: int, *, refunded: bool) -> float:
-        """Move the level by the error the response of permit ``seq`` reveals; return it."""
+        """Move the level by what the reply to permit ``seq`` proves; return the move.
+
+        Requests granted close together reach the server in any order (new connections race,
+        a burst waits in the event loop), so a reply may count some requests sent after it and
+        miss some sent before it. Only the newest reply so far is read, and only for what
+        holds whatever the server had admitted when it counted: good news beyond the requests
+        sent before it that are still in flight or were sent just before it, bad news beyond
+        those sent after it (all still in flight, since this is the newest reply). Reading
+        more would be phantom quota (429s) or a phantom debt (idle seconds).
+        """
         if seq <= self._last_seq:
-            # An older request's answer arrived after a newer one's: its news is stale.
-            return 0.0
+            return 0.0  # a newer reply was read already
         self._last_seq = seq
+        last_t, self._anchor_t = self._anchor_t, stamp.t
         # The server never held a rejected request's charge, so compare without it.
         expected = stamp.level + stamp.adjust + (stamp.amount if refunded else 0.0)
         error = remaining - (expected + self._shift - stamp.shift)
-        if error > 0 and self.user_capped:
-            # The server has room because we keep under the user's own, lower limit.
-            return 0.0
-        self.level = min(self.capacity, self.level + error)
-        self._shift += error
-        if not self.user_capped:
-            self._estimate_drain(stamp.t, error)
-        return error
+        before = self._in_flight.before(seq)
+        sent_after = self._in_flight.total - before
+        sent_before = before + stamp.near  # may count some twice: errs on the safe side
+        move = 0.0
+        if error > sent_before and not self.user_capped:
+            # (Room the server has while we keep under the user's lower limit is not ours.)
+            move = error - sent_before
+        elif error < -sent_after:
+            move = error + sent_after
+        if move:
+            self.level = min(self.capacity, self.level + move)
+            self._shift += move
+        if not self.user_capped and last_t is not None and stamp.t > last_t:
+            self._estimate_drain(stamp.t - last_t, move, remaining + stamp.amount)
+        return move
 
-    def _estimate_drain(self, t: float, error: float) -> None:
-        # Aligned at the previous corrected stamp, the model drifted by ``error`` by this one:
-        # a steady shortfall is someone else spending from the same key.
-        if self._last_stamp_t is not None and t > self._last_stamp_t:
-            self._drain_err += error
-            self._drain_dt += t - self._last_stamp_t
-            if self._drain_dt >= _DRAIN_WINDOW_S:
-                step = -self._drain_err / self._drain_dt
-                self.drain = min(self.rate, max(0.0, self.drain + _DRAIN_GAIN * step))
-                self._drain_err = self._drain_dt = 0.0
-        self._last_stamp_t = t
+    def bound(self, remaining: int, since: float) -> None:
+        """The server held only ``remaining`` at some moment after ``since``: cap the level there.
+
+        Whatever the order of admission, the server cannot have gained more since than its
+        refill, so this holds for any reply, newest or not; a 429 is such a reply.
+        """
+        ceiling = remaining + self.rate * max(0.0, self._t - since)
+        if self.level > ceiling:
+            self._shift += ceiling - self.level
+            self.level = ceiling
+
+    def _estimate_drain(self, dt: float, move: float, server_level: float) -> None:
+        # The corrections the model keeps needing are its bias: a steady pull downwards is
+        # someone else spending from the same key, and the refill is lowered to match.
+        if server_level > _DRAIN_FULLNESS * self.capacity:
+            # A bucket this full is not being drained (and, capped, it wastes refill, which
+            # would look like someone else's use).
+            self.drain = 0.0
+            self._drain_err = self._drain_dt = 0.0
+            return
+        self._drain_err += move
+        self._drain_dt += dt
+        if self._drain_dt >= _DRAIN_WINDOW_S:
+            step = -self._drain_err / self._drain_dt
+            self.drain = min(self.rate, max(0.0, self.drain + _DRAIN_GAIN * step))
+            self._drain_err = self._drain_dt = 0.0
 
     def stats(self) -> BucketStats:
         return BucketStats(
@@ -453,7 +571,7 @@ class LimiterCore:
         self, permit: Permit, *, snapshot: RateLimitSnapshot, used_tokens: int | None
     ) -> None:
         """A success: learn from its headers, refund unused tokens if the provider does."""
-        flight = self._flights.pop(permit.id, None)
+        flight = self._take(permit)
         if flight is None:
             return
         self._refill()
@@ -476,7 +594,7 @@ class LimiterCore:
         self, permit: Permit, *, snapshot: RateLimitSnapshot | None, retry_after: float | None
     ) -> None:
         """A 429: refund it, take the server's levels, pause everyone and slow down."""
-        flight = self._flights.pop(permit.id, None)
+        flight = self._take(permit)
         if flight is None:
             return
         now = self._refill()
@@ -495,7 +613,7 @@ class LimiterCore:
 
     def release(self, permit: Permit, *, admitted: bool) -> None:
         """Any other outcome; ``admitted=False`` (never reached the server) refunds the charge."""
-        flight = self._flights.pop(permit.id, None)
+        flight = self._take(permit)
         if flight is None or admitted:
             return
         self._refill()
@@ -558,11 +676,19 @@ class LimiterCore:
         seq = self._next_seq
         self._next_seq += 1
         stamps = {
-            kind: bucket.charge(1 if kind == REQUESTS else tokens)
+            kind: bucket.charge(seq, 1 if kind == REQUESTS else tokens)
             for kind, bucket in self._buckets.items()
         }
         self._flights[seq] = _Flight(stamps)
         return Permit(id=seq, tokens=tokens)
+
+    def _take(self, permit: Permit) -> _Flight | None:
+        """Close a permit's flight; None when it was already handed back."""
+        flight = self._flights.pop(permit.id, None)
+        if flight is not None:
+            for kind in flight.stamps:
+                self._buckets[kind].settle(permit.id)
+        return flight
 
     def _refund_unadmitted(self, seq: int, flight: _Flight) -> None:
         for kind, stamp in flight.stamps.items():
@@ -607,6 +733,8 @@ class LimiterCore:
                 bucket.retime(old_rate, self._factor, stamp.t if stamp else None, later)
             if remaining is not None and stamp is not None:
                 bucket.correct(permit.id, stamp, remaining, refunded=not admitted)
+                if not admitted:
+                    bucket.bound(remaining, stamp.t)
 
     def _pause_s(
         self, permit: Permit, snapshot: RateLimitSnapshot | None, retry_after: float | None

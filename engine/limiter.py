@@ -47,6 +47,15 @@ class RateLimiter:
         """Wait for this request's turn and charge it; raises OversizeRequest if it never fits."""
         loop = self._loop = asyncio.get_running_loop()
         ticket = self._core.enqueue(tokens)
+        if not self._waiters:
+            # Nobody is queued ahead: when the buckets allow it, grant at once, with no future
+            # and no timer (the common case below the limits, where this is the hot path).
+            for granted, outcome in self._core.poll():
+                # With no waiters, the queue held only this ticket.
+                assert granted == ticket
+                if isinstance(outcome, OversizeRequest):
+                    raise outcome
+                return outcome
         fut: asyncio.Future[Permit] = loop.create_future()
         self._waiters[ticket] = fut
         self._wake()
@@ -62,19 +71,22 @@ class RateLimiter:
     ) -> None:
         """The request succeeded: learn from its headers and free its slot."""
         self._core.complete(permit, snapshot=snapshot, used_tokens=used_tokens)
-        self._wake()
+        if self._waiters:  # with nobody queued there is nothing to grant and no timer to arm
+            self._wake()
 
     def rejected(
         self, permit: Permit, *, snapshot: RateLimitSnapshot | None, retry_after: float | None
     ) -> None:
         """The server answered 429: refund the charge, pause everyone until its reset, slow down."""
         self._core.rejected(permit, snapshot=snapshot, retry_after=retry_after)
-        self._wake()
+        if self._waiters:
+            self._wake()
 
     def release(self, permit: Permit, *, admitted: bool) -> None:
         """Any other failure; ``admitted=False`` (never reached the server) refunds the charge."""
         self._core.release(permit, admitted=admitted)
-        self._wake()
+        if self._waiters:
+            self._wake()
 
     def statistics(self) -> LimiterStats:
         return self._core.statistics()

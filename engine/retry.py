@@ -128,20 +128,21 @@ def decide(
 ) -> Retry | RateLimitWait | GiveUp:
     """What to do after ``error``.
 
-    ``attempt`` is the number of the attempt that just failed, counting only attempts that did
-    not end in a 429 (1 for the first); ``rate_limited`` is how many 429s this request has had,
-    this one included. Raises ValueError for counts that cannot be.
+    ``attempt`` counts this request's attempts that did not end in a 429, this one included
+    (so 1 after a first transient failure, and 0 when a 429 came first); ``rate_limited`` counts
+    its 429s, this one included. Raises ValueError for counts that cannot be.
     """
-    if attempt < 1 or rate_limited < 0:
-        raise ValueError(
-            f"attempt is numbered from 1 and rate_limited counts from 0; got {attempt}, "
-            f"{rate_limited}"
-        )
+    if attempt < 0 or rate_limited < 0:
+        raise ValueError(f"attempt and rate_limited count up from 0; got {attempt}, {rate_limited}")
     if isinstance(error, RateLimited):
+        if rate_limited < 1:
+            raise ValueError("a 429 must be counted in rate_limited before deciding on it")
         if rate_limited >= policy.rate_limit_patience:
             return GiveUp(error)
         return RateLimitWait(error.retry_after)
     if isinstance(error, TransientError):
+        if attempt < 1:
+            raise ValueError("a failed attempt must be counted in attempt before deciding on it")
         if attempt >= policy.max_attempts:
             return GiveUp(error)
         return Retry(backoff_delay(policy, attempt, rng, error.retry_after))

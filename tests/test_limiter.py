@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from engine._bucket import LimiterCore, Limits, Permit
+from engine._bucket import LimiterCore, Limits, Permit, _SendOrderSums
 from engine.clock import FakeClock
 from engine.errors import ConfigError, OversizeRequest
 from engine.headers import RateLimitSnapshot, format_duration, parse_duration
@@ -171,16 +171,102 @@ def test_more_remaining_raises_the_level_and_less_lowers_it() -> None:
 
 
 def test_responses_in_flight_together_do_not_apply_one_correction_twice() -> None:
-    """Two responses revealing the same offset move the level once, in either order."""
-    for order in ((0, 1), (1, 0)):
-        clock = FakeClock()
-        c = core(clock, tpm=6000)
-        permits = [grant(c, 10), grant(c, 10)]  # local levels 90 then 80
-        remaining = [110, 100]  # the server had 20 more than we thought, all along
-        for i in order:
-            snap = RateLimitSnapshot(remaining_tokens=remaining[i])
-            c.complete(permits[i], snapshot=snap, used_tokens=None)
-        assert tokens_level(c) == pytest.approx(100), order
+    """Two replies revealing the same offset move the level once, not twice."""
+    clock = FakeClock()
+    c = core(clock, tpm=6000)
+    first, second = grant(c, 10), grant(c, 10)  # local levels 90 then 80
+    # The server had 20 more than we thought, all along.
+    c.complete(first, snapshot=RateLimitSnapshot(remaining_tokens=110), used_tokens=None)
+    c.complete(second, snapshot=RateLimitSnapshot(remaining_tokens=100), used_tokens=None)
+    assert tokens_level(c) == pytest.approx(100)
+
+
+def test_good_news_ignores_charges_of_earlier_requests_still_in_flight() -> None:
+    """A reply that may predate earlier requests' admission does not count them as refill."""
+    clock = FakeClock()
+    c = core(clock, tpm=60000, initial_burst_s=2.0)  # 1000 tokens/s, capacity 2000
+    first = grant(c, 1500)
+    clock.advance(0.6)
+    second = grant(c, 100)  # local level 1000
+    # The first is still on its way, so the server shows 1900: that is no room of ours.
+    c.complete(second, snapshot=RateLimitSnapshot(remaining_tokens=1900), used_tokens=None)
+    assert tokens_level(c) == pytest.approx(1000)
+    # The first one's reply is older news: good news from it cannot raise the level either.
+    c.complete(first, snapshot=RateLimitSnapshot(remaining_tokens=1950), used_tokens=None)
+    assert tokens_level(c) == pytest.approx(1000)
+
+
+def test_good_news_beyond_charges_still_in_flight_is_taken_less_them() -> None:
+    """A bigger server bucket shows through, minus what earlier requests may still take."""
+    clock = FakeClock()
+    c = core(clock, tpm=60000, initial_burst_s=2.0)
+    grant(c, 1500)
+    clock.advance(0.6)
+    second = grant(c, 100)  # local level 1000
+    snap = RateLimitSnapshot(limit_tokens=60000, remaining_tokens=4400, reset_tokens_s=0.6)
+    c.complete(second, snapshot=snap, used_tokens=None)
+    assert tokens_level(c) == pytest.approx(4400 - 1500)
+
+
+def test_bad_news_counts_beyond_what_later_requests_could_explain() -> None:
+    """Less remaining lowers the level by what no order of admission could explain."""
+    clock = FakeClock()
+    c = core(clock, tpm=6000)
+    first, _second = grant(c, 10), grant(c, 10)  # local levels 90 then 80
+    # 40 less than modelled; the second request, if admitted first, explains 10 of it.
+    c.complete(first, snapshot=RateLimitSnapshot(remaining_tokens=50), used_tokens=None)
+    assert tokens_level(c) == pytest.approx(50)
+
+
+def test_an_older_reply_is_not_read_after_a_newer_one() -> None:
+    """Once a newer reply set the level, an older one cannot move it either way."""
+    clock = FakeClock()
+    c = core(clock, tpm=6000)
+    first, second = grant(c, 10), grant(c, 10)  # local levels 90 then 80
+    c.complete(second, snapshot=RateLimitSnapshot(remaining_tokens=60), used_tokens=None)
+    assert tokens_level(c) == pytest.approx(60)
+    c.complete(first, snapshot=RateLimitSnapshot(remaining_tokens=5), used_tokens=None)
+    assert tokens_level(c) == pytest.approx(60)
+
+
+def test_a_big_learned_bucket_is_spent_at_ten_times_the_rate_not_at_once() -> None:
+    """After learning a minute's bucket, grants are spaced at 10x the rate, not sent in a lump."""
+    clock = FakeClock()
+    c = core(clock, tpm=6000)  # 100 tokens/s
+    permit = grant(c, 100)
+    snap = RateLimitSnapshot(limit_tokens=6000, remaining_tokens=5900, reset_tokens_s=1.0)
+    c.complete(permit, snapshot=snap, used_tokens=None)
+    assert tokens_level(c) == pytest.approx(5900)
+    for _ in range(20):
+        c.enqueue(100)
+    granted = 0
+    while granted < 20:
+        ready = c.ready_at()
+        assert ready is not None
+        clock.advance(ready - clock.now())
+        granted += len(c.poll())
+    assert clock.now() == pytest.approx(2.0)  # 2000 tokens at 1000 tokens/s
+    assert tokens_level(c) == pytest.approx(5900 - 2000 + 200)
+
+
+def test_send_order_sums_match_a_plain_sum_through_window_moves() -> None:
+    """In-flight charges sent before a request stay exact while the window slides and grows."""
+    rng = random.Random(5)
+    sums = _SendOrderSums()
+    live: dict[int, float] = {}
+    for seq in range(6000):
+        amount = float(rng.randint(1, 9))
+        sums.add(seq, amount)
+        live[seq] = amount
+        if seq % 3:
+            # Most finish soon; seq 7 hangs for the whole run, holding the window open.
+            done = rng.choice([s for s in list(live)[-50:] if s != 7])
+            sums.remove(done)
+            del live[done]
+        if seq % 250 == 0:
+            probe = rng.randint(0, seq + 1)
+            assert sums.before(probe) == pytest.approx(sum(a for s, a in live.items() if s < probe))
+    assert sums.total == pytest.approx(sum(live.values()))
 
 
 def test_limit_header_lower_than_configured_is_adopted() -> None:
@@ -255,11 +341,25 @@ def test_rejected_request_is_refunded_and_level_set_from_its_headers() -> None:
 def test_refund_of_a_rejected_request_is_not_counted_again_by_later_responses() -> None:
     """A later request's remaining never included the rejected charge; it is not added twice."""
     clock = FakeClock()
+    c = core(clock, tpm=6000, initial_burst_s=10.0)  # 100 tokens/s, capacity 1000
+    first = grant(c, 400)
+    clock.advance(0.6)
+    second = grant(c, 200)  # local level 460
+    c.rejected(first, snapshot=None, retry_after=0.0)  # refunded: 860
+    # The server, which never held the first, stayed full until the second: 1000 - 200.
+    c.complete(second, snapshot=RateLimitSnapshot(remaining_tokens=800), used_tokens=None)
+    assert tokens_level(c) == pytest.approx(800)
+
+
+def test_429_caps_the_level_even_when_a_newer_reply_was_read() -> None:
+    """A 429's remaining plus the refill since its request was sent bounds the level."""
+    clock = FakeClock()
     c = core(clock, tpm=6000)
-    first, second = grant(c, 40), grant(c, 20)  # local levels 60 then 40
-    c.rejected(first, snapshot=None, retry_after=0.0)
+    first, second = grant(c, 10), grant(c, 10)
     c.complete(second, snapshot=RateLimitSnapshot(remaining_tokens=80), used_tokens=None)
-    assert tokens_level(c) == pytest.approx(80)
+    clock.advance(0.1)
+    c.rejected(first, snapshot=RateLimitSnapshot(remaining_tokens=20), retry_after=0.0)
+    assert tokens_level(c) == pytest.approx(30)  # 20 then, and at most 10 refilled since
 
 
 def test_release_refunds_only_requests_the_server_never_admitted_and_only_once() -> None:
@@ -470,8 +570,14 @@ class _Event:
     )
 
 
-def _run(limits: Limits, server: _Server, duration: float = 180.0) -> tuple[float, float, int]:
-    """Keep the limiter saturated for ``duration`` s; return utilisation, 429 share, sent."""
+def _run(
+    limits: Limits, server: _Server, uplink: tuple[float, float] = (0.002, 0.002)
+) -> tuple[float, float, int]:
+    """Keep the limiter saturated for 3 minutes; return utilisation, 429 share, requests sent.
+
+    ``uplink`` bounds the random delay to the server: a wide one reorders requests on the way.
+    """
+    duration = 180.0
     rng = random.Random(7)
     clock = FakeClock()
     c = LimiterCore(limits, clock)
@@ -486,9 +592,10 @@ def _run(limits: Limits, server: _Server, duration: float = 180.0) -> tuple[floa
             queued -= 1
             sent += 1
             order += 1
-            heapq.heappush(events, _Event(clock.now() + 0.002, order, outcome))
+            heapq.heappush(events, _Event(clock.now() + rng.uniform(*uplink), order, outcome))
         ready = c.ready_at()
-        nxt = min(events[0].time, ready if ready is not None else math.inf)
+        nxt = min(events[0].time if events else math.inf, math.inf if ready is None else ready)
+        assert nxt < math.inf, "nothing in flight and nothing will ever be granted"
         if nxt >= duration:
             break
         clock.advance(max(0.0, nxt - clock.now()))
@@ -513,30 +620,48 @@ def _run(limits: Limits, server: _Server, duration: float = 180.0) -> tuple[floa
 
 
 @pytest.mark.parametrize(
-    ("limits", "server"),
+    ("limits", "server", "uplink"),
     [
         pytest.param(
-            Limits(rpm=10000, tpm=600000), lambda: _Server(10000, 600000, 60), id="minute-bucket"
+            Limits(rpm=10000, tpm=600000),
+            lambda: _Server(10000, 600000, 60),
+            (0.002, 0.002),
+            id="minute-bucket",
         ),
         pytest.param(
-            Limits(rpm=600, tpm=6000000), lambda: _Server(600, 6000000, 60), id="rpm-binding"
+            Limits(rpm=10000, tpm=600000),
+            lambda: _Server(10000, 600000, 60),
+            (0.001, 0.2),
+            id="minute-bucket-reordered",
         ),
         pytest.param(
-            Limits(rpm=10000, tpm=600000), lambda: _Server(10000, 600000, 1), id="per-second"
+            Limits(rpm=600, tpm=6000000),
+            lambda: _Server(600, 6000000, 60),
+            (0.002, 0.002),
+            id="rpm-binding",
+        ),
+        pytest.param(
+            Limits(rpm=10000, tpm=600000),
+            lambda: _Server(10000, 600000, 1),
+            (0.002, 0.002),
+            id="per-second",
         ),
         pytest.param(
             Limits(rpm=20000, tpm=1200000),
             lambda: _Server(10000, 600000, 60),
+            (0.001, 0.2),
             id="configured-2x-too-high",
         ),
-        pytest.param(Limits(), lambda: _Server(10000, 600000, 60), id="nothing-configured"),
+        pytest.param(
+            Limits(), lambda: _Server(10000, 600000, 60), (0.002, 0.002), id="nothing-configured"
+        ),
     ],
 )
 def test_saturated_run_fills_the_limit_without_tripping_it(
-    limits: Limits, server: Callable[[], _Server]
+    limits: Limits, server: Callable[[], _Server], uplink: tuple[float, float]
 ) -> None:
     """A 3-minute saturated run uses >= 98% of the binding limit with <= 0.5% 429s."""
-    utilisation, share_429, sent = _run(limits, server())
+    utilisation, share_429, sent = _run(limits, server(), uplink)
     assert sent > 1500
     assert utilisation >= 0.98
     assert share_429 <= 0.005

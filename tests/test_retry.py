@@ -75,10 +75,11 @@ def test_exhausted_attempts_give_up_with_the_original_error() -> None:
 
 
 def test_rate_limits_do_not_spend_transient_attempts() -> None:
-    """A 429 waits on the limiter even when the transient attempts are all used."""
+    """A 429 waits on the limiter whether it came first or after every transient attempt."""
     error = RateLimited("429", retry_after=None)
-    decision = decide(POLICY, error, attempt=6, rate_limited=3, rng=random.Random(1))
-    assert decision == RateLimitWait(None)
+    for attempt in (0, 6):
+        decision = decide(POLICY, error, attempt=attempt, rate_limited=3, rng=random.Random(1))
+        assert decision == RateLimitWait(None)
 
 
 def test_rate_limit_patience_exhausted_gives_up_with_rate_limited() -> None:
@@ -124,9 +125,12 @@ def test_testing_switch_removes_every_wait() -> None:
 
 
 def test_impossible_counts_and_policies_are_refused() -> None:
-    """Attempt 0 is a programming error; a policy with no attempts is a ConfigError."""
+    """An uncounted failure is a programming error; a policy with no attempts is a ConfigError."""
+    rng = random.Random(1)
     with pytest.raises(ValueError):
-        decide(POLICY, ServerError("x"), attempt=0, rate_limited=0, rng=random.Random(1))
+        decide(POLICY, ServerError("x"), attempt=0, rate_limited=0, rng=rng)
+    with pytest.raises(ValueError):
+        decide(POLICY, RateLimited("429"), attempt=1, rate_limited=0, rng=rng)
     with pytest.raises(ConfigError, match="max_attempts"):
         RetryPolicy(max_attempts=0)
     with pytest.raises(ConfigError, match="max_delay_s"):
