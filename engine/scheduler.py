@@ -53,6 +53,10 @@ class ConversationStore(Protocol):
 
     async def mark_active(self, conv: Conversation) -> None: ...
 
+    async def flush(self) -> None:
+        """Commit every write made so far (a store may gather writes to commit them together)."""
+        ...
+
 
 class Admission(Protocol):
     """Decides whether a new conversation may start (the budget's projection implements it)."""
@@ -155,6 +159,13 @@ class Scheduler:
                     self._stop.track(group.create_task(self._drive(conv)))
         finally:
             watcher.cancel()
+        try:
+            # Writes nobody awaits (attempts settled or released at the end) are committed
+            # before the run reports its end and the store is closed.
+            await self._store.flush()
+        except StateError as exc:
+            if self._fatal is None:
+                self._fatal = exc
         if self._fatal is not None:
             return RunResult(RunStatus.FAILED, str(self._fatal))
         if self._budget_hit is not None:

@@ -2,15 +2,15 @@
 
 This is the dispatcher's Accounting: ``reserve`` commits the attempt's row (status 'reserved')
 before the request goes out, so after a crash every attempt whose outcome is unknown is on
-record; ``settle`` and ``release`` update it in the next group commit. Prices and caps plug in
-through ``CostModel`` and ``Guard`` (the budget's ledger).
+record; ``settle`` and ``release`` update it in the next flush. Rows go through the writer's
+``JournalBatcher`` (state/store.py), shared with the run store, so many attempts are logged by
+one statement. Prices and caps plug in through ``CostModel`` and ``Guard`` (the budget's ledger).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,6 +19,7 @@ import duckdb
 from engine.chat import ChatRequest, ChatResult, Usage
 from engine.errors import RequestError
 from state import journal
+from state.store import JournalBatcher, batcher_for
 from state.writer import GroupCommitWriter
 
 __all__ = ["CostModel", "FreeCosts", "Guard", "RequestLog", "Ticket"]
@@ -78,8 +79,10 @@ class RequestLog:
         next_request_id: int,
         costs: CostModel | None = None,
         guard: Guard | None = None,
+        batcher: JournalBatcher | None = None,
     ) -> None:
         self._writer = writer
+        self._batcher = batcher or batcher_for(writer)
         self._model = model
         self._next_id = next_request_id
         self._costs: CostModel = costs or FreeCosts()
@@ -107,7 +110,7 @@ class RequestLog:
             self._model,
         )
         try:
-            await self._writer.run(journal.request_reserved(row))
+            await asyncio.shield(self._batcher.reserved(row))
         except BaseException:
             # Not on record, so certainly not sent: give the reservation back.
             if self._guard is not None:
@@ -122,7 +125,7 @@ class RequestLog:
         if self._guard is not None:
             self._guard.settle(ticket, cost, usage.total_tokens)
         self._submit(
-            journal.request_finished(
+            journal.FinishedRow(
                 ticket.request_id,
                 status="ok",
                 prompt_tokens=usage.prompt_tokens,
@@ -143,7 +146,7 @@ class RequestLog:
             # Cancelled mid-flight: the row stays 'reserved' (outcome unknown, counted as spent).
             return
         self._submit(
-            journal.request_finished(
+            journal.FinishedRow(
                 ticket.request_id,
                 status="error" if admitted else "rejected",
                 cost_usd=None if admitted else 0.0,
@@ -152,9 +155,8 @@ class RequestLog:
             )
         )
 
-    def _submit(self, op: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
-        future = self._writer.submit(op)
-        future.add_done_callback(_log_failure)
+    def _submit(self, row: journal.FinishedRow) -> None:
+        self._batcher.finished(row).add_done_callback(_log_failure)
 
 
 def _log_failure(future: asyncio.Future[None]) -> None:
