@@ -3,13 +3,47 @@ rate limits and 429s, a latency model and injectable faults, served on loopback 
 
 from __future__ import annotations
 
-from engine.simulator.buckets import Admission, BucketState, RateLimits, TokenBucket
-from engine.simulator.faults import body_key, draw_fault
-from engine.simulator.languages import LANGUAGES, Language, find_language
-from engine.simulator.replies import Reply, ReplyWriter, target_language
-from engine.simulator.request import SimRequest, parse_request
-from engine.simulator.server import Simulator, run_simulator
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from engine.simulator.settings import FAULT_KINDS, FaultRates, SimSettings
+
+if TYPE_CHECKING:
+    from engine.simulator.buckets import Admission, BucketState, RateLimits, TokenBucket
+    from engine.simulator.faults import body_key, draw_fault
+    from engine.simulator.languages import LANGUAGES, Language, find_language
+    from engine.simulator.replies import Reply, ReplyWriter, target_language
+    from engine.simulator.request import SimRequest, parse_request
+    from engine.simulator.server import Simulator, run_simulator
+
+# Every m2l process reads SimSettings (it is part of the run config), but only a run that uses
+# the simulator needs its server, word lists and tokenizer: those load on first use (~0.3 s).
+_LAZY = {
+    "Admission": "buckets",
+    "BucketState": "buckets",
+    "RateLimits": "buckets",
+    "TokenBucket": "buckets",
+    "body_key": "faults",
+    "draw_fault": "faults",
+    "LANGUAGES": "languages",
+    "Language": "languages",
+    "find_language": "languages",
+    "Reply": "replies",
+    "ReplyWriter": "replies",
+    "target_language": "replies",
+    "SimRequest": "request",
+    "parse_request": "request",
+    "Simulator": "server",
+    "run_simulator": "server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine.simulator' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"engine.simulator.{module}"), name)
+
 
 __all__ = [
     "FAULT_KINDS",
