@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
+import os
 import resource
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -292,6 +294,7 @@ class ConvResult:
     peak_rss_mb: float = 0.0
     client_429: int = 0
     writer: dict[str, Any] = field(default_factory=dict)
+    threads: dict[str, float] = field(default_factory=dict)  # CPU seconds by thread, run only
     error: str | None = None
 
     @property
@@ -308,6 +311,43 @@ class ConvResult:
 def _cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def _thread_cpu_s() -> dict[int, tuple[str, float]]:
+    """CPU seconds of each thread of this process, by native id (Linux; empty elsewhere)."""
+    names = {t.native_id: t.name for t in threading.enumerate() if t.native_id is not None}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float]] = {}
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            with open(f"/proc/self/task/{task}/stat", "rb") as f:
+                # Fields after the parenthesised name: utime and stime are the 12th and 13th.
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        tid = int(task)
+        out[tid] = (names.get(tid, "native"), (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def _thread_split(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds spent between two readings: event loop, state writer, and other threads
+    (DuckDB's workers, aiohttp's resolver, ...)."""
+    main = threading.main_thread().native_id
+    split = {"loop": 0.0, "writer": 0.0, "other": 0.0}
+    for tid, (name, seconds) in after.items():
+        spent = seconds - before.get(tid, (name, 0.0))[1]
+        key = (
+            "loop" if tid == main else "writer" if name.startswith("m2l-state-writer") else "other"
+        )
+        split[key] += spent
+    return {k: round(v, 3) for k, v in split.items()}
 
 
 def _peak_mb() -> float:
@@ -348,16 +388,19 @@ async def _measured(spec: ConvSpec, config: Config, result: ConvResult) -> None:
         scheduler, limiter = assemble(config, client, store, accounting, tally, stop)
         loop = asyncio.get_running_loop()
         deadline = loop.call_later(spec.deadline_s, stop.request, "bench: deadline")
-        cpu, wall = _cpu_s(), time.perf_counter()
+        threads, cpu, wall = _thread_cpu_s(), _cpu_s(), time.perf_counter()
         run = await scheduler.run(grace_s=config.run.grace_s)
+        result.threads = _thread_split(threads, _thread_cpu_s())
         if spec.mode == "checkpointed":
             stats = writer.statistics()
+            before_close = _cpu_s()
             # Closing commits what is still queued and checkpoints the WAL: part of the cost.
             await writer.aclose()
             result.writer = {
                 "batches": stats.batches,
                 "ops": stats.ops_committed,
                 "mean_commit_ms": round(stats.mean_commit_ms, 2),
+                "close_cpu_s": round(_cpu_s() - before_close, 3),
             }
         result.cpu_s, result.wall_s = _cpu_s() - cpu, time.perf_counter() - wall
         deadline.cancel()

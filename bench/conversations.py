@@ -10,11 +10,19 @@ Workloads (each client and each simulator is its own spawned process):
   U    unlimited, checkpointed: a 20 ms simulator without limits, so m2l's CPU is the limit
   U0   the same run with checkpointing taken out
   M    peak RSS of ``m2l run`` (execute_run, resumed) over 10k and over 100k pending
-       conversations, each stopped (StopControl.request) after a fixed number finished
+       conversations (set up beforehand in a process of their own), each stopped
+       (StopControl.request) after 1,000 finished, against an unlimited simulator
+
+Sizes (full run, about 2.5 minutes on 2 cores): L and L0 240 conversations (60 seeds x 4 evols,
+~1,750 replies: the TPM limit binds, ~140 s); U and U0 1,000 conversations (~7,100 replies);
+M 10k and 100k. ``--quick`` is a smoke run of about a minute.
 
 CPU is ``getrusage(RUSAGE_SELF)`` of the client process around the run only (set-up excluded,
-every thread included: the DuckDB writer's work is m2l's work), per reply received. Checkpoint
-overhead = CPU per reply checkpointed / CPU per reply with the no-op store. Utilisation of the
+every thread included: the DuckDB writer's work is m2l's work), per reply received, and is
+split by thread (event loop, state writer, others such as DuckDB's workers) from /proc. The run
+is assembled from the engine's parts as engine/run.py does, with the store and the accounting
+swapped for the no-op run; the budget is left out of both. Checkpoint overhead = CPU per reply
+checkpointed / CPU per reply with the no-op store. Utilisation of the
 binding limit is burst-aware, as in bench/throughput.py: (total charge - one full bucket) /
 (limit per second x admission span). L and L0 last about two minutes by construction, so they
 run concurrently while U, U0 and the memory runs go one after another. Prints a table, then one
@@ -416,8 +424,11 @@ def table(data: dict[str, Any]) -> str:
             wr = row["writer"]
             notes.append(
                 f"{wr['ops']} writer ops in {wr['batches']} commits "
-                f"({wr['mean_commit_ms']} ms each)"
+                f"({wr['mean_commit_ms']} ms each), close {wr['close_cpu_s']} s CPU"
             )
+        if row["threads"]:
+            t = row["threads"]
+            notes.append(f"CPU s: loop {t['loop']}, writer {t['writer']}, other {t['other']}")
         if row["error"]:
             notes.append(f"ERROR {row['error']}")
         if notes:
