@@ -27,17 +27,12 @@ import orjson
 
 from engine.config import Config, Secret, parse_config
 from engine.conversation import Conversation
-from engine.dispatcher import Accounting, Completer, Dispatcher
-from engine.events import ConversationFinished, Event, EventHook, RequestDone, RunStarted, StepDone
-from engine.limiter import Limits, RateLimiter
-from engine.prompter import TaxonomyPrompter
-from engine.retry import RetryPolicy
-from engine.scheduler import ConversationStore, Scheduler, StopControl
-from engine.tokens import TokenCounter
-from engine.validation import QualityValidator
+from engine.dispatcher import Accounting
+from engine.events import ConversationFinished, Event, RequestDone, RunStarted, StepDone
+from engine.scheduler import ConversationStore, StopControl
 from prompts.languages import load_languages
 from prompts.taxonomy import load_taxonomy
-from state.store import LINGER_S
+from state.batcher import LINGER_S
 
 __all__ = [
     "API_KEY",
@@ -207,58 +202,6 @@ def setup_main(config: Config, conn: Connection) -> None:
 # --- the engine, assembled ------------------------------------------------------------------
 
 
-def assemble(
-    config: Config,
-    client: Completer,
-    store: ConversationStore,
-    accounting: Accounting,
-    hooks: EventHook,
-    stop: StopControl,
-) -> tuple[Scheduler, RateLimiter]:
-    """Limiter, dispatcher, prompter and scheduler as ``engine.run._assemble`` builds them, with
-    the store and the accounting passed in (that function takes a writer and builds both)."""
-    limits = config.limits
-    limiter = RateLimiter(
-        Limits(
-            rpm=limits.rpm,
-            tpm=limits.tpm,
-            max_inflight=limits.max_inflight,
-            initial_burst_s=limits.initial_burst_s,
-            refund_unused=limits.refund_unused,
-        )
-    )
-    retry = config.retry
-    dispatcher = Dispatcher(
-        client,
-        limiter,
-        policy=RetryPolicy(
-            max_attempts=retry.max_attempts,
-            base_delay_s=retry.base_delay_s,
-            max_delay_s=retry.max_delay_s,
-            rate_limit_patience=retry.rate_limit_patience,
-            refused_before_fatal=retry.refused_before_fatal,
-        ),
-        accounting=accounting,
-        hooks=hooks,
-    )
-    counter = TokenCounter(
-        config.provider.model, unknown_model_encoding=config.provider.unknown_model_encoding
-    )
-    scheduler = Scheduler(
-        store=store,
-        dispatcher=dispatcher,
-        prompter=TaxonomyPrompter(
-            load_taxonomy(config.taxonomy), counter, config.generation.max_tokens
-        ),
-        validator=QualityValidator(load_languages()),
-        generation=config.generation,
-        max_active=config.run.max_active,
-        stop=stop,
-        hooks=hooks,
-    )
-    return scheduler, limiter
-
-
 # --- measured CPU runs ----------------------------------------------------------------------
 
 
@@ -359,8 +302,10 @@ async def _measured(spec: ConvSpec, config: Config, result: ConvResult) -> None:
     checkpointing into DuckDB or into nothing, and measure CPU and wall time around it."""
     from engine.client import ChatClient
     from engine.dispatcher import NullAccounting
+    from engine.run import assemble
+    from state.batcher import JournalBatcher
     from state.requestlog import RequestLog
-    from state.store import JournalBatcher, RunStore
+    from state.store import RunStore
     from state.writer import GroupCommitWriter
 
     state = config.run_dir / "state.duckdb"
@@ -370,22 +315,30 @@ async def _measured(spec: ConvSpec, config: Config, result: ConvResult) -> None:
     accounting: Accounting
     if spec.mode == "noop":
         # The same conversations the checkpointed run gets, read before the clock starts.
-        convs = await RunStore(writer).load(("pending",), 0, 1 << 30)
+        convs = await RunStore(writer, JournalBatcher(writer)).load(("pending",), 0, 1 << 30)
         await writer.aclose()
         store, accounting = MemoryStore(convs), NullAccounting()
     else:
         first_id = await writer.run(RequestLog.next_id)
         batcher = JournalBatcher(writer, linger_s=spec.linger_s)
         store = RunStore(writer, batcher)
-        accounting = RequestLog(
-            writer, model=config.provider.model, next_request_id=first_id, batcher=batcher
-        )
+        accounting = RequestLog(batcher, model=config.provider.model, next_request_id=first_id)
     stop = StopControl()
     tally = Tally(stop)
     async with ChatClient(
         config.provider, base_url=config.provider.base_url, api_key=Secret(API_KEY)
     ) as client:
-        scheduler, limiter = assemble(config, client, store, accounting, tally, stop)
+        scheduler = assemble(
+            config,
+            client,
+            store=store,
+            accounting=accounting,
+            hooks=tally,
+            stop=stop,
+            taxonomy=load_taxonomy(config.taxonomy),
+            languages=load_languages(),
+        )
+        limiter = scheduler.limiter
         loop = asyncio.get_running_loop()
         deadline = loop.call_later(spec.deadline_s, stop.request, "bench: deadline")
         threads, cpu, wall = _thread_cpu_s(), _cpu_s(), time.perf_counter()

@@ -64,7 +64,7 @@ from _conv_work import (  # needs the path above
 )
 
 from engine.simulator.settings import SimSettings
-from state.store import LINGER_S
+from state.batcher import LINGER_S
 
 RPM, TPM = 1200, 300_000
 OVERHEAD_TARGET = 1.25  # checkpointed CPU per reply over the no-op store's

@@ -21,11 +21,11 @@ from typing import Any
 import anyio.to_thread
 import orjson
 
-from budgets.admission import Budget, load_budget
+from budgets.admission import load_budget
 from engine import __version__
 from engine.client import ChatClient
 from engine.config import Config, Secret, config_diff
-from engine.dispatcher import Dispatcher
+from engine.dispatcher import Accounting, Completer, Dispatcher
 from engine.errors import ConfigError
 from engine.events import EventHook, Hooks, RunFinished, RunStarted
 from engine.limiter import Limits, RateLimiter
@@ -34,13 +34,21 @@ from engine.progress.store import store_snapshot
 from engine.prompter import TaxonomyPrompter
 from engine.quality import default_detector
 from engine.retry import RetryPolicy
-from engine.scheduler import RunResult, RunStatus, Scheduler, StopControl
+from engine.scheduler import (
+    Admission,
+    ConversationStore,
+    RunResult,
+    RunStatus,
+    Scheduler,
+    StopControl,
+)
 from engine.simulator import run_simulator
 from engine.tokens import TokenCounter
 from engine.validation import QualityValidator
 from prompts.languages import LanguageTable, load_languages
 from prompts.taxonomy import Taxonomy, load_taxonomy
 from state import journal
+from state.batcher import JournalBatcher
 from state.export import ExportReport, default_output, export_with
 from state.requestlog import RequestLog
 from state.schema import STATE_FILE
@@ -48,7 +56,7 @@ from state.setup import SetupReport, plan_run
 from state.store import RunStore
 from state.writer import GroupCommitWriter
 
-__all__ = ["RunOptions", "execute_run"]
+__all__ = ["RunOptions", "RunReport", "assemble", "execute_run", "exit_code"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +175,25 @@ async def execute_run(
             _endpoint(config, env) as (base_url, api_key),
             ChatClient(config.provider, base_url=base_url, api_key=api_key) as client,
         ):
-            scheduler = _assemble(
-                config, writer, client, taxonomy, languages, events, stop, first_request_id, budget
+            # One batcher for the store and the request log: their rows commit together.
+            batcher = JournalBatcher(writer)
+            accounting = RequestLog(
+                batcher,
+                model=config.provider.model,
+                next_request_id=first_request_id,
+                costs=budget.costs,
+                guard=budget.guard,
+            )
+            scheduler = assemble(
+                config,
+                client,
+                store=RunStore(writer, batcher),
+                accounting=accounting,
+                hooks=events,
+                stop=stop,
+                taxonomy=taxonomy,
+                languages=languages,
+                admission=budget.admission,
             )
             result = await _run_with_signals(scheduler, stop, config.run.grace_s)
         await writer.run(journal.write_meta({"status": result.status.value}))
@@ -221,18 +246,20 @@ async def _prepare(
     return setup
 
 
-def _assemble(
+def assemble(
     config: Config,
-    writer: GroupCommitWriter,
-    client: ChatClient,
-    taxonomy: Taxonomy,
-    languages: LanguageTable,
+    client: Completer,
+    *,
+    store: ConversationStore,
+    accounting: Accounting,
     hooks: EventHook,
     stop: StopControl,
-    first_request_id: int,
-    budget: Budget,
+    taxonomy: Taxonomy,
+    languages: LanguageTable,
+    admission: Admission | None = None,
 ) -> Scheduler:
-    """Limiter, dispatcher, prompter and scheduler, configured for this run."""
+    """Limiter, dispatcher, prompter and scheduler, configured for this run, around the given
+    store and accounting (benchmarks pass ones that record nothing)."""
     limits = config.limits
     limiter = RateLimiter(
         Limits(
@@ -254,27 +281,21 @@ def _assemble(
             rate_limit_patience=retry.rate_limit_patience,
             refused_before_fatal=retry.refused_before_fatal,
         ),
-        accounting=RequestLog(
-            writer,
-            model=config.provider.model,
-            next_request_id=first_request_id,
-            costs=budget.costs,
-            guard=budget.guard,
-        ),
+        accounting=accounting,
         hooks=hooks,
     )
     counter = TokenCounter(
         config.provider.model, unknown_model_encoding=config.provider.unknown_model_encoding
     )
     return Scheduler(
-        store=RunStore(writer),
+        store=store,
         dispatcher=dispatcher,
         prompter=TaxonomyPrompter(taxonomy, counter, config.generation.max_tokens),
         validator=QualityValidator(languages),
         generation=config.generation,
         max_active=config.run.max_active,
         stop=stop,
-        admission=budget.admission,
+        admission=admission,
         hooks=hooks,
     )
 

@@ -31,6 +31,7 @@ from engine.conversation import (
 from engine.dispatcher import Dispatcher
 from engine.errors import BudgetExhausted, FatalRunError, PermanentRequestError, StateError
 from engine.events import ConversationFinished, ConversationStarted, EventHook, Hooks, StepDone
+from engine.limiter import RateLimiter
 
 __all__ = ["Admission", "ConversationStore", "RunStatus", "Scheduler", "StopControl"]
 
@@ -143,6 +144,10 @@ class Scheduler:
         self._room = asyncio.Event()
         self._budget_hit: str | None = None
         self._fatal: Exception | None = None
+
+    @property
+    def limiter(self) -> RateLimiter:
+        return self._dispatcher.limiter
 
     async def run(self, *, grace_s: float) -> RunResult:
         """Run until every conversation is final, or the run stops; a stop is not an error."""

@@ -3,6 +3,7 @@ requests, seed ingestion and selection, export, statistics and the post-hoc filt
 
 from __future__ import annotations
 
+from state.batcher import LINGER_S, JournalBatcher
 from state.export import FORMATS, ExportReport, export_run, export_with, open_run
 from state.posthoc import FilterReport, filter_run
 from state.requestlog import CostModel, Guard, RequestLog, Ticket
@@ -23,6 +24,7 @@ from state.writer import GroupCommitWriter, Op, WriterStats
 
 __all__ = [
     "FORMATS",
+    "LINGER_S",
     "MAPPINGS",
     "SCHEMA_VERSION",
     "STATE_FILE",
@@ -34,6 +36,7 @@ __all__ = [
     "GroupCommitWriter",
     "Guard",
     "IngestReport",
+    "JournalBatcher",
     "Op",
     "RequestLog",
     "RunStats",

@@ -3,7 +3,7 @@
 This is the dispatcher's Accounting: ``reserve`` commits the attempt's row (status 'reserved')
 before the request goes out, so after a crash every attempt whose outcome is unknown is on
 record; ``settle`` and ``release`` update it in the next flush. Rows go through the writer's
-``JournalBatcher`` (state/store.py), shared with the run store, so many attempts are logged by
+``JournalBatcher`` (state/batcher.py), shared with the run store, so many attempts are logged by
 one statement. Prices and caps plug in through ``CostModel`` and ``Guard`` (the budget's ledger).
 """
 
@@ -19,8 +19,7 @@ import duckdb
 from engine.chat import ChatRequest, ChatResult, Usage
 from engine.errors import RequestError
 from state import journal
-from state.store import JournalBatcher, batcher_for
-from state.writer import GroupCommitWriter
+from state.batcher import JournalBatcher
 
 __all__ = ["CostModel", "FreeCosts", "Guard", "RequestLog", "Ticket"]
 
@@ -73,16 +72,14 @@ class RequestLog:
 
     def __init__(
         self,
-        writer: GroupCommitWriter,
+        batcher: JournalBatcher,
         *,
         model: str,
         next_request_id: int,
         costs: CostModel | None = None,
         guard: Guard | None = None,
-        batcher: JournalBatcher | None = None,
     ) -> None:
-        self._writer = writer
-        self._batcher = batcher or batcher_for(writer)
+        self._batcher = batcher
         self._model = model
         self._next_id = next_request_id
         self._costs: CostModel = costs or FreeCosts()

@@ -1,0 +1,132 @@
+"""The journal's batched writes: bulk statements equal row-by-row ones, and the batcher commits
+many writes in one op without giving up durability-before-return."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from engine.chat import Message
+from engine.conversation import Conversation, Plan, Status, Step, step_kind
+from state import journal
+from state.batcher import JournalBatcher
+from state.schema import open_store
+from state.store import RunStore
+from state.writer import GroupCommitWriter
+
+pytestmark = pytest.mark.anyio
+
+TABLES = {
+    "requests": "SELECT * EXCLUDE (sent_at, finished_at), sent_at IS NULL, finished_at IS NULL "
+    "FROM requests ORDER BY ALL",
+    "messages": "SELECT * EXCLUDE (created_at), created_at IS NULL FROM messages ORDER BY ALL",
+    "conversations": "SELECT * EXCLUDE (finished_at, created_at), finished_at IS NULL "
+    "FROM conversations ORDER BY ALL",
+}
+
+
+def _store(path: Path, conversations: int = 10) -> duckdb.DuckDBPyConnection:
+    conn = open_store(path, create=True)
+    conn.execute(
+        f"""INSERT INTO conversations (conv_id, seed_id, evol_type, turns_planned, followup_types,
+            language, language_code, task)
+            SELECT i, i, 'x', 2, ['a'], 'English', 'eng', 'open_qa'
+            FROM range(1, {conversations + 1}) t(i)"""
+    )
+    return conn
+
+
+def _conv(conv_id: int, steps: int, status: Status) -> Conversation:
+    plan = Plan(conv_id, conv_id, "seed", "English", "eng", "open_qa", "x", 2, ("a",))
+    done = tuple(
+        Step(
+            k,
+            step_kind(k),
+            Message("user" if k % 2 == 0 else "assistant", f"text {conv_id}/{k} 'quoted' ☃", 9 + k),
+            "p" if k % 2 == 0 else None,
+            None if k % 2 else f"prompt {k}",
+            "length" if k == 0 else "stop",
+        )
+        for k in range(steps)
+    )
+    return Conversation(plan, done, status)
+
+
+def test_bulk_writes_store_what_row_by_row_writes_store(tmp_path: Path) -> None:
+    """Many rows per statement leave the same tables as one statement per row."""
+    reserved = [
+        journal.RequestRow(100 + i, i if i % 3 else None, i % 4 if i % 3 else None, 1 + i % 2,
+                           50 + i, 128, 0.001 * i, "m")
+        for i in range(1, 9)
+    ]  # fmt: skip
+    finished = [
+        journal.FinishedRow(100 + i, "ok" if i % 2 else "error", 5 if i % 2 else None,
+                            60 + i if i % 3 else None, None if i % 2 else 3,
+                            12.5 if i % 2 else None, 0.002, None if i % 2 else "server_error",
+                            None if i % 2 else "boom 'x'")
+        for i in range(1, 8)
+    ]  # fmt: skip
+    convs = [_conv(i, 1 + i % 4, Status.DONE if i % 4 == 3 else Status.ACTIVE) for i in range(1, 8)]
+    bulk, single = _store(tmp_path / "a.duckdb"), _store(tmp_path / "b.duckdb")
+    journal.write_active(bulk, [1, 2, 3, 9])
+    journal.write_reserved(bulk, reserved)
+    journal.write_finished(bulk, finished)
+    journal.write_steps(bulk, convs)
+    journal.mark_active([1, 2, 3, 9])(single)
+    for row in reserved:
+        journal.request_reserved(row)(single)
+    for f in finished:
+        journal.request_finished(
+            f.request_id, status=f.status, completion_tokens=f.completion_tokens,
+            prompt_tokens=f.prompt_tokens, cached_tokens=f.cached_tokens,
+            latency_ms=f.latency_ms, cost_usd=f.cost_usd, error_class=f.error_class,
+            error=f.error,
+        )(single)  # fmt: skip
+    for conv in convs:
+        journal.record_step(conv)(single)
+    for table, sql in TABLES.items():
+        assert bulk.execute(sql).fetchall() == single.execute(sql).fetchall(), table
+
+
+async def test_writes_of_one_loop_pass_commit_in_one_op(tmp_path: Path) -> None:
+    """Steps recorded together are one writer op, and each is committed when its await returns."""
+    _store(tmp_path / "s.duckdb").close()
+    async with GroupCommitWriter(tmp_path / "s.duckdb", create=False) as writer:
+        store = RunStore(writer, JournalBatcher(writer, linger_s=0.05))
+        before = writer.statistics().ops_committed
+        await asyncio.gather(*(store.record_step(_conv(i, 1, Status.ACTIVE)) for i in range(1, 9)))
+        assert writer.statistics().ops_committed == before + 1
+        rows = await writer.run(lambda c: c.execute("SELECT count(*) FROM messages").fetchall())
+        assert rows == [(8,)]
+
+
+async def test_flush_commits_writes_nobody_awaits(tmp_path: Path) -> None:
+    """A settlement submitted without awaiting is committed by flush, before the writer closes."""
+    _store(tmp_path / "s.duckdb").close()
+    async with GroupCommitWriter(tmp_path / "s.duckdb", create=False) as writer:
+        batcher = JournalBatcher(writer, linger_s=10.0)  # its timer would never fire in time
+        await asyncio.shield(batcher.reserved(journal.RequestRow(1, 1, 0, 1, 10, 20, 0.0, "m")))
+        batcher.finished(journal.FinishedRow(1, "ok", completion_tokens=7))
+        await RunStore(writer, batcher).flush()
+    with duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True) as conn:
+        assert conn.execute("SELECT status, completion_tokens FROM requests").fetchall() == [
+            ("ok", 7)
+        ]
+
+
+async def test_a_cancelled_writer_leaves_the_others_of_its_flush_alone(tmp_path: Path) -> None:
+    """Cancelling one awaiting caller neither cancels the flush nor drops its row."""
+    _store(tmp_path / "s.duckdb").close()
+    async with GroupCommitWriter(tmp_path / "s.duckdb", create=False) as writer:
+        store = RunStore(writer, JournalBatcher(writer))
+        doomed = asyncio.create_task(store.record_step(_conv(1, 1, Status.ACTIVE)))
+        other = asyncio.create_task(store.record_step(_conv(2, 1, Status.ACTIVE)))
+        await asyncio.sleep(0)
+        doomed.cancel()
+        await other
+        await store.flush()
+        rows = await writer.run(lambda c: c.execute("SELECT conv_id FROM messages").fetchall())
+        assert sorted(rows) == [(1,), (2,)]
