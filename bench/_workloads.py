@@ -406,6 +406,49 @@ class SimHandle:
             self.process.join(timeout=5)
 
 
+def start_sims(ctx: Any, wanted: dict[str, Any]) -> dict[str, SimHandle]:
+    """Start one simulator process per label (all at once) and wait for their URLs."""
+    handles: dict[str, SimHandle] = {}
+    for label, settings in wanted.items():
+        parent, child = ctx.Pipe()
+        process = ctx.Process(target=sim_main, args=(settings, child), name=f"sim-{label}")
+        process.daemon = True
+        process.start()
+        child.close()
+        handles[label] = SimHandle(label, settings, process, parent)
+    for handle in handles.values():
+        if not handle.conn.poll(60):
+            raise RuntimeError(f"the simulator for {handle.label} did not start in 60 s")
+        handle.base_url = handle.conn.recv()
+    return handles
+
+
+def utilisation(stats: dict[str, Any], settings: Any) -> dict[str, Any]:
+    """Burst-aware use of each limit over the admission span; the larger one binds.
+
+    In a span of T seconds a server bucket admits at most one full bucket plus T x rate, so
+    (admitted - bucket) / (rate x T) is 1.0 at best, for any client.
+    """
+    first, last = stats.get("first_admission_s"), stats.get("last_admission_s")
+    out: dict[str, Any] = {"span_s": None, "binding": None, "value": None}
+    if first is None or last is None or last <= first:
+        return out
+    span = float(last) - float(first)
+    out["span_s"] = round(span, 2)
+    for kind, limit, used in (
+        ("rpm", settings.rpm, stats["admitted"]),
+        ("tpm", settings.tpm, stats["tokens_charged"]),
+    ):
+        if limit is None:
+            continue
+        bucket = limit * settings.bucket_seconds / 60.0
+        value = (used - bucket) / (limit / 60.0 * span)
+        out[kind] = round(value, 4)
+        if out["value"] is None or value > out["value"]:
+            out["binding"], out["value"] = kind, round(value, 4)
+    return out
+
+
 def fetch_stats(base_url: str) -> dict[str, Any]:
     """GET the simulator's /stats (the URL without its /v1)."""
     root = base_url.rsplit("/v1", 1)[0]

@@ -34,8 +34,6 @@ JSON line.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import multiprocessing
 import os
@@ -43,7 +41,6 @@ import platform
 import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -62,6 +59,7 @@ from _conv_work import (  # needs the path above
     mem_run_main,
     mem_setup_main,
 )
+from _workloads import SimHandle, start_sims, utilisation
 
 from engine.simulator.settings import SimSettings
 from state.batcher import LINGER_S
@@ -120,90 +118,15 @@ def unlimited_sim() -> SimSettings:
     )
 
 
-def utilisation(stats: dict[str, Any], settings: SimSettings) -> dict[str, Any]:
-    """Burst-aware use of each limit over the admission span; the larger one binds.
-
-    In a span of T seconds a server bucket admits at most one full bucket plus T x rate, so
-    (admitted - bucket) / (rate x T) is 1.0 at best, for any client.
-    """
-    first, last = stats.get("first_admission_s"), stats.get("last_admission_s")
-    out: dict[str, Any] = {"span_s": None, "binding": None, "value": None}
-    if first is None or last is None or last <= first:
-        return out
-    span = float(last) - float(first)
-    out["span_s"] = round(span, 2)
-    for kind, limit, used in (
-        ("rpm", settings.rpm, stats["admitted"]),
-        ("tpm", settings.tpm, stats["tokens_charged"]),
-    ):
-        if limit is None:
-            continue
-        bucket = limit * settings.bucket_seconds / 60.0
-        value = (used - bucket) / (limit / 60.0 * span)
-        out[kind] = round(value, 4)
-        if out["value"] is None or value > out["value"]:
-            out["binding"], out["value"] = kind, round(value, 4)
-    return out
-
-
-# --- processes ------------------------------------------------------------------------------
-
-
-def sim_main(settings: SimSettings, conn: Connection) -> None:
-    """Child process entry: serve one simulator, send its base URL, stop when told to."""
-    from engine.simulator import run_simulator
-
-    async def serve() -> None:
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        loop.add_reader(conn.fileno(), stop.set)  # any message (or EOF) from the parent
-        async with run_simulator(settings) as sim:
-            conn.send(sim.base_url)
-            await stop.wait()
-        loop.remove_reader(conn.fileno())
-
-    asyncio.run(serve())
-
-
-class Sim:
-    """A simulator in its own process: its URL, its /stats, and how to stop it."""
-
-    def __init__(self, ctx: Any, label: str, settings: SimSettings) -> None:
-        self.label, self.settings = label, settings
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(
-            target=sim_main, args=(settings, child), name=f"sim-{label}", daemon=True
-        )
-        self.process.start()
-        child.close()
-        if not self.conn.poll(60):
-            raise RuntimeError(f"the simulator for {label} did not start in 60 s")
-        self.base_url: str = self.conn.recv()
-
-    def stats(self) -> dict[str, Any]:
-        root = self.base_url.rsplit("/v1", 1)[0]
-        with urllib.request.urlopen(root + "/stats", timeout=10) as response:
-            data: dict[str, Any] = json.loads(response.read())
-        return data
-
-    def stop(self) -> None:
-        with contextlib.suppress(BrokenPipeError, OSError):
-            self.conn.send("stop")
-        self.process.join(timeout=5)
-        if self.process.is_alive():
-            self.process.terminate()
-            self.process.join(timeout=5)
-
-
 class Runner:
     """Starts spawned child processes (each a fresh interpreter) and collects their answers."""
 
     def __init__(self) -> None:
         self.ctx = multiprocessing.get_context("spawn")
-        self.sims: list[Sim] = []
+        self.sims: list[SimHandle] = []
 
-    def sim(self, label: str, settings: SimSettings) -> Sim:
-        sim = Sim(self.ctx, label, settings)
+    def sim(self, label: str, settings: SimSettings) -> SimHandle:
+        sim = start_sims(self.ctx, {label: settings})[label]
         self.sims.append(sim)
         return sim
 

@@ -46,7 +46,8 @@ from _workloads import (
     build_requests,
     client_main,
     prompt_pool,
-    sim_main,
+    start_sims,
+    utilisation,
 )
 
 from engine.chat import Message
@@ -113,32 +114,6 @@ def deadline_s(requests: int, charge: float, bucket_s: float) -> float:
     return expected_s(requests, charge, bucket_s) * 1.1 + 6.0
 
 
-def utilisation(stats: dict[str, Any], settings: SimSettings) -> dict[str, Any]:
-    """Burst-aware use of each limit over the admission span; the larger one binds.
-
-    In a span of T seconds a server bucket admits at most one full bucket plus T x rate, so
-    (admitted - bucket) / (rate x T) is 1.0 at best, for any client.
-    """
-    first, last = stats.get("first_admission_s"), stats.get("last_admission_s")
-    out: dict[str, Any] = {"span_s": None, "binding": None, "value": None}
-    if first is None or last is None or last <= first:
-        return out
-    span = float(last) - float(first)
-    out["span_s"] = round(span, 2)
-    for kind, limit, used in (
-        ("rpm", settings.rpm, stats["admitted"]),
-        ("tpm", settings.tpm, stats["tokens_charged"]),
-    ):
-        if limit is None:
-            continue
-        bucket = limit * settings.bucket_seconds / 60.0
-        value = (used - bucket) / (limit / 60.0 * span)
-        out[kind] = round(value, 4)
-        if out["value"] is None or value > out["value"]:
-            out["binding"], out["value"] = kind, round(value, 4)
-    return out
-
-
 # --- processes ------------------------------------------------------------------------------
 
 
@@ -195,19 +170,8 @@ class Runner:
         self.sims: list[SimHandle] = []
 
     def start_sims(self, wanted: dict[str, SimSettings]) -> dict[str, SimHandle]:
-        handles: dict[str, SimHandle] = {}
-        for label, settings in wanted.items():
-            parent, child = self.ctx.Pipe()
-            process = self.ctx.Process(target=sim_main, args=(settings, child), name=f"sim-{label}")
-            process.daemon = True
-            process.start()
-            child.close()
-            handles[label] = SimHandle(label, settings, process, parent)
-            self.sims.append(handles[label])
-        for handle in handles.values():
-            if not handle.conn.poll(60):
-                raise RuntimeError(f"the simulator for {handle.label} did not start in 60 s")
-            handle.base_url = handle.conn.recv()
+        handles = start_sims(self.ctx, wanted)
+        self.sims.extend(handles.values())
         return handles
 
     def stop_all(self) -> None:
