@@ -17,6 +17,8 @@ from engine.clock import MonotonicClock
 from engine.errors import BudgetExhausted
 from engine.events import ConversationFinished, ConversationStarted, RunFinished, RunStarted
 from engine.progress import (
+    JsonDisplay,
+    PlainDisplay,
     ProgressModel,
     ProgressSnapshot,
     RichDisplay,
@@ -186,3 +188,16 @@ async def test_a_run_that_never_started_leaves_no_status_file(tmp_path: Path) ->
             raise RuntimeError("run directory is in use by another m2l process")
     assert not (tmp_path / "status.json").exists()
     assert "m2l run" not in out.getvalue()
+
+
+@pytest.mark.parametrize("display_type", [PlainDisplay, JsonDisplay])
+def test_line_displays_say_nothing_before_the_run_starts(
+    display_type: type[PlainDisplay] | type[JsonDisplay],
+) -> None:
+    """Plain and JSON lines begin with RunStarted: before it there is no run name or total."""
+    stream = io.StringIO()
+    display = display_type(stream, wall=lambda: 0.0)
+    display.show(ProgressSnapshot(state="starting"))
+    assert stream.getvalue() == ""
+    display.show(ProgressSnapshot(run="demo", state="running", total=3))
+    assert "demo" in stream.getvalue()

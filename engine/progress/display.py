@@ -153,6 +153,8 @@ class PlainDisplay:
         pass
 
     def show(self, snapshot: ProgressSnapshot) -> None:
+        if snapshot.state == "starting":
+            return  # no run name or totals yet: a line would only be zeros
         self.stream.write(progress_line(snapshot, wall=self._wall()) + "\n")
         self.stream.flush()
 
@@ -182,6 +184,8 @@ class JsonDisplay:
         pass
 
     def show(self, snapshot: ProgressSnapshot) -> None:
+        if snapshot.state == "starting":
+            return  # no run name or totals yet: a line would only be zeros
         self.stream.write(progress_json(snapshot, wall=self._wall()) + "\n")
         self.stream.flush()
 
