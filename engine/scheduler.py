@@ -29,7 +29,7 @@ from engine.conversation import (
     step_kind,
 )
 from engine.dispatcher import Dispatcher
-from engine.errors import BudgetExhausted, FatalRunError, PermanentRequestError, StateError
+from engine.errors import BudgetExhausted, FatalRunError, RequestError, StateError
 from engine.events import ConversationFinished, ConversationStarted, EventHook, Hooks, StepDone
 from engine.limiter import RateLimiter
 
@@ -252,7 +252,11 @@ class Scheduler:
                 try:
                     result = await self._dispatcher.complete(request, kind=kind.value)
                     outcome = Outcome(result.content, result.finish_reason)
-                except PermanentRequestError as exc:
+                except FatalRunError:
+                    raise
+                except RequestError as exc:
+                    # Permanent for this request, or its retries (or 429 patience) are used
+                    # up: this conversation fails with the reason; the run goes on.
                     outcome = Outcome(None, error=f"{exc.error_class}: {exc}")
                 new = apply(
                     conv,

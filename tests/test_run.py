@@ -89,3 +89,15 @@ async def test_transient_faults_do_not_change_the_dataset(tmp_path: Path) -> Non
     assert rows(clean.run_dir, sql) == rows(faulty.run_dir, sql)
     errors = rows(faulty.run_dir, "SELECT count(*) FROM requests WHERE status != 'ok'")
     assert errors[0][0] > 0
+
+
+async def test_exhausted_retries_fail_the_conversation_not_the_run(tmp_path: Path) -> None:
+    """A request that fails on every attempt ends its conversation with the reason; the run ends."""
+    config = load_config(write_config(tmp_path, faults="server_error = 1.0"))
+    report = await execute_run(config, env={})
+    assert report.result.status is RunStatus.FINISHED
+    assert report.counts == {"failed": 8}
+    errors = rows(config.run_dir, "SELECT DISTINCT error FROM conversations")
+    assert len(errors) == 1 and str(errors[0][0]).startswith("server_error:")
+    attempts = rows(config.run_dir, "SELECT count(*) FROM requests WHERE conv_id = 1")
+    assert attempts == [(6,)]  # retry.max_attempts, then the conversation failed
