@@ -1,15 +1,16 @@
 """The rate limiter's pure core: a local model of the provider's request and token buckets.
 
 Each bucket has a level that refills at ``limit / 60`` per second up to a capacity; a request
-is charged (1 request; prompt + max_tokens tokens) when it is granted, first in, first out.
-Before any header the capacity is ``initial_burst_s`` of quota. Headers are the truth:
-``limit`` gives the rate (adopted when lower than configured), ``remaining + reset x rate``
-the capacity, and ``remaining`` - the server's level right after admitting that request - is
-compared with the level stamped when it was charged. Corrections move one shared offset (so
-replies in flight together never apply the same error twice) and only by what no order of
-admission could explain, since requests granted together reach the server in any order. A
-steady pull in the corrections is read as another process on the key. A 429 refunds its
-charge, caps the level, pauses everyone and cuts the rate factor (AIMD).
+is charged (1 request; prompt + max_tokens tokens) when it is granted, first in, first out,
+once it fits with some headroom left. Before any header the capacity is ``initial_burst_s`` of
+quota. Headers are the truth: ``limit`` gives the rate (adopted when lower than configured),
+``remaining + reset x rate`` the capacity, and ``remaining`` - the server's level right after
+admitting that request - is compared with the level stamped when it was charged. Corrections
+move one shared offset (replies in flight together never apply the same error twice), and only
+by what no order of admission explains, since requests granted together reach the server in
+any order; a learned bucket is spent at most 10x the rate so that they mostly do not. A steady
+drift of the offset is another process on the key. A 429 refunds its charge, caps the level,
+pauses everyone and cuts the rate factor (AIMD).
 
 Time comes from an injected Clock and nothing here awaits, so tests drive it with a FakeClock;
 ``engine.limiter`` wraps it in futures and one timer. Raises OversizeRequest for a request
@@ -50,8 +51,8 @@ _INCREASE = 0.02
 _BACKOFF_BASE_S = 0.5
 _BACKOFF_MAX_S = 30.0
 # Another process sharing the key drains the server's bucket between our requests; its pace is
-# estimated from the header corrections, summed over at least this long to ride out noise,
-# and followed with this gain.
+# the drift of the server's offset from the model, measured over windows at least this long
+# (to ride out noise), followed with this gain, and not measured in a bucket fuller than this.
 _DRAIN_WINDOW_S = 2.0
 _DRAIN_GAIN = 0.5
 _DRAIN_FULLNESS = 0.5
@@ -62,9 +63,6 @@ _MIN_NET_RATE = 0.1
 # is wasted since the server's bucket is below full, but the client can send each request as
 # it is granted, so requests reach the server in about the order they were charged.
 _PACE = 10.0
-# Requests granted this close together can reach the server in either order (connections
-# opened in parallel race each other), even when one of them has already been answered.
-_REORDER_S = 0.5
 # Timers can fire a hair early (loop clock resolution); a head this close to its ready time goes
 # now, which spends under a microsecond of quota early instead of arming another timer.
 _EPS_S = 1e-6
@@ -83,6 +81,10 @@ class Limits:
     initial_burst_s: float = 1.0
     refund_unused: bool = False
     safety_margin: float = 0.01
+    # At least this many seconds of refill are kept free too: a request reaches the server a
+    # while after it is granted (longer on a new connection), and a full server bucket gains
+    # nothing meanwhile while the model already counts refill. Costs nothing while saturated.
+    headroom_s: float = 0.1
 
     def __post_init__(self) -> None:
         for name in ("rpm", "tpm"):
@@ -99,6 +101,10 @@ class Limits:
             raise ConfigError(
                 "limits.initial_burst_s must be a positive number of seconds of quota, "
                 f"got {self.initial_burst_s!r}"
+            )
+        if not (math.isfinite(self.headroom_s) and 0 <= self.headroom_s <= 10):
+            raise ConfigError(
+                f"limits.headroom_s must be between 0 and 10 seconds, got {self.headroom_s!r}"
             )
         if not 0 <= self.safety_margin < 0.5:
             raise ConfigError(
@@ -145,14 +151,13 @@ class LimiterStats:
 class _Stamp:
     """What the model believed right after charging one request to one bucket."""
 
-    __slots__ = ("adjust", "amount", "level", "near", "shift", "t")
+    __slots__ = ("adjust", "amount", "level", "shift", "t")
 
-    def __init__(self, t: float, level: float, shift: float, amount: float, near: float) -> None:
+    def __init__(self, t: float, level: float, shift: float, amount: float) -> None:
         self.t = t  # when it was charged
         self.level = level  # the bucket's level right after this charge
         self.shift = shift  # the bucket's cumulative header correction at that moment
         self.amount = amount
-        self.near = near  # charged within _REORDER_S before this one
         # Charges of earlier requests that the server later rejected: the server never held
         # them, so this request's ``remaining`` will not include them either.
         self.adjust = 0.0
@@ -224,12 +229,11 @@ class Bucket:
         "_burst_s",
         "_drain_dt",
         "_drain_err",
+        "_drain_offset",
         "_floor",
         "_in_flight",
         "_last_seq",
         "_pace",
-        "_recent",
-        "_recent_sum",
         "_shift",
         "_t",
         "capacity",
@@ -265,10 +269,9 @@ class Bucket:
         self._shift = 0.0
         self._last_seq = -1  # newest permit whose reply was read
         self._in_flight = _SendOrderSums()
-        self._recent: deque[tuple[float, float]] = deque()  # (time, amount) charged lately
-        self._recent_sum = 0.0
         self.drain = 0.0  # units per second others take from the server's bucket (estimated)
         self._drain_err = 0.0
+        self._drain_offset: float | None = None
         self._drain_dt = 0.0
         # Send time of the newest reply that corrected the level: the model is pinned there.
         self._anchor_t: float | None = None
@@ -309,26 +312,24 @@ class Bucket:
         ours = self.rate * factor
         return max(ours - self.drain, ours * _MIN_NET_RATE)
 
-    def wait_s(self, amount: float, margin: float, factor: float) -> float:
-        """Seconds until ``amount`` fits, keeping ``margin`` x capacity free."""
+    def headroom(self, limits: Limits) -> float:
+        """What is kept free: safety_margin x capacity, and at least headroom_s of refill."""
+        return max(limits.safety_margin * self.capacity, self.rate * limits.headroom_s)
+
+    def wait_s(self, amount: float, headroom: float, factor: float) -> float:
+        """Seconds until ``amount`` fits with the headroom kept free."""
         # A charge larger than the assumed capacity (before headers) goes when the bucket is
         # full and leaves it in debt, which keeps the average rate right.
-        need = min(amount + margin * self.capacity, self.capacity)
+        need = min(amount + headroom, self.capacity)
         wait = max(0.0, need - self.level) / self.net_rate(factor)
         pace_need = min(amount, self._pace_capacity)
         return max(wait, (pace_need - self._pace) / (self.rate * _PACE))
 
     def charge(self, seq: int, amount: float) -> _Stamp:
-        recent, now = self._recent, self._t
-        while recent and recent[0][0] < now - _REORDER_S:
-            self._recent_sum -= recent.popleft()[1]
-        near = max(0.0, self._recent_sum)
-        recent.append((now, amount))
-        self._recent_sum += amount
         self.level -= amount
         self._pace -= amount
         self._in_flight.add(seq, amount)
-        return _Stamp(now, self.level, self._shift, amount, near)
+        return _Stamp(self._t, self.level, self._shift, amount)
 
     def settle(self, seq: int) -> None:
         """Permit ``seq`` has its outcome: it no longer waits to be admitted."""
@@ -379,13 +380,13 @@ class Bucket:
     def correct(self, seq: int, stamp: _Stamp, remaining: int, *, refunded: bool) -> float:
         """Move the level by what the reply to permit ``seq`` proves; return the move.
 
-        Requests granted close together reach the server in any order (new connections race,
-        a burst waits in the event loop), so a reply may count some requests sent after it and
-        miss some sent before it. Only the newest reply so far is read, and only for what
-        holds whatever the server had admitted when it counted: good news beyond the requests
-        sent before it that are still in flight or were sent just before it, bad news beyond
-        those sent after it (all still in flight, since this is the newest reply). Reading
-        more would be phantom quota (429s) or a phantom debt (idle seconds).
+        Requests granted together reach the server in any order (a burst waits in the event
+        loop or the connection pool, new connections race), so a reply may count requests
+        sent after it and miss requests sent before it. Only the newest reply so far is read,
+        and only for what no order of admission explains: good news beyond the requests sent
+        before it that are still in flight, bad news beyond those sent after it (all still in
+        flight, as this is the newest reply). Reading more would be phantom quota (429s) or a
+        phantom debt (idle seconds).
         """
         if seq <= self._last_seq:
             return 0.0  # a newer reply was read already
@@ -393,10 +394,12 @@ class Bucket:
         last_t, self._anchor_t = self._anchor_t, stamp.t
         # The server never held a rejected request's charge, so compare without it.
         expected = stamp.level + stamp.adjust + (stamp.amount if refunded else 0.0)
+        # How far the server was from the model when it admitted this request, as if it had
+        # admitted everything in the order we sent it; ``offset`` is that before any correction.
         error = remaining - (expected + self._shift - stamp.shift)
-        before = self._in_flight.before(seq)
-        sent_after = self._in_flight.total - before
-        sent_before = before + stamp.near  # may count some twice: errs on the safe side
+        offset = error + self._shift
+        sent_before = self._in_flight.before(seq)
+        sent_after = self._in_flight.total - sent_before
         move = 0.0
         if error > sent_before and not self.user_capped:
             # (Room the server has while we keep under the user's lower limit is not ours.)
@@ -407,7 +410,7 @@ class Bucket:
             self.level = min(self.capacity, self.level + move)
             self._shift += move
         if not self.user_capped and last_t is not None and stamp.t > last_t:
-            self._estimate_drain(stamp.t - last_t, move, remaining + stamp.amount)
+            self._estimate_drain(stamp.t - last_t, offset, remaining + stamp.amount)
         return move
 
     def bound(self, remaining: int, since: float) -> None:
@@ -421,16 +424,21 @@ class Bucket:
             self._shift += ceiling - self.level
             self.level = ceiling
 
-    def _estimate_drain(self, dt: float, move: float, server_level: float) -> None:
-        # The corrections the model keeps needing are its bias: a steady pull downwards is
-        # someone else spending from the same key, and the refill is lowered to match.
+    def _estimate_drain(self, dt: float, offset: float, server_level: float) -> None:
+        # While the offset falls steadily, someone else is spending from the same key: the
+        # model's refill is lowered by that pace, so the offset stops falling.
+        last, self._drain_offset = self._drain_offset, offset
         if server_level > _DRAIN_FULLNESS * self.capacity:
-            # A bucket this full is not being drained (and, capped, it wastes refill, which
-            # would look like someone else's use).
+            # A bucket this full is not being drained; and, capped, it wastes refill, which
+            # would look like someone else's use.
             self.drain = 0.0
             self._drain_err = self._drain_dt = 0.0
             return
-        self._drain_err += move
+        if last is None:
+            return
+        # Summed over a window, reordering noise cancels out (the sum telescopes) and what is
+        # left is the drift.
+        self._drain_err += offset - last
         self._drain_dt += dt
         if self._drain_dt >= _DRAIN_WINDOW_S:
             step = -self._drain_err / self._drain_dt
@@ -666,10 +674,10 @@ class LimiterCore:
         if self._probing and self._flights:
             return math.inf
         wait = max(0.0, self._paused_until - now)
-        margin = self._limits.safety_margin
         for kind, bucket in self._buckets.items():
             amount = 1 if kind == REQUESTS else tokens
-            wait = max(wait, bucket.wait_s(amount, margin, self._factor))
+            headroom = bucket.headroom(self._limits)
+            wait = max(wait, bucket.wait_s(amount, headroom, self._factor))
         return wait
 
     def _grant(self, tokens: int) -> Permit:
@@ -745,13 +753,12 @@ class LimiterCore:
         if snapshot is not None:
             # The reset headers name when the bucket is full; only the part of that needed
             # for this request to fit is worth waiting for.
-            margin = self._limits.safety_margin
             for kind, _limit, remaining, reset_s in _kinds(snapshot):
                 bucket = self._buckets.get(kind)
                 if bucket is None or remaining is None:
                     continue
                 amount = 1.0 if kind == REQUESTS else float(permit.tokens)
-                need = min(amount + margin * bucket.capacity, bucket.capacity) - remaining
+                need = min(amount + bucket.headroom(self._limits), bucket.capacity) - remaining
                 if need > 0:
                     kind_wait = need / bucket.rate
                     if reset_s is not None:
