@@ -29,11 +29,20 @@ from engine.client import ChatClient
 from engine.config import Config, load_config
 from engine.dispatcher import Accounting, Dispatcher, NullAccounting
 from engine.events import Event, EventHook, Hooks
-from engine.limiter import Limits, RateLimiter
-from engine.retry import RetryPolicy
+from engine.limiter import BucketStats, LimiterStats, Limits, Permit, RateLimiter
+from engine.retry import (
+    GiveUp,
+    RateLimitWait,
+    RefusalTracker,
+    Retry,
+    RetryPolicy,
+    backoff_delay,
+    decide,
+)
 
 __all__ = [
     "Accounting",
+    "BucketStats",
     "ChatClient",
     "ChatRequest",
     "ChatResult",
@@ -45,23 +54,31 @@ __all__ = [
     "EventHook",
     "FakeClock",
     "FatalRunError",
+    "GiveUp",
     "Hooks",
+    "LimiterStats",
     "Limits",
     "M2LError",
     "Message",
     "MonotonicClock",
     "NullAccounting",
     "PermanentRequestError",
+    "Permit",
     "RateLimitSnapshot",
+    "RateLimitWait",
     "RateLimited",
     "RateLimiter",
+    "RefusalTracker",
     "RequestError",
+    "Retry",
     "RetryPolicy",
     "StateError",
     "TokenCounter",
     "TransientError",
     "Usage",
     "__version__",
+    "backoff_delay",
+    "decide",
     "encoding_for_model",
     "get_encoding",
     "load_config",
