@@ -135,7 +135,37 @@ class RichDisplay:
             render_summary(snapshot, run_dir=_summary_dir(snapshot, run_dir), console=self.console)
 
 
-class PlainDisplay:
+class _LineDisplay:
+    """One line every ``interval_s`` seconds, written by ``line``; subclasses say how."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        interval_s: float,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.stream = stream
+        self.interval_s = interval_s
+        self._wall = wall
+
+    def start(self) -> None:
+        pass
+
+    def line(self, snapshot: ProgressSnapshot) -> str:
+        raise NotImplementedError
+
+    def show(self, snapshot: ProgressSnapshot) -> None:
+        if snapshot.state == "starting":
+            return  # no run name or totals yet: a line would only be zeros
+        self.write(self.line(snapshot))
+
+    def write(self, text: str) -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+class PlainDisplay(_LineDisplay):
     """One logfmt line every ``interval_s`` seconds, then the summary as plain text."""
 
     def __init__(
@@ -145,28 +175,18 @@ class PlainDisplay:
         interval_s: float = PLAIN_INTERVAL_S,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self.stream = stream
-        self.interval_s = interval_s
-        self._wall = wall
+        super().__init__(stream, interval_s=interval_s, wall=wall)
 
-    def start(self) -> None:
-        pass
-
-    def show(self, snapshot: ProgressSnapshot) -> None:
-        if snapshot.state == "starting":
-            return  # no run name or totals yet: a line would only be zeros
-        self.stream.write(progress_line(snapshot, wall=self._wall()) + "\n")
-        self.stream.flush()
+    def line(self, snapshot: ProgressSnapshot) -> str:
+        return progress_line(snapshot, wall=self._wall())
 
     def close(self, snapshot: ProgressSnapshot, *, run_dir: Path | None, summary: bool) -> None:
         if summary:
             self.show(snapshot)
-            text = summary_text(snapshot, run_dir=_summary_dir(snapshot, run_dir))
-            self.stream.write(text + "\n")
-            self.stream.flush()
+            self.write(summary_text(snapshot, run_dir=_summary_dir(snapshot, run_dir)))
 
 
-class JsonDisplay:
+class JsonDisplay(_LineDisplay):
     """One JSON object per line every ``interval_s`` seconds; the last has ``type: summary``."""
 
     def __init__(
@@ -176,26 +196,18 @@ class JsonDisplay:
         interval_s: float = JSON_INTERVAL_S,
         wall: Callable[[], float] = time.time,
     ) -> None:
-        self.stream = stream
-        self.interval_s = interval_s
-        self._wall = wall
+        super().__init__(stream, interval_s=interval_s, wall=wall)
 
-    def start(self) -> None:
-        pass
-
-    def show(self, snapshot: ProgressSnapshot) -> None:
-        if snapshot.state == "starting":
-            return  # no run name or totals yet: a line would only be zeros
-        self.stream.write(progress_json(snapshot, wall=self._wall()) + "\n")
-        self.stream.flush()
+    def line(self, snapshot: ProgressSnapshot) -> str:
+        return progress_json(snapshot, wall=self._wall())
 
     def close(self, snapshot: ProgressSnapshot, *, run_dir: Path | None, summary: bool) -> None:
         if not summary:
             return
         export = export_command(_summary_dir(snapshot, run_dir))
-        line = progress_json(snapshot, wall=self._wall(), kind="summary", extra={"export": export})
-        self.stream.write(line + "\n")
-        self.stream.flush()
+        self.write(
+            progress_json(snapshot, wall=self._wall(), kind="summary", extra={"export": export})
+        )
 
 
 class QuietDisplay:
