@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -201,3 +202,18 @@ def test_line_displays_say_nothing_before_the_run_starts(
     assert stream.getvalue() == ""
     display.show(ProgressSnapshot(run="demo", state="running", total=3))
     assert "demo" in stream.getvalue()
+
+
+@pytest.mark.anyio
+async def test_display_timer_sleeps_while_the_run_is_starting(tmp_path: Path) -> None:
+    """Before RunStarted the timer waits between ticks: it never spins the event loop.
+
+    (A spinning loop burns its whole wait in CPU; a machine under load can only make that
+    smaller, so this can miss a spin on a very busy machine but never fails falsely.)
+    """
+    model = ProgressModel(MonotonicClock())
+    async with progress_display("quiet", model, run_dir=tmp_path, summary=False):
+        cpu = time.thread_time()
+        await anyio.sleep(0.6)
+        spent = time.thread_time() - cpu
+    assert spent < 0.3, f"the display timer used {spent:.2f} s of CPU in 0.6 s of waiting"

@@ -292,9 +292,12 @@ class _Ticker:
                 next_show = max(next_show + self._display_interval(), anyio.current_time())
             # Not before RunStarted: a second `m2l run` on the same directory stops at the
             # store's lock before that, and must not overwrite the running one's status file.
-            if now >= next_status and self.writer is not None and self.model.state != "starting":
-                snapshot = snapshot or self.model.snapshot()
-                await self._off_loop("status file", self.writer.write, snapshot)
+            if now >= next_status:
+                if self.writer is not None and self.model.state != "starting":
+                    snapshot = snapshot or self.model.snapshot()
+                    await self._off_loop("status file", self.writer.write, snapshot)
+                # Advanced even when nothing was written: otherwise the sleep below is zero
+                # and the loop spins for as long as the run is starting.
                 next_status = max(next_status + self.status_interval_s, anyio.current_time())
             await anyio.sleep(max(min(next_show, next_status) - anyio.current_time(), 0.0))
 
