@@ -76,6 +76,12 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
     keys = [(row[0], row[1]) for row in got]
     assert len(keys) == len(set(keys)), "a (conversation, step) was stored twice"
     assert got == expected
+    # The datasets the two runs wrote are identical, byte for byte.
+    exported = [
+        (tmp_path / name / "runs" / "t" / "export" / "messages.jsonl").read_bytes()
+        for name in ("clean", "killed")
+    ]
+    assert exported[0] == exported[1] and exported[0].count(b"\n") == 16
     with duckdb.connect(str(folder / "runs" / "t" / "state.duckdb"), read_only=True) as conn:
         short = conn.execute(
             """SELECT count(*) FROM conversations c WHERE status != 'done' OR steps_done !=
