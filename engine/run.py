@@ -82,40 +82,51 @@ def seeds_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _meta_for(config: Config, taxonomy: Taxonomy) -> dict[str, str]:
+def _config_meta(config: Config) -> dict[str, str]:
+    """The config as the run stores it: its snapshot and hash."""
+    return {
+        "config_json": orjson.dumps(config.snapshot(), option=orjson.OPT_SORT_KEYS).decode(),
+        "config_hash": config.hash(),
+    }
+
+
+def _meta_for(config: Config, taxonomy: Taxonomy, seeds_sha256: str) -> dict[str, str]:
     return {
         "m2l_version": __version__,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "config_json": orjson.dumps(config.snapshot(), option=orjson.OPT_SORT_KEYS).decode(),
-        "config_hash": config.hash(),
+        **_config_meta(config),
         "taxonomy_fingerprint": taxonomy.fingerprint,
-        "seeds_sha256": seeds_digest(config.seeds.file),
+        "seeds_sha256": seeds_sha256,
         "status": "running",
     }
 
 
 def check_resume(
-    meta: Mapping[str, str], config: Config, taxonomy: Taxonomy, *, force: bool
+    meta: Mapping[str, str],
+    config: Config,
+    taxonomy: Taxonomy,
+    *,
+    seeds_sha256: str,
+    force: bool,
 ) -> dict[str, str]:
     """Compare the stored config with this one; the meta keys to update, or ConfigError."""
     stored: dict[str, Any] = orjson.loads(meta["config_json"])
     diffs = config_diff(stored, config.snapshot())
-    content = [d for d in diffs if not d[3]]
+    changed_files = []  # content the config names but does not hold
     if meta.get("taxonomy_fingerprint") != taxonomy.fingerprint:
-        content.append(("taxonomy (prompt files)", "changed", "", False))
-    if meta.get("seeds_sha256") != seeds_digest(config.seeds.file):
-        content.append((f"seeds file {config.seeds.file} (contents)", "changed", "", False))
-    if not diffs and not content:
+        changed_files.append("taxonomy (prompt files)")
+    if meta.get("seeds_sha256") != seeds_sha256:
+        changed_files.append(f"seeds file {config.seeds.file} (contents)")
+    if not diffs and not changed_files:
         return {"status": "running"}
-    lines = "\n".join(
-        f"  {key}: {old!r} → {new!r}" + ("" if safe else "   (changes content)")
-        for key, old, new, safe in diffs
+    listing = "\n".join(
+        [
+            f"  {key}: {old!r} → {new!r}" + ("" if safe else "   (changes content)")
+            for key, old, new, safe in diffs
+        ]
+        + [f"  {name}: changed   (changes content)" for name in changed_files]
     )
-    extra = "\n".join(
-        f"  {key}: {old}   (changes content)" for key, old, _n, _s in content if _n == ""
-    )
-    listing = "\n".join(x for x in (lines, extra) if x)
-    if content:
+    if changed_files or not all(safe for *_, safe in diffs):
         raise ConfigError(
             f"the config differs from the one run {config.run.name!r} started with:\n{listing}\n"
             "These changes alter what is generated, so they cannot continue this run: restore "
@@ -127,11 +138,7 @@ def check_resume(
             "These changes are safe (limits, concurrency, budget, retries, timeouts); "
             "run again with --force to continue with them."
         )
-    return {
-        "status": "running",
-        "config_json": orjson.dumps(config.snapshot(), option=orjson.OPT_SORT_KEYS).decode(),
-        "config_hash": config.hash(),
-    }
+    return {"status": "running", **_config_meta(config)}
 
 
 @contextlib.asynccontextmanager
@@ -219,13 +226,18 @@ async def _prepare(
 ) -> SetupReport | None:
     """Plan a new run, or check the config of a resumed one; reports RunStarted."""
     meta = await writer.run(journal.read_meta)
+    # A seed file may be gigabytes: hash it once, off the event loop.
+    seeds_sha256 = await anyio.to_thread.run_sync(seeds_digest, config.seeds.file)
     setup = None
     if "config_json" not in meta:
         # A new run (or one killed during set-up, which committed nothing): plan it in one
         # transaction, so set-up is all or nothing.
-        setup = await writer.run(plan_run(config, taxonomy, languages, _meta_for(config, taxonomy)))
+        run_meta = _meta_for(config, taxonomy, seeds_sha256)
+        setup = await writer.run(plan_run(config, taxonomy, languages, run_meta))
     else:
-        updates = check_resume(meta, config, taxonomy, force=options.force)
+        updates = check_resume(
+            meta, config, taxonomy, seeds_sha256=seeds_sha256, force=options.force
+        )
         await writer.run(journal.write_meta(updates))
     counts = await writer.run(journal.count_by_status)
     if baseline is not None:
