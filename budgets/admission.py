@@ -31,7 +31,7 @@ from budgets.prices import (
 )
 from engine.clock import Clock, MonotonicClock
 from engine.config import Config
-from engine.conversation import Conversation
+from engine.conversation import Conversation, parse_request_key
 from engine.events import (
     BudgetUpdate,
     ConversationFinished,
@@ -65,10 +65,10 @@ _SEED_SAMPLE = 1000
 _STEP_SLOTS = 12  # 6 turns x (user step + answer)
 
 
-def _step_of(key: str) -> int | None:
-    """The step index in a request key ``conv_id:step``, None for a key without one."""
-    _, _, step = key.partition(":")
-    return int(step) if step.isdigit() else None
+def _step_of_key(key: str) -> int | None:
+    """The step index of a request key, None for a key that names no step."""
+    parsed = parse_request_key(key)
+    return parsed[1] if parsed is not None else None
 
 
 class Projection:
@@ -262,13 +262,13 @@ class BudgetAdmission:
     def on_event(self, event: Event) -> None:
         if isinstance(event, RequestDone):
             spend = Spend(to_nano(event.cost_usd), event.prompt_tokens + event.completion_tokens, 1)
-            step = _step_of(event.key)
+            step = _step_of_key(event.key)
             if step is not None:
                 self._projection.observe_request(step, spend)
             self._observed += spend
             self._update()
         elif isinstance(event, RequestRetried | RequestFailed):
-            step = _step_of(event.key)
+            step = _step_of_key(event.key)
             if step is not None:
                 self._projection.observe_request(step, Spend(0, 0, 1))
             self._update()

@@ -31,6 +31,8 @@ __all__ = [
     "Verdict",
     "apply",
     "next_request",
+    "parse_request_key",
+    "request_key",
     "step_kind",
 ]
 
@@ -171,6 +173,19 @@ class Outcome:
     error: str | None = None  # set when the request failed permanently
 
 
+def request_key(conv_id: int, step: int) -> str:
+    """The key a step's requests carry (``conv_id:step``), for logs and the request table."""
+    return f"{conv_id}:{step}"
+
+
+def parse_request_key(key: str) -> tuple[int, int] | None:
+    """``(conv_id, step)`` from a key made by request_key; None for any other key."""
+    conv, _, step = key.partition(":")
+    if conv.isdigit() and step.isdigit():
+        return int(conv), int(step)
+    return None
+
+
 def request_seed(conv_id: int, step: int, regeneration: int) -> int:
     """A stable per-attempt sampling seed, so a regeneration asks for a different reply."""
     digest = hashlib.blake2b(f"{conv_id}:{step}:{regeneration}".encode(), digest_size=4).digest()
@@ -191,7 +206,7 @@ def next_request(
         messages=rendered.messages,
         max_tokens=prompter.max_tokens(kind),
         temperature=temperature,
-        key=f"{conv.plan.conv_id}:{conv.next_step}",
+        key=request_key(conv.plan.conv_id, conv.next_step),
         seed=request_seed(conv.plan.conv_id, conv.next_step, conv.regenerations),
     )
     return request, rendered

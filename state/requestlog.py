@@ -17,6 +17,7 @@ from typing import Protocol
 import duckdb
 
 from engine.chat import ChatRequest, ChatResult, Usage
+from engine.conversation import parse_request_key
 from engine.errors import RequestError
 from state import journal
 from state.batcher import JournalBatcher
@@ -95,7 +96,7 @@ class RequestLog:
         self._next_id += 1
         if self._guard is not None:
             self._guard.reserve(ticket)
-        conv_id, step = _parse_key(request.key)
+        conv_id, step = parse_request_key(request.key) or (None, None)
         row = journal.RequestRow(
             ticket.request_id,
             conv_id,
@@ -159,11 +160,3 @@ class RequestLog:
 def _log_failure(future: asyncio.Future[None]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("could not update the request log: %s", future.exception())
-
-
-def _parse_key(key: str) -> tuple[int | None, int | None]:
-    conv, _, step = key.partition(":")
-    try:
-        return int(conv), int(step)
-    except ValueError:
-        return None, None
