@@ -87,6 +87,40 @@ def add_sim_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
             help=f"probability of a {kind.replace('_', ' ')} fault per request",
         )
     p.add_argument(
+        "--reasoning-model",
+        action="append",
+        metavar="GLOB",
+        help="a model-name pattern served as a reasoning model (repeatable; default "
+        + ", ".join(d.reasoning_models)
+        + ")",
+    )
+    p.add_argument(
+        "--flex-unavailable",
+        type=float,
+        default=d.flex_unavailable,
+        metavar="RATE",
+        help="share of flex requests refused with 429 resource unavailable",
+    )
+    p.add_argument(
+        "--flex-slowdown",
+        type=float,
+        default=d.flex_slowdown,
+        help=f"latency multiplier under flex processing (default {d.flex_slowdown:g})",
+    )
+    p.add_argument(
+        "--cache-min-tokens",
+        type=int,
+        default=d.cache_min_tokens,
+        help=f"shortest prompt prefix reported as cached (default {d.cache_min_tokens})",
+    )
+    p.add_argument(
+        "--refuse-param",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="answer 400 unsupported_parameter to requests carrying NAME (repeatable)",
+    )
+    p.add_argument(
         "--unknown-models-404",
         action="store_true",
         help="answer 404 model_not_found for models not listed",
@@ -145,6 +179,11 @@ def settings_from_args(args: argparse.Namespace, env: dict[str, str]) -> SimSett
         faults=faults,
         unknown_models_404=args.unknown_models_404,
         require_api_key=key,
+        reasoning_models=tuple(args.reasoning_model or SimSettings().reasoning_models),
+        flex_unavailable=args.flex_unavailable,
+        flex_slowdown=args.flex_slowdown,
+        cache_min_tokens=args.cache_min_tokens,
+        refuse_params=tuple(args.refuse_param),
     )
 
 

@@ -60,6 +60,11 @@ class UsageCounter:
             TOKENS_PER_MESSAGE + count(role) + count(content) for role, content in messages
         )
 
+    def message_tokens(self, model: str, messages: Sequence[tuple[str, str]]) -> list[int]:
+        """Each message's tokens with its framing (they sum to prompt_tokens minus priming)."""
+        count = self._for(model)[1]
+        return [TOKENS_PER_MESSAGE + count(role) + count(content) for role, content in messages]
+
     def truncate(self, model: str, text: str, max_tokens: int) -> str:
         """The longest prefix of ``text``, cut at a token boundary, of at most max_tokens tokens."""
         encoding = self._for(model)[0]

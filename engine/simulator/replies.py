@@ -34,10 +34,11 @@ class Reply:
     completion_id: str
     content: str
     finish_reason: str  # "stop" | "length"
-    completion_tokens: int
+    completion_tokens: int  # visible and hidden reasoning tokens, as OpenAI counts them
     language: str
     ttft_s: float
     total_s: float  # time to first token + time for all the others
+    reasoning_tokens: int = 0  # hidden, spent before the first visible token
 
 
 def _last_user(messages: tuple[tuple[str, str], ...]) -> str:
@@ -86,9 +87,26 @@ class ReplyWriter:
             json_schema=req.json_schema,
         )
 
-    def write(self, req: SimRequest, max_tokens: int, attempt: int, fault: str | None) -> Reply:
-        """The reply to the ``attempt``-th admission of ``req``, capped at ``max_tokens``."""
+    def write(
+        self,
+        req: SimRequest,
+        max_tokens: int,
+        attempt: int,
+        fault: str | None,
+        *,
+        reasoning: int = 0,
+        slowdown: float = 1.0,
+    ) -> Reply:
+        """The reply to the ``attempt``-th admission of ``req``, capped at ``max_tokens``.
+
+        ``reasoning`` hidden tokens are spent first, inside the cap: a reply whose reasoning uses
+        the whole cap is empty and ends with "length", as OpenAI's reasoning models do.
+        ``slowdown`` stretches the latency (flex processing).
+        """
         s = self._settings
+        if reasoning >= max_tokens:
+            return self._reasoned(req, attempt, "", "length", 0, max_tokens, slowdown)
+        max_tokens -= reasoning
         spec = self.spec_for(req)
         rng = rng_for(s.seed, b"m2l-sim-content", req.key)
         drawn = rng.randint(s.min_completion_tokens, s.max_completion_tokens)
@@ -109,17 +127,32 @@ class ReplyWriter:
             content = self._counter.truncate(req.model, content, max_tokens)
             tokens = self._counter.count(req.model, content)
             finish = "length"
+        reply = self._reasoned(req, attempt, content, finish, tokens, reasoning, slowdown)
+        return replace(reply, language=spec.language.name)
+
+    def _reasoned(
+        self,
+        req: SimRequest,
+        attempt: int,
+        content: str,
+        finish: str,
+        visible: int,
+        reasoning: int,
+        slowdown: float,
+    ) -> Reply:
+        s = self._settings
         u = uniform(s.seed, b"m2l-sim-latency", req.key, attempt)
-        factor = 1.0 + s.jitter * (2.0 * u - 1.0)
-        ttft = s.ttft_s * factor
+        factor = (1.0 + s.jitter * (2.0 * u - 1.0)) * slowdown
+        ttft = (s.ttft_s + s.per_token_s * reasoning) * factor
         return Reply(
             completion_id=_completion_id(s.seed, req.key, attempt),
             content=content,
             finish_reason=finish,
-            completion_tokens=tokens,
-            language=spec.language.name,
+            completion_tokens=visible + reasoning,
+            language=ENGLISH.name,
             ttft_s=ttft,
-            total_s=ttft + s.per_token_s * tokens * factor,
+            total_s=ttft + s.per_token_s * visible * factor,
+            reasoning_tokens=reasoning,
         )
 
 

@@ -37,6 +37,13 @@ class SimRequest:
     json_mode: bool
     json_schema: Mapping[str, Any] | None
     key: bytes  # see faults.body_key
+    token_param: str | None = None  # "max_completion_tokens" | "max_tokens" | None
+    temperature: float | None = None
+    top_p: float | None = None
+    reasoning_effort: str | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    params: frozenset[str] = frozenset()  # every top-level key of the body
 
 
 def _type_name(value: object) -> str:
@@ -166,11 +173,19 @@ def parse_request(raw: bytes) -> SimRequest | ApiError:
     messages = _messages(body)
     if isinstance(messages, ApiError):
         return messages
+    token_param: str | None = "max_completion_tokens"
     max_tokens = _positive_int(body, "max_completion_tokens")
     if max_tokens is None:
+        token_param = "max_tokens" if body.get("max_tokens") is not None else None
         max_tokens = _positive_int(body, "max_tokens")
     if isinstance(max_tokens, ApiError):
         return max_tokens
+    sampling = _sampling(body)
+    if isinstance(sampling, ApiError):
+        return sampling
+    strings = _strings(body, ("reasoning_effort", "service_tier", "prompt_cache_key"))
+    if isinstance(strings, ApiError):
+        return strings
     n = body.get("n")
     if n is not None and n != 1:
         return bad_request(
@@ -201,4 +216,41 @@ def parse_request(raw: bytes) -> SimRequest | ApiError:
         json_mode=fmt[0],
         json_schema=fmt[1],
         key=body_key(model, messages, max_tokens, seed),
+        token_param=token_param,
+        temperature=sampling[0],
+        top_p=sampling[1],
+        reasoning_effort=strings[0],
+        service_tier=strings[1],
+        prompt_cache_key=strings[2],
+        params=frozenset(body),
     )
+
+
+def _sampling(body: Mapping[str, Any]) -> tuple[float | None, float | None] | ApiError:
+    out: list[float | None] = []
+    for name in ("temperature", "top_p"):
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return bad_request(
+                f"Invalid type for '{name}': expected a decimal, but got {_type_name(value)} "
+                "instead.",
+                param=name,
+                code="invalid_type",
+            )
+        out.append(None if value is None else float(value))
+    return out[0], out[1]
+
+
+def _strings(body: Mapping[str, Any], names: tuple[str, ...]) -> list[str | None] | ApiError:
+    out: list[str | None] = []
+    for name in names:
+        value = body.get(name)
+        if value is not None and not isinstance(value, str):
+            return bad_request(
+                f"Invalid type for '{name}': expected a string, but got {_type_name(value)} "
+                "instead.",
+                param=name,
+                code="invalid_type",
+            )
+        out.append(value)
+    return out

@@ -23,8 +23,10 @@ from engine.errors import ConfigError, StateError
 from engine.simulator import wire
 from engine.simulator.buckets import Admission, RateLimits
 from engine.simulator.counting import UsageCounter
-from engine.simulator.faults import draw_fault
+from engine.simulator.faults import draw_fault, uniform
 from engine.simulator.languages import LANGUAGES
+from engine.simulator.promptcache import PromptCache
+from engine.simulator.reasoning import check_params, reasoning_tokens
 from engine.simulator.replies import Reply, ReplyWriter
 from engine.simulator.request import SimRequest, parse_request
 from engine.simulator.settings import SimSettings
@@ -52,6 +54,8 @@ class Simulator:
         self._stats = SimStats()
         self._seen: Counter[bytes] = Counter()  # admissions per body key, for fault draws
         self._faulty = settings.faults.total > 0
+        self._flex_seen: Counter[bytes] = Counter()  # flex tries per body key, for 429 draws
+        self._cache = PromptCache(settings.cache_min_tokens)
         self._listed = frozenset(settings.listed_models)
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
@@ -119,7 +123,9 @@ class Simulator:
         return self._stats.as_dict(self.clock.now())
 
     def reset_stats(self) -> None:
+        """Zero the counters and forget the prompt cache (so a benchmark starts cold)."""
         self._stats.reset()
+        self._cache.clear()
 
     async def _get_stats(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(self.stats()), content_type="application/json")
@@ -163,7 +169,9 @@ class Simulator:
 
     def _error(self, error: wire.ApiError, headers: Mapping[str, str]) -> web.Response:
         self._stats.by_status[error.status] += 1
-        if error.status == 429:
+        if error.kind == "flex_unavailable":
+            self._stats.flex_unavailable += 1
+        elif error.status == 429:
             self._stats.rate_limited[error.type] += 1
         elif error.status < 500:
             self._stats.rejected[error.kind] += 1
@@ -179,6 +187,8 @@ class Simulator:
         s = self.settings
         if s.unknown_models_404 and req.model not in self._listed:
             return wire.model_not_found(req.model)
+        if (refused := check_params(s, req)) is not None:
+            return refused
         prompt = self._counter.prompt_tokens(req.model, req.messages)
         if req.max_tokens is not None:
             if prompt + req.max_tokens > s.context_window:
@@ -227,6 +237,10 @@ class Simulator:
         if isinstance(checked, wire.ApiError):
             return self._error(checked, {})
         prompt_tokens, max_tokens, charge = checked
+        flex = parsed.service_tier == "flex"
+        if flex and self._flex_refused(parsed):
+            return self._error(wire.flex_unavailable_error(), {})
+        tier = parsed.service_tier if parsed.service_tier in ("flex", "priority") else "default"
 
         headers: dict[str, str] = {}
         if self.limits.enabled:
@@ -249,12 +263,22 @@ class Simulator:
         if fault == "unavailable":
             return self._error(wire.unavailable_error(), headers)
 
-        reply = self._writer.write(parsed, max_tokens, attempt, fault)
+        reply = self._writer.write(
+            parsed,
+            max_tokens,
+            attempt,
+            fault,
+            reasoning=reasoning_tokens(self.settings, parsed, attempt),
+            slowdown=self.settings.flex_slowdown if flex else 1.0,
+        )
+        cached = self._cached_tokens(parsed)
         headers["x-request-id"] = "req_" + reply.completion_id[9:]
         if fault == "hang":
             await asyncio.sleep(self.settings.hang_s)
         if parsed.stream:
-            return await self._stream(request, parsed, reply, prompt_tokens, headers, fault)
+            return await self._stream(
+                request, parsed, reply, (prompt_tokens, cached), tier, headers, fault
+            )
 
         if reply.total_s > 0:
             await asyncio.sleep(reply.total_s)
@@ -266,6 +290,9 @@ class Simulator:
             reply.finish_reason,
             prompt_tokens,
             reply.completion_tokens,
+            cached_tokens=cached,
+            reasoning_tokens=reply.reasoning_tokens,
+            service_tier=tier,
         )
         self._stats.by_status[200] += 1
         if fault == "reset":
@@ -274,12 +301,27 @@ class Simulator:
             # Cut inside the JSON: the status and length are right, the document is not.
             body = body[: max(1, len(body) // 2)]
         else:
-            self._count_usage(prompt_tokens, reply)
+            self._count_usage(prompt_tokens, cached, reply)
         return web.Response(body=body, headers=headers, content_type="application/json")
 
-    def _count_usage(self, prompt_tokens: int, reply: Reply) -> None:
+    def _flex_refused(self, req: SimRequest) -> bool:
+        """Whether this flex try meets a capacity shortage (a fresh draw per try)."""
+        rate = self.settings.flex_unavailable
+        if rate <= 0.0:
+            return False
+        tries = self._flex_seen[req.key]
+        self._flex_seen[req.key] = tries + 1
+        return uniform(self.settings.seed, b"m2l-sim-flex", req.key, tries) < rate
+
+    def _cached_tokens(self, req: SimRequest) -> int:
+        tokens = self._counter.message_tokens(req.model, req.messages)
+        return self._cache.lookup_and_store(req.model, req.messages, tokens)
+
+    def _count_usage(self, prompt_tokens: int, cached: int, reply: Reply) -> None:
         self._stats.prompt_tokens += prompt_tokens
         self._stats.completion_tokens += reply.completion_tokens
+        self._stats.cached_tokens += cached
+        self._stats.reasoning_tokens += reply.reasoning_tokens
 
     async def _reset(
         self, request: web.Request, body: bytes, headers: Mapping[str, str]
@@ -298,7 +340,8 @@ class Simulator:
         request: web.Request,
         req: SimRequest,
         reply: Reply,
-        prompt_tokens: int,
+        prompt: tuple[int, int],
+        tier: str,
         headers: dict[str, str],
         fault: str | None,
     ) -> web.StreamResponse:
@@ -310,12 +353,13 @@ class Simulator:
         await response.prepare(request)
         created = int(time.time())
         with_usage = req.include_usage
+        prompt_tokens, cached = prompt
 
         def event(delta: dict[str, object] | None, finish: str | None = None) -> bytes:
             return wire.sse(
                 wire.chunk(
                     reply.completion_id, created, req.model, delta, finish,
-                    with_usage_field=with_usage,
+                    with_usage_field=with_usage, service_tier=tier,
                 )
             )  # fmt: skip
 
@@ -338,16 +382,18 @@ class Simulator:
             await response.write(event({"content": piece}))
         await response.write(event({}, reply.finish_reason))
         if with_usage:
-            usage = wire.usage(prompt_tokens, reply.completion_tokens)
+            usage = wire.usage(
+                prompt_tokens, reply.completion_tokens, cached, reply.reasoning_tokens
+            )
             final = wire.chunk(
                 reply.completion_id, created, req.model, None,
-                with_usage_field=True, usage_value=usage,
+                with_usage_field=True, usage_value=usage, service_tier=tier,
             )  # fmt: skip
             await response.write(wire.sse(final))
         await response.write(wire.sse(None))
         await response.write_eof()
         if fault not in ("reset", "truncated"):
-            self._count_usage(prompt_tokens, reply)
+            self._count_usage(prompt_tokens, cached, reply)
         return response
 
 

@@ -5,6 +5,7 @@ Raises ConfigError (from ``__post_init__``) when a value is out of range, naming
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from dataclasses import dataclass, field, fields
 
@@ -26,7 +27,7 @@ FAULT_KINDS: tuple[str, ...] = (
 
 def _check_fraction(name: str, value: float) -> None:
     if not (isinstance(value, int | float) and math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ConfigError(f"simulator fault rate {name}={value!r} must be a number in [0, 1]")
+        raise ConfigError(f"simulator rate {name}={value!r} must be a number in [0, 1]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +81,22 @@ class SimSettings:
     faults: FaultRates = field(default_factory=FaultRates)
     unknown_models_404: bool = False
     require_api_key: str | None = field(default=None, repr=False)  # never shown in reprs
+    # Reasoning models, as OpenAI serves them: names matching one of these globs (any case)
+    # refuse max_tokens and a temperature or top_p other than the default, take
+    # reasoning_effort, and spend hidden reasoning tokens inside max_completion_tokens.
+    reasoning_models: tuple[str, ...] = ("o[0-9]*", "gpt-5*")
+    reasoning_efforts: tuple[str, ...] = ("minimal", "low", "medium", "high")
+    # Flex processing: the models that offer it, how much slower it answers, and the share of
+    # flex requests refused with 429 "resource unavailable" (not charged, not a rate limit).
+    flex_models: tuple[str, ...] = ("o3*", "o4-mini*", "gpt-5*")
+    flex_slowdown: float = 2.0
+    flex_unavailable: float = 0.0
+    # Prompt caching: a prompt whose leading messages were seen before reports them as cached
+    # tokens, from this many on, in steps of 128 (OpenAI's 1024 and 128).
+    cache_min_tokens: int = 1024
+    # Parameters answered with 400 unsupported_parameter, as some servers do (e.g. an older
+    # server that knows only max_tokens refuses "max_completion_tokens").
+    refuse_params: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not (0 <= self.port <= 65535):
@@ -107,6 +124,13 @@ class SimSettings:
                 f"simulator completion bounds {self.min_completion_tokens}.."
                 f"{self.max_completion_tokens} must satisfy 1 <= min <= max"
             )
+        _check_fraction("flex_unavailable", self.flex_unavailable)
+        if not (math.isfinite(self.flex_slowdown) and self.flex_slowdown >= 1.0):
+            raise ConfigError(f"simulator flex_slowdown={self.flex_slowdown} must be >= 1")
+        if self.cache_min_tokens < 1:
+            raise ConfigError(f"simulator cache_min_tokens={self.cache_min_tokens} must be >= 1")
+        if not self.reasoning_efforts:
+            raise ConfigError("simulator reasoning_efforts needs at least one effort")
         if self.default_max_tokens < 1 or self.context_window < 2:
             raise ConfigError(
                 "simulator default_max_tokens must be >= 1 and context_window >= 2 "
@@ -117,6 +141,13 @@ class SimSettings:
     def listed_models(self) -> tuple[str, ...]:
         """The models GET /v1/models reports: `model` first, then `models`, without repeats."""
         return tuple(dict.fromkeys((self.model, *self.models)))
+
+    def is_reasoning(self, model: str) -> bool:
+        """Whether ``model`` is served as a reasoning model."""
+        return _matches(model, self.reasoning_models)
+
+    def offers_flex(self, model: str) -> bool:
+        return _matches(model, self.flex_models)
 
     @property
     def limited(self) -> bool:
@@ -135,3 +166,8 @@ class SimSettings:
             else:
                 out[f.name] = getattr(self, f.name)
         return out
+
+
+def _matches(model: str, patterns: tuple[str, ...]) -> bool:
+    name = model.lower().rsplit("/", 1)[-1]  # "openai/gpt-5-mini" is gpt-5-mini
+    return any(fnmatch.fnmatchcase(name, p.lower()) for p in patterns)

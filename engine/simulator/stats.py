@@ -16,13 +16,16 @@ class SimStats:
     __slots__ = (
         "admitted",
         "by_status",
+        "cached_tokens",
         "completion_tokens",
         "faults",
         "first_admission_s",
+        "flex_unavailable",
         "in_flight",
         "last_admission_s",
         "prompt_tokens",
         "rate_limited",
+        "reasoning_tokens",
         "rejected",
         "requests",
         "tokens_charged",
@@ -44,6 +47,9 @@ class SimStats:
         self.tokens_charged = 0  # prompt + max_tokens of every admitted request
         self.prompt_tokens = 0  # of replies delivered whole
         self.completion_tokens = 0
+        self.cached_tokens = 0  # part of prompt_tokens
+        self.reasoning_tokens = 0  # part of completion_tokens
+        self.flex_unavailable = 0  # flex tries refused for capacity (429, not a rate limit)
         self.first_admission_s: float | None = None
         self.last_admission_s: float | None = None
 
@@ -72,7 +78,10 @@ class SimStats:
                 "prompt": self.prompt_tokens,
                 "completion": self.completion_tokens,
                 "total": self.prompt_tokens + self.completion_tokens,
+                "cached": self.cached_tokens,
+                "reasoning": self.reasoning_tokens,
             },
+            "flex_unavailable": self.flex_unavailable,
             "first_admission_s": self.first_admission_s,
             "last_admission_s": self.last_admission_s,
             "now_s": now,

@@ -20,6 +20,7 @@ __all__ = [
     "chunk",
     "completion",
     "context_length_error",
+    "flex_unavailable_error",
     "invalid_api_key",
     "missing_api_key",
     "model_list",
@@ -28,6 +29,8 @@ __all__ = [
     "server_error",
     "sse",
     "unavailable_error",
+    "unsupported_parameter",
+    "unsupported_value",
     "usage",
 ]
 
@@ -62,6 +65,42 @@ class ApiError:
 
 def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> ApiError:
     return ApiError(400, message, "invalid_request_error", "invalid_request", param, code)
+
+
+def unsupported_parameter(param: str, hint: str) -> ApiError:
+    """OpenAI's 400 for a parameter the model does not take (``hint``: " Use 'x' instead.")."""
+    return ApiError(
+        400,
+        f"Unsupported parameter: '{param}' is not supported with this model.{hint}",
+        "invalid_request_error",
+        "unsupported_parameter",
+        param,
+        "unsupported_parameter",
+    )
+
+
+def unsupported_value(param: str, shown: str, detail: str) -> ApiError:
+    """OpenAI's 400 for a value the model does not take, e.g. temperature 0.7 on o3."""
+    return ApiError(
+        400,
+        f"Unsupported value: '{param}' does not support {shown} with this model. {detail}",
+        "invalid_request_error",
+        "unsupported_value",
+        param,
+        "unsupported_value",
+    )
+
+
+def flex_unavailable_error() -> ApiError:
+    """The 429 a flex request gets when flex capacity is short: not charged, not a rate limit."""
+    return ApiError(
+        429,
+        "Resource Unavailable: there is not enough flex processing capacity for this request "
+        "right now. Please try again later, or send it with service_tier 'default'.",
+        "resource_unavailable",
+        "flex_unavailable",
+        code="resource_unavailable",
+    )
 
 
 def context_length_error(window: int, prompt: int, completion: int | None) -> ApiError:
@@ -158,14 +197,18 @@ def unavailable_error() -> ApiError:
     )
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def usage(
+    prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, reasoning_tokens: int = 0
+) -> dict[str, Any]:
+    """OpenAI's usage object; reasoning tokens are part of ``completion_tokens``, cached ones
+    part of ``prompt_tokens``."""
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": 0,
+            "reasoning_tokens": reasoning_tokens,
             "audio_tokens": 0,
             "accepted_prediction_tokens": 0,
             "rejected_prediction_tokens": 0,
@@ -181,6 +224,10 @@ def completion(
     finish_reason: str,
     prompt_tokens: int,
     completion_tokens: int,
+    *,
+    cached_tokens: int = 0,
+    reasoning_tokens: int = 0,
+    service_tier: str = "default",
 ) -> bytes:
     """A non-streaming ``chat.completion`` body."""
     return orjson.dumps(
@@ -202,8 +249,8 @@ def completion(
                     "finish_reason": finish_reason,
                 }
             ],
-            "usage": usage(prompt_tokens, completion_tokens),
-            "service_tier": "default",
+            "usage": usage(prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens),
+            "service_tier": service_tier,
             "system_fingerprint": SYSTEM_FINGERPRINT,
         }
     )
@@ -218,6 +265,7 @@ def chunk(
     *,
     with_usage_field: bool = False,
     usage_value: dict[str, Any] | None = None,
+    service_tier: str = "default",
 ) -> dict[str, Any]:
     """A ``chat.completion.chunk``; ``delta`` None makes the usage-only chunk (no choices)."""
     body: dict[str, Any] = {
@@ -225,7 +273,7 @@ def chunk(
         "object": "chat.completion.chunk",
         "created": created,
         "model": model,
-        "service_tier": "default",
+        "service_tier": service_tier,
         "system_fingerprint": SYSTEM_FINGERPRINT,
         "choices": []
         if delta is None
