@@ -302,6 +302,9 @@ SAFE_ON_RESUME = (
     "sim.per_token_s",
     "sim.jitter",
     "sim.hang_s",
+    "sim.slots",
+    "sim.batch_slowdown",
+    "sim.queue_limit",
 )
 
 

@@ -127,3 +127,15 @@ def test_hash_is_stable(tmp_path: Path) -> None:
     b = load_config(write(tmp_path, GOOD))
     c = load_config(write(tmp_path, GOOD + "[limits]\nrpm = 5\n"))
     assert a.hash() == b.hash() != c.hash()
+
+
+def test_sim_capacity_is_set_in_the_sim_section(tmp_path: Path) -> None:
+    """[sim] takes the server-capacity model; changing it on resume is not a content change,
+    and an impossible value names the key."""
+    config = load_config(write(tmp_path, GOOD + "[sim]\nslots = 8\nqueue_limit = 16\n"))
+    assert (config.sim.slots, config.sim.batch_slowdown, config.sim.queue_limit) == (8, 1.5, 16)
+    assert load_config(write(tmp_path, GOOD)).sim.slots is None
+    diff = config_diff({"sim": {"slots": 8}}, {"sim": {"slots": 1}})
+    assert diff == [("sim.slots", 8, 1, True)]
+    with pytest.raises(ConfigError, match="slots"):
+        load_config(write(tmp_path, GOOD + "[sim]\nslots = 0\n"))

@@ -8,6 +8,7 @@ the address cannot be bound; ``base_url`` raises StateError before the server ha
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import re
 import time
@@ -22,6 +23,7 @@ from engine.clock import Clock, MonotonicClock
 from engine.errors import ConfigError, StateError
 from engine.simulator import wire
 from engine.simulator.buckets import Admission, RateLimits
+from engine.simulator.capacity import QueueFull, SlotModel, Slots
 from engine.simulator.counting import UsageCounter
 from engine.simulator.faults import draw_fault, uniform
 from engine.simulator.languages import LANGUAGES
@@ -57,6 +59,16 @@ class Simulator:
         self._flex_seen: Counter[bytes] = Counter()  # flex tries per body key, for 429 draws
         self._cache = PromptCache(settings.cache_min_tokens)
         self._listed = frozenset(settings.listed_models)
+        self._slots: Slots | None = None
+        if settings.slots is not None:
+            model = SlotModel(
+                self.clock,
+                slots=settings.slots,
+                slowdown=settings.batch_slowdown,
+                queue_limit=settings.queue_limit,
+            )
+            self._slots = Slots(model, self.clock)
+        self._queue_full = 0
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
         self.app = web.Application(client_max_size=_MAX_BODY)
@@ -119,13 +131,22 @@ class Simulator:
     # --- stats ----------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, object]:
-        """Counters since start or the last reset (see SimStats.as_dict)."""
-        return self._stats.as_dict(self.clock.now())
+        """Counters since start or the last reset (see SimStats.as_dict), and the slots' state."""
+        out = self._stats.as_dict(self.clock.now())
+        if self._slots is not None:
+            out["slots"] = {
+                "slots": self.settings.slots,
+                "busy": self._slots.model.busy,
+                "queued": self._slots.model.queued,
+                "queue_full": self._queue_full,
+            }
+        return out
 
     def reset_stats(self) -> None:
         """Zero the counters and forget the prompt cache (so a benchmark starts cold)."""
         self._stats.reset()
         self._cache.clear()
+        self._queue_full = 0
 
     async def _get_stats(self, request: web.Request) -> web.Response:
         return web.Response(body=orjson.dumps(self.stats()), content_type="application/json")
@@ -275,6 +296,15 @@ class Simulator:
         headers["x-request-id"] = "req_" + reply.completion_id[9:]
         if fault == "hang":
             await asyncio.sleep(self.settings.hang_s)
+        if self._slots is not None:
+            # The latency model's time is the work at one busy slot; the slots decide when it
+            # is done (queue wait and batch slowdown included). A stream then goes out at once.
+            try:
+                await self._slots.run(reply.total_s)
+            except QueueFull:
+                self._queue_full += 1
+                return self._error(wire.unavailable_error(), headers)
+            reply = dataclasses.replace(reply, ttft_s=0.0, total_s=0.0)
         if parsed.stream:
             return await self._stream(
                 request, parsed, reply, (prompt_tokens, cached), tier, headers, fault

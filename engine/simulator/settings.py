@@ -78,6 +78,10 @@ class SimSettings:
     default_max_tokens: int = 1024  # charged when a request sets no max_tokens
     context_window: int = 128_000
     hang_s: float = 30.0
+    # Server capacity (a self-hosted GPU server): None = unlimited parallelism, as before.
+    slots: int | None = None  # requests decoded at once; more wait in a queue
+    batch_slowdown: float = 1.5  # a full batch takes this many times as long per request
+    queue_limit: int | None = None  # waiting requests beyond which a new one gets 503
     faults: FaultRates = field(default_factory=FaultRates)
     unknown_models_404: bool = False
     require_api_key: str | None = field(default=None, repr=False)  # never shown in reprs
@@ -135,6 +139,18 @@ class SimSettings:
             raise ConfigError(
                 "simulator default_max_tokens must be >= 1 and context_window >= 2 "
                 f"(got {self.default_max_tokens} and {self.context_window})"
+            )
+
+        if self.slots is not None and self.slots < 1:
+            raise ConfigError(f"simulator slots={self.slots} must be >= 1, or unset for no limit")
+        if not (math.isfinite(self.batch_slowdown) and self.batch_slowdown >= 1.0):
+            raise ConfigError(
+                f"simulator batch_slowdown={self.batch_slowdown} must be a factor >= 1 "
+                "(1 = a full batch decodes as fast as one request)"
+            )
+        if self.queue_limit is not None and self.queue_limit < 0:
+            raise ConfigError(
+                f"simulator queue_limit={self.queue_limit} must be >= 0, or unset for no bound"
             )
 
     @property
