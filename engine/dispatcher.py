@@ -11,11 +11,14 @@ import time
 from typing import Protocol
 
 from engine.chat import ChatRequest, ChatResult
+from engine.concurrency import ConcurrencyGate, Flight
 from engine.errors import (
     ConnectionRefused,
     OversizeRequest,
     RateLimited,
     RequestError,
+    RequestTimeout,
+    ServerError,
     ServerUnreachable,
 )
 from engine.events import (
@@ -31,7 +34,17 @@ from engine.headers import RateLimitSnapshot
 from engine.limiter import RateLimiter
 from engine.retry import GiveUp, RateLimitWait, RefusalTracker, Retry, RetryPolicy, decide
 
-__all__ = ["Accounting", "Completer", "Dispatcher", "NullAccounting", "Ticket"]
+__all__ = ["Accounting", "Completer", "Dispatcher", "NullAccounting", "Ticket", "is_overload"]
+
+# Statuses by which a server (or the proxy in front of it) says it is past its capacity.
+_OVERLOAD_STATUSES = frozenset({503, 504, 529})
+
+
+def is_overload(error: RequestError) -> bool:
+    """Whether an error says the server is past its capacity: a timeout, or 503/504/529."""
+    if isinstance(error, RequestTimeout):
+        return True
+    return isinstance(error, ServerError) and error.status in _OVERLOAD_STATUSES
 
 
 class Completer(Protocol):
@@ -74,13 +87,15 @@ class NullAccounting:
 
 
 class Dispatcher:
-    """Sends requests through limiter and client, retrying as the policy says."""
+    """Sends requests through the concurrency gate, the limiter and the client, retrying as the
+    policy says. Without a gate, only the limiter's own in-flight cap applies."""
 
     def __init__(
         self,
         client: Completer,
         limiter: RateLimiter,
         *,
+        gate: ConcurrencyGate | None = None,
         policy: RetryPolicy | None = None,
         accounting: Accounting | None = None,
         hooks: EventHook | None = None,
@@ -88,6 +103,7 @@ class Dispatcher:
     ) -> None:
         self._client = client
         self._limiter = limiter
+        self._gate = gate
         self._policy = policy or RetryPolicy()
         self._accounting: Accounting = accounting or NullAccounting()
         self._hooks: EventHook = hooks or Hooks()
@@ -140,22 +156,38 @@ class Dispatcher:
     ) -> ChatResult | RequestError:
         """One try: reserve, acquire, send, then settle or release; the error is returned."""
         ticket = await self._accounting.reserve(request, tries)
+        queued_at = _now()
+        flight: Flight | None = None
         try:
+            # The gate first: a request waiting for a slot at the server holds no rate quota.
+            if self._gate is not None:
+                flight = await self._gate.acquire()
             permit = await self._limiter.acquire(request.charge)
         except BaseException as exc:
             # Never sent (oversize, or cancelled while queued): it cost nothing.
+            self._land(flight, None)
             self._accounting.release(
                 ticket, exc if isinstance(exc, RequestError) else None, admitted=False
             )
             if isinstance(exc, OversizeRequest):
                 self._hooks.on_event(RequestFailed(request.key, exc.error_class, str(exc), _now()))
             raise
+        sent_at = _now()
         self._hooks.on_event(
-            RequestSent(request.key, kind, request.prompt_tokens, request.max_tokens, _now())
+            RequestSent(
+                request.key,
+                kind,
+                request.prompt_tokens,
+                request.max_tokens,
+                sent_at,
+                queued_s=sent_at - queued_at,
+                concurrency=self._gate.limit if self._gate is not None else None,
+            )
         )
         try:
             result = await self._client.complete(request)
         except RequestError as exc:
+            self._land(flight, exc)
             # A 429 or a refused connection never reached the model: nothing was charged.
             admitted = not isinstance(exc, RateLimited | ConnectionRefused)
             if isinstance(exc, RateLimited):
@@ -167,9 +199,12 @@ class Dispatcher:
             return exc
         except BaseException:
             # Cancelled mid-flight: the provider may have taken it, so it stays charged.
+            self._land(flight, None)
             self._limiter.release(permit, admitted=True)
             self._accounting.release(ticket, None, admitted=True)
             raise
+        if flight is not None and self._gate is not None:
+            self._gate.succeeded(flight, result.usage.completion_tokens)
         self._limiter.complete(
             permit, snapshot=result.ratelimit, used_tokens=result.usage.total_tokens
         )
@@ -189,6 +224,15 @@ class Dispatcher:
         )
         return result
 
+    def _land(self, flight: Flight | None, error: RequestError | None) -> None:
+        """Hand a gate slot back: an overload cuts the limit, anything else just frees it."""
+        if flight is None or self._gate is None:
+            return
+        if error is not None and is_overload(error):
+            self._gate.overloaded(flight)
+        else:
+            self._gate.finished(flight)
+
     def _promote(self, error: RequestError) -> RequestError:
         """Connection refusals become fatal once they repeat across requests."""
         if isinstance(error, ConnectionRefused) and self._refusals.note_refused():
@@ -201,6 +245,10 @@ class Dispatcher:
     @property
     def limiter(self) -> RateLimiter:
         return self._limiter
+
+    @property
+    def gate(self) -> ConcurrencyGate | None:
+        return self._gate
 
 
 def _now() -> float:

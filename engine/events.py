@@ -47,13 +47,15 @@ class RunStarted:
 
 @dataclass(frozen=True, slots=True)
 class RequestSent:
-    """A request passed the limiter and went out."""
+    """A request passed the concurrency gate and the limiter and went out."""
 
     key: str
     kind: str  # step kind: "evolve" | "answer" | "follow_up"
     prompt_tokens: int
     max_tokens: int
     t: float
+    queued_s: float = 0.0  # waited inside m2l (concurrency gate and rate limiter) before it went
+    concurrency: int | None = None  # the concurrency limit when it went (None: no gate)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,326 @@
+"""The adaptive concurrency limit's pure core: how many requests may be at the server at once.
+
+Self-hosted servers (vLLM, SGLang, TGI, llama.cpp) send no rate-limit headers; their capacity is
+a number of parallel slots, and the throughput of a batching server flattens as the batch grows.
+Past the slots, extra requests only wait in the server's queue: latency grows in proportion and
+throughput does not. The core finds the knee by hill climbing on measured latency (the idea of
+TCP Vegas and of gradient limiters in service meshes, judged on the marginal gain):
+
+- Latency is measured per window of replies sent at one limit, as the median of seconds per
+  output token (plus a fixed overhead), so long and short replies compare.
+- Throughput at a limit is ``limit / latency`` (Little's law). A probe to a higher limit is kept
+  when it raises throughput by at least half as much as it raised concurrency, and the median
+  stays within ``tolerance`` of the unloaded floor; otherwise the limit goes back, and the next
+  probe waits twice as many windows as the last (a 1-slot server is not probed every window).
+- Probes double the limit until the first rejection (slow start), then step by an eighth.
+- A 503 (overloaded) or a timeout from a request sent since the last cut halves the limit; a
+  median that drifts past the tolerance (a server shared with others) cuts toward it.
+
+Independently of the limit, the timeout guard keeps a request from being sent into a queue it
+cannot get through in time: with the server's throughput X (replies per second while busy), the
+n-th request in flight waits about n / X, so at most ``X * timeout * margin`` are sent at once.
+It also applies to a fixed ``max_inflight``.
+
+Time comes from an injected Clock and nothing here awaits, so tests drive it with a FakeClock;
+``engine.concurrency`` is its async shell. Raises ConfigError for impossible settings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from statistics import median
+
+from engine.clock import Clock
+from engine.errors import ConfigError
+
+__all__ = ["AdaptiveSettings", "ConcurrencyCore", "ConcurrencyStats", "Flight"]
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveSettings:
+    """Tuning of the adaptive limit; the defaults suit LLM servers. Raises ConfigError."""
+
+    initial: int = 1  # start where latency is the unloaded floor by definition
+    max_limit: int = 1024
+    min_samples: int = 4  # replies per window at small limits...
+    max_samples: int = 32  # ...and at most this many at large ones
+    # A probe is kept when its throughput gain is at least this fraction of its concurrency gain.
+    min_efficiency: float = 0.5
+    # Window median latency above this multiple of the unloaded floor is queueing, not batching.
+    tolerance: float = 1.8
+    overload_factor: float = 0.5  # limit kept after a 503 or a timeout
+    max_probe_wait: int = 128  # windows between probes, at most, after repeated rejections
+    timeout_margin: float = 0.5  # fraction of the read timeout a request may spend queued
+    # Output tokens a reply's fixed cost (prefill, network) is worth when normalising latency.
+    token_overhead: int = 32
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.initial <= self.max_limit:
+            raise ConfigError(
+                f"adaptive concurrency: initial={self.initial} must be in 1..max_limit"
+            )
+        if not 1 <= self.min_samples <= self.max_samples:
+            raise ConfigError("adaptive concurrency: need 1 <= min_samples <= max_samples")
+        if not 0.0 < self.min_efficiency < 1.0:
+            raise ConfigError("adaptive concurrency: min_efficiency must be in (0, 1)")
+        if not self.tolerance > 1.0:
+            raise ConfigError("adaptive concurrency: tolerance must be above 1")
+        if not 0.0 < self.overload_factor < 1.0:
+            raise ConfigError("adaptive concurrency: overload_factor must be in (0, 1)")
+        if not 0.0 < self.timeout_margin <= 1.0:
+            raise ConfigError("adaptive concurrency: timeout_margin must be in (0, 1]")
+        if self.max_probe_wait < 1 or self.token_overhead < 0:
+            raise ConfigError("adaptive concurrency: max_probe_wait >= 1, token_overhead >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Flight:
+    """One request at the server: its send order, send time and the limit epoch it went in."""
+
+    seq: int
+    t: float
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrencyStats:
+    """A snapshot for displays; ``guard`` is the timeout guard's cap (None until measured)."""
+
+    adaptive: bool
+    limit: int
+    allowed: int
+    in_flight: int
+    guard: int | None
+    floor_s_per_token: float | None
+    throughput_per_s: float | None
+    slow_start: bool
+    overloads: int
+
+
+# Replies per second need this many successes in the ring before the timeout guard trusts them.
+_GUARD_MIN_REPLIES = 8
+_GUARD_RING = 64
+
+
+class ConcurrencyCore:
+    """Decides how many requests may be in flight; ``fixed`` pins the limit (no adaptation)."""
+
+    __slots__ = (
+        "_backoff",
+        "_base_limit",
+        "_base_r",
+        "_busy_cum",
+        "_busy_since",
+        "_clock",
+        "_cut_seq",
+        "_epoch",
+        "_fixed",
+        "_floor",
+        "_in_flight",
+        "_limit",
+        "_next_seq",
+        "_overloads",
+        "_peak",
+        "_ring",
+        "_samples",
+        "_settings",
+        "_slow_start",
+        "_timeout_s",
+        "_wait",
+    )
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        fixed: int | None = None,
+        timeout_s: float | None = None,
+        settings: AdaptiveSettings | None = None,
+    ) -> None:
+        if fixed is not None and fixed < 1:
+            raise ConfigError(f"limits.max_inflight must be at least 1, got {fixed}")
+        if timeout_s is not None and not timeout_s > 0:
+            raise ConfigError(f"the read timeout must be positive, got {timeout_s}")
+        self._clock = clock
+        self._settings = s = settings or AdaptiveSettings()
+        self._fixed = fixed
+        self._timeout_s = timeout_s
+        self._limit = fixed if fixed is not None else s.initial
+        self._slow_start = fixed is None
+        self._base_limit = self._limit  # the last limit whose window was accepted
+        self._base_r: float | None = None  # its median latency (s per token); None = unmeasured
+        self._floor: float | None = None  # the lowest window median seen: the unloaded latency
+        self._epoch = 0
+        self._samples: list[float] = []
+        self._peak = 0  # most requests in flight at once during this epoch
+        self._wait = 0  # windows still to hold before the next probe
+        self._backoff = 1  # the wait after the next rejected probe
+        self._next_seq = 0
+        self._cut_seq = 0  # overloads of requests sent before this were already answered
+        self._overloads = 0
+        self._in_flight = 0
+        self._busy_cum = 0.0  # seconds with at least one request in flight, before _busy_since
+        self._busy_since = 0.0
+        self._ring: deque[float] = deque(maxlen=_GUARD_RING)  # busy time at each success
+
+    # --- admission --------------------------------------------------------------------------
+
+    @property
+    def limit(self) -> int:
+        return self._limit
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def allowed(self) -> int:
+        """How many may be in flight now: the limit, or less when the timeout guard says so."""
+        guard = self._guard()
+        return self._limit if guard is None else min(self._limit, guard)
+
+    def can_send(self) -> bool:
+        return self._in_flight < self.allowed()
+
+    def send(self) -> Flight:
+        """Record a request going out now (the caller checked ``can_send``)."""
+        now = self._clock.now()
+        if self._in_flight == 0:
+            self._busy_since = now
+        self._in_flight += 1
+        self._peak = max(self._peak, self._in_flight)
+        flight = Flight(self._next_seq, now, self._epoch)
+        self._next_seq += 1
+        return flight
+
+    # --- outcomes ---------------------------------------------------------------------------
+
+    def succeeded(self, flight: Flight, completion_tokens: int) -> None:
+        """A reply came back: a latency sample for the window of the epoch it was sent in."""
+        now = self._land()
+        self._ring.append(self._busy_time(now))
+        if self._fixed is not None or flight.epoch != self._epoch:
+            return  # sent at another limit: it says nothing about this one
+        latency = max(0.0, now - flight.t)
+        self._samples.append(latency / (max(0, completion_tokens) + self._settings.token_overhead))
+        s = self._settings
+        if len(self._samples) >= min(max(self._limit, s.min_samples), s.max_samples):
+            self._close_window()
+
+    def overloaded(self, flight: Flight) -> None:
+        """The server said it is overloaded (503) or the request timed out: cut the limit."""
+        self._land()
+        if self._fixed is not None or flight.seq < self._cut_seq:
+            return  # sent before the last cut: the cut already answered this overload
+        self._overloads += 1
+        self._slow_start = False
+        self._backoff = min(2 * self._backoff, self._settings.max_probe_wait)
+        self._wait = self._backoff
+        self._cut_seq = self._next_seq
+        cut = max(1, math.floor(self._limit * self._settings.overload_factor))
+        self._base_limit, self._base_r = cut, None
+        self._set(cut)
+
+    def finished(self, flight: Flight) -> None:
+        """Any other outcome (an error, a 429, cancelled): the slot is free, nothing learned."""
+        self._land()
+
+    def statistics(self) -> ConcurrencyStats:
+        return ConcurrencyStats(
+            adaptive=self._fixed is None,
+            limit=self._limit,
+            allowed=self.allowed(),
+            in_flight=self._in_flight,
+            guard=self._guard(),
+            floor_s_per_token=self._floor,
+            throughput_per_s=self._throughput(),
+            slow_start=self._slow_start,
+            overloads=self._overloads,
+        )
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _land(self) -> float:
+        now = self._clock.now()
+        if self._in_flight <= 0:
+            raise RuntimeError("a request landed that was never sent")
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._busy_cum += now - self._busy_since
+        return now
+
+    def _busy_time(self, now: float) -> float:
+        if self._in_flight > 0:
+            return self._busy_cum + (now - self._busy_since)
+        return self._busy_cum
+
+    def _throughput(self) -> float | None:
+        """Successes per busy second over the recent ones; None until enough are seen."""
+        if len(self._ring) < _GUARD_MIN_REPLIES:
+            return None
+        span = self._ring[-1] - self._ring[0]
+        return (len(self._ring) - 1) / span if span > 0 else None
+
+    def _guard(self) -> int | None:
+        if self._timeout_s is None:
+            return None
+        rate = self._throughput()
+        if rate is None:
+            return None
+        return max(1, math.floor(rate * self._timeout_s * self._settings.timeout_margin))
+
+    def _set(self, limit: int) -> None:
+        """Move to ``limit`` and start a new window there."""
+        self._limit = max(1, min(limit, self._settings.max_limit))
+        self._epoch += 1
+        self._samples = []
+        self._peak = self._in_flight
+
+    def _close_window(self) -> None:
+        r = median(self._samples)
+        # Was the limit reached? Below it, the window measured the demand, not the server.
+        binding = self._peak >= self._limit
+        self._samples = []
+        self._peak = self._in_flight
+        if self._floor is None or r < self._floor or (self._limit == 1 and binding):
+            # At one request in flight nothing queues behind us: that median is the floor now
+            # (it also lets the floor rise again after the server got slower for good).
+            self._floor = r
+        ratio = r / self._floor
+        s = self._settings
+        if self._limit > self._base_limit:
+            if not binding:
+                return  # not enough demand to judge the probe: keep measuring
+            assert self._base_r is not None
+            scale = self._limit / self._base_limit
+            efficiency = (scale * self._base_r / r - 1.0) / (scale - 1.0)
+            if efficiency >= s.min_efficiency and ratio <= s.tolerance:
+                self._base_limit, self._base_r, self._backoff = self._limit, r, 1
+                self._probe()
+            else:
+                self._slow_start = False
+                self._wait = self._backoff
+                self._backoff = min(2 * self._backoff, s.max_probe_wait)
+                self._set(self._base_limit)
+            return
+        if binding:
+            self._base_r = r
+        if binding and ratio > s.tolerance and self._limit > 1:
+            # Slower than the floor allows at a limit that was fine: the server is shared or
+            # got slower. Cut toward the middle of the tolerated band, at most by half.
+            self._slow_start = False
+            target = (1.0 + s.tolerance) / 2.0
+            cut = max(1, math.floor(self._limit * max(0.5, target / ratio)))
+            self._base_limit, self._base_r = cut, None
+            self._set(cut)
+        elif self._wait > 0:
+            self._wait -= 1
+        elif binding and self._base_r is not None:
+            self._probe()
+
+    def _probe(self) -> None:
+        if self._limit >= self._settings.max_limit:
+            return
+        step = self._limit if self._slow_start else max(1, self._limit // 8)
+        self._set(self._limit + step)

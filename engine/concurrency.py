@@ -1,0 +1,95 @@
+"""The concurrency gate: how many requests are at the server at once, fixed or adaptive.
+
+The decisions (the adaptive limit, the timeout guard) are the pure ``engine._adaptive``
+core; this module is its async shell: first-come waiters as futures, woken when a request
+comes back. Nothing needs a timer, since the allowance only changes when a request lands.
+The dispatcher passes the gate before the rate limiter, so a request waiting for a slot holds
+no rate-limit quota.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from engine._adaptive import AdaptiveSettings, ConcurrencyCore, ConcurrencyStats, Flight
+from engine.clock import Clock, MonotonicClock
+
+__all__ = ["AdaptiveSettings", "ConcurrencyGate", "ConcurrencyStats", "Flight"]
+
+
+class ConcurrencyGate:
+    """Admits requests first come, first served while fewer than the allowance are in flight.
+
+    Every flight from ``acquire`` must be handed back once through ``succeeded``,
+    ``overloaded`` or ``finished``.
+    """
+
+    __slots__ = ("_core", "_waiters")
+
+    def __init__(
+        self,
+        *,
+        fixed: int | None = None,
+        timeout_s: float | None = None,
+        settings: AdaptiveSettings | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        """``fixed=None`` adapts; ``timeout_s`` (the read timeout) arms the timeout guard."""
+        self._core = ConcurrencyCore(
+            clock if clock is not None else MonotonicClock(),
+            fixed=fixed,
+            timeout_s=timeout_s,
+            settings=settings,
+        )
+        self._waiters: deque[asyncio.Future[Flight]] = deque()
+
+    async def acquire(self) -> Flight:
+        """Wait for a slot and take it."""
+        if not self._waiters and self._core.can_send():
+            return self._core.send()
+        fut: asyncio.Future[Flight] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                # Granted, but the task was cancelled before it resumed: give the slot back.
+                self._core.finished(fut.result())
+            else:
+                self._waiters.remove(fut)
+            self._wake()
+            raise
+
+    def succeeded(self, flight: Flight, completion_tokens: int) -> None:
+        """A usable reply came back: a latency sample."""
+        self._core.succeeded(flight, completion_tokens)
+        self._wake()
+
+    def overloaded(self, flight: Flight) -> None:
+        """A 503 or a timeout: the server is past its capacity."""
+        self._core.overloaded(flight)
+        self._wake()
+
+    def finished(self, flight: Flight) -> None:
+        """Any other outcome: the slot is free."""
+        self._core.finished(flight)
+        self._wake()
+
+    def statistics(self) -> ConcurrencyStats:
+        return self._core.statistics()
+
+    @property
+    def limit(self) -> int:
+        """The concurrency limit now (the adaptive one, or the fixed cap)."""
+        return self._core.limit
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    def _wake(self) -> None:
+        while self._waiters and self._core.can_send():
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(self._core.send())

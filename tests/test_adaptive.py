@@ -1,0 +1,187 @@
+"""The adaptive concurrency limit's pure core, driven on a FakeClock against the slot model."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from engine._adaptive import AdaptiveSettings, ConcurrencyCore, Flight
+from engine.clock import FakeClock
+from engine.errors import ConfigError
+from engine.simulator.capacity import SlotModel
+
+
+@dataclass
+class Outcome:
+    replies: int = 0
+    latencies: list[float] = field(default_factory=list)
+    limits: list[int] = field(default_factory=list)  # the limit at each reply
+
+
+def drive(
+    core: ConcurrencyCore,
+    clock: FakeClock,
+    *,
+    slots: int,
+    seconds: float,
+    slowdown: float = 1.5,
+    demand: int = 10_000,
+    seed: int = 1,
+) -> Outcome:
+    """A closed loop of ``demand`` senders against a slot server, as long as the core allows."""
+    rng = random.Random(seed)
+    model = SlotModel(clock, slots=slots, slowdown=slowdown)
+    flying: dict[int, tuple[Flight, int]] = {}
+    out = Outcome()
+    end = clock.now() + seconds
+    while True:
+        while core.can_send() and len(flying) < demand:
+            tokens = rng.randint(20, 400)
+            flight = core.send()
+            flying[model.submit(0.2 + 0.005 * tokens)] = (flight, tokens)
+        at = model.next_finish_at()
+        assert at is not None
+        if at > end:
+            for flight, _ in flying.values():
+                core.finished(flight)  # the driver stops: what it had in flight is let go
+            return out
+        clock.advance(max(0.0, at - clock.now()))
+        for job in model.poll():
+            flight, tokens = flying.pop(job)
+            out.latencies.append(clock.now() - flight.t)
+            core.succeeded(flight, tokens)
+            out.replies += 1
+            out.limits.append(core.limit)
+
+
+def settled(out: Outcome) -> list[int]:
+    """The limits of the second half of the run."""
+    return out.limits[len(out.limits) // 2 :]
+
+
+@pytest.mark.parametrize("slots", [1, 8, 64])
+def test_finds_the_slot_count_and_the_best_fixed_throughput(slots: int) -> None:
+    """Against 1, 8 and 64 slots the limit settles at the slots (probes aside), and throughput
+    is within 5% of the best fixed limit's."""
+    clock = FakeClock()
+    out = drive(ConcurrencyCore(clock), clock, slots=slots, seconds=400)
+    limits = settled(out)
+    mode = max(set(limits), key=limits.count)
+    assert slots <= mode <= slots + max(1, slots // 8)
+    assert limits.count(mode) / len(limits) > 0.8  # probes above it are brief
+    best = max(
+        drive(ConcurrencyCore(c := FakeClock(), fixed=n), c, slots=slots, seconds=400).replies
+        for n in (slots, slots + 1, 2 * slots)
+    )
+    assert out.replies >= 0.95 * best
+
+
+def test_one_slot_is_not_flooded_with_queued_requests() -> None:
+    """Against one slot almost every reply waits for nobody: p99 latency <= 2x the unloaded
+    p99 (unlimited concurrency would queue every request behind all the others)."""
+    clock = FakeClock()
+    out = drive(ConcurrencyCore(clock), clock, slots=1, seconds=600)
+    alone = drive(ConcurrencyCore(c := FakeClock(), fixed=1), c, slots=1, seconds=600)
+    p99 = sorted(out.latencies)[int(0.99 * len(out.latencies))]
+    unloaded = sorted(alone.latencies)[int(0.99 * len(alone.latencies))]
+    assert p99 <= 2 * unloaded
+    assert out.replies >= 0.95 * alone.replies
+
+
+def test_does_not_grow_past_the_demand() -> None:
+    """With only 3 requests wanting to go, the limit stops growing near 3, not at the maximum."""
+    clock = FakeClock()
+    out = drive(ConcurrencyCore(clock), clock, slots=64, seconds=200, demand=3)
+    assert max(out.limits) <= 8
+
+
+def test_overload_halves_once_per_cut() -> None:
+    """A 503 or timeout halves the limit; others sent before that cut do not cut again."""
+    clock = FakeClock()
+    core = ConcurrencyCore(clock, settings=AdaptiveSettings(initial=16))
+    flights = [core.send() for _ in range(16)]
+    core.overloaded(flights[0])
+    assert core.limit == 8
+    for flight in flights[1:6]:
+        core.overloaded(flight)
+    assert core.limit == 8
+    later = core.send()
+    core.overloaded(later)
+    assert core.limit == 4
+    assert core.statistics().overloads == 2
+    assert not core.statistics().slow_start
+
+
+def test_latency_drift_past_the_tolerance_cuts_the_limit() -> None:
+    """When the server gets three times slower at the same limit (shared with others), the
+    limit comes down; when it recovers, the limit grows back."""
+    clock = FakeClock()
+    core = ConcurrencyCore(clock)
+    drive(core, clock, slots=16, seconds=200)
+    before = core.limit
+    assert before >= 16
+    # Another tenant takes most of the server: 4 slots left for us.
+    drive(core, clock, slots=4, seconds=200, seed=2)
+    assert core.limit <= 6
+    drive(core, clock, slots=16, seconds=400, seed=3)
+    assert core.limit >= 16
+
+
+def test_fixed_limit_never_moves() -> None:
+    """A number for max_inflight is a fixed cap: no signal changes it."""
+    clock = FakeClock()
+    core = ConcurrencyCore(clock, fixed=5)
+    flights = [core.send() for _ in range(5)]
+    assert not core.can_send()
+    core.overloaded(flights[0])
+    clock.advance(10)
+    core.succeeded(flights[1], 100)
+    assert core.limit == 5
+    assert core.can_send()
+
+
+def test_timeout_guard_caps_a_fixed_limit_by_throughput() -> None:
+    """With 256 allowed against one 2-second slot and a 120 s timeout, at most
+    0.5 replies/s x 120 s x 0.5 = 30 are sent at once once the server was measured."""
+    clock = FakeClock()
+    core = ConcurrencyCore(clock, fixed=256, timeout_s=120)
+    assert core.allowed() == 256  # nothing measured yet
+    model = SlotModel(clock, slots=1)
+    flying = {model.submit(2.0): core.send() for _ in range(256)}
+    while len(flying) > 200:
+        at = model.next_finish_at()
+        assert at is not None
+        clock.advance(at - clock.now())
+        for job in model.poll():
+            core.succeeded(flying.pop(job), 100)
+    assert core.statistics().throughput_per_s == pytest.approx(0.5)
+    assert core.allowed() == 30
+    assert not core.can_send()
+
+
+def test_throughput_ignores_idle_time() -> None:
+    """Replies per second count only time with something in flight: idle gaps do not make
+    the server look slow."""
+    clock = FakeClock()
+    core = ConcurrencyCore(clock, fixed=1, timeout_s=100)
+    for _ in range(10):
+        flight = core.send()
+        clock.advance(1.0)
+        core.succeeded(flight, 10)
+        clock.advance(50.0)  # nobody wanted to send
+    assert core.statistics().throughput_per_s == pytest.approx(1.0)
+
+
+def test_settings_and_misuse_are_checked() -> None:
+    """Impossible settings are config errors; a reply for a request never sent is a bug."""
+    with pytest.raises(ConfigError, match="initial"):
+        AdaptiveSettings(initial=0)
+    with pytest.raises(ConfigError, match="tolerance"):
+        AdaptiveSettings(tolerance=1.0)
+    with pytest.raises(ConfigError, match="max_inflight"):
+        ConcurrencyCore(FakeClock(), fixed=0)
+    core = ConcurrencyCore(FakeClock())
+    with pytest.raises(RuntimeError):
+        core.finished(Flight(0, 0.0, 0))

@@ -1,0 +1,137 @@
+"""The concurrency gate's async shell, and the dispatcher with a gate against a slot server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from engine.chat import ChatRequest
+from engine.client import ChatClient
+from engine.concurrency import AdaptiveSettings, ConcurrencyGate
+from engine.config import ProviderConfig
+from engine.dispatcher import Dispatcher, is_overload
+from engine.errors import ConnectionLost, RequestTimeout, ServerError
+from engine.events import Event, RequestDone, RequestSent
+from engine.limiter import Limits, RateLimiter
+from engine.retry import RetryPolicy
+from engine.simulator import FaultRates, SimSettings, run_simulator
+from engine.tokens import TokenCounter
+
+pytestmark = pytest.mark.anyio
+
+COUNTER = TokenCounter("gpt-4o-mini")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def on_event(self, event: Event) -> None:
+        self.events.append(event)
+
+
+async def test_gate_admits_first_come_first_served_and_survives_cancellation() -> None:
+    """Waiters are served in arrival order; a cancelled waiter neither blocks nor leaks a slot."""
+    gate = ConcurrencyGate(fixed=1)
+    first = await gate.acquire()
+    order: list[str] = []
+
+    async def wait(name: str) -> None:
+        flight = await gate.acquire()
+        order.append(name)
+        gate.finished(flight)
+
+    a = asyncio.create_task(wait("a"))
+    b = asyncio.create_task(wait("b"))
+    c = asyncio.create_task(wait("c"))
+    await asyncio.sleep(0)
+    assert gate.queued == 3
+    b.cancel()
+    await asyncio.sleep(0)
+    gate.finished(first)
+    await asyncio.gather(a, c)
+    assert b.cancelled()
+    assert order == ["a", "c"]
+    assert gate.statistics().in_flight == 0
+    assert gate.queued == 0
+
+
+def test_overload_errors_are_timeouts_and_capacity_statuses() -> None:
+    """Timeouts and 503/504/529 say the server is full; a 500 or a reset does not."""
+    assert is_overload(RequestTimeout("slow"))
+    assert is_overload(ServerError("busy", status=503))
+    assert is_overload(ServerError("gateway", status=504))
+    assert not is_overload(ServerError("bug", status=500))
+    assert not is_overload(ConnectionLost("reset"))
+
+
+def _request(i: int) -> ChatRequest:
+    text = f"Target language: French\nExplain rain, part {i}."
+    return ChatRequest((COUNTER.message("user", text),), max_tokens=60, key=f"{i}:1")
+
+
+async def test_auto_keeps_the_server_queue_short_and_reports_queued_time() -> None:
+    """48 requests at once against a 2-slot server: the adaptive gate keeps most of them
+    waiting inside m2l (reported as queued time) instead of in the server's queue."""
+    settings = SimSettings(ttft_s=0.03, per_token_s=0.0005, jitter=0.0, slots=2)
+    recorder = Recorder()
+    peak_server_queue = 0
+    async with (
+        run_simulator(settings) as sim,
+        ChatClient(
+            ProviderConfig(model="gpt-4o-mini", read_timeout_s=5.0),
+            base_url=sim.base_url,
+            api_key=None,
+        ) as client,
+    ):
+        gate = ConcurrencyGate(timeout_s=5.0, settings=AdaptiveSettings(min_samples=2))
+        dispatcher = Dispatcher(client, RateLimiter(Limits()), gate=gate, hooks=recorder)
+        done = asyncio.Event()
+
+        async def watch() -> None:
+            nonlocal peak_server_queue
+            while not done.is_set():
+                slots = sim.stats()["slots"]
+                assert isinstance(slots, dict)
+                peak_server_queue = max(peak_server_queue, slots["queued"])
+                await asyncio.sleep(0.005)
+
+        watcher = asyncio.create_task(watch())
+        await asyncio.gather(*(dispatcher.complete(_request(i)) for i in range(48)))
+        done.set()
+        await watcher
+    sent = [e for e in recorder.events if isinstance(e, RequestSent)]
+    replies = [e for e in recorder.events if isinstance(e, RequestDone)]
+    assert len(replies) == 48
+    assert peak_server_queue <= 4  # unbounded, 46 would have queued at the server
+    assert max(e.queued_s for e in sent) > 0.1  # the rest waited in m2l, and it shows
+    assert all(e.concurrency is not None and e.concurrency <= 8 for e in sent)
+
+
+async def test_a_503_from_a_full_queue_cuts_the_limit_and_is_retried() -> None:
+    """A server with no queue room answers 503 past its slots: the gate halves its limit, the
+    request is retried, and every request still gets its reply."""
+    settings = SimSettings(
+        ttft_s=0.02, per_token_s=0.0, jitter=0.0, slots=2, queue_limit=0, faults=FaultRates()
+    )
+    recorder = Recorder()
+    async with (
+        run_simulator(settings) as sim,
+        ChatClient(
+            ProviderConfig(model="gpt-4o-mini", read_timeout_s=5.0),
+            base_url=sim.base_url,
+            api_key=None,
+        ) as client,
+    ):
+        gate = ConcurrencyGate(settings=AdaptiveSettings(initial=8))
+        policy = RetryPolicy(max_attempts=6, base_delay_s=0.01, max_delay_s=0.05)
+        dispatcher = Dispatcher(
+            client, RateLimiter(Limits()), gate=gate, hooks=recorder, policy=policy
+        )
+        await asyncio.gather(*(dispatcher.complete(_request(i)) for i in range(16)))
+        refused = sim.stats()["slots"]
+    assert isinstance(refused, dict) and refused["queue_full"] > 0
+    assert gate.statistics().overloads >= 1
+    assert gate.limit <= 4
+    assert sum(isinstance(e, RequestDone) for e in recorder.events) == 16
