@@ -41,18 +41,18 @@ def scripted_snapshot() -> ProgressSnapshot:
         model.on_event(ConversationStarted(conv, language, "qa", 0.0))
         for step, kind in enumerate(("evolve", "answer")):
             key = f"{conv}/{step}"
-            model.on_event(RequestSent(key, kind, 100, 400, 0.0))
+            model.on_event(RequestSent(key, kind, 100, 400, 0.0, queued_s=0.5, concurrency=4))
             clock.advance(2.0)
             model.on_event(RequestDone(key, kind, 100, 200, 2.0, 0.01, 0.0))
             model.on_event(StepDone(conv, kind, language, 0.0))
         model.on_event(ConversationFinished(conv, status, reason, language, "qa", 1, 0.0))
     model.on_event(ConversationStarted(6, "Hindi", "qa", 0.0))
-    model.on_event(RequestSent("6/0", "evolve", 100, 400, 0.0))
-    model.on_event(RequestSent("7/0", "evolve", 100, 400, 0.0))
+    model.on_event(RequestSent("6/0", "evolve", 100, 400, 0.0, queued_s=0.5, concurrency=4))
+    model.on_event(RequestSent("7/0", "evolve", 100, 400, 0.0, queued_s=0.5, concurrency=4))
     model.on_event(RequestRetried("7/0", "server_error", "503 Service Unavailable", 1, 1.0, 0.0))
-    model.on_event(RequestSent("7/0", "evolve", 100, 400, 0.0))
+    model.on_event(RequestSent("7/0", "evolve", 100, 400, 0.0, queued_s=0.5, concurrency=4))
     model.on_event(RateLimitHit("7/0", "tokens", 1.0, 0.0))
-    model.on_event(RequestSent("8/0", "answer", 100, 400, 0.0))
+    model.on_event(RequestSent("8/0", "answer", 100, 400, 0.0, queued_s=0.5, concurrency=4))
     model.on_event(RequestFailed("8/0", "request_timeout", "read timed out after 60 s", 0.0))
     model.on_event(BudgetUpdate(0.12, 0.03, 1.0, 0.24, 0.0))
     clock.advance(4.0)
@@ -72,7 +72,7 @@ def test_the_dashboard_shows_the_runs_figures() -> None:
     assert "5/10  50.0%" in text
     assert "done 3 · failed 1 · filtered 1 · active 1 · pending 4" in text
     assert "answer 5 · evolve 5" in text  # steps done by kind
-    assert "in flight     1 · evolve 1 · latency 2.0 s" in text
+    assert "in flight     1 · evolve 1 · limit 4 · queued in m2l 0.5 s · at server 2.0 s" in text
     # 14 requests in 24 s is 35/min; 14 × 500 charged tokens is 17.5k/min.
     assert "35 of 600" in text and "5.8%" in text
     assert "17.5k of 100k" in text and "17.5%" in text

@@ -228,6 +228,28 @@ def test_tokens_steps_and_latency_are_summed() -> None:
     assert s.latency_s == pytest.approx(2.0)
 
 
+def test_time_queued_in_m2l_and_at_the_server_are_apart() -> None:
+    """Waits before sending and times at the server are averaged separately, recent and for
+    the session, and the latest concurrency limit is kept."""
+    clock = FakeClock()
+    model = ProgressModel(clock)
+    start(model)
+    feed(model, [RequestSent("a", "answer", 100, 400, 0.0, queued_s=4.0, concurrency=2)])
+    feed(model, [replied("a", latency=1.0)])
+    feed(model, [RequestSent("b", "answer", 100, 400, 0.0, queued_s=2.0, concurrency=3)])
+    feed(model, [replied("b", latency=2.0)])
+    clock.advance(1)
+    s = model.snapshot()
+    assert s.queued_s == pytest.approx(3.0)
+    assert s.latency_s == pytest.approx(1.5)
+    assert (s.queued_mean_s, s.server_mean_s) == (pytest.approx(3.0), pytest.approx(1.5))
+    assert s.concurrency_limit == 3
+    clock.advance(120)  # the recent window empties; the session means stay
+    s = model.snapshot()
+    assert (s.queued_s, s.latency_s) == (None, None)
+    assert s.queued_mean_s == pytest.approx(3.0)
+
+
 def test_run_finished_sets_the_state_and_stops_the_clock() -> None:
     """After RunFinished the state is final and elapsed time no longer grows."""
     clock = FakeClock()

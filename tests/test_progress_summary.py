@@ -113,3 +113,13 @@ def test_a_run_without_limits_or_cap_says_so() -> None:
     text = summary_text(ProgressSnapshot(run="r", state="finished"), run_dir=Path("r"))
     assert "no rpm or tpm limit known" in text
     assert "cap" not in text
+
+
+def test_time_at_the_server_and_queued_in_m2l_are_shown_apart() -> None:
+    """The summary gives the mean time at the server and the mean wait inside m2l apart, with
+    the concurrency limit; without those figures the row is left out."""
+    timed = replace(RUN, server_mean_s=1.25, queued_mean_s=7.5, concurrency_limit=4)
+    text = summary_text(timed, run_dir=Path("runs/hi-sw"))
+    assert "time per request" in text
+    assert "1.25 s  mean at the server · 7.50 s queued in m2l before sending · limit 4" in text
+    assert "time per request" not in summary_text(RUN, run_dir=Path("runs/hi-sw"))

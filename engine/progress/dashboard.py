@@ -199,8 +199,14 @@ def _conversations(s: ProgressSnapshot, inner: int) -> list[_Line]:
     states += [(f"active {count(s.active)}", ""), (f"pending {count(s.pending)}", "")]
     flight = [(count(s.in_flight), "bold")]
     flight += _items(s.in_flight_by_kind, exact=True) if s.in_flight_by_kind else []
+    if s.concurrency_limit is not None:
+        flight.append((f"limit {count(s.concurrency_limit)}", ""))
+    # Time queued inside m2l (gate and rate limiter) apart from time at the server: a long
+    # wait at the server means too much concurrency; a long wait in m2l means the limits bind.
+    if s.queued_s is not None:
+        flight.append((f"queued in m2l {s.queued_s:.1f} s", ""))
     if s.latency_s is not None:
-        flight.append((f"latency {s.latency_s:.1f} s", ""))
+        flight.append((f"at server {s.latency_s:.1f} s", ""))
     tokens = [
         (f"in {compact(s.tokens_in)}", ""),
         (f"out {compact(s.tokens_out)}", ""),

@@ -114,6 +114,10 @@ class ProgressModel:
         self._used_window = SlidingCounter(*_REQUEST_WINDOW)
         self._latency_window = SlidingCounter(*_REQUEST_WINDOW)
         self._replies_window = SlidingCounter(*_REQUEST_WINDOW)
+        self._queued_window = SlidingCounter(*_REQUEST_WINDOW)
+        self._queued_total = 0.0
+        self._latency_total = 0.0
+        self._concurrency: int | None = None
         # The busiest figures add up in plain attributes for the current second and are folded
         # into their windows once per second: at thousands of events a second, a window update
         # per event was most of the model's cost.
@@ -123,6 +127,7 @@ class ProgressModel:
         self._acc_replies = 0
         self._acc_used = 0
         self._acc_latency = 0.0
+        self._acc_queued = 0.0
         self._charged = 0
         self._tokens_in = 0
         self._tokens_out = 0
@@ -211,7 +216,9 @@ class ProgressModel:
         if self._acc_sent:
             self._sent_window.add(t, self._acc_sent)
             self._charged_window.add(t, self._acc_charged)
+            self._queued_window.add(t, self._acc_queued)
             self._acc_sent = self._acc_charged = 0
+            self._acc_queued = 0.0
         if self._acc_replies:
             self._replies_window.add(t, self._acc_replies)
             self._used_window.add(t, self._acc_used)
@@ -228,6 +235,10 @@ class ProgressModel:
         self._charged += charged
         self._acc_sent += 1
         self._acc_charged += charged
+        self._acc_queued += e.queued_s
+        self._queued_total += e.queued_s
+        if e.concurrency is not None:
+            self._concurrency = e.concurrency
         kind = e.kind or "other"
         previous = self._inflight.get(e.key)
         if previous is not None:  # sent again without an outcome event: count it once
@@ -251,6 +262,7 @@ class ProgressModel:
         self._acc_replies += 1
         self._acc_used += e.prompt_tokens + e.completion_tokens
         self._acc_latency += e.latency_s
+        self._latency_total += e.latency_s
 
     def _error(self, error_class: str, message: str) -> None:
         self._errors[error_class] = self._errors.get(error_class, 0) + 1
@@ -331,6 +343,7 @@ class ProgressModel:
             self._sent, self._charged, elapsed, self._rpm_limit, self._tpm_limit
         )
         replies = self._replies_window.total(now)
+        sent = self._sent_window.total(now)
         errors = dict(base.errors_by_class)
         for name, n in self._errors.items():
             errors[name] = errors.get(name, 0) + n
@@ -365,6 +378,10 @@ class ProgressModel:
             last_error_age_s=last_age,
             paused_s=max(self._paused_until - now, 0.0),
             latency_s=self._latency_window.total(now) / replies if replies else None,
+            queued_s=self._queued_window.total(now) / sent if sent else None,
+            server_mean_s=self._latency_total / self._ok if self._ok else None,
+            queued_mean_s=self._queued_total / self._sent if self._sent else None,
+            concurrency_limit=self._concurrency,
             rpm=rpm,
             rpm_limit=self._rpm_limit,
             tpm=tpm,

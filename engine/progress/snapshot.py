@@ -128,7 +128,11 @@ class ProgressSnapshot:
     last_error: str | None = None
     last_error_age_s: float | None = None
     paused_s: float = 0.0  # dispatch is paused by a 429 for this much longer
-    latency_s: float | None = None  # mean reply latency, recent window
+    latency_s: float | None = None  # mean time at the server (sent to reply), recent window
+    queued_s: float | None = None  # mean wait inside m2l before sending, recent window
+    server_mean_s: float | None = None  # mean time at the server, this session
+    queued_mean_s: float | None = None  # mean wait inside m2l before sending, this session
+    concurrency_limit: int | None = None  # requests allowed at the server at once, latest
     # limits: rpm counts requests sent; tpm counts prompt + max_tokens, which providers charge
     rpm: float = 0.0
     rpm_limit: float | None = None

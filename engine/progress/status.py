@@ -165,6 +165,15 @@ def _from_store(
     else:
         state, note = snapshot.state, _ended_note(snapshot.state, message)
     snapshot = replace(snapshot, state=state, message=message or snapshot.message)
+    if view is not None:
+        # The store keeps no queue times: the last status file's figures stand in for them.
+        last = view.file.snapshot
+        snapshot = replace(
+            snapshot,
+            queued_mean_s=last.queued_mean_s,
+            server_mean_s=last.server_mean_s,
+            concurrency_limit=last.concurrency_limit,
+        )
     pid, age = (view.file.pid, view.age_s) if view is not None else (None, None)
     return RunStatus(run_dir, state, note, f"{STATE_DB} (read-only){damaged}", snapshot, pid, age)
 

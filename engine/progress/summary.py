@@ -42,6 +42,10 @@ def _reasons(items: Pairs, limit: int = 4) -> str:
     return ", ".join(shown)
 
 
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
+
+
 def _of_total(n: int, total: int, detail: str = "") -> str:
     share = percent(n / total) if total > 0 else ""
     return " · ".join(part for part in (share, detail) if part)
@@ -76,6 +80,15 @@ def summary_rows(s: ProgressSnapshot) -> list[Row]:
             f"{count(s.rate_limit_hits)} rate-limited (429) · {count(s.requests_failed)} failed",
         )
     )
+    if s.queued_mean_s is not None or s.server_mean_s is not None:
+        rows.append(
+            (
+                "time per request",
+                _seconds(s.server_mean_s),
+                f"mean at the server · {_seconds(s.queued_mean_s)} queued in m2l before sending"
+                + (f" · limit {count(s.concurrency_limit)} at once" if s.concurrency_limit else ""),
+            )
+        )
     if s.errors_by_class:
         rows.append(("errors by class", "", _reasons(s.errors_by_class, limit=6)))
     for label, tokens in (("tokens in", s.tokens_in), ("tokens out", s.tokens_out)):
