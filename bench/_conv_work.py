@@ -185,7 +185,7 @@ async def set_up(config: Config) -> int:
 
     Returns the number of planned conversations.
     """
-    from engine.run import execute_run
+    from engine.app.run import execute_run
 
     stop = StopControl()
     stop.request("bench: set-up only")
@@ -298,11 +298,11 @@ def _peak_mb() -> float:
 
 
 async def _measured(spec: ConvSpec, config: Config, result: ConvResult) -> None:
-    """Run the set-up run once with the engine's parts (as ``engine.run`` assembles them),
+    """Run the set-up run once with the engine's parts (as ``engine.app.run`` assembles them),
     checkpointing into DuckDB or into nothing, and measure CPU and wall time around it."""
+    from engine.app.run import assemble
     from engine.client import ChatClient
     from engine.dispatcher import NullAccounting
-    from engine.run import assemble
     from state.batcher import JournalBatcher
     from state.requestlog import RequestLog
     from state.store import RunStore
@@ -312,7 +312,7 @@ async def _measured(spec: ConvSpec, config: Config, result: ConvResult) -> None:
     writer = GroupCommitWriter(state, create=False)
     await writer.open()
     store: ConversationStore
-    accounting: Accounting
+    accounting: Accounting[Any]
     if spec.mode == "noop":
         # The same conversations the checkpointed run gets, read before the clock starts.
         convs = await RunStore(writer, JournalBatcher(writer)).load(("pending",), 0, 1 << 30)
@@ -434,7 +434,7 @@ def mem_config(spec: MemSpec, base_url: str) -> Config:
 
 async def _mem_run(spec: MemSpec, config: Config, result: MemResult) -> None:
     """``m2l run`` on a set-up run (a resume), stopped after ``stop_after`` conversations."""
-    from engine.run import execute_run
+    from engine.app.run import execute_run
 
     stop = StopControl()
     tally = Tally(stop, stop_after=spec.stop_after)

@@ -20,7 +20,7 @@ M 10k and 100k. ``--quick`` is a smoke run of about a minute.
 CPU is ``getrusage(RUSAGE_SELF)`` of the client process around the run only (set-up excluded,
 every thread included: the DuckDB writer's work is m2l's work), per reply received, and is
 split by thread (event loop, state writer, others such as DuckDB's workers) from /proc. The run
-is assembled from the engine's parts as engine/run.py does, with the store and the accounting
+is assembled from the engine's parts as engine/app/run.py does, with the store and the accounting
 swapped for the no-op run; the budget is left out of both. Checkpoint overhead = CPU per reply
 checkpointed / CPU per reply with the no-op store. Utilisation of the
 binding limit is burst-aware, as in bench/throughput.py: (total charge - one full bucket) /
@@ -61,7 +61,7 @@ from _conv_work import (  # needs the path above
 )
 from _workloads import SimHandle, start_sims, utilisation
 
-from engine.simulator.settings import SimSettings
+from engine.simsettings import SimSettings
 from state.batcher import LINGER_S
 
 RPM, TPM = 1200, 300_000

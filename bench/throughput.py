@@ -51,7 +51,7 @@ from _workloads import (
 )
 
 from engine.chat import Message
-from engine.simulator.settings import SimSettings
+from engine.simsettings import SimSettings
 
 ALL = ("a", "ca", "e", "f", "d", "b", "cb")
 LIMITED = ("a", "ca", "e", "f")

@@ -1,13 +1,14 @@
-"""Budgets: the price table, the crash-safe ledger with hard caps, admission by projected cost,
-and estimates of a run's cost before it starts."""
+"""Budgets: the price table, the crash-safe ledger with hard caps, the step-load model, admission
+by projected cost, and estimates of a run's cost before it starts (``m2l estimate`` and its pilot
+live in the app, ``engine.app``)."""
 
 from __future__ import annotations
 
 from budgets.admission import Budget, BudgetAdmission, Projection, load_budget
-from budgets.commands import add_estimate_parser
-from budgets.estimate import Estimate, PilotResult, estimate_run, run_pilot
+from budgets.estimate import Estimate, estimate_run
 from budgets.ledger import UNBILLED_FAILURES, Caps, Ledger, Spend, spend_from_log
 from budgets.prices import Price, PriceTable, Pricing, load_price_table, resolve_price
+from budgets.stepload import OutputLengths, StepLoad, TemplateSizes, step_loads
 
 __all__ = [
     "UNBILLED_FAILURES",
@@ -16,17 +17,18 @@ __all__ = [
     "Caps",
     "Estimate",
     "Ledger",
-    "PilotResult",
+    "OutputLengths",
     "Price",
     "PriceTable",
     "Pricing",
     "Projection",
     "Spend",
-    "add_estimate_parser",
+    "StepLoad",
+    "TemplateSizes",
     "estimate_run",
     "load_budget",
     "load_price_table",
     "resolve_price",
-    "run_pilot",
     "spend_from_log",
+    "step_loads",
 ]

@@ -1,4 +1,5 @@
-"""Admission by projected cost, and the run's budget as ``engine/run.py`` assembles it.
+"""Admission by projected cost, and the run's budget as the run assembly (``engine/app/run.py``)
+builds it.
 
 A new conversation starts only when the projected cost of finishing it fits in what the cap
 leaves after the projected cost of finishing every conversation already active, so a run that
@@ -18,7 +19,6 @@ from dataclasses import dataclass
 
 import duckdb
 
-from budgets.estimate import TemplateSizes, step_loads, usd, worst_outputs
 from budgets.ledger import ZERO, Caps, Ledger, Spend, spend_from_log
 from budgets.prices import (
     Price,
@@ -29,9 +29,9 @@ from budgets.prices import (
     resolve_price,
     to_nano,
 )
+from budgets.stepload import TemplateSizes, step_loads, worst_outputs
 from engine.clock import Clock, MonotonicClock
 from engine.config import Config
-from engine.conversation import Conversation, parse_request_key
 from engine.events import (
     BudgetUpdate,
     ConversationFinished,
@@ -43,6 +43,8 @@ from engine.events import (
     RunStarted,
     StepDone,
 )
+from engine.formats import usd
+from engine.records import Conversation, parse_request_key
 from engine.tokens import TokenCounter
 from prompts.taxonomy import load_taxonomy
 from state.requestlog import CostModel, FreeCosts

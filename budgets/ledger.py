@@ -16,6 +16,7 @@ import duckdb
 from budgets.prices import NANO_PER_USD, from_nano, to_nano
 from engine.config import BudgetConfig
 from engine.errors import BudgetExhausted, ConfigError
+from engine.formats import usd
 from state.requestlog import Ticket
 
 __all__ = [
@@ -123,7 +124,7 @@ class Ledger:
 
     def __repr__(self) -> str:
         return (
-            f"<Ledger spent ${self._spent.usd:.6f} reserved ${self._reserved.usd:.6f} "
+            f"<Ledger spent {usd(self._spent.usd)} reserved {usd(self._reserved.usd)} "
             f"cap {self._caps.usd!r} open {len(self._open)}>"
         )
 
@@ -155,9 +156,9 @@ class Ledger:
         if self._cap_nano is not None and total.nano > self._cap_nano:
             left = max(self._cap_nano - base.nano, 0)
             return (
-                f"budget.usd cap of ${self._caps.usd:g} reached: ${from_nano(extra.nano):.6f} "
-                f"more does not fit in the ${from_nano(left):.6f} left "
-                f"(${self._spent.usd:.6f} spent, ${self._reserved.usd:.6f} held by requests "
+                f"budget.usd cap of {usd(self._caps.usd)} reached: {usd(from_nano(extra.nano))} "
+                f"more does not fit in the {usd(from_nano(left))} left "
+                f"({usd(self._spent.usd)} spent, {usd(self._reserved.usd)} held by requests "
                 "in flight)"
             )
         if self._caps.tokens is not None and total.tokens > self._caps.tokens:

@@ -20,7 +20,7 @@ import orjson
 
 from engine._typed_toml import from_table
 from engine.errors import ConfigError
-from engine.simulator.settings import SimSettings
+from engine.simsettings import SimSettings
 
 __all__ = [
     "BudgetConfig",

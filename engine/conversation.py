@@ -8,13 +8,22 @@ FOLLOW_UP (→ the next user message) and ANSWER. A conversation of n turns has 
 
 from __future__ import annotations
 
-import enum
 import hashlib
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 from engine.chat import ChatRequest, Message
 from engine.quality.verdict import Verdict
+from engine.records import (
+    Conversation,
+    Plan,
+    Status,
+    Step,
+    StepKind,
+    parse_request_key,
+    request_key,
+    step_kind,
+)
 
 __all__ = [
     "Conversation",
@@ -37,99 +46,8 @@ __all__ = [
 ]
 
 
-class StepKind(enum.Enum):
-    EVOLVE = "evolve"
-    ANSWER = "answer"
-    FOLLOW_UP = "follow_up"
-
-
-class Status(enum.Enum):
-    PENDING = "pending"
-    ACTIVE = "active"
-    DONE = "done"
-    FAILED = "failed"
-    FILTERED = "filtered"
-
-    @property
-    def final(self) -> bool:
-        return self in (Status.DONE, Status.FAILED, Status.FILTERED)
-
-
 class IllegalTransition(Exception):
     """A conversation was asked to do something its state does not allow (a bug, not bad input)."""
-
-
-def step_kind(step: int) -> StepKind:
-    if step < 0:
-        raise ValueError(f"step {step} is negative")
-    if step == 0:
-        return StepKind.EVOLVE
-    return StepKind.ANSWER if step % 2 == 1 else StepKind.FOLLOW_UP
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """What a conversation will be, fixed at creation and stored."""
-
-    conv_id: int
-    seed_id: int
-    seed_text: str
-    language: str  # English name, as the released data names languages
-    language_code: str
-    task: str
-    evol_type: str
-    turns: int
-    followup_types: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.turns <= 6:
-            raise ValueError(f"conversation {self.conv_id}: turns must be 1..6, got {self.turns}")
-        if len(self.followup_types) != self.turns - 1:
-            raise ValueError(
-                f"conversation {self.conv_id}: {self.turns} turns need {self.turns - 1} "
-                f"follow-up types, got {len(self.followup_types)}"
-            )
-
-    @property
-    def steps(self) -> int:
-        return 2 * self.turns
-
-
-@dataclass(frozen=True, slots=True)
-class Step:
-    """One accepted step output: a user or assistant message and how it was made."""
-
-    index: int
-    kind: StepKind
-    message: Message  # role "user" for EVOLVE/FOLLOW_UP, "assistant" for ANSWER
-    prompt_id: str | None  # evol or multi-turn type that produced a user turn
-    prompt: str | None  # the rendered prompt that produced it
-    finish_reason: str
-
-    @property
-    def turn(self) -> int:
-        return self.index // 2 + 1
-
-
-@dataclass(frozen=True, slots=True)
-class Conversation:
-    """A conversation's state: its plan, accepted steps, status and the current step's retries."""
-
-    plan: Plan
-    steps: tuple[Step, ...] = ()
-    status: Status = Status.PENDING
-    regenerations: int = 0  # bad outputs regenerated for the current step
-    reason: str | None = None
-
-    @property
-    def next_step(self) -> int:
-        return len(self.steps)
-
-    def __repr__(self) -> str:
-        return (
-            f"<Conversation {self.plan.conv_id} {self.status.value} "
-            f"step {self.next_step}/{self.plan.steps}>"
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,19 +89,6 @@ class Outcome:
     text: str | None
     finish_reason: str = "stop"
     error: str | None = None  # set when the request failed permanently
-
-
-def request_key(conv_id: int, step: int) -> str:
-    """The key a step's requests carry (``conv_id:step``), for logs and the request table."""
-    return f"{conv_id}:{step}"
-
-
-def parse_request_key(key: str) -> tuple[int, int] | None:
-    """``(conv_id, step)`` from a key made by request_key; None for any other key."""
-    conv, _, step = key.partition(":")
-    if conv.isdigit() and step.isdigit():
-        return int(conv), int(step)
-    return None
 
 
 def request_seed(conv_id: int, step: int, regeneration: int) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from engine.chat import ChatRequest, ChatResult
 from engine.concurrency import ConcurrencyGate, Flight
@@ -34,7 +34,7 @@ from engine.headers import RateLimitSnapshot
 from engine.limiter import RateLimiter
 from engine.retry import GiveUp, RateLimitWait, RefusalTracker, Retry, RetryPolicy, decide
 
-__all__ = ["Accounting", "Completer", "Dispatcher", "NullAccounting", "Ticket", "is_overload"]
+__all__ = ["Accounting", "Completer", "Dispatcher", "NullAccounting", "TicketT", "is_overload"]
 
 # Statuses by which a server (or the proxy in front of it) says it is past its capacity.
 _OVERLOAD_STATUSES = frozenset({503, 504, 529})
@@ -53,22 +53,23 @@ class Completer(Protocol):
     async def complete(self, request: ChatRequest) -> ChatResult: ...
 
 
-class Ticket(Protocol):
-    """What ``Accounting.reserve`` hands back: it identifies one attempt."""
+# What an Accounting's ``reserve`` hands back to identify one attempt; the dispatcher only passes
+# it on to ``settle`` or ``release``, so each accounting chooses its own ticket type.
+TicketT = TypeVar("TicketT")
 
 
-class Accounting(Protocol):
+class Accounting(Protocol[TicketT]):
     """Records each attempt durably and guards the budget (the state store implements it)."""
 
-    async def reserve(self, request: ChatRequest, attempt: int) -> Ticket:
+    async def reserve(self, request: ChatRequest, attempt: int) -> TicketT:
         """Durably reserve the attempt's worst-case cost before it is sent; BudgetExhausted."""
         ...
 
-    def settle(self, ticket: Ticket, result: ChatResult) -> float:
+    def settle(self, ticket: TicketT, result: ChatResult) -> float:
         """Record the real usage; returns the attempt's cost in USD."""
         ...
 
-    def release(self, ticket: Ticket, error: RequestError | None, *, admitted: bool) -> None:
+    def release(self, ticket: TicketT, error: RequestError | None, *, admitted: bool) -> None:
         """The attempt failed. ``admitted=False``: the provider never took it, it cost nothing."""
         ...
 
@@ -76,13 +77,13 @@ class Accounting(Protocol):
 class NullAccounting:
     """Records nothing and never refuses: for benchmarks and peer comparisons."""
 
-    async def reserve(self, request: ChatRequest, attempt: int) -> Ticket:
+    async def reserve(self, request: ChatRequest, attempt: int) -> None:
         return None
 
-    def settle(self, ticket: Ticket, result: ChatResult) -> float:
+    def settle(self, ticket: None, result: ChatResult) -> float:
         return 0.0
 
-    def release(self, ticket: Ticket, error: RequestError | None, *, admitted: bool) -> None:
+    def release(self, ticket: None, error: RequestError | None, *, admitted: bool) -> None:
         return None
 
 
@@ -97,7 +98,7 @@ class Dispatcher:
         *,
         gate: ConcurrencyGate | None = None,
         policy: RetryPolicy | None = None,
-        accounting: Accounting | None = None,
+        accounting: Accounting[Any] | None = None,
         hooks: EventHook | None = None,
         rng: random.Random | None = None,
     ) -> None:
@@ -105,7 +106,8 @@ class Dispatcher:
         self._limiter = limiter
         self._gate = gate
         self._policy = policy or RetryPolicy()
-        self._accounting: Accounting = accounting or NullAccounting()
+        # Any: the dispatcher never looks inside a ticket, it hands it back to its accounting.
+        self._accounting: Accounting[Any] = accounting or NullAccounting()
         self._hooks: EventHook = hooks or Hooks()
         self._rng = rng or random.Random()
         self._refusals = RefusalTracker(self._policy.refused_before_fatal)

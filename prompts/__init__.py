@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from prompts.commands import add_prompts_parser
 from prompts.languages import (
     DEFAULT_LANGUAGES_PATH,
     Language,
@@ -39,7 +38,6 @@ __all__ = [
     "Taxonomy",
     "Tier",
     "UnknownLanguage",
-    "add_prompts_parser",
     "load_languages",
     "load_taxonomy",
 ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from state.batcher import LINGER_S, JournalBatcher
 from state.export import FORMATS, ExportReport, export_run, export_with, open_run
-from state.posthoc import FilterReport, filter_run
 from state.requestlog import CostModel, Guard, RequestLog, Ticket
 from state.schema import SCHEMA_VERSION, STATE_FILE, check_schema, create_schema, open_store
 from state.seeds import MAPPINGS, ColumnMapping, IngestReport, ingest_seeds
@@ -32,7 +31,6 @@ __all__ = [
     "ConversationPlan",
     "CostModel",
     "ExportReport",
-    "FilterReport",
     "GroupCommitWriter",
     "Guard",
     "IngestReport",
@@ -51,7 +49,6 @@ __all__ = [
     "create_schema",
     "export_run",
     "export_with",
-    "filter_run",
     "ingest_seeds",
     "open_run",
     "open_store",

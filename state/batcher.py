@@ -14,8 +14,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Final
 
-from engine.conversation import Conversation
 from engine.errors import StateError
+from engine.records import Conversation
 from state import journal
 from state.writer import GroupCommitWriter
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import duckdb
 
 from engine.errors import ConfigError, StateError
-from state.schema import STATE_FILE, check_schema, open_error
+from state.schema import STATE_FILE, check_schema, open_error, open_read_only
 
 __all__ = [
     "CHUNK_CONVERSATIONS",
@@ -76,29 +76,21 @@ def open_run(run_dir: Path, *, action: str, write: bool = False) -> duckdb.DuckD
     """Open a run's store for an offline command: read-only, or exclusively when ``write``.
 
     ``action`` completes the busy message ("export", "filter it", ...). Raises StateError when
-    there is no store, when a running m2l process holds it, or when it is damaged or foreign.
+    there is no store, when a running m2l process holds it (StoreLocked), or when it is damaged
+    or foreign.
     """
     path = run_dir / STATE_FILE
+    if not write:
+        return open_read_only(path, action=action)
     if not path.is_file():
         raise StateError(
             f"there is no run at {run_dir} (no {STATE_FILE}): check the run directory, "
             "e.g. runs/<run name>"
         )
     try:
-        conn = duckdb.connect(str(path), read_only=not write)
+        conn = duckdb.connect(str(path))
     except duckdb.Error as exc:
-        reason = str(exc)
-        if "Could not set lock" in reason or "Conflicting lock" in reason:
-            raise StateError(
-                f"run {run_dir} is in use by a running m2l process; wait for it to finish "
-                f"or stop it (Ctrl-C), then {action}"
-            ) from exc
-        if "different configuration" in reason:
-            raise StateError(
-                f"run {run_dir} is already open in this process; {action} through that "
-                "connection (state.export.export_with) instead"
-            ) from exc
-        raise open_error(path, exc) from exc
+        raise open_error(path, exc, action=action) from exc
     try:
         check_schema(conn, path)
     except BaseException:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import duckdb
 
 from engine.chat import Message
-from engine.conversation import Conversation, Plan, Status, Step, StepKind, step_kind
+from engine.records import Conversation, Plan, Status, Step, StepKind, step_kind
 
 __all__ = [
     "FinishedRow",

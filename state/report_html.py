@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 
+from engine.formats import usd
 from state.stats import STATUSES, Breakdown, RunStats, TypeCount
 
 __all__ = ["bar_chart", "column_chart", "render_report", "write_report"]
@@ -45,10 +46,6 @@ Formatter = Callable[[float], str]
 
 def _count(value: float) -> str:
     return f"{value:,.0f}"
-
-
-def _usd(value: float) -> str:
-    return f"${value:,.4f}" if value < 10 else f"${value:,.2f}"
 
 
 def _ticks(largest: float, *, whole: bool) -> list[float]:
@@ -270,7 +267,7 @@ def _spend_chart(rows: Sequence[Breakdown], title: str) -> str | None:
         [(b.key, [b.spend.cost_usd]) for b in rows],
         [("USD", PALETTE[0])],
         title=title,
-        fmt=_usd,
+        fmt=usd,
         whole=False,
     )
 
@@ -297,7 +294,7 @@ def _cards(stats: RunStats) -> str:
         ("not finished", _count(open_)),
         ("requests", _count(stats.total.requests)),
         ("tokens", _count(stats.total.prompt_tokens + stats.total.completion_tokens)),
-        ("cost", _usd(stats.total.cost_usd)),
+        ("cost", usd(stats.total.cost_usd)),
     ]
     cells = "".join(
         f'<div class="card"><div class="big">{escape(v)}</div><div>{escape(k)}</div></div>'

@@ -17,8 +17,8 @@ from typing import Protocol
 import duckdb
 
 from engine.chat import ChatRequest, ChatResult, Usage
-from engine.conversation import parse_request_key
 from engine.errors import RequestError
+from engine.records import parse_request_key
 from state import journal
 from state.batcher import JournalBatcher
 
@@ -116,8 +116,7 @@ class RequestLog:
             raise
         return ticket
 
-    def settle(self, ticket: object, result: ChatResult) -> float:
-        assert isinstance(ticket, Ticket)
+    def settle(self, ticket: Ticket, result: ChatResult) -> float:
         usage = result.usage
         cost = self._costs.actual(usage)
         if self._guard is not None:
@@ -135,8 +134,7 @@ class RequestLog:
         )
         return cost
 
-    def release(self, ticket: object, error: RequestError | None, *, admitted: bool) -> None:
-        assert isinstance(ticket, Ticket)
+    def release(self, ticket: Ticket, error: RequestError | None, *, admitted: bool) -> None:
         if self._guard is not None:
             error_class = error.error_class if error is not None else None
             self._guard.release(ticket, admitted=admitted, error_class=error_class)

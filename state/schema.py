@@ -13,17 +13,19 @@ from pathlib import Path
 
 import duckdb
 
-from engine import __version__ as M2L_VERSION
 from engine.errors import StateError
+from engine.version import __version__ as M2L_VERSION
 
 __all__ = [
     "PRIMARY_KEYS",
     "SCHEMA_VERSION",
     "STATE_FILE",
     "TABLES",
+    "StoreLocked",
     "check_schema",
     "create_schema",
     "open_error",
+    "open_read_only",
     "open_store",
     "table_for_error",
 ]
@@ -197,15 +199,58 @@ def _is_empty(conn: duckdb.DuckDBPyConnection) -> bool:
     return row is not None and row[0] == 0
 
 
-def open_error(path: Path, exc: duckdb.Error) -> StateError:
-    """Translate DuckDB's refusal to open path into a StateError that says what to do."""
+class StoreLocked(StateError):
+    """Another process holds the store open for writing (DuckDB allows one writer, no readers)."""
+
+    def __init__(self, message: str, *, pid: int | None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+def open_read_only(path: Path, *, action: str) -> duckdb.DuckDBPyConnection:
+    """Open the run's store at ``path`` with no chance of writing to it, checking its schema.
+
+    ``action`` ends the message when the store is busy ("export", "filter it", ...). Raises
+    StoreLocked while another process writes the store, and StateError when there is no store,
+    it is damaged, or it is not an m2l store of this schema version.
+    """
+    if not path.is_file():
+        raise StateError(
+            f"there is no run at {path.parent} (no {path.name}): check the run directory, "
+            "e.g. runs/<run name>"
+        )
+    try:
+        conn = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        raise open_error(path, exc, action=action) from exc
+    try:
+        check_schema(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def open_error(path: Path, exc: duckdb.Error, *, action: str = "try again") -> StateError:
+    """Translate DuckDB's refusal to open path into a StateError that says what to do (a
+    StoreLocked when another process holds the file; ``action`` ends that message)."""
     reason = str(exc)
+    # The one place a lock is recognised: DuckDB says "Could not set lock on file ...:
+    # Conflicting lock is held in <program> (PID n)", for a reader as for a writer.
     if "Could not set lock" in reason or "Conflicting lock" in reason:
-        pid = _LOCK_PID.search(reason)
-        holder = f"pid {pid.group(1)}" if pid else "pid unknown"
+        found = _LOCK_PID.search(reason)
+        pid = int(found.group(1)) if found else None
+        holder = f"pid {pid}" if pid else "pid unknown"
+        return StoreLocked(
+            f"run directory {path.parent} is in use by a running m2l process ({holder}); "
+            f"wait for it to finish or stop it (Ctrl-C), then {action}; `m2l status "
+            f"{path.parent}` shows how it is doing",
+            pid=pid,
+        )
+    if "different configuration" in reason:
         return StateError(
-            f"run directory {path.parent} is in use by another m2l process ({holder}); "
-            "wait for it or use `m2l status`"
+            f"run directory {path.parent} is already open in this m2l process; {action} "
+            "through that connection instead"
         )
     if (
         "not a valid DuckDB database" in reason

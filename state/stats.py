@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.errors import StateError
+from engine.formats import usd
 from state._tables import table_width
 
 __all__ = [
@@ -26,9 +27,9 @@ __all__ = [
     "Breakdown",
     "Failure",
     "LanguageTask",
+    "LogTotals",
     "ReasonCount",
     "RunStats",
-    "Spend",
     "TypeCount",
     "compute_stats",
     "print_stats",
@@ -92,7 +93,7 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
-class Spend:
+class LogTotals:
     """Requests, tokens and USD of one group of the request log.
 
     Tokens count settled ('ok') attempts, whose usage the provider reported; USD sums every
@@ -112,7 +113,7 @@ class Breakdown:
     """The spend of one value of a grouping (a language, a task or a step kind)."""
 
     key: str
-    spend: Spend
+    spend: LogTotals
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +131,7 @@ class RunStats:
     by_language: tuple[Breakdown, ...]
     by_task: tuple[Breakdown, ...]
     by_kind: tuple[Breakdown, ...]
-    total: Spend
+    total: LogTotals
 
     def per_language(self) -> list[tuple[str, tuple[int, int, int, int]]]:
         """(language, (done, filtered, failed, open)) summed over tasks, by language name."""
@@ -225,7 +226,7 @@ def _compute(conn: duckdb.DuckDBPyConnection, run: str) -> RunStats:
     )
 
 
-_NO_SPEND = Spend(0, 0, 0, 0, 0, 0.0)
+_NO_SPEND = LogTotals(0, 0, 0, 0, 0, 0.0)
 
 _KIND = """CASE WHEN r.step IS NULL THEN 'other' WHEN r.step = 0 THEN 'evolve'
     WHEN r.step % 2 = 1 THEN 'answer' ELSE 'follow_up' END"""
@@ -260,7 +261,7 @@ def _spend(conn: duckdb.DuckDBPyConnection, key: str) -> tuple[Breakdown, ...]:
         GROUP BY 1 ORDER BY 7 DESC, 1"""
     ).fetchall()
     return tuple(
-        Breakdown(str(k), Spend(int(a), int(b), int(c), int(d), int(e), float(f)))
+        Breakdown(str(k), LogTotals(int(a), int(b), int(c), int(d), int(e), float(f)))
         for k, a, b, c, d, e, f in result
     )
 
@@ -382,9 +383,9 @@ def _reasons_table(stats: RunStats) -> Table:
     return table
 
 
-def _spend_table(title: str, name: str, rows: Sequence[Breakdown], total: Spend) -> Table:
+def _spend_table(title: str, name: str, rows: Sequence[Breakdown], total: LogTotals) -> Table:
     table = Table(title=title, title_justify="left", show_footer=bool(rows))
-    columns = ("requests", "ok", "prompt tokens", "completion tokens", "cached", "USD")
+    columns = ("requests", "ok", "prompt tokens", "completion tokens", "cached", "cost")
     table.add_column(name, footer="all")
     for column, value in zip(columns, _spend_cells(total), strict=True):
         table.add_column(column, justify="right", footer=value)
@@ -393,12 +394,12 @@ def _spend_table(title: str, name: str, rows: Sequence[Breakdown], total: Spend)
     return table
 
 
-def _spend_cells(s: Spend) -> list[str]:
+def _spend_cells(s: LogTotals) -> list[str]:
     return [
         f"{s.requests:,}",
         f"{s.ok:,}",
         f"{s.prompt_tokens:,}",
         f"{s.completion_tokens:,}",
         f"{s.cached_tokens:,}",
-        f"{s.cost_usd:,.4f}",
+        usd(s.cost_usd),
     ]

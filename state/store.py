@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from engine.conversation import Conversation
+from engine.records import Conversation
 from state import journal
 from state.batcher import JournalBatcher
 from state.writer import GroupCommitWriter

@@ -12,8 +12,8 @@ import pytest
 
 from budgets.ledger import failure_is_billed
 from budgets.prices import load_price_table
+from engine.app.run import execute_run
 from engine.config import load_config
-from engine.run import execute_run
 from engine.scheduler import RunStatus
 from tests.runfixtures import write_config
 from tests.test_crash import finish, m2l

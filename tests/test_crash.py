@@ -23,7 +23,7 @@ FAULTS = "server_error = 0.05\nunavailable = 0.03\nreset = 0.03\ntruncated = 0.0
 def m2l(*args: str, cwd: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     return subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", *args],
+        [sys.executable, "-m", "engine.app.cli", *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,

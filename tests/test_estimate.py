@@ -10,18 +10,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from budgets.commands import add_estimate_parser
-from budgets.estimate import (
-    ConversationShape,
-    OutputLengths,
-    TemplateSizes,
-    estimate_run,
-    extrapolate,
-    pilot_costs,
-    step_loads,
-    t95,
-)
+from budgets.interval import extrapolate, t95
 from budgets.prices import from_nano, load_price_table
+from budgets.stepload import ConversationShape, OutputLengths, TemplateSizes, step_loads
+from engine.app.estimate import add_estimate_parser, estimate_lines, project_run
+from engine.app.pilot import pilot_costs
+from engine.app.run import execute_run
 from engine.config import StepTokens, load_config
 from engine.conversation import (
     Conversation,
@@ -34,7 +28,6 @@ from engine.conversation import (
     next_request,
 )
 from engine.prompter import TaxonomyPrompter
-from engine.run import execute_run
 from engine.scheduler import RunStatus
 from engine.tokens import TokenCounter
 from prompts.taxonomy import load_taxonomy
@@ -112,13 +105,13 @@ def test_interval_for_a_total_from_a_sample() -> None:
 def test_estimate_counts_the_planned_conversations_and_their_steps(tmp_path: Path) -> None:
     """The estimate plans like `m2l run`: every conversation, 2 requests per turn, priced."""
     config = load_config(write_config(tmp_path, evols_per_seed=2))
-    estimate = estimate_run(config, simulated=True)
+    estimate = project_run(config, simulated=True)
     assert estimate.conversations == 16 and estimate.seeds == 8
     assert estimate.requests == sum(2 * t * n for t, n in estimate.turns.items())
     assert estimate.by_kind["evolve"].requests == 16
     cost, worst = estimate.cost_usd, estimate.worst_usd
     assert cost is not None and worst is not None and 0 < cost < worst
-    text = "\n".join(estimate.lines())
+    text = "\n".join(estimate_lines(estimate))
     assert "simulator" in text and "gpt-4o-mini" in text
     assert not (tmp_path / "runs").exists(), "an estimate writes nothing"
 
@@ -140,7 +133,7 @@ async def test_projection_is_close_to_what_the_run_then_costs(tmp_path: Path) ->
     about three times that noise, while a wrong token model (say, history not sent again each
     turn) is off by 40% or more."""
     path = write_config(tmp_path, evols_per_seed=2, faults="server_error = 0.02\nreset = 0.01")
-    estimate = estimate_run(load_config(path), simulated=True)
+    estimate = project_run(load_config(path), simulated=True)
     status, actual = await _run_and_spend(path)
     assert status is RunStatus.FINISHED
     assert estimate.cost_usd is not None

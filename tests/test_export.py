@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
+from engine.app.outputs import add_export_parser
 from engine.errors import ConfigError, StateError
 from engine.simulator.languages import find_language
 from engine.simulator.text import composer_for
@@ -39,8 +40,7 @@ from state.export import (
     export_with,
     open_run,
 )
-from state.runcommands import add_export_parser
-from state.schema import open_store
+from state.schema import StoreLocked, open_store
 
 # --- the fixture run -------------------------------------------------------------------------
 
@@ -566,8 +566,9 @@ def test_store_held_by_a_running_process_is_refused(held: FixtureRun) -> None:
     with pytest.raises(StateError) as caught:
         export_run(held.run_dir, "release-jsonl")
     message = str(caught.value)
-    assert f"run {held.run_dir} is in use by a running m2l process" in message
-    assert message.endswith("stop it (Ctrl-C), then export")
+    assert f"run directory {held.run_dir} is in use by a running m2l process (pid " in message
+    assert "stop it (Ctrl-C), then export;" in message
+    assert isinstance(caught.value, StoreLocked) and caught.value.pid is not None
     assert not (held.run_dir / "export").exists()
 
 

@@ -1,4 +1,4 @@
-"""Tests for state.posthoc (`m2l filter RUN`): the planted bad conversations and nothing else."""
+"""Tests for engine.posthoc (`m2l filter RUN`): the planted bad conversations and nothing else."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import duckdb
 import pytest
 from rich.console import Console
 
+from engine.app.outputs import add_filter_parser
 from engine.errors import ConfigError, StateError
-from prompts.languages import load_languages
-from state.export import STATE_FILE
-from state.posthoc import (
+from engine.posthoc import (
     PosthocFilter,
     StoredConversation,
     check_turns,
     filter_run,
 )
-from state.runcommands import add_filter_parser
+from prompts.languages import load_languages
+from state.export import STATE_FILE
 from tests.test_export import FixtureRun, build_run, copy_run, holding
 
 

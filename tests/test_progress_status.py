@@ -16,16 +16,15 @@ import duckdb
 import pytest
 from rich.console import Console
 
+from engine.app.status import add_status_parser, show_status
 from engine.progress import (
     ProgressSnapshot,
     StatusFile,
     StatusFileWriter,
-    add_status_parser,
     judge_status_file,
     pid_alive,
     read_run_status,
     read_status_file,
-    show_status,
     store_snapshot,
 )
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.app.run import execute_run
 from engine.config import load_config
-from engine.run import execute_run
 from engine.scheduler import RunStatus
 from engine.simulator import SimSettings, run_simulator
 from tests.runfixtures import write_config

@@ -8,12 +8,12 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from engine.app.run import execute_run
 from engine.config import load_config
+from engine.posthoc import filter_run
 from engine.quality import FilterConfig, check_instruction, check_reply
-from engine.run import execute_run
 from engine.scheduler import RunStatus
 from prompts.languages import load_languages
-from state.posthoc import filter_run
 from tests.runfixtures import write_config
 
 pytestmark = pytest.mark.anyio

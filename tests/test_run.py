@@ -7,9 +7,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from engine.app.run import RunOptions, execute_run
 from engine.config import load_config
 from engine.errors import ConfigError
-from engine.run import RunOptions, execute_run
 from engine.scheduler import RunStatus
 from tests.runfixtures import write_config
 

@@ -16,10 +16,10 @@ import orjson
 import pytest
 from rich.console import Console
 
+from engine.app.seeds import add_seeds_parser, inspect_seeds
 from engine.errors import ConfigError, StateError
 from prompts.languages import LanguageTable, load_languages
 from prompts.taxonomy import Taxonomy, load_taxonomy
-from state.commands import add_seeds_parser, inspect_seeds
 from state.seeds import (
     MAPPINGS,
     ColumnMapping,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from prompts.commands import render_with_seed
+from engine.app.prompts import render_with_seed
 from prompts.languages import load_languages
 from prompts.taxonomy import load_taxonomy
 

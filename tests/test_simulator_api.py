@@ -12,10 +12,10 @@ import pytest
 from multidict import CIMultiDict
 from openai.types.chat import ChatCompletionMessageParam as MessageParam
 
+from engine.app.sim import add_sim_parser, is_loopback, run_sim, settings_from_args
 from engine.chat import REPLY_PRIMING_TOKENS
 from engine.errors import ConfigError, StateError
 from engine.simulator import FaultRates, SimSettings, Simulator, run_simulator
-from engine.simulator.commands import add_sim_parser, is_loopback, run_sim, settings_from_args
 from engine.tokens import TokenCounter
 
 FAST = SimSettings(ttft_s=0.0, per_token_s=0.0, seed=7)

@@ -9,8 +9,8 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from engine import __version__
 from engine.errors import StateError
+from engine.version import __version__
 from state.schema import (
     PRIMARY_KEYS,
     SCHEMA_VERSION,

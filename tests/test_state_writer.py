@@ -385,8 +385,8 @@ async def test_file_held_by_another_process_is_in_use(
         async with GroupCommitWriter(path):
             pass
     message = str(caught.value)
-    assert f"run directory {path.parent} is in use by another m2l process (pid {pid})" in message
-    assert "wait for it or use `m2l status`" in message
+    assert f"run directory {path.parent} is in use by a running m2l process (pid {pid})" in message
+    assert "wait for it to finish" in message and f"`m2l status {path.parent}`" in message
 
 
 @pytest.mark.anyio

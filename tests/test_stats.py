@@ -14,11 +14,11 @@ from xml.etree import ElementTree
 import pytest
 from rich.console import Console
 
+from engine.app.outputs import add_stats_parser
 from engine.errors import StateError
+from engine.posthoc import filter_run
 from state.export import STATE_FILE, open_run
-from state.posthoc import filter_run
 from state.report_html import render_report
-from state.runcommands import add_stats_parser
 from state.schema import open_store
 from state.stats import RunStats, compute_stats
 from tests.test_export import FixtureRun, build_run, copy_run, holding

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.app.prompts import add_prompts_parser
 from engine.errors import ConfigError
-from prompts.commands import add_prompts_parser
 from prompts.taxonomy import (
     DEFAULT_TAXONOMY_DIR,
     ENTRY_FILES,

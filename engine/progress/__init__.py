@@ -7,13 +7,6 @@ everything else here reads the model's snapshots, a status file, or a store read
 
 from __future__ import annotations
 
-from engine.progress.commands import (
-    add_progress_options,
-    add_status_parser,
-    progress_options,
-    show_status,
-    status_command,
-)
 from engine.progress.dashboard import Dashboard
 from engine.progress.display import (
     MODES,
@@ -30,7 +23,7 @@ from engine.progress.lines import progress_json, progress_line
 from engine.progress.model import ProgressModel
 from engine.progress.rates import SlidingCounter
 from engine.progress.snapshot import FINAL_STATES, LanguageProgress, ProgressSnapshot
-from engine.progress.status import NoRun, RunStatus, judge_status_file, read_run_status
+from engine.progress.status import NoRun, StatusReport, judge_status_file, read_run_status
 from engine.progress.statusfile import (
     HEARTBEAT_FRESH_S,
     STATUS_FILE,
@@ -39,7 +32,7 @@ from engine.progress.statusfile import (
     pid_alive,
     read_status_file,
 )
-from engine.progress.store import STATE_DB, StoreLocked, open_read_only, read_store, store_snapshot
+from engine.progress.store import STATE_DB, read_store, store_snapshot
 from engine.progress.summary import export_command, render_summary, summary_text
 
 __all__ = [
@@ -58,29 +51,22 @@ __all__ = [
     "ProgressSnapshot",
     "QuietDisplay",
     "RichDisplay",
-    "RunStatus",
     "SlidingCounter",
     "StatusFile",
     "StatusFileWriter",
-    "StoreLocked",
-    "add_progress_options",
-    "add_status_parser",
+    "StatusReport",
     "export_command",
     "judge_status_file",
     "make_display",
-    "open_read_only",
     "pid_alive",
     "progress_display",
     "progress_json",
     "progress_line",
-    "progress_options",
     "read_run_status",
     "read_status_file",
     "read_store",
     "render_summary",
     "resolve_mode",
-    "show_status",
-    "status_command",
     "store_snapshot",
     "summary_text",
 ]

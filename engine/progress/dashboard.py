@@ -13,7 +13,7 @@ from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 
-from engine.progress._format import ago, compact, count, duration, percent, usd
+from engine.formats import ago, compact, count, duration, percent, usd
 from engine.progress.snapshot import LanguageProgress, Pairs, ProgressSnapshot
 
 __all__ = ["STATE_STYLES", "Dashboard", "dashboard_text"]

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from engine.progress._format import duration
+from engine.formats import duration
 from engine.progress.snapshot import ProgressSnapshot
 
 __all__ = ["iso_time", "progress_json", "progress_line"]

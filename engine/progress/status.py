@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine.errors import StateError
-from engine.progress._format import duration
+from engine.formats import ago, duration
 from engine.progress.snapshot import FINAL_STATES, ProgressSnapshot
 from engine.progress.statusfile import (
     HEARTBEAT_FRESH_S,
@@ -22,9 +22,10 @@ from engine.progress.statusfile import (
     pid_alive,
     read_status_file,
 )
-from engine.progress.store import STATE_DB, StoreLocked, read_store
+from engine.progress.store import STATE_DB, read_store
+from state.schema import StoreLocked
 
-__all__ = ["NoRun", "RunStatus", "judge_status_file", "read_run_status"]
+__all__ = ["NoRun", "StatusReport", "judge_status_file", "read_run_status"]
 
 _RESUME = "run the same command to resume"
 
@@ -34,7 +35,7 @@ class NoRun(StateError):
 
 
 @dataclass(frozen=True, slots=True)
-class RunStatus:
+class StatusReport:
     """A run's state, one sentence on why we believe it, and its figures."""
 
     run_dir: Path
@@ -67,7 +68,7 @@ def judge_status_file(status: StatusFile, *, now: float, alive: bool | None) -> 
     age = status.age_s(now)
     if status.state not in ("running", "starting"):
         return status.state, _ended_note(status.state, status.snapshot.message)
-    beat = f"last heartbeat {age:.0f} s ago" if age < 120 else f"last heartbeat {duration(age)} ago"
+    beat = f"last heartbeat {ago(age)}"
     if alive is False:
         return "interrupted", f"the process is gone (pid {status.pid}, {beat}); {_RESUME}"
     if age < HEARTBEAT_FRESH_S:
@@ -93,11 +94,11 @@ class _FileView:
     note: str
     age_s: float
 
-    def status(self, run_dir: Path, source: str, state: str | None = None) -> RunStatus:
-        """A RunStatus with this file's figures (and state, unless another is given)."""
+    def status(self, run_dir: Path, source: str, state: str | None = None) -> StatusReport:
+        """A StatusReport with this file's figures (and state, unless another is given)."""
         state = state or self.state
         snapshot = _with_state(self.file.snapshot, state)
-        return RunStatus(run_dir, state, self.note, source, snapshot, self.file.pid, self.age_s)
+        return StatusReport(run_dir, state, self.note, source, snapshot, self.file.pid, self.age_s)
 
 
 def read_run_status(
@@ -105,7 +106,7 @@ def read_run_status(
     *,
     now: Callable[[], float] = time.time,
     alive: Callable[[int], bool] = pid_alive,
-) -> RunStatus:
+) -> StatusReport:
     """Read a run's state and figures from its status file and, when it is free, its store.
 
     Raises NoRun when ``run_dir`` holds neither ``state.duckdb`` nor ``status.json``, and
@@ -145,7 +146,7 @@ def read_run_status(
         if view is None:
             note = f"{holder} holds the store and has written no status file yet"
             empty = ProgressSnapshot(run=run_dir.name, state="running")
-            return RunStatus(run_dir, "running", note, "nothing yet", empty, exc.pid)
+            return StatusReport(run_dir, "running", note, "nothing yet", empty, exc.pid)
         age = duration(view.age_s)
         return view.status(run_dir, f"{STATUS_FILE}, {age} old: the store is locked by {holder}")
     return _from_store(run_dir, snapshot, view, damaged)
@@ -153,7 +154,7 @@ def read_run_status(
 
 def _from_store(
     run_dir: Path, snapshot: ProgressSnapshot, view: _FileView | None, damaged: str
-) -> RunStatus:
+) -> StatusReport:
     """The status of a run nobody is running, with the store's figures."""
     message = view.file.snapshot.message if view is not None else snapshot.message
     if view is not None and view.state in FINAL_STATES:
@@ -175,7 +176,9 @@ def _from_store(
             concurrency_limit=last.concurrency_limit,
         )
     pid, age = (view.file.pid, view.age_s) if view is not None else (None, None)
-    return RunStatus(run_dir, state, note, f"{STATE_DB} (read-only){damaged}", snapshot, pid, age)
+    return StatusReport(
+        run_dir, state, note, f"{STATE_DB} (read-only){damaged}", snapshot, pid, age
+    )
 
 
 def _ended_note(state: str, message: str) -> str:

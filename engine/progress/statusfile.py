@@ -18,10 +18,10 @@ from typing import Any
 
 import orjson
 
-from engine import __version__
 from engine.errors import StateError
 from engine.progress.lines import iso_time
 from engine.progress.snapshot import ProgressSnapshot
+from engine.version import __version__
 
 __all__ = [
     "HEARTBEAT_FRESH_S",

@@ -1,13 +1,13 @@
 """Reading a run's figures from its DuckDB store, read-only, for ``m2l status`` and summaries.
 
-``open_read_only`` raises StoreLocked (a StateError) while another process writes the store,
-and StateError when the file is missing, not DuckDB, or not an m2l store.
+``read_store`` opens it with ``state.schema.open_read_only``: it raises StoreLocked (a
+StateError) while another process writes the store, and StateError when the file is missing,
+not DuckDB, or not an m2l store.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -15,42 +15,17 @@ import duckdb
 
 from engine.errors import StateError
 from engine.progress.snapshot import LanguageProgress, ProgressSnapshot, pairs, slowest_first
-from state.schema import STATE_FILE
+from state.schema import STATE_FILE, open_read_only
 
-__all__ = ["STATE_DB", "StoreLocked", "open_read_only", "read_store", "store_snapshot"]
+__all__ = ["STATE_DB", "read_store", "store_snapshot"]
 
 STATE_DB = STATE_FILE  # the run directory's store, as state.schema names it
-_LOCK_PID = re.compile(r"\(PID (\d+)\)")
 _REASON_CHARS = 80  # failure reasons are grouped by their text; long messages are cut to group
-
-
-class StoreLocked(StateError):
-    """Another process holds the store open for writing (DuckDB allows one writer, no readers)."""
-
-    def __init__(self, message: str, *, pid: int | None) -> None:
-        super().__init__(message)
-        self.pid = pid
-
-
-def open_read_only(path: Path) -> duckdb.DuckDBPyConnection:
-    """Open a store without any chance of writing to it; raises StoreLocked or StateError."""
-    if not path.is_file():
-        raise StateError(f"there is no state file {path}")
-    try:
-        return duckdb.connect(str(path), read_only=True)
-    except duckdb.Error as exc:
-        reason = str(exc)
-        if "lock" in reason.lower():
-            found = _LOCK_PID.search(reason)
-            pid = int(found.group(1)) if found else None
-            holder = f"pid {pid}" if pid else "another process"
-            raise StoreLocked(f"the store {path} is locked by {holder}", pid=pid) from exc
-        raise StateError(f"cannot read the store {path}: {reason}") from exc
 
 
 def read_store(path: Path) -> ProgressSnapshot:
     """The figures of the store at ``path``, opened read-only; raises StoreLocked or StateError."""
-    con = open_read_only(path)
+    con = open_read_only(path, action="read it")
     try:
         return store_snapshot(con, run=path.parent.name)
     finally:

@@ -13,7 +13,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from engine.progress._format import compact, count, duration, percent, usd
+from engine.formats import compact, count, duration, percent, usd
 from engine.progress.dashboard import STATE_STYLES
 from engine.progress.snapshot import Pairs, ProgressSnapshot
 

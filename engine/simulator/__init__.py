@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from engine.simulator.settings import FAULT_KINDS, FaultRates, SimSettings
+from engine.simsettings import FAULT_KINDS, FaultRates, SimSettings
 
 if TYPE_CHECKING:
     from engine.simulator.buckets import Admission, BucketState, RateLimits, TokenBucket

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import orjson
 
-from engine.simulator.settings import FAULT_KINDS, FaultRates
+from engine.simsettings import FAULT_KINDS, FaultRates
 
 __all__ = ["body_key", "draw_fault", "rng_for", "uniform"]
 

@@ -7,9 +7,9 @@ None), and ``reasoning_tokens`` draws the hidden reasoning a reply spends, from 
 
 from __future__ import annotations
 
+from engine.simsettings import SimSettings
 from engine.simulator.faults import rng_for
 from engine.simulator.request import SimRequest
-from engine.simulator.settings import SimSettings
 from engine.simulator.wire import ApiError, unsupported_parameter, unsupported_value
 
 __all__ = ["DEFAULT_EFFORT", "SERVICE_TIERS", "check_params", "reasoning_tokens"]

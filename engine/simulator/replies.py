@@ -10,11 +10,11 @@ import hashlib
 import re
 from dataclasses import dataclass, replace
 
+from engine.simsettings import SimSettings
 from engine.simulator.counting import UsageCounter
 from engine.simulator.faults import rng_for, uniform
 from engine.simulator.languages import ENGLISH, LANGUAGES, Language, find_language
 from engine.simulator.request import SimRequest
-from engine.simulator.settings import SimSettings
 from engine.simulator.text import ReplySpec, composer_for, json_keys_in
 
 __all__ = ["Reply", "ReplyWriter", "target_language"]

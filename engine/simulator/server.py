@@ -21,6 +21,7 @@ from aiohttp import web
 
 from engine.clock import Clock, MonotonicClock
 from engine.errors import ConfigError, StateError
+from engine.simsettings import SimSettings
 from engine.simulator import wire
 from engine.simulator.buckets import Admission, RateLimits
 from engine.simulator.capacity import QueueFull, SlotModel, Slots
@@ -31,7 +32,6 @@ from engine.simulator.promptcache import PromptCache
 from engine.simulator.reasoning import check_params, reasoning_tokens
 from engine.simulator.replies import Reply, ReplyWriter
 from engine.simulator.request import SimRequest, parse_request
-from engine.simulator.settings import SimSettings
 from engine.simulator.stats import SimStats
 from engine.simulator.text import composer_for
 

@@ -22,7 +22,6 @@ import anyio.to_thread
 import orjson
 
 from budgets.admission import load_budget
-from engine import __version__
 from engine.client import ChatClient
 from engine.config import Config, Secret, config_diff
 from engine.dispatcher import Accounting, Completer, Dispatcher
@@ -45,6 +44,7 @@ from engine.scheduler import (
 from engine.simulator import run_simulator
 from engine.tokens import TokenCounter
 from engine.validation import QualityValidator
+from engine.version import __version__
 from prompts.languages import LanguageTable, load_languages
 from prompts.taxonomy import Taxonomy, load_taxonomy
 from state import journal
@@ -263,7 +263,7 @@ def assemble(
     client: Completer,
     *,
     store: ConversationStore,
-    accounting: Accounting,
+    accounting: Accounting[Any],
     hooks: EventHook,
     stop: StopControl,
     taxonomy: Taxonomy,

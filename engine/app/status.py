@@ -18,7 +18,7 @@ from rich.text import Text
 from engine.errors import StateError
 from engine.progress.dashboard import STATE_STYLES, Dashboard
 from engine.progress.display import MODES
-from engine.progress.status import RunStatus, read_run_status
+from engine.progress.status import StatusReport, read_run_status
 from engine.progress.summary import render_summary
 
 __all__ = [
@@ -100,7 +100,7 @@ def show_status(
     return 0
 
 
-def _print_status(status: RunStatus, console: Console) -> None:
+def _print_status(status: StatusReport, console: Console) -> None:
     style = STATE_STYLES.get(status.state, "white")
     headline = Text.assemble(
         (str(status.run_dir), "bold"),

@@ -1,7 +1,7 @@
 """Offline commands on a finished (or stopped) run: `m2l export`, `m2l stats`, `m2l filter`.
 
 Each ``add_*_parser`` adds one subcommand whose ``func`` returns an exit code (0). Errors are
-raised, not printed: engine.cli maps StateError (no run, run in use, damaged store) and
+raised, not printed: engine.app.cli maps StateError (no run, run in use, damaged store) and
 ConfigError (bad options) to exit code 2 with their message.
 """
 
@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from engine.posthoc import FilterReport, Finding, filter_run
 from state.export import FORMATS, export_run, open_run
-from state.posthoc import FilterReport, Finding, filter_run
 from state.report_html import write_report
 from state.stats import compute_stats, print_stats, stats_json
 

@@ -1,4 +1,5 @@
-"""Number, duration and money formatting shared by the dashboard, log lines and summaries.
+"""Number, duration and money formatting: the one place m2l turns a figure into text, for the
+dashboard, log lines, summaries, ``m2l status``, ``m2l estimate`` and the HTML report.
 
 Nothing here raises: every function turns any figure (including None) into short text.
 """
@@ -11,6 +12,8 @@ __all__ = ["ago", "compact", "count", "duration", "percent", "usd"]
 
 # The plain-text placeholder for a figure that is not known yet (rich uses an em dash).
 UNKNOWN = "-"
+# A nano-dollar is the ledger's unit: no amount is known more finely.
+_USD_MAX_DECIMALS = 9
 
 
 def count(n: float) -> str:
@@ -51,19 +54,25 @@ def percent(fraction: float | None) -> str:
 
 
 def usd(amount: float | None) -> str:
-    """Dollars with cents, or four decimals below one cent so tiny test runs are not all $0.00."""
+    """Dollars: cents from $1 up (``$1,234.57``); below, four significant digits with at least
+    cents (``$0.12``, ``$0.3142``, ``$0.004217``), so a small run never reads as ``$0.00``."""
     if amount is None or not math.isfinite(amount):
         return UNKNOWN
-    if amount != 0 and abs(amount) < 0.01:
-        return f"${amount:.4f}"
-    return f"${amount:,.2f}"
+    size = abs(amount)
+    if size >= 1 or size == 0:
+        return f"${amount:,.2f}"
+    decimals = min(max(2, 3 - math.floor(math.log10(size))), _USD_MAX_DECIMALS)
+    digits = f"{size:.{decimals}f}".rstrip("0")
+    if len(digits.partition(".")[2]) < 2:
+        digits = f"{size:.2f}"
+    return f"{'-' if amount < 0 else ''}${digits}"
 
 
 def ago(seconds: float | None) -> str:
-    """How long ago, at a glance: ``12 s ago``, ``5 min ago``, ``2:03:04 ago``."""
+    """How long ago, at a glance: ``12 s ago``, ``90 s ago``, ``5 min ago``, ``2:03:04 ago``."""
     if seconds is None or not math.isfinite(seconds) or seconds < 0:
         return UNKNOWN
-    if seconds < 60:
+    if seconds < 120:
         return f"{seconds:.0f} s ago"
     if seconds < 3600:
         return f"{seconds // 60:.0f} min ago"

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
-from engine import __version__
 from engine.errors import ConfigError, M2LError, StateError
+from engine.version import __version__
 
 __all__ = ["build_parser", "main"]
 
@@ -30,7 +30,7 @@ Docs: README.md."""
 
 
 def _add_run_parser(sub: SubParsers) -> None:
-    from engine.progress.commands import add_progress_options
+    from engine.app.status import add_progress_options
 
     p = sub.add_parser(
         "run",
@@ -52,7 +52,7 @@ def _add_run_parser(sub: SubParsers) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from engine.runcmd import run_from_cli
+    from engine.app.runcmd import run_from_cli
 
     return run_from_cli(args)
 
@@ -78,12 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _registrars() -> list[Callable[[SubParsers], None]]:
     """Each package's own subcommands; imported here so `m2l --help` lists them all."""
-    from budgets.commands import add_estimate_parser
-    from engine.progress.commands import add_status_parser
-    from engine.simulator.commands import add_sim_parser
-    from prompts.commands import add_prompts_parser
-    from state.commands import add_seeds_parser
-    from state.runcommands import add_export_parser, add_filter_parser, add_stats_parser
+    from engine.app.estimate import add_estimate_parser
+    from engine.app.outputs import add_export_parser, add_filter_parser, add_stats_parser
+    from engine.app.prompts import add_prompts_parser
+    from engine.app.seeds import add_seeds_parser
+    from engine.app.sim import add_sim_parser
+    from engine.app.status import add_status_parser
 
     return [
         add_status_parser,

@@ -16,8 +16,8 @@ import signal
 import sys
 
 from engine.errors import ConfigError
+from engine.simsettings import FAULT_KINDS, FaultRates, SimSettings
 from engine.simulator.server import run_simulator
-from engine.simulator.settings import FAULT_KINDS, FaultRates, SimSettings
 
 __all__ = ["add_sim_parser", "is_loopback", "run_sim", "settings_from_args"]
 

@@ -7,11 +7,12 @@ import asyncio
 import shlex
 import sys
 
+from engine.app.run import RunOptions, RunReport, execute_run, exit_code
+from engine.app.status import progress_options
 from engine.clock import MonotonicClock
 from engine.config import Config, environment, load_config
 from engine.events import Hooks
-from engine.progress import ProgressModel, progress_display, progress_options
-from engine.run import RunOptions, RunReport, execute_run, exit_code
+from engine.progress import ProgressModel, progress_display
 from engine.scheduler import RunStatus
 
 __all__ = ["run_from_cli"]

@@ -1,0 +1,152 @@
+"""``m2l estimate --pilot N``: run N real conversations into a temporary run directory and
+project the full run's cost from what they cost."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from budgets.interval import Extrapolation, extrapolate
+from budgets.ledger import failure_is_billed
+from budgets.prices import Price, from_nano
+from budgets.stepload import KINDS, OutputLengths
+from engine.app.run import execute_run
+from engine.config import Config
+from engine.errors import ConfigError
+from engine.events import Hooks
+from engine.formats import usd
+from state.schema import STATE_FILE, open_read_only
+
+__all__ = ["PilotResult", "pilot_config", "pilot_costs", "run_pilot"]
+
+
+@dataclass(frozen=True, slots=True)
+class PilotResult:
+    """What N real conversations cost, and the run's total cost projected from them."""
+
+    conversations: int
+    status: str
+    simulated: bool
+    cost_per_conversation: Sequence[float]
+    requests: int
+    completion_by_kind: Mapping[str, float]
+    projection: Extrapolation
+    population: int
+    wall_s: float
+
+    def lines(self, outputs: OutputLengths | None = None) -> list[str]:
+        costs = self.cost_per_conversation
+        mean = sum(costs) / len(costs) if costs else 0.0
+        where = "the simulator" if self.simulated else "the configured provider"
+        p = self.projection
+        out = [
+            f"pilot: {self.conversations} conversations against {where} ({self.status}, "
+            f"{self.requests} requests, {self.wall_s:.0f} s): {usd(mean)} per conversation",
+            f"pilot projection for {self.population:,} conversations: {usd(p.total)} "
+            f"(95% interval {usd(p.low)} .. {usd(p.high)})",
+        ]
+        measured = ", ".join(f"{k} {v:.0f}" for k, v in self.completion_by_kind.items())
+        if measured:
+            line = f"pilot completion tokens per reply: {measured}"
+            if outputs is not None:
+                line += (
+                    " (assumed: " + ", ".join(f"{k} {getattr(outputs, k):.0f}" for k in KINDS) + ")"
+                )
+            out.append(line)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "conversations": self.conversations,
+            "status": self.status,
+            "simulated": self.simulated,
+            "requests": self.requests,
+            "cost_per_conversation_usd": list(self.cost_per_conversation),
+            "completion_tokens_by_kind": dict(self.completion_by_kind),
+            "projected_usd": self.projection.total,
+            "projected_low_usd": self.projection.low,
+            "projected_high_usd": self.projection.high,
+            "population": self.population,
+            "wall_seconds": self.wall_s,
+        }
+
+
+def pilot_config(config: Config, conversations: int, output_dir: Path) -> Config:
+    """The config of a pilot: the same run, with only enough seeds for ``conversations``."""
+    seeds = replace(
+        config.seeds,
+        total=max(1, math.ceil(conversations / config.seeds.evols_per_seed)),
+        per_language=None,
+    )
+    run = replace(config.run, name=f"{config.run.name}-pilot", output_dir=output_dir)
+    return replace(config, run=run, seeds=seeds)
+
+
+def pilot_costs(
+    conn: duckdb.DuckDBPyConnection, price: Price | None
+) -> tuple[dict[int, int], dict[str, float], int]:
+    """(nano per conversation, mean completion tokens per step kind, requests) of a run's log,
+    priced as the ledger counts: real usage for 'ok', the worst case for outcomes unknown."""
+    per_conv: dict[int, int] = {
+        int(c): 0 for (c,) in conn.execute("SELECT conv_id FROM conversations").fetchall()
+    }
+    completions: dict[str, list[int]] = {k: [] for k in KINDS}
+    requests = 0
+    for conv_id, step, status, error_class, prompt, completion, cached, max_tokens in conn.execute(
+        """SELECT conv_id, step, status, error_class, prompt_tokens, completion_tokens,
+                  cached_tokens, max_tokens FROM requests WHERE conv_id IS NOT NULL"""
+    ).fetchall():
+        if status == "rejected":
+            continue
+        requests += 1
+        nano = 0
+        if status == "ok":
+            if price is not None:
+                nano = price.cost_nano(prompt, completion or 0, cached or 0)
+            kind = "evolve" if step == 0 else "answer" if step % 2 == 1 else "follow_up"
+            completions[kind].append(int(completion or 0))
+        elif price is not None and (status == "reserved" or failure_is_billed(error_class)):
+            nano = price.worst_nano(prompt, max_tokens)
+        per_conv[int(conv_id)] = per_conv.get(int(conv_id), 0) + nano
+    means = {k: sum(v) / len(v) for k, v in completions.items() if v}
+    return per_conv, means, requests
+
+
+async def run_pilot(
+    config: Config,
+    conversations: int,
+    *,
+    env: Mapping[str, str],
+    population: int,
+    price: Price | None,
+) -> PilotResult:
+    """Run ``conversations`` real conversations into a temporary run directory, then project
+    the full run's cost from them. Raises ConfigError, or what ``m2l run`` raises."""
+    if conversations < 2:
+        raise ConfigError("--pilot needs at least 2 conversations to give an interval")
+    with tempfile.TemporaryDirectory(prefix="m2l-pilot-") as tmp:
+        pilot = pilot_config(config, conversations, Path(tmp))
+        started = time.monotonic()
+        report = await execute_run(pilot, env=env, hooks=Hooks())
+        wall = time.monotonic() - started
+        with open_read_only(pilot.run_dir / STATE_FILE, action="read its costs") as conn:
+            per_conv, completions, requests = pilot_costs(conn, price)
+    costs = [from_nano(n) for _, n in sorted(per_conv.items())]
+    return PilotResult(
+        conversations=len(costs),
+        status=report.result.status.value,
+        simulated=pilot.uses_simulator(env),
+        cost_per_conversation=tuple(costs),
+        requests=requests,
+        completion_by_kind=completions,
+        projection=extrapolate(costs, population),
+        population=population,
+        wall_s=wall,
+    )
