@@ -46,6 +46,9 @@ UNBILLED_FAILURES: frozenset[str] = frozenset(
         "model_not_found",
         "rate_limited",
         "connection_refused",
+        "connect_failed",
+        "connect_timeout",
+        "host_not_found",
         "server_unreachable",
         "oversize_request",
     }

@@ -16,6 +16,7 @@ __all__ = [
     "TOKENS_PER_MESSAGE",
     "ChatRequest",
     "ChatResult",
+    "Delivery",
     "Message",
     "Usage",
 ]
@@ -106,3 +107,17 @@ class ChatResult:
     model: str
     ratelimit: RateLimitSnapshot
     latency_s: float
+
+
+class Delivery:
+    """Whether an attempt's request was written to the server: an attempt cancelled before
+    that (still connecting) never left the machine and cost nothing.
+
+    ``written`` starts True (a completer that cannot tell is assumed to have sent); the HTTP
+    client sets it False before connecting and True once the request headers are out.
+    """
+
+    __slots__ = ("written",)
+
+    def __init__(self) -> None:
+        self.written = True

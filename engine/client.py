@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import re
 import time
+import urllib.parse
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -17,14 +17,17 @@ from typing import Any
 import aiohttp
 import orjson
 
-from engine.chat import ChatRequest, ChatResult, Usage
+from engine.chat import ChatRequest, ChatResult, Delivery, Usage
 from engine.config import ProviderConfig, Secret
 from engine.errors import (
     AuthenticationFailed,
+    ConnectFailed,
     ConnectionLost,
     ConnectionRefused,
+    ConnectTimeout,
     ContentFiltered,
     ContextLengthExceeded,
+    HostNotFound,
     MalformedResponse,
     ModelNotFound,
     PermanentRequestError,
@@ -35,26 +38,31 @@ from engine.errors import (
     ServerError,
 )
 from engine.headers import RateLimitSnapshot, parse_retry_after
+from engine.redact import Redactor, scrub
 
 __all__ = ["ChatClient", "scrub"]
 
-_KEYLIKE = re.compile(r"(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-*]{8,}")
-
-
-def scrub(text: str, secret: Secret | None = None) -> str:
-    """Remove an API key (ours, or anything shaped like one) from text meant for people."""
-    if secret is not None and secret.reveal():
-        text = text.replace(secret.reveal(), "***")
-    return _KEYLIKE.sub(r"\1***", text)
-
 
 class ChatClient:
-    """Sends chat requests to one OpenAI-compatible endpoint."""
+    """Sends chat requests to one OpenAI-compatible endpoint.
+
+    Every text taken from a response (reply, error body, malformed-body snippet, transport error)
+    passes through a ``Redactor`` here, so a server that echoes the key cannot leak it further.
+    """
 
     def __init__(self, provider: ProviderConfig, *, base_url: str, api_key: Secret | None) -> None:
         self._provider = provider
         self._api_key = api_key
+        self._redact = Redactor(api_key)
         self._url = base_url.rstrip("/") + "/chat/completions"
+        parsed = urllib.parse.urlsplit(base_url)
+        self._host = parsed.hostname or base_url
+        # How messages name the endpoint: scheme, host, port and path, never a query string or
+        # user info (either may carry a key).
+        netloc = parsed.netloc.rpartition("@")[2]
+        self._where = self._redact.text(
+            f"{parsed.scheme}://{netloc}{parsed.path.rstrip('/')}/chat/completions"
+        )
         self._model = provider.model
         headers = {"Content-Type": "application/json", "User-Agent": "m2l/0.1"}
         headers.update(provider.headers)
@@ -76,8 +84,13 @@ class ChatClient:
         connector = aiohttp.TCPConnector(
             limit=self._provider.pool_size, limit_per_host=self._provider.pool_size
         )
+        trace = aiohttp.TraceConfig()
+        trace.on_request_headers_sent.append(_mark_written)
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, json_serialize=_dumps_str
+            connector=connector,
+            timeout=self._timeout,
+            json_serialize=_dumps_str,
+            trace_configs=[trace],
         )
         return self
 
@@ -94,30 +107,63 @@ class ChatClient:
             session, self._session = self._session, None
             await asyncio.shield(session.close())
 
-    async def complete(self, request: ChatRequest) -> ChatResult:
-        """Send one request; raises a RequestError subclass on any failure."""
+    async def complete(
+        self, request: ChatRequest, *, delivery: Delivery | None = None
+    ) -> ChatResult:
+        """Send one request; raises a RequestError subclass on any failure.
+
+        ``delivery.written`` tells afterwards (even after a cancellation) whether the request
+        reached the wire.
+        """
         session = self._session
         if session is None:
             raise RuntimeError("ChatClient used outside its 'async with' block")
         data = orjson.dumps(request.body(self._model))
         started = time.monotonic()
+        if delivery is not None:
+            delivery.written = False
         try:
             async with session.post(
-                self._url, data=data, headers=self._headers, params=self._params
+                self._url,
+                data=data,
+                headers=self._headers,
+                params=self._params,
+                trace_request_ctx=delivery,
             ) as response:
                 raw = await response.read()
                 status = response.status
                 headers = response.headers
+        except aiohttp.ConnectionTimeoutError:
+            # The connection never opened: the request was not written, nothing was billed.
+            raise ConnectTimeout(
+                f"could not connect to {self._where} within provider.connect_timeout_s "
+                f"({self._provider.connect_timeout_s:g} s)"
+            ) from None
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise RequestTimeout(f"no complete answer from {self._url} in time ({exc})") from None
+            raise RequestTimeout(
+                self._redact.text(f"no complete answer from {self._where} in time ({exc})")
+            ) from None
+        except aiohttp.ClientConnectorDNSError:
+            raise HostNotFound(
+                f"the host {self._host!r} of provider.base_url does not resolve (DNS lookup "
+                "failed); check the host name for a typo"
+            ) from None
         except aiohttp.ClientConnectorError as exc:
             if exc.os_error.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH):
-                raise ConnectionRefused(f"cannot connect to {self._url}: {exc.strerror}") from None
-            raise ConnectionLost(f"cannot connect to {self._url}: {exc}") from None
+                raise ConnectionRefused(
+                    f"cannot connect to {self._where}: {exc.strerror}"
+                ) from None
+            raise ConnectFailed(
+                self._redact.text(f"cannot connect to {self._where}: {exc}")
+            ) from None
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as exc:
-            raise ConnectionLost(f"connection to {self._url} broke mid-response: {exc}") from None
+            raise ConnectionLost(
+                self._redact.text(f"connection to {self._where} broke mid-response: {exc}")
+            ) from None
         except aiohttp.ClientError as exc:
-            raise ConnectionLost(f"request to {self._url} failed: {exc}") from None
+            raise ConnectionLost(
+                self._redact.text(f"request to {self._where} failed: {exc}")
+            ) from None
         latency = time.monotonic() - started
         snapshot = RateLimitSnapshot.from_headers(headers)
         if status != 200:
@@ -129,7 +175,9 @@ class ChatClient:
             body = orjson.loads(raw)
             choice = body["choices"][0]
             content = choice["message"].get("content") or ""
-            finish = choice.get("finish_reason") or "stop"
+            if not isinstance(content, str):
+                raise TypeError(f"message.content is {type(content).__name__}, not a string")
+            finish = str(choice.get("finish_reason") or "stop")
             usage = body.get("usage") or {}
             details = usage.get("prompt_tokens_details") or {}
             result_usage = Usage(
@@ -141,22 +189,32 @@ class ChatClient:
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
             preview = raw[:120].decode("utf-8", "replace")
             raise MalformedResponse(
-                f"the server's reply is not an OpenAI chat completion ({type(exc).__name__}: "
-                f"{exc}); it began {preview!r}"
+                self._redact.text(
+                    f"the server's reply is not an OpenAI chat completion "
+                    f"({type(exc).__name__}: {exc}); it began {preview!r}"
+                ),
+                status=200,
             ) from None
         if finish == "content_filter":
             raise ContentFiltered("the provider's content filter stopped the reply")
-        return ChatResult(content, finish, result_usage, model, snapshot, latency)
+        return ChatResult(
+            self._redact.content(content),
+            self._redact.text(finish),
+            result_usage,
+            self._redact.text(model),
+            snapshot,
+            latency,
+        )
 
     def _http_error(
         self, status: int, raw: bytes, headers: Mapping[str, str], snapshot: RateLimitSnapshot
     ) -> RequestError:
         error = _error_object(raw)
-        message = scrub(
-            str(error.get("message") or raw[:200].decode("utf-8", "replace")), self._api_key
+        message = self._redact.text(
+            str(error.get("message") or raw[:200].decode("utf-8", "replace"))
         )
-        code = str(error.get("code") or "")
-        kind = str(error.get("type") or "")
+        code = self._redact.text(str(error.get("code") or ""))
+        kind = self._redact.text(str(error.get("type") or ""))
         if status == 429:
             limit_kind = kind if kind in ("requests", "tokens") else None
             if code == "insufficient_quota":
@@ -180,7 +238,7 @@ class ChatClient:
             return PermissionDenied(f"access denied (403): {message}", status=status)
         if status == 404:
             return ModelNotFound(
-                f"not found (404) at {self._url} for model {self._model!r}: {message}. Check "
+                f"not found (404) at {self._where} for model {self._model!r}: {message}. Check "
                 "provider.model and provider.base_url",
                 status=status,
             )
@@ -207,6 +265,17 @@ def _error_object(raw: bytes) -> dict[str, Any]:
     if isinstance(body, dict) and isinstance(body.get("error"), dict):
         return dict(body["error"])
     return {}
+
+
+async def _mark_written(
+    session: aiohttp.ClientSession,
+    context: Any,
+    params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    """aiohttp trace hook: the request's headers are on the wire, so it may be billed."""
+    delivery = context.trace_request_ctx
+    if isinstance(delivery, Delivery):
+        delivery.written = True
 
 
 def _dumps_str(obj: Any) -> str:

@@ -10,14 +10,18 @@ __all__ = [
     "AuthenticationFailed",
     "BudgetExhausted",
     "ConfigError",
+    "ConnectFailed",
+    "ConnectTimeout",
     "ConnectionLost",
     "ConnectionRefused",
     "ContentFiltered",
     "ContextLengthExceeded",
     "FatalRunError",
+    "HostNotFound",
     "M2LError",
     "MalformedResponse",
     "ModelNotFound",
+    "NotChatCompletions",
     "OversizeRequest",
     "PermanentRequestError",
     "PermissionDenied",
@@ -27,6 +31,7 @@ __all__ = [
     "ServerError",
     "ServerUnreachable",
     "StateError",
+    "SystematicFailure",
     "TransientError",
 ]
 
@@ -86,8 +91,24 @@ class ConnectionLost(TransientError):
     """The connection was reset or closed before the whole response arrived."""
 
 
-class ConnectionRefused(TransientError):
-    """Nothing listens at the base URL; repeated refusals become ServerUnreachable."""
+class ConnectFailed(TransientError):
+    """No connection was made, so the request never left this machine and cost nothing.
+
+    Not one of the request's attempts: the run waits for the server (with backoff) up to
+    ``retry.unreachable_s`` before it stops with ServerUnreachable.
+    """
+
+
+class ConnectionRefused(ConnectFailed):
+    """Nothing listens at the base URL (or the host is unreachable)."""
+
+
+class ConnectTimeout(ConnectFailed):
+    """The connection could not be opened within ``provider.connect_timeout_s``."""
+
+
+class HostNotFound(ConnectFailed):
+    """The base URL's host name does not resolve (fatal at once if it never resolved)."""
 
 
 class MalformedResponse(TransientError):
@@ -144,4 +165,12 @@ class ModelNotFound(FatalRunError):
 
 
 class ServerUnreachable(FatalRunError):
-    """Connections are refused again and again: the base URL is wrong or the server is down."""
+    """The server could not be reached for ``retry.unreachable_s``, or its host never resolved."""
+
+
+class NotChatCompletions(FatalRunError):
+    """Answers in a row were 200 but not chat completions: base_url points at something else."""
+
+
+class SystematicFailure(FatalRunError):
+    """The last conversations to finish all failed for the same reason: the run cannot succeed."""
