@@ -149,8 +149,12 @@ class RunConfig:
     seed: int = 0
     max_active: int = 512
     grace_s: float = 30.0
+    # The last N conversations to finish all failed for the same reason: stop (0: never).
+    systematic_failure_window: int = 20
 
     def __post_init__(self) -> None:
+        if self.systematic_failure_window < 0:
+            raise ValueError("systematic_failure_window must be 0 (off) or more")
         if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
             raise ValueError(f"run name {self.name!r} must be a plain folder name")
         if self.max_active < 1:
@@ -194,6 +198,14 @@ class RetryConfig:
     max_delay_s: float = 30.0
     rate_limit_patience: int = 50
     refused_before_fatal: int = 5
+    unreachable_s: float = 60.0  # how long a server that cannot be reached is waited for
+    malformed_before_fatal: int = 10  # 200s in a row that are not chat completions: stop
+
+    def __post_init__(self) -> None:
+        if not self.unreachable_s >= 0:
+            raise ValueError("unreachable_s must be zero or more seconds")
+        if self.malformed_before_fatal < 1:
+            raise ValueError("malformed_before_fatal must be at least 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +295,7 @@ SAFE_ON_RESUME = (
     "limits.",
     "run.max_active",
     "run.grace_s",
+    "run.systematic_failure_window",
     "run.output_dir",
     "retry.",
     "budget.usd",

@@ -10,16 +10,15 @@ import random
 import time
 from typing import Any, Protocol, TypeVar
 
-from engine.chat import ChatRequest, ChatResult
+from engine.chat import ChatRequest, ChatResult, Delivery
 from engine.concurrency import ConcurrencyGate, Flight
 from engine.errors import (
-    ConnectionRefused,
+    ConnectFailed,
     OversizeRequest,
     RateLimited,
     RequestError,
     RequestTimeout,
     ServerError,
-    ServerUnreachable,
 )
 from engine.events import (
     EventHook,
@@ -31,8 +30,9 @@ from engine.events import (
     RequestSent,
 )
 from engine.headers import RateLimitSnapshot
+from engine.health import HealthPolicy, RunHealth
 from engine.limiter import RateLimiter
-from engine.retry import GiveUp, RateLimitWait, RefusalTracker, Retry, RetryPolicy, decide
+from engine.retry import GiveUp, RateLimitWait, Retry, RetryPolicy, decide
 
 __all__ = ["Accounting", "Completer", "Dispatcher", "NullAccounting", "TicketT", "is_overload"]
 
@@ -50,7 +50,9 @@ def is_overload(error: RequestError) -> bool:
 class Completer(Protocol):
     """Anything that completes chat requests (the HTTP client, or a fake in tests)."""
 
-    async def complete(self, request: ChatRequest) -> ChatResult: ...
+    async def complete(
+        self, request: ChatRequest, *, delivery: Delivery | None = None
+    ) -> ChatResult: ...
 
 
 # What an Accounting's ``reserve`` hands back to identify one attempt; the dispatcher only passes
@@ -101,6 +103,7 @@ class Dispatcher:
         accounting: Accounting[Any] | None = None,
         hooks: EventHook | None = None,
         rng: random.Random | None = None,
+        health: RunHealth | None = None,
     ) -> None:
         self._client = client
         self._limiter = limiter
@@ -110,32 +113,47 @@ class Dispatcher:
         self._accounting: Accounting[Any] = accounting or NullAccounting()
         self._hooks: EventHook = hooks or Hooks()
         self._rng = rng or random.Random()
-        self._refusals = RefusalTracker(self._policy.refused_before_fatal)
+        self._health = health or RunHealth(
+            HealthPolicy(refused_before_fatal=self._policy.refused_before_fatal)
+        )
+
+    @property
+    def health(self) -> RunHealth:
+        """The run-level watch this dispatcher reports to (the scheduler reports to it too)."""
+        return self._health
 
     async def complete(self, request: ChatRequest, *, kind: str = "") -> ChatResult:
         """The reply to ``request``; raises PermanentRequestError, FatalRunError or the error
         that exhausted the attempts, and BudgetExhausted when a cap would be passed."""
-        tries = transient = rate_limited = 0
+        tries = transient = rate_limited = unreached = 0
+        emit, key = self._hooks.on_event, request.key
         while True:
             tries += 1
             outcome = await self._attempt(request, kind, tries)
             if isinstance(outcome, ChatResult):
+                self._health.reply_ok()
                 return outcome
-            error = self._promote(outcome)
+            error = outcome
+            fatal = self._health.request_failed(error)
+            if fatal is not None:
+                emit(RequestFailed(key, fatal.error_class, str(fatal), _now()))
+                raise fatal
             if isinstance(error, RateLimited):
                 rate_limited += 1
+            elif isinstance(error, ConnectFailed):
+                unreached += 1
             else:
                 transient += 1
-            # A request whose only failures were 429s has used none of its attempts yet;
-            # decide() numbers attempts from 1.
+            # A request whose only failures were 429s or unreached servers has used none of
+            # its attempts yet; decide() numbers attempts from 1.
             decision = decide(
                 self._policy,
                 error,
                 attempt=max(transient, 1),
                 rate_limited=rate_limited,
+                unreached=unreached,
                 rng=self._rng,
             )
-            emit, key = self._hooks.on_event, request.key
             if isinstance(decision, Retry):
                 emit(
                     RequestRetried(
@@ -186,12 +204,15 @@ class Dispatcher:
                 concurrency=self._gate.limit if self._gate is not None else None,
             )
         )
+        delivery = Delivery()
         try:
-            result = await self._client.complete(request)
+            result = await self._client.complete(request, delivery=delivery)
         except RequestError as exc:
             self._land(flight, exc)
-            # A 429 or a refused connection never reached the model: nothing was charged.
-            admitted = not isinstance(exc, RateLimited | ConnectionRefused)
+            # A 429 never reached the model, and a request that never reached the wire (no
+            # connection, or a timeout while connecting) never left this machine: neither
+            # was charged.
+            admitted = delivery.written and not isinstance(exc, RateLimited | ConnectFailed)
             if isinstance(exc, RateLimited):
                 snap = exc.ratelimit if isinstance(exc.ratelimit, RateLimitSnapshot) else None
                 self._limiter.rejected(permit, snapshot=snap, retry_after=exc.retry_after)
@@ -200,17 +221,17 @@ class Dispatcher:
             self._accounting.release(ticket, exc, admitted=admitted)
             return exc
         except BaseException:
-            # Cancelled mid-flight: the provider may have taken it, so it stays charged.
+            # Cancelled mid-flight: once written, the provider may have taken it, so it stays
+            # charged (its outcome is unknown); cancelled while connecting, it cost nothing.
             self._land(flight, None)
-            self._limiter.release(permit, admitted=True)
-            self._accounting.release(ticket, None, admitted=True)
+            self._limiter.release(permit, admitted=delivery.written)
+            self._accounting.release(ticket, None, admitted=delivery.written)
             raise
         if flight is not None and self._gate is not None:
             self._gate.succeeded(flight, result.usage.completion_tokens)
         self._limiter.complete(
             permit, snapshot=result.ratelimit, used_tokens=result.usage.total_tokens
         )
-        self._refusals.note_success()
         cost = self._accounting.settle(ticket, result)
         usage = result.usage
         self._hooks.on_event(
@@ -234,15 +255,6 @@ class Dispatcher:
             self._gate.overloaded(flight)
         else:
             self._gate.finished(flight)
-
-    def _promote(self, error: RequestError) -> RequestError:
-        """Connection refusals become fatal once they repeat across requests."""
-        if isinstance(error, ConnectionRefused) and self._refusals.note_refused():
-            return ServerUnreachable(
-                f"{error} — connections were refused {self._policy.refused_before_fatal} times "
-                "in a row; is the server running and is provider.base_url right?"
-            )
-        return error
 
     @property
     def limiter(self) -> RateLimiter:

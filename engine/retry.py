@@ -3,12 +3,14 @@
 Every failure is one of four kinds, decided here and nowhere else:
 
 - **transient** — ``ServerError`` (5xx), ``RequestTimeout``, ``ConnectionLost`` (reset or
-  truncated body), ``MalformedResponse``, ``ConnectionRefused``: the same request may well
-  succeed, so it is retried after an exponential backoff with full jitter (a ``Retry-After``
-  the server sent is the floor), up to ``max_attempts`` attempts in all; after the last one the
-  caller gets the original error. Connection refusals are also counted across all requests by
-  ``RefusalTracker``: ``refused_before_fatal`` in a row with no success between them stop the
-  run with ``ServerUnreachable``.
+  truncated body), ``MalformedResponse``: the same request may well succeed, so it is retried
+  after an exponential backoff with full jitter (a ``Retry-After`` the server sent is the
+  floor), up to ``max_attempts`` attempts in all; after the last one the caller gets the
+  original error.
+- **server not reached** — ``ConnectFailed`` (refused, connect timeout, no DNS): the request
+  never left the machine, so it is not one of its attempts; it is sent again after a backoff
+  until the server answers. How long the run waits for the server is the run's decision
+  (``engine.health.RunHealth``, ``retry.unreachable_s``), not the request's.
 - **rate limited** — ``RateLimited`` (HTTP 429): not the request's fault and not one of its
   attempts; the limiter pauses all dispatch until the reset the server names, and the request
   queues again. After ``rate_limit_patience`` 429s the request gives up with ``RateLimited``.
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 
 from engine.errors import (
     ConfigError,
+    ConnectFailed,
     ConnectionRefused,
     RateLimited,
     RequestError,
@@ -125,15 +128,28 @@ def decide(
     attempt: int,
     rate_limited: int,
     rng: random.Random,
+    unreached: int = 0,
 ) -> Retry | RateLimitWait | GiveUp:
     """What to do after ``error``.
 
-    ``attempt`` counts this request's attempts that did not end in a 429, this one included
-    (so 1 after a first transient failure, and 0 when a 429 came first); ``rate_limited`` counts
-    its 429s, this one included. Raises ValueError for counts that cannot be.
+    ``attempt`` counts this request's attempts that did not end in a 429 or an unreached
+    server, this one included (so 1 after a first transient failure, and 0 when a 429 came
+    first); ``rate_limited`` counts its 429s, ``unreached`` its failed connections, this one
+    included. Raises ValueError for counts that cannot be.
     """
-    if attempt < 0 or rate_limited < 0:
-        raise ValueError(f"attempt and rate_limited count up from 0; got {attempt}, {rate_limited}")
+    if attempt < 0 or rate_limited < 0 or unreached < 0:
+        raise ValueError(
+            f"attempt, rate_limited and unreached count up from 0; got {attempt}, "
+            f"{rate_limited}, {unreached}"
+        )
+    if isinstance(error, ConnectFailed):
+        if unreached < 1:
+            raise ValueError("a failed connection must be counted in unreached before deciding")
+        # Equal jitter: at least half the backoff, so hundreds of waiting requests do not
+        # hammer a restarting server with near-zero delays.
+        delay = backoff_delay(policy, unreached, rng)
+        cap = min(policy.max_delay_s, policy.base_delay_s * 2.0 ** min(unreached - 1, 60))
+        return Retry(max(delay, cap / 2) if policy.backoff else 0.0)
     if isinstance(error, RateLimited):
         if rate_limited < 1:
             raise ValueError("a 429 must be counted in rate_limited before deciding on it")

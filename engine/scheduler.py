@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,7 +33,15 @@ from engine.errors import BudgetExhausted, FatalRunError, RequestError, StateErr
 from engine.events import ConversationFinished, ConversationStarted, EventHook, Hooks, StepDone
 from engine.limiter import RateLimiter
 
-__all__ = ["Admission", "ConversationStore", "RunStatus", "Scheduler", "StopControl"]
+__all__ = [
+    "Admission",
+    "ConversationStore",
+    "RunResult",
+    "RunStatus",
+    "Scheduler",
+    "StopControl",
+    "judge_finished",
+]
 
 
 class RunStatus(enum.Enum):
@@ -109,6 +117,23 @@ class StopControl:
 class RunResult:
     status: RunStatus
     message: str
+
+
+def judge_finished(result: RunResult, counts: Mapping[str, int]) -> RunResult:
+    """A run that "finished" with conversations but not one of them done has failed.
+
+    ``counts`` are the run's conversations by status, over every session.
+    """
+    if result.status is not RunStatus.FINISHED or counts.get("done", 0) > 0:
+        return result
+    failed = sum(n for status, n in counts.items() if status != "done")
+    if failed == 0:
+        return result
+    return RunResult(
+        RunStatus.FAILED,
+        f"every conversation failed ({failed} of {failed}); `m2l stats RUN_DIR` lists the "
+        "reasons. Fix the cause, then run the same command with --retry-failed",
+    )
 
 
 class Scheduler:
@@ -285,6 +310,11 @@ class Scheduler:
                         time.monotonic(),
                     )
                 )
+                verdict = self._dispatcher.health.conversation_finished(
+                    conv.status is Status.DONE, conv.reason
+                )
+                if verdict is not None:
+                    raise verdict
         except BudgetExhausted as exc:
             # Leave the conversation active: a resume with a higher cap continues it.
             self._budget_hit = str(exc)

@@ -110,9 +110,15 @@ class RequestLog:
         try:
             await asyncio.shield(self._batcher.reserved(row))
         except BaseException:
-            # Not on record, so certainly not sent: give the reservation back.
+            # Not sent: give the reservation back. Cancelled while the shielded insert was
+            # under way, the row may still be written, so it is closed as never sent, too.
             if self._guard is not None:
                 self._guard.release(ticket, admitted=False)
+            self._submit(
+                journal.FinishedRow(
+                    ticket.request_id, status="rejected", cost_usd=0.0, error_class="cancelled"
+                )
+            )
             raise
         return ticket
 

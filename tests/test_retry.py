@@ -58,7 +58,7 @@ def test_each_error_class_gets_its_outcome(
     error: RequestError, outcome: type[Retry | RateLimitWait | GiveUp]
 ) -> None:
     """Transient errors retry, 429 waits on the limiter, permanent and fatal ones give up."""
-    decision = decide(POLICY, error, attempt=1, rate_limited=1, rng=random.Random(1))
+    decision = decide(POLICY, error, attempt=1, rate_limited=1, unreached=1, rng=random.Random(1))
     assert type(decision) is outcome
     if isinstance(decision, GiveUp):
         assert decision.error is error
@@ -72,6 +72,18 @@ def test_exhausted_attempts_give_up_with_the_original_error() -> None:
     decision = decide(POLICY, error, attempt=6, rate_limited=0, rng=rng)
     assert decision == GiveUp(error)
     assert isinstance(decision, GiveUp) and decision.error is error
+
+
+def test_an_unreached_server_never_spends_attempts_and_backs_off() -> None:
+    """A failed connection retries whatever the attempt count, waiting at least half the cap."""
+    error = ConnectionRefused("nothing listens at 127.0.0.1:9")
+    rng = random.Random(5)
+    for unreached in (1, 4, 40):
+        decision = decide(POLICY, error, attempt=6, rate_limited=0, unreached=unreached, rng=rng)
+        cap = min(POLICY.max_delay_s, POLICY.base_delay_s * 2 ** (unreached - 1))
+        assert isinstance(decision, Retry) and cap / 2 <= decision.delay_s <= cap
+    with pytest.raises(ValueError):
+        decide(POLICY, error, attempt=0, rate_limited=0, unreached=0, rng=rng)
 
 
 def test_rate_limits_do_not_spend_transient_attempts() -> None:

@@ -92,10 +92,12 @@ async def test_transient_faults_do_not_change_the_dataset(tmp_path: Path) -> Non
 
 
 async def test_exhausted_retries_fail_the_conversation_not_the_run(tmp_path: Path) -> None:
-    """A request that fails on every attempt ends its conversation with the reason; the run ends."""
+    """A request that fails on every attempt ends its conversation with the reason; the run goes
+    on to the end (fewer conversations than the systematic-failure window) and, every one of
+    them failed, ends as failed."""
     config = load_config(write_config(tmp_path, faults="server_error = 1.0"))
     report = await execute_run(config, env={})
-    assert report.result.status is RunStatus.FINISHED
+    assert report.result.status is RunStatus.FAILED
     assert report.counts == {"failed": 8}
     errors = rows(config.run_dir, "SELECT DISTINCT error FROM conversations")
     assert len(errors) == 1 and str(errors[0][0]).startswith("server_error:")

@@ -27,6 +27,7 @@ from engine.config import Config, Secret, config_diff
 from engine.dispatcher import Accounting, Completer, Dispatcher
 from engine.errors import ConfigError
 from engine.events import EventHook, Hooks, RunFinished, RunStarted
+from engine.health import HealthPolicy, RunHealth
 from engine.limiter import Limits, RateLimiter
 from engine.progress.snapshot import ProgressSnapshot
 from engine.progress.store import store_snapshot
@@ -40,6 +41,7 @@ from engine.scheduler import (
     RunStatus,
     Scheduler,
     StopControl,
+    judge_finished,
 )
 from engine.simulator import run_simulator
 from engine.tokens import TokenCounter
@@ -203,8 +205,9 @@ async def execute_run(
                 admission=budget.admission,
             )
             result = await _run_with_signals(scheduler, stop, config.run.grace_s)
-        await writer.run(journal.write_meta({"status": result.status.value}))
         counts = await writer.run(journal.count_by_status)
+        result = judge_finished(result, counts)
+        await writer.run(journal.write_meta({"status": result.status.value}))
         # The dataset so far, in the form trainers read; `m2l export` writes the other formats.
         dataset = await writer.run(
             lambda conn: export_with(
@@ -295,6 +298,14 @@ def assemble(
         ),
         accounting=accounting,
         hooks=hooks,
+        health=RunHealth(
+            HealthPolicy(
+                unreachable_s=retry.unreachable_s,
+                refused_before_fatal=retry.refused_before_fatal,
+                malformed_before_fatal=retry.malformed_before_fatal,
+                systematic_window=config.run.systematic_failure_window,
+            )
+        ),
     )
     counter = TokenCounter(
         config.provider.model, unknown_model_encoding=config.provider.unknown_model_encoding

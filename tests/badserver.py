@@ -1,0 +1,42 @@
+"""A real HTTP server on loopback that answers chat requests badly, in one chosen way.
+
+For run-level checks (a base_url pointing at a web page, a proxy that echoes the key) that the
+simulator does not imitate. ``answer`` gets the request's Authorization header and returns
+(status, body bytes, extra headers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from aiohttp import web
+
+Answer = Callable[[str, int], tuple[int, bytes, dict[str, str]]]
+
+
+@asynccontextmanager
+async def bad_server(answer: Answer) -> AsyncIterator[str]:
+    """Serve ``answer`` for every POST; yields the base URL (``http://127.0.0.1:PORT/v1``)."""
+    count = 0
+
+    async def handle(request: web.Request) -> web.Response:
+        nonlocal count
+        count += 1
+        await request.read()
+        status, body, headers = answer(request.headers.get("Authorization", ""), count)
+        return web.Response(status=status, body=body, headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = site._server
+    assert server is not None and server.sockets
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        await runner.cleanup()
