@@ -316,9 +316,45 @@ def _first_bad_json_line(path: Path) -> tuple[int, str] | None:
     return None
 
 
+def _first_non_utf8_line(path: Path) -> tuple[int, int, int] | None:
+    """(line, column, byte) of the first byte of a text file that is not UTF-8, if any."""
+    if path.suffix.lower() == ".zst":
+        return None
+    with _open_binary(path) as fh:
+        for number, line in enumerate(fh, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                column = len(line[: exc.start].decode("utf-8", "replace")) + 1
+                return number, column, line[exc.start]
+    return None
+
+
+def _is_blank(path: Path) -> bool:
+    """Whether a seed file holds nothing but whitespace (a zero-byte file included)."""
+    if path.stat().st_size == 0:
+        return True
+    if path.suffix.lower() in (".parquet", ".zst"):
+        return False
+    with _open_binary(path) as fh:
+        while chunk := fh.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
+
+
 def _file_error(path: Path, fmt: str, exc: duckdb.Error) -> ConfigError:
     """Translate a DuckDB error raised while reading the seed file into a ConfigError."""
     reason = str(exc).split("\n", 1)[0]
+    if fmt != "parquet" and isinstance(exc, duckdb.InvalidInputException):
+        bad_text = _first_non_utf8_line(path)
+        if bad_text is not None:
+            line, column, byte = bad_text
+            return ConfigError(
+                f"{path}: line {line} is not UTF-8 text (byte 0x{byte:02x} at column {column}); "
+                "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 IN > OUT` for a Latin-1 "
+                "file)"
+            )
     if fmt == "jsonl" and isinstance(exc, duckdb.InvalidInputException):
         # DuckDB's own line number drifts on large files read in parallel; find it exactly.
         bad = _first_bad_json_line(path)
@@ -337,6 +373,11 @@ def file_columns(conn: duckdb.DuckDBPyConnection, path: Path, fmt: str) -> tuple
     """
     if not path.is_file():
         raise ConfigError(f"{path}: seed file not found; check the path")
+    if _is_blank(path):
+        raise ConfigError(
+            f"{path}: the seed file is empty; put seed instructions in it (see "
+            "examples/seeds.jsonl for the shape)"
+        )
     try:
         rows = conn.execute(f"DESCRIBE SELECT * FROM {_reader(fmt)}", [str(path)]).fetchall()
     except duckdb.Error as exc:

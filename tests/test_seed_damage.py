@@ -1,0 +1,49 @@
+"""Seed files that cannot be used say exactly why: empty, or not UTF-8 (naming the line)."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from engine.errors import ConfigError
+from prompts.languages import load_languages
+from prompts.taxonomy import load_taxonomy
+from state.seeds import ingest_seeds
+
+
+def ingest(path: Path) -> None:
+    with duckdb.connect() as conn:
+        ingest_seeds(conn, path, languages=load_languages(), taxonomy=load_taxonomy(None))
+
+
+@pytest.mark.parametrize("name", ["seeds.jsonl", "seeds.csv", "seeds.parquet", "seeds.jsonl.gz"])
+def test_an_empty_seed_file_says_it_is_empty(tmp_path: Path, name: str) -> None:
+    """A zero-byte (or blank) seed file is named as empty, in every format."""
+    path = tmp_path / name
+    if name.endswith(".gz"):
+        path.write_bytes(gzip.compress(b"\n  \n"))
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(ConfigError, match="the seed file is empty") as info:
+        ingest(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_seed_file_that_is_not_utf8_names_the_line(tmp_path: Path, suffix: str) -> None:
+    """A Latin-1 byte on line 3 is reported as not UTF-8, with the line and what to do."""
+    path = tmp_path / f"seeds{suffix}"
+    if suffix == ".csv":
+        lines = [b"inputs,language,task_type", b'"hello there",English,open_qa']
+        lines.append('"café au lait",French,open_qa'.encode("latin-1"))
+    else:
+        lines = [b'{"inputs": "hello there", "language": "English"}'] * 2
+        lines.append('{"inputs": "café", "language": "French"}'.encode("latin-1"))
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(ConfigError) as info:
+        ingest(path)
+    message = str(info.value)
+    assert "line 3 is not UTF-8" in message and "0xe9" in message and "UTF-8" in message
