@@ -19,6 +19,7 @@ import duckdb
 
 from engine.errors import ConfigError, StateError
 from state.schema import STATE_FILE, check_schema, open_error, open_read_only
+from state.tempfiles import remove_stale_temp_files
 
 __all__ = [
     "CHUNK_CONVERSATIONS",
@@ -145,6 +146,7 @@ def export_with(
     if chunk_size < 1:
         raise ConfigError(f"chunk_size = {chunk_size}: expected 1 or more conversations")
     output.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(output.parent)  # what an export killed mid-write left behind
     statuses = ("done", "filtered") if include_filtered else ("done",)
     bounds = _chunk_bounds(conn, statuses, chunk_size)
     # A run with nothing to export still gets a file: one unbounded range with no rows.
