@@ -34,17 +34,14 @@ from dataclasses import dataclass
 from engine.errors import (
     ConfigError,
     ConnectFailed,
-    ConnectionRefused,
     RateLimited,
     RequestError,
-    ServerUnreachable,
     TransientError,
 )
 
 __all__ = [
     "GiveUp",
     "RateLimitWait",
-    "RefusalTracker",
     "Retry",
     "RetryPolicy",
     "backoff_delay",
@@ -165,35 +162,3 @@ def decide(
     # Permanent for the request, fatal for the run, or an error of no known kind: retrying
     # the same bytes cannot change the answer.
     return GiveUp(error)
-
-
-class RefusalTracker:
-    """Counts connection refusals in a row across all requests; any success resets the count."""
-
-    __slots__ = ("_count", "_limit")
-
-    def __init__(self, refused_before_fatal: int = 5) -> None:
-        if refused_before_fatal < 1:
-            raise ValueError(f"refused_before_fatal must be at least 1, got {refused_before_fatal}")
-        self._limit = refused_before_fatal
-        self._count = 0
-
-    @property
-    def count(self) -> int:
-        return self._count
-
-    def note_refused(self) -> bool:
-        """Count one refusal; True when the run should stop with ServerUnreachable."""
-        self._count += 1
-        return self._count >= self._limit
-
-    def note_success(self) -> None:
-        self._count = 0
-
-    def unreachable(self, last: ConnectionRefused | None = None) -> ServerUnreachable:
-        """The error that stops the run, naming what happened and what to check."""
-        detail = f" (last: {last})" if last is not None else ""
-        return ServerUnreachable(
-            f"the server refused {self._count} connections in a row{detail}; check that it is "
-            "running and that base_url points at it"
-        )

@@ -26,7 +26,6 @@ from engine.errors import (
 from engine.retry import (
     GiveUp,
     RateLimitWait,
-    RefusalTracker,
     Retry,
     RetryPolicy,
     backoff_delay,
@@ -147,15 +146,3 @@ def test_impossible_counts_and_policies_are_refused() -> None:
         RetryPolicy(max_attempts=0)
     with pytest.raises(ConfigError, match="max_delay_s"):
         RetryPolicy(base_delay_s=5.0, max_delay_s=1.0)
-
-
-def test_refusals_in_a_row_stop_the_run_and_a_success_resets_them() -> None:
-    """Five refusals in a row across requests mean stop; any success in between resets it."""
-    tracker = RefusalTracker(POLICY.refused_before_fatal)
-    assert [tracker.note_refused() for _ in range(4)] == [False] * 4
-    tracker.note_success()
-    assert tracker.count == 0
-    assert [tracker.note_refused() for _ in range(5)] == [False] * 4 + [True]
-    error = tracker.unreachable(ConnectionRefused("connect to 127.0.0.1:9 refused"))
-    assert isinstance(error, ServerUnreachable)
-    assert "5 connections" in str(error) and "base_url" in str(error)

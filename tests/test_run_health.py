@@ -12,6 +12,7 @@ import duckdb
 import orjson
 import pytest
 
+from engine.app.run import execute_run
 from engine.clock import FakeClock
 from engine.config import load_config
 from engine.errors import (
@@ -26,7 +27,6 @@ from engine.errors import (
 )
 from engine.health import HealthPolicy, RunHealth
 from engine.reasons import reason_family
-from engine.run import execute_run
 from engine.scheduler import RunStatus
 from engine.simulator import SimSettings, run_simulator
 from tests.badserver import bad_server

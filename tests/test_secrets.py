@@ -110,7 +110,7 @@ async def m2l(*args: str, cwd: Path, env: dict[str, str]) -> tuple[int, bytes, b
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "engine.cli",
+        "engine.app.cli",
         *args,
         cwd=cwd,
         env=env,
