@@ -145,10 +145,6 @@ class Ledger:
         """Worst cases held by attempts not yet settled or released."""
         return self._reserved
 
-    @property
-    def open_tickets(self) -> int:
-        return len(self._open)
-
     def committed(self) -> Spend:
         return self._spent + self._reserved
 

@@ -31,8 +31,6 @@ __all__ = [
     "mark_final",
     "read_meta",
     "record_step",
-    "request_finished",
-    "request_reserved",
     "write_active",
     "write_finished",
     "write_meta",
@@ -266,15 +264,6 @@ class RequestRow:
     model: str
 
 
-def request_reserved(row: RequestRow) -> Callable[[Conn], None]:
-    """An op that logs an attempt as sent with its cost reserved (outcome unknown until settled)."""
-
-    def op(conn: Conn) -> None:
-        write_reserved(conn, [row])
-
-    return op
-
-
 _RESERVED_TYPES = (
     "BIGINT", "BIGINT", "SMALLINT", "SMALLINT", "INTEGER", "INTEGER", "DOUBLE", "VARCHAR",
 )  # fmt: skip
@@ -321,37 +310,6 @@ class FinishedRow:
     cost_usd: float | None = None
     error_class: str | None = None
     error: str | None = None
-
-
-def request_finished(
-    request_id: int,
-    *,
-    status: str,
-    completion_tokens: int | None = None,
-    prompt_tokens: int | None = None,
-    cached_tokens: int | None = None,
-    latency_ms: float | None = None,
-    cost_usd: float | None = None,
-    error_class: str | None = None,
-    error: str | None = None,
-) -> Callable[[Conn], None]:
-    """An op that settles an attempt: ``ok`` with usage and cost, ``error`` or ``rejected``."""
-    row = FinishedRow(
-        request_id,
-        status,
-        completion_tokens,
-        prompt_tokens,
-        cached_tokens,
-        latency_ms,
-        cost_usd,
-        error_class,
-        error,
-    )
-
-    def op(conn: Conn) -> None:
-        write_finished(conn, [row])
-
-    return op
 
 
 _FINISHED_TYPES = (

@@ -191,11 +191,17 @@ def store(tmp_path: Path) -> duckdb.DuckDBPyConnection:
            (2, 1, 'DEEPEN', 1, [], 'English', 'eng', 'open_qa', 'pending', 0),
            (3, 1, 'DEEPEN', 1, [], 'English', 'eng', 'open_qa', 'pending', 0)"""
     )
-    journal.request_reserved(journal.RequestRow(1, 1, 0, 1, 100, 64, 0.002, "gpt-4o-mini"))(conn)
-    journal.request_finished(
-        1, status="ok", prompt_tokens=100, completion_tokens=30, cost_usd=0.001
-    )(conn)
-    journal.request_reserved(journal.RequestRow(2, 1, 1, 1, 200, 128, 0.003, "gpt-4o-mini"))(conn)
+    journal.write_reserved(
+        conn,
+        [
+            journal.RequestRow(1, 1, 0, 1, 100, 64, 0.002, "gpt-4o-mini"),
+            journal.RequestRow(2, 1, 1, 1, 200, 128, 0.003, "gpt-4o-mini"),
+        ],
+    )
+    journal.write_finished(
+        conn,
+        [journal.FinishedRow(1, "ok", prompt_tokens=100, completion_tokens=30, cost_usd=0.001)],
+    )
     return conn
 
 

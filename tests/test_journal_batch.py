@@ -77,14 +77,9 @@ def test_bulk_writes_store_what_row_by_row_writes_store(tmp_path: Path) -> None:
     journal.write_steps(bulk, convs)
     journal.mark_active([1, 2, 3, 9])(single)
     for row in reserved:
-        journal.request_reserved(row)(single)
+        journal.write_reserved(single, [row])
     for f in finished:
-        journal.request_finished(
-            f.request_id, status=f.status, completion_tokens=f.completion_tokens,
-            prompt_tokens=f.prompt_tokens, cached_tokens=f.cached_tokens,
-            latency_ms=f.latency_ms, cost_usd=f.cost_usd, error_class=f.error_class,
-            error=f.error,
-        )(single)  # fmt: skip
+        journal.write_finished(single, [f])
     for conv in convs:
         journal.record_step(conv)(single)
     for table, sql in TABLES.items():

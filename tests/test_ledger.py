@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -114,9 +115,16 @@ def test_unbilled_failures_are_the_ones_that_generate_nothing() -> None:
 def _row(
     request_id: int, usd: float, *, conv: int = 1, prompt: int = 100, max_tokens: int = 50
 ) -> Op:
-    return journal.request_reserved(
-        journal.RequestRow(request_id, conv, 0, 1, prompt, max_tokens, usd, "gpt-4o")
-    )
+    return _reserved(journal.RequestRow(request_id, conv, 0, 1, prompt, max_tokens, usd, "gpt-4o"))
+
+
+def _reserved(row: journal.RequestRow) -> Op:
+    return lambda conn: journal.write_reserved(conn, [row])
+
+
+def _finished(request_id: int, **fields: Any) -> Op:
+    row = journal.FinishedRow(request_id, **fields)
+    return lambda conn: journal.write_finished(conn, [row])
 
 
 def test_starting_state_is_computed_from_the_request_log(tmp_path: Path) -> None:
@@ -126,16 +134,14 @@ def test_starting_state_is_computed_from_the_request_log(tmp_path: Path) -> None
         conn.execute(TABLES["requests"])
         ops: list[Op] = [
             _row(1, 0.5),
-            journal.request_finished(
-                1, status="ok", prompt_tokens=100, completion_tokens=20, cost_usd=0.125
-            ),
+            _finished(1, status="ok", prompt_tokens=100, completion_tokens=20, cost_usd=0.125),
             _row(2, 0.25),  # left 'reserved' by a crash
             _row(3, 0.5, conv=2),
-            journal.request_finished(3, status="error", error_class="request_timeout"),
+            _finished(3, status="error", error_class="request_timeout"),
             _row(4, 0.5, conv=2),
-            journal.request_finished(4, status="error", error_class="server_error"),
+            _finished(4, status="error", error_class="server_error"),
             _row(5, 0.5, conv=2),
-            journal.request_finished(5, status="rejected", cost_usd=0.0, error_class="cancelled"),
+            _finished(5, status="rejected", cost_usd=0.0, error_class="cancelled"),
         ]
         for op in ops:
             op(conn)
@@ -237,7 +243,7 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         self.attempts[t.request_id] = Attempt(t, prompt, max_tokens, "queued", actual)
         row = journal.RequestRow(t.request_id, 1, 0, 1, prompt, max_tokens, t.reserved_usd, "m")
-        self.queue.append((journal.request_reserved(row), t.request_id))
+        self.queue.append((_reserved(row), t.request_id))
 
     @precondition(lambda self: bool(self.queue))
     @rule(data=st.data())
@@ -264,7 +270,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.billed += a.actual
         self.ledger.settle(a.ticket, usd, a.actual.tokens)
         completion = a.actual.tokens - a.prompt
-        op = journal.request_finished(
+        op = _finished(
             a.ticket.request_id,
             status="ok",
             prompt_tokens=a.prompt,
@@ -283,7 +289,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.billed += Spend(0, 0, 1)
         # Uninformed: the guard is not told why (it must then assume the worst).
         self.ledger.release(a.ticket, admitted=True, error_class=error_class if informed else None)
-        op = journal.request_finished(a.ticket.request_id, status="error", error_class=error_class)
+        op = _finished(a.ticket.request_id, status="error", error_class=error_class)
         self.queue.append((op, None))
 
     @precondition(lambda self: bool(self._in("sent")))
@@ -299,7 +305,7 @@ class LedgerMachine(RuleBasedStateMachine):
         # Never admitted: cancelled in the limiter's queue, or a 429 / refused connection.
         a = self.attempts.pop(data.draw(st.sampled_from(self._in("durable") + self._in("sent"))))
         self.ledger.release(a.ticket, admitted=False)
-        op = journal.request_finished(
+        op = _finished(
             a.ticket.request_id, status="rejected", cost_usd=0.0, error_class="cancelled"
         )
         self.queue.append((op, None))
@@ -348,7 +354,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @invariant()
     def reservations_match_open_attempts(self) -> None:
-        assert self.ledger.open_tickets == len(self.attempts)
+        assert self.ledger.reserved.requests == len(self.attempts)
         assert self.ledger.reserved.requests == len(self.attempts)
 
 

@@ -11,12 +11,11 @@ from rich.cells import cell_len, set_cell_size
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.segment import Segment
 from rich.style import Style
-from rich.text import Text
 
 from engine.formats import ago, compact, count, duration, percent, usd
 from engine.progress.snapshot import LanguageProgress, Pairs, ProgressSnapshot
 
-__all__ = ["STATE_STYLES", "Dashboard", "dashboard_text"]
+__all__ = ["STATE_STYLES", "Dashboard"]
 
 STATE_STYLES = {
     "starting": "cyan",
@@ -111,17 +110,6 @@ class Dashboard:
                     style = styles[name] = console.get_style(name) if name else Style.null()
                 yield Segment(text, style)
             yield newline
-
-
-def dashboard_text(s: ProgressSnapshot, width: int, *, max_languages: int = 8) -> Text:
-    """The whole dashboard as one Text of lines exactly ``width`` cells wide."""
-    out = Text(no_wrap=True, overflow="crop", end="")
-    for i, line in enumerate(_panel(s, width, max_languages)):
-        if i:
-            out.append("\n")
-        for text, style in line:
-            out.append(text, style)
-    return out
 
 
 Parts = list[tuple[str, str]]

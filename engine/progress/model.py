@@ -180,10 +180,6 @@ class ProgressModel:
         for language, total in totals.items():
             self._language(language).total = total
 
-    def set_limits(self, *, rpm: float | None, tpm: float | None) -> None:
-        """Show new limits (e.g. learned from response headers) in the utilisation bars."""
-        self._rpm_limit, self._tpm_limit = rpm, tpm
-
     # --- events ----------------------------------------------------------------------------
 
     def on_event(self, event: Event) -> None:

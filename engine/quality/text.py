@@ -10,7 +10,6 @@ import unicodedata
 from collections.abc import Sequence
 
 __all__ = [
-    "letter_count",
     "ngrams",
     "normalize_for_match",
     "prose",
@@ -78,11 +77,6 @@ def normalize_for_match(text: str) -> str:
 def prose(text: str) -> str:
     """``text`` without fenced or inline code, URLs and e-mail addresses."""
     return _URL.sub(" ", _INLINE_CODE.sub(" ", _FENCED.sub(" ", text)))
-
-
-def letter_count(text: str) -> int:
-    """How many letters ``text`` has (marks excluded)."""
-    return sum(1 for ch in text if ch.isalpha())
 
 
 def units(text: str) -> list[str]:
