@@ -17,6 +17,7 @@ from state.schema import (
     TABLES,
     check_schema,
     create_schema,
+    open_read_only,
     open_store,
     table_for_error,
 )
@@ -259,3 +260,37 @@ def test_file_left_empty_by_an_interrupted_creation_gets_the_schema(tmp_path: Pa
     conn = open_store(path, create=True)
     check_schema(conn, path)
     conn.close()
+
+
+def test_the_read_only_opener_refuses_what_it_cannot_read_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """open_read_only: a missing store, a foreign DuckDB file and garbage are refused with a
+    StateError naming the file; a good store opens, refuses writes, and stays byte-identical."""
+    missing = tmp_path / "nope" / "state.duckdb"
+    with pytest.raises(StateError, match=r"there is no run at .*nope"):
+        open_read_only(missing, action="export")
+    assert not missing.parent.exists()
+
+    foreign = tmp_path / "foreign" / "state.duckdb"
+    make_file(foreign, ["CREATE TABLE t AS SELECT 1 AS x"])
+    with pytest.raises(StateError, match="not an m2l state file"):
+        open_read_only(foreign, action="export")
+
+    garbage = tmp_path / "garbage" / "state.duckdb"
+    garbage.parent.mkdir()
+    garbage.write_bytes(os.urandom(3000) + b"not a database" * 100)
+    with pytest.raises(StateError, match="is not a DuckDB database or is damaged"):
+        open_read_only(garbage, action="export")
+
+    good = tmp_path / "good" / "state.duckdb"
+    open_store(good, create=True).close()
+    before = fingerprint(good.parent)
+    conn = open_read_only(good, action="export")
+    try:
+        assert conn.execute("SELECT count(*) FROM conversations").fetchone() == (0,)
+        with pytest.raises(duckdb.Error, match="read-only"):
+            conn.execute("DELETE FROM conversations")
+    finally:
+        conn.close()
+    assert fingerprint(good.parent) == before

@@ -21,7 +21,7 @@ from engine.app.run import execute_run
 from engine.config import Config
 from engine.errors import ConfigError
 from engine.events import Hooks
-from engine.formats import usd
+from engine.formats import duration, usd
 from state.schema import STATE_FILE, open_read_only
 
 __all__ = ["PilotResult", "pilot_config", "pilot_costs", "run_pilot"]
@@ -48,7 +48,7 @@ class PilotResult:
         p = self.projection
         out = [
             f"pilot: {self.conversations} conversations against {where} ({self.status}, "
-            f"{self.requests} requests, {self.wall_s:.0f} s): {usd(mean)} per conversation",
+            f"{self.requests} requests, {duration(self.wall_s)}): {usd(mean)} per conversation",
             f"pilot projection for {self.population:,} conversations: {usd(p.total)} "
             f"(95% interval {usd(p.low)} .. {usd(p.high)})",
         ]

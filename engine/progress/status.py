@@ -136,7 +136,7 @@ def read_run_status(
         view = _FileView(file, state, note, file.age_s(wall))
         if state == "running":
             # The writer holds the store; its status file is the only view while it runs.
-            return view.status(run_dir, f"{STATUS_FILE}, written {view.age_s:.1f} s ago")
+            return view.status(run_dir, f"{STATUS_FILE}, written {ago(view.age_s)}")
         if not store_path.exists():
             return view.status(run_dir, f"{STATUS_FILE} (there is no {STATE_DB} yet)")
     try:
