@@ -234,13 +234,13 @@ async def _run_m2l(
 ) -> ClientResult:
     """m2l as a run uses it: the Dispatcher, its RateLimiter and ChatClient, no accounting."""
     from engine.client import ChatClient
-    from engine.config import ProviderConfig
+    from engine.config import LimitsConfig, ProviderConfig
     from engine.dispatcher import Dispatcher
-    from engine.limiter import Limits, RateLimiter
+    from engine.limiter import RateLimiter
 
     result = ClientResult(spec.label, spec.kind, len(requests))
     provider = ProviderConfig(kind="openai", base_url=url, model=MODEL)
-    limiter = RateLimiter(Limits(rpm=spec.rpm, tpm=spec.tpm, max_inflight=spec.concurrency))
+    limiter = RateLimiter(LimitsConfig(rpm=spec.rpm, tpm=spec.tpm, max_inflight=spec.concurrency))
     meter = _Meter(result)
     async with ChatClient(provider, base_url=url, api_key=None) as client:
         dispatcher = Dispatcher(client, limiter)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from budgets.admission import Budget, BudgetAdmission, Projection, load_budget
 from budgets.estimate import Estimate, estimate_run
-from budgets.ledger import UNBILLED_FAILURES, Caps, Ledger, Spend, spend_from_log
+from budgets.ledger import UNBILLED_FAILURES, Ledger, Spend, spend_from_log
 from budgets.prices import Price, PriceTable, Pricing, load_price_table, resolve_price
 from budgets.stepload import OutputLengths, StepLoad, TemplateSizes, step_loads
 
@@ -14,7 +14,6 @@ __all__ = [
     "UNBILLED_FAILURES",
     "Budget",
     "BudgetAdmission",
-    "Caps",
     "Estimate",
     "Ledger",
     "OutputLengths",

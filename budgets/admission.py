@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from budgets.ledger import ZERO, Caps, Ledger, Spend, spend_from_log
+from budgets.ledger import ZERO, Ledger, Spend, spend_from_log
 from budgets.prices import (
     Price,
     PriceTable,
@@ -397,7 +397,7 @@ def load_budget(conn: duckdb.DuckDBPyConnection, config: Config, hooks: EventHoo
     prices = load_price_table()
     model = config.provider.model
     price = resolve_price(model, prices, config.budget.prices)
-    caps = Caps.from_config(config.budget)
+    caps = config.budget
     if caps.usd is not None and price is None:
         raise missing_price_error(
             model, prices, why=f"budget.usd = {caps.usd:g} caps what this run may spend"
@@ -407,7 +407,7 @@ def load_budget(conn: duckdb.DuckDBPyConnection, config: Config, hooks: EventHoo
         known_tokenizer = prices.lookup(model) is not None
         pricing = Pricing(price, prompt_margin=0.0 if known_tokenizer else UNKNOWN_TOKENIZER_MARGIN)
     start = spend_from_log(conn)
-    ledger = Ledger(caps, start) if caps.any else None
+    ledger = Ledger(caps, start) if caps.capped else None
     counter = TokenCounter(model, unknown_model_encoding=config.provider.unknown_model_encoding)
     sizes = TemplateSizes(load_taxonomy(config.taxonomy), counter)
     worst = worst_step_costs(config, pricing, sizes, _typical_seed_tokens(conn, counter))

@@ -15,14 +15,13 @@ import duckdb
 
 from budgets.prices import NANO_PER_USD, from_nano, to_nano
 from engine.config import BudgetConfig
-from engine.errors import BudgetExhausted, ConfigError
+from engine.errors import BudgetExhausted
 from engine.formats import usd
 from state.requestlog import Ticket
 
 __all__ = [
     "UNBILLED_FAILURES",
     "ZERO",
-    "Caps",
     "Ledger",
     "Spend",
     "failure_is_billed",
@@ -86,41 +85,14 @@ class Spend:
 ZERO = Spend()
 
 
-@dataclass(frozen=True, slots=True)
-class Caps:
-    """Hard caps; None means that quantity is not capped. Raises ConfigError if one is negative."""
-
-    usd: float | None = None
-    tokens: int | None = None
-    requests: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("usd", "tokens", "requests"):
-            value = getattr(self, name)
-            if value is not None and not value >= 0:
-                raise ConfigError(f"budget.{name} must be zero or more, got {value!r}")
-
-    @classmethod
-    def from_config(cls, budget: BudgetConfig) -> Caps:
-        return cls(budget.usd, budget.tokens, budget.requests)
-
-    @property
-    def any(self) -> bool:
-        return self.usd is not None or self.tokens is not None or self.requests is not None
-
-    @property
-    def nano(self) -> int | None:
-        return None if self.usd is None else to_nano(self.usd)
-
-
 class Ledger:
     """The Guard the request log calls: keeps settled + reserved within every cap."""
 
     __slots__ = ("_cap_nano", "_caps", "_open", "_reserved", "_spent")
 
-    def __init__(self, caps: Caps, start: Spend = ZERO) -> None:
-        self._caps = caps
-        self._cap_nano = caps.nano
+    def __init__(self, caps: BudgetConfig, start: Spend = ZERO) -> None:
+        self._caps = caps  # checked when the config was loaded (each cap above 0, or None)
+        self._cap_nano = None if caps.usd is None else to_nano(caps.usd)
         self._spent = start
         self._reserved = ZERO
         self._open: dict[int, Spend] = {}
@@ -132,7 +104,7 @@ class Ledger:
         )
 
     @property
-    def caps(self) -> Caps:
+    def caps(self) -> BudgetConfig:
         return self._caps
 
     @property

@@ -14,7 +14,7 @@ pauses everyone and cuts the rate factor (AIMD).
 
 Time comes from an injected Clock and nothing here awaits, so tests drive it with a FakeClock;
 ``engine.limiter`` wraps it in futures and one timer. Raises OversizeRequest for a request
-that can never fit and ConfigError for impossible limits.
+that can never fit; the limits are an ``engine.config.LimitsConfig``, checked when it is made.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from collections import deque
 from dataclasses import dataclass
 
 from engine.clock import Clock
-from engine.errors import ConfigError, OversizeRequest
+from engine.config import LimitsConfig
+from engine.errors import OversizeRequest
 from engine.headers import RateLimitSnapshot
 
 __all__ = [
@@ -34,7 +35,6 @@ __all__ = [
     "BucketStats",
     "LimiterCore",
     "LimiterStats",
-    "Limits",
     "Permit",
 ]
 
@@ -66,51 +66,6 @@ _PACE = 10.0
 # Timers can fire a hair early (loop clock resolution); a head this close to its ready time goes
 # now, which spends under a microsecond of quota early instead of arming another timer.
 _EPS_S = 1e-6
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """The configured limits; ``x-ratelimit-limit-*`` headers lower them or fill in unset ones.
-
-    Raises ConfigError when a value is impossible.
-    """
-
-    rpm: float | None = None
-    tpm: float | None = None
-    max_inflight: int | None = None
-    initial_burst_s: float = 1.0
-    refund_unused: bool = False
-    safety_margin: float = 0.01
-    # At least this many seconds of refill are kept free too: a request reaches the server a
-    # while after it is granted (longer on a new connection), and a full server bucket gains
-    # nothing meanwhile while the model already counts refill. Costs nothing while saturated.
-    headroom_s: float = 0.1
-
-    def __post_init__(self) -> None:
-        for name in ("rpm", "tpm"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ConfigError(
-                    f"limits.{name} must be a positive number (or unset: no limit), got {value!r}"
-                )
-        if self.max_inflight is not None and self.max_inflight < 1:
-            raise ConfigError(
-                f"limits.max_inflight must be at least 1 (or unset), got {self.max_inflight!r}"
-            )
-        if not (math.isfinite(self.initial_burst_s) and self.initial_burst_s > 0):
-            raise ConfigError(
-                "limits.initial_burst_s must be a positive number of seconds of quota, "
-                f"got {self.initial_burst_s!r}"
-            )
-        if not (math.isfinite(self.headroom_s) and 0 <= self.headroom_s <= 10):
-            raise ConfigError(
-                f"limits.headroom_s must be between 0 and 10 seconds, got {self.headroom_s!r}"
-            )
-        if not 0 <= self.safety_margin < 0.5:
-            raise ConfigError(
-                "limits.safety_margin is a fraction of the bucket kept free, between 0 and 0.5; "
-                f"got {self.safety_margin!r}"
-            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,7 +267,7 @@ class Bucket:
         ours = self.rate * factor
         return max(ours - self.drain, ours * _MIN_NET_RATE)
 
-    def headroom(self, limits: Limits) -> float:
+    def headroom(self, limits: LimitsConfig) -> float:
         """What is kept free: safety_margin x capacity, and at least headroom_s of refill."""
         return max(limits.safety_margin * self.capacity, self.rate * limits.headroom_s)
 
@@ -494,7 +449,7 @@ class LimiterCore:
         "_tickets",
     )
 
-    def __init__(self, limits: Limits, clock: Clock) -> None:
+    def __init__(self, limits: LimitsConfig, clock: Clock) -> None:
         self._limits = limits
         self._clock = clock
         now = clock.now()
@@ -525,7 +480,7 @@ class LimiterCore:
         self._probing = not self._buckets and limits.max_inflight is None
 
     @property
-    def limits(self) -> Limits:
+    def limits(self) -> LimitsConfig:
         return self._limits
 
     # --- queue ------------------------------------------------------------------------------

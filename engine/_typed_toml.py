@@ -3,12 +3,19 @@
 A field's type annotation is the schema: int, float, str, bool, Path, Literal[...], X | None,
 tuple[X, ...], Mapping/dict[str, X] and nested dataclasses. Unknown keys are rejected with a
 "did you mean" hint, because a misspelt limit that is silently ignored is how budgets get blown.
+Numbers must be finite (TOML allows ``inf`` and ``nan``; no m2l setting means them).
+
+Ranges are checked by the dataclasses themselves (``__post_init__``), with the helpers here:
+they raise ``Invalid`` naming the field, the allowed range and the value found, and ``from_table``
+adds the file and the key path. A field marked ``internal()`` is set by code only (tests, the
+loader), never from a file, and is left out of ``plain`` (the stored snapshot).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -17,9 +24,121 @@ from typing import Any, TypeVar
 
 from engine.errors import ConfigError
 
-__all__ = ["from_table", "type_name"]
+__all__ = [
+    "INTERNAL",
+    "Invalid",
+    "at_least",
+    "between",
+    "from_table",
+    "internal",
+    "is_internal",
+    "non_negative",
+    "plain",
+    "positive",
+    "type_name",
+]
 
 T = TypeVar("T")
+
+_INTERNAL = "m2l.internal"
+INTERNAL: Mapping[str, bool] = types.MappingProxyType({_INTERNAL: True})  # a field's metadata
+
+
+class Invalid(ConfigError, ValueError):
+    """A value outside its allowed range: ``key`` (relative to its table), ``rule``, ``found``."""
+
+    def __init__(self, key: str, rule: str, found: Any) -> None:
+        super().__init__(f"{key}: {_problem(rule, found)}")
+        self.key = key
+        self.rule = rule
+        self.found = found
+
+    def under(self, prefix: str) -> Invalid:
+        """The same problem with its key path prefixed by the enclosing table's."""
+        return Invalid(f"{prefix}.{self.key}" if prefix else self.key, self.rule, self.found)
+
+
+def _problem(rule: str, found: Any) -> str:
+    # ``...`` as the value found: a value never to be shown (an API key put in a header).
+    return rule if found is ... else f"{rule}, found {_show(found)}"
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float):
+        return format(value, "g")
+    if isinstance(value, str):
+        return repr(value)
+    return str(value)
+
+
+def internal(default: Any, *, repr: bool = True) -> Any:
+    """A dataclass field that code may set but a config file may not (and a snapshot omits)."""
+    return dataclasses.field(default=default, repr=repr, compare=False, metadata=INTERNAL)
+
+
+def is_internal(f: dataclasses.Field[Any]) -> bool:
+    return bool(f.metadata.get(_INTERNAL))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def at_least(obj: object, name: str, low: float, *, unset: str = "") -> None:
+    """Raise Invalid unless ``obj.name`` is at least ``low`` (None passes when ``unset`` says
+    what None means)."""
+    value = getattr(obj, name)
+    if value is None and unset:
+        return
+    if not (_finite(value) and value >= low):
+        raise Invalid(name, f"must be at least {low:g}{unset}", value)
+
+
+def positive(obj: object, name: str, *, unset: str = "") -> None:
+    """Raise Invalid unless ``obj.name`` is more than 0 (None passes when ``unset`` is given)."""
+    value = getattr(obj, name)
+    if value is None and unset:
+        return
+    if not (_finite(value) and value > 0):
+        raise Invalid(name, f"must be more than 0{unset}", value)
+
+
+def non_negative(obj: object, name: str) -> None:
+    """Raise Invalid unless ``obj.name`` is 0 or more."""
+    value = getattr(obj, name)
+    if value is not None and not (_finite(value) and value >= 0):
+        raise Invalid(name, "must be 0 or more", value)
+
+
+def between(obj: object, name: str, low: float, high: float, *, high_open: bool = False) -> None:
+    """Raise Invalid unless ``low <= obj.name <= high`` (``< high`` when ``high_open``)."""
+    value = getattr(obj, name)
+    ok = _finite(value) and low <= value and (value < high if high_open else value <= high)
+    if not ok:
+        rule = (
+            f"must be at least {low:g} and below {high:g}"
+            if high_open
+            else f"must be between {low:g} and {high:g}"
+        )
+        raise Invalid(name, rule, value)
+
+
+def plain(value: Any) -> Any:
+    """Dataclasses, mappings, tuples and paths → JSON-able dicts, lists and strings; internal
+    fields are left out."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: plain(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not is_internal(f)
+        }
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def type_name(tp: Any) -> str:
@@ -68,11 +187,17 @@ class _Ctx:
     def fail(self, key: str, expected: str, value: Any) -> ConfigError:
         return ConfigError(f"{self.source}: {key}: expected {expected}, found {_found(value)}")
 
+    def invalid(self, exc: Invalid) -> ConfigError:
+        return ConfigError(f"{self.source}: {exc.key}: {_problem(exc.rule, exc.found)}")
+
 
 def _convert(tp: Any, value: Any, key: str, ctx: _Ctx) -> Any:
     origin = typing.get_origin(tp)
     if origin in (types.UnionType, typing.Union):
         args = typing.get_args(tp)
+        real = [a for a in args if a is not type(None)]
+        if len(real) == 1:  # X | None: X's own error is the precise one
+            return _convert(real[0], value, key, ctx)
         errors = []
         for arg in args:
             if arg is type(None):
@@ -114,6 +239,8 @@ def _convert(tp: Any, value: Any, key: str, ctx: _Ctx) -> Any:
         raise ctx.fail(key, type_name(tp), value)
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ctx.fail(key, "a finite number", value)
             return float(value)
         raise ctx.fail(key, type_name(tp), value)
     if tp is str:
@@ -132,7 +259,11 @@ def _convert(tp: Any, value: Any, key: str, ctx: _Ctx) -> Any:
 
 def _build(cls: type[T], table: Mapping[str, Any], prefix: str, ctx: _Ctx) -> T:
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    fields = {
+        f.name: f
+        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
+        if f.init and not is_internal(f)
+    }
     kwargs: dict[str, Any] = {}
     for name, value in table.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -156,7 +287,9 @@ def _build(cls: type[T], table: Mapping[str, Any], prefix: str, ctx: _Ctx) -> T:
         raise ConfigError(f"{ctx.source}: {where} needs the key(s) {', '.join(missing)}")
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError, ConfigError) as exc:  # __post_init__ checks across keys
+    except Invalid as exc:  # a range check in __post_init__: name the key path
+        raise ctx.invalid(exc.under(prefix)) from None
+    except (ValueError, TypeError, ConfigError) as exc:  # any other check across keys
         where = f"[{prefix}]" if prefix else "config"
         raise ConfigError(f"{ctx.source}: {where}: {exc}") from None
 

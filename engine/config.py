@@ -12,13 +12,24 @@ import os
 import tomllib
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 
-from engine._typed_toml import from_table
+from engine._typed_toml import (
+    INTERNAL,
+    Invalid,
+    at_least,
+    between,
+    from_table,
+    internal,
+    non_negative,
+    plain,
+    positive,
+)
 from engine.errors import ConfigError
 from engine.simsettings import SimSettings
 
@@ -37,10 +48,12 @@ __all__ = [
     "config_diff",
     "load_config",
     "parse_config",
-    "to_plain",
 ]
 
 _EMPTY: Mapping[str, Any] = types.MappingProxyType({})
+NO_LIMIT = " (leave it out for no limit)"
+NO_CAP = " (leave it out for no cap)"
+HIDDEN: Any = ...  # an Invalid whose value must not be shown
 
 
 class Secret:
@@ -78,34 +91,52 @@ class ProviderConfig:
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+            raise Invalid("base_url", "must start with http:// or https://", self.base_url)
+        if not self.api_key_env or "=" in self.api_key_env:
+            raise Invalid("api_key_env", "must name an environment variable", self.api_key_env)
+        if not self.model.strip():
+            raise Invalid("model", "must name a model", self.model)
         for name in ("connect_timeout_s", "read_timeout_s", "total_timeout_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
-        if any(k.lower() == "authorization" for k in self.headers):
-            raise ValueError(
-                "put the API key in the environment variable named by api_key_env, "
-                "not in headers (the config is stored with the run)"
-            )
+            positive(self, name)
+        at_least(self, "pool_size", 1)
+        for key in self.headers:
+            if key.lower() == "authorization":
+                # The value is never echoed: it is the key.
+                raise Invalid(
+                    f"headers.{key}",
+                    "put the API key in the environment variable named by api_key_env, "
+                    "not in headers (the config is stored with the run)",
+                    HIDDEN,
+                )
 
 
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
-    """The provider's limits for this key; m2l learns the real ones from response headers."""
+    """The provider's limits for this key; m2l learns the real ones from response headers.
+
+    The rate limiter runs on this type as it is. ``max_inflight = None`` (code only: TOML has no
+    null) lets the limiter probe for concurrency when no rate limit is known either.
+    """
 
     rpm: float | None = None
     tpm: float | None = None
     max_inflight: int | None = 256
     initial_burst_s: float = 1.0
     refund_unused: bool = False
+    # Tuning of the bucket model, not user settings (tests set them to 0 to see exact levels):
+    # the share of each bucket kept free, and the seconds of refill kept free, because a request
+    # reaches the server a while after it is granted and a full server bucket gains nothing
+    # meanwhile while the model already counts refill. Costs nothing while saturated.
+    safety_margin: float = internal(0.01)
+    headroom_s: float = internal(0.1)
 
     def __post_init__(self) -> None:
-        for name in ("rpm", "tpm"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive (leave it out for no limit)")
-        if self.max_inflight is not None and self.max_inflight < 1:
-            raise ValueError("max_inflight must be at least 1")
+        positive(self, "rpm", unset=NO_LIMIT)
+        positive(self, "tpm", unset=NO_LIMIT)
+        at_least(self, "max_inflight", 1, unset=" (or unset)")
+        positive(self, "initial_burst_s")
+        between(self, "safety_margin", 0.0, 0.5, high_open=True)
+        between(self, "headroom_s", 0.0, 10.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +149,7 @@ class StepTokens:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            if getattr(self, f.name) < 1:
-                raise ValueError(f"max_tokens.{f.name} must be at least 1")
+            at_least(self, f.name, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,12 +162,9 @@ class GenerationConfig:
     max_turns: int = 6
 
     def __post_init__(self) -> None:
-        if not 1 <= self.max_turns <= 6:
-            raise ValueError("max_turns must be between 1 and 6")
-        if self.max_regenerations < 0:
-            raise ValueError("max_regenerations cannot be negative")
-        if not 0.0 <= self.temperature <= 2.0:
-            raise ValueError("temperature must be between 0 and 2")
+        between(self, "temperature", 0.0, 2.0)
+        non_negative(self, "max_regenerations")
+        between(self, "max_turns", 1, 6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,12 +180,13 @@ class RunConfig:
     systematic_failure_window: int = 20
 
     def __post_init__(self) -> None:
-        if self.systematic_failure_window < 0:
-            raise ValueError("systematic_failure_window must be 0 (off) or more")
+        non_negative(self, "systematic_failure_window")  # 0: off
         if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
-            raise ValueError(f"run name {self.name!r} must be a plain folder name")
-        if self.max_active < 1:
-            raise ValueError("max_active must be at least 1")
+            raise Invalid(
+                "name", "must be a plain folder name (no / or \\, not starting with .)", self.name
+            )
+        at_least(self, "max_active", 1)
+        non_negative(self, "grace_s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,19 +207,36 @@ class SeedsConfig:
     multiturn: Literal["uniform"] | Mapping[str, float] = "uniform"
 
     def __post_init__(self) -> None:
-        if self.total is not None and self.total < 1:
-            raise ValueError("total must be at least 1")
-        if self.evols_per_seed < 1:
-            raise ValueError("evols_per_seed must be at least 1")
-        if not 1 <= len(self.turn_weights) <= 6 or any(w < 0 for w in self.turn_weights):
-            raise ValueError("turn_weights takes 1 to 6 non-negative weights (1 turn first)")
-        if sum(self.turn_weights) <= 0:
-            raise ValueError("turn_weights needs at least one positive weight")
+        at_least(self, "total", 1, unset=" (or unset)")
+        at_least(self, "per_language", 1, unset=" (or unset)")
+        at_least(self, "evols_per_seed", 1)
+        if not 1 <= len(self.turn_weights) <= 6:
+            raise Invalid(
+                "turn_weights", "takes 1 to 6 weights (1 turn first)", list(self.turn_weights)
+            )
+        _weights("turn_weights", dict(enumerate(self.turn_weights)), index=True)
+        for name in ("language_weights", "task_weights", "multiturn", "tier_weights"):
+            value = getattr(self, name)
+            if isinstance(value, Mapping):
+                _weights(name, value)
+        unknown = sorted(set(self.tier_weights) - {"high", "mid", "low"})
+        if unknown:
+            raise Invalid(f"tier_weights.{unknown[0]}", "is not a tier (high, mid, low)", ...)
+
+
+def _weights(name: str, weights: Mapping[Any, float], *, index: bool = False) -> None:
+    """Sampling weights: each 0 or more, at least one above 0."""
+    for key, weight in weights.items():
+        if not weight >= 0:
+            where = f"{name}[{key}]" if index else f"{name}.{key}"
+            raise Invalid(where, "must be 0 or more", weight)
+    if weights and sum(weights.values()) <= 0:
+        raise Invalid(name, "needs at least one weight above 0", list(weights.values()))
 
 
 @dataclass(frozen=True, slots=True)
 class RetryConfig:
-    """How often a failed request is tried again."""
+    """How often a failed request is tried again; the retry policy runs on this type as it is."""
 
     max_attempts: int = 6
     base_delay_s: float = 0.5
@@ -200,12 +245,21 @@ class RetryConfig:
     refused_before_fatal: int = 5
     unreachable_s: float = 60.0  # how long a server that cannot be reached is waited for
     malformed_before_fatal: int = 10  # 200s in a row that are not chat completions: stop
+    backoff: bool = internal(True)  # False removes every wait, Retry-After included (tests)
 
     def __post_init__(self) -> None:
-        if not self.unreachable_s >= 0:
-            raise ValueError("unreachable_s must be zero or more seconds")
-        if self.malformed_before_fatal < 1:
-            raise ValueError("malformed_before_fatal must be at least 1")
+        at_least(self, "max_attempts", 1)
+        non_negative(self, "base_delay_s")
+        if not self.max_delay_s >= self.base_delay_s:
+            raise Invalid(
+                "max_delay_s",
+                f"must be at least base_delay_s ({self.base_delay_s:g})",
+                self.max_delay_s,
+            )
+        at_least(self, "rate_limit_patience", 1)
+        at_least(self, "refused_before_fatal", 1)
+        non_negative(self, "unreachable_s")
+        at_least(self, "malformed_before_fatal", 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,15 +270,34 @@ class PriceOverride:
     output: float
     cached_input: float | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("input", "output", "cached_input"):
+            non_negative(self, name)
+            value = getattr(self, name)
+            # The ledger counts whole pico-dollars per token: 1e-6 USD per 1M tokens.
+            if value is not None and (Decimal(str(value)) * 1_000_000) % 1 != 0:
+                raise Invalid(name, "must have at most 6 decimal places (USD per 1M tokens)", value)
+
 
 @dataclass(frozen=True, slots=True)
 class BudgetConfig:
-    """Hard caps; a run never spends past any of them."""
+    """Hard caps; a run never spends past any of them. The ledger runs on this type as it is."""
 
     usd: float | None = None
     tokens: int | None = None
     requests: int | None = None
     prices: Mapping[str, PriceOverride] = field(default_factory=lambda: _EMPTY)
+
+    def __post_init__(self) -> None:
+        # A cap of 0 admits nothing: a run under it cannot make a single conversation.
+        positive(self, "usd", unset=NO_CAP)
+        at_least(self, "tokens", 1, unset=NO_CAP)
+        at_least(self, "requests", 1, unset=NO_CAP)
+
+    @property
+    def capped(self) -> bool:
+        """Whether any quantity is capped."""
+        return self.usd is not None or self.tokens is not None or self.requests is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +313,8 @@ class Config:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     sim: SimSettings = field(default_factory=SimSettings)
     taxonomy: Path | None = None
-    source: Path | None = field(default=None, compare=False)
+    # The file it was loaded from: set by load_config, not a key of the file.
+    source: Path | None = field(default=None, compare=False, metadata=INTERNAL)
 
     @property
     def run_dir(self) -> Path:
@@ -266,27 +340,13 @@ class Config:
 
     def snapshot(self) -> dict[str, Any]:
         """The config as plain JSON-able data (no secrets: the config holds none)."""
-        data = to_plain(self)
+        data = plain(self)
         assert isinstance(data, dict)
-        data.pop("source", None)
         return data
 
     def hash(self) -> str:
         canonical = orjson.dumps(self.snapshot(), option=orjson.OPT_SORT_KEYS)
         return hashlib.sha256(canonical).hexdigest()
-
-
-def to_plain(value: Any) -> Any:
-    """Dataclasses, mappings, tuples and paths → JSON-able dicts, lists and strings."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_plain(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): to_plain(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [to_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 # Keys whose change on resume leaves every generated text as it would have been: they only

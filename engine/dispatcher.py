@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 from engine.chat import ChatRequest, ChatResult, Delivery
 from engine.concurrency import ConcurrencyGate, Flight
+from engine.config import RetryConfig
 from engine.errors import (
     ConnectFailed,
     OversizeRequest,
@@ -32,7 +33,7 @@ from engine.events import (
 from engine.headers import RateLimitSnapshot
 from engine.health import HealthPolicy, RunHealth
 from engine.limiter import RateLimiter
-from engine.retry import GiveUp, RateLimitWait, Retry, RetryPolicy, decide
+from engine.retry import GiveUp, RateLimitWait, Retry, decide
 
 __all__ = ["Accounting", "Completer", "Dispatcher", "NullAccounting", "TicketT", "is_overload"]
 
@@ -99,7 +100,7 @@ class Dispatcher:
         limiter: RateLimiter,
         *,
         gate: ConcurrencyGate | None = None,
-        policy: RetryPolicy | None = None,
+        policy: RetryConfig | None = None,
         accounting: Accounting[Any] | None = None,
         hooks: EventHook | None = None,
         rng: random.Random | None = None,
@@ -108,7 +109,7 @@ class Dispatcher:
         self._client = client
         self._limiter = limiter
         self._gate = gate
-        self._policy = policy or RetryPolicy()
+        self._policy = policy or RetryConfig()
         # Any: the dispatcher never looks inside a ticket, it hands it back to its accounting.
         self._accounting: Accounting[Any] = accounting or NullAccounting()
         self._hooks: EventHook = hooks or Hooks()

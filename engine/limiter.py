@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 
-from engine._bucket import BucketStats, LimiterCore, LimiterStats, Limits, Permit
+from engine._bucket import BucketStats, LimiterCore, LimiterStats, Permit
 from engine.clock import Clock, MonotonicClock
+from engine.config import LimitsConfig
 from engine.errors import OversizeRequest
 from engine.headers import RateLimitSnapshot
 
-__all__ = ["BucketStats", "LimiterStats", "Limits", "Permit", "RateLimiter"]
+__all__ = ["BucketStats", "LimiterStats", "Permit", "RateLimiter"]
 
 
 class RateLimiter:
@@ -32,7 +33,7 @@ class RateLimiter:
 
     __slots__ = ("_clock", "_core", "_loop", "_timer", "_waiters")
 
-    def __init__(self, limits: Limits, *, clock: Clock | None = None) -> None:
+    def __init__(self, limits: LimitsConfig, *, clock: Clock | None = None) -> None:
         self._clock: Clock = clock if clock is not None else MonotonicClock()
         self._core = LimiterCore(limits, self._clock)
         self._waiters: dict[int, asyncio.Future[Permit]] = {}
@@ -40,7 +41,7 @@ class RateLimiter:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
-    def limits(self) -> Limits:
+    def limits(self) -> LimitsConfig:
         return self._core.limits
 
     async def acquire(self, tokens: int) -> Permit:

@@ -22,17 +22,17 @@ Every failure is one of four kinds, decided here and nowhere else:
   something, so there is no retry and the run stops.
 
 These are pure functions and one small counter; the async loop that applies them lives in the
-dispatcher. ``RetryPolicy(backoff=False)`` removes every wait, for tests.
+dispatcher. The policy is the run's ``RetryConfig`` as loaded; ``RetryConfig(backoff=False)``
+removes every wait, for tests.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from dataclasses import dataclass
 
+from engine.config import RetryConfig
 from engine.errors import (
-    ConfigError,
     ConnectFailed,
     RateLimited,
     RequestError,
@@ -43,37 +43,9 @@ __all__ = [
     "GiveUp",
     "RateLimitWait",
     "Retry",
-    "RetryPolicy",
     "backoff_delay",
     "decide",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """How hard one request tries. Raises ConfigError when a value is impossible."""
-
-    max_attempts: int = 6
-    base_delay_s: float = 0.5
-    max_delay_s: float = 30.0
-    rate_limit_patience: int = 50
-    refused_before_fatal: int = 5
-    backoff: bool = True  # False removes every wait (tests)
-
-    def __post_init__(self) -> None:
-        for name in ("max_attempts", "rate_limit_patience", "refused_before_fatal"):
-            value = getattr(self, name)
-            if value < 1:
-                raise ConfigError(f"retry.{name} must be at least 1, got {value!r}")
-        for name in ("base_delay_s", "max_delay_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"retry.{name} must be a non-negative number, got {value!r}")
-        if self.max_delay_s < self.base_delay_s:
-            raise ConfigError(
-                f"retry.max_delay_s ({self.max_delay_s}) must not be below retry.base_delay_s "
-                f"({self.base_delay_s})"
-            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +70,7 @@ class GiveUp:
 
 
 def backoff_delay(
-    policy: RetryPolicy, attempt: int, rng: random.Random, retry_after: float | None = None
+    policy: RetryConfig, attempt: int, rng: random.Random, retry_after: float | None = None
 ) -> float:
     """Full-jitter exponential backoff after failed attempt ``attempt`` (1-based), capped.
 
@@ -119,7 +91,7 @@ def backoff_delay(
 
 
 def decide(
-    policy: RetryPolicy,
+    policy: RetryConfig,
     error: RequestError,
     *,
     attempt: int,

@@ -1,15 +1,15 @@
 """The simulator's configuration: listening address, limits, latency, content bounds and faults.
 
-Raises ConfigError (from ``__post_init__``) when a value is out of range, naming the field.
+Raises ConfigError (``engine._typed_toml.Invalid``, from ``__post_init__``) when a value is out
+of range, naming the field, the allowed range and the value found.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import math
 from dataclasses import dataclass, field, fields
 
-from engine.errors import ConfigError
+from engine._typed_toml import Invalid, at_least, between, internal, non_negative, positive
 
 __all__ = ["FAULT_KINDS", "FaultRates", "SimSettings"]
 
@@ -23,11 +23,6 @@ FAULT_KINDS: tuple[str, ...] = (
     "wrong_language",
     "repetition",
 )
-
-
-def _check_fraction(name: str, value: float) -> None:
-    if not (isinstance(value, int | float) and math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise ConfigError(f"simulator rate {name}={value!r} must be a number in [0, 1]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +39,10 @@ class FaultRates:
 
     def __post_init__(self) -> None:
         for kind in FAULT_KINDS:
-            _check_fraction(kind, getattr(self, kind))
+            between(self, kind, 0.0, 1.0)
         if self.total > 1.0 + 1e-9:
-            raise ConfigError(
-                f"simulator fault rates add up to {self.total:.4g}; lower them so the sum is <= 1"
+            raise Invalid(
+                "faults", "add up to more than 1; lower them so the sum is at most 1", self.total
             )
 
     @property
@@ -84,7 +79,9 @@ class SimSettings:
     queue_limit: int | None = None  # waiting requests beyond which a new one gets 503
     faults: FaultRates = field(default_factory=FaultRates)
     unknown_models_404: bool = False
-    require_api_key: str | None = field(default=None, repr=False)  # never shown in reprs
+    # The key a client must send, never shown in reprs, never read from (or stored with) a
+    # run's config: `m2l sim --require-api-key-env` reads it from the environment.
+    require_api_key: str | None = internal(None, repr=False)
     # Reasoning models, as OpenAI serves them: names matching one of these globs (any case)
     # refuse max_tokens and a temperature or top_p other than the default, take
     # reasoning_effort, and spend hidden reasoning tokens inside max_completion_tokens.
@@ -103,55 +100,33 @@ class SimSettings:
     refuse_params: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not (0 <= self.port <= 65535):
-            raise ConfigError(f"simulator port {self.port} must be in 0..65535 (0 = any free port)")
+        between(self, "port", 0, 65535)  # 0: any free port
         if not self.model:
-            raise ConfigError("simulator model name must not be empty")
-        for name in ("rpm", "tpm"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"simulator {name}={value} must be >= 1, or unset for no limit")
-        positive = ("bucket_seconds",)
-        non_negative = ("ttft_s", "per_token_s", "hang_s")
-        for name in positive:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"simulator {name}={value} must be a positive number of seconds")
-        for name in non_negative:
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"simulator {name}={value} must be >= 0 seconds")
-        if not (0.0 <= self.jitter < 1.0):
-            raise ConfigError(f"simulator jitter={self.jitter} must be in [0, 1)")
-        if not (1 <= self.min_completion_tokens <= self.max_completion_tokens):
-            raise ConfigError(
-                f"simulator completion bounds {self.min_completion_tokens}.."
-                f"{self.max_completion_tokens} must satisfy 1 <= min <= max"
+            raise Invalid("model", "must name a model", self.model)
+        at_least(self, "rpm", 1, unset=" (leave it out for no limit)")
+        at_least(self, "tpm", 1, unset=" (leave it out for no limit)")
+        positive(self, "bucket_seconds")
+        for name in ("ttft_s", "per_token_s", "hang_s"):
+            non_negative(self, name)
+        between(self, "jitter", 0.0, 1.0, high_open=True)
+        at_least(self, "min_completion_tokens", 1)
+        if self.max_completion_tokens < self.min_completion_tokens:
+            raise Invalid(
+                "max_completion_tokens",
+                f"must be at least min_completion_tokens ({self.min_completion_tokens})",
+                self.max_completion_tokens,
             )
-        _check_fraction("flex_unavailable", self.flex_unavailable)
-        if not (math.isfinite(self.flex_slowdown) and self.flex_slowdown >= 1.0):
-            raise ConfigError(f"simulator flex_slowdown={self.flex_slowdown} must be >= 1")
-        if self.cache_min_tokens < 1:
-            raise ConfigError(f"simulator cache_min_tokens={self.cache_min_tokens} must be >= 1")
+        at_least(self, "default_max_tokens", 1)
+        at_least(self, "context_window", 2)
+        between(self, "flex_unavailable", 0.0, 1.0)
+        at_least(self, "flex_slowdown", 1)
+        at_least(self, "cache_min_tokens", 1)
         if not self.reasoning_efforts:
-            raise ConfigError("simulator reasoning_efforts needs at least one effort")
-        if self.default_max_tokens < 1 or self.context_window < 2:
-            raise ConfigError(
-                "simulator default_max_tokens must be >= 1 and context_window >= 2 "
-                f"(got {self.default_max_tokens} and {self.context_window})"
-            )
-
-        if self.slots is not None and self.slots < 1:
-            raise ConfigError(f"simulator slots={self.slots} must be >= 1, or unset for no limit")
-        if not (math.isfinite(self.batch_slowdown) and self.batch_slowdown >= 1.0):
-            raise ConfigError(
-                f"simulator batch_slowdown={self.batch_slowdown} must be a factor >= 1 "
-                "(1 = a full batch decodes as fast as one request)"
-            )
-        if self.queue_limit is not None and self.queue_limit < 0:
-            raise ConfigError(
-                f"simulator queue_limit={self.queue_limit} must be >= 0, or unset for no bound"
-            )
+            raise Invalid("reasoning_efforts", "needs at least one effort", [])
+        at_least(self, "slots", 1, unset=" (leave it out for no limit)")
+        # 1: a full batch decodes as fast as one request.
+        at_least(self, "batch_slowdown", 1)
+        at_least(self, "queue_limit", 0, unset=" (leave it out for no bound)")
 
     @property
     def listed_models(self) -> tuple[str, ...]:

@@ -13,10 +13,10 @@ from budgets.admission import (
     Projection,
     load_budget,
 )
-from budgets.ledger import ZERO, Caps, Ledger, Spend
+from budgets.ledger import ZERO, Ledger, Spend
 from budgets.prices import Pricing, to_nano
 from engine.clock import FakeClock
-from engine.config import Config, load_config
+from engine.config import BudgetConfig, Config, load_config
 from engine.conversation import Conversation, Plan
 from engine.errors import ConfigError
 from engine.events import (
@@ -94,7 +94,7 @@ def admission(
     active: dict[int, tuple[int, int]] | None = None,
     pending: dict[int, int] | None = None,
 ) -> tuple[BudgetAdmission, Ledger | None, Recorder]:
-    ledger = Ledger(Caps(usd=cap_usd)) if cap_usd is not None else None
+    ledger = Ledger(BudgetConfig(usd=cap_usd)) if cap_usd is not None else None
     rec = Recorder()
     adm = BudgetAdmission(
         Projection(WORST),

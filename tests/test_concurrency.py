@@ -13,8 +13,8 @@ from engine.config import ProviderConfig
 from engine.dispatcher import Dispatcher, is_overload
 from engine.errors import ConnectionLost, RequestTimeout, ServerError
 from engine.events import Event, RequestDone, RequestSent
-from engine.limiter import Limits, RateLimiter
-from engine.retry import RetryPolicy
+from engine.config import LimitsConfig, RetryConfig
+from engine.limiter import RateLimiter
 from engine.simulator import FaultRates, SimSettings, run_simulator
 from engine.tokens import TokenCounter
 
@@ -86,7 +86,9 @@ async def test_auto_keeps_the_server_queue_short_and_reports_queued_time() -> No
         ) as client,
     ):
         gate = ConcurrencyGate(timeout_s=5.0, settings=AdaptiveSettings(min_samples=2))
-        dispatcher = Dispatcher(client, RateLimiter(Limits()), gate=gate, hooks=recorder)
+        dispatcher = Dispatcher(
+            client, RateLimiter(LimitsConfig(max_inflight=None)), gate=gate, hooks=recorder
+        )
         done = asyncio.Event()
 
         async def watch() -> None:
@@ -125,9 +127,13 @@ async def test_a_503_from_a_full_queue_cuts_the_limit_and_is_retried() -> None:
         ) as client,
     ):
         gate = ConcurrencyGate(settings=AdaptiveSettings(initial=8))
-        policy = RetryPolicy(max_attempts=6, base_delay_s=0.01, max_delay_s=0.05)
+        policy = RetryConfig(max_attempts=6, base_delay_s=0.01, max_delay_s=0.05)
         dispatcher = Dispatcher(
-            client, RateLimiter(Limits()), gate=gate, hooks=recorder, policy=policy
+            client,
+            RateLimiter(LimitsConfig(max_inflight=None)),
+            gate=gate,
+            hooks=recorder,
+            policy=policy,
         )
         await asyncio.gather(*(dispatcher.complete(_request(i)) for i in range(16)))
         refused = sim.stats()["slots"]

@@ -43,7 +43,7 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
         ("[limits]\ntpm = '300k'", r"limits\.tpm: expected a number, found string '300k'"),
         ("[limits]\nrmp = 100", r"unknown key 'limits\.rmp'; did you mean 'rpm'\?"),
         ("[provider]\nkind = 'azure'", r"provider\.kind: expected 'auto' or 'sim' or 'openai'"),
-        ("[generation]\nmax_turns = 9", r"\[generation\]: max_turns must be between 1 and 6"),
+        ("[generation]\nmax_turns = 9", r"generation\.max_turns: must be between 1 and 6, found 9"),
         ("[generation.max_tokens]\nanswr = 5", r"did you mean 'answer'"),
         ("[provider]\nheaders = { Authorization = 'Bearer x' }", "api_key_env"),
         ("[limits]\nmax_inflight = true", r"limits\.max_inflight: expected an integer"),

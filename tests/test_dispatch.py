@@ -11,7 +11,7 @@ import pytest
 
 from engine.chat import ChatRequest
 from engine.client import ChatClient
-from engine.config import ProviderConfig, Secret
+from engine.config import LimitsConfig, ProviderConfig, RetryConfig, Secret
 from engine.dispatcher import Dispatcher
 from engine.errors import (
     AuthenticationFailed,
@@ -26,8 +26,7 @@ from engine.errors import (
     ServerError,
 )
 from engine.events import Event
-from engine.limiter import Limits, RateLimiter
-from engine.retry import RetryPolicy
+from engine.limiter import RateLimiter
 from engine.simulator import FaultRates, SimSettings, run_simulator
 from engine.tokens import TokenCounter
 
@@ -44,6 +43,10 @@ def request(
 
 def provider(**kw: object) -> ProviderConfig:
     return ProviderConfig(model="gpt-4o-mini", read_timeout_s=1.0, total_timeout_s=5.0, **kw)  # type: ignore[arg-type]
+
+
+# No limits and no in-flight cap: the limiter admits everything at once.
+NO_LIMITS = LimitsConfig(max_inflight=None)
 
 
 def quick(**faults: float) -> SimSettings:
@@ -93,7 +96,7 @@ async def test_context_length_is_permanent() -> None:
         run_simulator(settings) as sim,
         ChatClient(provider(), base_url=sim.base_url, api_key=None) as client,
     ):
-        dispatcher = Dispatcher(client, RateLimiter(Limits()), hooks=recorder)
+        dispatcher = Dispatcher(client, RateLimiter(NO_LIMITS), hooks=recorder)
         with pytest.raises(ContextLengthExceeded):
             await dispatcher.complete(request("word " * 100, max_tokens=10))
     assert recorder.kinds() == ["RequestSent", "RequestFailed"]  # sent once, never retried
@@ -108,8 +111,8 @@ async def test_transient_faults_are_retried_to_success() -> None:
     ):
         dispatcher = Dispatcher(
             client,
-            RateLimiter(Limits()),
-            policy=RetryPolicy(max_attempts=12, backoff=False),
+            RateLimiter(NO_LIMITS),
+            policy=RetryConfig(max_attempts=12, backoff=False),
             hooks=recorder,
             rng=random.Random(1),
         )
@@ -128,7 +131,7 @@ async def test_attempts_exhausted_raises_the_original_error() -> None:
         ChatClient(provider(), base_url=sim.base_url, api_key=None) as client,
     ):
         dispatcher = Dispatcher(
-            client, RateLimiter(Limits()), policy=RetryPolicy(max_attempts=3, backoff=False)
+            client, RateLimiter(NO_LIMITS), policy=RetryConfig(max_attempts=3, backoff=False)
         )
         with pytest.raises(ServerError):
             await dispatcher.complete(request())
@@ -180,7 +183,7 @@ async def test_dispatcher_waits_out_429s_and_loses_nothing() -> None:
         run_simulator(settings) as sim,
         ChatClient(provider(), base_url=sim.base_url, api_key=None) as client,
     ):
-        dispatcher = Dispatcher(client, RateLimiter(Limits(rpm=6000)), hooks=recorder)
+        dispatcher = Dispatcher(client, RateLimiter(LimitsConfig(rpm=6000)), hooks=recorder)
         results = await asyncio.gather(*(dispatcher.complete(request(f"Q{i}")) for i in range(12)))
     assert len(results) == 12 and all(r.content for r in results)
     assert "RequestFailed" not in recorder.kinds()
@@ -192,7 +195,7 @@ async def test_oversize_request_fails_at_once() -> None:
         run_simulator(quick()) as sim,
         ChatClient(provider(), base_url=sim.base_url, api_key=None) as client,
     ):
-        dispatcher = Dispatcher(client, RateLimiter(Limits(tpm=1000, initial_burst_s=60)))
+        dispatcher = Dispatcher(client, RateLimiter(LimitsConfig(tpm=1000, initial_burst_s=60)))
         with pytest.raises(OversizeRequest):
             await dispatcher.complete(request(max_tokens=5000))
         assert sim.stats()["admitted"] == 0

@@ -20,7 +20,6 @@ from hypothesis.stateful import (
 )
 
 from budgets.ledger import (
-    Caps,
     Ledger,
     Spend,
     failure_is_billed,
@@ -28,6 +27,7 @@ from budgets.ledger import (
     spend_from_log,
 )
 from budgets.prices import Price, Pricing, from_nano, load_price_table, to_nano
+from engine.config import BudgetConfig
 from engine.errors import BudgetExhausted, ConfigError
 from state import journal
 from state.requestlog import Ticket
@@ -42,7 +42,7 @@ def ticket(request_id: int, usd: float, tokens: int = 100) -> Ticket:
 
 def test_reserve_then_settle_replaces_the_worst_case_by_the_real_cost() -> None:
     """A settled request counts at its real cost and gives back the rest of its reservation."""
-    ledger = Ledger(Caps(usd=1.0))
+    ledger = Ledger(BudgetConfig(usd=1.0))
     ledger.reserve(ticket(1, 0.4, 500))
     assert ledger.reserved == Spend(to_nano(0.4), 500, 1)
     ledger.settle(ticket(1, 0.4, 500), 0.1, 120)
@@ -52,7 +52,7 @@ def test_reserve_then_settle_replaces_the_worst_case_by_the_real_cost() -> None:
 
 def test_a_reservation_past_the_cap_is_refused_with_what_to_do() -> None:
     """Reserving past budget.usd raises BudgetExhausted naming the cap and the resume command."""
-    ledger = Ledger(Caps(usd=1.0))
+    ledger = Ledger(BudgetConfig(usd=1.0))
     ledger.reserve(ticket(1, 0.6))
     with pytest.raises(BudgetExhausted, match=r"budget\.usd.*--force"):
         ledger.reserve(ticket(2, 0.5))
@@ -62,7 +62,7 @@ def test_a_reservation_past_the_cap_is_refused_with_what_to_do() -> None:
 
 def test_token_and_request_caps_are_kept_too() -> None:
     """budget.tokens and budget.requests refuse a reservation just like budget.usd."""
-    ledger = Ledger(Caps(tokens=1000, requests=2))
+    ledger = Ledger(BudgetConfig(tokens=1000, requests=2))
     ledger.reserve(ticket(1, 0.0, 600))
     with pytest.raises(BudgetExhausted, match=r"budget\.tokens"):
         ledger.reserve(ticket(2, 0.0, 500))
@@ -73,7 +73,7 @@ def test_token_and_request_caps_are_kept_too() -> None:
 
 def test_failures_count_as_spent_unless_surely_unbilled() -> None:
     """A 5xx or a never-admitted attempt is free; a timeout or an unknown outcome is not."""
-    ledger = Ledger(Caps(usd=10.0))
+    ledger = Ledger(BudgetConfig(usd=10.0))
     for i in range(1, 5):
         ledger.reserve(ticket(i, 1.0))
     ledger.release(ticket(1, 1.0), admitted=False)
@@ -87,7 +87,7 @@ def test_failures_count_as_spent_unless_surely_unbilled() -> None:
 
 def test_settling_an_unknown_ticket_is_a_bug_that_is_reported() -> None:
     """Settling or releasing a ticket that holds nothing raises instead of corrupting totals."""
-    ledger = Ledger(Caps(usd=1.0))
+    ledger = Ledger(BudgetConfig(usd=1.0))
     with pytest.raises(ValueError, match="holds no reservation"):
         ledger.settle(ticket(9, 0.1), 0.1, 10)
     ledger.reserve(ticket(1, 0.1))
@@ -95,10 +95,12 @@ def test_settling_an_unknown_ticket_is_a_bug_that_is_reported() -> None:
         ledger.reserve(ticket(1, 0.1))
 
 
-def test_negative_cap_is_a_config_error() -> None:
-    """A negative cap in the config is refused with the key's name."""
-    with pytest.raises(ConfigError, match=r"budget\.usd"):
-        Caps(usd=-1.0)
+def test_impossible_cap_is_a_config_error() -> None:
+    """A negative or zero cap is refused with the key's name and the allowed range."""
+    with pytest.raises(ConfigError, match=r"usd: must be more than 0 .*found -1"):
+        BudgetConfig(usd=-1.0)
+    with pytest.raises(ConfigError, match=r"tokens: must be at least 1 .*found 0"):
+        BudgetConfig(tokens=0)
 
 
 def test_unbilled_failures_are_the_ones_that_generate_nothing() -> None:
@@ -202,7 +204,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.attempts: dict[int, Attempt] = {}
         self.next_id = 1
         self.billed = Spend()
-        self.caps = Caps()
+        self.caps = BudgetConfig()
         self.ledger = Ledger(self.caps)
         self.pricing = Pricing(PRICES[0])
 
@@ -211,12 +213,12 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @initialize(
         usd=st.floats(0.0005, 0.05),
-        tokens=st.one_of(st.none(), st.integers(0, 60_000)),
-        requests=st.one_of(st.none(), st.integers(0, 40)),
+        tokens=st.one_of(st.none(), st.integers(1, 60_000)),
+        requests=st.one_of(st.none(), st.integers(1, 40)),
         price=st.sampled_from(PRICES),
     )
     def start(self, usd: float, tokens: int | None, requests: int | None, price: Price) -> None:
-        self.caps = Caps(usd=usd, tokens=tokens, requests=requests)
+        self.caps = BudgetConfig(usd=usd, tokens=tokens, requests=requests)
         self.ledger = Ledger(self.caps)
         self.pricing = Pricing(price)
 
@@ -319,7 +321,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.attempts.clear()
         self.queue.clear()
         # A resume may raise the cap (a safe config change); it never lowers what was billed.
-        self.caps = Caps(
+        self.caps = BudgetConfig(
             usd=(self.caps.usd or 0.0) + raise_cap,
             tokens=self.caps.tokens,
             requests=self.caps.requests,
@@ -332,7 +334,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.ledger = Ledger(self.caps, spend_from_log(self.conn))
 
     def _capped(self, amount: Spend) -> None:
-        cap_nano = self.caps.nano
+        cap_nano = None if self.caps.usd is None else to_nano(self.caps.usd)
         assert cap_nano is None or amount.nano <= cap_nano
         assert self.caps.tokens is None or amount.tokens <= self.caps.tokens
         assert self.caps.requests is None or amount.requests <= self.caps.requests

@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 import pytest
 
-from engine._bucket import LimiterCore, Limits, Permit, _SendOrderSums
+from engine._bucket import LimiterCore, Permit, _SendOrderSums
 from engine.clock import FakeClock
+from engine.config import LimitsConfig
 from engine.errors import ConfigError, OversizeRequest
 from engine.headers import RateLimitSnapshot, format_duration, parse_duration
 from engine.limiter import RateLimiter
@@ -20,10 +21,16 @@ from engine.limiter import RateLimiter
 EMPTY = RateLimitSnapshot()
 
 
+def limits_of(**limits: object) -> LimitsConfig:
+    """Limits as these tests mean them: no in-flight cap unless one is given."""
+    limits.setdefault("max_inflight", None)
+    return LimitsConfig(**limits)  # type: ignore[arg-type]
+
+
 def core(clock: FakeClock, **limits: object) -> LimiterCore:
     limits.setdefault("safety_margin", 0.0)
     limits.setdefault("headroom_s", 0.0)
-    return LimiterCore(Limits(**limits), clock)  # type: ignore[arg-type]
+    return LimiterCore(limits_of(**limits), clock)  # type: ignore[arg-type]
 
 
 def grant(c: LimiterCore, tokens: int) -> Permit:
@@ -56,7 +63,7 @@ def test_limits_reject_impossible_values() -> None:
         {"headroom_s": -1},
     ):
         with pytest.raises(ConfigError, match=next(iter(bad))):
-            Limits(**bad)
+            limits_of(**bad)
 
 
 def test_initial_capacity_is_a_second_of_quota_not_a_minute() -> None:
@@ -583,7 +590,7 @@ class _Event:
 
 
 def _run(
-    limits: Limits,
+    limits: LimitsConfig,
     server: _Server,
     uplink: tuple[float, float] = (0.002, 0.002),
     latency: tuple[float, float] = (1.0, 3.0),
@@ -644,54 +651,54 @@ ORDERED, REORDERED, SHUFFLED = (0.002, 0.002), (0.001, 0.3), (0.001, 0.5)
     ("limits", "server", "uplink", "latency"),
     [
         pytest.param(
-            Limits(rpm=10000, tpm=600000),
+            limits_of(rpm=10000, tpm=600000),
             lambda: _Server(10000, 600000, 60),
             ORDERED,
             FAST,
             id="minute-bucket",
         ),
         pytest.param(
-            Limits(rpm=10000, tpm=600000),
+            limits_of(rpm=10000, tpm=600000),
             lambda: _Server(10000, 600000, 60),
             REORDERED,
             SLOW,
             id="minute-bucket-reordered-slow",
         ),
         pytest.param(
-            Limits(rpm=600, tpm=6000000),
+            limits_of(rpm=600, tpm=6000000),
             lambda: _Server(600, 6000000, 60),
             ORDERED,
             FAST,
             id="rpm-binding",
         ),
         pytest.param(
-            Limits(rpm=10000, tpm=600000),
+            limits_of(rpm=10000, tpm=600000),
             lambda: _Server(10000, 600000, 1),
             ORDERED,
             FAST,
             id="per-second",
         ),
         pytest.param(
-            Limits(rpm=10000, tpm=600000),
+            limits_of(rpm=10000, tpm=600000),
             lambda: _Server(10000, 600000, 1),
             SHUFFLED,
             SLOW,
             id="per-second-shuffled-slow",
         ),
         pytest.param(
-            Limits(rpm=20000, tpm=1200000),
+            limits_of(rpm=20000, tpm=1200000),
             lambda: _Server(10000, 600000, 60),
             REORDERED,
             FAST,
             id="configured-2x-too-high",
         ),
         pytest.param(
-            Limits(), lambda: _Server(10000, 600000, 60), ORDERED, FAST, id="nothing-configured"
+            limits_of(), lambda: _Server(10000, 600000, 60), ORDERED, FAST, id="nothing-configured"
         ),
     ],
 )
 def test_saturated_run_fills_the_limit_without_tripping_it(
-    limits: Limits,
+    limits: LimitsConfig,
     server: Callable[[], _Server],
     uplink: tuple[float, float],
     latency: tuple[float, float],
@@ -707,7 +714,7 @@ def test_saturated_run_fills_the_limit_without_tripping_it(
 def test_another_process_on_the_key_is_learned_and_avoided(uplink: tuple[float, float]) -> None:
     """A process taking 30% of the tokens shows in the headers: our share fills, no 429 storm."""
     srv = _Server(10000, 600000, 60, others_tps=3000)
-    utilisation, share_429, _ = _run(Limits(rpm=10000, tpm=600000), srv, uplink)
+    utilisation, share_429, _ = _run(limits_of(rpm=10000, tpm=600000), srv, uplink)
     # What was ours: the initial bucket plus 70% of the refill, out of bucket + full refill.
     ours = (600000 + 7000 * 180) / (600000 + 10000 * 180)
     assert utilisation >= 0.98 * ours
@@ -721,7 +728,7 @@ def test_another_process_on_the_key_is_learned_and_avoided(uplink: tuple[float, 
 @pytest.mark.anyio
 async def test_acquire_returns_at_once_when_there_is_room() -> None:
     """With room in both buckets acquire hands out a permit holding an in-flight slot."""
-    limiter = RateLimiter(Limits(rpm=6000, tpm=600000))
+    limiter = RateLimiter(limits_of(rpm=6000, tpm=600000))
     permit = await limiter.acquire(10)
     assert permit.tokens == 10
     assert limiter.statistics().in_flight == 1
@@ -733,7 +740,7 @@ async def test_acquire_returns_at_once_when_there_is_room() -> None:
 @pytest.mark.anyio
 async def test_waiters_are_woken_by_the_timer_in_arrival_order() -> None:
     """Waiters of different sizes are granted first in, first out as tokens refill."""
-    limiter = RateLimiter(Limits(tpm=60000, initial_burst_s=0.01, safety_margin=0.0))
+    limiter = RateLimiter(limits_of(tpm=60000, initial_burst_s=0.01, safety_margin=0.0))
     await limiter.acquire(10)  # empties the 10-token bucket; refill is 1 token per ms
     order: list[str] = []
 
@@ -752,7 +759,7 @@ async def test_waiters_are_woken_by_the_timer_in_arrival_order() -> None:
 @pytest.mark.anyio
 async def test_cancelled_head_waiter_does_not_block_the_queue() -> None:
     """Cancelling the waiting head lets the waiter behind it through."""
-    limiter = RateLimiter(Limits(tpm=600, safety_margin=0.0))  # 10 tokens/s, capacity 10
+    limiter = RateLimiter(limits_of(tpm=600, safety_margin=0.0))  # 10 tokens/s, capacity 10
     await limiter.acquire(10)
     head = asyncio.create_task(limiter.acquire(10))  # would wait a whole second
     behind = asyncio.create_task(limiter.acquire(1))  # 0.1 s once it is the head
@@ -768,7 +775,7 @@ async def test_cancelled_head_waiter_does_not_block_the_queue() -> None:
 @pytest.mark.anyio
 async def test_permit_granted_to_a_cancelled_task_is_returned() -> None:
     """A task cancelled after its permit was granted but before it resumed gives the slot back."""
-    limiter = RateLimiter(Limits(max_inflight=1))
+    limiter = RateLimiter(limits_of(max_inflight=1))
     first = await limiter.acquire(1)
     waiter = asyncio.create_task(limiter.acquire(1))
     await asyncio.sleep(0)
@@ -784,7 +791,7 @@ async def test_permit_granted_to_a_cancelled_task_is_returned() -> None:
 @pytest.mark.anyio
 async def test_max_inflight_holds_acquire_until_release() -> None:
     """With every slot taken acquire waits; releasing a permit lets it through."""
-    limiter = RateLimiter(Limits(max_inflight=1))
+    limiter = RateLimiter(limits_of(max_inflight=1))
     first = await limiter.acquire(1)
     waiter = asyncio.create_task(limiter.acquire(1))
     await asyncio.sleep(0.01)
@@ -797,7 +804,7 @@ async def test_max_inflight_holds_acquire_until_release() -> None:
 @pytest.mark.anyio
 async def test_oversize_request_raises_at_once() -> None:
     """A request larger than the token bucket raises OversizeRequest instead of hanging."""
-    limiter = RateLimiter(Limits(tpm=600))
+    limiter = RateLimiter(limits_of(tpm=600))
     with pytest.raises(OversizeRequest):
         await limiter.acquire(601)
     assert limiter.statistics().queued == 0
@@ -806,7 +813,7 @@ async def test_oversize_request_raises_at_once() -> None:
 @pytest.mark.anyio
 async def test_rejected_pauses_dispatch_then_resumes_slower() -> None:
     """After a 429 the limiter reports a pause and a lower rate, then grants again."""
-    limiter = RateLimiter(Limits(rpm=60000))
+    limiter = RateLimiter(limits_of(rpm=60000))
     permit = await limiter.acquire(1)
     limiter.rejected(permit, snapshot=None, retry_after=0.02)
     stats = limiter.statistics()

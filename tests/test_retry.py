@@ -27,12 +27,12 @@ from engine.retry import (
     GiveUp,
     RateLimitWait,
     Retry,
-    RetryPolicy,
+    RetryConfig,
     backoff_delay,
     decide,
 )
 
-POLICY = RetryPolicy()
+POLICY = RetryConfig()
 
 CASES: list[tuple[RequestError, type[Retry | RateLimitWait | GiveUp]]] = [
     (ServerError("502 bad gateway", status=502), Retry),
@@ -130,7 +130,7 @@ def test_huge_attempt_numbers_stay_capped() -> None:
 
 def test_testing_switch_removes_every_wait() -> None:
     """backoff=False makes every retry immediate, Retry-After included."""
-    policy = RetryPolicy(backoff=False)
+    policy = RetryConfig(backoff=False)
     error = ServerError("503", status=503, retry_after=30.0)
     assert decide(policy, error, attempt=3, rate_limited=0, rng=random.Random(1)) == Retry(0.0)
 
@@ -143,6 +143,6 @@ def test_impossible_counts_and_policies_are_refused() -> None:
     with pytest.raises(ValueError):
         decide(POLICY, RateLimited("429"), attempt=1, rate_limited=0, rng=rng)
     with pytest.raises(ConfigError, match="max_attempts"):
-        RetryPolicy(max_attempts=0)
+        RetryConfig(max_attempts=0)
     with pytest.raises(ConfigError, match="max_delay_s"):
-        RetryPolicy(base_delay_s=5.0, max_delay_s=1.0)
+        RetryConfig(base_delay_s=5.0, max_delay_s=1.0)

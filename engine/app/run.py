@@ -28,12 +28,11 @@ from engine.dispatcher import Accounting, Completer, Dispatcher
 from engine.errors import ConfigError
 from engine.events import EventHook, Hooks, RunFinished, RunStarted
 from engine.health import HealthPolicy, RunHealth
-from engine.limiter import Limits, RateLimiter
+from engine.limiter import RateLimiter
 from engine.progress.snapshot import ProgressSnapshot
 from engine.progress.store import store_snapshot
 from engine.prompter import TaxonomyPrompter
 from engine.quality import default_detector
-from engine.retry import RetryPolicy
 from engine.scheduler import (
     Admission,
     ConversationStore,
@@ -275,34 +274,17 @@ def assemble(
 ) -> Scheduler:
     """Limiter, dispatcher, prompter and scheduler, configured for this run, around the given
     store and accounting (benchmarks pass ones that record nothing)."""
-    limits = config.limits
-    limiter = RateLimiter(
-        Limits(
-            rpm=limits.rpm,
-            tpm=limits.tpm,
-            max_inflight=limits.max_inflight,
-            initial_burst_s=limits.initial_burst_s,
-            refund_unused=limits.refund_unused,
-        )
-    )
-    retry = config.retry
     dispatcher = Dispatcher(
         client,
-        limiter,
-        policy=RetryPolicy(
-            max_attempts=retry.max_attempts,
-            base_delay_s=retry.base_delay_s,
-            max_delay_s=retry.max_delay_s,
-            rate_limit_patience=retry.rate_limit_patience,
-            refused_before_fatal=retry.refused_before_fatal,
-        ),
+        RateLimiter(config.limits),
+        policy=config.retry,
         accounting=accounting,
         hooks=hooks,
         health=RunHealth(
             HealthPolicy(
-                unreachable_s=retry.unreachable_s,
-                refused_before_fatal=retry.refused_before_fatal,
-                malformed_before_fatal=retry.malformed_before_fatal,
+                unreachable_s=config.retry.unreachable_s,
+                refused_before_fatal=config.retry.refused_before_fatal,
+                malformed_before_fatal=config.retry.malformed_before_fatal,
                 systematic_window=config.run.systematic_failure_window,
             )
         ),
