@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from budgets.admission import Budget, BudgetAdmission, Projection, load_budget
 from budgets.estimate import Estimate, estimate_run
-from budgets.ledger import UNBILLED_FAILURES, Ledger, Spend, spend_from_log
+from budgets.ledger import Ledger, Spend, spend_from_log
 from budgets.prices import Price, PriceTable, Pricing, load_price_table, resolve_price
 from budgets.stepload import OutputLengths, StepLoad, TemplateSizes, step_loads
 
 __all__ = [
-    "UNBILLED_FAILURES",
     "Budget",
     "BudgetAdmission",
     "Estimate",

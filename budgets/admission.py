@@ -21,6 +21,7 @@ import duckdb
 
 from budgets.ledger import ZERO, Ledger, Spend, spend_from_log
 from budgets.prices import (
+    NANO_PER_USD,
     Price,
     PriceTable,
     Pricing,
@@ -47,7 +48,7 @@ from engine.formats import usd
 from engine.records import Conversation, parse_request_key
 from engine.tokens import TokenCounter
 from prompts.taxonomy import load_taxonomy
-from state.requestlog import CostModel, FreeCosts
+from state.requestlog import CostModel, FreeCosts, spend_by
 
 __all__ = [
     "UPDATE_INTERVAL_S",
@@ -373,18 +374,10 @@ def _typical_seed_tokens(conn: duckdb.DuckDBPyConnection, counter: TokenCounter)
 
 def _history(conn: duckdb.DuckDBPyConnection, projection: Projection) -> None:
     """Feed the projection with what earlier sessions of this run spent, step by step."""
-    for step, nano, tokens, requests in conn.execute(
-        """SELECT step, sum(CASE WHEN status = 'ok'
-                                  THEN floor(cost_usd * CAST(1000000000 AS DOUBLE) + 0.5)
-                                  ELSE 0 END)::BIGINT,
-                  sum(CASE WHEN status = 'ok' THEN prompt_tokens + coalesce(completion_tokens, 0)
-                           ELSE 0 END)::BIGINT,
-                  count(*) FILTER (WHERE status <> 'rejected')
-           FROM requests WHERE step IS NOT NULL GROUP BY step"""
-    ).fetchall():
-        projection.observe_request(
-            int(step), Spend(int(nano or 0), int(tokens or 0), int(requests))
-        )
+    # What a step costs when it succeeds: answered attempts' costs, every attempt's request.
+    settled = spend_by(conn, "step", per_usd=NANO_PER_USD, settled_only=True)
+    for step, (nano, tokens, requests) in settled.items():
+        projection.observe_request(step, Spend(nano, tokens, requests))
     for step, n in conn.execute("SELECT step, count(*) FROM messages GROUP BY step").fetchall():
         projection.observe_step(int(step), int(n))
 

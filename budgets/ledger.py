@@ -3,8 +3,8 @@
 Pure arithmetic on whole nano-dollars, tokens and requests; no I/O, no clock. The invariant it
 keeps is ``spent + reserved <= cap`` for every capped quantity at every moment; ``reserve``
 raises BudgetExhausted rather than break it. After a crash the ledger starts from the request
-log (``spend_from_log``), where every attempt whose outcome is unknown counts as spent, so the
-cap holds across crashes too.
+log (``spend_from_log``, the request log's own spend query), where every attempt whose outcome
+is unknown counts as spent, so the cap holds across crashes too.
 """
 
 from __future__ import annotations
@@ -17,46 +17,15 @@ from budgets.prices import NANO_PER_USD, from_nano, to_nano
 from engine.config import BudgetConfig
 from engine.errors import BudgetExhausted
 from engine.formats import usd
-from state.requestlog import Ticket
+from state.requestlog import Ticket, spend_by, spend_total
 
 __all__ = [
-    "UNBILLED_FAILURES",
     "ZERO",
     "Ledger",
     "Spend",
-    "failure_is_billed",
     "spend_by_conversation",
     "spend_from_log",
 ]
-
-# Failures after which the provider has certainly not billed the request: it answered with an
-# error before generating anything (OpenAI bills tokens of completed generations; a 5xx, a
-# 400 for context length, 401/403/404 and a refused connection produce none). Everything else
-# that was admitted -- a timeout, a connection lost mid-body, a malformed or truncated body, a
-# content-filtered reply, an error class m2l does not know -- may have been generated and
-# billed, so it counts at its reserved worst case. Wrongly counting a free failure costs some
-# headroom; wrongly counting a billed one as free would let the cap be passed.
-UNBILLED_FAILURES: frozenset[str] = frozenset(
-    {
-        "server_error",
-        "context_length_exceeded",
-        "authentication_failed",
-        "permission_denied",
-        "model_not_found",
-        "rate_limited",
-        "connection_refused",
-        "connect_failed",
-        "connect_timeout",
-        "host_not_found",
-        "server_unreachable",
-        "oversize_request",
-    }
-)
-
-
-def failure_is_billed(error_class: str | None) -> bool:
-    """Whether an admitted attempt that failed this way may have been billed (None: unknown)."""
-    return error_class is None or error_class not in UNBILLED_FAILURES
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,12 +131,13 @@ class Ledger:
         self._take(ticket)
         self._spent += Spend(to_nano(usd), tokens, 1)
 
-    def release(self, ticket: Ticket, *, admitted: bool, error_class: str | None = None) -> None:
-        """The attempt failed: free if never admitted or surely unbilled, else its worst case."""
+    def release(self, ticket: Ticket, *, admitted: bool, billed: bool = True) -> None:
+        """The attempt failed: free if never admitted or surely unbilled (``billed`` False, from
+        its error class), else at its worst case."""
         held = self._take(ticket)
         if not admitted:
             return
-        if failure_is_billed(error_class):
+        if billed:
             self._spent += held
         else:
             self._spent += Spend(0, 0, 1)
@@ -181,41 +151,12 @@ class Ledger:
         return held
 
 
-# One conversion for SQL and Python: floor(usd * 1e9 + 0.5) on IEEE doubles, as to_nano does.
-_NANO = f"CAST({NANO_PER_USD} AS DOUBLE)"
-_UNBILLED = ", ".join(f"'{c}'" for c in sorted(UNBILLED_FAILURES))
-_COUNTS_AS_RESERVED = (
-    "(status = 'reserved' OR "
-    f"(status = 'error' AND coalesce(error_class, '') NOT IN ({_UNBILLED})))"
-)
-_ROW_SPEND = f"""
-    CAST(CASE WHEN status = 'ok'
-              THEN floor(coalesce(cost_usd, reserved_usd) * {_NANO} + 0.5)
-              WHEN {_COUNTS_AS_RESERVED} THEN floor(reserved_usd * {_NANO} + 0.5)
-              ELSE 0 END AS BIGINT) AS nano,
-    CAST(CASE WHEN status = 'ok' THEN prompt_tokens + coalesce(completion_tokens, 0)
-              WHEN {_COUNTS_AS_RESERVED} THEN prompt_tokens + max_tokens
-              ELSE 0 END AS BIGINT) AS tokens,
-    CAST(status <> 'rejected' AS BIGINT) AS requests"""
-
-
 def spend_from_log(conn: duckdb.DuckDBPyConnection) -> Spend:
-    """What the request log says has been spent: settled 'ok' costs, rows left 'reserved' by a
-    crash (outcome unknown) and admitted failures that may have been billed, at their worst case.
-    """
-    row = conn.execute(
-        f"SELECT coalesce(sum(nano), 0), coalesce(sum(tokens), 0), coalesce(sum(requests), 0) "
-        f"FROM (SELECT {_ROW_SPEND} FROM requests)"
-    ).fetchone()
-    assert row is not None
-    return Spend(int(row[0]), int(row[1]), int(row[2]))
+    """What the request log says has been spent (``state.requestlog.spend_total``): settled
+    costs, rows left reserved by a crash and admitted failures that may have been billed."""
+    return Spend(*spend_total(conn, per_usd=NANO_PER_USD))
 
 
 def spend_by_conversation(conn: duckdb.DuckDBPyConnection) -> dict[int, Spend]:
     """The same accounting as ``spend_from_log``, per conversation (rows with a conv_id)."""
-    rows = conn.execute(
-        f"SELECT conv_id, sum(nano), sum(tokens), sum(requests) "
-        f"FROM (SELECT conv_id, {_ROW_SPEND} FROM requests WHERE conv_id IS NOT NULL) "
-        "GROUP BY conv_id ORDER BY conv_id"
-    ).fetchall()
-    return {int(c): Spend(int(n), int(t), int(r)) for c, n, t, r in rows}
+    return {c: Spend(*row) for c, row in spend_by(conn, "conv_id", per_usd=NANO_PER_USD).items()}

@@ -16,7 +16,7 @@ from typing import Final
 
 from engine.errors import StateError
 from engine.records import Conversation
-from state import journal
+from state import journal, requestlog
 from state.writer import GroupCommitWriter
 
 __all__ = ["LINGER_S", "JournalBatcher"]
@@ -36,16 +36,16 @@ class _Group:
     def __init__(self, future: asyncio.Future[None]) -> None:
         self.future = future
         self.active: list[int] = []
-        self.reserved: list[journal.RequestRow] = []
-        self.finished: list[journal.FinishedRow] = []
+        self.reserved: list[requestlog.RequestRow] = []
+        self.finished: list[requestlog.FinishedRow] = []
         self.steps: list[Conversation] = []
         self.extra: list[Callable[[journal.Conn], None]] = []
 
     def __call__(self, conn: journal.Conn) -> None:
         # Runs on the writer thread; the group is sealed by then, so a rerun writes the same rows.
         journal.write_active(conn, self.active)
-        journal.write_reserved(conn, self.reserved)
-        journal.write_finished(conn, self.finished)
+        requestlog.write_reserved(conn, self.reserved)
+        requestlog.write_finished(conn, self.finished)
         journal.write_steps(conn, self.steps)
         for op in self.extra:
             op(conn)
@@ -73,12 +73,12 @@ class JournalBatcher:
         group.active.append(conv_id)
         return group.future
 
-    def reserved(self, row: journal.RequestRow) -> asyncio.Future[None]:
+    def reserved(self, row: requestlog.RequestRow) -> asyncio.Future[None]:
         group = self._current()
         group.reserved.append(row)
         return group.future
 
-    def finished(self, row: journal.FinishedRow) -> asyncio.Future[None]:
+    def finished(self, row: requestlog.FinishedRow) -> asyncio.Future[None]:
         group = self._current()
         group.finished.append(row)
         return group.future

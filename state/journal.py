@@ -1,30 +1,28 @@
-"""The run's journal: the store operations behind conversations and the request log.
+"""The run's journal: the store operations behind conversations (the request log's are in
+``state.requestlog``).
 
 Each public function either reads (call it on the writer thread through ``writer.run``), returns
 an op for the writer's group commit, or (``write_*``) writes many rows of one kind inside the
 current transaction. A step's message row and its conversation's progress are written by one op,
 so they commit together: a crash leaves either both or neither.
 
-Why the ``write_*`` functions take lists: a DuckDB statement costs about 0.7 ms of CPU however
-small, so one row per statement made checkpointing cost three times the CPU of the rest of a
-step (bench/conversations.py). Many rows go in one statement (lists unnested into rows, ~10 µs
-a row); a single row keeps its plain statement, which is cheaper than the unnesting one.
+Why the ``write_*`` functions take lists: one row per statement made checkpointing cost three
+times the CPU of the rest of a step (bench/conversations.py); see ``state._bulk``.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 import duckdb
 
 from engine.chat import Message
 from engine.records import Conversation, Plan, Status, Step, StepKind, step_kind
+from state import _bulk
+from state._bulk import columns, marks, unnest
 
 __all__ = [
-    "FinishedRow",
-    "RequestRow",
     "count_by_status",
     "load_conversations",
     "mark_active",
@@ -32,17 +30,11 @@ __all__ = [
     "read_meta",
     "record_step",
     "write_active",
-    "write_finished",
     "write_meta",
-    "write_reserved",
     "write_steps",
 ]
 
 Conn = duckdb.DuckDBPyConnection
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def write_meta(items: Mapping[str, str]) -> Callable[[Conn], None]:
@@ -157,7 +149,7 @@ def write_steps(conn: Conn, convs: Sequence[Conversation]) -> None:
         for conv in convs:
             write_steps(conn, [conv])
         return
-    now = _now()
+    now = _bulk.now()
     messages = [_message_row(conv, now) for conv in convs]
     progress = [
         (
@@ -169,9 +161,7 @@ def write_steps(conn: Conn, convs: Sequence[Conversation]) -> None:
         for conv in convs
     ]
     if len(convs) == 1:
-        conn.execute(
-            f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({_marks(11)})", messages[0]
-        )
+        conn.execute(f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({marks(11)})", messages[0])
         conv_id, status, steps, finished = progress[0]
         conn.execute(
             """UPDATE conversations SET status = ?, steps_done = ?, regenerations = 0,
@@ -180,16 +170,16 @@ def write_steps(conn: Conn, convs: Sequence[Conversation]) -> None:
         )
         return
     conn.execute(
-        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) SELECT {_unnest(_MESSAGE_TYPES)}",
-        _columns(messages),
+        f"INSERT INTO messages ({_MESSAGE_COLUMNS}) SELECT {unnest(_MESSAGE_TYPES)}",
+        columns(messages),
     )
     conn.execute(
         f"""UPDATE conversations SET status = v.status, steps_done = v.steps, regenerations = 0,
             finished_at = v.finished
-            FROM (SELECT {_unnest(("BIGINT", "VARCHAR", "SMALLINT", "TIMESTAMP"))}) AS
+            FROM (SELECT {unnest(("BIGINT", "VARCHAR", "SMALLINT", "TIMESTAMP"))}) AS
                  v(conv_id, status, steps, finished)
             WHERE conversations.conv_id = v.conv_id""",
-        _columns(progress),
+        columns(progress),
     )
 
 
@@ -219,23 +209,6 @@ def _message_row(conv: Conversation, now: dt.datetime) -> tuple[object, ...]:
     )
 
 
-def _marks(n: int) -> str:
-    return ", ".join("?" for _ in range(n))
-
-
-def _unnest(types: Sequence[str]) -> str:
-    """``unnest($1::T1[]), unnest($2::T2[]), ...``: parallel lists read back as rows.
-
-    The casts give every column its type even when a whole list is NULLs.
-    """
-    return ", ".join(f"unnest(${i}::{t}[])" for i, t in enumerate(types, start=1))
-
-
-def _columns(rows: Sequence[Sequence[object]]) -> list[list[object]]:
-    """Rows turned into one list per column, the shape ``_unnest`` reads."""
-    return [list(column) for column in zip(*rows, strict=True)]
-
-
 def mark_final(conv: Conversation) -> Callable[[Conn], None]:
     """An op that stores a failed or filtered conversation's status and reason."""
     column = "filter_reason" if conv.status is Status.FILTERED else "error"
@@ -244,117 +217,7 @@ def mark_final(conv: Conversation) -> Callable[[Conn], None]:
         conn.execute(
             f"""UPDATE conversations SET status = ?, {column} = ?, regenerations = ?,
                 finished_at = ? WHERE conv_id = ?""",
-            [conv.status.value, conv.reason, conv.regenerations, _now(), conv.plan.conv_id],
+            [conv.status.value, conv.reason, conv.regenerations, _bulk.now(), conv.plan.conv_id],
         )
 
     return op
-
-
-@dataclass(frozen=True, slots=True)
-class RequestRow:
-    """One attempt in the request log."""
-
-    request_id: int
-    conv_id: int | None
-    step: int | None
-    attempt: int
-    prompt_tokens: int
-    max_tokens: int
-    reserved_usd: float
-    model: str
-
-
-_RESERVED_TYPES = (
-    "BIGINT", "BIGINT", "SMALLINT", "SMALLINT", "INTEGER", "INTEGER", "DOUBLE", "VARCHAR",
-)  # fmt: skip
-
-
-def write_reserved(conn: Conn, rows: Sequence[RequestRow]) -> None:
-    """Log these attempts as sent with their costs reserved (status 'reserved')."""
-    if not rows:
-        return
-    values = [
-        (
-            r.request_id,
-            r.conv_id,
-            r.step,
-            r.attempt,
-            r.prompt_tokens,
-            r.max_tokens,
-            r.reserved_usd,
-            r.model,
-        )
-        for r in rows
-    ]
-    head = """INSERT INTO requests (request_id, conv_id, step, attempt, prompt_tokens, max_tokens,
-              reserved_usd, model, status, sent_at)"""
-    if len(values) == 1:
-        conn.execute(f"{head} VALUES ({_marks(8)}, 'reserved', ?)", [*values[0], _now()])
-        return
-    conn.execute(
-        f"{head} SELECT {_unnest(_RESERVED_TYPES)}, 'reserved', $9::TIMESTAMP",
-        [*_columns(values), _now()],
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class FinishedRow:
-    """How one attempt ended: ``ok`` with usage and cost, ``error`` or ``rejected``."""
-
-    request_id: int
-    status: str
-    completion_tokens: int | None = None
-    prompt_tokens: int | None = None  # None keeps the count logged when it was reserved
-    cached_tokens: int | None = None
-    latency_ms: float | None = None
-    cost_usd: float | None = None
-    error_class: str | None = None
-    error: str | None = None
-
-
-_FINISHED_TYPES = (
-    "BIGINT", "VARCHAR", "INTEGER", "INTEGER", "INTEGER", "DOUBLE", "DOUBLE", "VARCHAR", "VARCHAR",
-)  # fmt: skip
-
-
-def write_finished(conn: Conn, rows: Sequence[FinishedRow]) -> None:
-    """Settle these attempts (each request_id at most once per call, or they go one by one)."""
-    if not rows:
-        return
-    if len(rows) > 1 and len({r.request_id for r in rows}) < len(rows):
-        for row in rows:
-            write_finished(conn, [row])
-        return
-    values = [
-        (
-            r.request_id,
-            r.status,
-            r.completion_tokens,
-            r.prompt_tokens,
-            r.cached_tokens,
-            r.latency_ms,
-            r.cost_usd,
-            r.error_class,
-            r.error,
-        )
-        for r in rows
-    ]
-    if len(values) == 1:
-        request_id, *rest = values[0]
-        conn.execute(
-            """UPDATE requests SET status = ?, completion_tokens = ?,
-               prompt_tokens = coalesce(?, prompt_tokens), cached_tokens = ?, latency_ms = ?,
-               cost_usd = ?, error_class = ?, error = ?, finished_at = ? WHERE request_id = ?""",
-            [*rest, _now(), request_id],
-        )
-        return
-    conn.execute(
-        f"""UPDATE requests SET status = v.status, completion_tokens = v.completion_tokens,
-            prompt_tokens = coalesce(v.prompt_tokens, requests.prompt_tokens),
-            cached_tokens = v.cached_tokens, latency_ms = v.latency_ms, cost_usd = v.cost_usd,
-            error_class = v.error_class, error = v.error, finished_at = $10::TIMESTAMP
-            FROM (SELECT {_unnest(_FINISHED_TYPES)}) AS v(request_id, status, completion_tokens,
-                 prompt_tokens, cached_tokens, latency_ms, cost_usd, error_class, error)
-            WHERE requests.request_id = v.request_id""",
-        [*_columns(values), _now()],
-    )

@@ -1,30 +1,351 @@
 """The request log: every attempt is logged before it is sent and settled after.
 
-This is the dispatcher's Accounting: ``reserve`` commits the attempt's row (status 'reserved')
-before the request goes out, so after a crash every attempt whose outcome is unknown is on
-record; ``settle`` and ``release`` update it in the next flush. Rows go through the writer's
-``JournalBatcher`` (state/batcher.py), shared with the run store, so many attempts are logged by
-one statement. Prices and caps plug in through ``CostModel`` and ``Guard`` (the budget's ledger).
+This module is what the request table means, in one place: the attempt statuses
+(``AttemptStatus``), which failed attempts may have been billed (each error class's stable
+``error_class`` and ``billed``), the table's writes, and the queries the budget, the progress
+display and the statistics read (``spend_total``, ``spend_by``, ``attempt_summary``). No other
+module writes a status into SQL; one that filters on it uses ``status_is``.
+
+``RequestLog`` is the dispatcher's Accounting: ``reserve`` commits the attempt's row (status
+reserved) before the request goes out, so after a crash every attempt whose outcome is unknown
+is on record; ``settle`` and ``release`` update it in the next flush. Rows go through the
+writer's journal batcher (state/batcher.py), shared with the run store, so many attempts are
+logged by one statement. Prices and caps plug in through ``CostModel`` and ``Guard`` (the
+budget's ledger).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import duckdb
 
 from engine.chat import ChatRequest, ChatResult, Usage
-from engine.errors import RequestError
+from engine.errors import RateLimited, RequestError, request_error_classes
 from engine.records import parse_request_key
-from state import journal
-from state.batcher import JournalBatcher
+from state._bulk import columns, marks, now, unnest
 
-__all__ = ["CostModel", "FreeCosts", "Guard", "RequestLog", "Ticket"]
+__all__ = [
+    "CANCELLED",
+    "UNBILLED",
+    "AttemptStatus",
+    "AttemptSummary",
+    "CostModel",
+    "FinishedRow",
+    "FreeCosts",
+    "Guard",
+    "RequestLog",
+    "RequestRow",
+    "RowSink",
+    "Ticket",
+    "attempt_summary",
+    "completions_by_step",
+    "may_be_billed",
+    "spend_by",
+    "spend_total",
+    "status_is",
+    "write_finished",
+    "write_reserved",
+]
 
 log = logging.getLogger(__name__)
+
+Conn = duckdb.DuckDBPyConnection
+
+
+class AttemptStatus(enum.StrEnum):
+    """Where one attempt stands: the ``status`` column of the request table."""
+
+    RESERVED = "reserved"  # logged before it was sent; outcome unknown (a crash leaves it so)
+    OK = "ok"  # answered: usage and cost settled
+    ERROR = "error"  # admitted and failed: billed at its worst case unless its error is not
+    REJECTED = "rejected"  # never admitted (a cap, the limiter, cancelled first): free
+
+
+def status_is(*statuses: AttemptStatus, column: str = "status") -> str:
+    """A SQL condition: ``column`` holds one of ``statuses``."""
+    return f"{column} IN ({', '.join(repr(s.value) for s in statuses)})"
+
+
+# The error_class of an attempt cancelled before it was sent (no error: it was never answered).
+CANCELLED = "cancelled"
+
+# Stored error classes of failures the provider has certainly not billed: it answered with an
+# error before generating anything. From each class's own ``billed``, so a new error class
+# states it once.
+UNBILLED: frozenset[str] = frozenset(
+    name for name, cls in request_error_classes().items() if not cls.billed
+)
+
+
+def may_be_billed(error_class: str | None) -> bool:
+    """Whether an admitted attempt that failed with this stored class may have been billed
+    (None, or a class this version does not know: yes, so the cap holds)."""
+    return error_class is None or error_class not in UNBILLED
+
+
+# --- writes ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRow:
+    """One attempt in the request log, as logged before it is sent."""
+
+    request_id: int
+    conv_id: int | None
+    step: int | None
+    attempt: int
+    prompt_tokens: int
+    max_tokens: int
+    reserved_usd: float
+    model: str
+
+
+_RESERVED_TYPES = (
+    "BIGINT", "BIGINT", "SMALLINT", "SMALLINT", "INTEGER", "INTEGER", "DOUBLE", "VARCHAR",
+)  # fmt: skip
+
+
+def write_reserved(conn: Conn, rows: Sequence[RequestRow]) -> None:
+    """Log these attempts as sent with their costs reserved (status reserved)."""
+    if not rows:
+        return
+    values = [
+        (
+            r.request_id,
+            r.conv_id,
+            r.step,
+            r.attempt,
+            r.prompt_tokens,
+            r.max_tokens,
+            r.reserved_usd,
+            r.model,
+        )
+        for r in rows
+    ]
+    head = """INSERT INTO requests (request_id, conv_id, step, attempt, prompt_tokens, max_tokens,
+              reserved_usd, model, status, sent_at)"""
+    status = AttemptStatus.RESERVED.value
+    if len(values) == 1:
+        conn.execute(f"{head} VALUES ({marks(10)})", [*values[0], status, now()])
+        return
+    conn.execute(
+        f"{head} SELECT {unnest(_RESERVED_TYPES)}, $9::VARCHAR, $10::TIMESTAMP",
+        [*columns(values), status, now()],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedRow:
+    """How one attempt ended: ``ok`` with usage and cost, ``error`` or ``rejected``."""
+
+    request_id: int
+    status: AttemptStatus
+    completion_tokens: int | None = None
+    prompt_tokens: int | None = None  # None keeps the count logged when it was reserved
+    cached_tokens: int | None = None
+    latency_ms: float | None = None
+    cost_usd: float | None = None
+    error_class: str | None = None
+    error: str | None = None
+
+
+_FINISHED_TYPES = (
+    "BIGINT", "VARCHAR", "INTEGER", "INTEGER", "INTEGER", "DOUBLE", "DOUBLE", "VARCHAR", "VARCHAR",
+)  # fmt: skip
+
+
+def write_finished(conn: Conn, rows: Sequence[FinishedRow]) -> None:
+    """Settle these attempts (each request_id at most once per call, or they go one by one)."""
+    if not rows:
+        return
+    if len(rows) > 1 and len({r.request_id for r in rows}) < len(rows):
+        for row in rows:
+            write_finished(conn, [row])
+        return
+    values = [
+        (
+            r.request_id,
+            AttemptStatus(r.status).value,
+            r.completion_tokens,
+            r.prompt_tokens,
+            r.cached_tokens,
+            r.latency_ms,
+            r.cost_usd,
+            r.error_class,
+            r.error,
+        )
+        for r in rows
+    ]
+    if len(values) == 1:
+        request_id, *rest = values[0]
+        conn.execute(
+            """UPDATE requests SET status = ?, completion_tokens = ?,
+               prompt_tokens = coalesce(?, prompt_tokens), cached_tokens = ?, latency_ms = ?,
+               cost_usd = ?, error_class = ?, error = ?, finished_at = ? WHERE request_id = ?""",
+            [*rest, now(), request_id],
+        )
+        return
+    conn.execute(
+        f"""UPDATE requests SET status = v.status, completion_tokens = v.completion_tokens,
+            prompt_tokens = coalesce(v.prompt_tokens, requests.prompt_tokens),
+            cached_tokens = v.cached_tokens, latency_ms = v.latency_ms, cost_usd = v.cost_usd,
+            error_class = v.error_class, error = v.error, finished_at = $10::TIMESTAMP
+            FROM (SELECT {unnest(_FINISHED_TYPES)}) AS v(request_id, status, completion_tokens,
+                 prompt_tokens, cached_tokens, latency_ms, cost_usd, error_class, error)
+            WHERE requests.request_id = v.request_id""",
+        [*columns(values), now()],
+    )
+
+
+# --- what was spent ----------------------------------------------------------------------------
+
+_OK = status_is(AttemptStatus.OK)
+_SENT = f"NOT {status_is(AttemptStatus.REJECTED)}"
+# Attempts that count at their reserved worst case: outcome unknown (a crash, a cancellation in
+# flight), or admitted failures that may have been billed.
+_AT_WORST = (
+    f"({status_is(AttemptStatus.RESERVED)} OR ({status_is(AttemptStatus.ERROR)} AND "
+    f"coalesce(error_class, '') NOT IN ({', '.join(repr(c) for c in sorted(UNBILLED))})))"
+)
+
+
+def _row_spend(per_usd: int, *, settled_only: bool) -> str:
+    # floor(usd * per_usd + 0.5) on IEEE doubles: the rounding the ledger's Python side uses.
+    scale = f"CAST({per_usd} AS DOUBLE)"
+    worst = "FALSE" if settled_only else _AT_WORST
+    return f"""
+    CAST(CASE WHEN {_OK} THEN floor(coalesce(cost_usd, reserved_usd) * {scale} + 0.5)
+              WHEN {worst} THEN floor(reserved_usd * {scale} + 0.5)
+              ELSE 0 END AS BIGINT) AS money,
+    CAST(CASE WHEN {_OK} THEN prompt_tokens + coalesce(completion_tokens, 0)
+              WHEN {worst} THEN prompt_tokens + max_tokens
+              ELSE 0 END AS BIGINT) AS tokens,
+    CAST({_SENT} AS BIGINT) AS requests"""
+
+
+def spend_total(conn: Conn, *, per_usd: int) -> tuple[int, int, int]:
+    """(money, tokens, requests) the log says were spent, money in 1/``per_usd`` dollars.
+
+    Settled attempts count at their real cost; attempts left reserved by a crash (outcome
+    unknown) and admitted failures that may have been billed at their worst case; attempts never
+    admitted not at all. This is the accounting the budget's cap is kept on.
+    """
+    row = conn.execute(
+        "SELECT coalesce(sum(money), 0), coalesce(sum(tokens), 0), coalesce(sum(requests), 0) "
+        f"FROM (SELECT {_row_spend(per_usd, settled_only=False)} FROM requests)"
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1]), int(row[2])
+
+
+def spend_by(
+    conn: Conn,
+    key: Literal["conv_id", "step"],
+    *,
+    per_usd: int,
+    settled_only: bool = False,
+) -> dict[int, tuple[int, int, int]]:
+    """``spend_total`` per conversation or per step (rows with one). ``settled_only`` counts
+    money and tokens of answered attempts only (what a step costs when it succeeds)."""
+    rows = conn.execute(
+        f"SELECT {key}, sum(money), sum(tokens), sum(requests) FROM (SELECT {key}, "
+        f"{_row_spend(per_usd, settled_only=settled_only)} FROM requests "
+        f"WHERE {key} IS NOT NULL) GROUP BY 1 ORDER BY 1"
+    ).fetchall()
+    return {int(k): (int(m), int(t), int(r)) for k, m, t, r in rows}
+
+
+def completions_by_step(conn: Conn) -> dict[int, tuple[int, int]]:
+    """(answered attempts, their completion tokens) per step, for rows with a step."""
+    rows = conn.execute(
+        f"""SELECT step, count(*), coalesce(sum(completion_tokens), 0) FROM requests
+        WHERE step IS NOT NULL AND {_OK} GROUP BY 1 ORDER BY 1"""
+    ).fetchall()
+    return {int(step): (int(n), int(tokens)) for step, n, tokens in rows}
+
+
+# --- what happened -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptSummary:
+    """The request log summed up for a progress display."""
+
+    sent: int  # attempts admitted (answered, failed or outcome unknown)
+    ok: int
+    charged_tokens: int  # prompt + max_tokens of admitted attempts: what TPM limits count
+    prompt_tokens: int  # of answered attempts
+    completion_tokens: int
+    cost_usd: float
+    reserved_usd: float  # held by attempts whose outcome is unknown
+    span_s: float  # first sent to last finished
+    rate_limited: int  # 429 answers
+    retries: int  # failed attempts (not 429s) that another attempt of the step followed
+    failed_steps: int  # steps whose last attempt failed
+    errors_by_class: dict[str, int]  # failed attempts by error class, 429s left out
+    last_error: tuple[str | None, str] | None  # (error_class, message) of the latest failure
+
+
+def attempt_summary(conn: Conn) -> AttemptSummary:
+    """The request log's figures for a progress display."""
+    rate_limited = repr(RateLimited.error_class)
+    failed = status_is(AttemptStatus.ERROR, AttemptStatus.REJECTED)
+    totals = conn.execute(
+        f"""SELECT count(*) FILTER (WHERE {_SENT}),
+            count(*) FILTER (WHERE {_OK}),
+            coalesce(sum(prompt_tokens + max_tokens) FILTER (WHERE {_SENT}), 0),
+            coalesce(sum(prompt_tokens) FILTER (WHERE {_OK}), 0),
+            coalesce(sum(completion_tokens) FILTER (WHERE {_OK}), 0),
+            coalesce(sum(cost_usd), 0),
+            coalesce(sum(reserved_usd) FILTER (WHERE {status_is(AttemptStatus.RESERVED)}), 0),
+            coalesce(epoch(max(finished_at)) - epoch(min(sent_at)), 0),
+            count(*) FILTER (WHERE error_class = {rate_limited})
+        FROM requests"""
+    ).fetchone()
+    # Like the live model: a retry is a failed attempt (not a 429, which only waits for the
+    # limiter) that another attempt followed; a failed request is a step whose last attempt
+    # did not succeed. Neither depends on how attempts are numbered.
+    steps = conn.execute(
+        f"""SELECT count(*) FILTER (WHERE {failed} AND attempt < last_attempt
+                AND coalesce(error_class, '') <> {rate_limited}),
+            count(DISTINCT (conv_id, step)) FILTER (WHERE attempt = last_attempt AND {failed})
+        FROM (SELECT conv_id, step, attempt, status, error_class,
+                max(attempt) OVER (PARTITION BY conv_id, step) AS last_attempt FROM requests)"""
+    ).fetchone()
+    assert totals is not None and steps is not None
+    errors = conn.execute(
+        f"""SELECT error_class, count(*) FROM requests
+        WHERE error_class IS NOT NULL AND error_class <> {rate_limited} GROUP BY 1"""
+    ).fetchall()
+    last = conn.execute(
+        """SELECT error_class, error FROM requests WHERE error IS NOT NULL
+        ORDER BY finished_at DESC NULLS LAST, request_id DESC LIMIT 1"""
+    ).fetchone()
+    sent, ok, charged, tokens_in, tokens_out, spent, reserved, span, hits = totals
+    return AttemptSummary(
+        sent=int(sent or 0),
+        ok=int(ok or 0),
+        charged_tokens=int(charged or 0),
+        prompt_tokens=int(tokens_in or 0),
+        completion_tokens=int(tokens_out or 0),
+        cost_usd=float(spent or 0.0),
+        reserved_usd=float(reserved or 0.0),
+        span_s=float(span or 0.0),
+        rate_limited=int(hits or 0),
+        retries=int(steps[0] or 0),
+        failed_steps=int(steps[1] or 0),
+        errors_by_class={str(c): int(n) for c, n in errors},
+        last_error=None if last is None else (last[0], str(last[1])),
+    )
+
+
+# --- the dispatcher's accounting ---------------------------------------------------------------
 
 
 class CostModel(Protocol):
@@ -44,9 +365,17 @@ class Guard(Protocol):
 
     def settle(self, ticket: Ticket, usd: float, tokens: int) -> None: ...
 
-    def release(self, ticket: Ticket, *, admitted: bool, error_class: str | None = None) -> None:
-        """The attempt failed; ``error_class`` says how (some failures are never billed)."""
+    def release(self, ticket: Ticket, *, admitted: bool, billed: bool = True) -> None:
+        """The attempt failed; ``billed``: whether the provider may have charged it."""
         ...
+
+
+class RowSink(Protocol):
+    """Where the log's rows go: futures resolved once they are committed (the journal batcher)."""
+
+    def reserved(self, row: RequestRow) -> asyncio.Future[None]: ...
+
+    def finished(self, row: FinishedRow) -> asyncio.Future[None]: ...
 
 
 class FreeCosts:
@@ -73,21 +402,21 @@ class RequestLog:
 
     def __init__(
         self,
-        batcher: JournalBatcher,
+        sink: RowSink,
         *,
         model: str,
         next_request_id: int,
         costs: CostModel | None = None,
         guard: Guard | None = None,
     ) -> None:
-        self._batcher = batcher
+        self._sink = sink
         self._model = model
         self._next_id = next_request_id
         self._costs: CostModel = costs or FreeCosts()
         self._guard = guard
 
     @staticmethod
-    def next_id(conn: duckdb.DuckDBPyConnection) -> int:
+    def next_id(conn: Conn) -> int:
         row = conn.execute("SELECT coalesce(max(request_id), 0) + 1 FROM requests").fetchone()
         return int(row[0]) if row else 1
 
@@ -97,7 +426,7 @@ class RequestLog:
         if self._guard is not None:
             self._guard.reserve(ticket)
         conv_id, step = parse_request_key(request.key) or (None, None)
-        row = journal.RequestRow(
+        row = RequestRow(
             ticket.request_id,
             conv_id,
             step,
@@ -108,7 +437,7 @@ class RequestLog:
             self._model,
         )
         try:
-            await asyncio.shield(self._batcher.reserved(row))
+            await asyncio.shield(self._sink.reserved(row))
         except BaseException:
             # Not sent: give the reservation back. Cancelled while the shielded insert was
             # under way, the row may still be written, so it is closed as never sent, too.
@@ -128,9 +457,9 @@ class RequestLog:
         if self._guard is not None:
             self._guard.settle(ticket, cost, usage.total_tokens)
         self._submit(
-            journal.FinishedRow(
+            FinishedRow(
                 ticket.request_id,
-                status="ok",
+                status=AttemptStatus.OK,
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 cached_tokens=usage.cached_tokens,
@@ -142,23 +471,24 @@ class RequestLog:
 
     def release(self, ticket: Ticket, error: RequestError | None, *, admitted: bool) -> None:
         if self._guard is not None:
-            error_class = error.error_class if error is not None else None
-            self._guard.release(ticket, admitted=admitted, error_class=error_class)
+            # No error: cancelled in flight, outcome unknown, so it may have been billed.
+            billed = error.billed if error is not None else True
+            self._guard.release(ticket, admitted=admitted, billed=billed)
         if error is None and admitted:
-            # Cancelled mid-flight: the row stays 'reserved' (outcome unknown, counted as spent).
+            # Cancelled mid-flight: the row stays reserved (outcome unknown, counted as spent).
             return
         self._submit(
-            journal.FinishedRow(
+            FinishedRow(
                 ticket.request_id,
-                status="error" if admitted else "rejected",
+                status=AttemptStatus.ERROR if admitted else AttemptStatus.REJECTED,
                 cost_usd=None if admitted else 0.0,
-                error_class=error.error_class if error is not None else "cancelled",
+                error_class=error.error_class if error is not None else CANCELLED,
                 error=str(error)[:500] if error is not None else None,
             )
         )
 
-    def _submit(self, row: journal.FinishedRow) -> None:
-        self._batcher.finished(row).add_done_callback(_log_failure)
+    def _submit(self, row: FinishedRow) -> None:
+        self._sink.finished(row).add_done_callback(_log_failure)
 
 
 def _log_failure(future: asyncio.Future[None]) -> None:

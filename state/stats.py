@@ -17,9 +17,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from engine.conversation import step_kind
 from engine.errors import StateError
 from engine.formats import usd
 from state._tables import table_width
+from state.requestlog import AttemptStatus, status_is
 
 __all__ = [
     "KINDS",
@@ -106,6 +108,16 @@ class LogTotals:
     completion_tokens: int
     cached_tokens: int
     cost_usd: float
+
+    def __add__(self, other: LogTotals) -> LogTotals:
+        return LogTotals(
+            self.requests + other.requests,
+            self.ok + other.ok,
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.cost_usd + other.cost_usd,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,15 +233,12 @@ def _compute(conn: duckdb.DuckDBPyConnection, run: str) -> RunStats:
         ),
         by_language=_spend(conn, "coalesce(c.language, '(no conversation)')"),
         by_task=_spend(conn, "coalesce(c.task, '(no conversation)')"),
-        by_kind=_kind_order(_spend(conn, _KIND)),
+        by_kind=_by_kind(_spend(conn, "r.step")),
         total=next(iter(_spend(conn, "'all'")), Breakdown("all", _NO_SPEND)).spend,
     )
 
 
 _NO_SPEND = LogTotals(0, 0, 0, 0, 0, 0.0)
-
-_KIND = """CASE WHEN r.step IS NULL THEN 'other' WHEN r.step = 0 THEN 'evolve'
-    WHEN r.step % 2 = 1 THEN 'answer' ELSE 'follow_up' END"""
 
 
 def _run_name(conn: duckdb.DuckDBPyConnection) -> str | None:
@@ -250,12 +259,13 @@ def _types(rows: Sequence[tuple[Any, ...]]) -> tuple[TypeCount, ...]:
 
 def _spend(conn: duckdb.DuckDBPyConnection, key: str) -> tuple[Breakdown, ...]:
     """Request-log spend grouped by the SQL expression ``key`` (over r and c), costliest first."""
+    ok = status_is(AttemptStatus.OK, column="r.status")
     result = conn.execute(
         f"""SELECT {key} AS key, count(*),
-            count(*) FILTER (WHERE r.status = 'ok'),
-            coalesce(sum(r.prompt_tokens) FILTER (WHERE r.status = 'ok'), 0),
-            coalesce(sum(r.completion_tokens) FILTER (WHERE r.status = 'ok'), 0),
-            coalesce(sum(r.cached_tokens) FILTER (WHERE r.status = 'ok'), 0),
+            count(*) FILTER (WHERE {ok}),
+            coalesce(sum(r.prompt_tokens) FILTER (WHERE {ok}), 0),
+            coalesce(sum(r.completion_tokens) FILTER (WHERE {ok}), 0),
+            coalesce(sum(r.cached_tokens) FILTER (WHERE {ok}), 0),
             coalesce(sum(r.cost_usd), 0)
         FROM requests r LEFT JOIN conversations c USING (conv_id)
         GROUP BY 1 ORDER BY 7 DESC, 1"""
@@ -266,8 +276,13 @@ def _spend(conn: duckdb.DuckDBPyConnection, key: str) -> tuple[Breakdown, ...]:
     )
 
 
-def _kind_order(rows: tuple[Breakdown, ...]) -> tuple[Breakdown, ...]:
-    return tuple(sorted(rows, key=lambda b: KINDS.index(b.key)))
+def _by_kind(by_step: tuple[Breakdown, ...]) -> tuple[Breakdown, ...]:
+    """Spend per step folded into spend per step kind, in KINDS order."""
+    kinds: dict[str, LogTotals] = {}
+    for row in by_step:
+        kind = "other" if row.key == "None" else step_kind(int(row.key)).value
+        kinds[kind] = kinds[kind] + row.spend if kind in kinds else row.spend
+    return tuple(Breakdown(k, kinds[k]) for k in KINDS if k in kinds)
 
 
 def stats_json(stats: RunStats) -> bytes:

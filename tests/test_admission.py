@@ -27,7 +27,7 @@ from engine.events import (
     RunStarted,
     StepDone,
 )
-from state import journal
+from state import requestlog
 from state.requestlog import Ticket
 from state.schema import create_schema
 from tests.runfixtures import write_config
@@ -191,16 +191,16 @@ def store(tmp_path: Path) -> duckdb.DuckDBPyConnection:
            (2, 1, 'DEEPEN', 1, [], 'English', 'eng', 'open_qa', 'pending', 0),
            (3, 1, 'DEEPEN', 1, [], 'English', 'eng', 'open_qa', 'pending', 0)"""
     )
-    journal.write_reserved(
+    requestlog.write_reserved(
         conn,
         [
-            journal.RequestRow(1, 1, 0, 1, 100, 64, 0.002, "gpt-4o-mini"),
-            journal.RequestRow(2, 1, 1, 1, 200, 128, 0.003, "gpt-4o-mini"),
+            requestlog.RequestRow(1, 1, 0, 1, 100, 64, 0.002, "gpt-4o-mini"),
+            requestlog.RequestRow(2, 1, 1, 1, 200, 128, 0.003, "gpt-4o-mini"),
         ],
     )
-    journal.write_finished(
+    requestlog.write_finished(
         conn,
-        [journal.FinishedRow(1, "ok", prompt_tokens=100, completion_tokens=30, cost_usd=0.001)],
+        [requestlog.FinishedRow(1, "ok", prompt_tokens=100, completion_tokens=30, cost_usd=0.001)],
     )
     return conn
 

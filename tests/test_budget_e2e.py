@@ -10,11 +10,11 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from budgets.ledger import failure_is_billed
 from budgets.prices import load_price_table
 from engine.app.run import execute_run
 from engine.config import load_config
 from engine.scheduler import RunStatus
+from state.requestlog import may_be_billed
 from tests.runfixtures import write_config
 from tests.test_crash import finish, m2l
 
@@ -43,7 +43,7 @@ def spend_usd(run_dir: Path) -> float:
             cached = cached or 0
             total += (prompt - cached) * per_token_in + cached * per_token_cached
             total += (completion or 0) * per_token_out
-        elif status == "reserved" or (status == "error" and failure_is_billed(error_class)):
+        elif status == "reserved" or (status == "error" and may_be_billed(error_class)):
             total += prompt * per_token_in + max_tokens * per_token_out
     return total
 

@@ -9,11 +9,10 @@ import pytest
 from engine.chat import ChatRequest
 from engine.client import ChatClient
 from engine.concurrency import AdaptiveSettings, ConcurrencyGate
-from engine.config import ProviderConfig
+from engine.config import LimitsConfig, ProviderConfig, RetryConfig
 from engine.dispatcher import Dispatcher, is_overload
 from engine.errors import ConnectionLost, RequestTimeout, ServerError
 from engine.events import Event, RequestDone, RequestSent
-from engine.config import LimitsConfig, RetryConfig
 from engine.limiter import RateLimiter
 from engine.simulator import FaultRates, SimSettings, run_simulator
 from engine.tokens import TokenCounter

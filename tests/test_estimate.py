@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from budgets.interval import extrapolate, t95
-from budgets.prices import from_nano, load_price_table
+from budgets.prices import from_nano
 from budgets.stepload import ConversationShape, OutputLengths, TemplateSizes, step_loads
 from engine.app.estimate import add_estimate_parser, estimate_lines, project_run
 from engine.app.pilot import pilot_costs
@@ -119,9 +119,8 @@ def test_estimate_counts_the_planned_conversations_and_their_steps(tmp_path: Pat
 async def _run_and_spend(config_path: Path) -> tuple[RunStatus, float]:
     config = load_config(config_path)
     report = await execute_run(config, env={})
-    price = load_price_table().lookup(config.provider.model)
     with duckdb.connect(str(config.run_dir / "state.duckdb"), read_only=True) as conn:
-        per_conv, _, _ = pilot_costs(conn, price)
+        per_conv, _, _ = pilot_costs(conn)
     return report.result.status, from_nano(sum(per_conv.values()))
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from engine.chat import Message
 from engine.conversation import Conversation, Plan, Status, Step, step_kind
-from state import journal
+from state import journal, requestlog
 from state.batcher import JournalBatcher
 from state.schema import open_store
 from state.store import RunStore
@@ -58,12 +58,12 @@ def _conv(conv_id: int, steps: int, status: Status) -> Conversation:
 def test_bulk_writes_store_what_row_by_row_writes_store(tmp_path: Path) -> None:
     """Many rows per statement leave the same tables as one statement per row."""
     reserved = [
-        journal.RequestRow(100 + i, i if i % 3 else None, i % 4 if i % 3 else None, 1 + i % 2,
+        requestlog.RequestRow(100 + i, i if i % 3 else None, i % 4 if i % 3 else None, 1 + i % 2,
                            50 + i, 128, 0.001 * i, "m")
         for i in range(1, 9)
     ]  # fmt: skip
     finished = [
-        journal.FinishedRow(100 + i, "ok" if i % 2 else "error", 5 if i % 2 else None,
+        requestlog.FinishedRow(100 + i, "ok" if i % 2 else "error", 5 if i % 2 else None,
                             60 + i if i % 3 else None, None if i % 2 else 3,
                             12.5 if i % 2 else None, 0.002, None if i % 2 else "server_error",
                             None if i % 2 else "boom 'x'")
@@ -72,14 +72,14 @@ def test_bulk_writes_store_what_row_by_row_writes_store(tmp_path: Path) -> None:
     convs = [_conv(i, 1 + i % 4, Status.DONE if i % 4 == 3 else Status.ACTIVE) for i in range(1, 8)]
     bulk, single = _store(tmp_path / "a.duckdb"), _store(tmp_path / "b.duckdb")
     journal.write_active(bulk, [1, 2, 3, 9])
-    journal.write_reserved(bulk, reserved)
-    journal.write_finished(bulk, finished)
+    requestlog.write_reserved(bulk, reserved)
+    requestlog.write_finished(bulk, finished)
     journal.write_steps(bulk, convs)
     journal.mark_active([1, 2, 3, 9])(single)
     for row in reserved:
-        journal.write_reserved(single, [row])
+        requestlog.write_reserved(single, [row])
     for f in finished:
-        journal.write_finished(single, [f])
+        requestlog.write_finished(single, [f])
     for conv in convs:
         journal.record_step(conv)(single)
     for table, sql in TABLES.items():
@@ -103,8 +103,8 @@ async def test_flush_commits_writes_nobody_awaits(tmp_path: Path) -> None:
     _store(tmp_path / "s.duckdb").close()
     async with GroupCommitWriter(tmp_path / "s.duckdb", create=False) as writer:
         batcher = JournalBatcher(writer, linger_s=10.0)  # its timer would never fire in time
-        await asyncio.shield(batcher.reserved(journal.RequestRow(1, 1, 0, 1, 10, 20, 0.0, "m")))
-        batcher.finished(journal.FinishedRow(1, "ok", completion_tokens=7))
+        await asyncio.shield(batcher.reserved(requestlog.RequestRow(1, 1, 0, 1, 10, 20, 0.0, "m")))
+        batcher.finished(requestlog.FinishedRow(1, "ok", completion_tokens=7))
         await RunStore(writer, batcher).flush()
     with duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True) as conn:
         assert conn.execute("SELECT status, completion_tokens FROM requests").fetchall() == [

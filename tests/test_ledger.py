@@ -22,15 +22,14 @@ from hypothesis.stateful import (
 from budgets.ledger import (
     Ledger,
     Spend,
-    failure_is_billed,
     spend_by_conversation,
     spend_from_log,
 )
 from budgets.prices import Price, Pricing, from_nano, load_price_table, to_nano
 from engine.config import BudgetConfig
-from engine.errors import BudgetExhausted, ConfigError
-from state import journal
-from state.requestlog import Ticket
+from engine.errors import BudgetExhausted, ConfigError, RequestTimeout, ServerError
+from state import requestlog
+from state.requestlog import Ticket, may_be_billed
 from state.schema import TABLES
 
 Op = Callable[[duckdb.DuckDBPyConnection], None]
@@ -77,8 +76,8 @@ def test_failures_count_as_spent_unless_surely_unbilled() -> None:
     for i in range(1, 5):
         ledger.reserve(ticket(i, 1.0))
     ledger.release(ticket(1, 1.0), admitted=False)
-    ledger.release(ticket(2, 1.0), admitted=True, error_class="server_error")
-    ledger.release(ticket(3, 1.0), admitted=True, error_class="request_timeout")
+    ledger.release(ticket(2, 1.0), admitted=True, billed=ServerError.billed)
+    ledger.release(ticket(3, 1.0), admitted=True, billed=RequestTimeout.billed)
     ledger.release(ticket(4, 1.0), admitted=True)  # cancelled mid-flight: outcome unknown
     assert ledger.spent.nano == to_nano(2.0)
     assert ledger.spent.requests == 3
@@ -105,28 +104,30 @@ def test_impossible_cap_is_a_config_error() -> None:
 
 def test_unbilled_failures_are_the_ones_that_generate_nothing() -> None:
     """5xx, context-length and auth errors are unbilled; timeouts and resets may be billed."""
-    assert not failure_is_billed("server_error")
-    assert not failure_is_billed("context_length_exceeded")
-    assert failure_is_billed("request_timeout")
-    assert failure_is_billed("connection_lost")
-    assert failure_is_billed("malformed_response")
-    assert failure_is_billed(None)
-    assert failure_is_billed("something_new")
+    assert not may_be_billed("server_error")
+    assert not may_be_billed("context_length_exceeded")
+    assert may_be_billed("request_timeout")
+    assert may_be_billed("connection_lost")
+    assert may_be_billed("malformed_response")
+    assert may_be_billed(None)
+    assert may_be_billed("something_new")
 
 
 def _row(
     request_id: int, usd: float, *, conv: int = 1, prompt: int = 100, max_tokens: int = 50
 ) -> Op:
-    return _reserved(journal.RequestRow(request_id, conv, 0, 1, prompt, max_tokens, usd, "gpt-4o"))
+    return _reserved(
+        requestlog.RequestRow(request_id, conv, 0, 1, prompt, max_tokens, usd, "gpt-4o")
+    )
 
 
-def _reserved(row: journal.RequestRow) -> Op:
-    return lambda conn: journal.write_reserved(conn, [row])
+def _reserved(row: requestlog.RequestRow) -> Op:
+    return lambda conn: requestlog.write_reserved(conn, [row])
 
 
 def _finished(request_id: int, **fields: Any) -> Op:
-    row = journal.FinishedRow(request_id, **fields)
-    return lambda conn: journal.write_finished(conn, [row])
+    row = requestlog.FinishedRow(request_id, **fields)
+    return lambda conn: requestlog.write_finished(conn, [row])
 
 
 def test_starting_state_is_computed_from_the_request_log(tmp_path: Path) -> None:
@@ -244,7 +245,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.pricing.price.cost_nano(prompt, completion, cached), prompt + completion, 1
         )
         self.attempts[t.request_id] = Attempt(t, prompt, max_tokens, "queued", actual)
-        row = journal.RequestRow(t.request_id, 1, 0, 1, prompt, max_tokens, t.reserved_usd, "m")
+        row = requestlog.RequestRow(t.request_id, 1, 0, 1, prompt, max_tokens, t.reserved_usd, "m")
         self.queue.append((_reserved(row), t.request_id))
 
     @precondition(lambda self: bool(self.queue))
@@ -285,12 +286,14 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(data=st.data(), error_class=st.sampled_from(ERROR_CLASSES), informed=st.booleans())
     def fail(self, data: st.DataObject, error_class: str, informed: bool) -> None:
         a = self.attempts.pop(data.draw(st.sampled_from(self._in("sent"))))
-        if failure_is_billed(error_class):
+        if may_be_billed(error_class):
             self.billed += a.actual
         else:
             self.billed += Spend(0, 0, 1)
         # Uninformed: the guard is not told why (it must then assume the worst).
-        self.ledger.release(a.ticket, admitted=True, error_class=error_class if informed else None)
+        self.ledger.release(
+            a.ticket, admitted=True, billed=may_be_billed(error_class) if informed else True
+        )
         op = _finished(a.ticket.request_id, status="error", error_class=error_class)
         self.queue.append((op, None))
 

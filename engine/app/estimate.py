@@ -69,13 +69,7 @@ def run_estimate(args: argparse.Namespace) -> int:
             print(f"running a pilot of {args.pilot} conversations against {where} ...")
             sys.stdout.flush()
         pilot = asyncio.run(
-            run_pilot(
-                config,
-                args.pilot,
-                env=env,
-                population=estimate.conversations,
-                price=estimate.price,
-            )
+            run_pilot(config, args.pilot, env=env, population=estimate.conversations)
         )
     if args.json:
         data: dict[str, Any] = estimate_json(estimate)

@@ -14,14 +14,16 @@ from typing import Any
 import duckdb
 
 from budgets.interval import Extrapolation, extrapolate
-from budgets.ledger import failure_is_billed
-from budgets.prices import Price, from_nano
+from budgets.ledger import spend_by_conversation
+from budgets.prices import from_nano
 from budgets.stepload import KINDS, OutputLengths
 from engine.app.run import execute_run
 from engine.config import Config
 from engine.errors import ConfigError
 from engine.events import Hooks
 from engine.formats import duration, usd
+from engine.records import step_kind
+from state.requestlog import completions_by_step
 from state.schema import STATE_FILE, open_read_only
 
 __all__ = ["PilotResult", "pilot_config", "pilot_costs", "run_pilot"]
@@ -89,34 +91,22 @@ def pilot_config(config: Config, conversations: int, output_dir: Path) -> Config
     return replace(config, run=run, seeds=seeds)
 
 
-def pilot_costs(
-    conn: duckdb.DuckDBPyConnection, price: Price | None
-) -> tuple[dict[int, int], dict[str, float], int]:
+def pilot_costs(conn: duckdb.DuckDBPyConnection) -> tuple[dict[int, int], dict[str, float], int]:
     """(nano per conversation, mean completion tokens per step kind, requests) of a run's log,
-    priced as the ledger counts: real usage for 'ok', the worst case for outcomes unknown."""
+    as the ledger counts them (``budgets.ledger.spend_by_conversation``)."""
     per_conv: dict[int, int] = {
         int(c): 0 for (c,) in conn.execute("SELECT conv_id FROM conversations").fetchall()
     }
-    completions: dict[str, list[int]] = {k: [] for k in KINDS}
-    requests = 0
-    for conv_id, step, status, error_class, prompt, completion, cached, max_tokens in conn.execute(
-        """SELECT conv_id, step, status, error_class, prompt_tokens, completion_tokens,
-                  cached_tokens, max_tokens FROM requests WHERE conv_id IS NOT NULL"""
-    ).fetchall():
-        if status == "rejected":
-            continue
-        requests += 1
-        nano = 0
-        if status == "ok":
-            if price is not None:
-                nano = price.cost_nano(prompt, completion or 0, cached or 0)
-            kind = "evolve" if step == 0 else "answer" if step % 2 == 1 else "follow_up"
-            completions[kind].append(int(completion or 0))
-        elif price is not None and (status == "reserved" or failure_is_billed(error_class)):
-            nano = price.worst_nano(prompt, max_tokens)
-        per_conv[int(conv_id)] = per_conv.get(int(conv_id), 0) + nano
-    means = {k: sum(v) / len(v) for k, v in completions.items() if v}
-    return per_conv, means, requests
+    spent = spend_by_conversation(conn)
+    for conv_id, spend in spent.items():
+        per_conv[conv_id] = spend.nano
+    sums: dict[str, tuple[int, int]] = {}  # kind -> (replies, completion tokens)
+    for step, (replies, tokens) in completions_by_step(conn).items():
+        kind = step_kind(step).value
+        n, total = sums.get(kind, (0, 0))
+        sums[kind] = (n + replies, total + tokens)
+    means = {k: sums[k][1] / sums[k][0] for k in KINDS if k in sums and sums[k][0]}
+    return per_conv, means, sum(s.requests for s in spent.values())
 
 
 async def run_pilot(
@@ -125,7 +115,6 @@ async def run_pilot(
     *,
     env: Mapping[str, str],
     population: int,
-    price: Price | None,
 ) -> PilotResult:
     """Run ``conversations`` real conversations into a temporary run directory, then project
     the full run's cost from them. Raises ConfigError, or what ``m2l run`` raises."""
@@ -137,7 +126,7 @@ async def run_pilot(
         report = await execute_run(pilot, env=env, hooks=Hooks())
         wall = time.monotonic() - started
         with open_read_only(pilot.run_dir / STATE_FILE, action="read its costs") as conn:
-            per_conv, completions, requests = pilot_costs(conn, price)
+            per_conv, completions, requests = pilot_costs(conn)
     costs = [from_nano(n) for _, n in sorted(per_conv.items())]
     return PilotResult(
         conversations=len(costs),

@@ -15,6 +15,7 @@ import duckdb
 
 from engine.errors import StateError
 from engine.progress.snapshot import LanguageProgress, ProgressSnapshot, pairs, slowest_first
+from state.requestlog import attempt_summary
 from state.schema import STATE_FILE, open_read_only
 
 __all__ = ["STATE_DB", "read_store", "store_snapshot"]
@@ -30,13 +31,6 @@ def read_store(path: Path) -> ProgressSnapshot:
         return store_snapshot(con, run=path.parent.name)
     finally:
         con.close()
-
-
-def _scalar_row(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:
-    row = con.execute(sql).fetchone()
-    if row is None:  # aggregates always return a row; this only guards the type
-        raise StateError("the store returned no row for an aggregate query")
-    return tuple(row)
 
 
 def store_snapshot(con: duckdb.DuckDBPyConnection, *, run: str = "") -> ProgressSnapshot:
@@ -64,42 +58,8 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
             count(*) FROM conversations WHERE status IN ('failed', 'filtered') GROUP BY ALL"""
     ).fetchall():
         reasons[status][reason] = n
-    (sent, ok, charged, tokens_in, tokens_out, spent, reserved, span, hits) = _scalar_row(
-        con,
-        """SELECT count(*) FILTER (WHERE status IN ('ok', 'error', 'reserved')),
-            count(*) FILTER (WHERE status = 'ok'),
-            coalesce(sum(prompt_tokens + max_tokens) FILTER (WHERE status <> 'rejected'), 0),
-            coalesce(sum(prompt_tokens) FILTER (WHERE status = 'ok'), 0),
-            coalesce(sum(completion_tokens) FILTER (WHERE status = 'ok'), 0),
-            coalesce(sum(cost_usd), 0),
-            coalesce(sum(reserved_usd) FILTER (WHERE status = 'reserved'), 0),
-            coalesce(epoch(max(finished_at)) - epoch(min(sent_at)), 0),
-            count(*) FILTER (WHERE error_class = 'rate_limited')
-        FROM requests""",
-    )
-    # Like the live model: a retry is a failed attempt (not a 429, which only waits for the
-    # limiter) that another attempt followed; a failed request is a step whose last attempt
-    # did not succeed. Neither depends on how attempts are numbered.
-    retries, failed_requests = _scalar_row(
-        con,
-        """SELECT count(*) FILTER (WHERE status IN ('error', 'rejected') AND attempt < last_attempt
-                AND coalesce(error_class, '') <> 'rate_limited'),
-            count(DISTINCT (conv_id, step)) FILTER (WHERE attempt = last_attempt
-                AND status IN ('error', 'rejected'))
-        FROM (SELECT conv_id, step, attempt, status, error_class,
-                max(attempt) OVER (PARTITION BY conv_id, step) AS last_attempt FROM requests)""",
-    )
-    errors = dict(
-        con.execute(
-            """SELECT error_class, count(*) FROM requests
-            WHERE error_class IS NOT NULL AND error_class <> 'rate_limited' GROUP BY 1"""
-        ).fetchall()
-    )
-    last = con.execute(
-        """SELECT error_class, error FROM requests WHERE error IS NOT NULL
-        ORDER BY finished_at DESC NULLS LAST, request_id DESC LIMIT 1"""
-    ).fetchone()
-    span = float(span or 0.0)
+    log = attempt_summary(con)
+    span = log.span_s
     minutes = span / 60
     rpm_limit = _number(_dig(config, "limits", "rpm"))
     tpm_limit = _number(_dig(config, "limits", "tpm"))
@@ -109,9 +69,9 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
     rate = finished / minutes if minutes > 0 else 0.0
     utils: list[tuple[float, str]] = []
     if minutes > 0 and rpm_limit:
-        utils.append((sent / minutes / rpm_limit, "rpm"))
+        utils.append((log.sent / minutes / rpm_limit, "rpm"))
     if minutes > 0 and tpm_limit:  # tpm counts what providers charge: prompt + max_tokens
-        utils.append((charged / minutes / tpm_limit, "tpm"))
+        utils.append((log.charged_tokens / minutes / tpm_limit, "tpm"))
     binding = max(utils) if utils else None
     cap = _number(_dig(config, "budget", "usd"))
     return ProgressSnapshot(
@@ -127,25 +87,27 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
         filtered_by_reason=pairs(reasons["filtered"]),
         conv_per_min=rate,
         eta_s=(total - finished) * 60 / rate if rate > 0 else (0.0 if total == finished else None),
-        requests_sent=sent,
-        requests_ok=ok,
-        requests_failed=failed_requests,
-        retries=retries,
-        rate_limit_hits=hits,
-        errors_by_class=pairs(errors),
-        last_error_class=None if last is None else last[0],
-        last_error=None if last is None else last[1],
-        rpm=sent / minutes if minutes > 0 else 0.0,
+        requests_sent=log.sent,
+        requests_ok=log.ok,
+        requests_failed=log.failed_steps,
+        retries=log.retries,
+        rate_limit_hits=log.rate_limited,
+        errors_by_class=pairs(log.errors_by_class),
+        last_error_class=None if log.last_error is None else log.last_error[0],
+        last_error=None if log.last_error is None else log.last_error[1],
+        rpm=log.sent / minutes if minutes > 0 else 0.0,
         rpm_limit=rpm_limit,
-        tpm=charged / minutes if minutes > 0 else 0.0,
+        tpm=log.charged_tokens / minutes if minutes > 0 else 0.0,
         tpm_limit=tpm_limit,
-        tokens_per_min=(tokens_in + tokens_out) / minutes if minutes > 0 else 0.0,
+        tokens_per_min=(log.prompt_tokens + log.completion_tokens) / minutes
+        if minutes > 0
+        else 0.0,
         binding_limit=None if binding is None else binding[1],
         mean_utilisation=None if binding is None else binding[0],
-        tokens_in=int(tokens_in),
-        tokens_out=int(tokens_out),
-        spent_usd=float(spent),
-        reserved_usd=float(reserved),
+        tokens_in=log.prompt_tokens,
+        tokens_out=log.completion_tokens,
+        spent_usd=log.cost_usd,
+        reserved_usd=log.reserved_usd,
         cap_usd=cap,
         languages=languages,
     )
