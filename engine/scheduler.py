@@ -207,11 +207,13 @@ class Scheduler:
     async def _watch_stop(self, grace_s: float) -> None:
         """After a stop request, give in-flight steps ``grace_s`` seconds, then cancel them."""
         await self._stop.stopping.wait()
-        deadline = time.monotonic() + grace_s
-        while self._active > 0 and time.monotonic() < deadline:
+        # The loop's own clock, the one wait_for's timeout runs on (a test's virtual one too).
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while self._active > 0 and loop.time() < deadline:
             self._room.clear()
             try:
-                await asyncio.wait_for(self._room.wait(), timeout=deadline - time.monotonic())
+                await asyncio.wait_for(self._room.wait(), timeout=deadline - loop.time())
             except TimeoutError:
                 break
         if self._active > 0:

@@ -176,7 +176,11 @@ async def test_429_is_rate_limited_with_reset() -> None:
 
 
 async def test_dispatcher_waits_out_429s_and_loses_nothing() -> None:
-    """A client configured far above a per-second limit still completes every request."""
+    """A client configured far above a per-second limit still completes every request.
+
+    Against the real simulator's 429 bodies and headers; the waiting itself is checked on
+    virtual time in test_scheduler.py, so this stays small.
+    """
     settings = SimSettings(rpm=600, bucket_seconds=1.0, ttft_s=0.0, per_token_s=0.0)
     recorder = Recorder()
     async with (
@@ -186,6 +190,7 @@ async def test_dispatcher_waits_out_429s_and_loses_nothing() -> None:
         dispatcher = Dispatcher(client, RateLimiter(LimitsConfig(rpm=6000)), hooks=recorder)
         results = await asyncio.gather(*(dispatcher.complete(request(f"Q{i}")) for i in range(12)))
     assert len(results) == 12 and all(r.content for r in results)
+    assert "RateLimitHit" in recorder.kinds()  # the limit was really hit
     assert "RequestFailed" not in recorder.kinds()
 
 
