@@ -45,10 +45,10 @@ from engine.events import (
     StepDone,
 )
 from engine.formats import usd
-from engine.records import Conversation, parse_request_key
+from engine.records import Conversation
 from engine.tokens import TokenCounter
 from prompts.taxonomy import load_taxonomy
-from state.requestlog import CostModel, FreeCosts, spend_by
+from state.requestlog import CostModel, FreeCosts, parse_request_key, spend_by
 
 __all__ = [
     "UPDATE_INTERVAL_S",
@@ -56,6 +56,7 @@ __all__ = [
     "BudgetAdmission",
     "Projection",
     "load_budget",
+    "run_price",
     "worst_step_costs",
 ]
 
@@ -382,19 +383,32 @@ def _history(conn: duckdb.DuckDBPyConnection, projection: Projection) -> None:
         projection.observe_step(int(step), int(n))
 
 
-def load_budget(conn: duckdb.DuckDBPyConnection, config: Config, hooks: EventHook) -> Budget:
-    """Build the run's budget from its config and request log (runs on the writer thread).
+def run_price(config: Config) -> tuple[Price | None, PriceTable]:
+    """The price of the run's model (None: unpriced) and the table it came from.
 
-    Raises ConfigError when a USD cap is set for a model that has no price.
+    Raises ConfigError, naming the config file, when a USD cap is set for a model that has no
+    price: the run checks this before it creates anything.
     """
     prices = load_price_table()
     model = config.provider.model
     price = resolve_price(model, prices, config.budget.prices)
     caps = config.budget
     if caps.usd is not None and price is None:
+        where = f"{config.source}: " if config.source is not None else ""
         raise missing_price_error(
-            model, prices, why=f"budget.usd = {caps.usd:g} caps what this run may spend"
+            model, prices, why=f"{where}budget.usd = {caps.usd:g} caps what this run may spend"
         )
+    return price, prices
+
+
+def load_budget(conn: duckdb.DuckDBPyConnection, config: Config, hooks: EventHook) -> Budget:
+    """Build the run's budget from its config and request log (runs on the writer thread).
+
+    Raises ConfigError when a USD cap is set for a model that has no price.
+    """
+    price, prices = run_price(config)
+    model = config.provider.model
+    caps = config.budget
     pricing = None
     if price is not None:
         known_tokenizer = prices.lookup(model) is not None

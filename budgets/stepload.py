@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from engine.chat import REPLY_PRIMING_TOKENS, TOKENS_PER_MESSAGE
 from engine.config import StepTokens
-from engine.records import StepKind
+from engine.records import StepKind, step_kind
 from engine.tokens import TokenCounter
 from prompts.taxonomy import PromptEntry, Taxonomy
 
@@ -86,10 +86,13 @@ class StepLoad:
     """One step's expected tokens: what is sent, what comes back, and its max_tokens."""
 
     step: int
-    kind: StepKind
     prompt: float
     completion: float
     max_tokens: int
+
+    @property
+    def kind(self) -> StepKind:
+        return step_kind(self.step)
 
     @property
     def charged(self) -> float:
@@ -105,7 +108,6 @@ def step_loads(
     loads = [
         StepLoad(
             0,
-            StepKind.EVOLVE,
             REPLY_PRIMING_TOKENS + MESSAGE_TOKENS + shape.evolve_template + shape.seed,
             e,
             max_tokens.evolve,
@@ -117,7 +119,7 @@ def step_loads(
     for turn in range(1, shape.turns + 1):
         history = content + MESSAGE_TOKENS * messages
         prompt = REPLY_PRIMING_TOKENS + MESSAGE_TOKENS + shape.answer_system + history
-        loads.append(StepLoad(2 * turn - 1, StepKind.ANSWER, prompt, a, max_tokens.answer))
+        loads.append(StepLoad(2 * turn - 1, prompt, a, max_tokens.answer))
         content, messages, last_assistant = content + a, messages + 1, a
         if turn == shape.turns:
             break
@@ -131,7 +133,7 @@ def step_loads(
             + fu.last_user * last_user
             + fu.last_assistant * last_assistant
         )
-        loads.append(StepLoad(2 * turn, StepKind.FOLLOW_UP, prompt, f, max_tokens.follow_up))
+        loads.append(StepLoad(2 * turn, prompt, f, max_tokens.follow_up))
         content, messages, last_user = content + f, messages + 1, f
     return loads
 

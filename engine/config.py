@@ -332,8 +332,9 @@ class Config:
         if value:
             return Secret(value)
         if self.provider.kind == "openai":
+            where = f"{self.source}: " if self.source is not None else ""
             raise ConfigError(
-                f"provider.kind is 'openai' but the environment variable "
+                f"{where}provider.kind is 'openai' but the environment variable "
                 f"{self.provider.api_key_env} is not set; export it, or set provider.kind = 'sim'"
             )
         return None

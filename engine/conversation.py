@@ -20,10 +20,9 @@ from engine.records import (
     Status,
     Step,
     StepKind,
-    parse_request_key,
-    request_key,
     step_kind,
 )
+from state.requestlog import request_key
 
 __all__ = [
     "Conversation",
@@ -40,8 +39,6 @@ __all__ = [
     "Verdict",
     "apply",
     "next_request",
-    "parse_request_key",
-    "request_key",
     "step_kind",
 ]
 

@@ -1,5 +1,5 @@
-"""The conversation values the engine advances and the store persists: step kinds, statuses,
-a conversation's plan, its accepted steps, and the key a step's requests carry.
+"""The conversation values the engine advances and the store persists: step kinds (the one
+step -> kind rule, ``step_kind``), statuses, a conversation's plan and its accepted steps.
 
 Values only (no behaviour beyond small derived properties): the state machine that moves them is
 ``engine.conversation``; the store (``state/``) reads and writes them without importing it.
@@ -18,8 +18,6 @@ __all__ = [
     "Status",
     "Step",
     "StepKind",
-    "parse_request_key",
-    "request_key",
     "step_kind",
 ]
 
@@ -113,16 +111,3 @@ class Conversation:
             f"<Conversation {self.plan.conv_id} {self.status.value} "
             f"step {self.next_step}/{self.plan.steps}>"
         )
-
-
-def request_key(conv_id: int, step: int) -> str:
-    """The key a step's requests carry (``conv_id:step``), for logs and the request table."""
-    return f"{conv_id}:{step}"
-
-
-def parse_request_key(key: str) -> tuple[int, int] | None:
-    """``(conv_id, step)`` from a key made by request_key; None for any other key."""
-    conv, _, step = key.partition(":")
-    if conv.isdigit() and step.isdigit():
-        return int(conv), int(step)
-    return None

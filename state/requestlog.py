@@ -27,7 +27,6 @@ import duckdb
 
 from engine.chat import ChatRequest, ChatResult, Usage
 from engine.errors import RateLimited, RequestError, request_error_classes
-from engine.records import parse_request_key
 from state._bulk import columns, marks, now, unnest
 
 __all__ = [
@@ -46,6 +45,8 @@ __all__ = [
     "attempt_summary",
     "completions_by_step",
     "may_be_billed",
+    "parse_request_key",
+    "request_key",
     "spend_by",
     "spend_total",
     "status_is",
@@ -87,6 +88,20 @@ def may_be_billed(error_class: str | None) -> bool:
     """Whether an admitted attempt that failed with this stored class may have been billed
     (None, or a class this version does not know: yes, so the cap holds)."""
     return error_class is None or error_class not in UNBILLED
+
+
+def request_key(conv_id: int, step: int) -> str:
+    """The key a step's requests carry (``conv_id:step``): it names the attempt in logs and
+    events, and the log files each attempt under its conversation and step by it."""
+    return f"{conv_id}:{step}"
+
+
+def parse_request_key(key: str) -> tuple[int, int] | None:
+    """``(conv_id, step)`` from a key made by request_key; None for any other key."""
+    conv, _, step = key.partition(":")
+    if conv.isdigit() and step.isdigit():
+        return int(conv), int(step)
+    return None
 
 
 # --- writes ------------------------------------------------------------------------------------

@@ -17,9 +17,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from engine.conversation import step_kind
 from engine.errors import StateError
 from engine.formats import usd
+from engine.records import step_kind
 from state._tables import table_width
 from state.requestlog import AttemptStatus, status_is
 

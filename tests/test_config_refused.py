@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.cli import main
+from engine.app.cli import main
 from tests.runfixtures import write_seeds
 
 # A config that would run: every case below changes one thing in it.
@@ -106,6 +106,40 @@ CASES: list[tuple[str, str, str]] = [
 ]
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        # No price for the model while a USD cap is set: refused before set-up, not after.
+        (
+            {"provider.model": '"my-own-model"'},
+            r"budget\.usd = 5 caps what this run may spend, but m2l has no price for model",
+        ),
+        # A real provider named, and its key variable unset.
+        (
+            {"provider.kind": '"openai"', "provider.api_key_env": '"M2L_TEST_UNSET_KEY"'},
+            r"provider\.kind is 'openai' but the environment variable M2L_TEST_UNSET_KEY",
+        ),
+    ],
+)
+def test_config_refused_by_the_run_creates_nothing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    overrides: dict[str, str],
+    message: str,
+) -> None:
+    """Checks that need more than the file (the price table, the environment) also come before
+    the run folder is made, and name the config file."""
+    monkeypatch.delenv("M2L_TEST_UNSET_KEY", raising=False)
+    config = write(tmp_path, overrides)
+    code = main(["run", str(config), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"m2l: error: {config}: "), err
+    assert re.search(message, err), err
+    assert not (tmp_path / "runs").exists()
+
+
 def render(overrides: dict[str, str]) -> str:
     """BASE with ``overrides`` (dotted key → TOML value) as a TOML document."""
     top: dict[str, str] = {}
@@ -171,7 +205,7 @@ def test_real_process_exits_2_and_creates_nothing(
     """The same through a real `m2l` process: exit status 2, the message on stderr, no run."""
     write(tmp_path, {key: value})
     proc = subprocess.run(
-        [sys.executable, "-m", "engine.cli", "run", "m2l.toml", "--quiet"],
+        [sys.executable, "-m", "engine.app.cli", "run", "m2l.toml", "--quiet"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

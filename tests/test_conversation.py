@@ -177,7 +177,7 @@ def test_plan_shape_is_checked(turns: int, followups: int) -> None:
 
 def test_request_key_round_trips_and_refuses_other_keys() -> None:
     """A step's key parses back to (conversation, step); keys not made by it give None."""
-    from engine.conversation import parse_request_key, request_key
+    from state.requestlog import parse_request_key, request_key
 
     assert parse_request_key(request_key(42, 7)) == (42, 7)
     for key in ("", "bench", "3", "3:", ":4", "a:1", "1:b"):

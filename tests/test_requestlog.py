@@ -13,7 +13,6 @@ from budgets.ledger import Ledger, Spend, spend_from_log
 from budgets.prices import to_nano
 from engine.chat import ChatRequest, ChatResult, Message, Usage
 from engine.config import BudgetConfig
-from engine.conversation import request_key
 from engine.errors import (
     AuthenticationFailed,
     BudgetExhausted,
@@ -47,6 +46,7 @@ from state.requestlog import (
     Ticket,
     attempt_summary,
     may_be_billed,
+    request_key,
     spend_total,
 )
 from state.schema import create_schema

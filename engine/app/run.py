@@ -21,7 +21,7 @@ from typing import Any
 import anyio.to_thread
 import orjson
 
-from budgets.admission import load_budget
+from budgets.admission import load_budget, run_price
 from engine.client import ChatClient
 from engine.config import Config, Secret, config_diff
 from engine.dispatcher import Accounting, Completer, Dispatcher
@@ -169,6 +169,10 @@ async def execute_run(
     the event loop, before the first event of the run.
     """
     events: EventHook = hooks or Hooks()
+    # Everything that can refuse the config is checked before the run's folder exists.
+    if not config.uses_simulator(env):
+        config.api_key(env)
+    run_price(config)
     taxonomy = load_taxonomy(config.taxonomy)
     languages = load_languages()
     stop = stop or StopControl()
