@@ -459,8 +459,11 @@ class RequestLog:
             if self._guard is not None:
                 self._guard.release(ticket, admitted=False)
             self._submit(
-                journal.FinishedRow(
-                    ticket.request_id, status="rejected", cost_usd=0.0, error_class="cancelled"
+                FinishedRow(
+                    ticket.request_id,
+                    status=AttemptStatus.REJECTED,
+                    cost_usd=0.0,
+                    error_class=CANCELLED,
                 )
             )
             raise
