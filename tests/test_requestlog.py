@@ -16,13 +16,17 @@ from engine.config import BudgetConfig
 from engine.errors import (
     AuthenticationFailed,
     BudgetExhausted,
+    ConnectFailed,
     ConnectionLost,
     ConnectionRefused,
+    ConnectTimeout,
     ContentFiltered,
     ContextLengthExceeded,
     FatalRunError,
+    HostNotFound,
     MalformedResponse,
     ModelNotFound,
+    NotChatCompletions,
     OversizeRequest,
     PermanentRequestError,
     PermissionDenied,
@@ -32,6 +36,7 @@ from engine.errors import (
     ServerError,
     ServerUnreachable,
     StateError,
+    SystematicFailure,
     TransientError,
     request_error_classes,
 )
@@ -60,7 +65,10 @@ STABLE: dict[type[RequestError], tuple[str, bool]] = {
     ServerError: ("server_error", False),
     RequestTimeout: ("request_timeout", True),
     ConnectionLost: ("connection_lost", True),
+    ConnectFailed: ("connect_failed", False),
     ConnectionRefused: ("connection_refused", False),
+    ConnectTimeout: ("connect_timeout", False),
+    HostNotFound: ("host_not_found", False),
     MalformedResponse: ("malformed_response", True),
     RateLimited: ("rate_limited", False),
     PermanentRequestError: ("permanent_request_error", True),
@@ -72,6 +80,8 @@ STABLE: dict[type[RequestError], tuple[str, bool]] = {
     PermissionDenied: ("permission_denied", False),
     ModelNotFound: ("model_not_found", False),
     ServerUnreachable: ("server_unreachable", False),
+    NotChatCompletions: ("not_chat_completions", True),
+    SystematicFailure: ("systematic_failure", True),
 }
 
 

@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from engine.chat import ChatRequest, ChatResult, Message, Usage
+from engine.chat import ChatRequest, ChatResult, Delivery, Message, Usage
 from engine.config import GenerationConfig, LimitsConfig, RetryConfig
 from engine.conversation import Conversation, Plan, Rendered, Status, StepKind
 from engine.dispatcher import Dispatcher
@@ -33,7 +33,9 @@ class Model:
         self.started: list[tuple[float, str]] = []
         self.finished: list[tuple[float, str]] = []
 
-    async def complete(self, request: ChatRequest) -> ChatResult:
+    async def complete(
+        self, request: ChatRequest, *, delivery: Delivery | None = None
+    ) -> ChatResult:
         loop = asyncio.get_running_loop()
         self.started.append((loop.time(), request.key))
         if self.rate_limited > 0:
