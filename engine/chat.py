@@ -54,6 +54,7 @@ class ChatRequest:
     json_mode: bool = False
     key: str = ""
     seed: int | None = None
+    service_tier: str | None = None  # overrides provider.service_tier (flex fallback: "default")
     prompt_tokens: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,7 +71,8 @@ class ChatRequest:
         return self.prompt_tokens + self.max_tokens
 
     def body(self, model: str) -> dict[str, Any]:
-        """The JSON body for ``POST /chat/completions``."""
+        """The JSON body for ``POST /chat/completions`` as a plain OpenAI-compatible server takes
+        it (``engine.requestshape`` adapts it to the provider and model)."""
         body: dict[str, Any] = {
             "model": model,
             "messages": [m.as_openai() for m in self.messages],
@@ -89,8 +91,10 @@ class Usage:
     """Token usage as the provider reported it."""
 
     prompt_tokens: int
-    completion_tokens: int
-    cached_tokens: int = 0
+    completion_tokens: int  # hidden reasoning tokens included, as OpenAI counts them
+    cached_tokens: int = 0  # part of prompt_tokens
+    reasoning_tokens: int = 0  # part of completion_tokens
+    service_tier: str | None = None  # the tier that served (and prices) the request
 
     @property
     def total_tokens(self) -> int:

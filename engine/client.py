@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import re
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -21,6 +22,7 @@ from engine.chat import ChatRequest, ChatResult, Delivery, Usage
 from engine.config import ProviderConfig, Secret
 from engine.errors import (
     AuthenticationFailed,
+    CapacityUnavailable,
     ConnectFailed,
     ConnectionLost,
     ConnectionRefused,
@@ -36,11 +38,21 @@ from engine.errors import (
     RequestError,
     RequestTimeout,
     ServerError,
+    UnsupportedParameter,
 )
 from engine.headers import RateLimitSnapshot, parse_retry_after
 from engine.redact import Redactor, scrub
+from engine.requestshape import RequestShape
 
 __all__ = ["ChatClient", "scrub"]
+
+# OpenAI's wording when the code field is missing (some proxies drop it): "Unsupported
+# parameter: 'max_tokens' ...", "Unsupported value: 'temperature' ...", and older servers'
+# "Unrecognized request argument supplied: prompt_cache_key".
+_UNSUPPORTED = re.compile(
+    r"^(?:Unsupported (?P<kind>parameter|value): '(?P<param>[^']+)'"
+    r"|Unrecognized request arguments? supplied: (?P<arg>[\w.]+))"
+)
 
 
 class ChatClient:
@@ -50,8 +62,16 @@ class ChatClient:
     passes through a ``Redactor`` here, so a server that echoes the key cannot leak it further.
     """
 
-    def __init__(self, provider: ProviderConfig, *, base_url: str, api_key: Secret | None) -> None:
+    def __init__(
+        self,
+        provider: ProviderConfig,
+        *,
+        base_url: str,
+        api_key: Secret | None,
+        shape: RequestShape | None = None,
+    ) -> None:
         self._provider = provider
+        self._shape = shape
         self._api_key = api_key
         self._redact = Redactor(api_key)
         self._url = base_url.rstrip("/") + "/chat/completions"
@@ -74,9 +94,9 @@ class ChatClient:
         self._headers = headers
         self._params = dict(provider.query) or None
         self._timeout = aiohttp.ClientTimeout(
-            total=provider.total_timeout_s,
+            total=provider.total_timeout,
             connect=provider.connect_timeout_s,
-            sock_read=provider.read_timeout_s,
+            sock_read=provider.read_timeout,
         )
         self._session: aiohttp.ClientSession | None = None
 
@@ -118,7 +138,8 @@ class ChatClient:
         session = self._session
         if session is None:
             raise RuntimeError("ChatClient used outside its 'async with' block")
-        data = orjson.dumps(request.body(self._model))
+        shape = self._shape
+        data = orjson.dumps(request.body(self._model) if shape is None else shape.body(request))
         started = time.monotonic()
         if delivery is not None:
             delivery.written = False
@@ -180,10 +201,14 @@ class ChatClient:
             finish = str(choice.get("finish_reason") or "stop")
             usage = body.get("usage") or {}
             details = usage.get("prompt_tokens_details") or {}
+            completion_details = usage.get("completion_tokens_details") or {}
+            tier = body.get("service_tier")
             result_usage = Usage(
                 prompt_tokens=int(usage.get("prompt_tokens", 0)),
                 completion_tokens=int(usage.get("completion_tokens", 0)),
                 cached_tokens=int(details.get("cached_tokens") or 0),
+                reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+                service_tier=tier if isinstance(tier, str) else None,
             )
             model = str(body.get("model", self._model))
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, ValueError) as exc:
@@ -215,6 +240,15 @@ class ChatClient:
         )
         code = self._redact.text(str(error.get("code") or ""))
         kind = self._redact.text(str(error.get("type") or ""))
+        if status == 429 and (
+            code == "resource_unavailable" or "resource unavailable" in message.lower()
+        ):
+            # Flex processing out of capacity: not charged, and not our rate limit.
+            return CapacityUnavailable(
+                f"flex capacity unavailable (429): {message}",
+                status=status,
+                retry_after=parse_retry_after(headers),
+            )
         if status == 429:
             limit_kind = kind if kind in ("requests", "tokens") else None
             if code == "insufficient_quota":
@@ -247,6 +281,10 @@ class ChatClient:
                 return ContextLengthExceeded(message, status=status)
             if code in ("content_filter", "content_policy_violation"):
                 return ContentFiltered(message, status=status)
+            unsupported = _unsupported(code, error.get("param"), message)
+            if unsupported is not None:
+                param, what = unsupported
+                return UnsupportedParameter(message, param=param, code=what, status=status)
             return PermanentRequestError(f"bad request ({status}): {message}", status=status)
         if status >= 500 or status in (408, 409):
             return ServerError(
@@ -255,6 +293,18 @@ class ChatClient:
                 retry_after=parse_retry_after(headers),
             )
         return PermanentRequestError(f"unexpected HTTP {status}: {message}", status=status)
+
+
+def _unsupported(code: str, param: object, message: str) -> tuple[str, str] | None:
+    """(parameter, code) of a 400 refusing a parameter or value, or None for any other 400."""
+    match = _UNSUPPORTED.match(message)
+    if code in ("unsupported_parameter", "unsupported_value") and isinstance(param, str) and param:
+        return param, code
+    if match is None:
+        return None
+    if match.group("arg"):
+        return match.group("arg"), "unsupported_parameter"
+    return match.group("param"), f"unsupported_{match.group('kind')}"
 
 
 def _error_object(raw: bytes) -> dict[str, Any]:

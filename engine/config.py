@@ -30,6 +30,7 @@ from engine._typed_toml import (
     plain,
     positive,
 )
+from engine.capabilities import CapabilityOverride
 from engine.errors import ConfigError
 from engine.simsettings import SimSettings
 
@@ -44,6 +45,7 @@ __all__ = [
     "RunConfig",
     "Secret",
     "SeedsConfig",
+    "StepEfforts",
     "StepTokens",
     "config_diff",
     "load_config",
@@ -84,10 +86,20 @@ class ProviderConfig:
     headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     query: Mapping[str, str] = field(default_factory=lambda: _EMPTY)  # e.g. Azure's api-version
     connect_timeout_s: float = 10.0
-    read_timeout_s: float = 120.0
-    total_timeout_s: float = 600.0
+    read_timeout_s: float | None = None  # None: 120 s, or 15 minutes under flex processing
+    total_timeout_s: float | None = None  # None: 600 s, or 16 minutes under flex processing
     pool_size: int = 512
     unknown_model_encoding: Literal["o200k_base", "cl100k_base"] = "o200k_base"
+    # The name the token cap goes out under; "auto": max_completion_tokens for OpenAI, Azure
+    # OpenAI, the simulator and reasoning models, max_tokens for other servers. A 400 naming
+    # the other name switches once (recorded in the run).
+    max_tokens_param: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
+    # Reasoning models only: sent as reasoning_effort (generation.reasoning_effort per step).
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    service_tier: Literal["flex", "default", "priority"] | None = None  # None: not sent
+    flex_fallback_after_s: float | None = None  # None: a flex request never falls back
+    prompt_cache_key: bool | None = None  # None: sent to OpenAI and Azure OpenAI only
+    capabilities: Mapping[str, CapabilityOverride] = field(default_factory=lambda: _EMPTY)
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -97,7 +109,7 @@ class ProviderConfig:
         if not self.model.strip():
             raise Invalid("model", "must name a model", self.model)
         for name in ("connect_timeout_s", "read_timeout_s", "total_timeout_s"):
-            positive(self, name)
+            positive(self, name, unset=" (leave it out for the default)")
         at_least(self, "pool_size", 1)
         for key in self.headers:
             if key.lower() == "authorization":
@@ -108,6 +120,26 @@ class ProviderConfig:
                     "not in headers (the config is stored with the run)",
                     HIDDEN,
                 )
+        non_negative(self, "flex_fallback_after_s")
+        if self.flex_fallback_after_s is not None and self.service_tier != "flex":
+            raise Invalid(
+                "flex_fallback_after_s",
+                'only applies with service_tier = "flex"; remove it or set the tier',
+                self.flex_fallback_after_s,
+            )
+
+    @property
+    def read_timeout(self) -> float:
+        """Seconds to wait for a reply: 15 minutes under flex (OpenAI's advice), else 120."""
+        if self.read_timeout_s is not None:
+            return self.read_timeout_s
+        return 900.0 if self.service_tier == "flex" else 120.0
+
+    @property
+    def total_timeout(self) -> float:
+        if self.total_timeout_s is not None:
+            return self.total_timeout_s
+        return max(960.0 if self.service_tier == "flex" else 600.0, self.read_timeout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,12 +184,25 @@ class StepTokens:
             at_least(self, f.name, 1)
 
 
+Effort = Literal["none", "minimal", "low", "medium", "high", "xhigh"]
+
+
+@dataclass(frozen=True, slots=True)
+class StepEfforts:
+    """``reasoning_effort`` per step kind for reasoning models; unset: provider.reasoning_effort."""
+
+    evolve: Effort | None = None
+    answer: Effort | None = None
+    follow_up: Effort | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class GenerationConfig:
     """Sampling and conversation shape."""
 
     temperature: float = 0.7
     max_tokens: StepTokens = field(default_factory=StepTokens)
+    reasoning_effort: StepEfforts = field(default_factory=StepEfforts)
     max_regenerations: int = 2
     max_turns: int = 6
 
@@ -367,6 +412,10 @@ SAFE_ON_RESUME = (
     "provider.total_timeout_s",
     "provider.pool_size",
     "provider.headers",
+    "provider.max_tokens_param",
+    "provider.service_tier",
+    "provider.flex_fallback_after_s",
+    "provider.prompt_cache_key",
     "sim.host",
     "sim.port",
     "sim.rpm",
@@ -379,6 +428,9 @@ SAFE_ON_RESUME = (
     "sim.slots",
     "sim.batch_slowdown",
     "sim.queue_limit",
+    "sim.flex_slowdown",
+    "sim.flex_unavailable",
+    "sim.cache_min_tokens",
 )
 
 

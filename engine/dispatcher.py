@@ -6,6 +6,8 @@ limiter, the HTTP client, the retry policy, and settlement; and it reports every
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import random
 import time
 from typing import Any, Protocol, TypeVar
@@ -14,16 +16,19 @@ from engine.chat import ChatRequest, ChatResult, Delivery
 from engine.concurrency import ConcurrencyGate, Flight
 from engine.config import RetryConfig
 from engine.errors import (
+    CapacityUnavailable,
     ConnectFailed,
     OversizeRequest,
     RateLimited,
     RequestError,
     RequestTimeout,
     ServerError,
+    UnsupportedParameter,
 )
 from engine.events import (
     EventHook,
     Hooks,
+    ParameterAdapted,
     RateLimitHit,
     RequestDone,
     RequestFailed,
@@ -33,9 +38,18 @@ from engine.events import (
 from engine.headers import RateLimitSnapshot
 from engine.health import HealthPolicy, RunHealth
 from engine.limiter import RateLimiter
+from engine.requestshape import Adapted
 from engine.retry import GiveUp, RateLimitWait, Retry, decide
 
-__all__ = ["Accounting", "Completer", "Dispatcher", "NullAccounting", "TicketT", "is_overload"]
+__all__ = [
+    "Accounting",
+    "Adapter",
+    "Completer",
+    "Dispatcher",
+    "NullAccounting",
+    "TicketT",
+    "is_overload",
+]
 
 # Statuses by which a server (or the proxy in front of it) says it is past its capacity.
 _OVERLOAD_STATUSES = frozenset({503, 504, 529})
@@ -46,6 +60,19 @@ def is_overload(error: RequestError) -> bool:
     if isinstance(error, RequestTimeout):
         return True
     return isinstance(error, ServerError) and error.status in _OVERLOAD_STATUSES
+
+
+log = logging.getLogger(__name__)
+# Errors that never reach the model: nothing is billed and the limiter gets its charge back.
+_NOT_ADMITTED = (RateLimited, ConnectFailed, CapacityUnavailable, UnsupportedParameter)
+
+
+class Adapter(Protocol):
+    """Adapts requests to a refused parameter (engine.requestshape.RequestShape)."""
+
+    def adapt(self, error: UnsupportedParameter) -> Adapted | None: ...
+
+    def explain(self, error: UnsupportedParameter) -> str: ...
 
 
 class Completer(Protocol):
@@ -105,8 +132,12 @@ class Dispatcher:
         hooks: EventHook | None = None,
         rng: random.Random | None = None,
         health: RunHealth | None = None,
+        adapter: Adapter | None = None,
+        flex_fallback_after_s: float | None = None,
     ) -> None:
+        self._flex_fallback_after_s = flex_fallback_after_s  # None: flex never falls back
         self._client = client
+        self._adapter = adapter
         self._limiter = limiter
         self._gate = gate
         self._policy = policy or RetryConfig()
@@ -126,7 +157,8 @@ class Dispatcher:
     async def complete(self, request: ChatRequest, *, kind: str = "") -> ChatResult:
         """The reply to ``request``; raises PermanentRequestError, FatalRunError or the error
         that exhausted the attempts, and BudgetExhausted when a cap would be passed."""
-        tries = transient = rate_limited = unreached = 0
+        tries = transient = rate_limited = unreached = unavailable = 0
+        first_unavailable = 0.0
         emit, key = self._hooks.on_event, request.key
         while True:
             tries += 1
@@ -135,6 +167,12 @@ class Dispatcher:
                 self._health.reply_ok()
                 return outcome
             error = outcome
+            if isinstance(error, UnsupportedParameter):
+                if self._adapted(error):
+                    continue  # sent again at once: a refusal m2l caused is no attempt
+                error = UnsupportedParameter(
+                    self._explain(error), param=error.param, code=error.code, status=error.status
+                )
             fatal = self._health.request_failed(error)
             if fatal is not None:
                 emit(RequestFailed(key, fatal.error_class, str(fatal), _now()))
@@ -143,6 +181,10 @@ class Dispatcher:
                 rate_limited += 1
             elif isinstance(error, ConnectFailed):
                 unreached += 1
+            elif isinstance(error, CapacityUnavailable):
+                unavailable += 1
+                first_unavailable = first_unavailable or _now()
+                request = self._fallback(request, first_unavailable)
             else:
                 transient += 1
             # A request whose only failures were 429s or unreached servers has used none of
@@ -154,6 +196,7 @@ class Dispatcher:
                 rate_limited=rate_limited,
                 unreached=unreached,
                 rng=self._rng,
+                unavailable=unavailable,
             )
             if isinstance(decision, Retry):
                 emit(
@@ -210,10 +253,10 @@ class Dispatcher:
             result = await self._client.complete(request, delivery=delivery)
         except RequestError as exc:
             self._land(flight, exc)
-            # A 429 never reached the model, and a request that never reached the wire (no
-            # connection, or a timeout while connecting) never left this machine: neither
-            # was charged.
-            admitted = delivery.written and not isinstance(exc, RateLimited | ConnectFailed)
+            # A 429 or a refused parameter never reached the model, and a request that never
+            # reached the wire (no connection, or a timeout while connecting) never left this
+            # machine: none was charged.
+            admitted = delivery.written and not isinstance(exc, _NOT_ADMITTED)
             if isinstance(exc, RateLimited):
                 snap = exc.ratelimit if isinstance(exc.ratelimit, RateLimitSnapshot) else None
                 self._limiter.rejected(permit, snapshot=snap, retry_after=exc.retry_after)
@@ -256,6 +299,30 @@ class Dispatcher:
             self._gate.overloaded(flight)
         else:
             self._gate.finished(flight)
+
+    def _adapted(self, error: UnsupportedParameter) -> bool:
+        """Whether the request may go again after the adapter changed what it sends."""
+        if self._adapter is None:
+            return False
+        adapted = self._adapter.adapt(error)
+        if adapted is None:
+            return False
+        if adapted.note is not None:
+            log.warning("%s", adapted.note)
+            self._hooks.on_event(ParameterAdapted(adapted.param, adapted.now, adapted.note, _now()))
+        return True
+
+    def _explain(self, error: UnsupportedParameter) -> str:
+        if self._adapter is None:
+            return f"the server refuses the parameter {error.param!r} on every request: {error}"
+        return self._adapter.explain(error)
+
+    def _fallback(self, request: ChatRequest, since: float) -> ChatRequest:
+        """The request at the default tier once flex has been unavailable long enough."""
+        after = self._flex_fallback_after_s
+        if after is None or request.service_tier == "default" or _now() - since < after:
+            return request
+        return dataclasses.replace(request, service_tier="default")
 
     @property
     def limiter(self) -> RateLimiter:

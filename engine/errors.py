@@ -16,6 +16,7 @@ from typing import ClassVar
 __all__ = [
     "AuthenticationFailed",
     "BudgetExhausted",
+    "CapacityUnavailable",
     "ConfigError",
     "ConnectFailed",
     "ConnectTimeout",
@@ -40,6 +41,7 @@ __all__ = [
     "StateError",
     "SystematicFailure",
     "TransientError",
+    "UnsupportedParameter",
     "request_error_classes",
 ]
 
@@ -247,6 +249,31 @@ class SystematicFailure(FatalRunError):
 
     error_class = "systematic_failure"
     billed = True
+
+
+class CapacityUnavailable(TransientError):
+    """HTTP 429 "resource unavailable": flex processing has no capacity right now.
+
+    Not a rate limit (the limiter must not slow down for it) and never billed; retried with
+    backoff, and after ``provider.flex_fallback_after_s`` it may go out at the default tier.
+    """
+
+    error_class = "capacity_unavailable"
+    billed = False  # OpenAI: "you will not be charged"
+
+
+class UnsupportedParameter(FatalRunError):
+    """HTTP 400 unsupported_parameter / unsupported_value: the model refuses a parameter or a
+    value that m2l sends on every request, so no request can succeed until the config changes
+    (unless it is one m2l can adapt once, like the name of the token cap)."""
+
+    error_class = "unsupported_parameter"
+    billed = False  # refused before generating anything
+
+    def __init__(self, message: str, *, param: str, code: str, status: int | None = 400) -> None:
+        super().__init__(message, status=status)
+        self.param = param
+        self.code = code
 
 
 def request_error_classes() -> dict[str, type[RequestError]]:

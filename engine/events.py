@@ -21,6 +21,7 @@ __all__ = [
     "Event",
     "EventHook",
     "Hooks",
+    "ParameterAdapted",
     "RateLimitHit",
     "RequestDone",
     "RequestFailed",
@@ -104,6 +105,17 @@ class RequestFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class ParameterAdapted:
+    """The server refused a parameter m2l chose by itself; from now on ``now`` goes out instead
+    (the other name of the token cap, or "not sent"). Happens at most once per parameter."""
+
+    param: str
+    now: str
+    message: str
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
 class ConversationStarted:
     """A conversation became active."""
 
@@ -163,6 +175,7 @@ Event = (
     | RequestRetried
     | RateLimitHit
     | RequestFailed
+    | ParameterAdapted
     | ConversationStarted
     | StepDone
     | ConversationFinished

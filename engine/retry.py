@@ -14,6 +14,10 @@ Every failure is one of four kinds, decided here and nowhere else:
 - **rate limited** — ``RateLimited`` (HTTP 429): not the request's fault and not one of its
   attempts; the limiter pauses all dispatch until the reset the server names, and the request
   queues again. After ``rate_limit_patience`` 429s the request gives up with ``RateLimited``.
+- **capacity unavailable** — ``CapacityUnavailable`` (flex processing's 429 "resource
+  unavailable"): not a rate limit (the limiter is not told) and not one of the request's
+  attempts; retried with backoff up to ``rate_limit_patience`` times (the dispatcher may send it
+  at the default tier after ``flex_fallback_after_s``).
 - **permanent for the request** — ``ContextLengthExceeded``, ``ContentFiltered``,
   ``OversizeRequest`` (and any ``RequestError`` of no other kind): retrying cannot help, so the
   conversation fails at once with the typed error and its reason.
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 
 from engine.config import RetryConfig
 from engine.errors import (
+    CapacityUnavailable,
     ConnectFailed,
     RateLimited,
     RequestError,
@@ -98,19 +103,27 @@ def decide(
     rate_limited: int,
     rng: random.Random,
     unreached: int = 0,
+    unavailable: int = 0,
 ) -> Retry | RateLimitWait | GiveUp:
     """What to do after ``error``.
 
-    ``attempt`` counts this request's attempts that did not end in a 429 or an unreached
-    server, this one included (so 1 after a first transient failure, and 0 when a 429 came
-    first); ``rate_limited`` counts its 429s, ``unreached`` its failed connections, this one
-    included. Raises ValueError for counts that cannot be.
+    ``attempt`` counts this request's attempts that did not end in a 429, an unreached server
+    or a flex capacity refusal, this one included (so 1 after a first transient failure, and 0
+    when a 429 came first); ``rate_limited`` counts its 429s, ``unreached`` its failed
+    connections, ``unavailable`` its flex capacity refusals, this one included. Raises
+    ValueError for counts that cannot be.
     """
-    if attempt < 0 or rate_limited < 0 or unreached < 0:
+    if attempt < 0 or rate_limited < 0 or unreached < 0 or unavailable < 0:
         raise ValueError(
-            f"attempt, rate_limited and unreached count up from 0; got {attempt}, "
-            f"{rate_limited}, {unreached}"
+            f"attempt, rate_limited, unreached and unavailable count up from 0; got {attempt}, "
+            f"{rate_limited}, {unreached}, {unavailable}"
         )
+    if isinstance(error, CapacityUnavailable):
+        if unavailable < 1:
+            raise ValueError("a capacity refusal must be counted in unavailable before deciding")
+        if unavailable >= policy.rate_limit_patience:
+            return GiveUp(error)
+        return Retry(backoff_delay(policy, unavailable, rng, error.retry_after))
     if isinstance(error, ConnectFailed):
         if unreached < 1:
             raise ValueError("a failed connection must be counted in unreached before deciding")
