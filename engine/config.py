@@ -309,11 +309,25 @@ class RetryConfig:
 
 @dataclass(frozen=True, slots=True)
 class PriceOverride:
-    """USD per million tokens for one model, overriding the built-in table."""
+    """USD per million tokens for one model, overriding the built-in table; ``flex_*`` and
+    ``priority_*`` are its prices at those service tiers (flex: the Batch API rates)."""
 
     input: float
     output: float
     cached_input: float | None = None
+    flex_input: float | None = None
+    flex_cached_input: float | None = None
+    flex_output: float | None = None
+    priority_input: float | None = None
+    priority_cached_input: float | None = None
+    priority_output: float | None = None
+
+    def tier_prices(self) -> dict[str, float]:
+        """The tier prices that are set, by their TOML key (e.g. ``flex_input``)."""
+        names = [
+            f"{t}_{k}" for t in ("flex", "priority") for k in ("input", "cached_input", "output")
+        ]
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
     def __post_init__(self) -> None:
         for name in ("input", "output", "cached_input"):

@@ -12,18 +12,18 @@ refusal is fatal, and ``explain`` names the parameter and the config key that se
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from engine.capabilities import Capabilities
 from engine.chat import ChatRequest
-from engine.config import ProviderConfig, StepEfforts, StepTokens
+from engine.config import ProviderConfig
 from engine.conversation import parse_request_key, step_kind
 from engine.errors import UnsupportedParameter
+from engine.modelprofile import ModelProfile
 
-__all__ = ["Adapted", "RequestShape", "ShapeSettings", "hosted_by_openai", "with_reasoning_room"]
+__all__ = ["Adapted", "RequestShape", "ShapeSettings", "hosted_by_openai"]
 
 TokenParam = Literal["max_tokens", "max_completion_tokens"]
 _OTHER: dict[str, TokenParam] = {
@@ -56,23 +56,19 @@ class ShapeSettings:
     def from_config(
         cls,
         provider: ProviderConfig,
-        efforts: StepEfforts,
-        caps: Capabilities,
+        profile: ModelProfile,
         *,
         run_name: str,
         openai_like: bool,
     ) -> ShapeSettings:
         """``openai_like``: the server is OpenAI's, Azure's or the simulator playing them."""
+        caps = profile.caps
         if provider.max_tokens_param == "auto":
             token: TokenParam = (
                 "max_completion_tokens" if openai_like or caps.reasoning else "max_tokens"
             )
         else:
             token = provider.max_tokens_param
-        by_step: dict[str, str | None] = {}
-        for kind in ("evolve", "answer", "follow_up"):
-            effort = getattr(efforts, kind) or provider.reasoning_effort
-            by_step[kind] = effort if caps.reasoning and caps.efforts else None
         cache = openai_like if provider.prompt_cache_key is None else provider.prompt_cache_key
         # The run name may be private: the key carries only a digest of it.
         digest = hashlib.blake2b(run_name.encode(), digest_size=4).hexdigest()
@@ -81,26 +77,12 @@ class ShapeSettings:
             caps=caps,
             token_param=token,
             token_param_auto=provider.max_tokens_param == "auto",
-            efforts=by_step,
+            efforts=dict(profile.efforts),
             service_tier=provider.service_tier,
             cache_key=cache,
             cache_key_auto=provider.prompt_cache_key is None,
             cache_prefix=f"m2l-{digest}",
         )
-
-
-def with_reasoning_room(
-    tokens: StepTokens, settings: ShapeSettings, room: Callable[[str | None], int]
-) -> StepTokens:
-    """Each step's token cap with room for hidden reasoning added (reasoning models only),
-    never above the model's maximum output. ``room(effort)`` is the capability table's."""
-    if not settings.caps.reasoning:
-        return tokens
-    caps = {
-        kind: min(settings.caps.max_output, getattr(tokens, kind) + room(settings.efforts[kind]))
-        for kind in ("evolve", "answer", "follow_up")
-    }
-    return StepTokens(**caps)
 
 
 @dataclass(frozen=True, slots=True)

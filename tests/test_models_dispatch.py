@@ -7,6 +7,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,12 +15,22 @@ import pytest
 from engine.capabilities import CapabilityOverride, load_capabilities
 from engine.chat import ChatRequest, ChatResult
 from engine.client import ChatClient
-from engine.config import ProviderConfig, StepEfforts, StepTokens
+from engine.config import (
+    Config,
+    GenerationConfig,
+    ProviderConfig,
+    RetryConfig,
+    RunConfig,
+    SeedsConfig,
+    StepEfforts,
+    StepTokens,
+)
 from engine.dispatcher import Dispatcher
-from engine.errors import CapacityUnavailable, RequestError, UnsupportedParameter
+from engine.errors import CapacityUnavailable, ConfigError, RequestError, UnsupportedParameter
 from engine.events import Event, ParameterAdapted, RateLimitHit, RequestRetried
 from engine.limiter import Limits, RateLimiter
-from engine.requestshape import RequestShape, ShapeSettings, with_reasoning_room
+from engine.modelprofile import model_profile
+from engine.requestshape import RequestShape, ShapeSettings
 from engine.simulator import SimSettings, run_simulator
 from engine.tokens import TokenCounter
 
@@ -47,13 +58,24 @@ def shape_for(
     efforts: StepEfforts | None = None,
     **kw: Any,
 ) -> RequestShape:
-    provider = ProviderConfig(model=model, **kw)
-    caps = TABLE.resolve(model, provider.capabilities)
-    assert caps is not None
+    config = make_config(model, efforts=efforts, **kw)
     settings = ShapeSettings.from_config(
-        provider, efforts or StepEfforts(), caps, run_name="t", openai_like=openai_like
+        config.provider, model_profile(config), run_name="t", openai_like=openai_like
     )
     return RequestShape(settings)
+
+
+def make_config(
+    model: str, *, efforts: StepEfforts | None = None, tokens: StepTokens | None = None, **kw: Any
+) -> Config:
+    return Config(
+        run=RunConfig("t"),
+        seeds=SeedsConfig(file=Path("seeds.jsonl")),
+        provider=ProviderConfig(model=model, **kw),
+        generation=GenerationConfig(
+            max_tokens=tokens or StepTokens(), reasoning_effort=efforts or StepEfforts()
+        ),
+    )
 
 
 class Recorder:
@@ -138,7 +160,7 @@ def test_body_for_a_reasoning_model_omits_what_it_refuses() -> None:
 
 def test_body_for_a_chat_model_on_another_server_is_the_classic_one() -> None:
     """gpt-4o behind a non-OpenAI base URL: max_tokens, temperature, no effort, no cache key."""
-    body = shape_for("gpt-4o", reasoning_effort="high").body(request())
+    body = shape_for("gpt-4o").body(request())
     assert body["max_tokens"] == 6000 and body["temperature"] == 0.7
     assert "reasoning_effort" not in body and "prompt_cache_key" not in body
     assert "service_tier" not in body
@@ -146,19 +168,38 @@ def test_body_for_a_chat_model_on_another_server_is_the_classic_one() -> None:
 
 def test_reasoning_room_is_added_per_step_up_to_the_models_maximum() -> None:
     """Each step's cap grows by the room of its effort, never past max_output."""
-    shape = shape_for("gpt-5-mini", reasoning_effort="high", efforts=StepEfforts(evolve="minimal"))
-    steps = with_reasoning_room(
-        StepTokens(evolve=256, answer=1024, follow_up=200), shape.settings, TABLE.room
-    )
-    assert steps.evolve == 256 + TABLE.room("minimal")
-    assert steps.answer == 1024 + TABLE.room("high")
-    small = shape_for(
+    tokens = StepTokens(evolve=256, answer=1024, follow_up=200)
+    profile = model_profile(
+        make_config(
+            "gpt-5-mini", efforts=StepEfforts(evolve="minimal"), tokens=tokens,
+            reasoning_effort="high",
+        )
+    )  # fmt: skip
+    assert profile.step_tokens.evolve == 256 + TABLE.room("minimal")
+    assert profile.step_tokens.answer == 1024 + TABLE.room("high")
+    assert profile.reply_tokens == tokens
+    small = make_config(
         "gpt-5-mini", capabilities={"gpt-5-mini": CapabilityOverride(max_output=3000)}
     )
-    capped = with_reasoning_room(StepTokens(), small.settings, TABLE.room)
-    assert capped.answer == 3000
-    plain = shape_for("gpt-4o")
-    assert with_reasoning_room(StepTokens(), plain.settings, TABLE.room) == StepTokens()
+    assert model_profile(small).step_tokens.answer == 3000
+    assert model_profile(make_config("gpt-4o")).step_tokens == StepTokens()
+
+
+@pytest.mark.parametrize(
+    ("model", "kw", "match"),
+    [
+        ("gpt-4o", {"reasoning_effort": "low"}, "not a reasoning model"),
+        ("o3", {"reasoning_effort": "minimal"}, "takes: low, medium, high"),
+        ("gpt-4o", {"service_tier": "flex"}, "does not offer flex"),
+    ],
+)
+def test_settings_a_model_cannot_take_are_refused_at_load(
+    model: str, kw: dict[str, Any], match: str
+) -> None:
+    """An effort for a non-reasoning model, an effort the model lacks, flex where it is not
+    offered: each is a ConfigError naming the key, before anything is sent."""
+    with pytest.raises(ConfigError, match=match):
+        model_profile(make_config(model, **kw))
 
 
 async def test_a_400_naming_max_tokens_switches_once_and_is_not_billed() -> None:
