@@ -6,7 +6,8 @@ sent again at every turn, and recounting it each time would cost more CPU than t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engine.headers import RateLimitSnapshot
@@ -19,6 +20,7 @@ __all__ = [
     "Delivery",
     "Message",
     "Usage",
+    "cost_parts",
 ]
 
 # OpenAI's documented chat overhead (gpt-3.5-turbo-0613, gpt-4 and later): every message is
@@ -125,3 +127,16 @@ class Delivery:
 
     def __init__(self) -> None:
         self.written = True
+
+
+def cost_parts(price: Callable[[Usage], float], usage: Usage, cost: float) -> tuple[float, float]:
+    """(what hidden reasoning cost, what the prompt cache saved) of a reply that cost ``cost``,
+    by pricing it again without the reasoning tokens and without the cache discount."""
+    reasoning = 0.0
+    if usage.reasoning_tokens:
+        unreasoned = replace(
+            usage, completion_tokens=usage.completion_tokens - usage.reasoning_tokens
+        )
+        reasoning = cost - price(unreasoned)
+    saved = price(replace(usage, cached_tokens=0)) - cost if usage.cached_tokens else 0.0
+    return reasoning, saved

@@ -10,9 +10,10 @@ import dataclasses
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from engine.chat import ChatRequest, ChatResult, Delivery
+from engine.chat import ChatRequest, ChatResult, Delivery, Usage, cost_parts
 from engine.concurrency import ConcurrencyGate, Flight
 from engine.config import RetryConfig
 from engine.errors import (
@@ -134,8 +135,10 @@ class Dispatcher:
         health: RunHealth | None = None,
         adapter: Adapter | None = None,
         flex_fallback_after_s: float | None = None,
+        price: Callable[[Usage], float] | None = None,
     ) -> None:
         self._flex_fallback_after_s = flex_fallback_after_s  # None: flex never falls back
+        self._price = price  # the run's CostModel.actual: splits a reply's cost for displays
         self._client = client
         self._adapter = adapter
         self._limiter = limiter
@@ -278,6 +281,9 @@ class Dispatcher:
         )
         cost = self._accounting.settle(ticket, result)
         usage = result.usage
+        reasoning_usd, saved = (
+            (0.0, 0.0) if self._price is None else cost_parts(self._price, usage, cost)
+        )
         self._hooks.on_event(
             RequestDone(
                 request.key,
@@ -287,6 +293,10 @@ class Dispatcher:
                 result.latency_s,
                 cost,
                 _now(),
+                usage.reasoning_tokens,
+                usage.cached_tokens,
+                reasoning_usd,
+                saved,
             )
         )
         return result

@@ -70,6 +70,10 @@ class RequestDone:
     latency_s: float
     cost_usd: float
     t: float
+    reasoning_tokens: int = 0  # hidden, part of completion_tokens
+    cached_tokens: int = 0  # part of prompt_tokens
+    reasoning_usd: float = 0.0  # the part of cost_usd paid for reasoning
+    cache_saved_usd: float = 0.0  # what the prompt cache took off cost_usd
 
 
 @dataclass(frozen=True, slots=True)

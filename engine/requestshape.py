@@ -19,9 +19,10 @@ from urllib.parse import urlsplit
 from engine.capabilities import Capabilities
 from engine.chat import ChatRequest
 from engine.config import ProviderConfig
-from engine.conversation import parse_request_key, step_kind
 from engine.errors import UnsupportedParameter
 from engine.modelprofile import ModelProfile
+from engine.records import step_kind
+from state.requestlog import parse_request_key
 
 __all__ = ["Adapted", "RequestShape", "ShapeSettings", "hosted_by_openai"]
 

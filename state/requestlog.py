@@ -25,7 +25,7 @@ from typing import Literal, Protocol
 
 import duckdb
 
-from engine.chat import ChatRequest, ChatResult, Usage
+from engine.chat import ChatRequest, ChatResult, Usage, cost_parts
 from engine.errors import RateLimited, RequestError, request_error_classes
 from state._bulk import columns, marks, now, unnest
 
@@ -38,6 +38,7 @@ __all__ = [
     "FinishedRow",
     "FreeCosts",
     "Guard",
+    "ModelFigures",
     "RequestLog",
     "RequestRow",
     "RowSink",
@@ -45,6 +46,8 @@ __all__ = [
     "attempt_summary",
     "completions_by_step",
     "may_be_billed",
+    "model_figures",
+    "model_sums",
     "parse_request_key",
     "request_key",
     "spend_by",
@@ -168,10 +171,15 @@ class FinishedRow:
     cost_usd: float | None = None
     error_class: str | None = None
     error: str | None = None
+    reasoning_tokens: int | None = None  # part of completion_tokens
+    service_tier: str | None = None  # the tier that served it (and set its price)
+    reasoning_usd: float | None = None  # the part of cost_usd paid for hidden reasoning
+    cache_saved_usd: float | None = None  # what the prompt cache took off cost_usd
 
 
 _FINISHED_TYPES = (
     "BIGINT", "VARCHAR", "INTEGER", "INTEGER", "INTEGER", "DOUBLE", "DOUBLE", "VARCHAR", "VARCHAR",
+    "INTEGER", "VARCHAR", "DOUBLE", "DOUBLE",
 )  # fmt: skip
 
 
@@ -194,6 +202,10 @@ def write_finished(conn: Conn, rows: Sequence[FinishedRow]) -> None:
             r.cost_usd,
             r.error_class,
             r.error,
+            r.reasoning_tokens,
+            r.service_tier,
+            r.reasoning_usd,
+            r.cache_saved_usd,
         )
         for r in rows
     ]
@@ -202,7 +214,8 @@ def write_finished(conn: Conn, rows: Sequence[FinishedRow]) -> None:
         conn.execute(
             """UPDATE requests SET status = ?, completion_tokens = ?,
                prompt_tokens = coalesce(?, prompt_tokens), cached_tokens = ?, latency_ms = ?,
-               cost_usd = ?, error_class = ?, error = ?, finished_at = ? WHERE request_id = ?""",
+               cost_usd = ?, error_class = ?, error = ?, reasoning_tokens = ?, service_tier = ?,
+               reasoning_usd = ?, cache_saved_usd = ?, finished_at = ? WHERE request_id = ?""",
             [*rest, now(), request_id],
         )
         return
@@ -210,9 +223,12 @@ def write_finished(conn: Conn, rows: Sequence[FinishedRow]) -> None:
         f"""UPDATE requests SET status = v.status, completion_tokens = v.completion_tokens,
             prompt_tokens = coalesce(v.prompt_tokens, requests.prompt_tokens),
             cached_tokens = v.cached_tokens, latency_ms = v.latency_ms, cost_usd = v.cost_usd,
-            error_class = v.error_class, error = v.error, finished_at = $10::TIMESTAMP
+            error_class = v.error_class, error = v.error, reasoning_tokens = v.reasoning_tokens,
+            service_tier = v.service_tier, reasoning_usd = v.reasoning_usd,
+            cache_saved_usd = v.cache_saved_usd, finished_at = $14::TIMESTAMP
             FROM (SELECT {unnest(_FINISHED_TYPES)}) AS v(request_id, status, completion_tokens,
-                 prompt_tokens, cached_tokens, latency_ms, cost_usd, error_class, error)
+                 prompt_tokens, cached_tokens, latency_ms, cost_usd, error_class, error,
+                 reasoning_tokens, service_tier, reasoning_usd, cache_saved_usd)
             WHERE requests.request_id = v.request_id""",
         [*columns(values), now()],
     )
@@ -360,6 +376,38 @@ def attempt_summary(conn: Conn) -> AttemptSummary:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ModelFigures:
+    """Hidden reasoning and the prompt cache, over answered attempts."""
+
+    reasoning_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_usd: float = 0.0
+    cache_saved_usd: float = 0.0
+
+
+def model_sums(prefix: str = "") -> str:
+    """SQL sums of the reasoning tokens, reasoning USD and cache savings of answered attempts
+    (columns named ``prefix`` + name), for a store that has those columns."""
+    ok = status_is(AttemptStatus.OK, column=f"{prefix}status")
+    return (
+        f"coalesce(sum({prefix}reasoning_tokens) FILTER (WHERE {ok}), 0), "
+        f"coalesce(sum({prefix}reasoning_usd), 0), coalesce(sum({prefix}cache_saved_usd), 0)"
+    )
+
+
+def model_figures(conn: Conn, *, has_columns: bool = True) -> ModelFigures:
+    """Reasoning and cache figures of the log. ``has_columns`` False (a store written before
+    those columns existed, opened read-only since): reasoning and savings read as zero."""
+    cached = conn.execute(f"SELECT coalesce(sum(cached_tokens), 0) FROM requests WHERE {_OK}")
+    cached_tokens = int((cached.fetchone() or (0,))[0])
+    if not has_columns:
+        return ModelFigures(cached_tokens=cached_tokens)
+    row = conn.execute(f"SELECT {model_sums()} FROM requests").fetchone()
+    assert row is not None
+    return ModelFigures(int(row[0]), cached_tokens, float(row[1]), float(row[2]))
+
+
 # --- the dispatcher's accounting ---------------------------------------------------------------
 
 
@@ -472,6 +520,7 @@ class RequestLog:
     def settle(self, ticket: Ticket, result: ChatResult) -> float:
         usage = result.usage
         cost = self._costs.actual(usage)
+        reasoning_usd, saved = cost_parts(self._costs.actual, usage, cost)
         if self._guard is not None:
             self._guard.settle(ticket, cost, usage.total_tokens)
         self._submit(
@@ -483,6 +532,10 @@ class RequestLog:
                 cached_tokens=usage.cached_tokens,
                 latency_ms=result.latency_s * 1000.0,
                 cost_usd=cost,
+                reasoning_tokens=usage.reasoning_tokens,
+                service_tier=usage.service_tier,
+                reasoning_usd=reasoning_usd,
+                cache_saved_usd=saved,
             )
         )
         return cost

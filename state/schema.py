@@ -17,6 +17,7 @@ from engine.errors import StateError
 from engine.version import __version__ as M2L_VERSION
 
 __all__ = [
+    "ADDED_COLUMNS",
     "PRIMARY_KEYS",
     "SCHEMA_VERSION",
     "STATE_FILE",
@@ -24,6 +25,7 @@ __all__ = [
     "StoreLocked",
     "check_schema",
     "create_schema",
+    "has_added_columns",
     "open_error",
     "open_read_only",
     "open_store",
@@ -68,7 +70,8 @@ TABLES: dict[str, str] = {
             error VARCHAR, prompt_tokens INTEGER NOT NULL, max_tokens INTEGER NOT NULL,
             completion_tokens INTEGER, cached_tokens INTEGER, latency_ms DOUBLE,
             reserved_usd DOUBLE NOT NULL DEFAULT 0, cost_usd DOUBLE, model VARCHAR,
-            sent_at TIMESTAMP, finished_at TIMESTAMP)""",
+            sent_at TIMESTAMP, finished_at TIMESTAMP, reasoning_tokens INTEGER,
+            service_tier VARCHAR, reasoning_usd DOUBLE, cache_saved_usd DOUBLE)""",
 }
 
 PRIMARY_KEYS: dict[tuple[str, ...], str] = {
@@ -179,6 +182,7 @@ def open_store(path: Path, *, create: bool) -> duckdb.DuckDBPyConnection:
         # commit: nothing was ever stored in it, so finishing the creation loses nothing.
         if exists and not (create and _is_empty(conn)):
             check_schema(conn, path)
+            _add_columns(conn)
         else:
             create_schema(conn)
     except duckdb.Error as exc:
@@ -188,6 +192,33 @@ def open_store(path: Path, *, create: bool) -> duckdb.DuckDBPyConnection:
         conn.close()
         raise
     return conn
+
+
+# Columns added to a table after schema v1 shipped, added in place when an older file is opened
+# (nullable, so old rows read as "not recorded"): no schema version bump for an addition.
+ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("requests", "reasoning_tokens", "INTEGER"),
+    ("requests", "service_tier", "VARCHAR"),
+    ("requests", "reasoning_usd", "DOUBLE"),
+    ("requests", "cache_saved_usd", "DOUBLE"),
+)
+
+
+def has_added_columns(conn: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the open store has every ADDED_COLUMNS column (an older file opened read-only,
+    never resumed by this version, lacks them: readers then count those figures as zero)."""
+    present = {
+        (table, column)
+        for table, column in conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
+        ).fetchall()
+    }
+    return all((table, column) in present for table, column, _ in ADDED_COLUMNS)
+
+
+def _add_columns(conn: duckdb.DuckDBPyConnection) -> None:
+    for table, column, kind in ADDED_COLUMNS:
+        conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
 
 
 def _is_empty(conn: duckdb.DuckDBPyConnection) -> bool:

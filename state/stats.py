@@ -21,7 +21,8 @@ from engine.errors import StateError
 from engine.formats import usd
 from engine.records import step_kind
 from state._tables import table_width
-from state.requestlog import AttemptStatus, status_is
+from state.requestlog import AttemptStatus, model_sums, status_is
+from state.schema import has_added_columns
 
 __all__ = [
     "KINDS",
@@ -108,6 +109,29 @@ class LogTotals:
     completion_tokens: int
     cached_tokens: int
     cost_usd: float
+    reasoning_tokens: int = 0  # hidden reasoning, part of completion_tokens
+    reasoning_usd: float = 0.0  # the part of cost_usd paid for it
+    cache_saved_usd: float = 0.0  # what cached prompt tokens took off cost_usd
+
+    @property
+    def cache_hit_rate(self) -> float:
+        """The share of prompt tokens served from the provider's prompt cache."""
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
+
+    def model_lines(self) -> list[str]:
+        """Reasoning and prompt-cache figures in words (none when there were none)."""
+        lines = []
+        if self.reasoning_tokens:
+            lines.append(
+                f"of {_compact(self.completion_tokens)} output tokens, "
+                f"{_compact(self.reasoning_tokens)} hidden reasoning, ${self.reasoning_usd:,.4f}"
+            )
+        if self.cached_tokens:
+            lines.append(
+                f"prompt cache: {self.cache_hit_rate:.0%} of {_compact(self.prompt_tokens)} "
+                f"prompt tokens cached, saving ${self.cache_saved_usd:,.4f}"
+            )
+        return lines
 
     def __add__(self, other: LogTotals) -> LogTotals:
         return LogTotals(
@@ -117,7 +141,18 @@ class LogTotals:
             self.completion_tokens + other.completion_tokens,
             self.cached_tokens + other.cached_tokens,
             self.cost_usd + other.cost_usd,
+            self.reasoning_tokens + other.reasoning_tokens,
+            self.reasoning_usd + other.reasoning_usd,
+            self.cache_saved_usd + other.cache_saved_usd,
         )
+
+
+def _compact(n: int) -> str:
+    """1234 → 1.2k, 1_234_567 → 1.2M: token counts in a sentence."""
+    for size, suffix in ((1_000_000_000, "G"), (1_000_000, "M"), (1_000, "k")):
+        if n >= size:
+            return f"{n / size:.1f}{suffix}"
+    return str(n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,19 +295,25 @@ def _types(rows: Sequence[tuple[Any, ...]]) -> tuple[TypeCount, ...]:
 def _spend(conn: duckdb.DuckDBPyConnection, key: str) -> tuple[Breakdown, ...]:
     """Request-log spend grouped by the SQL expression ``key`` (over r and c), costliest first."""
     ok = status_is(AttemptStatus.OK, column="r.status")
+    # A store from before the reasoning columns, opened read-only, reads them as zero.
+    reasoning = model_sums("r.") if has_added_columns(conn) else "0, 0, 0"
     result = conn.execute(
         f"""SELECT {key} AS key, count(*),
             count(*) FILTER (WHERE {ok}),
             coalesce(sum(r.prompt_tokens) FILTER (WHERE {ok}), 0),
             coalesce(sum(r.completion_tokens) FILTER (WHERE {ok}), 0),
             coalesce(sum(r.cached_tokens) FILTER (WHERE {ok}), 0),
-            coalesce(sum(r.cost_usd), 0)
+            coalesce(sum(r.cost_usd), 0),
+            {reasoning}
         FROM requests r LEFT JOIN conversations c USING (conv_id)
         GROUP BY 1 ORDER BY 7 DESC, 1"""
     ).fetchall()
     return tuple(
-        Breakdown(str(k), LogTotals(int(a), int(b), int(c), int(d), int(e), float(f)))
-        for k, a, b, c, d, e, f in result
+        Breakdown(
+            str(k),
+            LogTotals(int(a), int(b), int(c), int(d), int(e), float(f), int(g), float(h), float(i)),
+        )
+        for k, a, b, c, d, e, f, g, h, i in result
     )
 
 
@@ -290,6 +331,7 @@ def stats_json(stats: RunStats) -> bytes:
     doc = asdict(stats)
     doc["statuses"] = dict(stats.statuses)
     doc["turns"] = [{"turns": t, "conversations": n} for t, n in stats.turns]
+    doc["total"]["cache_hit_rate"] = round(stats.total.cache_hit_rate, 4)
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
 
 
@@ -301,6 +343,8 @@ def print_stats(stats: RunStats, console: Console) -> None:
     total = sum(n for _, n in stats.statuses)
     summary = ", ".join(f"{n} {s}" for s, n in stats.statuses) or "none"
     console.print(f"[bold]{escape(stats.run)}[/bold]: {total} conversations ({summary})")
+    for line in stats.total.model_lines():
+        console.print(escape(line))
     grid = _language_task_table(stats)
     if table_width(grid) > console.width:
         # A column per task does not fit: one row per language, listing its tasks.

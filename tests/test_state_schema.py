@@ -12,6 +12,7 @@ import pytest
 from engine.errors import StateError
 from engine.version import __version__
 from state.schema import (
+    ADDED_COLUMNS,
     PRIMARY_KEYS,
     SCHEMA_VERSION,
     TABLES,
@@ -83,6 +84,10 @@ EXPECTED_COLUMNS = {
         "model",
         "sent_at",
         "finished_at",
+        "reasoning_tokens",
+        "service_tier",
+        "reasoning_usd",
+        "cache_saved_usd",
     ],
 }
 
@@ -294,3 +299,21 @@ def test_the_read_only_opener_refuses_what_it_cannot_read_and_writes_nothing(
     finally:
         conn.close()
     assert fingerprint(good.parent) == before
+
+
+def test_an_older_state_file_gains_the_new_request_columns(tmp_path: Path) -> None:
+    """A v1 file written before reasoning and cache columns existed opens, and gains them."""
+    path = tmp_path / "run" / "state.duckdb"
+    conn = open_store(path, create=True)
+    for _, column, _kind in ADDED_COLUMNS:
+        conn.execute(f"ALTER TABLE requests DROP COLUMN {column}")
+    conn.close()
+    conn = open_store(path, create=False)
+    names = {
+        row[0]
+        for row in conn.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'requests'"
+        ).fetchall()
+    }
+    conn.close()
+    assert {column for _, column, _kind in ADDED_COLUMNS} <= names

@@ -198,6 +198,12 @@ def _conversations(s: ProgressSnapshot, inner: int) -> list[_Line]:
     tokens = [
         (f"in {compact(s.tokens_in)}", ""),
         (f"out {compact(s.tokens_out)}", ""),
+    ]
+    if s.tokens_reasoning:
+        tokens.append((f"{compact(s.tokens_reasoning)} hidden reasoning", ""))
+    if s.tokens_cached and s.tokens_in:
+        tokens.append((f"cache hits {s.tokens_cached / s.tokens_in:.0%} of in", ""))
+    tokens += [
         (f"using {compact(s.tokens_per_min)}/min", ""),
     ]
     return [

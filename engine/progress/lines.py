@@ -74,6 +74,8 @@ def progress_line(s: ProgressSnapshot, *, wall: float | None = None) -> str:
         ("tpm_util", _pct(s.tpm_util)),
         ("tokens_in", str(s.tokens_in)),
         ("tokens_out", str(s.tokens_out)),
+        ("tokens_reasoning", str(s.tokens_reasoning)),
+        ("tokens_cached", str(s.tokens_cached)),
         ("rate_limited", str(s.rate_limit_hits)),
         ("retries", str(s.retries)),
         ("failed_requests", str(s.requests_failed)),

@@ -131,6 +131,10 @@ class ProgressModel:
         self._charged = 0
         self._tokens_in = 0
         self._tokens_out = 0
+        self._tokens_reasoning = 0
+        self._tokens_cached = 0
+        self._reasoning_usd = 0.0
+        self._cache_saved_usd = 0.0
         # money: the ledger's figures when it reports, else the replies' costs
         self._cost = 0.0
         self._budget: BudgetUpdate | None = None
@@ -254,6 +258,10 @@ class ProgressModel:
         self._ok += 1
         self._tokens_in += e.prompt_tokens
         self._tokens_out += e.completion_tokens
+        self._tokens_reasoning += e.reasoning_tokens
+        self._tokens_cached += e.cached_tokens
+        self._reasoning_usd += e.reasoning_usd
+        self._cache_saved_usd += e.cache_saved_usd
         self._cost += e.cost_usd
         self._acc_replies += 1
         self._acc_used += e.prompt_tokens + e.completion_tokens
@@ -387,6 +395,10 @@ class ProgressModel:
             mean_utilisation=mean_util,
             tokens_in=base.tokens_in + self._tokens_in,
             tokens_out=base.tokens_out + self._tokens_out,
+            tokens_reasoning=base.tokens_reasoning + self._tokens_reasoning,
+            tokens_cached=base.tokens_cached + self._tokens_cached,
+            reasoning_usd=base.reasoning_usd + self._reasoning_usd,
+            cache_saved_usd=base.cache_saved_usd + self._cache_saved_usd,
             spent_usd=spent,
             reserved_usd=reserved,
             cap_usd=self._cap,

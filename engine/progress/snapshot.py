@@ -144,6 +144,10 @@ class ProgressSnapshot:
     # tokens and money
     tokens_in: int = 0
     tokens_out: int = 0
+    tokens_reasoning: int = 0  # hidden reasoning, part of tokens_out
+    tokens_cached: int = 0  # prompt tokens from the provider's cache, part of tokens_in
+    reasoning_usd: float = 0.0  # the part of spent_usd paid for reasoning
+    cache_saved_usd: float = 0.0  # what the prompt cache took off spent_usd
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
     cap_usd: float | None = None

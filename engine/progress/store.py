@@ -15,8 +15,8 @@ import duckdb
 
 from engine.errors import StateError
 from engine.progress.snapshot import LanguageProgress, ProgressSnapshot, pairs, slowest_first
-from state.requestlog import attempt_summary
-from state.schema import STATE_FILE, open_read_only
+from state.requestlog import attempt_summary, model_figures
+from state.schema import STATE_FILE, has_added_columns, open_read_only
 
 __all__ = ["STATE_DB", "read_store", "store_snapshot"]
 
@@ -60,6 +60,7 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
         reasons[status][reason] = n
     log = attempt_summary(con)
     span = log.span_s
+    model = model_figures(con, has_columns=has_added_columns(con))
     minutes = span / 60
     rpm_limit = _number(_dig(config, "limits", "rpm"))
     tpm_limit = _number(_dig(config, "limits", "tpm"))
@@ -108,6 +109,10 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
         tokens_out=log.completion_tokens,
         spent_usd=log.cost_usd,
         reserved_usd=log.reserved_usd,
+        tokens_reasoning=model.reasoning_tokens,
+        tokens_cached=model.cached_tokens,
+        reasoning_usd=model.reasoning_usd,
+        cache_saved_usd=model.cache_saved_usd,
         cap_usd=cap,
         languages=languages,
     )

@@ -93,6 +93,24 @@ def summary_rows(s: ProgressSnapshot) -> list[Row]:
         rows.append(("errors by class", "", _reasons(s.errors_by_class, limit=6)))
     for label, tokens in (("tokens in", s.tokens_in), ("tokens out", s.tokens_out)):
         rows.append((label, count(tokens), compact(tokens) if tokens >= 10_000 else ""))
+    if s.tokens_reasoning:
+        rows.append(
+            (
+                "reasoning",
+                count(s.tokens_reasoning),
+                f"of {compact(s.tokens_out)} output tokens, {compact(s.tokens_reasoning)} hidden "
+                f"reasoning, {usd(s.reasoning_usd)}",
+            )
+        )
+    if s.tokens_cached:
+        rate = s.tokens_cached / s.tokens_in if s.tokens_in else 0.0
+        rows.append(
+            (
+                "prompt cache",
+                percent(rate),
+                f"{compact(s.tokens_cached)} prompt tokens cached, saving {usd(s.cache_saved_usd)}",
+            )
+        )
     cost = "" if s.cap_usd is None else f"of the {usd(s.cap_usd)} cap ({percent(s.spent_fraction)})"
     if s.reserved_usd > 0:
         cost = " · ".join(part for part in (cost, f"{usd(s.reserved_usd)} still reserved") if part)
