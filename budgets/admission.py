@@ -28,6 +28,7 @@ from budgets.prices import (
     load_price_table,
     missing_price_error,
     resolve_price,
+    tier_price_error,
     to_nano,
 )
 from budgets.stepload import TemplateSizes, step_loads, worst_outputs
@@ -45,6 +46,7 @@ from engine.events import (
     StepDone,
 )
 from engine.formats import usd
+from engine.modelprofile import model_profile
 from engine.records import Conversation
 from engine.tokens import TokenCounter
 from prompts.taxonomy import load_taxonomy
@@ -351,12 +353,14 @@ class Budget:
 def worst_step_costs(
     config: Config, costs: Pricing | None, sizes: TemplateSizes, seed_tokens: int
 ) -> list[Spend]:
-    """The worst case of each step index of a longest conversation (every reply at max_tokens)."""
-    mt = config.generation.max_tokens
+    """The worst case of each step index of a longest conversation (every reply at max_tokens,
+    and a reasoning model's hidden reasoning filling the rest of each step's cap)."""
+    profile = model_profile(config)
     turns = config.generation.max_turns
     shape = sizes.worst(turns, seed_tokens)
     out = []
-    for load in step_loads(shape, worst_outputs(mt), mt):
+    # The history grows by visible replies only; the cap charged includes the reasoning room.
+    for load in step_loads(shape, worst_outputs(profile.reply_tokens), profile.step_tokens):
         prompt = math.ceil(load.prompt)
         nano = costs.worst_nano(prompt, load.max_tokens) if costs is not None else 0
         out.append(Spend(nano, prompt + load.max_tokens, 1))
@@ -396,8 +400,15 @@ def run_price(config: Config) -> tuple[Price | None, PriceTable]:
     if caps.usd is not None and price is None:
         where = f"{config.source}: " if config.source is not None else ""
         raise missing_price_error(
-            model, prices, why=f"{where}budget.usd = {caps.usd:g} caps what this run may spend"
+            model,
+            prices,
+            why=f"{where}budget.usd = {caps.usd:g} caps what this run may spend",
+            tier=config.provider.service_tier,
         )
+    if caps.usd is not None and price is not None:
+        tier_error = tier_price_error(model, price, config.provider.service_tier)
+        if tier_error is not None:
+            raise tier_error
     return price, prices
 
 
@@ -409,10 +420,16 @@ def load_budget(conn: duckdb.DuckDBPyConnection, config: Config, hooks: EventHoo
     price, prices = run_price(config)
     model = config.provider.model
     caps = config.budget
+    tier = config.provider.service_tier
     pricing = None
     if price is not None:
         known_tokenizer = prices.lookup(model) is not None
-        pricing = Pricing(price, prompt_margin=0.0 if known_tokenizer else UNKNOWN_TOKENIZER_MARGIN)
+        pricing = Pricing(
+            price,
+            prompt_margin=0.0 if known_tokenizer else UNKNOWN_TOKENIZER_MARGIN,
+            tier=tier,
+            fallback=config.provider.flex_fallback_after_s is not None,
+        )
     start = spend_from_log(conn)
     ledger = Ledger(caps, start) if caps.capped else None
     counter = TokenCounter(model, unknown_model_encoding=config.provider.unknown_model_encoding)

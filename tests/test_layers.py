@@ -19,6 +19,7 @@ VOCABULARY = frozenset(
     {
         "engine",
         "engine._typed_toml",
+        "engine.capabilities",
         "engine.chat",
         "engine.clock",
         "engine.config",
@@ -26,6 +27,7 @@ VOCABULARY = frozenset(
         "engine.events",
         "engine.formats",
         "engine.headers",
+        "engine.modelprofile",
         "engine.records",
         "engine.simsettings",
         "engine.tokens",

@@ -17,6 +17,7 @@ from typing import Any
 from budgets.estimate import Estimate, estimate_run
 from budgets.prices import from_nano
 from budgets.stepload import KINDS
+from engine.app.modelcheck import check_model
 from engine.app.pilot import run_pilot
 from engine.config import Config, environment, load_config
 from engine.formats import duration, usd
@@ -60,6 +61,7 @@ def run_estimate(args: argparse.Namespace) -> int:
     """Print the estimate (and the pilot's projection); returns an exit code."""
     config = load_config(args.config)
     env = environment()
+    warnings = check_model(config, env)  # an unpriced model with money at stake: exit 2
     simulated = config.uses_simulator(env)
     estimate = project_run(config, simulated=simulated)
     pilot = None
@@ -74,10 +76,13 @@ def run_estimate(args: argparse.Namespace) -> int:
     if args.json:
         data: dict[str, Any] = estimate_json(estimate)
         data["pilot"] = pilot.to_json() if pilot is not None else None
+        data["warnings"] = warnings
         print(json.dumps(data, ensure_ascii=False, indent=2))
         return 0
     for line in estimate_lines(estimate):
         print(line)
+    for warning in warnings:
+        print(f"warning: {warning}")
     if pilot is not None:
         for line in pilot.lines(estimate.outputs):
             print(line)
@@ -118,6 +123,7 @@ def estimate_lines(e: Estimate) -> list[str]:
             f"API: {usd(cost * (1 - e.batch_discount))})"
         )
         out.append(f"price: {e.price.describe()}")
+        out.append(f"price table: built-in prices as of {e.prices_as_of}")
         if e.cap_usd is not None:
             out.append(_cap_line(e, cost))
     bounds = ", ".join(f"{k} {duration(v)}" for k, v in e.wall.bounds.items())

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import hashlib
+import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -22,6 +23,8 @@ import anyio.to_thread
 import orjson
 
 from budgets.admission import load_budget, run_price
+from engine.app.modelcheck import check_model
+from engine.chat import Usage
 from engine.client import ChatClient
 from engine.config import Config, Secret, config_diff
 from engine.dispatcher import Accounting, Completer, Dispatcher
@@ -29,10 +32,12 @@ from engine.errors import ConfigError
 from engine.events import EventHook, Hooks, RunFinished, RunStarted
 from engine.health import HealthPolicy, RunHealth
 from engine.limiter import RateLimiter
+from engine.modelprofile import ModelProfile, model_profile
 from engine.progress.snapshot import ProgressSnapshot
 from engine.progress.store import store_snapshot
 from engine.prompter import TaxonomyPrompter
 from engine.quality import default_detector
+from engine.requestshape import RequestShape, ShapeSettings, hosted_by_openai
 from engine.scheduler import (
     Admission,
     ConversationStore,
@@ -56,6 +61,8 @@ from state.schema import STATE_FILE
 from state.setup import SetupReport, plan_run
 from state.store import RunStore
 from state.writer import GroupCommitWriter
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RunOptions", "RunReport", "assemble", "execute_run", "exit_code"]
 
@@ -173,6 +180,10 @@ async def execute_run(
     if not config.uses_simulator(env):
         config.api_key(env)
     run_price(config)
+    # A model m2l cannot price or that refuses a setting; a price table past its age.
+    for warning in check_model(config, env):
+        log.warning("%s", warning)
+    profile = model_profile(config)
     taxonomy = load_taxonomy(config.taxonomy)
     languages = load_languages()
     stop = stop or StopControl()
@@ -183,9 +194,20 @@ async def execute_run(
         budget = await writer.run(lambda conn: load_budget(conn, config, events))
         events = Hooks([events, budget.admission])
         events.on_event(budget.admission.snapshot())  # spend so far, before the first reply
+        adapted = _stored_adaptations(await writer.run(journal.read_meta))
+        shape = RequestShape(
+            ShapeSettings.from_config(
+                config.provider,
+                profile,
+                run_name=config.run.name,
+                openai_like=config.uses_simulator(env)
+                or hosted_by_openai(config.provider.base_url),
+            ),
+            adapted=adapted,
+        )
         async with (
             _endpoint(config, env) as (base_url, api_key),
-            ChatClient(config.provider, base_url=base_url, api_key=api_key) as client,
+            ChatClient(config.provider, base_url=base_url, api_key=api_key, shape=shape) as client,
         ):
             # One batcher for the store and the request log: their rows commit together.
             batcher = JournalBatcher(writer)
@@ -206,11 +228,18 @@ async def execute_run(
                 taxonomy=taxonomy,
                 languages=languages,
                 admission=budget.admission,
+                profile=profile,
+                shape=shape,
+                price=budget.costs.actual,
             )
             result = await _run_with_signals(scheduler, stop, config.run.grace_s)
         counts = await writer.run(journal.count_by_status)
         result = judge_finished(result, counts)
-        await writer.run(journal.write_meta({"status": result.status.value}))
+        final_meta = {"status": result.status.value}
+        if shape.adapted != adapted:
+            # What the server refused and what went out instead, so a resume starts there.
+            final_meta["adapted_params"] = orjson.dumps(shape.adapted).decode()
+        await writer.run(journal.write_meta(final_meta))
         # The dataset so far, in the form trainers read; `m2l export` writes the other formats.
         dataset = await writer.run(
             lambda conn: export_with(
@@ -275,9 +304,14 @@ def assemble(
     taxonomy: Taxonomy,
     languages: LanguageTable,
     admission: Admission | None = None,
+    profile: ModelProfile | None = None,
+    shape: RequestShape | None = None,
+    price: Callable[[Usage], float] | None = None,
 ) -> Scheduler:
     """Limiter, dispatcher, prompter and scheduler, configured for this run, around the given
-    store and accounting (benchmarks pass ones that record nothing)."""
+    store and accounting (benchmarks pass ones that record nothing). ``shape`` adapts requests
+    to a refused parameter; ``price`` splits each reply's cost for the displays."""
+    profile = profile or model_profile(config)
     dispatcher = Dispatcher(
         client,
         RateLimiter(config.limits),
@@ -292,6 +326,9 @@ def assemble(
                 systematic_window=config.run.systematic_failure_window,
             )
         ),
+        adapter=shape,
+        flex_fallback_after_s=config.provider.flex_fallback_after_s,
+        price=price,
     )
     counter = TokenCounter(
         config.provider.model, unknown_model_encoding=config.provider.unknown_model_encoding
@@ -299,7 +336,8 @@ def assemble(
     return Scheduler(
         store=store,
         dispatcher=dispatcher,
-        prompter=TaxonomyPrompter(taxonomy, counter, config.generation.max_tokens),
+        # Each step's cap: the reply's room plus, for a reasoning model, its reasoning's room.
+        prompter=TaxonomyPrompter(taxonomy, counter, profile.step_tokens),
         validator=QualityValidator(languages),
         generation=config.generation,
         max_active=config.run.max_active,
@@ -322,6 +360,17 @@ async def _run_with_signals(scheduler: Scheduler, stop: StopControl, grace_s: fl
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+
+
+def _stored_adaptations(meta: Mapping[str, str]) -> dict[str, str]:
+    """The parameter adaptations an earlier session of the run recorded (none if unreadable)."""
+    try:
+        data = orjson.loads(meta.get("adapted_params") or "{}")
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): str(v) for k, v in data.items()}
 
 
 def _now() -> float:
