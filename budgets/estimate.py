@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import duckdb
 
@@ -29,6 +29,7 @@ from budgets.stepload import (
 )
 from engine.config import Config, StepTokens
 from engine.formats import usd
+from engine.modelprofile import model_profile
 from engine.simsettings import FaultRates
 from engine.tokens import TokenCounter
 from prompts.languages import LanguageTable, load_languages
@@ -161,6 +162,7 @@ class KindTotals:
     charged_tokens: float = 0.0
     cost_nano: int = 0
     worst_nano: int = 0
+    reasoning_tokens: float = 0.0  # hidden, billed as output; not in completion_tokens
 
     def plus(self, load: StepLoad, cost: int, worst: int) -> KindTotals:
         return KindTotals(
@@ -170,6 +172,7 @@ class KindTotals:
             self.charged_tokens + load.charged,
             self.cost_nano + cost,
             self.worst_nano + worst,
+            self.reasoning_tokens + load.reasoning,
         )
 
 
@@ -190,6 +193,7 @@ class Estimate:
     wall: WallTime
     cap_usd: float | None
     notes: tuple[str, ...] = field(default=())
+    service_tier: str | None = None  # the tier the cost is priced at (None: standard)
 
     @property
     def requests(self) -> int:
@@ -202,6 +206,11 @@ class Estimate:
     @property
     def completion_tokens(self) -> float:
         return sum(k.completion_tokens for k in self.by_kind.values())
+
+    @property
+    def reasoning_tokens(self) -> float:
+        """Hidden reasoning tokens assumed (billed as output, on top of completion_tokens)."""
+        return sum(k.reasoning_tokens for k in self.by_kind.values())
 
     @property
     def cost_usd(self) -> float | None:
@@ -279,12 +288,18 @@ def estimate_plans(
     repetitive one is billed and then regenerated; a reset, truncated or hung reply may have
     been billed, so the ledger counts it at its worst case.
     """
-    mt = config.generation.max_tokens
+    profile = model_profile(config)
+    mt = profile.step_tokens  # the caps sent: a reasoning model's include room to reason
+    hidden = profile.expected_reasoning
+    tier = config.provider.service_tier
+    tiers: tuple[str | None, ...] = (
+        (tier, None) if config.provider.flex_fallback_after_s is not None else (tier,)
+    )
     faults = config.sim.faults if simulated else FaultRates()
     regenerated = faults.wrong_language + faults.repetition
     billed_failures = faults.reset + faults.truncated + faults.hang
     fault_nano = 0
-    worst_out = worst_outputs(mt)
+    worst_out = worst_outputs(profile.reply_tokens)
     latency = latency_model(config, simulated=simulated)
     totals = {k: KindTotals() for k in KINDS}
     turns: Counter[int] = Counter()
@@ -298,9 +313,12 @@ def estimate_plans(
             step_loads(shape, outputs, mt), step_loads(shape, worst_out, mt), strict=True
         ):
             cost = worst = 0
+            load = replace(load, reasoning=hidden[load.kind.value])
             if price is not None:
-                cost = price.cost_nano(round(load.prompt), round(load.completion))
-                worst = price.worst_nano(math.ceil(bound.prompt), bound.max_tokens)
+                cost = price.cost_nano(
+                    round(load.prompt), round(load.completion + load.reasoning), tier=tier
+                )
+                worst = price.worst_nano(math.ceil(bound.prompt), bound.max_tokens, tiers)
                 extra = round(
                     regenerated * cost
                     + billed_failures * price.worst_nano(math.ceil(load.prompt), load.max_tokens)
@@ -349,6 +367,7 @@ def estimate_plans(
         wall=wall,
         cap_usd=config.budget.usd,
         notes=tuple(notes),
+        service_tier=tier,
     )
 
 

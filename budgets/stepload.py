@@ -87,8 +87,9 @@ class StepLoad:
 
     step: int
     prompt: float
-    completion: float
+    completion: float  # the visible reply, which later prompts repeat
     max_tokens: int
+    reasoning: float = 0.0  # hidden reasoning tokens, billed as output, never repeated
 
     @property
     def kind(self) -> StepKind:

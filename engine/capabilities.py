@@ -13,7 +13,7 @@ import importlib.resources
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -116,6 +116,7 @@ class CapabilityTable:
     families: tuple[tuple[str, Capabilities], ...]
     reasoning_room: Mapping[str, int]
     as_of: dt.date
+    reasoning_expected: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     def lookup(self, model: str) -> Capabilities | None:
         """The entry for ``model``: exact, dated snapshot, then family pattern; None if unknown."""
@@ -141,6 +142,11 @@ class CapabilityTable:
         if override is None:
             return base
         return override.apply(base or Capabilities(model_key(model), origin="config"), model)
+
+    def expected(self, effort: str | None) -> int:
+        """Reasoning tokens a reply is assumed to spend at ``effort``, where none was measured."""
+        table = self.reasoning_expected
+        return table.get(effort or "medium", table.get("medium", 0))
 
     def room(self, effort: str | None) -> int:
         """Tokens of room a reply's hidden reasoning gets at ``effort`` (None: the default)."""
@@ -187,4 +193,7 @@ def load_capabilities(text: str | None = None) -> CapabilityTable:
         families=tuple((p.lower(), _capabilities(p, raw, where)) for p, raw in families.items()),
         reasoning_room=MappingProxyType({str(k): int(v) for k, v in room.items()}),
         as_of=as_of,
+        reasoning_expected=MappingProxyType(
+            {str(k): int(v) for k, v in data.get("reasoning_expected", {}).items()}
+        ),
     )

@@ -31,6 +31,14 @@ class ModelProfile:
     table: CapabilityTable
 
     @property
+    def expected_reasoning(self) -> dict[str, float]:
+        """Hidden reasoning tokens assumed per reply, by step kind (0 for other models)."""
+        return {
+            kind: float(self.table.expected(self.efforts[kind])) if self.reasoning else 0.0
+            for kind in STEP_KINDS
+        }
+
+    @property
     def reasoning(self) -> bool:
         return self.caps.reasoning
 

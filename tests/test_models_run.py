@@ -3,11 +3,14 @@ server that refuses max_tokens, a refusal that stops the run, and models m2l can
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import duckdb
 import pytest
 
+from budgets.prices import load_price_table
+from engine.app.estimate import estimate_lines, project_run
 from engine.app.modelcheck import check_model
 from engine.app.run import execute_run, exit_code
 from engine.config import load_config
@@ -195,3 +198,36 @@ def test_flex_on_a_model_without_flex_prices_and_a_cap_is_refused(tmp_path: Path
     )
     with pytest.raises(ConfigError, match='service_tier = "flex"'):
         check_model(config, {})
+
+
+def test_the_estimate_counts_hidden_reasoning_at_flex_prices(tmp_path: Path) -> None:
+    """m2l estimate on gpt-5-mini: hidden reasoning by effort, billed as output at flex prices;
+    the same plan on gpt-4o-mini has none. The price table's date is given and, past six
+    months, a warning."""
+    reasoning = load_config(
+        config_file(
+            tmp_path,
+            'kind = "sim"\nmodel = "gpt-5-mini"\nservice_tier = "flex"\nreasoning_effort = "low"',
+        )
+    )
+    estimate = project_run(reasoning, simulated=False)
+    assert estimate.reasoning_tokens == pytest.approx(estimate.requests * 512)
+    assert estimate.price is not None
+    flex = estimate.price.tiers["flex"]
+    expected = (
+        estimate.prompt_tokens * flex.input_usd_per_mtok
+        + (estimate.completion_tokens + estimate.reasoning_tokens) * flex.output_usd_per_mtok
+    ) / 1e6
+    assert estimate.cost_usd == pytest.approx(expected, rel=0.01)
+    lines = estimate_lines(estimate)
+    assert any("hidden reasoning" in line for line in lines)
+    assert any(line.startswith("price table: built-in prices as of") for line in lines)
+    plain = project_run(
+        load_config(config_file(tmp_path, 'kind = "sim"\nmodel = "gpt-4o-mini"')), simulated=False
+    )
+    assert plain.reasoning_tokens == 0
+    day = load_price_table().as_of
+    as_of = day.isoformat()
+    assert check_model(reasoning, {}, today=day + dt.timedelta(days=30)) == []
+    (warning,) = check_model(reasoning, {}, today=day + dt.timedelta(days=400))
+    assert as_of in warning and "months ago" in warning

@@ -104,7 +104,13 @@ def estimate_lines(e: Estimate) -> list[str]:
     out = [
         f"plan: {e.seeds} seeds → {e.conversations} conversations (turns {turns})",
         f"requests: {e.requests:,} (no regenerations or retries counted)",
-        f"tokens: {e.prompt_tokens:,.0f} prompt + {e.completion_tokens:,.0f} completion",
+        f"tokens: {e.prompt_tokens:,.0f} prompt + {e.completion_tokens:,.0f} completion"
+        + (
+            f" + {e.reasoning_tokens:,.0f} hidden reasoning (billed as output; "
+            f"{e.reasoning_tokens / e.requests:,.0f} a reply assumed by effort)"
+            if e.reasoning_tokens and e.requests
+            else ""
+        ),
     ]
     for kind in KINDS:
         k = e.by_kind.get(kind)
@@ -118,10 +124,16 @@ def estimate_lines(e: Estimate) -> list[str]:
         out.append(f"cost: unknown: model {e.model!r} has no price (see [budget.prices])")
     else:
         cost, worst = e.cost_usd or 0.0, e.worst_usd or 0.0
-        out.append(
-            f"cost: {usd(cost)} (every reply at max_tokens: {usd(worst)}; with the Batch "
-            f"API: {usd(cost * (1 - e.batch_discount))})"
-        )
+        if e.service_tier in ("flex", "priority"):
+            out.append(
+                f"cost: {usd(cost)} at {e.service_tier} prices (every reply at max_tokens: "
+                f"{usd(worst)})"
+            )
+        else:
+            out.append(
+                f"cost: {usd(cost)} (every reply at max_tokens: {usd(worst)}; with the Batch "
+                f"API: {usd(cost * (1 - e.batch_discount))})"
+            )
         out.append(f"price: {e.price.describe()}")
         out.append(f"price table: built-in prices as of {e.prices_as_of}")
         if e.cap_usd is not None:
@@ -167,11 +179,13 @@ def estimate_json(e: Estimate) -> dict[str, Any]:
         "requests": e.requests,
         "prompt_tokens": round(e.prompt_tokens),
         "completion_tokens": round(e.completion_tokens),
+        "reasoning_tokens": round(e.reasoning_tokens),
         "by_kind": {
             kind: {
                 "requests": k.requests,
                 "prompt_tokens": round(k.prompt_tokens),
                 "completion_tokens": round(k.completion_tokens),
+                "reasoning_tokens": round(k.reasoning_tokens),
                 "cost_usd": from_nano(k.cost_nano) if e.price else None,
             }
             for kind, k in e.by_kind.items()
