@@ -317,3 +317,22 @@ def test_an_older_state_file_gains_the_new_request_columns(tmp_path: Path) -> No
     }
     conn.close()
     assert {column for _, column, _kind in ADDED_COLUMNS} <= names
+
+
+def test_an_older_store_read_only_reads_reasoning_and_cache_as_zero(tmp_path: Path) -> None:
+    """m2l stats and status on a store from before the added columns (never resumed since, so
+    opened read-only) work, counting reasoning and cache savings as zero."""
+    from engine.progress.store import store_snapshot
+    from state.stats import compute_stats
+
+    path = tmp_path / "run" / "state.duckdb"
+    conn = open_store(path, create=True)
+    for _, column, _kind in ADDED_COLUMNS:
+        conn.execute(f"ALTER TABLE requests DROP COLUMN {column}")
+    conn.close()
+    conn = duckdb.connect(str(path), read_only=True)
+    try:
+        assert compute_stats(conn, run="run").total.reasoning_tokens == 0
+        assert store_snapshot(conn, run="run").tokens_reasoning == 0
+    finally:
+        conn.close()
