@@ -261,13 +261,23 @@ async def test_a_refused_parameter_the_user_chose_stops_with_its_config_key() ->
             "reasoning_effort",
             "provider.reasoning_effort",
         ),
+        (
+            {
+                "model": "gpt-4o",
+                "service_tier": "flex",
+                "capabilities": {"gpt-4o": CapabilityOverride(flex=True)},
+            },
+            "service_tier",
+            "provider.service_tier",
+        ),
     ],
 )
 async def test_every_refusal_a_run_would_meet_names_the_parameter_and_key(
     kw: dict[str, Any], param: str, key: str
 ) -> None:
-    """A temperature or an effort the model refuses is fatal, naming parameter and key."""
-    shape = shape_for("o3", openai_like=True, **kw)
+    """A temperature, an effort or a service tier the model refuses is fatal, naming the
+    parameter and its config key."""
+    shape = shape_for(kw.pop("model", "o3"), openai_like=True, **kw)
     async with dispatcher(FAST, shape) as (disp, _, _, _):
         with pytest.raises(UnsupportedParameter) as info:
             await disp.complete(request())
