@@ -18,6 +18,7 @@ from engine.client import ChatClient
 from engine.config import (
     Config,
     GenerationConfig,
+    LimitsConfig,
     ProviderConfig,
     RetryConfig,
     RunConfig,
@@ -28,7 +29,7 @@ from engine.config import (
 from engine.dispatcher import Dispatcher
 from engine.errors import CapacityUnavailable, ConfigError, RequestError, UnsupportedParameter
 from engine.events import Event, ParameterAdapted, RateLimitHit, RequestRetried
-from engine.limiter import Limits, RateLimiter
+from engine.limiter import RateLimiter
 from engine.modelprofile import model_profile
 from engine.requestshape import RequestShape, ShapeSettings
 from engine.simulator import SimSettings, run_simulator
@@ -117,7 +118,7 @@ async def dispatcher(
 ) -> AsyncIterator[tuple[Dispatcher, Recorder, Ledger, RateLimiter]]:
     provider = ProviderConfig(model=shape.settings.model, read_timeout_s=5.0)
     recorder, ledger = Recorder(), Ledger()
-    limiter = RateLimiter(Limits(rpm=None, tpm=None))
+    limiter = RateLimiter(LimitsConfig())
     async with (
         run_simulator(settings) as sim,
         ChatClient(provider, base_url=sim.base_url, api_key=None, shape=shape) as client,
