@@ -16,6 +16,7 @@ from engine.config import BudgetConfig
 from engine.errors import (
     AuthenticationFailed,
     BudgetExhausted,
+    CapacityUnavailable,
     ConnectFailed,
     ConnectionLost,
     ConnectionRefused,
@@ -38,6 +39,7 @@ from engine.errors import (
     StateError,
     SystematicFailure,
     TransientError,
+    UnsupportedParameter,
     request_error_classes,
 )
 from engine.headers import RateLimitSnapshot
@@ -82,6 +84,8 @@ STABLE: dict[type[RequestError], tuple[str, bool]] = {
     ServerUnreachable: ("server_unreachable", False),
     NotChatCompletions: ("not_chat_completions", True),
     SystematicFailure: ("systematic_failure", True),
+    CapacityUnavailable: ("capacity_unavailable", False),
+    UnsupportedParameter: ("unsupported_parameter", False),
 }
 
 
