@@ -37,7 +37,7 @@ from engine.events import (
     RequestSent,
 )
 from engine.headers import RateLimitSnapshot
-from engine.health import HealthPolicy, RunHealth
+from engine.health import RunHealth
 from engine.limiter import RateLimiter
 from engine.requestshape import Adapted
 from engine.retry import GiveUp, RateLimitWait, Retry, decide
@@ -148,9 +148,7 @@ class Dispatcher:
         self._accounting: Accounting[Any] = accounting or NullAccounting()
         self._hooks: EventHook = hooks or Hooks()
         self._rng = rng or random.Random()
-        self._health = health or RunHealth(
-            HealthPolicy(refused_before_fatal=self._policy.refused_before_fatal)
-        )
+        self._health = health or RunHealth(self._policy)
 
     @property
     def health(self) -> RunHealth:

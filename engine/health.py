@@ -23,13 +23,11 @@ names the cause and the config key or action that fixes it.
 
 from __future__ import annotations
 
-import math
 from collections import deque
-from dataclasses import dataclass
 
 from engine.clock import Clock, MonotonicClock
+from engine.config import RetryConfig
 from engine.errors import (
-    ConfigError,
     ConnectFailed,
     ContentFiltered,
     ContextLengthExceeded,
@@ -44,38 +42,11 @@ from engine.errors import (
 )
 from engine.reasons import reason_family
 
-__all__ = ["HealthPolicy", "RunHealth", "fix_hint"]
+__all__ = ["RunHealth", "fix_hint"]
 
 RESUME_FAILED = (
     "then run the same command with --retry-failed to try the failed conversations again"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class HealthPolicy:
-    """When the run gives up as a whole. Raises ConfigError for an impossible value."""
-
-    unreachable_s: float = 60.0  # how long an unreachable server is waited for
-    refused_before_fatal: int = 5  # at least this many failed connections, too
-    malformed_before_fatal: int = 10  # non-completions (or one same 400) in a row
-    systematic_window: int = 20  # 0: off
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.unreachable_s) and self.unreachable_s >= 0):
-            raise ConfigError(
-                f"retry.unreachable_s must be zero or more seconds, got {self.unreachable_s!r}"
-            )
-        for name, key in (
-            ("refused_before_fatal", "retry.refused_before_fatal"),
-            ("malformed_before_fatal", "retry.malformed_before_fatal"),
-        ):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{key} must be at least 1, got {getattr(self, name)!r}")
-        if self.systematic_window < 0:
-            raise ConfigError(
-                "run.systematic_failure_window must be 0 (off) or more, got "
-                f"{self.systematic_window!r}"
-            )
 
 
 # What to do about a conversation failure reason, by its error class (the text before ":").
@@ -122,10 +93,20 @@ class RunHealth:
         "_rejected_family",
         "_unreachable",
         "_unreachable_since",
+        "_window",
     )
 
-    def __init__(self, policy: HealthPolicy | None = None, clock: Clock | None = None) -> None:
-        self._policy = policy or HealthPolicy()
+    def __init__(
+        self,
+        retry: RetryConfig | None = None,
+        *,
+        systematic_window: int = 20,
+        clock: Clock | None = None,
+    ) -> None:
+        # The thresholds are the run's retry config as loaded (checked there): how long and how
+        # many connection failures, and how many non-completions in a row, before the run stops.
+        self._policy = retry or RetryConfig()
+        self._window = max(systematic_window, 0)  # run.systematic_failure_window; 0: off
         self._clock = clock or MonotonicClock()
         self._reached = False  # the server answered at least once this session
         self._unreachable = 0
@@ -133,12 +114,8 @@ class RunHealth:
         self._malformed = 0
         self._rejected = 0
         self._rejected_family = ""
-        self._failures: deque[str] = deque(maxlen=max(self._policy.systematic_window, 1))
+        self._failures: deque[str] = deque(maxlen=max(self._window, 1))
         self._failures_reason = ""
-
-    @property
-    def policy(self) -> HealthPolicy:
-        return self._policy
 
     def reply_ok(self) -> None:
         """A usable reply came back: every request-level streak starts again."""
@@ -212,7 +189,7 @@ class RunHealth:
     def conversation_finished(self, ok: bool, reason: str | None) -> FatalRunError | None:
         """Count one final conversation (``ok``: done); SystematicFailure when the last
         ``systematic_window`` all failed for the same reason."""
-        window = self._policy.systematic_window
+        window = self._window
         if window == 0:
             return None
         if ok:

@@ -14,7 +14,7 @@ import pytest
 
 from engine.app.run import execute_run
 from engine.clock import FakeClock
-from engine.config import load_config
+from engine.config import RetryConfig, load_config
 from engine.errors import (
     ConnectionRefused,
     HostNotFound,
@@ -25,7 +25,7 @@ from engine.errors import (
     ServerUnreachable,
     SystematicFailure,
 )
-from engine.health import HealthPolicy, RunHealth
+from engine.health import RunHealth
 from engine.reasons import reason_family
 from engine.scheduler import RunStatus
 from engine.simulator import SimSettings, run_simulator
@@ -53,7 +53,7 @@ def provider_config(tmp_path: Path, base_url: str, *, extra: str = "") -> Path:
 
 def test_a_host_that_never_resolved_is_fatal_at_once() -> None:
     """A DNS failure before any answer is a typo: the first one stops the run."""
-    health = RunHealth(HealthPolicy(), FakeClock())
+    health = RunHealth(clock=FakeClock())
     fatal = health.request_failed(HostNotFound("the host '127.0.0.l' does not resolve"))
     assert isinstance(fatal, ServerUnreachable) and "provider.base_url" in str(fatal)
 
@@ -61,7 +61,7 @@ def test_a_host_that_never_resolved_is_fatal_at_once() -> None:
 def test_an_unreachable_server_is_waited_for_then_fatal() -> None:
     """Refusals are waited out for unreachable_s; past it (and enough of them) the run stops."""
     clock = FakeClock()
-    health = RunHealth(HealthPolicy(unreachable_s=60.0, refused_before_fatal=5), clock)
+    health = RunHealth(RetryConfig(unreachable_s=60.0, refused_before_fatal=5), clock=clock)
     refused = ConnectionRefused("cannot connect to http://127.0.0.1:9/v1: refused")
     for _ in range(30):
         assert health.request_failed(refused) is None
@@ -76,7 +76,7 @@ def test_an_unreachable_server_is_waited_for_then_fatal() -> None:
 def test_an_answer_resets_the_unreachable_wait() -> None:
     """A server that comes back (any answer, even a 500) starts the wait afresh."""
     clock = FakeClock()
-    health = RunHealth(HealthPolicy(unreachable_s=10.0, refused_before_fatal=1), clock)
+    health = RunHealth(RetryConfig(unreachable_s=10.0, refused_before_fatal=1), clock=clock)
     refused = ConnectionRefused("refused")
     assert health.request_failed(refused) is None
     clock.advance(9.0)
@@ -90,7 +90,7 @@ def test_an_answer_resets_the_unreachable_wait() -> None:
 
 def test_non_completions_in_a_row_are_fatal_and_a_good_reply_resets_them() -> None:
     """N 200s in a row that are not chat completions stop the run; a good reply between resets."""
-    health = RunHealth(HealthPolicy(malformed_before_fatal=3), FakeClock())
+    health = RunHealth(RetryConfig(malformed_before_fatal=3), clock=FakeClock())
     page = MalformedResponse("not a chat completion; it began '<html>'", status=200)
     assert health.request_failed(page) is None
     assert health.request_failed(page) is None
@@ -104,11 +104,11 @@ def test_non_completions_in_a_row_are_fatal_and_a_good_reply_resets_them() -> No
 
 def test_the_same_400_for_every_request_is_fatal() -> None:
     """One 400, met again and again in a row, stops the run; different 400s do not."""
-    health = RunHealth(HealthPolicy(malformed_before_fatal=3), FakeClock())
+    health = RunHealth(RetryConfig(malformed_before_fatal=3), clock=FakeClock())
     for n in range(4):
         other = PermanentRequestError(f"bad request (400): thing {'x' * n} is odd", status=400)
         assert health.request_failed(other) is None
-    health = RunHealth(HealthPolicy(malformed_before_fatal=3), FakeClock())
+    health = RunHealth(RetryConfig(malformed_before_fatal=3), clock=FakeClock())
     same = "bad request (400): Unsupported parameter: 'max_tokens' (request {n})"
     results = [
         health.request_failed(PermanentRequestError(same.format(n=n), status=400)) for n in range(3)
@@ -119,21 +119,21 @@ def test_the_same_400_for_every_request_is_fatal() -> None:
 
 def test_systematic_failure_needs_a_full_window_of_one_reason() -> None:
     """The last N conversations all failing for one reason stop the run; a done one resets it."""
-    health = RunHealth(HealthPolicy(systematic_window=4), FakeClock())
+    health = RunHealth(systematic_window=4, clock=FakeClock())
     for tries in (3, 2, 3):
         assert health.conversation_finished(False, f"wrong_language after {tries} tries") is None
     assert health.conversation_finished(True, None) is None
     for _ in range(3):
         assert health.conversation_finished(False, "wrong_language after 3 tries") is None
     assert health.conversation_finished(False, "refusal after 3 tries") is None  # mixed
-    health = RunHealth(HealthPolicy(systematic_window=4), FakeClock())
+    health = RunHealth(systematic_window=4, clock=FakeClock())
     verdicts = [health.conversation_finished(False, "wrong_language after 3 tries")] * 1
     verdicts += [health.conversation_finished(False, "wrong_language after 3 tries") for _ in "abc"]
     fatal = verdicts[-1]
     assert isinstance(fatal, SystematicFailure)
     assert "last 4 conversations" in str(fatal) and "target language" in str(fatal)
     assert "--retry-failed" in str(fatal) and "run.systematic_failure_window" in str(fatal)
-    off = RunHealth(HealthPolicy(systematic_window=0), FakeClock())
+    off = RunHealth(systematic_window=0, clock=FakeClock())
     assert all(off.conversation_finished(False, "x") is None for _ in range(100))
 
 

@@ -30,7 +30,7 @@ from engine.config import Config, Secret, config_diff
 from engine.dispatcher import Accounting, Completer, Dispatcher
 from engine.errors import ConfigError
 from engine.events import EventHook, Hooks, RunFinished, RunStarted
-from engine.health import HealthPolicy, RunHealth
+from engine.health import RunHealth
 from engine.limiter import RateLimiter
 from engine.modelprofile import ModelProfile, model_profile
 from engine.progress.snapshot import ProgressSnapshot
@@ -318,14 +318,7 @@ def assemble(
         policy=config.retry,
         accounting=accounting,
         hooks=hooks,
-        health=RunHealth(
-            HealthPolicy(
-                unreachable_s=config.retry.unreachable_s,
-                refused_before_fatal=config.retry.refused_before_fatal,
-                malformed_before_fatal=config.retry.malformed_before_fatal,
-                systematic_window=config.run.systematic_failure_window,
-            )
-        ),
+        health=RunHealth(config.retry, systematic_window=config.run.systematic_failure_window),
         adapter=shape,
         flex_fallback_after_s=config.provider.flex_fallback_after_s,
         price=price,
