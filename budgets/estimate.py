@@ -15,8 +15,6 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-import duckdb
-
 from budgets.prices import Price, PriceTable, from_nano, load_price_table, resolve_price
 from budgets.stepload import (
     KINDS,
@@ -34,7 +32,7 @@ from engine.simsettings import FaultRates
 from engine.tokens import TokenCounter
 from prompts.languages import LanguageTable, load_languages
 from prompts.taxonomy import Taxonomy, load_taxonomy
-from state.schema import create_schema
+from state.schema import connect_memory, create_schema
 from state.setup import plan_run
 
 __all__ = [
@@ -104,7 +102,7 @@ def planned_conversations(
 
     Raises ConfigError for the seed file, the selection settings or an empty plan.
     """
-    conn = duckdb.connect(":memory:")
+    conn = connect_memory(config.store)
     try:
         create_schema(conn)
         plan_run(config, taxonomy, languages, {"purpose": "estimate"})(conn)

@@ -47,6 +47,7 @@ __all__ = [
     "SeedsConfig",
     "StepEfforts",
     "StepTokens",
+    "StoreConfig",
     "config_diff",
     "load_config",
     "parse_config",
@@ -360,6 +361,25 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """How much of the machine the run's DuckDB store may use, for every connection m2l opens.
+
+    DuckDB's own defaults (80% of RAM, a thread per core) let its buffer pool grow with the
+    store; these caps keep a run, and every command after it, at a few hundred MB whatever the
+    number of conversations. Bigger work spills to ``temp_directory`` instead.
+    """
+
+    memory_limit_mb: int = 512
+    threads: int = 2
+    # Where DuckDB spills what does not fit; None: ``duckdb.tmp`` inside the run directory.
+    temp_directory: Path | None = None
+
+    def __post_init__(self) -> None:
+        at_least(self, "memory_limit_mb", 64)  # below that DuckDB fails its own queries
+        between(self, "threads", 1, 256)
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole run configuration, as loaded from one TOML file."""
 
@@ -371,6 +391,7 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     sim: SimSettings = field(default_factory=SimSettings)
+    store: StoreConfig = field(default_factory=StoreConfig)
     taxonomy: Path | None = None
     # The file it was loaded from: set by load_config, not a key of the file.
     source: Path | None = field(default=None, compare=False, metadata=INTERNAL)
@@ -418,6 +439,7 @@ SAFE_ON_RESUME = (
     "run.systematic_failure_window",
     "run.output_dir",
     "retry.",
+    "store.",
     "budget.usd",
     "budget.tokens",
     "budget.requests",

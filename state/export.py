@@ -17,8 +17,8 @@ from pathlib import Path
 
 import duckdb
 
-from engine.errors import ConfigError, StateError
-from state.schema import STATE_FILE, check_schema, open_error, open_read_only
+from engine.errors import ConfigError
+from state.schema import STATE_FILE, open_existing
 from state.tempfiles import remove_stale_temp_files
 
 __all__ = [
@@ -80,24 +80,7 @@ def open_run(run_dir: Path, *, action: str, write: bool = False) -> duckdb.DuckD
     there is no store, when a running m2l process holds it (StoreLocked), or when it is damaged
     or foreign.
     """
-    path = run_dir / STATE_FILE
-    if not write:
-        return open_read_only(path, action=action)
-    if not path.is_file():
-        raise StateError(
-            f"there is no run at {run_dir} (no {STATE_FILE}): check the run directory, "
-            "e.g. runs/<run name>"
-        )
-    try:
-        conn = duckdb.connect(str(path))
-    except duckdb.Error as exc:
-        raise open_error(path, exc, action=action) from exc
-    try:
-        check_schema(conn, path)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    return open_existing(run_dir / STATE_FILE, action=action, read_only=not write)
 
 
 def default_output(run_dir: Path, fmt: str, *, include_filtered: bool = False) -> Path:

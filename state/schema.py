@@ -8,12 +8,17 @@ before it has passed these checks.
 from __future__ import annotations
 
 import re
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import duckdb
+import orjson
 
-from engine.errors import StateError
+from engine._typed_toml import from_table
+from engine.config import StoreConfig
+from engine.errors import ConfigError, StateError
 from engine.version import __version__ as M2L_VERSION
 
 __all__ = [
@@ -22,13 +27,18 @@ __all__ = [
     "SCHEMA_VERSION",
     "STATE_FILE",
     "TABLES",
+    "TEMP_DIRECTORY",
     "StoreLocked",
     "check_schema",
+    "connect_memory",
     "create_schema",
+    "duckdb_settings",
     "has_added_columns",
     "open_error",
+    "open_existing",
     "open_read_only",
     "open_store",
+    "stored_store_config",
     "table_for_error",
 ]
 
@@ -37,8 +47,8 @@ SCHEMA_VERSION = 1
 # The state file's name inside a run directory.
 STATE_FILE = "state.duckdb"
 
-# DuckDB's memory cap for the run's store (bench/selection_memory.py measures what it buys).
-MEMORY_LIMIT = "1GB"
+# Where DuckDB spills inside the run directory unless [store] temp_directory says otherwise.
+TEMP_DIRECTORY = "duckdb.tmp"
 
 # No secondary indexes: every lookup the engine makes goes through a primary key (or its
 # prefix, conv_id for messages), and DuckDB's ART indexes slow every insert on the hot path.
@@ -153,12 +163,41 @@ def check_schema(conn: duckdb.DuckDBPyConnection, path: Path) -> None:
         )
 
 
-def open_store(path: Path, *, create: bool) -> duckdb.DuckDBPyConnection:
+def duckdb_settings(store: StoreConfig, run_dir: Path | None) -> dict[str, Any]:
+    """DuckDB's connection settings for ``store``: memory cap, threads, spill directory.
+
+    The spill directory is ``store.temp_directory``, else ``duckdb.tmp`` in ``run_dir``, else
+    (no run: an in-memory database) the system's temporary folder.
+    """
+    if store.temp_directory is not None:
+        temp = store.temp_directory
+    elif run_dir is not None:
+        temp = run_dir / TEMP_DIRECTORY
+    else:
+        temp = Path(tempfile.gettempdir())
+    return {
+        "memory_limit": f"{store.memory_limit_mb}MB",
+        "threads": store.threads,
+        "temp_directory": str(temp),
+    }
+
+
+def connect_memory(store: StoreConfig | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB database with ``store``'s caps (default ones when None)."""
+    return duckdb.connect(":memory:", config=duckdb_settings(store or StoreConfig(), None))
+
+
+def open_store(
+    path: Path, *, create: bool, store: StoreConfig | None = None
+) -> duckdb.DuckDBPyConnection:
     """Open the run's DuckDB file, creating it with the schema when new; call it off the loop.
+
+    ``store`` caps DuckDB's memory and threads (default: ``StoreConfig()``).
 
     Raises StateError when create is False and there is no file, when another process holds
     the file, when the file is not a DuckDB database or is damaged, or when check_schema fails.
     """
+    store = store or StoreConfig()
     exists = path.exists()
     if not exists and not create:
         raise StateError(
@@ -167,9 +206,10 @@ def open_store(path: Path, *, create: bool) -> duckdb.DuckDBPyConnection:
         )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # A memory cap makes DuckDB spill big ingests and exports to disk (next to the state
-        # file) instead of growing with the seed file: a 1M-row pool stays under ~400 MB.
-        conn = duckdb.connect(str(path), config={"memory_limit": MEMORY_LIMIT})
+        # A memory cap makes DuckDB spill big ingests and exports to disk (inside the run
+        # directory) instead of growing with the seed file or the store: a 1M-row pool stays
+        # under ~400 MB (bench/selection_memory.py), a 10^6-conversation export too.
+        conn = duckdb.connect(str(path), config=duckdb_settings(store, path.parent))
     except OSError as exc:
         raise StateError(
             f"could not create the run directory {path.parent}: {exc.strerror or exc}; "
@@ -239,11 +279,22 @@ class StoreLocked(StateError):
 
 
 def open_read_only(path: Path, *, action: str) -> duckdb.DuckDBPyConnection:
-    """Open the run's store at ``path`` with no chance of writing to it, checking its schema.
+    """Open the run's store at ``path`` with no chance of writing to it; see ``open_existing``.
 
-    ``action`` ends the message when the store is busy ("export", "filter it", ...). Raises
-    StoreLocked while another process writes the store, and StateError when there is no store,
-    it is damaged, or it is not an m2l store of this schema version.
+    Raises StoreLocked while another process writes the store, and StateError when there is
+    no store, it is damaged, or it is not an m2l store of this schema version.
+    """
+    return open_existing(path, action=action, read_only=True)
+
+
+def open_existing(path: Path, *, action: str, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """Open the existing store at ``path`` for an offline command, checking its schema.
+
+    Read-write only for a command that changes the store (``m2l filter``). DuckDB's caps are
+    the run's own ``[store]`` settings, as stored with its config. ``action``
+    ends the message when the store is busy ("export", "filter it", ...). Raises StoreLocked
+    while another process writes the store, and StateError when there is no store, it is
+    damaged, or it is not an m2l store of this schema version.
     """
     if not path.is_file():
         raise StateError(
@@ -251,15 +302,51 @@ def open_read_only(path: Path, *, action: str) -> duckdb.DuckDBPyConnection:
             "e.g. runs/<run name>"
         )
     try:
-        conn = duckdb.connect(str(path), read_only=True)
+        conn = duckdb.connect(
+            str(path), read_only=read_only, config=duckdb_settings(StoreConfig(), path.parent)
+        )
     except duckdb.Error as exc:
         raise open_error(path, exc, action=action) from exc
     try:
         check_schema(conn, path)
+        stored = stored_store_config(conn, path)
+        if stored != StoreConfig():
+            for name, value in duckdb_settings(stored, path.parent).items():
+                conn.execute(f"SET {name} = {_setting_literal(value)}")
+    except duckdb.Error as exc:
+        conn.close()
+        raise open_error(path, exc, action=action) from exc
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def stored_store_config(conn: duckdb.DuckDBPyConnection, path: Path) -> StoreConfig:
+    """The ``[store]`` settings of the config the run at ``path`` was started with.
+
+    A store written before ``[store]`` existed gets the defaults. Raises StateError when the
+    stored settings are not valid.
+    """
+    row = conn.execute("SELECT value FROM run_meta WHERE key = 'config_json'").fetchone()
+    section = orjson.loads(row[0]).get("store") if row else None
+    if not isinstance(section, dict):
+        return StoreConfig()
+    # A snapshot writes an unset optional as null, which TOML (and so from_table) has no
+    # word for: leaving the key out means the same.
+    section = {key: value for key, value in section.items() if value is not None}
+    try:
+        return from_table(StoreConfig, section, source=f"{path} (stored config)", base_dir=None)
+    except ConfigError as exc:
+        raise StateError(f"{exc}; the run's stored [store] settings cannot be used") from exc
+
+
+def _setting_literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def open_error(path: Path, exc: duckdb.Error, *, action: str = "try again") -> StateError:

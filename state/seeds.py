@@ -25,6 +25,7 @@ import orjson
 from engine.errors import ConfigError, StateError
 from prompts.languages import LanguageTable
 from prompts.taxonomy import Taxonomy
+from state.schema import connect_memory
 
 __all__ = [
     "GENERAL_TASK",
@@ -211,7 +212,7 @@ def _sql_classes() -> tuple[str, str]:
     lower(nfc_normalize(s)) equals the casefolded NFKC form, so only rows holding a special
     character need Python. The table is built against this DuckDB build's lower().
     """
-    probe = duckdb.connect()
+    probe = connect_memory()
     try:
         lowered = dict(
             probe.execute(

@@ -23,6 +23,7 @@ from typing import Any, Final, TypeAlias, TypeVar, cast
 
 import duckdb
 
+from engine.config import StoreConfig
 from engine.errors import StateError
 from state.schema import open_store, table_for_error
 
@@ -94,6 +95,7 @@ class GroupCommitWriter:
         noop: bool = False,
         create: bool = True,
         max_batch_seconds: float = MAX_BATCH_SECONDS,
+        store: StoreConfig | None = None,
     ) -> None:
         if max_batch_ops < 1:
             raise ValueError(f"max_batch_ops must be at least 1, got {max_batch_ops}")
@@ -102,6 +104,7 @@ class GroupCommitWriter:
         self._max_batch_seconds = max_batch_seconds
         self._noop = noop
         self._create = create
+        self._store = store
         self._queue: queue.SimpleQueue[_Pending | _Close] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -243,7 +246,7 @@ class GroupCommitWriter:
         """Open the store, serve the queue until told to close, then close the store."""
         assert self._stopped is not None
         try:
-            conn = open_store(self._path, create=self._create)
+            conn = open_store(self._path, create=self._create, store=self._store)
         except BaseException as exc:
             # Release the path before the caller hears of the failure, so it may retry at once.
             _release(key)

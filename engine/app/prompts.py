@@ -117,10 +117,12 @@ def read_seed_row(path: Path, row: int) -> dict[str, Any]:
 def _read_parquet_row(path: Path, row: int) -> dict[str, Any]:
     import duckdb  # imported here: only Parquet seeds need it, and it is slow to import
 
+    from state.schema import connect_memory
+
     if not path.is_file():
         raise ConfigError(f"{path}: seed file not found; check --seed-file")
     try:
-        cursor = duckdb.connect().execute(
+        cursor = connect_memory().execute(
             "SELECT * FROM read_parquet(?) LIMIT 1 OFFSET ?", [str(path), row]
         )
         found = cursor.fetchone()

@@ -187,7 +187,9 @@ async def execute_run(
     taxonomy = load_taxonomy(config.taxonomy)
     languages = load_languages()
     stop = stop or StopControl()
-    async with GroupCommitWriter(config.run_dir / STATE_FILE, create=True) as writer:
+    async with GroupCommitWriter(
+        config.run_dir / STATE_FILE, create=True, store=config.store
+    ) as writer:
         setup = await _prepare(writer, config, taxonomy, languages, options, events, baseline)
         first_request_id = await writer.run(RequestLog.next_id)
         # The budget is rebuilt from the request log, so a cap holds across crashes.

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import orjson
 from rich.console import Console
 from rich.table import Table
@@ -21,6 +20,7 @@ from engine.errors import ConfigError
 from prompts.languages import LanguageTable, load_languages
 from prompts.taxonomy import Taxonomy, load_taxonomy
 from state._tables import table_width
+from state.schema import connect_memory
 from state.seeds import MAPPINGS, IngestReport, ingest_seeds, pool_counts
 
 __all__ = ["add_seeds_parser", "inspect_seeds", "run_inspect"]
@@ -83,7 +83,7 @@ def inspect_seeds(
     Raises ConfigError for the file, its format or the mapping.
     """
     console = console or Console()
-    conn = duckdb.connect(":memory:")
+    conn = connect_memory()
     try:
         report = ingest_seeds(
             conn,
