@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from engine._typed_toml import Invalid, at_least
 from engine.errors import ConfigError
 
 __all__ = [
@@ -87,13 +88,11 @@ class CapabilityOverride:
 
     def __post_init__(self) -> None:
         for name in ("context_window", "max_output"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be at least 1, got {value}")
+            at_least(self, name, 1, unset=" (leave it out for the table's)")
         if self.efforts is not None:
             unknown = [e for e in self.efforts if e not in EFFORTS]
             if unknown:
-                raise ValueError(f"unknown efforts {unknown}; known: {', '.join(EFFORTS)}")
+                raise Invalid("efforts", f"takes only {', '.join(EFFORTS)}", unknown)
 
     def apply(self, base: Capabilities, model: str) -> Capabilities:
         changes = {

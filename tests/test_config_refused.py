@@ -64,6 +64,16 @@ CASES: list[tuple[str, str, str]] = [
         '{ "gpt-4o-mini" = { input = 0.1234567, output = 0.6 } }',
         r"budget\.prices\.gpt-4o-mini\.input: must have at most 6 decimal places",
     ),
+    (
+        "provider.capabilities",
+        '{ "gpt-4o-mini" = { context_window = 0 } }',
+        r"provider\.capabilities\.gpt-4o-mini\.context_window: must be at least 1",
+    ),
+    (
+        "provider.capabilities",
+        '{ "gpt-4o-mini" = { efforts = ["max"] } }',
+        r"provider\.capabilities\.gpt-4o-mini\.efforts: takes only .*, found \['max'\]",
+    ),
     ("retry.rate_limit_patience", "0", r"retry\.rate_limit_patience: must be at least 1, found 0"),
     ("retry.refused_before_fatal", "0", r"retry\.refused_before_fatal: must be at least 1"),
     ("retry.unreachable_s", "-1", r"retry\.unreachable_s: must be 0 or more, found -1"),
