@@ -4,7 +4,9 @@ against a real DuckDB table, with the ledger as its guard."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import duckdb
 import pytest
@@ -308,3 +310,21 @@ async def test_summary_counts_retries_429s_and_failed_steps(
     assert summary.errors_by_class == {"server_error": 1, "request_timeout": 1}
     assert summary.last_error is not None and summary.last_error[0] == "request_timeout"
     assert spend_total(conn, per_usd=1_000_000_000)[2] == 4
+
+
+def test_no_module_but_the_request_log_writes_a_status_into_sql() -> None:
+    """Attempt statuses become SQL in state/requestlog.py only; the rest use its enum or queries."""
+    root = Path(__file__).resolve().parent.parent
+    literal = re.compile(
+        r"status\s*(?:=|<>|!=|IN\s*\()\s*'(?:" + "|".join(s.value for s in AttemptStatus) + ")'",
+        re.IGNORECASE,
+    )
+    offenders = [
+        f"{path.relative_to(root)}:{n}"
+        for package in ("engine", "state", "budgets", "prompts")
+        for path in sorted((root / package).rglob("*.py"))
+        if path != root / "state" / "requestlog.py"
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if literal.search(line)
+    ]
+    assert offenders == []
