@@ -79,6 +79,13 @@ class SimSettings:
     queue_limit: int | None = None  # waiting requests beyond which a new one gets 503
     faults: FaultRates = field(default_factory=FaultRates)
     unknown_models_404: bool = False
+    # The Batch API: create → completed takes batch_delay_s; a batch still running
+    # batch_expire_s after its creation expires (None: never); cancelling lasts batch_cancel_s;
+    # batch_line_failure_rate of the lines are answered 500 in the error file.
+    batch_delay_s: float = 2.0
+    batch_expire_s: float | None = None
+    batch_cancel_s: float = 0.2
+    batch_line_failure_rate: float = 0.0
     # The key a client must send, never shown in reprs, never read from (or stored with) a
     # run's config: `m2l sim --require-api-key-env` reads it from the environment.
     require_api_key: str | None = internal(None, repr=False)
@@ -127,6 +134,10 @@ class SimSettings:
         # 1: a full batch decodes as fast as one request.
         at_least(self, "batch_slowdown", 1)
         at_least(self, "queue_limit", 0, unset=" (leave it out for no bound)")
+        non_negative(self, "batch_delay_s")
+        non_negative(self, "batch_cancel_s")
+        positive(self, "batch_expire_s", unset=" (leave it out for batches that never expire)")
+        between(self, "batch_line_failure_rate", 0.0, 1.0)
 
     @property
     def listed_models(self) -> tuple[str, ...]:

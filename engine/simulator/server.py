@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import hmac
 import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 from aiohttp import web
@@ -23,6 +25,7 @@ from engine.clock import Clock, MonotonicClock
 from engine.errors import ConfigError, StateError
 from engine.simsettings import SimSettings
 from engine.simulator import wire
+from engine.simulator.batches import MAX_FILE_BYTES, BatchBook, BatchTiming, LineAnswer
 from engine.simulator.buckets import Admission, RateLimits
 from engine.simulator.capacity import QueueFull, SlotModel, Slots
 from engine.simulator.counting import UsageCounter
@@ -37,7 +40,8 @@ from engine.simulator.text import composer_for
 
 __all__ = ["Simulator", "run_simulator"]
 
-_MAX_BODY = 64 * 1024 * 1024  # a 128k-token prompt is ~0.5 MB; leave room for long contexts
+# A 128k-token prompt is ~0.5 MB; a batch input file may be 200 MB (plus multipart framing).
+_MAX_BODY = MAX_FILE_BYTES + 1024 * 1024
 _SHUTDOWN_S = 0.25  # in-flight replies are cut after this on stop: it is a simulator
 _STREAM_PIECE = re.compile(r"\S+\s*|\s+")
 _WORDS_PER_CHUNK = 4  # spaced scripts: a stream chunk carries a few words (~ a few tokens)
@@ -75,6 +79,29 @@ class Simulator:
         self.app.router.add_post("/v1/chat/completions", self._chat)
         self.app.router.add_get("/v1/models", self._models)
         self.app.router.add_get("/v1/models/{model}", self._model)
+        self.batches = BatchBook(
+            BatchTiming(
+                delay_s=settings.batch_delay_s,
+                expire_s=settings.batch_expire_s,
+                cancel_s=settings.batch_cancel_s,
+                line_failure_rate=settings.batch_line_failure_rate,
+                seed=settings.seed,
+            ),
+            self.clock,
+            time.time,
+            self._answer_line,
+        )
+        # Azure OpenAI serves the same API under /openai/...; both prefixes are routed.
+        for prefix in ("/v1", "/openai"):
+            self.app.router.add_post(f"{prefix}/files", self._upload)
+            self.app.router.add_get(f"{prefix}/files/{{file_id}}", self._file)
+            self.app.router.add_get(f"{prefix}/files/{{file_id}}/content", self._file_content)
+            self.app.router.add_delete(f"{prefix}/files/{{file_id}}", self._delete_file)
+            self.app.router.add_post(f"{prefix}/batches", self._create_batch)
+            self.app.router.add_get(f"{prefix}/batches", self._list_batches)
+            self.app.router.add_get(f"{prefix}/batches/{{batch_id}}", self._batch)
+            self.app.router.add_post(f"{prefix}/batches/{{batch_id}}/cancel", self._cancel_batch)
+        self.app.router.add_post("/openai/chat/completions", self._chat)
         self.app.router.add_get("/stats", self._get_stats)
         self.app.router.add_post("/stats/reset", self._reset_stats)
 
@@ -131,7 +158,7 @@ class Simulator:
     # --- stats ----------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, object]:
-        """Counters since start or the last reset (see SimStats.as_dict), and the slots' state."""
+        """Counters since start or the last reset (see SimStats.as_dict), slots and batches."""
         out = self._stats.as_dict(self.clock.now())
         if self._slots is not None:
             out["slots"] = {
@@ -140,6 +167,8 @@ class Simulator:
                 "queued": self._slots.model.queued,
                 "queue_full": self._queue_full,
             }
+        out["batch_lines_answered"] = self.batches.lines_answered
+        out["batches"] = self.batches.counts()
         return out
 
     def reset_stats(self) -> None:
@@ -173,6 +202,109 @@ class Simulator:
         return web.Response(
             body=orjson.dumps(wire.model_entry(model)), content_type="application/json"
         )
+
+    # --- files and batches ----------------------------------------------------------------------
+
+    def _json(self, value: dict[str, Any] | wire.ApiError) -> web.Response:
+        if isinstance(value, wire.ApiError):
+            return self._error(value, {})
+        return web.Response(body=orjson.dumps(value), content_type="application/json")
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        if (error := self._auth_error(request)) is not None:
+            return self._error(error, {})
+        purpose, filename, data = "", "upload.jsonl", b""
+        try:
+            form = await request.post()
+        except ValueError:
+            form = None
+        if form is not None:
+            purpose = str(form.get("purpose", ""))
+            field = form.get("file")
+            if isinstance(field, web.FileField):
+                filename, data = field.filename, field.file.read()
+            elif isinstance(field, str | bytes):
+                data = field.encode() if isinstance(field, str) else field
+        if not purpose or not data:
+            return self._error(
+                wire.bad_request(
+                    "An upload needs multipart fields 'purpose' and 'file'.",
+                    param="file" if purpose else "purpose",
+                    code="missing_required_parameter",
+                ),
+                {},
+            )
+        return self._json(self.batches.upload(filename, purpose, data))
+
+    async def _file(self, request: web.Request) -> web.Response:
+        if (error := self._auth_error(request)) is not None:
+            return self._error(error, {})
+        return self._json(self.batches.file(request.match_info["file_id"]))
+
+    async def _file_content(self, request: web.Request) -> web.Response:
+        if (error := self._auth_error(request)) is not None:
+            return self._error(error, {})
+        data = self.batches.content(request.match_info["file_id"])
+        if isinstance(data, wire.ApiError):
+            return self._error(data, {})
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def _delete_file(self, request: web.Request) -> web.Response:
+        if (error := self._auth_error(request)) is not None:
+            return self._error(error, {})
+        return self._json(self.batches.delete(request.match_info["file_id"]))
+
+    async def _create_batch(self, request: web.Request) -> web.Response:
+        if (error := self._auth_error(request)) is not None:
+            return self._error(error, {})
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            return self._error(wire.bad_request("The request body must be a JSON object."), {})
+        return self._json(self.batches.create(body))
+
+    async def _list_batches(self, request: web.Request) -> web.Response:
+        if (error := self._auth_error(request)) is not None:
+            return self._error(error, {})
+        raw_limit = request.query.get("limit", "20")
+        limit = int(raw_limit) if raw_limit.isdigit() else 20
+        return self._json(self.batches.list(request.query.get("after"), limit))
+
+    async def _batch(self, request: web.Request) -> web.Response:
+        if (error := self._auth_error(request)) is not None:
+            return self._error(error, {})
+        return self._json(self.batches.retrieve(request.match_info["batch_id"]))
+
+    async def _cancel_batch(self, request: web.Request) -> web.Response:
+        if (error := self._auth_error(request)) is not None:
+            return self._error(error, {})
+        return self._json(self.batches.cancel(request.match_info["batch_id"]))
+
+    def _answer_line(self, raw: bytes, attempt: int) -> LineAnswer:
+        """A batch line's answer: what the online endpoint answers this body, minus latency,
+        rate limits and faults (batch lines fail through the batch's own failure rate)."""
+        parsed = parse_request(raw)
+        if isinstance(parsed, wire.ApiError):
+            return LineAnswer(parsed.status, parsed.body(), _request_id(raw))
+        checked = self._precheck(parsed)
+        if isinstance(checked, wire.ApiError):
+            return LineAnswer(checked.status, checked.body(), _request_id(raw))
+        prompt_tokens, max_tokens, _charge = checked
+        # Attempt 0 whatever the resubmission: the reply equals the online endpoint's.
+        reply = self._writer.write(parsed, max_tokens, 0, None)
+        body = wire.completion(
+            reply.completion_id,
+            int(time.time()),
+            parsed.model,
+            reply.content,
+            reply.finish_reason,
+            prompt_tokens,
+            reply.completion_tokens,
+        )
+        self._count_usage(prompt_tokens, reply)
+        return LineAnswer(200, body, "req_" + reply.completion_id[9:])
 
     # --- chat completions -----------------------------------------------------------------------
 
@@ -425,6 +557,10 @@ class Simulator:
         if fault not in ("reset", "truncated"):
             self._count_usage(prompt_tokens, cached, reply)
         return response
+
+
+def _request_id(raw: bytes) -> str:
+    return "req_" + hashlib.blake2b(raw, digest_size=12).hexdigest()
 
 
 def _stream_pieces(content: str, *, spaced: bool) -> list[str]:
