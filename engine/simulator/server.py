@@ -293,7 +293,10 @@ class Simulator:
             return LineAnswer(checked.status, checked.body(), _request_id(raw))
         prompt_tokens, max_tokens, _charge = checked
         # Attempt 0 whatever the resubmission: the reply equals the online endpoint's.
-        reply = self._writer.write(parsed, max_tokens, 0, None)
+        reply = self._writer.write(
+            parsed, max_tokens, 0, None, reasoning=reasoning_tokens(self.settings, parsed, 0)
+        )
+        cached = self._cached_tokens(parsed)
         body = wire.completion(
             reply.completion_id,
             int(time.time()),
@@ -302,8 +305,10 @@ class Simulator:
             reply.finish_reason,
             prompt_tokens,
             reply.completion_tokens,
+            cached_tokens=cached,
+            reasoning_tokens=reply.reasoning_tokens,
         )
-        self._count_usage(prompt_tokens, reply)
+        self._count_usage(prompt_tokens, cached, reply)
         return LineAnswer(200, body, "req_" + reply.completion_id[9:])
 
     # --- chat completions -----------------------------------------------------------------------
