@@ -322,6 +322,7 @@ class Budget:
     admission: BudgetAdmission  # for Scheduler(admission=...) and hooks.add(...)
     price: Price | None
     prices: PriceTable
+    online_costs: CostModel | None = None  # batch mode: what the online tail pays
 
     def summary(self) -> list[str]:
         """The budget part of the run's final summary, as short lines."""
@@ -421,7 +422,7 @@ def load_budget(conn: duckdb.DuckDBPyConnection, config: Config, hooks: EventHoo
     model = config.provider.model
     caps = config.budget
     tier = config.provider.service_tier
-    pricing = None
+    pricing = online_pricing = None
     if price is not None:
         known_tokenizer = prices.lookup(model) is not None
         pricing = Pricing(
@@ -430,6 +431,10 @@ def load_budget(conn: duckdb.DuckDBPyConnection, config: Config, hooks: EventHoo
             tier=tier,
             fallback=config.provider.flex_fallback_after_s is not None,
         )
+        online_pricing = pricing
+        if config.run.mode == "batch":
+            # The Batch API's rates: reservations, the projection and the cap all use them.
+            pricing = pricing.batch(prices.batch_discount)
     start = spend_from_log(conn)
     ledger = Ledger(caps, start) if caps.capped else None
     counter = TokenCounter(model, unknown_model_encoding=config.provider.unknown_model_encoding)
@@ -459,4 +464,6 @@ def load_budget(conn: duckdb.DuckDBPyConnection, config: Config, hooks: EventHoo
         pending=pending,
         priced=price is not None,
     )
-    return Budget(pricing or FreeCosts(), ledger, admission, price, prices)
+    return Budget(
+        pricing or FreeCosts(), ledger, admission, price, prices, online_pricing or FreeCosts()
+    )

@@ -178,6 +178,25 @@ class Price:
         pico = max(cached_tokens, 0) * (p.input_pico - p.cached_input_pico)
         return (pico + _PICO_PER_NANO // 2) // _PICO_PER_NANO
 
+    def batch(self, discount: float) -> Price:
+        """The Batch API's prices: the flex tier's where the table has them (OpenAI sells flex
+        at the Batch API's rates), else these less ``discount``, rounded up to whole pico."""
+        flex = self.tiers.get("flex")
+        if flex is not None:
+            return replace(flex, tiers=_EMPTY_TIERS, origin=f"{self.origin}, Batch API (flex rates)")
+        keep = Decimal(1) - Decimal(str(discount))
+
+        def cut(pico: int) -> int:
+            return int(-(-(Decimal(pico) * keep) // 1))
+
+        return Price(
+            self.model,
+            cut(self.input_pico),
+            cut(self.output_pico),
+            cut(self.cached_input_pico),
+            f"{self.origin}, Batch API ({discount:.0%} off)",
+        )
+
     def describe(self) -> str:
         text = f"{self.model}: ${self.input_usd_per_mtok:g} in / ${self.output_usd_per_mtok:g} out"
         if self.cached_input_pico != self.input_pico:
@@ -404,6 +423,12 @@ class Pricing:
 
     def worst_case(self, request: ChatRequest) -> float:
         return from_nano(self.worst_nano(request.prompt_tokens, request.max_tokens))
+
+    def batch(self, discount: float) -> Pricing:
+        """The same model at the Batch API's prices (``Price.batch``), with the same margin."""
+        pricing = Pricing(self.price.batch(discount))
+        pricing._margin_permille = self._margin_permille
+        return pricing
 
     def actual(self, usage: Usage) -> float:
         tier = usage.service_tier or self._tier

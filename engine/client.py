@@ -138,8 +138,7 @@ class ChatClient:
         session = self._session
         if session is None:
             raise RuntimeError("ChatClient used outside its 'async with' block")
-        shape = self._shape
-        data = orjson.dumps(request.body(self._model) if shape is None else shape.body(request))
+        data = orjson.dumps(self.request_body(request))
         started = time.monotonic()
         if delivery is not None:
             delivery.written = False
@@ -189,6 +188,21 @@ class ChatClient:
         snapshot = RateLimitSnapshot.from_headers(headers)
         if status != 200:
             raise self._http_error(status, raw, headers, snapshot)
+        return self._result(raw, snapshot, latency)
+
+    def request_body(self, request: ChatRequest) -> dict[str, Any]:
+        """The JSON body sent for ``request``; a Batch API line carries this same body."""
+        shape = self._shape
+        return request.body(self._model) if shape is None else shape.body(request)
+
+    def read_reply(self, status: int, raw: bytes, latency: float = 0.0) -> ChatResult:
+        """A reply that came another way (a Batch API output line) read as an online one.
+
+        Raises the RequestError the online path raises for the same status and body.
+        """
+        snapshot = RateLimitSnapshot.from_headers({})
+        if status != 200:
+            raise self._http_error(status, raw, {}, snapshot)
         return self._result(raw, snapshot, latency)
 
     def _result(self, raw: bytes, snapshot: RateLimitSnapshot, latency: float) -> ChatResult:

@@ -35,6 +35,7 @@ from engine.errors import ConfigError
 from engine.simsettings import SimSettings
 
 __all__ = [
+    "BatchConfig",
     "BudgetConfig",
     "Config",
     "GenerationConfig",
@@ -224,6 +225,7 @@ class RunConfig:
     grace_s: float = 30.0
     # The last N conversations to finish all failed for the same reason: stop (0: never).
     systematic_failure_window: int = 20
+    mode: Literal["online", "batch"] = "online"  # batch: OpenAI Batch API, see [batch]
 
     def __post_init__(self) -> None:
         non_negative(self, "systematic_failure_window")  # 0: off
@@ -309,6 +311,37 @@ class RetryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchConfig:
+    """Batch API mode (``run.mode = "batch"``): input file sizes, pacing, polling, the tail."""
+
+    max_lines: int = 50_000  # requests per input file (the API's limit is 50,000)
+    max_mb: float = 200.0  # MB per input file (the API's limit is 200 MB)
+    linger_s: float = 60.0  # the longest a ready step waits for its batch to fill
+    quiet_s: float = 2.0  # a partial batch goes out once no step joined it for this long
+    poll_min_s: float = 5.0  # a young batch is polled this often; older ones less often
+    poll_max_s: float = 60.0
+    finish_online_below: int = 0  # fewer unfinished conversations than this: finish online
+    max_active: int = 100_000  # conversations in flight at once (their steps wait in batches)
+
+    def __post_init__(self) -> None:
+        between(self, "max_lines", 1, 50_000)  # the Batch API's limit
+        positive(self, "max_mb")
+        between(self, "max_mb", 0, 200)  # the Batch API's limit
+        for name in ("linger_s", "quiet_s", "poll_min_s", "poll_max_s"):
+            positive(self, name)
+        if self.poll_max_s < self.poll_min_s:
+            raise Invalid(
+                "poll_max_s", f"must be at least poll_min_s ({self.poll_min_s:g})", self.poll_max_s
+            )
+        non_negative(self, "finish_online_below")  # 0: never
+        at_least(self, "max_active", 1)
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True, slots=True)
 class PriceOverride:
     """USD per million tokens for one model, overriding the built-in table; ``flex_*`` and
     ``priority_*`` are its prices at those service tiers (flex: the Batch API rates)."""
@@ -390,6 +423,7 @@ class Config:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
     sim: SimSettings = field(default_factory=SimSettings)
     store: StoreConfig = field(default_factory=StoreConfig)
     taxonomy: Path | None = None
@@ -437,6 +471,8 @@ SAFE_ON_RESUME = (
     "run.max_active",
     "run.grace_s",
     "run.systematic_failure_window",
+    "run.mode",  # a batch line carries the online body: the same replies either way
+    "batch.",
     "run.output_dir",
     "retry.",
     "store.",
@@ -467,6 +503,10 @@ SAFE_ON_RESUME = (
     "sim.flex_slowdown",
     "sim.flex_unavailable",
     "sim.cache_min_tokens",
+    "sim.batch_delay_s",
+    "sim.batch_expire_s",
+    "sim.batch_cancel_s",
+    "sim.batch_line_failure_rate",
 )
 
 

@@ -15,6 +15,7 @@ from typing import Protocol
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "BatchUpdate",
     "BudgetUpdate",
     "ConversationFinished",
     "ConversationStarted",
@@ -164,6 +165,20 @@ class BudgetUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchUpdate:
+    """Batch mode: the open batches as last polled, and the lines waiting to go out."""
+
+    open_batches: int
+    by_status: tuple[tuple[str, int], ...]  # provider status → open batches in it
+    requests_done: int  # lines of open batches answered so far
+    requests_total: int
+    oldest_age_s: float | None  # seconds since the oldest open batch was created
+    waiting: int  # lines not in a batch yet
+    batches_created: int  # by this session
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
 class RunFinished:
     """The run stopped: ``finished``, ``interrupted``, ``budget_exhausted`` or ``failed``."""
 
@@ -184,6 +199,7 @@ Event = (
     | StepDone
     | ConversationFinished
     | BudgetUpdate
+    | BatchUpdate
     | RunFinished
 )
 

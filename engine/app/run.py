@@ -22,11 +22,12 @@ from typing import Any
 import anyio.to_thread
 import orjson
 
-from budgets.admission import load_budget, run_price
+from budgets.admission import Budget, load_budget, run_price
 from engine.app.modelcheck import check_model
+from engine.batch.mode import open_batch_mode
 from engine.chat import Usage
 from engine.client import ChatClient
-from engine.config import Config, Secret, config_diff
+from engine.config import Config, LimitsConfig, Secret, config_diff
 from engine.dispatcher import Accounting, Completer, Dispatcher
 from engine.errors import ConfigError
 from engine.events import EventHook, Hooks, RunFinished, RunStarted
@@ -213,28 +214,36 @@ async def execute_run(
         ):
             # One batcher for the store and the request log: their rows commit together.
             batcher = JournalBatcher(writer)
-            accounting = RequestLog(
-                batcher,
-                model=config.provider.model,
-                next_request_id=first_request_id,
-                costs=budget.costs,
-                guard=budget.guard,
-            )
-            scheduler = assemble(
-                config,
-                client,
-                store=RunStore(writer, batcher),
-                accounting=accounting,
-                hooks=events,
-                stop=stop,
-                taxonomy=taxonomy,
-                languages=languages,
-                admission=budget.admission,
-                profile=profile,
-                shape=shape,
-                price=budget.costs.actual,
-            )
-            result = await _run_with_signals(scheduler, stop, config.run.grace_s)
+            store = RunStore(writer, batcher)
+            if config.run.mode == "batch":
+                result = await _run_batch_mode(
+                    config, client, writer, batcher, store, budget, first_request_id,
+                    base_url=base_url, api_key=api_key, events=events, stop=stop,
+                    taxonomy=taxonomy, languages=languages, profile=profile, shape=shape,
+                )  # fmt: skip
+            else:
+                accounting = RequestLog(
+                    batcher,
+                    model=config.provider.model,
+                    next_request_id=first_request_id,
+                    costs=budget.costs,
+                    guard=budget.guard,
+                )
+                scheduler = assemble(
+                    config,
+                    client,
+                    store=store,
+                    accounting=accounting,
+                    hooks=events,
+                    stop=stop,
+                    taxonomy=taxonomy,
+                    languages=languages,
+                    admission=budget.admission,
+                    profile=profile,
+                    shape=shape,
+                    price=budget.costs.actual,
+                )
+                result = await _run_with_signals(scheduler, stop, config.run.grace_s)
         counts = await writer.run(journal.count_by_status)
         result = judge_finished(result, counts)
         final_meta = {"status": result.status.value}
@@ -250,6 +259,62 @@ async def execute_run(
         )
     events.on_event(RunFinished(result.status.value, result.message, _now()))
     return RunReport(result, setup, config.run_dir, counts, dataset)
+
+
+async def _run_batch_mode(
+    config: Config,
+    client: ChatClient,
+    writer: GroupCommitWriter,
+    batcher: JournalBatcher,
+    store: RunStore,
+    budget: Budget,
+    first_request_id: int,
+    *,
+    base_url: str,
+    api_key: Secret | None,
+    events: Hooks,
+    stop: StopControl,
+    taxonomy: Taxonomy,
+    languages: LanguageTable,
+    profile: ModelProfile,
+    shape: RequestShape,
+) -> RunResult:
+    """The run in batch mode: steps go out as Batch API lines; batches outlive a stop."""
+    counts = await writer.run(journal.count_by_status)
+    unfinished = sum(n for status, n in counts.items() if status in ("pending", "active"))
+    async with open_batch_mode(
+        config.batch,
+        provider=config.provider,
+        base_url=base_url,
+        api_key=api_key,
+        online=client,
+        writer=writer,
+        batcher=batcher,
+        model=config.provider.model,
+        next_request_id=first_request_id,
+        batch_costs=budget.costs,
+        online_costs=budget.online_costs or budget.costs,
+        guard=budget.guard,
+        unfinished=unfinished,
+        hooks=events,
+    ) as mode:
+        events.add(mode.completer)
+        scheduler = assemble(
+            config,
+            mode.completer,
+            store=store,
+            accounting=mode.accounting,
+            hooks=events,
+            stop=stop,
+            taxonomy=taxonomy,
+            languages=languages,
+            admission=budget.admission,
+            profile=profile,
+            shape=shape,
+            price=budget.costs.actual,
+        )
+        # Steps wait in batches that outlive the process: a stop does not wait for them.
+        return await _run_with_signals(scheduler, stop, min(config.run.grace_s, 1.0))
 
 
 async def _prepare(
@@ -314,9 +379,13 @@ def assemble(
     store and accounting (benchmarks pass ones that record nothing). ``shape`` adapts requests
     to a refused parameter; ``price`` splits each reply's cost for the displays."""
     profile = profile or model_profile(config)
+    batch = config.run.mode == "batch"
+    # Batch lines are not paced by the online limits (the Batch API has its own queue), and
+    # their latency is a batch's: a fixed cap, never a concurrency probe.
+    limits = LimitsConfig(max_inflight=config.batch.max_active) if batch else config.limits
     dispatcher = Dispatcher(
         client,
-        RateLimiter(config.limits),
+        RateLimiter(limits),
         policy=config.retry,
         accounting=accounting,
         hooks=hooks,
@@ -335,7 +404,7 @@ def assemble(
         prompter=TaxonomyPrompter(taxonomy, counter, profile.step_tokens),
         validator=QualityValidator(languages),
         generation=config.generation,
-        max_active=config.run.max_active,
+        max_active=config.batch.max_active if batch else config.run.max_active,
         stop=stop,
         admission=admission,
         hooks=hooks,
