@@ -24,6 +24,8 @@ from typing import Final
 
 import duckdb
 
+from state.requestlog import AttemptStatus, status_is
+
 __all__ = [
     "CLOSED",
     "OPEN",
@@ -59,8 +61,8 @@ _TABLES: Final = (
         request_id BIGINT NOT NULL, PRIMARY KEY(sub_id, custom_id))""",
 )
 _TAG_KEY: Final = "batch_run_tag"
-# The request log's status of an attempt whose outcome is not known yet (state/requestlog.py).
-_UNSETTLED: Final = "reserved"
+# Lines whose attempt's outcome the request log does not know yet.
+_UNSETTLED: Final = status_is(AttemptStatus.RESERVED, column="r.status")
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +235,8 @@ def open_lines(conn: Conn, sub_ids: Sequence[int]) -> list[LineRow]:
     rows = conn.execute(
         "SELECT l.sub_id, l.custom_id, l.conv_id, l.step, l.request_id FROM batch_lines l "
         "JOIN requests r USING (request_id) WHERE l.sub_id IN (SELECT unnest(?::BIGINT[])) "
-        "AND r.status = ? ORDER BY l.sub_id, l.request_id",
-        [list(sub_ids), _UNSETTLED],
+        f"AND {_UNSETTLED} ORDER BY l.sub_id, l.request_id",
+        [list(sub_ids)],
     ).fetchall()
     return [LineRow(int(a), str(b), int(c), int(d), int(e)) for a, b, c, d, e in rows]
 
@@ -260,8 +262,7 @@ def batch_summary(conn: Conn) -> BatchSummary | None:
     held = conn.execute(
         "SELECT coalesce(sum(r.reserved_usd), 0) FROM batch_lines l "
         "JOIN batch_submissions s USING (sub_id) JOIN requests r USING (request_id) "
-        "WHERE s.state IN ('planned', 'uploaded', 'created') AND r.status = ?",
-        [_UNSETTLED],
+        f"WHERE s.state IN ('planned', 'uploaded', 'created') AND {_UNSETTLED}"
     ).fetchone()
     oldest = row[3]
     age = None if oldest is None else max(0.0, (_now() - oldest).total_seconds())

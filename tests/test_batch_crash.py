@@ -68,7 +68,7 @@ def m2l(*args: str, cwd: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env[KEY_ENV] = "sk-batch-test"
     return subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", *args],
+        [sys.executable, "-m", "engine.app.cli", *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,

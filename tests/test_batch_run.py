@@ -8,9 +8,9 @@ import duckdb
 import pytest
 
 from budgets.ledger import spend_from_log
+from engine.app.run import execute_run
 from engine.config import load_config
 from engine.events import BatchUpdate, Event
-from engine.run import execute_run
 from engine.scheduler import RunStatus
 from tests.runfixtures import write_config
 

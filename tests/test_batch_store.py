@@ -8,7 +8,7 @@ import duckdb
 import pytest
 
 from state import batchstore as bs
-from state import journal
+from state import requestlog as rl
 from state.schema import open_store
 
 
@@ -19,9 +19,7 @@ def _store(tmp_path: Path) -> duckdb.DuckDBPyConnection:
 
 
 def _reserve(conn: duckdb.DuckDBPyConnection, request_id: int, conv: int, usd: float) -> None:
-    journal.write_reserved(
-        conn, [journal.RequestRow(request_id, conv, 0, 1, 100, 50, usd, "gpt-4o-sim")]
-    )
+    rl.write_reserved(conn, [rl.RequestRow(request_id, conv, 0, 1, 100, 50, usd, "gpt-4o-sim")])
 
 
 def _lines(sub_id: int, convs: range, first_request: int) -> list[bs.LineRow]:
@@ -68,7 +66,7 @@ def test_only_lines_whose_outcome_is_unknown_stay_open(tmp_path: Path) -> None:
         _reserve(conn, 1 + i, i, 0.25)
     bs.submission_planned(1, _lines(1, range(4), 1), size=400)(conn)
     bs.batch_created(1, "batch_1", "in_progress")(conn)
-    journal.write_finished(conn, [journal.FinishedRow(2, "ok", 10, cost_usd=0.01)])
+    rl.write_finished(conn, [rl.FinishedRow(2, rl.AttemptStatus.OK, 10, cost_usd=0.01)])
     assert [line.request_id for line in bs.open_lines(conn, [1])] == [1, 3, 4]
     summary = bs.batch_summary(conn)
     assert summary is not None

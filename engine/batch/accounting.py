@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from engine.batch.completer import BatchCompleter, Route
 from engine.chat import ChatRequest, ChatResult, Usage
 from engine.errors import RequestError
-from state import journal
 from state.batcher import JournalBatcher
-from state.requestlog import CostModel, RequestLog, Ticket
+from state.requestlog import CANCELLED, AttemptStatus, CostModel, FinishedRow, RequestLog, Ticket
 
 __all__ = ["AdoptedTicket", "BatchAccounting", "RoutedCosts"]
 
@@ -80,8 +79,8 @@ class BatchAccounting:
         sent, so they hold no money in later sessions."""
         for request_id in self._completer.abandoned_attempts():
             self._write(
-                journal.FinishedRow(
-                    request_id, status="rejected", cost_usd=0.0, error_class="cancelled"
+                FinishedRow(
+                    request_id, status=AttemptStatus.REJECTED, cost_usd=0.0, error_class=CANCELLED
                 )
             )
 
@@ -104,9 +103,9 @@ class BatchAccounting:
             cost = self._costs.batch.actual(result.usage)
             usage = result.usage
             self._write(
-                journal.FinishedRow(
+                FinishedRow(
                     ticket.request_id,
-                    status="ok",
+                    status=AttemptStatus.OK,
                     prompt_tokens=usage.prompt_tokens,
                     completion_tokens=usage.completion_tokens,
                     cached_tokens=usage.cached_tokens,
@@ -127,10 +126,10 @@ class BatchAccounting:
             if error is None and admitted:
                 return  # stopped while its batch runs: the row stays reserved for a resume
             self._write(
-                journal.FinishedRow(
+                FinishedRow(
                     ticket.request_id,
-                    status="error",
-                    error_class=error.error_class if error is not None else "cancelled",
+                    status=AttemptStatus.ERROR,
+                    error_class=error.error_class if error is not None else CANCELLED,
                     error=str(error)[:500] if error is not None else None,
                 )
             )
@@ -149,7 +148,7 @@ class BatchAccounting:
         self._online_ids.discard(request_id)
         self._completer.settled(request_id)
 
-    def _write(self, row: journal.FinishedRow) -> None:
+    def _write(self, row: FinishedRow) -> None:
         self._batcher.finished(row).add_done_callback(_log_failure)
 
 

@@ -32,8 +32,7 @@ import orjson
 from engine.batch.api import BatchAPI, BatchGone, BatchInfo
 from engine.batch.planner import FileLimits, SubmitPolicy, poll_delay, split_files, tail_active
 from engine.batch.results import LineOutcome, read_result_file
-from engine.chat import ChatRequest, ChatResult
-from engine.conversation import parse_request_key
+from engine.chat import ChatRequest, ChatResult, Delivery
 from engine.errors import (
     FatalRunError,
     OversizeRequest,
@@ -42,6 +41,7 @@ from engine.errors import (
 )
 from engine.events import BatchUpdate, ConversationFinished, EventHook, Hooks
 from state import batchstore as bs
+from state.requestlog import parse_request_key
 
 __all__ = ["BatchCompleter", "BatchJournal", "OnlineClient", "Route"]
 
@@ -60,7 +60,9 @@ class OnlineClient(Protocol):
     """The online client (engine.client.ChatClient): the tail goes through it, and it reads
     batch replies exactly as it reads online ones."""
 
-    async def complete(self, request: ChatRequest) -> ChatResult: ...
+    async def complete(
+        self, request: ChatRequest, *, delivery: Delivery | None = None
+    ) -> ChatResult: ...
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]: ...
 
@@ -105,6 +107,7 @@ class _Waiting:
     request_id: int
     future: asyncio.Future[ChatResult]
     joined: float
+    delivery: Delivery | None = None
 
 
 @dataclass(slots=True)
@@ -246,15 +249,21 @@ class BatchCompleter:
             del self._collected[slot.sub_id]
             self._journal.write_later(bs.submission_closed(slot.sub_id, "collected"))
 
-    async def complete(self, request: ChatRequest) -> ChatResult:
-        """The reply to ``request`` by the way its reservation chose; raises its RequestError."""
+    async def complete(
+        self, request: ChatRequest, *, delivery: Delivery | None = None
+    ) -> ChatResult:
+        """The reply to ``request`` by the way its reservation chose; raises its RequestError.
+
+        ``delivery.written`` stays False while the line waits for a batch: a line dropped
+        before its submission is recorded never left the machine.
+        """
         if self._fatal is not None:
             raise self._fatal
         route = self.routes.get(request.key)
         if route is None:
             raise RuntimeError(f"{request.key}: complete() before its cost was reserved")
         if route.online:
-            return await self._online.complete(request)
+            return await self._online.complete(request, delivery=delivery)
         if route.adopted:
             entry = self._by_request.get(route.request_id)
             if entry is None:
@@ -263,7 +272,9 @@ class BatchCompleter:
         future: asyncio.Future[ChatResult] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieved)
         now = self._clock()
-        self._waiting.append(_Waiting(request, route.request_id, future, now))
+        if delivery is not None:
+            delivery.written = False
+        self._waiting.append(_Waiting(request, route.request_id, future, now, delivery))
         self._newest = now
         self._wake_submit.set()
         try:
@@ -341,6 +352,9 @@ class BatchCompleter:
         await self._journal.write(bs.submission_planned(sub_id, rows, len(data)))
         ids = {item.request_id for item, _, _ in chunk}
         self._sent |= ids
+        for item, _, _ in chunk:
+            if item.delivery is not None:
+                item.delivery.written = True  # on record as maybe sent from here on
         created_unix = int(time.time())
         try:
             file_id = await self._with_retries(
