@@ -183,7 +183,9 @@ class Price:
         at the Batch API's rates), else these less ``discount``, rounded up to whole pico."""
         flex = self.tiers.get("flex")
         if flex is not None:
-            return replace(flex, tiers=_EMPTY_TIERS, origin=f"{self.origin}, Batch API (flex rates)")
+            return replace(
+                flex, tiers=_EMPTY_TIERS, origin=f"{self.origin}, Batch API (flex rates)"
+            )
         keep = Decimal(1) - Decimal(str(discount))
 
         def cut(pico: int) -> int:
