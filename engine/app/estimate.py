@@ -19,6 +19,7 @@ from budgets.prices import from_nano
 from budgets.stepload import KINDS
 from engine.app.modelcheck import check_model
 from engine.app.pilot import run_pilot
+from engine.batch.planner import expected_waves
 from engine.config import Config, environment, load_config
 from engine.formats import duration, usd
 from engine.simulator.sampling import sim_outputs
@@ -134,6 +135,11 @@ def estimate_lines(e: Estimate) -> list[str]:
                 f"cost: {usd(cost)} (every reply at max_tokens: {usd(worst)}; with the Batch "
                 f"API: {usd(cost * (1 - e.batch_discount))})"
             )
+        out.append(
+            f'batch mode: {usd(cost * (1 - e.batch_discount))} with run.mode = "batch" '
+            f"(online {usd(cost)}), in about {batch_waves(e)} waves of batches: one per step of "
+            "the longest conversation, each as long as its batches take (up to 24 h)"
+        )
         out.append(f"price: {e.price.describe()}")
         out.append(f"price table: built-in prices as of {e.prices_as_of}")
         if e.cap_usd is not None:
@@ -146,6 +152,11 @@ def estimate_lines(e: Estimate) -> list[str]:
     )
     out.extend(f"note: {n}" for n in e.notes)
     return out
+
+
+def batch_waves(e: Estimate) -> int:
+    """Rounds of batches a batch-mode run of this plan needs (no regenerations counted)."""
+    return expected_waves([2 * turns for turns, n in e.turns.items() if n])
 
 
 def _cap_line(e: Estimate, cost: float) -> str:
@@ -193,6 +204,7 @@ def estimate_json(e: Estimate) -> dict[str, Any]:
         "cost_usd": e.cost_usd,
         "worst_case_usd": e.worst_usd,
         "batch_cost_usd": None if e.cost_usd is None else e.cost_usd * (1 - e.batch_discount),
+        "batch_waves": batch_waves(e),
         "cap_usd": e.cap_usd,
         "assumed_completion_tokens": {k: getattr(e.outputs, k) for k in KINDS},
         "assumption": e.outputs.basis,

@@ -124,6 +124,8 @@ def _panel(s: ProgressSnapshot, width: int, max_languages: int) -> list[Parts]:
     lines += _limits_and_budget(s, inner)
     lines.append(_Line())
     lines += _errors(s, inner)
+    if s.batches_open is not None:
+        lines += _batches(s, inner)
     if s.languages:
         lines.append(_Line())
         lines += _languages(s.languages, inner, max_languages)
@@ -288,6 +290,20 @@ def _limits_and_budget(s: ProgressSnapshot, inner: int) -> list[_Line]:
             row.width += budget[i].width
         rows.append(row)
     return rows
+
+
+def _batches(s: ProgressSnapshot, inner: int) -> list[_Line]:
+    """Batch mode: open batches by status, their lines answered, the oldest, money held."""
+    pieces = [(f"{s.batches_open} open", "")]
+    pieces += _items(s.batches_by_status, exact=True)[: 4 if s.batches_by_status else 0]
+    pieces.append((f"{count(s.batch_requests_done)}/{count(s.batch_requests_total)} lines", ""))
+    if s.batch_waiting:
+        pieces.append((f"{count(s.batch_waiting)} waiting", _LABEL))
+    if s.batch_oldest_age_s is not None:
+        pieces.append((f"oldest {duration(s.batch_oldest_age_s)}", ""))
+    if s.batch_held_usd is not None:
+        pieces.append((f"{usd(s.batch_held_usd)} held", ""))
+    return _wrapped("batches", pieces, inner)
 
 
 def _errors(s: ProgressSnapshot, inner: int) -> list[_Line]:

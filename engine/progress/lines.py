@@ -91,6 +91,15 @@ def progress_line(s: ProgressSnapshot, *, wall: float | None = None) -> str:
             else f"{slowest.language}:{_of(slowest.finished, slowest.total)}",
         ),
     ]
+    if s.batches_open is not None:
+        fields += [
+            ("batches_open", str(s.batches_open)),
+            ("batches", ",".join(f"{name}:{n}" for name, n in s.batches_by_status) or "-"),
+            ("batch_requests", f"{s.batch_requests_done}/{s.batch_requests_total}"),
+            ("batch_waiting", str(s.batch_waiting)),
+            ("oldest_batch", duration(s.batch_oldest_age_s)),
+            ("batch_held_usd", _num(s.batch_held_usd, 2)),
+        ]
     if s.paused_s > 0:
         fields.append(("paused_s", _num(s.paused_s)))
     if s.last_error is not None:

@@ -11,6 +11,7 @@ from typing import Any
 
 from engine.clock import Clock
 from engine.events import (
+    BatchUpdate,
     BudgetUpdate,
     ConversationFinished,
     ConversationStarted,
@@ -138,6 +139,7 @@ class ProgressModel:
         # money: the ledger's figures when it reports, else the replies' costs
         self._cost = 0.0
         self._budget: BudgetUpdate | None = None
+        self._batches: BatchUpdate | None = None
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
             RunStarted: self._run_started,
             RequestSent: self._request_sent,
@@ -149,6 +151,7 @@ class ProgressModel:
             StepDone: self._step_done,
             ConversationFinished: self._conversation_finished,
             BudgetUpdate: self._budget_update,
+            BatchUpdate: self._batch_update,
             RunFinished: self._run_finished,
         }
 
@@ -319,6 +322,9 @@ class ProgressModel:
         self._budget = e
         self._cap = e.cap_usd
 
+    def _batch_update(self, e: BatchUpdate) -> None:
+        self._batches = e
+
     def _run_finished(self, e: RunFinished) -> None:
         self._state = e.status
         self._message = e.message
@@ -353,6 +359,7 @@ class ProgressModel:
             errors[name] = errors.get(name, 0) + n
         last_class, last_message, last_age = _last_error(self._last_error, now, base)
         spent, reserved, projected = self._money(finished)
+        batches = self._batches
         return ProgressSnapshot(
             run=self._run,
             state=self._state,
@@ -404,6 +411,16 @@ class ProgressModel:
             cap_usd=self._cap,
             projected_usd=projected,
             languages=self._language_rows(now, since),
+            batches_open=None if batches is None else batches.open_batches,
+            batches_by_status=() if batches is None else pairs(dict(batches.by_status)),
+            batch_requests_done=0 if batches is None else batches.requests_done,
+            batch_requests_total=0 if batches is None else batches.requests_total,
+            batch_oldest_age_s=None
+            if batches is None or batches.oldest_age_s is None
+            else batches.oldest_age_s + (now - batches.t),
+            # In batch mode what is reserved is held by lines in batches (or about to be).
+            batch_held_usd=None if batches is None else reserved,
+            batch_waiting=0 if batches is None else batches.waiting,
         )
 
     def _money(self, finished: int) -> tuple[float, float, float | None]:

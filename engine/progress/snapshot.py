@@ -23,6 +23,7 @@ _PAIR_FIELDS = frozenset(
         "steps_by_kind",
         "in_flight_by_kind",
         "errors_by_class",
+        "batches_by_status",
     }
 )
 
@@ -153,6 +154,14 @@ class ProgressSnapshot:
     cap_usd: float | None = None
     projected_usd: float | None = None
     languages: tuple[LanguageProgress, ...] = ()  # slowest first
+    # batch mode (run.mode = "batch"); batches_open None: the run uses no batches
+    batches_open: int | None = None
+    batches_by_status: Pairs = ()  # open batches by the provider's status
+    batch_requests_done: int = 0  # lines of open batches answered so far
+    batch_requests_total: int = 0
+    batch_oldest_age_s: float | None = None
+    batch_held_usd: float | None = None  # worst cases held by lines whose outcome is unknown
+    batch_waiting: int = 0  # steps ready, waiting for their batch to go out
 
     @property
     def finished(self) -> int:

@@ -15,6 +15,7 @@ import duckdb
 
 from engine.errors import StateError
 from engine.progress.snapshot import LanguageProgress, ProgressSnapshot, pairs, slowest_first
+from state.batchstore import batch_summary
 from state.requestlog import attempt_summary, model_figures
 from state.schema import STATE_FILE, has_added_columns, open_read_only
 
@@ -75,6 +76,7 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
         utils.append((log.charged_tokens / minutes / tpm_limit, "tpm"))
     binding = max(utils) if utils else None
     cap = _number(_dig(config, "budget", "usd"))
+    batches = batch_summary(con)
     return ProgressSnapshot(
         run=run,
         state=meta.get("status", "unknown"),
@@ -115,6 +117,12 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
         cache_saved_usd=model.cache_saved_usd,
         cap_usd=cap,
         languages=languages,
+        batches_open=None if batches is None else batches.open_batches,
+        batches_by_status=() if batches is None else pairs(batches.by_status),
+        batch_requests_done=0 if batches is None else batches.requests_done,
+        batch_requests_total=0 if batches is None else batches.requests_total,
+        batch_oldest_age_s=None if batches is None else batches.oldest_open_age_s,
+        batch_held_usd=None if batches is None else batches.held_usd,
     )
 
 

@@ -115,6 +115,17 @@ def summary_rows(s: ProgressSnapshot) -> list[Row]:
     if s.reserved_usd > 0:
         cost = " · ".join(part for part in (cost, f"{usd(s.reserved_usd)} still reserved") if part)
     rows.append(("cost", usd(s.spent_usd), cost))
+    if s.batches_open is not None:
+        held = f" · {usd(s.batch_held_usd)} held" if s.batch_held_usd else ""
+        states = ", ".join(f"{n} {name}" for name, n in s.batches_by_status)
+        rows.append(
+            (
+                "batches",
+                f"{s.batches_open} open",
+                f"{states + ' · ' if states else ''}{count(s.batch_requests_done)}/"
+                f"{count(s.batch_requests_total)} lines answered{held}",
+            )
+        )
     rows.append(("wall time", duration(s.elapsed_s), ""))
     if s.binding_limit is None or s.mean_utilisation is None:
         rows.append(("utilisation", "-", "no rpm or tpm limit known"))
