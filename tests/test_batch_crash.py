@@ -100,8 +100,8 @@ def dataset(run_dir: Path) -> list[tuple[object, ...]]:
 
 
 def test_sigkill_with_batches_in_flight_pays_no_step_twice(tmp_path: Path, sim_url: str) -> None:
-    """Killed with batches open and resumed, a batch run pays each step once and makes the
-    dataset an unbroken online run makes."""
+    """Killed with batches open, its batches cancelled, and resumed, a batch run pays each step
+    once and makes the dataset an unbroken online run makes."""
     (tmp_path / "online").mkdir()
     write_config(tmp_path / "online", evols_per_seed=2)
     code, output = finish(m2l("run", "m2l.toml", "--quiet", cwd=tmp_path / "online"))
@@ -121,8 +121,8 @@ def test_sigkill_with_batches_in_flight_pays_no_step_twice(tmp_path: Path, sim_u
     )
     path.write_text(text)
     rng = random.Random(20261203)
-    kills = in_flight = 0
-    for _ in range(3):
+    kills = in_flight = last_open = 0
+    for round_ in range(3):
         created = sum(batch_counts(sim_url).values())
         proc = m2l("run", "m2l.toml", "--quiet", cwd=folder)
         # Kill once this process has created a batch (the provider says so), at a random
@@ -131,13 +131,22 @@ def test_sigkill_with_batches_in_flight_pays_no_step_twice(tmp_path: Path, sim_u
         while sum(batch_counts(sim_url).values()) <= created and proc.poll() is None:
             assert time.monotonic() < deadline, "no batch was created in 60 s"
             time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 1.0))
+        # The last kill comes as soon as the batch exists, so it is surely still open.
+        time.sleep(rng.uniform(0.0, 1.0) if round_ < 2 else 0.0)
         if proc.poll() is not None:
             break
         proc.send_signal(signal.SIGKILL)
         proc.communicate()
         kills += 1
-        in_flight += open_batches(folder / "runs" / "t")
+        last_open = open_batches(folder / "runs" / "t")
+        in_flight += last_open
+    # `--cancel-batches` cancels what the last kill left open; the resume keeps what they
+    # finished and sends the rest again.
+    code, output = finish(m2l("run", "m2l.toml", "--cancel-batches", cwd=folder))
+    assert code == 0, output
+    cancelled = [line.split(": ") for line in output.splitlines() if line.startswith("batch_")]
+    assert last_open > 0 and 0 < len(cancelled) <= last_open
+    assert all(status in ("cancelling", "cancelled", "completed") for _, status in cancelled)
     code, output = finish(m2l("run", "m2l.toml", "--quiet", cwd=folder))
     assert code == 0, output
     assert kills >= 2, "the run finished before it could be killed twice; slow the simulator"

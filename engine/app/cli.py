@@ -47,6 +47,12 @@ def _add_run_parser(sub: SubParsers) -> None:
         action="store_true",
         help="on resume, accept safe config changes (limits, concurrency, budget, retries)",
     )
+    p.add_argument(
+        "--cancel-batches",
+        action="store_true",
+        help='run.mode = "batch": cancel the run\'s batches open on the provider and exit; '
+        "what they finished is kept, and the next `m2l run` sends the rest again",
+    )
     add_progress_options(p)
     p.set_defaults(func=_cmd_run)
 

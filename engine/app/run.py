@@ -24,7 +24,7 @@ import orjson
 
 from budgets.admission import Budget, load_budget, run_price
 from engine.app.modelcheck import check_model
-from engine.batch.mode import open_batch_mode
+from engine.batch.mode import cancel_open_batches, make_api, open_batch_mode
 from engine.chat import Usage
 from engine.client import ChatClient
 from engine.config import Config, LimitsConfig, Secret, config_diff
@@ -160,6 +160,23 @@ async def _endpoint(
             yield sim.base_url, None
     else:
         yield config.provider.base_url, config.api_key(env)
+
+
+async def cancel_batches(config: Config, *, env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Cancel the run's batches still open on the provider: ``(batch id, status)`` each.
+
+    Nothing else changes: the next ``m2l run`` collects what they finished and sends the rest
+    again. Raises StateError when there is no run, a RequestError when the provider refuses.
+    """
+    if config.uses_simulator(env):
+        # The embedded simulator's batches ended with the process that served them.
+        return []
+    async with GroupCommitWriter(config.run_dir / STATE_FILE, create=False) as writer:
+        api = make_api(config.provider, config.provider.base_url, config.api_key(env))
+        try:
+            return await cancel_open_batches(api, writer)
+        finally:
+            await api.aclose()
 
 
 async def execute_run(

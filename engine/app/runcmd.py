@@ -7,7 +7,7 @@ import asyncio
 import shlex
 import sys
 
-from engine.app.run import RunOptions, RunReport, execute_run, exit_code
+from engine.app.run import RunOptions, RunReport, cancel_batches, execute_run, exit_code
 from engine.app.status import progress_options
 from engine.clock import MonotonicClock
 from engine.config import Config, environment, load_config
@@ -21,6 +21,8 @@ __all__ = ["run_from_cli"]
 def run_from_cli(args: argparse.Namespace) -> int:
     """Load the config, run it with progress, and return the process exit code."""
     config = load_config(args.config)
+    if getattr(args, "cancel_batches", False):
+        return _cancel_batches(config, args)
     mode, interval = progress_options(args)
     report = asyncio.run(_run(config, mode=mode, interval=interval, force=bool(args.force)))
     status = report.result.status
@@ -40,6 +42,23 @@ def run_from_cli(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return exit_code(status)
+
+
+def _cancel_batches(config: Config, args: argparse.Namespace) -> int:
+    """`m2l run CONFIG --cancel-batches`: cancel the run's open batches, generate nothing."""
+    cancelled = asyncio.run(cancel_batches(config, env=environment()))
+    command = f"m2l run {shlex.quote(str(args.config))}"
+    if not cancelled:
+        print(f"m2l: run {config.run.name!r} has no batch open on the provider", file=sys.stderr)
+        return 0
+    for batch_id, status in cancelled:
+        print(f"{batch_id}: {status}")
+    print(
+        f"m2l: {len(cancelled)} batches cancelled; what they finished is kept: resume with "
+        f"{command}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 async def _run(config: Config, *, mode: str, interval: float | None, force: bool) -> RunReport:
