@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -11,6 +12,7 @@ import openai
 import orjson
 import pytest
 
+from engine.app.sim import add_sim_parser, settings_from_args
 from engine.clock import FakeClock
 from engine.errors import ConfigError
 from engine.simulator import SimSettings, Simulator, run_simulator
@@ -272,3 +274,16 @@ def test_batch_settings_are_checked() -> None:
         SimSettings(batch_line_failure_rate=1.5)
     with pytest.raises(ConfigError, match="batch_delay_s"):
         SimSettings(batch_delay_s=-1)
+
+
+def test_sim_command_sets_the_batch_behaviour() -> None:
+    """`m2l sim --batch-delay/--batch-expire/--batch-line-failure-rate` reach SimSettings."""
+    parser = argparse.ArgumentParser(prog="m2l")
+    add_sim_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["sim", "--batch-delay", "0.5", "--batch-expire", "3", "--batch-line-failure-rate", "0.1"]
+    )
+    settings = settings_from_args(args, {})
+    assert (settings.batch_delay_s, settings.batch_expire_s) == (0.5, 3.0)
+    assert settings.batch_line_failure_rate == 0.1
+    assert settings_from_args(parser.parse_args(["sim"]), {}).batch_expire_s is None

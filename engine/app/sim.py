@@ -121,6 +121,26 @@ def add_sim_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
         help="answer 400 unsupported_parameter to requests carrying NAME (repeatable)",
     )
     p.add_argument(
+        "--batch-delay",
+        type=float,
+        default=d.batch_delay_s,
+        metavar="SECONDS",
+        help=f"Batch API: seconds from create to completed (default {d.batch_delay_s:g})",
+    )
+    p.add_argument(
+        "--batch-expire",
+        type=float,
+        metavar="SECONDS",
+        help="Batch API: a batch still running this long after its creation expires",
+    )
+    p.add_argument(
+        "--batch-line-failure-rate",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="Batch API: share of lines answered 500 in the error file",
+    )
+    p.add_argument(
         "--unknown-models-404",
         action="store_true",
         help="answer 404 model_not_found for models not listed",
@@ -184,6 +204,9 @@ def settings_from_args(args: argparse.Namespace, env: dict[str, str]) -> SimSett
         flex_slowdown=args.flex_slowdown,
         cache_min_tokens=args.cache_min_tokens,
         refuse_params=tuple(args.refuse_param),
+        batch_delay_s=args.batch_delay,
+        batch_expire_s=args.batch_expire,
+        batch_line_failure_rate=args.batch_line_failure_rate,
     )
 
 

@@ -319,13 +319,11 @@ class BatchCompleter:
             if item.future.done():
                 continue
             custom_id = f"{item.request.key}:{item.request_id}"
+            body = self._online.request_body(item.request)
+            # The Batch API has its own price; a service tier means nothing in a batch.
+            body.pop("service_tier", None)
             line = orjson.dumps(
-                {
-                    "custom_id": custom_id,
-                    "method": "POST",
-                    "url": endpoint,
-                    "body": self._online.request_body(item.request),
-                }
+                {"custom_id": custom_id, "method": "POST", "url": endpoint, "body": body}
             )
             if len(line) + 1 > self._limits.max_bytes:
                 item.future.set_exception(
