@@ -198,9 +198,9 @@ class BatchCompleter:
         ]
         self._emit()
 
-    async def close(self, *, finished: bool) -> None:
-        """Stop the loops; batches stay on the provider. ``finished``: the run is complete, so
-        lines nobody claimed are settled (they were paid) rather than kept for a resume."""
+    async def close(self) -> None:
+        """Stop the loops; batches stay on the provider, and lines nobody claimed stay reserved
+        in the request log for the next session to claim."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -482,7 +482,8 @@ class BatchCompleter:
             for file_id in (info.error_file_id, info.output_file_id):
                 if file_id:
                     raw = await self._with_retries(functools.partial(self._api.content, file_id))
-                    outcomes.update(read_result_file(raw))
+                    # An output file may hold 50,000 lines: parse it off the event loop.
+                    outcomes.update(await asyncio.to_thread(read_result_file, raw))
         except RequestError as exc:
             log.warning("results of batch %s could not be read yet: %s", entry.batch_id, exc)
             entry.next_poll = self._clock() + self._poll_max

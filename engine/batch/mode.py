@@ -114,7 +114,7 @@ async def open_batch_mode(
         accounting.release_abandoned()
         yield BatchMode(completer, accounting)
     finally:
-        await completer.close(finished=False)
+        await completer.close()
         if owned is not None:
             await owned.aclose()
 
