@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -11,7 +12,8 @@ from budgets.ledger import spend_from_log
 from engine.app.run import execute_run
 from engine.config import load_config
 from engine.events import BatchUpdate, Event
-from engine.scheduler import RunStatus
+from engine.scheduler import RunStatus, StopControl
+from engine.simulator import run_simulator
 from tests.runfixtures import write_config
 
 pytestmark = pytest.mark.anyio
@@ -126,3 +128,47 @@ async def test_a_batch_that_would_pass_the_cap_is_cut_to_what_fits(tmp_path: Pat
         assert 0 < spend_from_log(conn).usd <= 0.0004  # outcomes unknown count at worst case
     lines = rows(config.run_dir, "SELECT count(*) FROM batch_lines")[0][0]
     assert isinstance(lines, int) and lines > 0
+
+
+class StopWhenBatched:
+    """Requests a stop once a batch is open, as Ctrl-C would."""
+
+    def __init__(self, stop: StopControl) -> None:
+        self.stop = stop
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, BatchUpdate) and event.open_batches and not self.stop.requested:
+            self.stop.request("stopped by SIGINT")
+
+
+async def test_a_stop_leaves_batches_running_and_a_resume_collects_them(tmp_path: Path) -> None:
+    """Ctrl-C ends the run at once without cancelling its batches; the next run claims them."""
+    online = load_config(online_config(tmp_path / "online"))
+    await execute_run(online, env={})
+    settings = replace(load_config(batch_config(tmp_path / "batch")).sim, batch_delay_s=3.0)
+    async with run_simulator(settings) as sim:
+        path = batch_config(tmp_path / "batch")
+        path.write_text(
+            path.read_text().replace(
+                'kind = "sim"', f'kind = "openai"\nbase_url = "{sim.base_url}"\napi_key_env = "K"'
+            )
+        )
+        config = load_config(path)
+        stop = StopControl()
+        report = await execute_run(
+            config, env={"K": "sk-t"}, hooks=StopWhenBatched(stop), stop=stop
+        )
+        assert report.result.status is RunStatus.INTERRUPTED
+        assert set(sim.batches.counts()) <= {"validating", "in_progress", "finalizing", "completed"}
+        assert sim.batches.counts().get("cancelling", 0) == 0
+        left_open = rows(
+            config.run_dir, "SELECT count(*) FROM batch_submissions WHERE state = 'created'"
+        )
+        assert left_open[0][0] > 0
+        report = await execute_run(config, env={"K": "sk-t"})
+        assert report.result.status is RunStatus.FINISHED
+        assert dataset(config.run_dir) == dataset(online.run_dir)
+        assert (
+            sim.batches.lines_answered
+            == rows(config.run_dir, "SELECT count(*) FROM requests WHERE status = 'ok'")[0][0]
+        )
