@@ -24,6 +24,7 @@ import orjson
 
 from engine.errors import ConfigError, StateError
 from prompts.languages import LanguageTable
+from prompts.sources import SourceTasks, load_source_tasks
 from prompts.taxonomy import Taxonomy
 from state.schema import connect_memory
 
@@ -34,6 +35,7 @@ __all__ = [
     "ColumnMapping",
     "IngestReport",
     "PoolSource",
+    "TaskOrigin",
     "detect_format",
     "file_columns",
     "ingest_seeds",
@@ -114,10 +116,20 @@ MAPPINGS: Mapping[str, ColumnMapping] = MappingProxyType(
             language_code="language_code",
             task="task_type",
         ),
+        # The Aya Collection: `language` holds ISO 639-3 codes; `dataset_name` says which source
+        # dataset a row came from, and so its task (prompts/data/source_tasks.toml).
         "aya-collection": ColumnMapping(
             instruction="inputs",
             target="targets",
             language="language",
+            task="task_type",
+            source="dataset_name",
+        ),
+        # Its language-split release names the code column `language_code`.
+        "aya-collection-split": ColumnMapping(
+            instruction="inputs",
+            target="targets",
+            language_code="language_code",
             task="task_type",
             source="dataset_name",
         ),
@@ -129,6 +141,22 @@ MAPPINGS: Mapping[str, ColumnMapping] = MappingProxyType(
         ),
     }
 )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOrigin:
+    """How many kept rows got ``task``, and from where: their source dataset, task_type or default.
+
+    ``before`` is the task their task_type alone gives (None when it names no known task), so a
+    row whose source dataset says more than its task_type shows the change.
+    """
+
+    source: str | None
+    raw_task: str | None
+    before: str | None
+    task: str
+    via: str  # "source", "task_type" or "default"
+    rows: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +173,18 @@ class IngestReport:
     empty_instruction: int
     unknown_language: int
     unknown_language_top: tuple[tuple[str, int], ...]
-    unknown_task: int  # ingested with task "general" because the task value was not known
+    unknown_task: int  # ingested with the default task because the task value was not known
     unknown_task_top: tuple[tuple[str, int], ...]
+    default_task: str = GENERAL_TASK
+    # Kept rows whose source dataset name the source → task table does not list.
+    unknown_source: int = 0
+    unknown_source_top: tuple[tuple[str, int], ...] = ()
+    origins: tuple[TaskOrigin, ...] = ()
+    source_tasks: Path | None = None  # the table used, when the file has a source column
+
+    def changed_by_source(self) -> int:
+        """Kept rows whose task comes from their source dataset and differs from task_type's."""
+        return sum(o.rows for o in self.origins if o.via == "source" and o.before != o.task)
 
     def lines(self) -> list[str]:
         """The report as short human-readable lines."""
@@ -160,8 +198,20 @@ class IngestReport:
             out.append("unknown languages: " + _top_text(self.unknown_language_top))
         if self.unknown_task:
             out.append(
-                f"unknown tasks (ingested as {GENERAL_TASK!r}): {self.unknown_task} rows: "
+                f"unknown tasks (ingested as {self.default_task!r}): {self.unknown_task} rows: "
                 + _top_text(self.unknown_task_top)
+            )
+        if self.source_tasks is not None:
+            by_source = sum(o.rows for o in self.origins if o.via == "source")
+            out.append(
+                f"task from the source dataset for {by_source} rows ({self.changed_by_source()} "
+                f"differ from task_type), table {self.source_tasks}"
+            )
+        if self.unknown_source:
+            out.append(
+                f"source datasets not in the table (task from task_type, else "
+                f"{self.default_task!r}): {self.unknown_source} rows: "
+                + _top_text(self.unknown_source_top)
             )
         return out
 
@@ -461,11 +511,15 @@ def ingest_seeds(
     table: str = "seed_pool",
     temporary: bool = True,
     keep_text: bool = True,
+    source_tasks: SourceTasks | None = None,
+    default_task: str = GENERAL_TASK,
 ) -> IngestReport:
     """Read a seed file into `table` (replaced if it exists): resolved, normalised, deduplicated.
 
     Rows with no instruction or an unknown language are left out and counted; duplicates keep
-    their first row; an unknown task becomes "general" and is counted. keep_text=False leaves
+    their first row. A row's task comes from its source dataset when source_tasks (the built-in
+    table by default) lists it, else from its task value, else it is default_task; unknown task
+    values and source names are counted. keep_text=False leaves
     instruction, target and source out of the pool and records the file in `<table>_source`
     instead: select_seeds then reads the text of the chosen rows only, so memory no longer
     grows with the file's text. Raises ConfigError for the file, its format, the mapping or a
@@ -475,10 +529,13 @@ def ingest_seeds(
         raise StateError(f"pool table name {table!r} is not a plain SQL identifier; use [A-Za-z_]")
     if table.lower() in _RUN_TABLES:
         raise StateError(f"pool table name {table!r} is one of the run's own tables; pick another")
-    general = taxonomy.task(GENERAL_TASK).id
+    general = taxonomy.task(default_task).id
     fmt = detect_format(path)
     columns = file_columns(conn, path, fmt)
     mapping_name, chosen = resolve_mapping(mapping, columns, path)
+    table_of_sources = None
+    if chosen.source is not None:
+        table_of_sources = source_tasks or load_source_tasks(taxonomy)
     # The first scan keeps only keys and labels (tens of bytes a row); with keep_text a second
     # scan copies the kept rows' text straight into the pool, so the text is held once, never
     # as a staging copy plus a pool copy.
@@ -487,7 +544,7 @@ def ingest_seeds(
         _scan_keys(conn, path, fmt, chosen)
         _fix_special(conn)
         _map_languages(conn, languages)
-        _map_tasks(conn, taxonomy)
+        _map_tasks(conn, taxonomy, table_of_sources, general)
         counts = _count(conn)
         _keep_firsts(conn)
         kind = "TEMP TABLE" if temporary else "TABLE"
@@ -509,8 +566,19 @@ def ingest_seeds(
         ingested = _scalar(conn, f"SELECT count(*) FROM {_quote(table)}")
         unknown_tasks = conn.execute(
             "SELECT raw_task, count(*) AS n FROM _m2l_keep WHERE raw_task IS NOT NULL "
-            "AND task IS NULL GROUP BY ALL ORDER BY n DESC, raw_task"
+            "AND before IS NULL AND via <> 'source' GROUP BY ALL ORDER BY n DESC, raw_task"
         ).fetchall()
+        unknown_sources = conn.execute(
+            "SELECT raw_source, count(*) AS n FROM _m2l_keep WHERE raw_source IS NOT NULL "
+            "AND NOT source_known GROUP BY ALL ORDER BY n DESC, raw_source"
+        ).fetchall()
+        origins = tuple(
+            TaskOrigin(src, raw, before, str(task), str(via), int(n))
+            for src, raw, before, task, via, n in conn.execute(
+                "SELECT raw_source, raw_task, before, task, via, count(*) AS n FROM _m2l_keep "
+                "GROUP BY ALL ORDER BY n DESC, raw_source NULLS FIRST, raw_task NULLS FIRST"
+            ).fetchall()
+        )
     finally:
         for temp in ("_m2l_raw", "_m2l_fix", "_m2l_langmap", "_m2l_taskmap", "_m2l_keep"):
             conn.execute(f"DROP TABLE IF EXISTS temp.{temp}")
@@ -528,6 +596,11 @@ def ingest_seeds(
         unknown_language_top=top_languages,
         unknown_task=sum(int(n) for _, n in unknown_tasks),
         unknown_task_top=tuple((str(v), int(n)) for v, n in unknown_tasks[:_TOP_UNKNOWN]),
+        default_task=general,
+        unknown_source=sum(int(n) for _, n in unknown_sources),
+        unknown_source_top=tuple((str(v), int(n)) for v, n in unknown_sources[:_TOP_UNKNOWN]),
+        origins=origins,
+        source_tasks=table_of_sources.path if table_of_sources is not None else None,
     )
 
 
@@ -548,7 +621,13 @@ def _scan_keys(
     special_text for _fix_special; every other row's key is computed here.
     """
     special, space = _sql_classes()
-    wanted = [mapping.instruction, mapping.language, mapping.language_code, mapping.task]
+    wanted = [
+        mapping.instruction,
+        mapping.language,
+        mapping.language_code,
+        mapping.task,
+        mapping.source,
+    ]
     used = list(dict.fromkeys(c for c in wanted if c is not None))
     norm = f"trim(regexp_replace(lower(nfc), '{space}', ' ', 'g'))"
     sql = f"""
@@ -558,11 +637,12 @@ def _scan_keys(
                 nfc_normalize({_text(mapping.instruction)}) AS nfc,
                 {_trimmed(mapping.language)} AS raw_language,
                 {_trimmed(mapping.language_code)} AS raw_code,
-                {_trimmed(mapping.task)} AS raw_task
+                {_trimmed(mapping.task)} AS raw_task,
+                {_trimmed(mapping.source)} AS raw_source
             FROM {_reader(fmt, used)} WITH ORDINALITY),
         k AS (SELECT * EXCLUDE (nfc), coalesce(regexp_matches(nfc, '{special}'), false) AS special,
                      {norm} AS norm, nfc FROM src)
-        SELECT source_row, raw_language, raw_code, raw_task, special,
+        SELECT source_row, raw_language, raw_code, raw_task, raw_source, special,
             CASE WHEN special THEN nfc END AS special_text,
             CASE WHEN special OR norm IS NULL OR norm = '' THEN NULL ELSE md5(norm) END AS norm_key
         FROM k"""
@@ -619,19 +699,43 @@ def _map_languages(conn: duckdb.DuckDBPyConnection, languages: LanguageTable) ->
     )
 
 
-def _map_tasks(conn: duckdb.DuckDBPyConnection, taxonomy: Taxonomy) -> None:
-    """Resolve each distinct task value once through the taxonomy's ids and aliases."""
-    raw = [row[0] for row in conn.execute("SELECT DISTINCT raw_task FROM _m2l_raw").fetchall()]
-    resolved: list[str | None] = []
-    for value in raw:
-        try:
-            resolved.append(taxonomy.task(value).id if value is not None else None)
-        except ConfigError:
-            resolved.append(None)  # unknown: ingested as general and counted
+def _map_tasks(
+    conn: duckdb.DuckDBPyConnection,
+    taxonomy: Taxonomy,
+    sources: SourceTasks | None,
+    default: str,
+) -> None:
+    """Resolve each distinct (task value, source name) pair once.
+
+    The source dataset wins when the table lists it (it says more than a coarse task_type);
+    otherwise the task value through the taxonomy's ids and aliases; otherwise the default.
+    """
+    pairs = conn.execute("SELECT DISTINCT raw_task, raw_source FROM _m2l_raw").fetchall()
+    cols: list[list[object]] = [[], [], [], [], [], []]
+    for raw_task, raw_source in pairs:
+        before: str | None = None
+        if raw_task is not None:
+            try:
+                before = taxonomy.task(raw_task).id
+            except ConfigError:
+                before = None  # unknown: counted, and the default task unless the source says
+        by_source = sources.task_for(raw_source) if sources and raw_source is not None else None
+        if by_source is not None:
+            task, via = by_source, "source"
+        elif before is not None:
+            task, via = before, "task_type"
+        else:
+            task, via = default, "default"
+        for col, value in zip(
+            cols, (raw_task, raw_source, before, task, via, by_source is not None), strict=True
+        ):
+            col.append(value)
     conn.execute(
         "CREATE OR REPLACE TEMP TABLE _m2l_taskmap AS "
-        "SELECT unnest(?::VARCHAR[]) AS raw_task, unnest(?::VARCHAR[]) AS task",
-        [raw, resolved],
+        "SELECT unnest(?::VARCHAR[]) AS raw_task, unnest(?::VARCHAR[]) AS raw_source, "
+        "unnest(?::VARCHAR[]) AS before, unnest(?::VARCHAR[]) AS task, "
+        "unnest(?::VARCHAR[]) AS via, unnest(?::BOOLEAN[]) AS source_known",
+        cols,
     )
 
 
@@ -675,10 +779,11 @@ def _keep_firsts(conn: duckdb.DuckDBPyConnection) -> None:
     conn.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE _m2l_keep AS
-        SELECT r.source_row, m.language, m.language_code, m.tier, r.raw_task, t.task,
-               {_KEY} AS norm_key
+        SELECT r.source_row, m.language, m.language_code, m.tier, r.raw_task, r.raw_source,
+               t.before, t.task, t.via, t.source_known, {_KEY} AS norm_key
         {_JOINED}
-        LEFT JOIN _m2l_taskmap t ON t.raw_task IS NOT DISTINCT FROM r.raw_task
+        JOIN _m2l_taskmap t ON t.raw_task IS NOT DISTINCT FROM r.raw_task
+                           AND t.raw_source IS NOT DISTINCT FROM r.raw_source
         WHERE {_KEY} IS NOT NULL AND m.language IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY {_KEY} ORDER BY r.source_row) = 1"""
     )

@@ -266,7 +266,7 @@ def test_auto_mapping_prefers_the_preset_naming_most_columns(
     assert pool(conn, "source, task") == [("xP3", "open_qa")]
     sample = write_jsonl(tmp_path / "m.jsonl", [row("a", task_type="qa")])
     assert ingest(conn, sample, languages, taxonomy).mapping_name == "m2l"
-    assert set(MAPPINGS) == {"aya-dataset", "aya-collection", "m2l"}
+    assert set(MAPPINGS) == {"aya-dataset", "aya-collection", "aya-collection-split", "m2l"}
 
 
 def test_keep_text_false_holds_keys_and_records_the_file(
