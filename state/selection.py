@@ -27,18 +27,25 @@ from state.seeds import pool_source
 
 __all__ = [
     "DEFAULT_TIER_WEIGHTS",
+    "SHORTFALL_MODES",
     "ConversationPlan",
+    "LanguageTake",
+    "QuotaPlan",
     "SelectionReport",
     "SelectionSpec",
     "Shortfall",
     "apportion",
     "compute_quotas",
     "plan_conversations",
+    "plan_quotas",
     "select_seeds",
     "write_plans",
 ]
 
 TIERS = ("high", "mid", "low")
+# What a language short of seeds does with the rest of its quota: give it to the languages that
+# have seeds (by their weights), or leave the run that much smaller.
+SHORTFALL_MODES = ("redistribute", "skip")
 DEFAULT_TIER_WEIGHTS: Mapping[str, float] = MappingProxyType({t: 1.0 for t in TIERS})
 
 _WRITE_CHUNK = 10_000
@@ -66,7 +73,9 @@ class SelectionSpec:
 
     total splits that many seeds over languages by weight; per_language is the quota of a
     language of weight 1 (capped by total when both are given); with neither, every seed of a
-    weighted language and task is taken. turn_weights[i] weighs conversations of i + 1 turns,
+    weighted language and task is taken. With total alone and shortfall "redistribute", a
+    language short of seeds gives the rest of its share to the languages that have them.
+    turn_weights[i] weighs conversations of i + 1 turns,
     up to max_turns. Raises ConfigError when a value is out of range.
     """
 
@@ -80,8 +89,14 @@ class SelectionSpec:
     max_turns: int = 6
     multiturn: Mapping[str, float] | Literal["uniform"] = "uniform"
     seed: int = 0
+    shortfall: Literal["redistribute", "skip"] = "redistribute"
 
     def __post_init__(self) -> None:
+        if self.shortfall not in SHORTFALL_MODES:
+            raise ConfigError(
+                f"selection shortfall = {self.shortfall!r}: use 'redistribute' (a language "
+                "short of seeds gives its share to the others) or 'skip'"
+            )
         for name in ("total", "per_language", "evols_per_seed", "max_turns"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -149,6 +164,33 @@ class Shortfall:
 
 
 @dataclass(frozen=True, slots=True)
+class LanguageTake:
+    """One language's seeds: its share of the request, the pool's supply, and what was taken."""
+
+    language: str
+    language_code: str
+    asked: int
+    available: int
+    taken: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaPlan:
+    """Quotas per language × task cell, the requested total, shortfalls and per-language figures."""
+
+    cells: dict[tuple[str, str], int]
+    requested: int
+    shortfalls: tuple[Shortfall, ...]
+    languages: tuple[LanguageTake, ...]
+    shortfall_mode: str = "redistribute"
+
+    @property
+    def taken(self) -> int:
+        """Seeds the quotas take in all."""
+        return sum(self.cells.values())
+
+
+@dataclass(frozen=True, slots=True)
 class SelectionReport:
     """What select_seeds wrote: seeds selected, conversations they make, and the shortfalls."""
 
@@ -156,6 +198,8 @@ class SelectionReport:
     selected_seeds: int
     conversations: int
     shortfalls: tuple[Shortfall, ...]
+    languages: tuple[LanguageTake, ...] = ()
+    shortfall_mode: str = "redistribute"
 
     def lines(self) -> list[str]:
         """The report as short human-readable lines, one per shortfall."""
@@ -163,10 +207,31 @@ class SelectionReport:
             f"selected {self.selected_seeds} of {self.requested} requested seeds "
             f"({self.conversations} conversations)"
         )
-        return [head, *(f"shortfall: {s}" for s in self.shortfalls)]
+        return [head, *shortfall_summary(self.languages, self.shortfall_mode)] + [
+            f"shortfall: {s}" for s in self.shortfalls
+        ]
 
     def __str__(self) -> str:
         return "\n".join(self.lines())
+
+
+def shortfall_summary(takes: Sequence[LanguageTake], mode: str) -> list[str]:
+    """One line saying what languages short of seeds did with their share, if any were short."""
+    short = [t for t in takes if t.available < t.asked]
+    if not short:
+        return []
+    topped = sum(max(0, t.taken - t.asked) for t in takes)
+    missing = sum(t.asked for t in takes) - sum(t.taken for t in takes)
+    if topped:
+        line = (
+            f"{len(short)} languages short of seeds: {topped} seeds of their share went to the "
+            f"languages that have them (seeds.shortfall = {mode})"
+        )
+        return [line + (f"; still {missing} short" if missing > 0 else "")]
+    return [
+        f"{len(short)} languages short of seeds: {missing} fewer seeds than asked "
+        f"(seeds.shortfall = {mode})"
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,11 +302,24 @@ def compute_quotas(
     languages: Sequence[tuple[str, str, str | None]],
     spec: SelectionSpec,
 ) -> tuple[dict[tuple[str, str], int], int, tuple[Shortfall, ...]]:
-    """Cell quotas, the requested total and the shortfalls, from (language, task) supply.
+    """Cell quotas, the requested total and the shortfalls, from (language, task) supply."""
+    plan = plan_quotas(supply, languages, spec)
+    return plan.cells, plan.requested, plan.shortfalls
 
-    languages lists (name, ISO 639-3, tier) of the pool's languages. Language quotas are not
-    moved between languages; inside a language a task short of seeds passes its rest to the
-    language's other tasks, so a language's quota is met whenever its supply allows.
+
+def plan_quotas(
+    supply: Mapping[tuple[str, str], int],
+    languages: Sequence[tuple[str, str, str | None]],
+    spec: SelectionSpec,
+) -> QuotaPlan:
+    """The quota plan for (language, task) supply: cells, shortfalls and per-language figures.
+
+    languages lists (name, ISO 639-3, tier) of the pool's languages. Inside a language a task
+    short of seeds passes its rest to the language's other tasks. With a total (and no
+    per_language, which is each language's own quota) and shortfall "redistribute", a language
+    short of seeds passes the rest of its share to the languages that have seeds, by weight,
+    so the total is met whenever the pool holds it and languages with supply stay balanced;
+    with "skip" the run is that much smaller.
     """
     pool_langs = {name: _Lang(name, code, tier) for name, code, tier in languages}
     lang_weights, missing_langs = _language_weights(pool_langs, spec)
@@ -261,10 +339,13 @@ def compute_quotas(
             k: sum(n for (lang, _), n in supply.items() if lang == k) for k in all_weights
         }
     requested = sum(lang_quota.values())
+    asked = dict(lang_quota)
+    available = {name: _language_supply(supply, name, spec) for name in lang_weights}
+    if spec.shortfall == "redistribute" and spec.total is not None and spec.per_language is None:
+        filled = _fill(requested, lang_weights, available)
+        lang_quota = {**dict.fromkeys(missing_langs, 0), **filled}
     shortfalls: list[Shortfall] = [
-        Shortfall(name, None, 0, lang_quota[name])
-        for name in sorted(missing_langs)
-        if lang_quota[name] > 0
+        Shortfall(name, None, 0, asked[name]) for name in sorted(missing_langs) if asked[name] > 0
     ]
     pool_tasks = sorted({task for _, task in supply})
     quotas: dict[tuple[str, str], int] = {}
@@ -272,6 +353,8 @@ def compute_quotas(
     for name in sorted(lang_weights):
         q = lang_quota[name]
         if q <= 0:
+            if asked[name] > 0:
+                shortfalls.append(Shortfall(name, None, 0, asked[name]))
             continue
         cell_supply = {task: n for (lang, task), n in supply.items() if lang == name}
         if isinstance(spec.task_weights, str):
@@ -291,10 +374,31 @@ def compute_quotas(
                 else:
                     shortfalls.append(Shortfall(name, task, have, ideal[task]))
         got = sum(alloc.values())
-        if got < q:
-            shortfalls.append(Shortfall(name, None, got, q))
+        if got < asked[name]:
+            shortfalls.append(Shortfall(name, None, got, asked[name]))
     shortfalls.extend(Shortfall(None, t, 0, n) for t, n in sorted(task_short.items()))
-    return quotas, requested, tuple(shortfalls)
+    taken: dict[str, int] = {}
+    for (name, _), n in quotas.items():
+        taken[name] = taken.get(name, 0) + n
+    takes = tuple(
+        LanguageTake(
+            name,
+            pool_langs[name].code if name in pool_langs else "",
+            asked.get(name, 0),
+            available.get(name, 0),
+            taken.get(name, 0),
+        )
+        for name in sorted(all_weights)
+    )
+    return QuotaPlan(quotas, requested, tuple(shortfalls), takes, spec.shortfall)
+
+
+def _language_supply(supply: Mapping[tuple[str, str], int], name: str, spec: SelectionSpec) -> int:
+    """Seeds a language has in the tasks the spec weighs (every task when uniform)."""
+    if isinstance(spec.task_weights, str):
+        return sum(n for (lang, _), n in supply.items() if lang == name)
+    weighted = {t for t, w in spec.task_weights.items() if w > 0}
+    return sum(n for (lang, task), n in supply.items() if lang == name and task in weighted)
 
 
 def _language_weights(
@@ -369,7 +473,8 @@ def select_seeds(
     ).fetchall()
     supply = {(str(lang), str(task)): int(n) for lang, _, _, task, n in cells}
     languages = sorted({(str(lang), str(code), tier) for lang, code, tier, _, _ in cells})
-    quotas, requested, shortfalls = compute_quotas(supply, languages, spec)
+    plan = plan_quotas(supply, languages, spec)
+    quotas = plan.cells
     keys = sorted(quotas)
     conn.execute(
         "CREATE OR REPLACE TEMP TABLE _m2l_quota AS SELECT unnest(?::VARCHAR[]) AS language, "
@@ -421,10 +526,12 @@ def select_seeds(
         conn.execute("DROP TABLE IF EXISTS temp._m2l_chosen")
     selected = _check_table(conn, "seeds", "")
     return SelectionReport(
-        requested=requested,
+        requested=plan.requested,
         selected_seeds=selected,
         conversations=selected * spec.evols_per_seed,
-        shortfalls=shortfalls,
+        shortfalls=plan.shortfalls,
+        languages=plan.languages,
+        shortfall_mode=spec.shortfall,
     )
 
 
