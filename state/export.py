@@ -2,8 +2,14 @@
 
 DuckDB writes every file (``COPY (SELECT ...) TO``), one range of conversations at a time, so
 memory stays bounded whatever the run's size; the file appears at its path only once complete.
+The release formats follow ServiceNow-AI/M2Lingual exactly (state.release) and can be written
+as the release's three subsets; every export directory gets a dataset card (state.card).
 Raises StateError for a missing, busy, damaged or foreign store and ConfigError for an unknown
 format or an impossible combination of options.
+
+Row ids are int32, unique within an export and the same in every re-export of a run: a seed row
+is its seed_id; an evolved pair is S + conv_id; a whole conversation is S + C + conv_id, where S
+and C are the run's largest seed_id and conv_id (both fixed when the run was planned).
 """
 
 from __future__ import annotations
@@ -16,21 +22,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, StateError
+from state import card
+from state.release import SUBSETS, multiturn_types_for, release_schema
 from state.schema import STATE_FILE, open_existing
 from state.tempfiles import remove_stale_temp_files
 
 __all__ = [
     "CHUNK_CONVERSATIONS",
     "FORMATS",
+    "SUBSETS",
     "ExportFormat",
     "ExportReport",
     "default_output",
     "export_run",
+    "export_subsets",
     "export_with",
     "open_run",
 ]
+
+_INT32_MAX = 2**31 - 1
 
 
 # Conversations per COPY: DuckDB's ORDER BY does not spill rows holding long nested lists, so
@@ -67,10 +81,11 @@ FORMATS: dict[str, ExportFormat] = {
 
 @dataclass(frozen=True, slots=True)
 class ExportReport:
-    """Where an export was written and how many conversations (rows or lines) it holds."""
+    """Where an export was written, how many rows (or lines) it holds, and its dataset card."""
 
     path: Path
     rows: int
+    card: Path | None = None  # None when a README.md not written by m2l was left alone
 
 
 def open_run(run_dir: Path, *, action: str, write: bool = False) -> duckdb.DuckDBPyConnection:
@@ -83,31 +98,63 @@ def open_run(run_dir: Path, *, action: str, write: bool = False) -> duckdb.DuckD
     return open_existing(run_dir / STATE_FILE, action=action, read_only=not write)
 
 
-def default_output(run_dir: Path, fmt: str, *, include_filtered: bool = False) -> Path:
+def default_output(
+    run_dir: Path, fmt: str, *, include_filtered: bool = False, subset: str | None = None
+) -> Path:
     """``<run_dir>/export/<stem><suffix>``, with ``-with-filtered`` before the suffix if asked.
 
-    Raises ConfigError for an unknown format.
+    A subset of a release format is named after the subset (``full_data.parquet``). Raises
+    ConfigError for an unknown format or subset.
     """
-    spec = _format(fmt)
+    spec = _check_options(fmt, include_filtered, subset)
     extra = "-with-filtered" if include_filtered else ""
-    return run_dir / "export" / f"{spec.stem}{extra}{spec.suffix}"
+    return run_dir / "export" / f"{subset or spec.stem}{extra}{spec.suffix}"
 
 
 def export_run(
-    run_dir: Path, fmt: str, *, output: Path | None = None, include_filtered: bool = False
+    run_dir: Path,
+    fmt: str,
+    *,
+    output: Path | None = None,
+    include_filtered: bool = False,
+    subset: str | None = None,
 ) -> ExportReport:
     """Export the run at ``run_dir``, opening its store read-only; see ``export_with``.
 
     Raises StateError when the store is missing, busy or damaged, ConfigError for bad options,
     and OSError when the output cannot be written.
     """
-    _check_options(fmt, include_filtered)
-    target = output or default_output(run_dir, fmt, include_filtered=include_filtered)
+    _check_options(fmt, include_filtered, subset)
+    target = output or default_output(
+        run_dir, fmt, include_filtered=include_filtered, subset=subset
+    )
     conn = open_run(run_dir, action="export")
     try:
-        return export_with(conn, fmt, target, include_filtered)
+        return export_with(conn, fmt, target, include_filtered, subset=subset)
     finally:
         conn.close()
+
+
+def export_subsets(
+    run_dir: Path, fmt: str, *, directory: Path | None = None, include_filtered: bool = False
+) -> list[ExportReport]:
+    """Write the release's three subsets (seed_data, seed_evol_data, full_data) of a run.
+
+    They go to ``directory`` (default ``<run_dir>/export``) named after the subset. Raises
+    ConfigError for a format that is not a release format, and as ``export_run`` does.
+    """
+    target = directory or run_dir / "export"
+    reports = []
+    conn = open_run(run_dir, action="export")
+    try:
+        for subset in SUBSETS:
+            spec = _check_options(fmt, include_filtered, subset)
+            extra = "-with-filtered" if include_filtered else ""
+            path = target / f"{subset}{extra}{spec.suffix}"
+            reports.append(export_with(conn, fmt, path, include_filtered, subset=subset))
+    finally:
+        conn.close()
+    return reports
 
 
 def export_with(
@@ -117,15 +164,18 @@ def export_with(
     include_filtered: bool = False,
     *,
     chunk_size: int = CHUNK_CONVERSATIONS,
+    subset: str | None = None,
 ) -> ExportReport:
     """Write the run's done (and, if asked, filtered) conversations to ``output`` atomically.
 
-    Rows are in conv_id order, written ``chunk_size`` conversations per COPY. The file is built
-    beside ``output`` and moved into place at the end, so a failure leaves any earlier file
-    there untouched. Raises ConfigError for bad options, OSError when the folder cannot be
-    written, and duckdb.Error if DuckDB fails.
+    Rows are in conv_id order, written ``chunk_size`` conversations per COPY; a release
+    ``subset`` writes that subset's rows instead (see SUBSETS). The file is built beside
+    ``output`` and moved into place at the end, so a failure leaves any earlier file there
+    untouched; then the directory's dataset card is brought up to date. Raises ConfigError for
+    bad options, StateError when the run's ids do not fit int32, OSError when the folder cannot
+    be written, and duckdb.Error if DuckDB fails.
     """
-    spec = _check_options(fmt, include_filtered)
+    spec = _check_options(fmt, include_filtered, subset)
     if chunk_size < 1:
         raise ConfigError(f"chunk_size = {chunk_size}: expected 1 or more conversations")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -134,14 +184,29 @@ def export_with(
     bounds = _chunk_bounds(conn, statuses, chunk_size)
     # A run with nothing to export still gets a file: one unbounded range with no rows.
     ranges = list(_ranges(bounds)) or [(None, None)]
-    selects = [_select(spec, statuses, include_filtered, lo, hi) for lo, hi in ranges]
+    shape = _shape(conn, spec) if spec.stem == "release" else None
+    selects = _selects(spec, statuses, include_filtered, ranges, shape, subset)
     with _scratch(output) as scratch:
         temp = scratch(".tmp")
         write = _parquet_in_parts if spec.copy_format == "parquet" else _jsonl_in_parts
         rows = write(conn, spec, selects, temp, scratch)
+        if shape is not None and spec.copy_format == "parquet":
+            _check_release_file(temp, shape, include_filtered)
         _fsync(temp)
         os.replace(temp, output)
-    return ExportReport(output, rows)
+    written = card.record_export(
+        conn,
+        output,
+        card.Entry(
+            file=output.name,
+            format=spec.name,
+            subset=subset,
+            include_filtered=include_filtered,
+            rows=rows,
+            multiturn_types=list(shape.types) if shape is not None else [],
+        ),
+    )
+    return ExportReport(output, rows, written)
 
 
 def _format(fmt: str) -> ExportFormat:
@@ -151,8 +216,16 @@ def _format(fmt: str) -> ExportFormat:
     return spec
 
 
-def _check_options(fmt: str, include_filtered: bool) -> ExportFormat:
+def _check_options(fmt: str, include_filtered: bool, subset: str | None = None) -> ExportFormat:
     spec = _format(fmt)
+    if subset is not None:
+        if subset not in SUBSETS:
+            raise ConfigError(f"unknown subset {subset!r}: use one of {', '.join(SUBSETS)}")
+        if spec.stem != "release":
+            raise ConfigError(
+                f"the {subset} subset is a release format's: use release-parquet or "
+                f"release-jsonl, not {fmt}"
+            )
     if include_filtered and not spec.can_mark_filtered:
         raise ConfigError(
             f"--include-filtered cannot be used with {fmt}: its lines may only hold "
@@ -182,30 +255,191 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What a release export's rows depend on: the record types and the id offsets."""
+
+    types: tuple[str, ...]
+    seeds: int  # S: the run's largest seed_id
+    conversations: int  # C: the run's largest conv_id
+
+
+def _shape(conn: duckdb.DuckDBPyConnection, spec: ExportFormat) -> _Shape:
+    """The run's multi-turn types and id offsets; raises StateError when ids overflow int32."""
+    used = [
+        str(r[0])
+        for r in conn.execute(
+            "SELECT DISTINCT evol_type FROM messages WHERE kind = 'follow_up' "
+            "AND evol_type IS NOT NULL"
+        ).fetchall()
+    ]
+    row = conn.execute(
+        "SELECT (SELECT coalesce(max(seed_id), 0) FROM seeds), "
+        "(SELECT coalesce(max(conv_id), 0) FROM conversations)"
+    ).fetchone()
+    seeds, convs = (int(row[0]), int(row[1])) if row else (0, 0)
+    if seeds + 2 * convs > _INT32_MAX:
+        raise StateError(
+            f"this run has {seeds} seeds and {convs} conversations: its {spec.name} row ids "
+            "would not fit the release's int32 id; export messages-jsonl or sharegpt-jsonl"
+        )
+    return _Shape(multiturn_types_for(used), seeds, convs)
+
+
+def _selects(
+    spec: ExportFormat,
+    statuses: Sequence[str],
+    include_filtered: bool,
+    ranges: Sequence[tuple[int | None, int | None]],
+    shape: _Shape | None,
+    subset: str | None,
+) -> list[str]:
+    """The SELECTs whose rows, in order, make the file."""
+    if shape is None:
+        return [_select(spec, statuses, include_filtered, lo, hi) for lo, hi in ranges]
+    parts: list[str] = []
+    json_records = spec.copy_format == "json"
+    if subset in ("seed_data", "full_data"):
+        parts.append(_seed_select(statuses, include_filtered, shape, json_records))
+    wanted = {
+        None: ("conversation",),
+        "seed_data": (),
+        "seed_evol_data": ("evol",),
+        "full_data": ("evol", "multi_turn"),
+    }[subset]
+    for part in wanted:
+        parts += [
+            _select(spec, statuses, include_filtered, lo, hi, shape=shape, part=part)
+            for lo, hi in ranges
+        ]
+    return parts
+
+
 def _select(
     spec: ExportFormat,
     statuses: Sequence[str],
     include_filtered: bool,
     lo: int | None,
     hi: int | None,
+    *,
+    shape: _Shape | None = None,
+    part: str = "conversation",
 ) -> str:
-    """The SELECT for one format over conversations with lo <= conv_id < hi (None: no bound)."""
+    """The SELECT for one format over conversations with lo <= conv_id < hi (None: no bound).
+
+    A release ``part`` is "conversation" (whole conversations), "evol" (each conversation's
+    evolved pair) or "multi_turn" (whole conversations of two or more turns).
+    """
     # Messages are gathered unordered and sorted afterwards: DuckDB spills a plain list()
     # aggregate to disk but not an ordered one. Step is the struct's first field, so
     # list_sort orders by it (it is unique within a conversation).
+    turns = " AND c.turns_planned > 1" if part == "multi_turn" else ""
+    first_pair = " AND step < 2" if part == "evol" else ""
     base = f"""WITH conv AS (
         SELECT c.conv_id, c.language, c.task, c.filter_reason, s.instruction AS seed_prompt
         FROM conversations c JOIN seeds s USING (seed_id)
-        WHERE c.status IN ({_in(statuses)}){_between("c.conv_id", lo, hi)}),
+        WHERE c.status IN ({_in(statuses)}){turns}{_between("c.conv_id", lo, hi)}),
     steps AS (
         SELECT conv_id, list_sort(list({{'step': step, 'role': role, 'kind': kind,
             'content': content, 'evol_type': evol_type, 'prompt': prompt}})) AS ms
-        FROM messages WHERE conv_id IN (SELECT conv_id FROM conv){_between("conv_id", lo, hi)}
+        FROM messages WHERE conv_id IN (SELECT conv_id FROM conv){first_pair}
+            {_between("conv_id", lo, hi)}
         GROUP BY conv_id)"""
-    columns = _COLUMNS[spec.stem]
+    if shape is None:
+        columns = _COLUMNS[spec.stem]
+    else:
+        columns = _release_columns(part, shape, spec.copy_format == "json")
     if include_filtered:
         columns += ",\n        filter_reason"
     return f"{base}\nSELECT {columns}\nFROM conv JOIN steps USING (conv_id) ORDER BY conv_id"
+
+
+def _records(shape: _Shape, json_records: bool, evol_type: str, prompt: str) -> str:
+    """One multiturn_evol_prompt record: {TYPE: prompt} in JSON, a struct in Parquet."""
+    if json_records:
+        return f"MAP {{{evol_type}: {prompt}}}"
+    fields = ", ".join(
+        f"{_ident(t)} := CASE WHEN {evol_type} = {_literal(t)} THEN {prompt} END"
+        for t in shape.types
+    )
+    return f"struct_pack({fields})"
+
+
+def _record_type(shape: _Shape, json_records: bool) -> str:
+    if json_records:
+        return "MAP(VARCHAR, VARCHAR)"
+    return "STRUCT(" + ", ".join(f"{_ident(t)} VARCHAR" for t in shape.types) + ")"
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _release_columns(part: str, shape: _Shape, json_records: bool) -> str:
+    """The release columns, in the card's order, for one part (see ``_select``)."""
+    record = _records(shape, json_records, "m.evol_type", "m.prompt")
+    if part == "evol":
+        row_id = f"{shape.seeds} + conv_id"
+        followups = "[m FOR m IN ms IF false]"
+        chat = "ms[1:2]"
+    else:
+        row_id = f"{shape.seeds + shape.conversations} + conv_id"
+        followups = "[m FOR m IN ms IF m.kind = 'follow_up']"
+        chat = "ms"
+    return f"""CAST({row_id} AS INTEGER) AS id,
+        ms[1].evol_type AS task_evol_type,
+        ms[1].prompt AS task_evol_prompt,
+        seed_prompt,
+        ms[2].content AS output_assistant_reply,
+        ms[1].content AS evolved_user_prompt,
+        CAST([m.evol_type FOR m IN {followups}] AS VARCHAR[]) AS multiturn_evol_type,
+        CAST([{record} FOR m IN {followups}] AS {_record_type(shape, json_records)}[])
+            AS multiturn_evol_prompt,
+        CAST(len([m FOR m IN {chat} IF m.role = 'user']) AS INTEGER) AS no_of_turns,
+        language,
+        task,
+        CAST([m.content FOR m IN {followups}] AS VARCHAR[]) AS evolved_multiturn_prompt,
+        [{{'role': m.role, 'content': m.content}} FOR m IN {chat}] AS conversation"""
+
+
+def _seed_select(
+    statuses: Sequence[str], include_filtered: bool, shape: _Shape, json_records: bool
+) -> str:
+    """seed_data rows: each seed with an exported conversation and a source response."""
+    record = _record_type(shape, json_records)
+    filtered = ",\n        CAST(NULL AS VARCHAR) AS filter_reason" if include_filtered else ""
+    return f"""SELECT CAST(s.seed_id AS INTEGER) AS id,
+        CAST(NULL AS VARCHAR) AS task_evol_type,
+        CAST(NULL AS VARCHAR) AS task_evol_prompt,
+        s.instruction AS seed_prompt,
+        s.target AS output_assistant_reply,
+        CAST(NULL AS VARCHAR) AS evolved_user_prompt,
+        CAST([] AS VARCHAR[]) AS multiturn_evol_type,
+        CAST([] AS {record}[]) AS multiturn_evol_prompt,
+        CAST(1 AS INTEGER) AS no_of_turns,
+        s.language,
+        s.task,
+        CAST([] AS VARCHAR[]) AS evolved_multiturn_prompt,
+        [{{'role': 'user', 'content': s.instruction}},
+         {{'role': 'assistant', 'content': s.target}}] AS conversation{filtered}
+    FROM seeds s
+    WHERE nullif(trim(s.target), '') IS NOT NULL
+      AND EXISTS (SELECT 1 FROM conversations c
+                  WHERE c.seed_id = s.seed_id AND c.status IN ({_in(statuses)}))
+    ORDER BY s.seed_id"""
+
+
+def _check_release_file(path: Path, shape: _Shape, include_filtered: bool) -> None:
+    """Raise StateError if the Parquet file written does not have the release schema."""
+    found = pq.read_schema(path).remove_metadata()
+    wanted = release_schema(shape.types)
+    if include_filtered:
+        wanted = wanted.append(pa.field("filter_reason", pa.string()))
+    if not found.equals(wanted):
+        raise StateError(
+            f"internal error: the export's schema differs from the release schema:\n{found}\n"
+            f"expected:\n{wanted}\nplease report this; nothing was written"
+        )
 
 
 def _between(column: str, lo: int | None, hi: int | None) -> str:
@@ -217,21 +451,6 @@ def _between(column: str, lo: int | None, hi: int | None) -> str:
 
 
 _COLUMNS: dict[str, str] = {
-    # The release schema of M2Lingual, in its column order; id is the conv_id as text, so
-    # every row can be traced back to the run's store.
-    "release": """CAST(conv_id AS VARCHAR) AS id,
-        ms[1].evol_type AS task_evol_type,
-        ms[1].prompt AS task_evol_prompt,
-        seed_prompt,
-        ms[1].content AS evolved_user_prompt,
-        ms[2].content AS output_assistant_reply,
-        [m.evol_type FOR m IN ms IF m.kind = 'follow_up'] AS multiturn_evol_type,
-        [m.prompt FOR m IN ms IF m.kind = 'follow_up'] AS multiturn_evol_prompt,
-        [m.content FOR m IN ms IF m.kind = 'follow_up'] AS evolved_multiturn_prompt,
-        CAST(len([m FOR m IN ms IF m.role = 'user']) AS BIGINT) AS no_of_turns,
-        language,
-        task,
-        [{'role': m.role, 'content': m.content} FOR m IN ms] AS conversation""",
     "messages": "[{'role': m.role, 'content': m.content} FOR m IN ms] AS messages",
     # ShareGPT as Axolotl reads it: "human" and "gpt" turns under "conversations".
     "sharegpt": """CAST(conv_id AS VARCHAR) AS id,

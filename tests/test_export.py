@@ -40,6 +40,7 @@ from state.export import (
     export_with,
     open_run,
 )
+from state.release import DEFAULT_MULTITURN_TYPES, RELEASE_SCHEMA
 from state.schema import StoreLocked, open_store
 
 # --- the fixture run -------------------------------------------------------------------------
@@ -315,23 +316,40 @@ def run(template: FixtureRun, tmp_path: Path) -> FixtureRun:
 # --- expected rows ---------------------------------------------------------------------------
 
 
-def expected_release(conv: Conv) -> dict[str, Any]:
-    """The release row for a fixture conversation, built from the fixture, not the store."""
+def release_id(run: FixtureRun, conv: Conv) -> int:
+    """A whole conversation's release id: S + C + conv_id (one seed per fixture conversation)."""
+    largest = max(run.convs)
+    return 2 * largest + conv.conv_id
+
+
+def expected_release(run: FixtureRun, conv: Conv, *, parquet: bool) -> dict[str, Any]:
+    """The release row for a fixture conversation, built from the fixture, not the store.
+
+    multiturn_evol_prompt holds one {TYPE: prompt} record per follow-up; Parquet stores each as
+    a struct with a field per multi-turn type of the taxonomy, only the row's own one set.
+    """
     steps = range(len(conv.texts))
     follow = [s for s in steps if s % 2 == 0 and s > 0]
+    records: list[dict[str, str | None]] = []
+    for s in follow:
+        evol_type, prompt = conv.step_evol_type(s), conv.step_prompt(s)
+        assert evol_type is not None
+        record = dict.fromkeys(DEFAULT_MULTITURN_TYPES) if parquet else {}
+        record[evol_type] = prompt
+        records.append(record)
     return {
-        "id": str(conv.conv_id),
+        "id": release_id(run, conv),
         "task_evol_type": conv.evol_type,
         "task_evol_prompt": conv.step_prompt(0),
         "seed_prompt": f"seed {conv.conv_id} in {conv.language}",
-        "evolved_user_prompt": conv.texts[0],
         "output_assistant_reply": conv.texts[1],
+        "evolved_user_prompt": conv.texts[0],
         "multiturn_evol_type": [conv.step_evol_type(s) for s in follow],
-        "multiturn_evol_prompt": [conv.step_prompt(s) for s in follow],
-        "evolved_multiturn_prompt": [conv.texts[s] for s in follow],
+        "multiturn_evol_prompt": records,
         "no_of_turns": conv.turns,
         "language": conv.language,
         "task": conv.task,
+        "evolved_multiturn_prompt": [conv.texts[s] for s in follow],
         "conversation": chat(conv),
     }
 
@@ -350,19 +368,20 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f]
 
 
+# The ServiceNow-AI/M2Lingual card's column order.
 RELEASE_COLUMNS = [
     "id",
     "task_evol_type",
     "task_evol_prompt",
     "seed_prompt",
-    "evolved_user_prompt",
     "output_assistant_reply",
+    "evolved_user_prompt",
     "multiturn_evol_type",
     "multiturn_evol_prompt",
-    "evolved_multiturn_prompt",
     "no_of_turns",
     "language",
     "task",
+    "evolved_multiturn_prompt",
     "conversation",
 ]
 
@@ -377,15 +396,18 @@ def test_release_parquet_schema_and_rows_match_the_store(run: FixtureRun, tmp_pa
     assert table.column_names == RELEASE_COLUMNS
     schema = table.schema
     assert all(f.nullable for f in schema)  # the same schema whatever the run's data
-    assert schema.field("id").type == pa.string()
-    assert schema.field("no_of_turns").type == pa.int64()
+    assert schema.equals(RELEASE_SCHEMA)
+    assert schema.field("id").type == pa.int32()
+    assert schema.field("no_of_turns").type == pa.int32()
     assert schema.field("multiturn_evol_type").type == pa.list_(pa.string())
     conversation = schema.field("conversation").type
     assert pa.types.is_list(conversation)
     assert [f.name for f in conversation.value_type] == ["role", "content"]
     done = sorted(run.by_status("done"), key=lambda c: c.conv_id)
     assert report.rows == len(done) == table.num_rows
-    assert table.to_pylist() == [expected_release(c) for c in done]
+    assert table.to_pylist() == [expected_release(run, c, parquet=True) for c in done]
+    ids = table.column("id").to_pylist()
+    assert len(set(ids)) == len(ids)
 
 
 def test_release_jsonl_holds_the_same_rows_as_parquet(run: FixtureRun, tmp_path: Path) -> None:
@@ -393,7 +415,7 @@ def test_release_jsonl_holds_the_same_rows_as_parquet(run: FixtureRun, tmp_path:
     report = export_run(run.run_dir, "release-jsonl", output=tmp_path / "r.jsonl")
     lines = read_jsonl(report.path)
     done = sorted(run.by_status("done"), key=lambda c: c.conv_id)
-    assert lines == [expected_release(c) for c in done]
+    assert lines == [expected_release(run, c, parquet=False) for c in done]
     assert [list(line) for line in lines[:1]] == [RELEASE_COLUMNS]
     marathi = next(c for c in done if c.code == "mar")
     assert json.dumps(marathi.texts[0], ensure_ascii=False) in report.path.read_text("utf-8")
@@ -439,9 +461,9 @@ def test_include_filtered_adds_filtered_rows_with_their_reason(
     )
     rows = pq.read_table(report.path).to_pylist()
     wanted = sorted(run.by_status("done", "filtered"), key=lambda c: c.conv_id)
-    assert [r["id"] for r in rows] == [str(c.conv_id) for c in wanted]
+    assert [r["id"] for r in rows] == [release_id(run, c) for c in wanted]
     assert {r["id"]: r["filter_reason"] for r in rows} == {
-        str(c.conv_id): c.filter_reason for c in wanted
+        release_id(run, c): c.filter_reason for c in wanted
     }
     assert list(rows[0])[-1] == "filter_reason"
 
@@ -473,7 +495,13 @@ def test_chunked_export_equals_one_pass(run: FixtureRun, tmp_path: Path, fmt: st
         assert pq.read_table(parts.path).equals(pq.read_table(whole.path))
     else:
         assert parts.path.read_bytes() == whole.path.read_bytes()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts", "run", "whole"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".m2l-export.json",
+        "README.md",
+        "parts",
+        "run",
+        "whole",
+    ]
 
 
 def test_default_output_is_in_the_run_export_folder(run: FixtureRun) -> None:

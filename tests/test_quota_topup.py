@@ -98,9 +98,7 @@ def test_select_on_an_aya_collection_file_tops_up_and_reports_each_language(
     assert takes["yor"].asked == 40 and takes["yor"].available == takes["yor"].taken == 10
     others = [t.taken for code, t in takes.items() if code != "yor"]
     assert sum(others) == 230 and _spread(others) <= 1.1
-    got = dict(
-        store.execute("SELECT language_code, count(*) FROM seeds GROUP BY ALL").fetchall()
-    )
+    got = dict(store.execute("SELECT language_code, count(*) FROM seeds GROUP BY ALL").fetchall())
     assert got == {code: t.taken for code, t in takes.items()}
     text = str(report)
     assert "1 languages short of seeds: 30 seeds of their share went to" in text
