@@ -26,7 +26,9 @@ from prompts.taxonomy import Taxonomy
 from state.seeds import pool_source
 
 __all__ = [
+    "DEFAULT_EVOL_MIX",
     "DEFAULT_TIER_WEIGHTS",
+    "EVOL_KINDS",
     "SHORTFALL_MODES",
     "ConversationPlan",
     "LanguageTake",
@@ -46,6 +48,10 @@ TIERS = ("high", "mid", "low")
 # What a language short of seeds does with the rest of its quota: give it to the languages that
 # have seeds (by their weights), or leave the run that much smaller.
 SHORTFALL_MODES = ("redistribute", "skip")
+# The two kinds of Guided Evol types (taxonomy files evol_general and evol_task) as evol_mix
+# names them; a seed's evols are split between them by weight.
+EVOL_KINDS = ("agnostic", "specific")
+DEFAULT_EVOL_MIX: Mapping[str, float] = MappingProxyType({"agnostic": 1.0, "specific": 1.0})
 DEFAULT_TIER_WEIGHTS: Mapping[str, float] = MappingProxyType({t: 1.0 for t in TIERS})
 
 _WRITE_CHUNK = 10_000
@@ -90,8 +96,16 @@ class SelectionSpec:
     multiturn: Mapping[str, float] | Literal["uniform"] = "uniform"
     seed: int = 0
     shortfall: Literal["redistribute", "skip"] = "redistribute"
+    evol_mix: Mapping[str, float] = field(default_factory=lambda: DEFAULT_EVOL_MIX)
 
     def __post_init__(self) -> None:
+        unknown_kinds = sorted(set(self.evol_mix) - set(EVOL_KINDS))
+        if unknown_kinds:
+            raise ConfigError(
+                f"selection evol_mix: unknown kind {unknown_kinds[0]!r}; give weights for "
+                "'agnostic' (task-agnostic conditions) and 'specific' (task-specific evols)"
+            )
+        _check_weights("evol_mix", self.evol_mix)
         if self.shortfall not in SHORTFALL_MODES:
             raise ConfigError(
                 f"selection shortfall = {self.shortfall!r}: use 'redistribute' (a language "
@@ -547,6 +561,8 @@ def _rng(seed: int, seed_id: int) -> random.Random:
 @dataclass(frozen=True, slots=True)
 class _TaskTypes:
     evols: tuple[str, ...]
+    agnostic: tuple[str, ...]
+    specific: tuple[str, ...]
     families: Mapping[str, tuple[str, ...]]  # multi-turn types applicable to the task
     flat: tuple[str, ...]  # the same types in one sequence
 
@@ -593,8 +609,11 @@ class _Planner:
                 f"task {task!r} has no multi-turn types of the chosen families in the taxonomy "
                 f"at {self._taxonomy.source}; add some, change multiturn, or set max_turns = 1"
             )
+        entries = self._taxonomy.evol_types(task)
         found = _TaskTypes(
             evols,
+            tuple(e.id for e in entries if e.kind == "evol_general"),
+            tuple(e.id for e in entries if e.kind == "evol_task"),
             MappingProxyType({f: tuple(v) for f, v in families.items()}),
             tuple(t for ids in families.values() for t in ids),
         )
@@ -606,12 +625,32 @@ class _Planner:
         types = self._for_task(task)
         rng = _rng(self._spec.seed, seed_id)
         # Distinct evol types while they last; past that the same shuffled order repeats.
-        order = rng.sample(types.evols, len(types.evols))
+        order = self._evol_order(rng, types)
         out = []
         for i in range(self._spec.evols_per_seed):
             turns = rng.choices(self._turns[0], weights=self._turns[1])[0]
             out.append((order[i % len(order)], turns, self._followups(rng, types, turns - 1)))
         return out
+
+    def _evol_order(self, rng: random.Random, types: _TaskTypes) -> list[str]:
+        """A seed's distinct evol types, split between the two kinds by evol_mix, shuffled.
+
+        The specific share of k evols is k × weight, rounded up or down at random in
+        proportion, so the mix holds on average even at one evol per seed; a kind with too few
+        types for its share passes the rest to the other kind.
+        """
+        k = self._spec.evols_per_seed
+        agnostic, specific = types.agnostic, types.specific
+        if k >= len(agnostic) + len(specific):
+            chosen = [*agnostic, *specific]
+        else:
+            mix = self._spec.evol_mix
+            weight_a, weight_s = mix.get("agnostic", 0.0), mix.get("specific", 0.0)
+            exact = k * weight_s / (weight_a + weight_s)
+            n = math.floor(exact) + (1 if rng.random() < exact - math.floor(exact) else 0)
+            n = max(k - len(agnostic), min(n, len(specific)))
+            chosen = [*rng.sample(specific, n), *rng.sample(agnostic, k - n)]
+        return rng.sample(chosen, len(chosen))
 
     def _followups(self, rng: random.Random, types: _TaskTypes, count: int) -> tuple[str, ...]:
         if count == 0:

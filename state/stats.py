@@ -17,9 +17,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from engine.errors import StateError
+from engine.errors import ConfigError, StateError
 from engine.formats import usd
 from engine.records import step_kind
+from prompts.taxonomy import load_taxonomy
 from state._tables import table_width
 from state.requestlog import AttemptStatus, model_sums, status_is
 from state.schema import has_added_columns
@@ -172,6 +173,9 @@ class RunStats:
     language_task: tuple[LanguageTask, ...]
     turns: tuple[tuple[int, int], ...]  # (turns, done conversations)
     evol_types: tuple[TypeCount, ...]
+    # The same conversations by kind of evol: task-agnostic, task-specific (seeds.evol_mix).
+    evol_kinds: tuple[TypeCount, ...]
+    evol_mix: tuple[tuple[str, float], ...]  # the weights the run asked for
     multiturn_types: tuple[TypeCount, ...]  # counts follow-up turns stored
     filter_reasons: tuple[ReasonCount, ...]
     failures: tuple[Failure, ...]
@@ -220,6 +224,7 @@ def _compute(conn: duckdb.DuckDBPyConnection, run: str) -> RunStats:
     def rows(sql: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql).fetchall()
 
+    evol_types = _types(rows(f"SELECT evol_type, {_STATUS_COUNTS} FROM conversations GROUP BY 1"))
     return RunStats(
         run=_run_name(conn) or run,
         statuses=tuple(
@@ -242,9 +247,9 @@ def _compute(conn: duckdb.DuckDBPyConnection, run: str) -> RunStats:
                 "GROUP BY 1 ORDER BY 1"
             )
         ),
-        evol_types=_types(
-            rows(f"SELECT evol_type, {_STATUS_COUNTS} FROM conversations GROUP BY 1")
-        ),
+        evol_types=evol_types,
+        evol_kinds=_evol_kinds(evol_types),
+        evol_mix=_evol_mix(conn),
         multiturn_types=_types(
             rows(
                 f"""SELECT m.evol_type, {_STATUS_COUNTS}
@@ -285,6 +290,35 @@ def _run_name(conn: duckdb.DuckDBPyConnection) -> str | None:
     except (orjson.JSONDecodeError, AttributeError):
         return None
     return name if isinstance(name, str) and name else None
+
+
+_KIND_LABELS = {"evol_general": "task-agnostic", "evol_task": "task-specific"}
+
+
+def _evol_kinds(types: Sequence[TypeCount]) -> tuple[TypeCount, ...]:
+    """Conversations per kind of evol type, by the built-in taxonomy's kinds."""
+    taxonomy = load_taxonomy()
+    sums: dict[str, list[int]] = {}
+    for t in types:
+        try:
+            kind = _KIND_LABELS.get(taxonomy.get(t.type).kind, "other")
+        except ConfigError:
+            kind = "other"  # a custom taxonomy's type
+        acc = sums.setdefault(kind, [0, 0, 0, 0])
+        for i, value in enumerate((t.done, t.filtered, t.failed, t.open)):
+            acc[i] += value
+    return tuple(TypeCount(k, *v) for k, v in sorted(sums.items()))
+
+
+def _evol_mix(conn: duckdb.DuckDBPyConnection) -> tuple[tuple[str, float], ...]:
+    row = conn.execute("SELECT value FROM run_meta WHERE key = 'config_json'").fetchone()
+    try:
+        mix = orjson.loads(row[0]).get("seeds", {}).get("evol_mix") if row else None
+    except (orjson.JSONDecodeError, AttributeError):
+        mix = None
+    if not isinstance(mix, dict):
+        return ()
+    return tuple((str(k), float(v)) for k, v in sorted(mix.items()) if isinstance(v, int | float))
 
 
 def _types(rows: Sequence[tuple[Any, ...]]) -> tuple[TypeCount, ...]:
@@ -354,6 +388,7 @@ def print_stats(stats: RunStats, console: Console) -> None:
         _status_table("Conversations by language", "language", stats.per_language()),
         _status_table("Conversations by task", "task", stats.per_task()),
         _pairs_table("Turns (done conversations)", ("turns", "conversations"), stats.turns),
+        _types_table(_mix_title(stats), stats.evol_kinds),
         _types_table("Task evol types (conversations)", stats.evol_types),
         _types_table("Multi-turn evol types (follow-up turns)", stats.multiturn_types),
         _reasons_table(stats),
@@ -368,6 +403,17 @@ def print_stats(stats: RunStats, console: Console) -> None:
     ):
         if table.row_count:
             console.print(table)
+
+
+def _mix_title(stats: RunStats) -> str:
+    """The evol-mix table's title, with the mix the run asked for when it is known."""
+    total = sum(t.done + t.filtered + t.failed + t.open for t in stats.evol_kinds) or 1
+    shares = ", ".join(
+        f"{t.type} {100 * (t.done + t.filtered + t.failed + t.open) / total:.0f}%"
+        for t in stats.evol_kinds
+    )
+    asked = ", ".join(f"{k} {v:g}" for k, v in stats.evol_mix)
+    return f"Evol mix (conversations): {shares}" + (f"; asked {asked}" if asked else "")
 
 
 def _language_task_table(stats: RunStats) -> Table:

@@ -414,3 +414,47 @@ def test_write_plans_inserts_pending_rows_once_between_batches(
                     p.language_code, p.task, "pending", True)
         for p in plans
     }  # fmt: skip
+
+
+def _kinds(plans: list[ConversationPlan], taxonomy: Taxonomy) -> list[str]:
+    return [taxonomy.get(p.evol_type).kind for p in plans]
+
+
+def test_evol_mix_splits_each_seeds_evols_between_the_two_kinds(
+    store: duckdb.DuckDBPyConnection, taxonomy: Taxonomy
+) -> None:
+    """evols_per_seed = 4 with an even mix: two task-agnostic and two task-specific, distinct."""
+    spec = SelectionSpec(per_language=10, evols_per_seed=4, seed=9)
+    select_seeds(store, spec)
+    plans = all_plans(store, spec, taxonomy)
+    by_seed: dict[int, list[ConversationPlan]] = {}
+    for plan in plans:
+        by_seed.setdefault(plan.seed_id, []).append(plan)
+    for group in by_seed.values():
+        kinds = _kinds(group, taxonomy)
+        assert sorted(kinds) == ["evol_general"] * 2 + ["evol_task"] * 2
+        assert len({p.evol_type for p in group}) == 4
+
+
+@pytest.mark.parametrize(("specific", "low", "high"), [(3.0, 0.68, 0.82), (0.0, 0.0, 0.0)])
+def test_evol_mix_holds_on_average_at_one_evol_per_seed(
+    store: duckdb.DuckDBPyConnection,
+    taxonomy: Taxonomy,
+    specific: float,
+    low: float,
+    high: float,
+) -> None:
+    """One evol per seed: the share of task-specific ones follows the weights (3:1 → 75%)."""
+    spec = SelectionSpec(evol_mix={"agnostic": 1.0, "specific": specific}, seed=2)
+    select_seeds(store, spec)
+    kinds = _kinds(all_plans(store, spec, taxonomy), taxonomy)
+    share = kinds.count("evol_task") / len(kinds)
+    assert len(kinds) > 150 and low <= share <= high
+
+
+def test_evol_mix_is_validated() -> None:
+    """Unknown kinds and all-zero weights are ConfigErrors naming the key."""
+    with pytest.raises(ConfigError, match="unknown kind 'general'"):
+        SelectionSpec(evol_mix={"general": 1.0})
+    with pytest.raises(ConfigError, match="evol_mix"):
+        SelectionSpec(evol_mix={"agnostic": 0.0, "specific": 0.0})
