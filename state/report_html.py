@@ -15,6 +15,7 @@ from html import escape
 from pathlib import Path
 
 from engine.formats import usd
+from state.samples import Sample
 from state.stats import STATUSES, Breakdown, RunStats, TypeCount
 
 __all__ = ["bar_chart", "column_chart", "render_report", "write_report"]
@@ -65,18 +66,31 @@ def _ticks(largest: float, *, whole: bool) -> list[float]:
     return [step * i for i in range(count + 1)]
 
 
-def _fit(label: str, chars: int) -> str:
-    """``label`` cut to ``chars`` characters with an ellipsis (the full text is its tooltip)."""
-    return label if len(label) <= chars else label[: max(1, chars - 1)] + "…"
+_MIN_PLOT = 260
 
 
-def _legend(series: Sequence[Series], left: float) -> tuple[list[str], int]:
+def _text_width(text: str) -> float:
+    """A generous estimate of ``text``'s width in pixels at the charts' 12px sans-serif.
+
+    Capitals, digits and wide letters take more room than the rest; over-estimating only
+    leaves some space, while under-estimating would clip a label.
+    """
+    wide = sum(1 for ch in text if ch.isupper() or ch.isdigit() or ch in "mwMW_%@")
+    return 8.6 * wide + 7.0 * (len(text) - wide)
+
+
+def _label_width(labels: Sequence[str]) -> int:
+    """The label column's width: the longest label in full, never cut."""
+    return int(max(60.0, max((_text_width(t) for t in labels), default=28.0) + 14))
+
+
+def _legend(series: Sequence[Series], left: float, total: int) -> tuple[list[str], int]:
     """The legend's SVG items from ``left``, wrapped onto more lines when wide; and its height."""
     parts: list[str] = []
     x, y = left, 2
     for name, colour in series:
-        width = 28 + 7 * len(name)
-        if x > left and x + width > _WIDTH:
+        width = 28 + _text_width(name)
+        if x > left and x + width > total:
             x, y = left, y + _LEGEND_H
         parts.append(f'<rect x="{x:.0f}" y="{y}" width="12" height="12" fill="{colour}"/>')
         parts.append(f'<text x="{x + 16:.0f}" y="{y + 10}" class="legend">{escape(name)}</text>')
@@ -112,16 +126,18 @@ def bar_chart(
 
     ``whole`` says the values are counts, so the axis ticks are whole numbers.
     """
-    label_w = min(230, max(60, 7 * max((len(label) for label, _ in rows), default=4) + 12))
-    legend, legend_h = _legend(series, label_w) if len(series) > 1 else ([], 0)
-    plot_w = _WIDTH - label_w - _VALUE_W
+    label_w = _label_width([label for label, _ in rows])
+    # A long label widens the chart (the page scales it down) rather than being cut.
+    width = max(_WIDTH, label_w + _MIN_PLOT + _VALUE_W)
+    legend, legend_h = _legend(series, label_w, width) if len(series) > 1 else ([], 0)
+    plot_w = width - label_w - _VALUE_W
     top = legend_h + 4
     height = top + _ROW * len(rows) + _AXIS_H
     ticks = _ticks(max((sum(values) for _, values in rows), default=0.0), whole=whole)
     top_value = ticks[-1]
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {_WIDTH} {height}" '
-        f'width="{_WIDTH}" height="{height}" role="img" aria-label="{escape(title)}">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+        f'width="{width}" height="{height}" role="img" aria-label="{escape(title)}">',
         *legend,
         *_grid(label_w, plot_w, top, _ROW * len(rows), ticks, fmt),
     ]
@@ -129,7 +145,7 @@ def bar_chart(
         y = top + i * _ROW
         parts.append(
             f'<text x="{label_w - 6}" y="{y + _BAR - 3}" class="label" text-anchor="end">'
-            f"{escape(_fit(label, (label_w - 12) // 7))}<title>{escape(label)}</title></text>"
+            f"{escape(label)}<title>{escape(label)}</title></text>"
         )
         x = float(label_w)
         for (name, colour), value in zip(series, values, strict=True):
@@ -161,8 +177,8 @@ def column_chart(
     fmt: Formatter = _count,
 ) -> str:
     """A vertical column chart (a histogram's shape) as an inline <svg> element."""
-    plot_h, left, bottom = 200, 50, 36
-    height = plot_h + bottom + 12
+    plot_h, left, bottom, top = 200, 50, 36, 22  # top: room for the tallest value
+    height = plot_h + bottom + top
     plot_w = _WIDTH - left - 10
     slot = plot_w / max(1, len(rows))
     ticks = _ticks(max((v for _, v in rows), default=0.0), whole=True)
@@ -172,7 +188,7 @@ def column_chart(
         f'width="{_WIDTH}" height="{height}" role="img" aria-label="{escape(title)}">'
     ]
     for tick in ticks:
-        y = 12 + plot_h - plot_h * tick / top_value
+        y = top + plot_h - plot_h * tick / top_value
         parts.append(
             f'<line x1="{left}" y1="{y:.1f}" x2="{_WIDTH - 10}" y2="{y:.1f}" class="grid"/>'
         )
@@ -183,7 +199,7 @@ def column_chart(
     for i, (label, value) in enumerate(rows):
         h = plot_h * value / top_value
         x = left + i * slot + slot * 0.15
-        y = 12 + plot_h - h
+        y = top + plot_h - h
         parts.append(
             f'<rect x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}" '
             f'fill="{colour}"><title>{escape(f"{label}: {fmt(value)}")}</title></rect>'
@@ -194,7 +210,7 @@ def column_chart(
             f"{escape(fmt(value))}</text>"
         )
         parts.append(
-            f'<text x="{centre:.1f}" y="{12 + plot_h + 16}" class="label" '
+            f'<text x="{centre:.1f}" y="{top + plot_h + 16}" class="label" '
             f'text-anchor="middle">{escape(label)}</text>'
         )
     parts.append("</svg>")
@@ -317,6 +333,62 @@ def _matrix(stats: RunStats) -> str:
     )
 
 
+def _metadata(facts: Sequence[tuple[str, str]]) -> str:
+    if not facts:
+        return ""
+    rows = "".join(
+        f"<tr><th>{escape(k)}</th><td><code>{escape(v)}</code></td></tr>" for k, v in facts
+    )
+    return f'<h2>Run</h2>\n<table class="meta">{rows}</table>'
+
+
+def _sample(sample: Sample) -> str:
+    badge = (
+        f' <span class="badge filtered">filtered: {escape(sample.filter_reason or "?")}</span>'
+        if sample.status == "filtered"
+        else ' <span class="badge done">done</span>'
+    )
+    users = sum(1 for m in sample.messages if m.role == "user")
+    head = (
+        f'<div class="conv-head">#{sample.conv_id} · task {escape(sample.task)} · evol '
+        f"<b>{escape(sample.evol_type)}</b> · {users} turn{'s' if users != 1 else ''}{badge}</div>"
+    )
+    turns = []
+    for m in sample.messages:
+        label = "user" if m.role == "user" else "assistant"
+        if m.role == "user" and m.evol_type:
+            label += f" · {m.evol_type}"
+        turns.append(
+            f'<div class="msg {escape(m.role)}"><div class="who">{escape(label)}</div>'
+            f'<div class="text" dir="auto">{escape(m.content)}</div></div>'
+        )
+    css = "conv filtered" if sample.status == "filtered" else "conv"
+    return f'<div class="{css}">{head}{"".join(turns)}</div>'
+
+
+def _samples(samples: Sequence[Sample]) -> str:
+    if not samples:
+        return ""
+    by_language: dict[str, list[Sample]] = {}
+    for sample in samples:
+        by_language.setdefault(sample.language, []).append(sample)
+    parts = ["<h2>Sample conversations</h2>"]
+    for i, (language, group) in enumerate(sorted(by_language.items())):
+        done = sum(1 for g in group if g.status == "done")
+        note = f"{done} done" + (f", {len(group) - done} filtered" if len(group) > done else "")
+        opened = " open" if i == 0 else ""
+        parts.append(
+            f'<details{opened}><summary>{escape(language)} <span class="note">({note})</span>'
+            f"</summary>{''.join(_sample(g) for g in group)}</details>"
+        )
+    return "\n".join(parts)
+
+
+def _mix_note(stats: RunStats) -> str:
+    asked = ", ".join(f"{k} {v:g}" for k, v in stats.evol_mix)
+    return f"(seeds.evol_mix: {asked})" if asked else ""
+
+
 _STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto;
   max-width: 820px; color: #222; padding: 0 1em; }
@@ -332,11 +404,32 @@ svg .grid { stroke: #e3e3e3; } svg .value { fill: #555; }
 table { border-collapse: collapse; margin: 0.5em 0; }
 th, td { padding: 2px 8px; border-bottom: 1px solid #eee; text-align: right; }
 th:first-child { text-align: left; } .empty { color: #888; font-style: italic; }
+svg { max-width: 100%; height: auto; }
+table.meta td { text-align: left; word-break: break-all; } table.meta code { font-size: 0.92em; }
+details { margin: 0.4em 0; } summary { cursor: pointer; font-weight: 600; }
+.conv { border: 1px solid #dde3ea; border-radius: 6px; margin: 0.6em 0; padding: 6px 10px; }
+.conv.filtered { border-color: #E69F00; background: #fffaf0; }
+.conv-head { color: #444; margin-bottom: 4px; }
+.badge { font-size: 0.85em; padding: 1px 6px; border-radius: 8px; margin-left: 6px; }
+.badge.done { background: #e3f4ee; color: #00664a; }
+.badge.filtered { background: #fbe6c2; color: #7a4b00; }
+.msg { margin: 4px 0; } .msg .who { font-size: 0.85em; color: #0072B2; font-weight: 600; }
+.msg.assistant .who { color: #009E73; }
+.msg .text { white-space: pre-wrap; overflow-wrap: anywhere; }
 """
 
 
-def render_report(stats: RunStats, *, generated: datetime | None = None) -> str:
-    """The whole HTML page for ``stats``; nothing in it is fetched from elsewhere."""
+def render_report(
+    stats: RunStats,
+    *,
+    generated: datetime | None = None,
+    samples: Sequence[Sample] = (),
+    metadata: Sequence[tuple[str, str]] = (),
+) -> str:
+    """The whole HTML page for ``stats``, run ``metadata`` and sample conversations to read.
+
+    Nothing in it is fetched from elsewhere.
+    """
     when = (generated or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
     counts = dict(stats.turns)
     # Every bin from 1 to the longest, so a missing length shows as a gap, not as nothing.
@@ -352,6 +445,11 @@ def render_report(stats: RunStats, *, generated: datetime | None = None) -> str:
         _figure(
             "Turns per done conversation",
             column_chart(turns, title="turns histogram") if turns else None,
+        ),
+        _figure(
+            "Evol mix: task-agnostic and task-specific",
+            _types_chart(stats.evol_kinds, "evol mix"),
+            _mix_note(stats),
         ),
         _figure("Task evol types", _types_chart(stats.evol_types, "task evol types")),
         _figure(
@@ -378,14 +476,22 @@ def render_report(stats: RunStats, *, generated: datetime | None = None) -> str:
             f"<h1>m2l run {escape(stats.run)}</h1>",
             f'<p class="sub">Report generated {when}.</p>',
             _cards(stats),
+            _metadata(metadata),
             *sections,
+            _samples(samples),
             "</body></html>",
             "",
         ]
     )
 
 
-def write_report(stats: RunStats, path: Path) -> Path:
+def write_report(
+    stats: RunStats,
+    path: Path,
+    *,
+    samples: Sequence[Sample] = (),
+    metadata: Sequence[tuple[str, str]] = (),
+) -> Path:
     """Write the report to ``path`` atomically (a temporary file beside it, then a rename).
 
     Raises OSError when the folder cannot be written.
@@ -393,7 +499,8 @@ def write_report(stats: RunStats, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.parent / f".{path.name}.{os.getpid()}.tmp"
     try:
-        temp.write_text(render_report(stats), encoding="utf-8")
+        page = render_report(stats, samples=samples, metadata=metadata)
+        temp.write_text(page, encoding="utf-8")
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)

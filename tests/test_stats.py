@@ -18,9 +18,10 @@ from engine.app.outputs import add_stats_parser
 from engine.errors import StateError
 from engine.posthoc import filter_run
 from state.export import STATE_FILE, open_run
-from state.report_html import render_report
+from state.report_html import bar_chart, render_report
+from state.samples import run_metadata, sample_conversations
 from state.schema import open_store
-from state.stats import RunStats, compute_stats
+from state.stats import RunStats, compute_stats, print_stats
 from tests.test_export import FixtureRun, build_run, copy_run, holding
 
 
@@ -274,3 +275,54 @@ def test_empty_run_renders_without_charts(tmp_path: Path) -> None:
     page = parse(render_report(empty))
     assert page.figures and all(f["svg"] == 0 for f in page.figures)
     assert "Nothing to show yet" in render_report(empty)
+
+
+def test_html_report_shows_sample_conversations_per_language_and_run_metadata(
+    template: FixtureRun,
+) -> None:
+    """Each language has samples to read: turns, roles, evol types; filtered ones are marked."""
+    conn = open_run(template.run_dir, action="read its stats")
+    try:
+        stats = compute_stats(conn, run="dir-name")
+        samples = sample_conversations(conn)
+        metadata = run_metadata(conn)
+    finally:
+        conn.close()
+    done_languages = {c.language for c in template.by_status("done")}
+    assert {s.language for s in samples if s.status == "done"} == done_languages
+    filtered = [s for s in samples if s.status == "filtered"]
+    assert filtered and all(s.filter_reason for s in filtered)
+    html = render_report(stats, samples=samples, metadata=metadata)
+    for sample in samples:
+        conv = template.convs[sample.conv_id]
+        assert [m.content for m in sample.messages] == conv.texts
+        assert f"#{sample.conv_id} · task {conv.task} · evol <b>{conv.evol_type}</b>" in html
+        for follow_up in conv.followup_types()[: (len(conv.texts) - 1) // 2]:
+            assert f"user · {follow_up}" in html
+    assert html.count('class="badge filtered"') == len(filtered)
+    assert "filtered: leaked_markers" in html
+    assert '<div class="text" dir="auto">' in html
+    facts = dict(metadata)
+    assert {"m2l version", "created"} <= set(facts)
+    for label, value in metadata:
+        assert f"<th>{label}</th><td><code>{value}</code></td>" in html
+
+
+def test_html_labels_are_never_cut(stats: RunStats) -> None:
+    """A chart label is shown whole, however long; the chart widens instead."""
+    long_label = "FEEDBACK_HANDLING_FOLLOW_UP_WITH_A_VERY_LONG_CUSTOM_NAME"
+    html = bar_chart([(long_label, [3.0]), ("x", [1.0])], [("n", "#000")], title="t")
+    assert f">{long_label}<title>" in html and "…" not in html
+    width = int(re.search(r'viewBox="0 0 (\d+) ', html).group(1))  # type: ignore[union-attr]
+    assert width > 760
+    assert "…" not in render_report(stats)
+
+
+def test_stats_show_the_evol_mix(stats: RunStats, template: FixtureRun) -> None:
+    """Conversations are counted by kind of evol type, task-agnostic and task-specific."""
+    planned = len(template.convs)
+    total = sum(t.done + t.filtered + t.failed + t.open for t in stats.evol_kinds)
+    assert total == planned
+    console = Console(record=True, width=160)
+    print_stats(stats, console)
+    assert "Evol mix (conversations): task-agnostic" in console.export_text()

@@ -1,0 +1,131 @@
+"""A few conversations of each language to read, and the run's metadata, for the HTML report.
+
+Samples are picked by a hash of the conversation id, so the same run gives the same samples;
+done conversations first, and a filtered one where the language has any, marked with its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import duckdb
+import orjson
+
+__all__ = ["Message", "Sample", "run_metadata", "sample_conversations"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One stored turn: its role, what made it (step kind and evol type) and its text."""
+
+    role: str
+    kind: str
+    evol_type: str | None
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One conversation to show, with its labels and messages in order."""
+
+    conv_id: int
+    language: str
+    task: str
+    evol_type: str
+    status: str
+    filter_reason: str | None
+    messages: tuple[Message, ...]
+
+
+def sample_conversations(
+    conn: duckdb.DuckDBPyConnection, *, done: int = 2, filtered: int = 1
+) -> tuple[Sample, ...]:
+    """Up to ``done`` done and ``filtered`` filtered conversations per language, by language."""
+    picked = conn.execute(
+        """WITH ranked AS (
+            SELECT conv_id, language, task, evol_type, status, filter_reason,
+                   row_number() OVER (PARTITION BY language, status
+                                      ORDER BY hash(conv_id), conv_id) AS rn
+            FROM conversations WHERE status IN ('done', 'filtered'))
+        SELECT conv_id, language, task, evol_type, status, filter_reason FROM ranked
+        WHERE (status = 'done' AND rn <= ?) OR (status = 'filtered' AND rn <= ?)
+        ORDER BY language, status, rn""",
+        [done, filtered],
+    ).fetchall()
+    if not picked:
+        return ()
+    messages: dict[int, list[Message]] = {}
+    for conv_id, role, kind, evol_type, content in conn.execute(
+        "SELECT conv_id, role, kind, evol_type, content FROM messages "
+        "WHERE conv_id IN (SELECT unnest(?::BIGINT[])) ORDER BY conv_id, step",
+        [[row[0] for row in picked]],
+    ).fetchall():
+        messages.setdefault(int(conv_id), []).append(
+            Message(str(role), str(kind), evol_type, str(content or ""))
+        )
+    return tuple(
+        Sample(
+            int(conv_id),
+            str(language),
+            str(task),
+            str(evol_type),
+            str(status),
+            reason,
+            tuple(messages.get(int(conv_id), [])),
+        )
+        for conv_id, language, task, evol_type, status, reason in picked
+    )
+
+
+def run_metadata(conn: duckdb.DuckDBPyConnection) -> tuple[tuple[str, str], ...]:
+    """(label, value) facts about the run: model, provider, seed file, hashes, version, dates.
+
+    Only what the store holds is shown; the API key never is (the config keeps only the name
+    of the variable that holds it).
+    """
+    meta = dict(conn.execute("SELECT key, value FROM run_meta").fetchall())
+    try:
+        config = orjson.loads(meta.get("config_json", "{}"))
+    except orjson.JSONDecodeError:
+        config = {}
+    provider = config.get("provider") or {}
+    seeds = config.get("seeds") or {}
+    span = conn.execute(
+        "SELECT min(created_at), max(finished_at) FROM conversations"
+    ).fetchone() or (None, None)
+    facts = [
+        ("run", (config.get("run") or {}).get("name")),
+        ("model", provider.get("model")),
+        ("provider", provider.get("kind")),
+        ("base URL", _without_userinfo(provider.get("base_url"))),
+        ("seed file", seeds.get("file")),
+        ("seed file sha256", meta.get("seeds_sha256")),
+        ("config hash", meta.get("config_hash")),
+        ("taxonomy fingerprint", meta.get("taxonomy_fingerprint")),
+        ("m2l version", meta.get("m2l_version")),
+        ("created", meta.get("created_at")),
+        ("first conversation planned", _when(span[0])),
+        ("last conversation finished", _when(span[1])),
+        ("status", meta.get("status")),
+    ]
+    return tuple((label, str(value)) for label, value in facts if value not in (None, ""))
+
+
+def _without_userinfo(url: object) -> str | None:
+    """The URL without any user:password@ part, which must never reach a report."""
+    if not isinstance(url, str):
+        return None
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _when(value: object) -> str | None:
+    if value is None:
+        return None
+    text = str(value)
+    return text[:19].replace("T", " ") + " UTC"
