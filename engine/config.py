@@ -253,6 +253,16 @@ class SeedsConfig:
     evols_per_seed: int = 1
     turn_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
     multiturn: Literal["uniform"] | Mapping[str, float] = "uniform"
+    # A language short of seeds gives its share to the others ("redistribute") or not ("skip").
+    shortfall: Literal["redistribute", "skip"] = "redistribute"
+    # How a seed's evols split between task-agnostic and task-specific types, by weight.
+    evol_mix: Mapping[str, float] = field(
+        default_factory=lambda: types.MappingProxyType({"agnostic": 1.0, "specific": 1.0})
+    )
+    # Source dataset → task table (prompts/data/source_tasks.toml when unset), and the task of
+    # a row whose source and task_type say nothing m2l knows.
+    source_tasks: Path | None = None
+    default_task: str = "general"
 
     def __post_init__(self) -> None:
         at_least(self, "total", 1, unset=" (or unset)")
@@ -263,13 +273,16 @@ class SeedsConfig:
                 "turn_weights", "takes 1 to 6 weights (1 turn first)", list(self.turn_weights)
             )
         _weights("turn_weights", dict(enumerate(self.turn_weights)), index=True)
-        for name in ("language_weights", "task_weights", "multiturn", "tier_weights"):
+        for name in ("language_weights", "task_weights", "multiturn", "tier_weights", "evol_mix"):
             value = getattr(self, name)
             if isinstance(value, Mapping):
                 _weights(name, value)
         unknown = sorted(set(self.tier_weights) - {"high", "mid", "low"})
         if unknown:
             raise Invalid(f"tier_weights.{unknown[0]}", "is not a tier (high, mid, low)", ...)
+        kinds = sorted(set(self.evol_mix) - {"agnostic", "specific"})
+        if kinds:
+            raise Invalid(f"evol_mix.{kinds[0]}", "is not a kind of evol (agnostic, specific)", ...)
 
 
 def _weights(name: str, weights: Mapping[Any, float], *, index: bool = False) -> None:

@@ -11,6 +11,7 @@ import duckdb
 from engine.config import Config
 from engine.errors import ConfigError
 from prompts.languages import LanguageTable
+from prompts.sources import load_source_tasks
 from prompts.taxonomy import Taxonomy
 from state import journal
 from state.seeds import IngestReport, ingest_seeds
@@ -48,6 +49,8 @@ def selection_spec(config: Config) -> SelectionSpec:
         max_turns=config.generation.max_turns,
         multiturn=seeds.multiturn,
         seed=config.run.seed,
+        shortfall=seeds.shortfall,
+        evol_mix=seeds.evol_mix,
     )
 
 
@@ -56,6 +59,7 @@ def plan_run(
 ) -> Callable[[duckdb.DuckDBPyConnection], SetupReport]:
     """An op that sets up a new run; raises ConfigError when the seed file yields nothing."""
     spec = selection_spec(config)
+    sources = load_source_tasks(taxonomy, config.seeds.source_tasks)
 
     def op(conn: duckdb.DuckDBPyConnection) -> SetupReport:
         ingest = ingest_seeds(
@@ -65,6 +69,8 @@ def plan_run(
             languages=languages,
             taxonomy=taxonomy,
             keep_text=False,  # keys only: the chosen seeds' text is read back from the file
+            source_tasks=sources,
+            default_task=config.seeds.default_task,
         )
         selection = select_seeds(conn, spec)
         planned = sum(

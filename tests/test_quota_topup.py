@@ -8,12 +8,14 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from engine.config import load_config
 from engine.errors import ConfigError
 from prompts.languages import load_languages
 from prompts.taxonomy import load_taxonomy
 from state.schema import create_schema
 from state.seeds import ingest_seeds
 from state.selection import SelectionSpec, plan_quotas, select_seeds
+from state.setup import plan_run, selection_spec
 from tests import ayafiles
 
 # 70 languages as the pool would name them; the last 20 have only 7 seeds each.
@@ -103,3 +105,51 @@ def test_select_on_an_aya_collection_file_tops_up_and_reports_each_language(
     text = str(report)
     assert "1 languages short of seeds: 30 seeds of their share went to" in text
     assert "shortfall: Yoruba: 10 seeds for a quota of 40" in text
+
+
+def _config(tmp_path: Path, seeds_lines: str) -> Path:
+    ayafiles.write(tmp_path / "aya.parquet", ayafiles.collection_rows(1))
+    path = tmp_path / "m2l.toml"
+    path.write_text(f'[run]\nname = "t"\n\n[seeds]\nfile = "aya.parquet"\n{seeds_lines}\n', "utf-8")
+    return path
+
+
+def test_config_keys_reach_selection_and_ingestion(tmp_path: Path) -> None:
+    """seeds.shortfall, evol_mix, source_tasks and default_task are read, typed and passed on."""
+    (tmp_path / "mine.toml").write_text('[datasets]\nntx_llm = "ner"\n', "utf-8")
+    lines = (
+        'shortfall = "skip"\nevol_mix = { agnostic = 1, specific = 3 }\n'
+        'source_tasks = "mine.toml"\ndefault_task = "creative_writing"'
+    )
+    config = load_config(_config(tmp_path, lines))
+    spec = selection_spec(config)
+    assert spec.shortfall == "skip" and dict(spec.evol_mix) == {"agnostic": 1, "specific": 3}
+    assert config.seeds.source_tasks == tmp_path / "mine.toml"
+    conn = duckdb.connect()
+    create_schema(conn)
+    try:
+        report = plan_run(config, load_taxonomy(), load_languages(), {"k": "v"})(conn)
+        tasks = dict(conn.execute("SELECT source, task FROM seeds").fetchall())
+    finally:
+        conn.close()
+    assert report.ingest.source_tasks == tmp_path / "mine.toml"
+    assert tasks["NTX-LLM"] == "ner"  # the user's table, not the built-in one
+    assert tasks["Ukranian GEC"] == "creative_writing"  # unknown source and task_type
+    assert tasks["HotpotQA"] == "open_qa"  # not in the user's table: task_type decides
+    assert report.selection.shortfall_mode == "skip"
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('shortfall = "spread"', "shortfall"),
+        ("evol_mix = { general = 1 }", "evol_mix"),
+        ("evol_mix = { agnostic = 0, specific = 0 }", "evol_mix"),
+    ],
+)
+def test_bad_config_values_name_the_key(tmp_path: Path, line: str, message: str) -> None:
+    """A wrong value is a ConfigError at load naming the file and the key."""
+    path = _config(tmp_path, line)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
