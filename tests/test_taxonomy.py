@@ -442,3 +442,21 @@ def test_cli_errors_exit_2_with_a_message(
     """Bad ids, rows, files, languages or directories exit with 2 and say what is wrong."""
     assert _run(argv) == 2
     assert words in capsys.readouterr().err
+
+
+def test_cli_list_is_readable_when_piped(capsys: pytest.CaptureFixture[str]) -> None:
+    """Piped (or under 130 columns): no box drawing, lines within 80 columns, whole descriptions."""
+    assert _run(["list"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert not set(out) & set("┃│┏━…")
+    taxonomy = load_taxonomy()
+    joined = " ".join(" ".join(lines).split())
+    for entry in taxonomy.entries:
+        assert f"  {entry.id}" in out
+        assert entry.description in joined  # wrapped, never cut
+    assert "multiturn / refinement" in out
+    assert _run(["list", "--kind", "task"]) == 0
+    tasks = capsys.readouterr().out
+    assert all(len(line) <= 80 for line in tasks.splitlines()) and "  open_qa  (" in tasks

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -69,19 +71,65 @@ def run_list(args: argparse.Namespace) -> int:
         return _fail(err)
     if args.kind is not None:
         entries = [e for e in entries if e.kind == args.kind]
-    table = Table(title=f"{len(entries)} prompt types in {taxonomy.source}")
-    for column in ("id", "kind", "family"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("tasks")
-    table.add_column("description", ratio=1)
-    for e in entries:
-        table.add_row(e.id, e.kind, e.family, ", ".join(e.tasks), e.description)
-    Console().print(table)
+    console = Console()
+    title = f"{len(entries)} prompt types in {taxonomy.source}"
+    if console.is_terminal and console.width >= _TABLE_WIDTH:
+        table = Table(title=title)
+        for column in ("id", "kind", "family"):
+            table.add_column(column, no_wrap=True)
+        table.add_column("tasks")
+        table.add_column("description", ratio=1)
+        for e in entries:
+            table.add_row(e.id, e.kind, e.family, ", ".join(e.tasks), e.description)
+        console.print(table)
+    else:
+        _print_list(entries, title, console.width if console.is_terminal else 80)
     return 0
 
 
+# Below this a five-column table squeezes the descriptions into one word a line.
+_TABLE_WIDTH = 130
+
+
+def _print_list(entries: list[PromptEntry], title: str, width: int) -> None:
+    """The entries grouped by kind and family, each id on its line and its text wrapped below.
+
+    Plain text with no box drawing, so it reads the same in a narrow terminal, a pager or a
+    file; ``grep ID`` finds an entry's line.
+    """
+    out = [title]
+    group: tuple[str, str] | None = None
+    for e in entries:
+        if (e.kind, e.family) != group:
+            group = (e.kind, e.family)
+            out += ["", f"{e.kind} / {e.family}"]
+        tasks = "" if e.tasks == ("*",) else f"  [tasks: {', '.join(e.tasks)}]"
+        out.append(f"  {e.id}")
+        out += textwrap.wrap(
+            e.description + tasks, width=max(40, width - 1), initial_indent="      ",
+            subsequent_indent="      ", break_on_hyphens=False,
+        )  # fmt: skip
+    sys.stdout.write("\n".join(out) + "\n")
+
+
 def _print_tasks(taxonomy: Taxonomy) -> None:
-    table = Table(title=f"{len(taxonomy.tasks)} tasks in {taxonomy.source}")
+    console = Console()
+    title = f"{len(taxonomy.tasks)} tasks in {taxonomy.source}"
+    if not console.is_terminal or console.width < _TABLE_WIDTH:
+        width = max(40, (console.width if console.is_terminal else 80) - 1)
+        out = [title]
+        for task in taxonomy.tasks.values():
+            count = len(taxonomy.evol_types(task.id))
+            out += ["", f"  {task.id}  ({count} evol types)", f"      {task.name}"]
+            if task.aliases:
+                out += textwrap.wrap(
+                    "aliases: " + ", ".join(task.aliases), width=width,
+                    initial_indent="      ", subsequent_indent="        ",
+                    break_on_hyphens=False,
+                )  # fmt: skip
+        sys.stdout.write("\n".join(out) + "\n")
+        return
+    table = Table(title=title)
     table.add_column("id", no_wrap=True)
     table.add_column("name")
     table.add_column("evol types", justify="right")
@@ -89,7 +137,7 @@ def _print_tasks(taxonomy: Taxonomy) -> None:
     for task in taxonomy.tasks.values():
         count = str(len(taxonomy.evol_types(task.id)))
         table.add_row(task.id, task.name, count, ", ".join(task.aliases))
-    Console().print(table)
+    console.print(table)
 
 
 def read_seed_row(path: Path, row: int) -> dict[str, Any]:
