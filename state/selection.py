@@ -236,15 +236,15 @@ def shortfall_summary(takes: Sequence[LanguageTake], mode: str) -> list[str]:
         return []
     topped = sum(max(0, t.taken - t.asked) for t in takes)
     missing = sum(t.asked for t in takes) - sum(t.taken for t in takes)
+    languages = f"{len(short)} language{'s' if len(short) != 1 else ''}"
     if topped:
         line = (
-            f"{len(short)} languages short of seeds: {topped} seeds of their share went to the "
+            f"{languages} short of seeds: {topped} seeds of their share went to the "
             f"languages that have them (seeds.shortfall = {mode})"
         )
         return [line + (f"; still {missing} short" if missing > 0 else "")]
     return [
-        f"{len(short)} languages short of seeds: {missing} fewer seeds than asked "
-        f"(seeds.shortfall = {mode})"
+        f"{languages} short of seeds: {missing} fewer seeds than asked (seeds.shortfall = {mode})"
     ]
 
 

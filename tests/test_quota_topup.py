@@ -103,7 +103,7 @@ def test_select_on_an_aya_collection_file_tops_up_and_reports_each_language(
     got = dict(store.execute("SELECT language_code, count(*) FROM seeds GROUP BY ALL").fetchall())
     assert got == {code: t.taken for code, t in takes.items()}
     text = str(report)
-    assert "1 languages short of seeds: 30 seeds of their share went to" in text
+    assert "1 language short of seeds: 30 seeds of their share went to" in text
     assert "shortfall: Yoruba: 10 seeds for a quota of 40" in text
 
 

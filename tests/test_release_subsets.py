@@ -186,3 +186,28 @@ def test_a_readme_m2l_did_not_write_is_left_alone(run: FixtureRun, tmp_path: Pat
     report = export_run(run.run_dir, "release-jsonl", output=out / "data.jsonl")
     assert report.card is None
     assert (out / "README.md").read_text("utf-8") == "# my notes\n"
+
+
+def test_cli_export_subsets_writes_three_files_and_the_card(run: FixtureRun) -> None:
+    """`m2l export RUN --format release-parquet --subsets` writes each subset and says so."""
+    import argparse
+
+    from rich.console import Console
+
+    from engine.app.outputs import add_export_parser
+
+    parser = argparse.ArgumentParser()
+    add_export_parser(parser.add_subparsers())
+    args = parser.parse_args(["export", str(run.run_dir), "--subsets"])
+    console = Console(record=True, width=200)
+    assert args.func(args, console) == 0
+    text = console.export_text()
+    folder = run.run_dir / "export"
+    for subset in ("seed_data", "seed_evol_data", "full_data"):
+        assert str(folder / f"{subset}.parquet") in text
+    assert f"dataset card: {folder / 'README.md'}" in text
+    bad = parser.parse_args(["export", str(run.run_dir), "--subsets", "--format", "sharegpt-jsonl"])
+    from engine.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="release-parquet or release-jsonl"):
+        bad.func(bad, console)

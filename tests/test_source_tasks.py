@@ -143,3 +143,46 @@ def test_bad_tables_name_the_file_and_key(
     assert str(path) in str(err.value)
     with pytest.raises(ConfigError, match="not found"):
         load_source_tasks(taxonomy, tmp_path / "missing.toml")
+
+
+def test_cli_inspect_shows_tasks_before_and_after_and_each_languages_take(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`m2l seeds inspect F --total N`: task_type → task table and asked/available/taken."""
+    import argparse
+
+    monkeypatch.setenv("COLUMNS", "160")
+    import json
+
+    from engine.app.seeds import add_seeds_parser
+
+    rows = ayafiles.collection_rows(2, codes=["arb", "ary", "eng"])
+    rows += ayafiles.collection_rows(1, codes=["yor"])[:6]
+    path = ayafiles.write(tmp_path / "aya.parquet", rows)
+    parser = argparse.ArgumentParser()
+    add_seeds_parser(parser.add_subparsers())
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        args = parser.parse_args(["seeds", "inspect", str(path), "--total", "120"])
+        assert args.func(args) == 0
+    text = buffer.getvalue()
+    assert "task_type says" in text and "chain_of_thought *" in text and "Flan-CoT-submix" in text
+    assert "120 taken of 120 asked" in text
+    assert "Yoruba" in text and "6 (short)" in text
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        args = parser.parse_args(
+            ["seeds", "inspect", str(path), "--total", "120", "--shortfall", "skip", "--json"]
+        )
+        assert args.func(args) == 0
+    doc = json.loads(buffer.getvalue())
+    takes = {t["language_code"]: t for t in doc["quotas"]["languages"]}
+    assert takes["yor"] == {
+        "language": "Yoruba", "language_code": "yor", "asked": 30, "available": 6, "taken": 6
+    }  # fmt: skip
+    assert doc["quotas"]["taken"] == 3 * 30 + 6 and doc["quotas"]["shortfall"] == "skip"
+    origins = {(o["source"], o["before"], o["task"]) for o in doc["task_origins"]}
+    assert ("HotpotQA", "open_qa", "multihop_qa") in origins

@@ -16,8 +16,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from engine.posthoc import FilterReport, Finding, filter_run
-from state.export import FORMATS, export_run, open_run
+from state.export import FORMATS, export_run, export_subsets, open_run
 from state.report_html import write_report
+from state.samples import run_metadata, sample_conversations
 from state.stats import compute_stats, print_stats, stats_json
 
 __all__ = [
@@ -37,9 +38,14 @@ def add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "export",
         help="write a run's conversations as a dataset file",
         description=(
-            "Write the run's done conversations as release Parquet/JSONL (the M2Lingual "
-            "schema), OpenAI messages JSONL or ShareGPT JSONL. The file appears only once "
-            "complete. The run must not be running."
+            "Write the run's done conversations as release Parquet/JSONL (the "
+            "ServiceNow-AI/M2Lingual schema), OpenAI messages JSONL or ShareGPT JSONL. With "
+            "--subsets a release format writes the release's three subsets: seed_data (the "
+            "seeds and their source responses), seed_evol_data (one evolved pair per "
+            "conversation) and full_data (both, plus the multi-turn conversations). Files "
+            "appear only once complete, and the folder's dataset card (README.md) is brought up "
+            "to date so datasets.load_dataset(folder, config) loads them. The run must not be "
+            "running."
         ),
     )
     p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run's directory")
@@ -60,7 +66,12 @@ def add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "-o",
         type=Path,
         metavar="PATH",
-        help="where to write (default: RUN_DIR/export/<kind>.<ext>)",
+        help="where to write (default: RUN_DIR/export/<kind>.<ext>); with --subsets, a folder",
+    )
+    p.add_argument(
+        "--subsets",
+        action="store_true",
+        help="write seed_data, seed_evol_data and full_data (release formats only)",
     )
     p.set_defaults(func=export_command)
 
@@ -108,13 +119,33 @@ def add_filter_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
 def export_command(args: argparse.Namespace, console: Console | None = None) -> int:
     """``m2l export``: write the file and say where; raises StateError or ConfigError."""
     out = console or Console()
-    report = export_run(
-        Path(args.run_dir),
-        str(args.format),
-        output=args.output,
-        include_filtered=bool(args.include_filtered),
-    )
-    out.print(f"wrote {report.rows:,} conversations to {escape(str(report.path))}")
+    if getattr(args, "subsets", False):
+        reports = export_subsets(
+            Path(args.run_dir),
+            str(args.format),
+            directory=args.output,
+            include_filtered=bool(args.include_filtered),
+        )
+        for report in reports:
+            out.print(f"wrote {report.rows:,} rows to {escape(str(report.path))}")
+    else:
+        reports = [
+            export_run(
+                Path(args.run_dir),
+                str(args.format),
+                output=args.output,
+                include_filtered=bool(args.include_filtered),
+            )
+        ]
+        out.print(f"wrote {reports[0].rows:,} conversations to {escape(str(reports[0].path))}")
+    card = reports[-1].card
+    if card is not None:
+        out.print(f"dataset card: {escape(str(card))}")
+    else:
+        out.print(
+            f"left {escape(str(reports[-1].path.parent / 'README.md'))} alone (not written by "
+            "m2l): no dataset card for this folder"
+        )
     return 0
 
 
@@ -125,6 +156,8 @@ def stats_command(args: argparse.Namespace, console: Console | None = None) -> i
     conn = open_run(run_dir, action="read its stats")
     try:
         stats = compute_stats(conn, run=run_dir.name)
+        samples = sample_conversations(conn) if args.html is not None else ()
+        metadata = run_metadata(conn) if args.html is not None else ()
     finally:
         conn.close()
     if args.json:
@@ -132,7 +165,7 @@ def stats_command(args: argparse.Namespace, console: Console | None = None) -> i
     else:
         print_stats(stats, out)
     if args.html is not None:
-        path = write_report(stats, Path(args.html))
+        path = write_report(stats, Path(args.html), samples=samples, metadata=metadata)
         # With --json, stdout must stay one JSON document.
         note = Console(file=sys.stderr) if args.json else out
         note.print(f"wrote the HTML report to {escape(str(path))}")

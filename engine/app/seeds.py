@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,20 @@ from rich.table import Table
 
 from engine.errors import ConfigError
 from prompts.languages import LanguageTable, load_languages
+from prompts.sources import SourceTasks, load_source_tasks
 from prompts.taxonomy import Taxonomy, load_taxonomy
 from state._tables import table_width
 from state.schema import connect_memory
 from state.seeds import MAPPINGS, IngestReport, ingest_seeds, pool_counts
+from state.selection import (
+    SHORTFALL_MODES,
+    LanguageTake,
+    SelectionSpec,
+    plan_quotas,
+    shortfall_summary,
+)
 
-__all__ = ["add_seeds_parser", "inspect_seeds", "run_inspect"]
+__all__ = ["add_seeds_parser", "inspect_seeds", "run_inspect", "takes_table"]
 
 EXIT_CONFIG = 2
 
@@ -52,17 +61,52 @@ def add_seeds_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     inspect.add_argument(
         "--taxonomy", type=Path, metavar="DIR", help="taxonomy directory (default: built-in)"
     )
+    inspect.add_argument(
+        "--source-tasks",
+        type=Path,
+        metavar="TOML",
+        help="source dataset → task table (default: prompts/data/source_tasks.toml)",
+    )
+    inspect.add_argument(
+        "--default-task",
+        default="general",
+        metavar="TASK",
+        help="task of rows whose source and task_type are unknown (default: general)",
+    )
+    quota = inspect.add_mutually_exclusive_group()
+    quota.add_argument(
+        "--total", type=int, metavar="N", help="also show what N seeds would take per language"
+    )
+    quota.add_argument(
+        "--per-language", type=int, metavar="N", help="same, for N seeds per language"
+    )
+    inspect.add_argument(
+        "--shortfall",
+        choices=SHORTFALL_MODES,
+        default="redistribute",
+        help="with --total: a language short of seeds gives its share to the others "
+        "(redistribute, the default) or not (skip)",
+    )
     inspect.set_defaults(func=run_inspect)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
     """Handle `m2l seeds inspect`; returns an exit code."""
     try:
+        taxonomy = load_taxonomy(args.taxonomy)
+        spec = None
+        if args.total is not None or args.per_language is not None:
+            spec = SelectionSpec(
+                total=args.total, per_language=args.per_language, shortfall=args.shortfall
+            )
         return inspect_seeds(
             args.file,
             mapping=args.mapping,
             as_json=args.json,
-            taxonomy=load_taxonomy(args.taxonomy),
+            taxonomy=taxonomy,
+            source_tasks=load_source_tasks(taxonomy, args.source_tasks),
+            default_task=args.default_task,
+            spec=spec,
         )
     except ConfigError as err:
         print(f"m2l: error: {err}", file=sys.stderr)
@@ -77,10 +121,15 @@ def inspect_seeds(
     console: Console | None = None,
     languages: LanguageTable | None = None,
     taxonomy: Taxonomy | None = None,
+    source_tasks: SourceTasks | None = None,
+    default_task: str = "general",
+    spec: SelectionSpec | None = None,
 ) -> int:
     """Print the file's ingest report and language × task counts (rich table or JSON).
 
-    Raises ConfigError for the file, its format or the mapping.
+    Also how tasks were resolved (task_type before, task after the source → task table), and
+    with a ``spec``, the seeds asked, available and taken per language. Raises ConfigError for
+    the file, its format, the mapping or the spec.
     """
     console = console or Console()
     conn = connect_memory()
@@ -92,12 +141,28 @@ def inspect_seeds(
             languages=languages or load_languages(),
             taxonomy=taxonomy or load_taxonomy(),
             keep_text=False,  # counts need no text: one scan, and memory stays small
+            source_tasks=source_tasks,
+            default_task=default_task,
         )
         cells = list(pool_counts(conn))
     finally:
         conn.close()
+    plan = None
+    if spec is not None:
+        supply = {(lang, task): n for lang, _, _, task, n in cells}
+        langs = sorted({(lang, code, tier) for lang, code, tier, _, _ in cells})
+        plan = plan_quotas(supply, langs, spec)
     if as_json:
-        text = orjson.dumps(_as_json(report, cells), option=orjson.OPT_INDENT_2).decode()
+        doc = _as_json(report, cells)
+        doc["task_origins"] = [asdict(o) for o in report.origins]
+        if plan is not None:
+            doc["quotas"] = {
+                "requested": plan.requested,
+                "taken": plan.taken,
+                "shortfall": plan.shortfall_mode,
+                "languages": [asdict(t) for t in plan.languages],
+            }
+        text = orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
         console.file.write(text + "\n")
         console.file.flush()
         return 0
@@ -111,7 +176,61 @@ def inspect_seeds(
         # then the tasks' totals.
         console.print(_compact_table(report, cells))
         console.print(_task_totals(cells))
+    if report.source_tasks is not None:
+        console.print(_origins_table(report))
+    if plan is not None:
+        console.print(takes_table(plan.languages, plan.requested))
+        for line in shortfall_summary(plan.languages, plan.shortfall_mode):
+            console.print(line, markup=False, highlight=False)
     return 0
+
+
+def _origins_table(report: IngestReport) -> Table:
+    """Tasks before (task_type alone) and after the source → task table, with row counts."""
+    grouped: dict[tuple[str, str, str], tuple[int, dict[str, int]]] = {}
+    for o in report.origins:
+        key = (o.before or "(none)", o.task, o.via)
+        rows, sources = grouped.get(key, (0, {}))
+        if o.source is not None:
+            sources[o.source] = sources.get(o.source, 0) + o.rows
+        grouped[key] = (rows + o.rows, sources)
+    table = Table(
+        title="tasks: task_type → task after the source dataset table", title_justify="left"
+    )
+    table.add_column("task_type says")
+    table.add_column("task")
+    table.add_column("rows", justify="right")
+    table.add_column("from")
+    table.add_column("source datasets", overflow="fold")
+    for (before, task, via), (rows, sources) in sorted(
+        grouped.items(), key=lambda item: (-item[1][0], item[0])
+    ):
+        top = sorted(sources.items(), key=lambda kv: (-kv[1], kv[0]))
+        names = ", ".join(name for name, _ in top[:4]) + (" …" if len(top) > 4 else "")
+        mark = "" if before == task else " *"
+        table.add_row(before, task + mark, str(rows), via, names)
+    table.caption = "* the source dataset changed the task"
+    return table
+
+
+def takes_table(takes: Sequence[LanguageTake], requested: int) -> Table:
+    """Seeds asked, available and taken per language (short languages first)."""
+    table = Table(
+        title=f"seeds per language: {sum(t.taken for t in takes)} taken of {requested} asked",
+        title_justify="left",
+        show_footer=True,
+    )
+    table.add_column("language", footer="total")
+    table.add_column("code")
+    table.add_column("asked", justify="right", footer=str(sum(t.asked for t in takes)))
+    table.add_column("available", justify="right", footer=str(sum(t.available for t in takes)))
+    table.add_column("taken", justify="right", footer=str(sum(t.taken for t in takes)))
+    for t in sorted(takes, key=lambda t: (t.available >= t.asked, t.language)):
+        short = " (short)" if t.available < t.asked else ""
+        table.add_row(
+            t.language, t.language_code, str(t.asked), f"{t.available}{short}", str(t.taken)
+        )
+    return table
 
 
 Cell = tuple[str, str, str | None, str, int]
