@@ -10,6 +10,7 @@ simulator's own reply-length distribution). Raises ConfigError for a bad config 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +34,8 @@ from engine.tokens import TokenCounter
 from prompts.languages import LanguageTable, load_languages
 from prompts.taxonomy import Taxonomy, load_taxonomy
 from state.schema import connect_memory, create_schema
-from state.setup import plan_run
+from state.selection import SelectionReport
+from state.setup import SetupReport, plan_run
 
 __all__ = [
     "DEFAULT_OUTPUT_FRACTIONS",
@@ -97,15 +99,15 @@ class PlannedConversation:
 
 def planned_conversations(
     config: Config, taxonomy: Taxonomy, languages: LanguageTable
-) -> tuple[list[PlannedConversation], dict[int, str]]:
-    """The run's conversations and seed texts, planned in an in-memory DuckDB by ``plan_run``.
+) -> tuple[list[PlannedConversation], dict[int, str], SetupReport]:
+    """The run's conversations, seed texts and set-up report, planned in memory by ``plan_run``.
 
     Raises ConfigError for the seed file, the selection settings or an empty plan.
     """
     conn = connect_memory(config.store)
     try:
         create_schema(conn)
-        plan_run(config, taxonomy, languages, {"purpose": "estimate"})(conn)
+        setup = plan_run(config, taxonomy, languages, {"purpose": "estimate"})(conn)
         rows = conn.execute(
             "SELECT conv_id, seed_id, language, task, evol_type, followup_types "
             "FROM conversations ORDER BY conv_id"
@@ -117,7 +119,7 @@ def planned_conversations(
         PlannedConversation(int(c), int(s), str(lang), str(task), str(evol), tuple(fu))
         for c, s, lang, task, evol, fu in rows
     ]
-    return plans, {int(k): str(v) for k, v in seeds.items()}
+    return plans, {int(k): str(v) for k, v in seeds.items()}, setup
 
 
 # --- the estimate ------------------------------------------------------------------------------
@@ -192,6 +194,8 @@ class Estimate:
     cap_usd: float | None
     notes: tuple[str, ...] = field(default=())
     service_tier: str | None = None  # the tier the cost is priced at (None: standard)
+    # Seeds asked, available and taken per language (None when estimated from bare plans).
+    selection: SelectionReport | None = None
 
     @property
     def requests(self) -> int:
@@ -386,7 +390,7 @@ def estimate_run(
     counter = TokenCounter(
         config.provider.model, unknown_model_encoding=config.provider.unknown_model_encoding
     )
-    plans, seeds = planned_conversations(config, taxonomy, languages)
+    plans, seeds, setup = planned_conversations(config, taxonomy, languages)
     seed_tokens = {seed_id: counter.count(text) for seed_id, text in seeds.items()}
     price = resolve_price(config.provider.model, prices, config.budget.prices)
     mt = config.generation.max_tokens
@@ -395,7 +399,7 @@ def estimate_run(
         outputs = reply_lengths(mt, languages_used, counter.encoding_name)
     else:
         outputs = assumed_outputs(mt)
-    return estimate_plans(
+    estimate = estimate_plans(
         config,
         plans,
         seed_tokens,
@@ -405,3 +409,4 @@ def estimate_run(
         outputs=outputs,
         simulated=simulated,
     )
+    return dataclasses.replace(estimate, selection=setup.selection)

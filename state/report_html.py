@@ -372,7 +372,7 @@ def _samples(samples: Sequence[Sample]) -> str:
     by_language: dict[str, list[Sample]] = {}
     for sample in samples:
         by_language.setdefault(sample.language, []).append(sample)
-    parts = ["<h2>Sample conversations</h2>"]
+    parts = ['<h2 id="samples">Sample conversations</h2>']
     for i, (language, group) in enumerate(sorted(by_language.items())):
         done = sum(1 for g in group if g.status == "done")
         note = f"{done} done" + (f", {len(group) - done} filtered" if len(group) > done else "")

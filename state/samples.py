@@ -98,7 +98,7 @@ def run_metadata(conn: duckdb.DuckDBPyConnection) -> tuple[tuple[str, str], ...]
         ("run", (config.get("run") or {}).get("name")),
         ("model", provider.get("model")),
         ("provider", provider.get("kind")),
-        ("base URL", _without_userinfo(provider.get("base_url"))),
+        ("base URL", _base_url(provider)),
         ("seed file", seeds.get("file")),
         ("seed file sha256", meta.get("seeds_sha256")),
         ("config hash", meta.get("config_hash")),
@@ -110,6 +110,12 @@ def run_metadata(conn: duckdb.DuckDBPyConnection) -> tuple[tuple[str, str], ...]
         ("status", meta.get("status")),
     ]
     return tuple((label, str(value)) for label, value in facts if value not in (None, ""))
+
+
+def _base_url(provider: dict[str, object]) -> str | None:
+    if provider.get("kind") == "sim":
+        return "(the embedded simulator)"
+    return _without_userinfo(provider.get("base_url"))
 
 
 def _without_userinfo(url: object) -> str | None:

@@ -23,6 +23,7 @@ from engine.batch.planner import expected_waves
 from engine.config import Config, environment, load_config
 from engine.formats import duration, usd
 from engine.simulator.sampling import sim_outputs
+from state.selection import SelectionReport, shortfall_summary
 
 __all__ = [
     "add_estimate_parser",
@@ -104,6 +105,7 @@ def estimate_lines(e: Estimate) -> list[str]:
     turns = ", ".join(f"{t}: {n}" for t, n in sorted(e.turns.items()))
     out = [
         f"plan: {e.seeds} seeds → {e.conversations} conversations (turns {turns})",
+        *(selection_lines(e.selection) if e.selection is not None else []),
         f"requests: {e.requests:,} (no regenerations or retries counted)",
         f"tokens: {e.prompt_tokens:,.0f} prompt + {e.completion_tokens:,.0f} completion"
         + (
@@ -159,6 +161,35 @@ def batch_waves(e: Estimate) -> int:
     return expected_waves([2 * turns for turns, n in e.turns.items() if n])
 
 
+def selection_lines(selection: SelectionReport, *, every: bool = True) -> list[str]:
+    """Seeds asked / available / taken per language, short languages first.
+
+    With ``every`` false, the languages that got their share are summed up in one line.
+    """
+    takes = sorted(selection.languages, key=lambda t: (t.available >= t.asked, t.language))
+    if not takes:
+        return []
+    out = [
+        f"seeds: {selection.selected_seeds} taken of {selection.requested} asked; per language "
+        "asked / available / taken:",
+        *shortfall_summary(takes, selection.shortfall_mode),
+    ]
+    full = [t for t in takes if t.available >= t.asked]
+    shown = takes if every else [t for t in takes if t.available < t.asked]
+    out += [
+        f"  {t.language} ({t.language_code}): {t.asked} / {t.available} / {t.taken}"
+        + (" (short)" if t.available < t.asked else "")
+        for t in shown
+    ]
+    if not every and full:
+        taken = sorted(t.taken for t in full)
+        asked = sorted(t.asked for t in full)
+        spread = f"{taken[0]}" if taken[0] == taken[-1] else f"{taken[0]}–{taken[-1]}"
+        ask = f"{asked[0]}" if asked[0] == asked[-1] else f"{asked[0]}–{asked[-1]}"
+        out.append(f"  the other {len(full)} languages: asked {ask}, taken {spread} each")
+    return out
+
+
 def _cap_line(e: Estimate, cost: float) -> str:
     cap = e.cap_usd or 0.0
     if cost <= cap:
@@ -185,6 +216,16 @@ def estimate_json(e: Estimate) -> dict[str, Any]:
         },
         "prices_as_of": e.prices_as_of,
         "seeds": e.seeds,
+        "seeds_per_language": [
+            {
+                "language": t.language,
+                "language_code": t.language_code,
+                "asked": t.asked,
+                "available": t.available,
+                "taken": t.taken,
+            }
+            for t in (e.selection.languages if e.selection is not None else ())
+        ],
         "conversations": e.conversations,
         "turns": {str(t): n for t, n in sorted(e.turns.items())},
         "requests": e.requests,

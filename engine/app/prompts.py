@@ -119,8 +119,8 @@ def _print_tasks(taxonomy: Taxonomy) -> None:
         width = max(40, (console.width if console.is_terminal else 80) - 1)
         out = [title]
         for task in taxonomy.tasks.values():
-            count = len(taxonomy.evol_types(task.id))
-            out += ["", f"  {task.id}  ({count} evol types)", f"      {task.name}"]
+            n_evols = len(taxonomy.evol_types(task.id))
+            out += ["", f"  {task.id}  ({n_evols} evol types)", f"      {task.name}"]
             if task.aliases:
                 out += textwrap.wrap(
                     "aliases: " + ", ".join(task.aliases), width=width,

@@ -187,11 +187,13 @@ async def execute_run(
     options: RunOptions = RunOptions(),
     stop: StopControl | None = None,
     baseline: Callable[[ProgressSnapshot], None] | None = None,
+    on_setup: Callable[[SetupReport], None] | None = None,
 ) -> RunReport:
     """Run (or resume) the configured run to its end; raises ConfigError or StateError early.
 
     ``baseline`` receives the store's figures from before this session (for a display), on
-    the event loop, before the first event of the run.
+    the event loop, before the first event of the run; ``on_setup`` receives what a new run's
+    set-up selected (seeds asked, available and taken per language), before any request.
     """
     events: EventHook = hooks or Hooks()
     # Everything that can refuse the config is checked before the run's folder exists.
@@ -209,6 +211,8 @@ async def execute_run(
         config.run_dir / STATE_FILE, create=True, store=config.store
     ) as writer:
         setup = await _prepare(writer, config, taxonomy, languages, options, events, baseline)
+        if setup is not None and on_setup is not None:
+            on_setup(setup)
         first_request_id = await writer.run(RequestLog.next_id)
         # The budget is rebuilt from the request log, so a cap holds across crashes.
         budget = await writer.run(lambda conn: load_budget(conn, config, events))

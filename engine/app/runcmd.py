@@ -7,6 +7,7 @@ import asyncio
 import shlex
 import sys
 
+from engine.app.estimate import selection_lines
 from engine.app.run import RunOptions, RunReport, cancel_batches, execute_run, exit_code
 from engine.app.status import progress_options
 from engine.clock import MonotonicClock
@@ -14,6 +15,7 @@ from engine.config import Config, environment, load_config
 from engine.events import Hooks
 from engine.progress import ProgressModel, progress_display
 from engine.scheduler import RunStatus
+from state.setup import SetupReport
 
 __all__ = ["run_from_cli"]
 
@@ -61,6 +63,13 @@ def _cancel_batches(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_setup(setup: SetupReport) -> None:
+    """What a new run selected: seeds asked / available / taken per language, unknown sources."""
+    lines = [f"m2l: {line}" for line in setup.ingest.lines()[1:]]
+    lines += [f"m2l: {line}" for line in selection_lines(setup.selection, every=False)]
+    print("\n".join(lines), file=sys.stderr, flush=True)
+
+
 async def _run(config: Config, *, mode: str, interval: float | None, force: bool) -> RunReport:
     model = ProgressModel(MonotonicClock())
     async with progress_display(mode, model, interval_s=interval, run_dir=config.run_dir):
@@ -70,5 +79,6 @@ async def _run(config: Config, *, mode: str, interval: float | None, force: bool
             hooks=Hooks([model]),
             options=RunOptions(force=force),
             baseline=model.load_baseline,
+            on_setup=_print_setup if mode != "quiet" else None,
         )
     return report
