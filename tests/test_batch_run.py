@@ -172,3 +172,42 @@ async def test_a_stop_leaves_batches_running_and_a_resume_collects_them(tmp_path
             sim.batches.lines_answered
             == rows(config.run_dir, "SELECT count(*) FROM requests WHERE status = 'ok'")[0][0]
         )
+
+
+async def test_the_last_conversations_finish_online_after_batches(tmp_path: Path) -> None:
+    """finish_online_below = 8 of 16: batches first, then the tail online; the same dataset."""
+    online = load_config(online_config(tmp_path / "online"))
+    await execute_run(online, env={})
+    config = load_config(batch_config(tmp_path / "batch", extra="finish_online_below = 8\n"))
+    report = await execute_run(config, env={})
+    assert report.result.status is RunStatus.FINISHED
+    assert dataset(config.run_dir) == dataset(online.run_dir)
+    in_batches, online_steps = rows(
+        config.run_dir,
+        "SELECT count(*) FILTER (WHERE request_id IN (SELECT request_id FROM batch_lines)), "
+        "count(*) FILTER (WHERE request_id NOT IN (SELECT request_id FROM batch_lines)) "
+        "FROM requests WHERE status = 'ok'",
+    )[0]
+    assert isinstance(in_batches, int) and isinstance(online_steps, int)
+    assert in_batches > 0 and online_steps > 0
+
+
+async def test_azure_shape_base_url_and_api_version(tmp_path: Path) -> None:
+    """An Azure-style endpoint (/openai, api-version in provider.query) runs in batch mode."""
+    settings = load_config(batch_config(tmp_path / "probe")).sim
+    async with run_simulator(settings) as sim:
+        base = sim.base_url.removesuffix("/v1") + "/openai"
+        path = batch_config(tmp_path / "azure")
+        path.write_text(
+            path.read_text().replace(
+                'kind = "sim"',
+                f'kind = "openai"\nbase_url = "{base}"\napi_key_env = "K"\n'
+                'query = { api-version = "2024-10-21" }',
+            )
+        )
+        config = load_config(path)
+        report = await execute_run(config, env={"K": "sk-t"})
+        assert report.result.status is RunStatus.FINISHED
+        assert report.counts == {"done": 16}
+        ok = rows(config.run_dir, "SELECT count(*) FROM requests WHERE status = 'ok'")[0][0]
+        assert sim.batches.lines_answered == ok
