@@ -491,12 +491,15 @@ class BatchCompleter:
         del self._open[entry.sub_id]
         unsettled = {slot.request_id for slot in entry.slots.values()}
         self._collected[entry.sub_id] = unsettled
+        waited = self._clock() - entry.created  # a line's latency is its batch's
         for slot in entry.slots.values():
-            self._deliver(slot, outcomes.get(slot.custom_id), info)
+            self._deliver(slot, outcomes.get(slot.custom_id), info, waited)
         if not unsettled:
             self._journal.write_later(bs.submission_closed(entry.sub_id, "collected"))
 
-    def _deliver(self, slot: _Slot, outcome: LineOutcome | None, info: BatchInfo) -> None:
+    def _deliver(
+        self, slot: _Slot, outcome: LineOutcome | None, info: BatchInfo, waited: float
+    ) -> None:
         if slot.future.done():
             return
         if outcome is None:
@@ -512,7 +515,9 @@ class BatchCompleter:
             )
         else:
             try:
-                slot.future.set_result(self._online.read_reply(outcome.status, outcome.body or b""))
+                slot.future.set_result(
+                    self._online.read_reply(outcome.status, outcome.body or b"", waited)
+                )
             except RequestError as exc:
                 slot.future.set_exception(exc)
 
