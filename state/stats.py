@@ -449,7 +449,7 @@ def _status_table(
     title: str, name: str, rows: Sequence[tuple[str, tuple[int, int, int, int]]]
 ) -> Table:
     table = Table(title=title, title_justify="left")
-    table.add_column(name)
+    table.add_column(name, overflow="fold")
     for status in STATUSES:
         table.add_column(status, justify="right")
     for key, counts in rows:
@@ -459,7 +459,7 @@ def _status_table(
 
 def _pairs_table(title: str, header: tuple[str, str], rows: Iterable[tuple[Any, int]]) -> Table:
     table = Table(title=title, title_justify="left")
-    table.add_column(header[0])
+    table.add_column(header[0], overflow="fold")
     table.add_column(header[1], justify="right")
     for key, n in rows:
         table.add_row(str(key), str(n))
@@ -468,7 +468,7 @@ def _pairs_table(title: str, header: tuple[str, str], rows: Iterable[tuple[Any, 
 
 def _types_table(title: str, rows: Sequence[TypeCount]) -> Table:
     table = Table(title=title, title_justify="left")
-    table.add_column("type")
+    table.add_column("type", overflow="fold")
     for status in STATUSES:
         table.add_column(status, justify="right")
     for t in rows:
@@ -491,7 +491,7 @@ def _reasons_table(stats: RunStats) -> Table:
 def _spend_table(title: str, name: str, rows: Sequence[Breakdown], total: LogTotals) -> Table:
     table = Table(title=title, title_justify="left", show_footer=bool(rows))
     columns = ("requests", "ok", "prompt tokens", "completion tokens", "cached", "cost")
-    table.add_column(name, footer="all")
+    table.add_column(name, footer="all", overflow="fold")
     for column, value in zip(columns, _spend_cells(total), strict=True):
         table.add_column(column, justify="right", footer=value)
     for row in rows:

@@ -186,3 +186,17 @@ def test_cli_inspect_shows_tasks_before_and_after_and_each_languages_take(
     assert doc["quotas"]["taken"] == 3 * 30 + 6 and doc["quotas"]["shortfall"] == "skip"
     origins = {(o["source"], o["before"], o["task"]) for o in doc["task_origins"]}
     assert ("HotpotQA", "open_qa", "multihop_qa") in origins
+
+
+def test_the_language_split_release_of_the_collection_is_recognised(
+    tmp_path: Path, conn: duckdb.DuckDBPyConnection, languages: LanguageTable, taxonomy: Taxonomy
+) -> None:
+    """aya_collection_language_split names the code column language_code: auto mapping finds it."""
+    rows = ayafiles.collection_rows(1, codes=["ary", "yor"])
+    for row in rows:
+        row["language_code"] = row.pop("language")
+    path = ayafiles.write(tmp_path / "split.parquet", rows)
+    report = ingest_seeds(conn, path, languages=languages, taxonomy=taxonomy)
+    assert report.mapping_name == "aya-collection-split"
+    got = dict(conn.execute("SELECT DISTINCT source, task FROM seed_pool").fetchall())
+    assert got["HotpotQA"] == "multihop_qa" and report.ingested == len(rows)
