@@ -32,8 +32,10 @@ __all__ = [
     "check_schema",
     "connect_memory",
     "create_schema",
+    "damaged",
     "duckdb_settings",
     "has_added_columns",
+    "is_damage",
     "open_error",
     "open_existing",
     "open_read_only",
@@ -370,15 +372,46 @@ def open_error(path: Path, exc: duckdb.Error, *, action: str = "try again") -> S
             f"run directory {path.parent} is already open in this m2l process; {action} "
             "through that connection instead"
         )
-    if (
-        "not a valid DuckDB database" in reason
-        or "Corrupt database" in reason
-        or isinstance(exc, duckdb.SerializationException)
-    ):
-        return StateError(
-            f"state file {path} is not a DuckDB database or is damaged: {reason}; "
-            "move it away to start afresh, or restore a backup"
-        )
+    if is_damage(exc):
+        return damaged(path, exc)
     return StateError(
-        f"could not open the state file {path}: {reason}; check the path and its permissions"
+        f"could not open the state file {path}: {_short(reason, path)}; check the path and "
+        "its permissions"
     )
+
+
+# What DuckDB says when a file's bytes are not what it wrote: cut short, overwritten, or never
+# a DuckDB file. Its checksums catch overwritten blocks; short reads catch truncation.
+_DAMAGE_SIGNS = (
+    "not a valid DuckDB database",
+    "Corrupt database",
+    "Could not read enough bytes",
+    "checksum",
+    "Failed to read database header",
+    "Serialization Error",
+    "INTERNAL Error",
+)
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether a DuckDB error says the state file itself is damaged (not busy, not forbidden)."""
+    if isinstance(exc, duckdb.SerializationException | duckdb.InternalException):
+        return True
+    text = str(exc)
+    return isinstance(exc, duckdb.Error) and any(sign in text for sign in _DAMAGE_SIGNS)
+
+
+def damaged(path: Path, exc: BaseException) -> StateError:
+    """The one-line StateError for a damaged state file: which file, why, and the way out."""
+    return StateError(
+        f"state file {path} is damaged (truncated, overwritten or not a DuckDB file: "
+        f"{_short(str(exc), path)}); m2l cannot read it. Restore it from a backup, or move it "
+        "away and run the config again to start the run afresh"
+    )
+
+
+def _short(reason: str, path: Path) -> str:
+    """DuckDB's message on one line, without the path (the message names it already)."""
+    text = " ".join(reason.split())
+    text = text.replace(f'file "{path}"', "file").replace(f'"{path}"', "it")
+    return text if len(text) <= 160 else text[:159] + "…"

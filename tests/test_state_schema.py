@@ -253,8 +253,8 @@ def test_corrupt_file_is_refused_without_modification(tmp_path: Path) -> None:
     with pytest.raises(StateError) as caught:
         open_store(path, create=True)
     message = str(caught.value)
-    assert f"state file {path} is not a DuckDB database or is damaged" in message
-    assert "move it away to start afresh, or restore a backup" in message
+    assert f"state file {path} is damaged" in message
+    assert "Restore it from a backup, or move it away" in message
     assert fingerprint(path.parent) == before
 
 

@@ -7,14 +7,19 @@ seed file, arguments) or an unusable state store; 3 stopped at a budget cap; 130
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeAlias
 
+import duckdb
+
 from engine.errors import ConfigError, M2LError, StateError
 from engine.version import __version__
+from state.schema import STATE_FILE, damaged, is_damage
 
 __all__ = ["build_parser", "main"]
 
@@ -119,12 +124,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, StateError) as exc:
         print(f"m2l: error: {exc}", file=sys.stderr)
         return 2
+    except duckdb.Error as exc:
+        # DuckDB reads a file lazily: damage can surface mid-command, after a clean open.
+        print(f"m2l: error: {_store_error(args, exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"m2l: error: {_os_error(exc)}", file=sys.stderr)
+        return 2
     except M2LError as exc:
         print(f"m2l: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("m2l: interrupted", file=sys.stderr)
         return 130
+
+
+def _store_path(args: argparse.Namespace, exc: BaseException) -> Path:
+    """The state file a command was reading: named in DuckDB's message, or from the arguments."""
+    quoted = re.search(r'file "([^"]+)"', str(exc))
+    if quoted:
+        return Path(quoted.group(1))
+    run_dir = getattr(args, "run_dir", None)
+    if run_dir is not None:
+        return Path(run_dir) / STATE_FILE
+    return Path(STATE_FILE)
+
+
+def _store_error(args: argparse.Namespace, exc: duckdb.Error) -> str:
+    path = _store_path(args, exc)
+    if is_damage(exc):
+        return str(damaged(path, exc))
+    first = " ".join(str(exc).split())[:200]
+    return f"reading the state file {path} failed: {first}; check the file and try again"
+
+
+def _os_error(exc: OSError) -> str:
+    """One line for a file m2l could not read or write, naming it and what to do."""
+    name = exc.filename if exc.filename is not None else "a file"
+    what = exc.strerror or str(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (
+            f"permission denied for {name} ({what}); make its folder writable (or, for export, "
+            "choose another place with --output)"
+        )
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device holding {name}; free some space and run again"
+    return f"{name}: {what}"
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ from state.requestlog import RequestLog
 from state.schema import STATE_FILE
 from state.setup import SetupReport, plan_run
 from state.store import RunStore
+from state.tempfiles import remove_stale_temp_files
 from state.writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,8 @@ async def execute_run(
         log.warning("%s", warning)
     profile = model_profile(config)
     taxonomy = load_taxonomy(config.taxonomy)
+    # A process killed mid-write (status file, export) left its temp files: tidy them first.
+    remove_stale_temp_files(config.run_dir, config.run_dir / "export")
     languages = load_languages()
     stop = stop or StopControl()
     async with GroupCommitWriter(

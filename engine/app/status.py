@@ -87,12 +87,13 @@ def status_command(args: argparse.Namespace) -> int:
 def show_status(
     run_dir: Path, *, as_json: bool, console: Console, errors: TextIO | None = None
 ) -> int:
-    """Print a run's status to ``console`` (or JSON to its file); 1 if there is no run."""
+    """Print a run's status to ``console`` (or JSON to its file); 2 if there is no readable run
+    (bad input, as for every command)."""
     try:
         status = read_run_status(run_dir)
     except StateError as exc:
         (errors or sys.stderr).write(f"m2l status: {exc}\n")
-        return 1
+        return 2
     if as_json:
         console.file.write(json.dumps(status.as_dict(), ensure_ascii=False, indent=2) + "\n")
         return 0
