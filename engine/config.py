@@ -492,6 +492,14 @@ SAFE_ON_RESUME = (
     "budget.usd",
     "budget.tokens",
     "budget.requests",
+    "budget.prices.",
+    # Where requests go and how they are addressed: fixing a host typo or a header, or moving
+    # to another deployment of the same model, continues a run.
+    "provider.base_url",
+    "provider.query",
+    "provider.api_key_env",
+    # The seed file's contents are compared by hash: a moved file with the same bytes is fine.
+    "seeds.file",
     "provider.connect_timeout_s",
     "provider.read_timeout_s",
     "provider.total_timeout_s",
@@ -520,6 +528,7 @@ SAFE_ON_RESUME = (
     "sim.batch_expire_s",
     "sim.batch_cancel_s",
     "sim.batch_line_failure_rate",
+    "sim.faults.",
 )
 
 

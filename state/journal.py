@@ -29,6 +29,7 @@ __all__ = [
     "mark_final",
     "read_meta",
     "record_step",
+    "retry_failed",
     "write_active",
     "write_meta",
     "write_steps",
@@ -49,6 +50,28 @@ def write_meta(items: Mapping[str, str]) -> Callable[[Conn], None]:
         )
 
     return op
+
+
+def retry_failed(conn: Conn) -> int:
+    """Put every failed conversation back to work from its last accepted step; how many.
+
+    A conversation with accepted steps becomes active (the scheduler resumes those first), one
+    without becomes pending; its reason is cleared, its earlier attempts stay in the request
+    log with their cost. run_meta counts how often this was done and how many it took back.
+    """
+    # Runs inside the writer's transaction: the reset and its count commit together.
+    row = conn.execute(
+        """UPDATE conversations
+           SET status = CASE WHEN steps_done > 0 THEN 'active' ELSE 'pending' END,
+               error = NULL, regenerations = 0, finished_at = NULL
+           WHERE status = 'failed'"""
+    ).fetchone()
+    count = int(row[0]) if row else 0
+    meta = read_meta(conn)
+    times = int(meta.get("retry_failed_times", "0")) + 1
+    total = int(meta.get("retry_failed_conversations", "0")) + count
+    write_meta({"retry_failed_times": str(times), "retry_failed_conversations": str(total)})(conn)
+    return count
 
 
 def read_meta(conn: Conn) -> dict[str, str]:

@@ -12,7 +12,7 @@ import duckdb
 import orjson
 import pytest
 
-from engine.app.run import execute_run
+from engine.app.run import RunOptions, execute_run
 from engine.clock import FakeClock
 from engine.config import RetryConfig, load_config
 from engine.errors import (
@@ -269,3 +269,38 @@ async def test_a_run_where_every_conversation_failed_does_not_finish(tmp_path: P
 def test_report_json_helper_is_valid() -> None:
     """(sanity) orjson round-trips the bad server's bodies used above."""
     assert orjson.loads(b'{"choices": []}') == {"choices": []}
+
+
+@pytest.mark.anyio
+async def test_retry_failed_takes_failed_conversations_back_from_their_last_good_step(
+    tmp_path: Path,
+) -> None:
+    """After the cause is fixed, --retry-failed finishes the failed conversations, counted once,
+    keeping the steps they had, and the run records the retry."""
+    path = write_config(tmp_path, faults="server_error = 1.0")
+    config = load_config(path)
+    report = await execute_run(config, env={})
+    assert report.result.status is RunStatus.FAILED and report.counts == {"failed": 8}
+    # Give two of them an accepted first step, as a conversation that failed later would have.
+    with duckdb.connect(str(config.run_dir / "state.duckdb")) as conn:
+        conn.execute(
+            "INSERT INTO messages (conv_id, step, turn, role, kind, content, tokens) "
+            "SELECT conv_id, 0, 1, 'user', 'evolve', 'Eleza kwa ufupi jinsi mvua inavyonyesha "
+            "katika milima ya Kilimanjaro wakati wa masika.', 20 FROM conversations "
+            "WHERE conv_id IN (5, 6)"
+        )
+        conn.execute("UPDATE conversations SET steps_done = 1 WHERE conv_id IN (5, 6)")
+    path.write_text(path.read_text().replace("server_error = 1.0", ""))  # the fix
+    config = load_config(path)
+    again = await execute_run(config, env={}, options=RunOptions(force=True, retry_failed=True))
+    assert again.result.status is RunStatus.FINISHED, again.result.message
+    assert again.counts == {"done": 8}
+    kept = rows(
+        config.run_dir, "SELECT conv_id, content FROM messages WHERE step = 0 AND conv_id IN (5, 6)"
+    )
+    assert all(str(content).startswith("Eleza kwa ufupi") for _, content in kept)
+    meta = dict(
+        rows(config.run_dir, "SELECT key, value FROM run_meta WHERE key LIKE 'retry_failed%'")
+    )
+    assert meta == {"retry_failed_times": "1", "retry_failed_conversations": "8"}
+    assert rows(config.run_dir, "SELECT count(*) FROM conversations") == [(8,)]

@@ -50,7 +50,14 @@ def _add_run_parser(sub: SubParsers) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="on resume, accept safe config changes (limits, concurrency, budget, retries)",
+        help="on resume, accept config changes that alter cost or delivery, not content "
+        "(prices, base_url, headers, query, timeouts, limits, budget, retries, concurrency)",
+    )
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="on resume, put failed conversations back to work from their last good step "
+        "(after fixing what made them fail); the run records how often this was done",
     )
     p.add_argument(
         "--cancel-batches",

@@ -72,6 +72,7 @@ __all__ = ["RunOptions", "RunReport", "assemble", "execute_run", "exit_code"]
 @dataclass(frozen=True, slots=True)
 class RunOptions:
     force: bool = False  # accept safe config changes (limits, budget, ...) on resume
+    retry_failed: bool = False  # failed conversations go back to work from their last good step
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,8 +146,9 @@ def check_resume(
     if not force:
         raise ConfigError(
             f"the config differs from the one run {config.run.name!r} started with:\n{listing}\n"
-            "These changes are safe (limits, concurrency, budget, retries, timeouts); "
-            "run again with --force to continue with them."
+            "These changes alter cost or delivery, not content (prices, base_url, headers, "
+            "query, timeouts, limits, budget, retries, concurrency); run again with --force to "
+            "continue with them."
         )
     return {"status": "running", **_config_meta(config)}
 
@@ -365,6 +367,8 @@ async def _prepare(
             meta, config, taxonomy, seeds_sha256=seeds_sha256, force=options.force
         )
         await writer.run(journal.write_meta(updates))
+        if options.retry_failed:
+            await writer.run(journal.retry_failed)
     counts = await writer.run(journal.count_by_status)
     if baseline is not None:
         name = config.run.name

@@ -26,7 +26,8 @@ def run_from_cli(args: argparse.Namespace) -> int:
     if getattr(args, "cancel_batches", False):
         return _cancel_batches(config, args)
     mode, interval = progress_options(args)
-    report = asyncio.run(_run(config, mode=mode, interval=interval, force=bool(args.force)))
+    options = RunOptions(force=bool(args.force), retry_failed=bool(args.retry_failed))
+    report = asyncio.run(_run(config, mode=mode, interval=interval, options=options))
     status = report.result.status
     if mode != "quiet":
         print(
@@ -70,14 +71,16 @@ def _print_setup(setup: SetupReport) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-async def _run(config: Config, *, mode: str, interval: float | None, force: bool) -> RunReport:
+async def _run(
+    config: Config, *, mode: str, interval: float | None, options: RunOptions
+) -> RunReport:
     model = ProgressModel(MonotonicClock())
     async with progress_display(mode, model, interval_s=interval, run_dir=config.run_dir):
         report = await execute_run(
             config,
             env=environment(),
             hooks=Hooks([model]),
-            options=RunOptions(force=force),
+            options=options,
             baseline=model.load_baseline,
             on_setup=_print_setup if mode != "quiet" else None,
         )
