@@ -45,6 +45,9 @@ class RunStarted:
     tpm: float | None
     budget_usd: float | None
     t: float
+    provider: str = ""  # "embedded simulator", or the base_url's host
+    model: str = ""
+    simulated: bool = False  # money figures are what the model would cost, nothing was paid
 
 
 @dataclass(frozen=True, slots=True)

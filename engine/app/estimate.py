@@ -14,11 +14,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from budgets.admission import run_price
 from budgets.estimate import Estimate, estimate_run
 from budgets.prices import from_nano
 from budgets.stepload import KINDS
 from engine.app.modelcheck import check_model
 from engine.app.pilot import run_pilot
+from engine.app.run import endpoint_of
 from engine.batch.planner import expected_waves
 from engine.config import Config, environment, load_config
 from engine.formats import duration, usd
@@ -65,7 +67,9 @@ def run_estimate(args: argparse.Namespace) -> int:
     env = environment()
     warnings = check_model(config, env)  # an unpriced model with money at stake: exit 2
     simulated = config.uses_simulator(env)
+    run_price(config)  # a capped run without a price cannot run: an error, not a note
     estimate = project_run(config, simulated=simulated)
+    provider, _ = endpoint_of(config, env)
     pilot = None
     if args.pilot:
         if not args.json:
@@ -77,10 +81,13 @@ def run_estimate(args: argparse.Namespace) -> int:
         )
     if args.json:
         data: dict[str, Any] = estimate_json(estimate)
+        data.update(provider=provider, model=config.provider.model, simulated=simulated)
         data["pilot"] = pilot.to_json() if pilot is not None else None
         data["warnings"] = warnings
         print(json.dumps(data, ensure_ascii=False, indent=2))
         return 0
+    money = " (money is simulated: nothing is paid)" if simulated else " (real money)"
+    print(f"provider: {config.provider.model} on {provider}{money}")
     for line in estimate_lines(estimate):
         print(line)
     for warning in warnings:

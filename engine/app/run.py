@@ -14,6 +14,7 @@ import hashlib
 import logging
 import signal
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,15 @@ from state.writer import GroupCommitWriter
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunOptions", "RunReport", "assemble", "execute_run", "exit_code"]
+__all__ = [
+    "SIMULATOR",
+    "RunOptions",
+    "RunReport",
+    "assemble",
+    "endpoint_of",
+    "execute_run",
+    "exit_code",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +162,18 @@ def check_resume(
     return {"status": "running", **_config_meta(config)}
 
 
+SIMULATOR = "embedded simulator"
+
+
+def endpoint_of(config: Config, env: Mapping[str, str]) -> tuple[str, bool]:
+    """Where requests go, for people: ("embedded simulator", True) or (base_url's host, False)."""
+    if config.uses_simulator(env):
+        return SIMULATOR, True
+    parts = urllib.parse.urlsplit(config.provider.base_url)
+    host = parts.netloc.rpartition("@")[2] or config.provider.base_url  # never user info
+    return host, False
+
+
 @contextlib.asynccontextmanager
 async def _endpoint(
     config: Config, env: Mapping[str, str]
@@ -215,7 +236,9 @@ async def execute_run(
     async with GroupCommitWriter(
         config.run_dir / STATE_FILE, create=True, store=config.store
     ) as writer:
-        setup = await _prepare(writer, config, taxonomy, languages, options, events, baseline)
+        setup = await _prepare(
+            writer, config, taxonomy, languages, options, events, baseline, endpoint_of(config, env)
+        )
         if setup is not None and on_setup is not None:
             on_setup(setup)
         first_request_id = await writer.run(RequestLog.next_id)
@@ -351,6 +374,7 @@ async def _prepare(
     options: RunOptions,
     hooks: EventHook,
     baseline: Callable[[ProgressSnapshot], None] | None,
+    endpoint: tuple[str, bool],
 ) -> SetupReport | None:
     """Plan a new run, or check the config of a resumed one; reports RunStarted."""
     meta = await writer.run(journal.read_meta)
@@ -369,6 +393,16 @@ async def _prepare(
         await writer.run(journal.write_meta(updates))
         if options.retry_failed:
             await writer.run(journal.retry_failed)
+    provider, simulated = endpoint
+    await writer.run(
+        journal.write_meta(
+            {
+                "provider": provider,
+                "model": config.provider.model,
+                "simulated": "true" if simulated else "false",
+            }
+        )
+    )
     counts = await writer.run(journal.count_by_status)
     if baseline is not None:
         name = config.run.name
@@ -383,6 +417,9 @@ async def _prepare(
             config.limits.tpm,
             config.budget.usd,
             _now(),
+            provider=provider,
+            model=config.provider.model,
+            simulated=simulated,
         )
     )
     return setup

@@ -130,7 +130,9 @@ def _panel(s: ProgressSnapshot, width: int, max_languages: int) -> list[Parts]:
         lines.append(_Line())
         lines += _languages(s.languages, inner, max_languages)
     style = STATE_STYLES.get(s.state, "white")
-    title = set_cell_size(f" m2l · {s.run or 'run'} · {s.state.replace('_', ' ')}", inner) + " "
+    where = f" · {s.endpoint}" if s.endpoint else ""
+    title = f" m2l · {s.run or 'run'} · {s.state.replace('_', ' ')}{where}"
+    title = set_cell_size(title, inner) + " "
     title = title.rstrip(" ") + " "
     subtitle = f" elapsed {duration(s.elapsed_s)}"
     if s.paused_s > 0:
@@ -265,7 +267,7 @@ def _limits_and_budget(s: ProgressSnapshot, inner: int) -> list[_Line]:
         projected.add(" over the cap", "red")
     budget = [
         _gauge(
-            "spent",
+            "simulated" if s.simulated else "spent",
             spent,
             fraction,
             spend_style,

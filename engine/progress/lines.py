@@ -53,6 +53,8 @@ def progress_line(s: ProgressSnapshot, *, wall: float | None = None) -> str:
     slowest = next((lang for lang in s.languages if lang.total != lang.finished), None)
     fields += [
         ("run", s.run),
+        ("provider", s.provider or "-"),
+        ("model", s.model or "-"),
         ("state", s.state),
         ("elapsed", duration(s.elapsed_s)),
         ("conversations", f"{s.finished}/{s.total}"),
@@ -80,6 +82,7 @@ def progress_line(s: ProgressSnapshot, *, wall: float | None = None) -> str:
         ("retries", str(s.retries)),
         ("failed_requests", str(s.requests_failed)),
         ("errors", ",".join(f"{name}:{n}" for name, n in s.errors_by_class) or "-"),
+        ("money", "simulated" if s.simulated else "real"),
         ("spent_usd", f"{s.spent_usd:.2f}"),
         ("reserved_usd", f"{s.reserved_usd:.2f}"),
         ("cap_usd", _num(s.cap_usd, 2)),

@@ -75,6 +75,9 @@ class ProgressModel:
     ) -> None:
         self._clock = clock
         self._run = ""
+        self._provider = ""
+        self._model = ""
+        self._simulated = False
         self._state = "starting"
         self._message = ""
         self._started = clock.now()
@@ -203,6 +206,7 @@ class ProgressModel:
 
     def _run_started(self, e: RunStarted) -> None:
         self._run = e.run
+        self._provider, self._model, self._simulated = e.provider, e.model, e.simulated
         self._total = e.conversations_total
         if not self._baseline.finished:  # with a baseline, its breakdown already counts these
             self._finished_before = e.conversations_done
@@ -362,6 +366,9 @@ class ProgressModel:
         batches = self._batches
         return ProgressSnapshot(
             run=self._run,
+            provider=self._provider,
+            model=self._model,
+            simulated=self._simulated,
             state=self._state,
             message=self._message,
             elapsed_s=elapsed,

@@ -101,6 +101,9 @@ class ProgressSnapshot:
     """A run's figures at one moment; counts are cumulative over the run, rates are recent."""
 
     run: str = ""
+    provider: str = ""  # "embedded simulator", or the base_url's host
+    model: str = ""
+    simulated: bool = False  # money is what the model would cost; the simulator bills nothing
     state: str = "starting"  # starting | running | one of FINAL_STATES
     message: str = ""  # why the run ended, when it has
     elapsed_s: float = 0.0  # wall time of this session (of the whole run, when read from a store)
@@ -162,6 +165,18 @@ class ProgressSnapshot:
     batch_oldest_age_s: float | None = None
     batch_held_usd: float | None = None  # worst cases held by lines whose outcome is unknown
     batch_waiting: int = 0  # steps ready, waiting for their batch to go out
+
+    @property
+    def endpoint(self) -> str:
+        """The model and where it runs, e.g. ``gpt-4o-mini on embedded simulator``."""
+        if not self.model and not self.provider:
+            return ""
+        return f"{self.model or 'model'} on {self.provider or 'provider'}"
+
+    @property
+    def money_note(self) -> str:
+        """How to read the money figures: simulated ones were never paid."""
+        return "simulated: nothing was paid" if self.simulated else ""
 
     @property
     def finished(self) -> int:

@@ -79,6 +79,9 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
     batches = batch_summary(con)
     return ProgressSnapshot(
         run=run,
+        provider=meta.get("provider", ""),
+        model=meta.get("model", "") or str(_dig(config, "provider", "model") or ""),
+        simulated=meta.get("simulated") == "true",
         state=meta.get("status", "unknown"),
         elapsed_s=span,
         total=total,

@@ -58,6 +58,7 @@ def summary_rows(s: ProgressSnapshot) -> list[Row]:
     """The summary's (label, figure, detail) rows, shared by the rich table and the plain text."""
     total = s.total
     rows: list[Row] = [
+        *([("model", s.model, f"on {s.provider}")] if s.endpoint else []),
         ("conversations", count(total), "planned"),
         ("  done", count(s.done), _of_total(s.done, total)),
         ("  failed", count(s.failed), _of_total(s.failed, total, _reasons(s.failed_by_reason))),
@@ -114,7 +115,9 @@ def summary_rows(s: ProgressSnapshot) -> list[Row]:
     cost = "" if s.cap_usd is None else f"of the {usd(s.cap_usd)} cap ({percent(s.spent_fraction)})"
     if s.reserved_usd > 0:
         cost = " · ".join(part for part in (cost, f"{usd(s.reserved_usd)} still reserved") if part)
-    rows.append(("cost", usd(s.spent_usd), cost))
+    if s.simulated:
+        cost = " · ".join(part for part in (cost, s.money_note) if part)
+    rows.append(("simulated cost" if s.simulated else "cost", usd(s.spent_usd), cost))
     if s.batches_open is not None:
         held = f" · {usd(s.batch_held_usd)} held" if s.batch_held_usd else ""
         states = ", ".join(f"{n} {name}" for name, n in s.batches_by_status)
