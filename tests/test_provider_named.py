@@ -7,6 +7,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from rich.console import Console
 
 from engine.app.cli import main
 from engine.app.run import execute_run
@@ -14,8 +15,7 @@ from engine.clock import MonotonicClock
 from engine.config import load_config
 from engine.errors import ConfigError
 from engine.events import Hooks
-from engine.progress import ProgressModel
-from engine.progress.dashboard import dashboard_text
+from engine.progress import Dashboard, ProgressModel, ProgressSnapshot
 from engine.progress.lines import progress_json, progress_line
 from engine.progress.store import store_snapshot
 from engine.progress.summary import summary_text
@@ -25,6 +25,12 @@ from tests.runfixtures import write_config
 pytestmark = pytest.mark.anyio
 
 KEY = "sk-test-" + "Pn5" * 12
+
+
+def dashboard_text(s: ProgressSnapshot, width: int) -> str:
+    console = Console(record=True, width=width, force_terminal=True)
+    console.print(Dashboard(s))
+    return console.export_text()
 
 
 async def test_a_simulated_run_says_so_everywhere(tmp_path: Path) -> None:
@@ -37,8 +43,8 @@ async def test_a_simulated_run_says_so_everywhere(tmp_path: Path) -> None:
         stored = store_snapshot(conn)
     for s in (live, stored):
         assert (s.provider, s.model, s.simulated) == ("embedded simulator", "gpt-4o-mini", True)
-        assert "gpt-4o-mini on embedded simulator" in dashboard_text(s, 100).plain
-        assert "simulated" in dashboard_text(s, 100).plain
+        assert "gpt-4o-mini on embedded simulator" in dashboard_text(s, 100)
+        assert "simulated" in dashboard_text(s, 100)
         line = progress_line(s)
         assert 'provider="embedded simulator"' in line and "model=gpt-4o-mini" in line
         assert "money=simulated" in line
@@ -61,7 +67,7 @@ async def test_a_real_provider_is_named_by_its_host_and_its_money_is_real(tmp_pa
     s = model.snapshot()
     host = sim.base_url.split("//")[1].split("/")[0]
     assert (s.provider, s.simulated) == (host, False)
-    assert f"gpt-4o-mini on {host}" in dashboard_text(s, 100).plain
+    assert f"gpt-4o-mini on {host}" in dashboard_text(s, 100)
     assert "money=real" in progress_line(s)
     assert "simulated" not in summary_text(s, run_dir=config.run_dir)
 
