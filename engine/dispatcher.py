@@ -219,8 +219,12 @@ class Dispatcher:
     async def _attempt(
         self, request: ChatRequest, kind: str, tries: int
     ) -> ChatResult | RequestError:
-        """One try: reserve, acquire, send, then settle or release; the error is returned."""
-        ticket = await self._accounting.reserve(request, tries)
+        """One try: acquire, reserve, send, then settle or release; the error is returned.
+
+        The reservation is made durable only once the gate and the limiter let the request
+        go: a request waiting in their queues holds nothing on record, so a kill leaves at most
+        the attempts that were about to be sent, or in flight, of unknown outcome.
+        """
         queued_at = _now()
         flight: Flight | None = None
         try:
@@ -229,13 +233,17 @@ class Dispatcher:
                 flight = await self._gate.acquire()
             permit = await self._limiter.acquire(request.charge)
         except BaseException as exc:
-            # Never sent (oversize, or cancelled while queued): it cost nothing.
+            # Never sent (oversize, or cancelled while queued): nothing was reserved.
             self._land(flight, None)
-            self._accounting.release(
-                ticket, exc if isinstance(exc, RequestError) else None, admitted=False
-            )
             if isinstance(exc, OversizeRequest):
                 self._hooks.on_event(RequestFailed(request.key, exc.error_class, str(exc), _now()))
+            raise
+        try:
+            ticket = await self._accounting.reserve(request, tries)
+        except BaseException:
+            # A cap refused it, or cancelled while logging: it never went out.
+            self._land(flight, None)
+            self._limiter.release(permit, admitted=False)
             raise
         sent_at = _now()
         self._hooks.on_event(

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from engine.chat import ChatRequest
+from engine.chat import ChatRequest, ChatResult, Usage
 from engine.client import ChatClient
 from engine.config import LimitsConfig, ProviderConfig, RetryConfig, Secret
 from engine.dispatcher import Dispatcher
@@ -26,6 +26,7 @@ from engine.errors import (
     ServerError,
 )
 from engine.events import Event
+from engine.headers import RateLimitSnapshot
 from engine.limiter import RateLimiter
 from engine.simulator import FaultRates, SimSettings, run_simulator
 from engine.tokens import TokenCounter
@@ -204,3 +205,49 @@ async def test_oversize_request_fails_at_once() -> None:
         with pytest.raises(OversizeRequest):
             await dispatcher.complete(request(max_tokens=5000))
         assert sim.stats()["admitted"] == 0
+
+
+class _Held:
+    """A completer that answers only when the test says so."""
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()
+
+    async def complete(self, request: ChatRequest, *, delivery: object = None) -> ChatResult:
+        await self.go.wait()
+        return ChatResult("ok", "stop", Usage(10, 2), "m", RateLimitSnapshot(), 0.01)
+
+
+class _CountingAccounting:
+    """Counts reservations made and open, records nothing."""
+
+    def __init__(self) -> None:
+        self.reserved = 0
+        self.open = 0
+
+    async def reserve(self, request: ChatRequest, attempt: int) -> object:
+        self.reserved += 1
+        self.open += 1
+        return None
+
+    def settle(self, ticket: object, result: ChatResult) -> float:
+        self.open -= 1
+        return 0.0
+
+    def release(self, ticket: object, error: RequestError | None, *, admitted: bool) -> None:
+        self.open -= 1
+
+
+async def test_requests_waiting_in_the_limiter_reserve_nothing() -> None:
+    """Only attempts the limiter let go are reserved: a kill leaves no queue of reservations."""
+    client, accounting = _Held(), _CountingAccounting()
+    limiter = RateLimiter(LimitsConfig(rpm=None, tpm=None, max_inflight=2))
+    dispatcher = Dispatcher(client, limiter, accounting=accounting)
+    tasks = [asyncio.create_task(dispatcher.complete(request(f"Q{i}"))) for i in range(10)]
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert limiter.statistics().queued == 8
+    assert accounting.reserved == 2  # the two in flight, not the eight queued
+    client.go.set()
+    await asyncio.gather(*tasks)
+    assert accounting.reserved == 10 and accounting.open == 0
