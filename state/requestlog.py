@@ -50,6 +50,7 @@ __all__ = [
     "model_sums",
     "parse_request_key",
     "request_key",
+    "settle_unknown",
     "spend_by",
     "spend_total",
     "status_is",
@@ -69,6 +70,10 @@ class AttemptStatus(enum.StrEnum):
     OK = "ok"  # answered: usage and cost settled
     ERROR = "error"  # admitted and failed: billed at its worst case unless its error is not
     REJECTED = "rejected"  # never admitted (a cap, the limiter, cancelled first): free
+    # Left reserved by a kill or a stop that cut it short, found so on the next start: the
+    # provider may or may not have answered (and billed) it, so it counts at its worst case,
+    # shown apart as money held for unknown outcomes.
+    UNKNOWN = "unknown"
 
 
 def status_is(*statuses: AttemptStatus, column: str = "status") -> str:
@@ -237,11 +242,13 @@ def write_finished(conn: Conn, rows: Sequence[FinishedRow]) -> None:
 # --- what was spent ----------------------------------------------------------------------------
 
 _OK = status_is(AttemptStatus.OK)
+_RESERVED = status_is(AttemptStatus.RESERVED)
 _SENT = f"NOT {status_is(AttemptStatus.REJECTED)}"
 # Attempts that count at their reserved worst case: outcome unknown (a crash, a cancellation in
 # flight), or admitted failures that may have been billed.
 _AT_WORST = (
-    f"({status_is(AttemptStatus.RESERVED)} OR ({status_is(AttemptStatus.ERROR)} AND "
+    f"({status_is(AttemptStatus.RESERVED, AttemptStatus.UNKNOWN)} OR "
+    f"({status_is(AttemptStatus.ERROR)} AND "
     f"coalesce(error_class, '') NOT IN ({', '.join(repr(c) for c in sorted(UNBILLED))})))"
 )
 
@@ -258,6 +265,16 @@ def _row_spend(per_usd: int, *, settled_only: bool) -> str:
               WHEN {worst} THEN prompt_tokens + max_tokens
               ELSE 0 END AS BIGINT) AS tokens,
     CAST({_SENT} AS BIGINT) AS requests"""
+
+
+def settle_unknown(conn: Conn) -> int:
+    """Mark every attempt still reserved as of unknown outcome; how many (call it at start,
+    while no attempt of this run can be in flight: the store's writer holds the file)."""
+    row = conn.execute(
+        f"UPDATE requests SET status = ?, finished_at = ? WHERE {_RESERVED}",
+        [AttemptStatus.UNKNOWN.value, now()],
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def spend_total(conn: Conn, *, per_usd: int) -> tuple[int, int, int]:
@@ -314,7 +331,9 @@ class AttemptSummary:
     prompt_tokens: int  # of answered attempts
     completion_tokens: int
     cost_usd: float
-    reserved_usd: float  # held by attempts whose outcome is unknown
+    reserved_usd: float  # held by attempts logged but not finished (in flight, when running)
+    unknown_usd: float  # held at worst case by attempts a kill or stop left unknown
+    unknown: int  # how many such attempts
     span_s: float  # first sent to last finished
     rate_limited: int  # 429 answers
     retries: int  # failed attempts (not 429s) that another attempt of the step followed
@@ -334,7 +353,9 @@ def attempt_summary(conn: Conn) -> AttemptSummary:
             coalesce(sum(prompt_tokens) FILTER (WHERE {_OK}), 0),
             coalesce(sum(completion_tokens) FILTER (WHERE {_OK}), 0),
             coalesce(sum(cost_usd), 0),
-            coalesce(sum(reserved_usd) FILTER (WHERE {status_is(AttemptStatus.RESERVED)}), 0),
+            coalesce(sum(reserved_usd) FILTER (WHERE {_RESERVED}), 0),
+            coalesce(sum(reserved_usd) FILTER (WHERE {status_is(AttemptStatus.UNKNOWN)}), 0),
+            count(*) FILTER (WHERE {status_is(AttemptStatus.UNKNOWN)}),
             coalesce(epoch(max(finished_at)) - epoch(min(sent_at)), 0),
             count(*) FILTER (WHERE error_class = {rate_limited})
         FROM requests"""
@@ -358,7 +379,19 @@ def attempt_summary(conn: Conn) -> AttemptSummary:
         """SELECT error_class, error FROM requests WHERE error IS NOT NULL
         ORDER BY finished_at DESC NULLS LAST, request_id DESC LIMIT 1"""
     ).fetchone()
-    sent, ok, charged, tokens_in, tokens_out, spent, reserved, span, hits = totals
+    (
+        sent,
+        ok,
+        charged,
+        tokens_in,
+        tokens_out,
+        spent,
+        reserved,
+        held,
+        unknown,
+        span,
+        hits,
+    ) = totals
     return AttemptSummary(
         sent=int(sent or 0),
         ok=int(ok or 0),
@@ -367,6 +400,8 @@ def attempt_summary(conn: Conn) -> AttemptSummary:
         completion_tokens=int(tokens_out or 0),
         cost_usd=float(spent or 0.0),
         reserved_usd=float(reserved or 0.0),
+        unknown_usd=float(held or 0.0),
+        unknown=int(unknown or 0),
         span_s=float(span or 0.0),
         rate_limited=int(hits or 0),
         retries=int(steps[0] or 0),

@@ -118,7 +118,7 @@ def test_unknown_or_missing_class_counts_as_billed() -> None:
 
 def test_statuses_are_the_stored_strings() -> None:
     """The enum's values are exactly what existing request tables hold."""
-    assert {s.value for s in AttemptStatus} == {"reserved", "ok", "error", "rejected"}
+    assert {s.value for s in AttemptStatus} == {"reserved", "ok", "error", "rejected", "unknown"}
     assert requestlog.status_is(AttemptStatus.OK, AttemptStatus.ERROR, column="r.status") == (
         "r.status IN ('ok', 'error')"
     )

@@ -58,7 +58,7 @@ from prompts.taxonomy import Taxonomy, load_taxonomy
 from state import journal
 from state.batcher import JournalBatcher
 from state.export import ExportReport, default_output, export_with
-from state.requestlog import RequestLog
+from state.requestlog import RequestLog, settle_unknown
 from state.schema import STATE_FILE
 from state.setup import SetupReport, plan_run
 from state.store import RunStore
@@ -394,6 +394,9 @@ async def _prepare(
         if options.retry_failed:
             await writer.run(journal.retry_failed)
     provider, simulated = endpoint
+    # Attempts a kill or a fatal stop left reserved can no longer be in flight: settle them as
+    # unknown (held at worst case, shown apart), before the budget reads the log.
+    await writer.run(settle_unknown)
     await writer.run(
         journal.write_meta(
             {

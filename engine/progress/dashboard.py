@@ -278,6 +278,13 @@ def _limits_and_budget(s: ProgressSnapshot, inner: int) -> list[_Line]:
         projected,
         _Line().label("reserved", budget_label).add(usd(s.reserved_usd)),
     ]
+    if s.unknown_usd > 0:
+        budget.append(
+            _Line()
+            .label("unknown", budget_label)
+            .add(usd(s.unknown_usd))
+            .add(" held for unknown outcomes", "dim")
+        )
     if not wide:
         return limits + budget
     rows = []

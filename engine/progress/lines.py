@@ -85,6 +85,7 @@ def progress_line(s: ProgressSnapshot, *, wall: float | None = None) -> str:
         ("money", "simulated" if s.simulated else "real"),
         ("spent_usd", f"{s.spent_usd:.2f}"),
         ("reserved_usd", f"{s.reserved_usd:.2f}"),
+        ("unknown_usd", f"{s.unknown_usd:.4f}"),
         ("cap_usd", _num(s.cap_usd, 2)),
         ("projected_usd", _num(s.projected_usd, 2)),
         (

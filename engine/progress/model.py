@@ -32,6 +32,7 @@ from engine.progress.snapshot import (
     pairs,
     slowest_first,
 )
+from engine.reasons import reason_family
 
 __all__ = ["ProgressModel"]
 
@@ -307,7 +308,8 @@ class ProgressModel:
         self._active = max(self._active - 1, 0)
         lang = self._language(e.language)
         lang.active = max(lang.active - 1, 0)
-        reason = e.reason or "unknown"
+        # Near-identical reasons (34 malformed bodies that began differently) are one line.
+        reason = reason_family(e.reason)
         if e.status == "done":
             self._done += 1
             lang.done += 1
@@ -415,6 +417,7 @@ class ProgressModel:
             cache_saved_usd=base.cache_saved_usd + self._cache_saved_usd,
             spent_usd=spent,
             reserved_usd=reserved,
+            unknown_usd=self._baseline.unknown_usd,
             cap_usd=self._cap,
             projected_usd=projected,
             languages=self._language_rows(now, since),

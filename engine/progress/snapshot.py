@@ -154,6 +154,7 @@ class ProgressSnapshot:
     cache_saved_usd: float = 0.0  # what the prompt cache took off spent_usd
     spent_usd: float = 0.0
     reserved_usd: float = 0.0
+    unknown_usd: float = 0.0  # of spent: held at worst case for attempts a kill cut short
     cap_usd: float | None = None
     projected_usd: float | None = None
     languages: tuple[LanguageProgress, ...] = ()  # slowest first

@@ -13,10 +13,12 @@ from typing import Any
 
 import duckdb
 
+from budgets.prices import NANO_PER_USD, from_nano
 from engine.errors import StateError
 from engine.progress.snapshot import LanguageProgress, ProgressSnapshot, pairs, slowest_first
+from engine.reasons import reason_family
 from state.batchstore import batch_summary
-from state.requestlog import attempt_summary, model_figures
+from state.requestlog import attempt_summary, model_figures, spend_total
 from state.schema import STATE_FILE, has_added_columns, open_read_only
 
 __all__ = ["STATE_DB", "read_store", "store_snapshot"]
@@ -58,8 +60,10 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
         f"""SELECT status, left(coalesce(filter_reason, error, 'unknown'), {_REASON_CHARS}),
             count(*) FROM conversations WHERE status IN ('failed', 'filtered') GROUP BY ALL"""
     ).fetchall():
-        reasons[status][reason] = n
+        family = reason_family(reason)  # near-identical reasons are one line
+        reasons[status][family] = reasons[status].get(family, 0) + n
     log = attempt_summary(con)
+    spent_nano, _, _ = spend_total(con, per_usd=NANO_PER_USD)
     span = log.span_s
     model = model_figures(con, has_columns=has_added_columns(con))
     minutes = span / 60
@@ -112,12 +116,16 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
         mean_utilisation=None if binding is None else binding[0],
         tokens_in=log.prompt_tokens,
         tokens_out=log.completion_tokens,
-        spent_usd=log.cost_usd,
+        # What counts against the cap, as the live ledger counts it: settled costs, admitted
+        # failures that may have been billed and unknown outcomes, at their worst case.
+        # (Attempts still reserved are shown apart, as reserved.)
+        spent_usd=max(from_nano(spent_nano) - log.reserved_usd, 0.0),
         reserved_usd=log.reserved_usd,
         tokens_reasoning=model.reasoning_tokens,
         tokens_cached=model.cached_tokens,
         reasoning_usd=model.reasoning_usd,
         cache_saved_usd=model.cache_saved_usd,
+        unknown_usd=log.unknown_usd,
         cap_usd=cap,
         languages=languages,
         batches_open=None if batches is None else batches.open_batches,

@@ -115,6 +115,9 @@ def summary_rows(s: ProgressSnapshot) -> list[Row]:
     cost = "" if s.cap_usd is None else f"of the {usd(s.cap_usd)} cap ({percent(s.spent_fraction)})"
     if s.reserved_usd > 0:
         cost = " · ".join(part for part in (cost, f"{usd(s.reserved_usd)} still reserved") if part)
+    if s.unknown_usd > 0:
+        held = f"{usd(s.unknown_usd)} of it held for unknown outcomes (attempts a stop cut short)"
+        cost = " · ".join(part for part in (cost, held) if part)
     if s.simulated:
         cost = " · ".join(part for part in (cost, s.money_note) if part)
     rows.append(("simulated cost" if s.simulated else "cost", usd(s.spent_usd), cost))
