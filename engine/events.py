@@ -30,6 +30,7 @@ __all__ = [
     "RequestSent",
     "RunFinished",
     "RunStarted",
+    "RunStopping",
     "StepDone",
 ]
 
@@ -182,6 +183,15 @@ class BatchUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class RunStopping:
+    """A stop was asked for (Ctrl-C, SIGTERM): nothing new starts, in-flight steps may finish."""
+
+    reason: str
+    grace_s: float
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
 class RunFinished:
     """The run stopped: ``finished``, ``interrupted``, ``budget_exhausted`` or ``failed``."""
 
@@ -203,6 +213,7 @@ Event = (
     | ConversationFinished
     | BudgetUpdate
     | BatchUpdate
+    | RunStopping
     | RunFinished
 )
 

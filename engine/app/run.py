@@ -31,7 +31,7 @@ from engine.client import ChatClient
 from engine.config import Config, LimitsConfig, Secret, config_diff
 from engine.dispatcher import Accounting, Completer, Dispatcher
 from engine.errors import ConfigError
-from engine.events import EventHook, Hooks, RunFinished, RunStarted
+from engine.events import EventHook, Hooks, RunFinished, RunStarted, RunStopping
 from engine.health import RunHealth
 from engine.limiter import RateLimiter
 from engine.modelprofile import ModelProfile, model_profile
@@ -212,12 +212,14 @@ async def execute_run(
     stop: StopControl | None = None,
     baseline: Callable[[ProgressSnapshot], None] | None = None,
     on_setup: Callable[[SetupReport], None] | None = None,
+    final: Callable[[ProgressSnapshot], None] | None = None,
 ) -> RunReport:
     """Run (or resume) the configured run to its end; raises ConfigError or StateError early.
 
     ``baseline`` receives the store's figures from before this session (for a display), on
     the event loop, before the first event of the run; ``on_setup`` receives what a new run's
     set-up selected (seeds asked, available and taken per language), before any request.
+    ``final`` receives the store's figures once the run has ended, before RunFinished.
     """
     events: EventHook = hooks or Hooks()
     # Everything that can refuse the config is checked before the run's folder exists.
@@ -292,7 +294,7 @@ async def execute_run(
                     shape=shape,
                     price=budget.costs.actual,
                 )
-                result = await _run_with_signals(scheduler, stop, config.run.grace_s)
+                result = await _run_with_signals(scheduler, stop, config.run.grace_s, events)
         counts = await writer.run(journal.count_by_status)
         result = judge_finished(result, counts)
         final_meta = {"status": result.status.value}
@@ -300,6 +302,11 @@ async def execute_run(
             # What the server refused and what went out instead, so a resume starts there.
             final_meta["adapted_params"] = orjson.dumps(shape.adapted).decode()
         await writer.run(journal.write_meta(final_meta))
+        if final is not None:
+            # The end summary's wall time, utilisation and spend are the store's, as
+            # `m2l status` reads them later: one run, one set of numbers.
+            name = config.run.name
+            final(await writer.run(lambda conn: store_snapshot(conn, run=name)))
         # The dataset so far, in the form trainers read; `m2l export` writes the other formats.
         dataset = await writer.run(
             lambda conn: export_with(
@@ -363,7 +370,7 @@ async def _run_batch_mode(
             price=budget.costs.actual,
         )
         # Steps wait in batches that outlive the process: a stop does not wait for them.
-        return await _run_with_signals(scheduler, stop, min(config.run.grace_s, 1.0))
+        return await _run_with_signals(scheduler, stop, min(config.run.grace_s, 1.0), events)
 
 
 async def _prepare(
@@ -479,13 +486,21 @@ def assemble(
     )
 
 
-async def _run_with_signals(scheduler: Scheduler, stop: StopControl, grace_s: float) -> RunResult:
+async def _run_with_signals(
+    scheduler: Scheduler, stop: StopControl, grace_s: float, events: EventHook
+) -> RunResult:
     """Run the scheduler with SIGINT/SIGTERM wired to a graceful stop (twice: at once)."""
     loop = asyncio.get_running_loop()
     installed = []
+
+    def on_signal(reason: str) -> None:
+        if not stop.requested:  # the first: displays show "stopping" for the grace period
+            events.on_event(RunStopping(reason, grace_s, _now()))
+        stop.request(reason)
+
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.request, f"stopped by {sig.name}")
+            loop.add_signal_handler(sig, on_signal, f"stopped by {sig.name}")
             installed.append(sig)
     try:
         return await scheduler.run(grace_s=grace_s)

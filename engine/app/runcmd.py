@@ -83,5 +83,6 @@ async def _run(
             options=options,
             baseline=model.load_baseline,
             on_setup=_print_setup if mode != "quiet" else None,
+            final=model.load_final,
         )
     return report

@@ -20,6 +20,7 @@ __all__ = ["STATE_STYLES", "Dashboard"]
 STATE_STYLES = {
     "starting": "cyan",
     "running": "green",
+    "stopping": "yellow",
     "finished": "green",
     "interrupted": "yellow",
     "stalled": "yellow",
@@ -254,6 +255,12 @@ def _limits_and_budget(s: ProgressSnapshot, inner: int) -> list[_Line]:
         _gauge("requests/min", rpm, s.rpm_util, limit_style, **size),
         _gauge("tokens/min", tpm, s.tpm_util, limit_style, **size),
     ]
+    if max(s.rpm_util or 0.0, s.tpm_util or 0.0) > 1.0 and s.rate_limit_hits == 0:
+        # A provider's bucket starts full (up to a minute's quota), so the first minute can
+        # run above the per-minute rate without a single 429: not a breach, and not for long.
+        limits.append(
+            _Line().add(" " * _LABEL_W).add("over 100%: the provider's initial burst", "dim")
+        )
     fraction = s.spent_fraction
     spend_style = "green" if fraction is None or fraction < 0.8 else "yellow"
     if fraction is not None and fraction >= 0.95:

@@ -106,6 +106,8 @@ def progress_line(s: ProgressSnapshot, *, wall: float | None = None) -> str:
         ]
     if s.paused_s > 0:
         fields.append(("paused_s", _num(s.paused_s)))
+    if max(s.rpm_util or 0.0, s.tpm_util or 0.0) > 1.0 and s.rate_limit_hits == 0:
+        fields.append(("over_limit", "initial_burst"))  # the provider's bucket starts full
     if s.last_error is not None:
         fields.append(("last_error", f"{s.last_error_class or 'error'}: {s.last_error}"))
     return "m2l " + " ".join(f"{key}={_quote(value)}" for key, value in fields)

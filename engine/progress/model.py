@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from engine.clock import Clock
@@ -23,6 +24,7 @@ from engine.events import (
     RequestSent,
     RunFinished,
     RunStarted,
+    RunStopping,
     StepDone,
 )
 from engine.progress.rates import SlidingCounter
@@ -77,6 +79,7 @@ class ProgressModel:
         self._clock = clock
         self._run = ""
         self._provider = ""
+        self._final: ProgressSnapshot | None = None
         self._model = ""
         self._simulated = False
         self._state = "starting"
@@ -157,6 +160,7 @@ class ProgressModel:
             BudgetUpdate: self._budget_update,
             BatchUpdate: self._batch_update,
             RunFinished: self._run_finished,
+            RunStopping: self._run_stopping,
         }
 
     def __repr__(self) -> str:
@@ -165,6 +169,11 @@ class ProgressModel:
     @property
     def state(self) -> str:
         return self._state
+
+    def load_final(self, final: ProgressSnapshot) -> None:
+        """Take the run's end figures from the store (``store_snapshot``), so the summary and a
+        later ``m2l status`` give the same wall time, utilisation, tokens and spend."""
+        self._final = final
 
     def load_baseline(self, baseline: ProgressSnapshot) -> None:
         """Count what earlier sessions finished, from the store (``store_snapshot``).
@@ -331,6 +340,11 @@ class ProgressModel:
     def _batch_update(self, e: BatchUpdate) -> None:
         self._batches = e
 
+    def _run_stopping(self, e: RunStopping) -> None:
+        if self._state == "running":
+            self._state = "stopping"
+            self._message = f"{e.reason}: in-flight requests get up to {e.grace_s:g} s to finish"
+
     def _run_finished(self, e: RunFinished) -> None:
         self._state = e.status
         self._message = e.message
@@ -366,7 +380,7 @@ class ProgressModel:
         last_class, last_message, last_age = _last_error(self._last_error, now, base)
         spent, reserved, projected = self._money(finished)
         batches = self._batches
-        return ProgressSnapshot(
+        snapshot = ProgressSnapshot(
             run=self._run,
             provider=self._provider,
             model=self._model,
@@ -431,6 +445,20 @@ class ProgressModel:
             # In batch mode what is reserved is held by lines in batches (or about to be).
             batch_held_usd=None if batches is None else reserved,
             batch_waiting=0 if batches is None else batches.waiting,
+        )
+        final = self._final
+        if final is None or self._state in ("running", "stopping"):
+            return snapshot
+        return replace(
+            snapshot,
+            elapsed_s=final.elapsed_s,
+            binding_limit=final.binding_limit,
+            mean_utilisation=final.mean_utilisation,
+            tokens_in=final.tokens_in,
+            tokens_out=final.tokens_out,
+            spent_usd=final.spent_usd,
+            reserved_usd=final.reserved_usd,
+            unknown_usd=final.unknown_usd,
         )
 
     def _money(self, finished: int) -> tuple[float, float, float | None]:

@@ -12,7 +12,8 @@ from typing import Any
 
 __all__ = ["FINAL_STATES", "LanguageProgress", "ProgressSnapshot", "pairs", "slowest_first"]
 
-# How a run can end; "running" and "starting" are the only other states a live run has.
+# How a run can end; "starting", "running" and "stopping" (a Ctrl-C's grace period) are the
+# states a live run has.
 FINAL_STATES = frozenset({"finished", "interrupted", "budget_exhausted", "failed"})
 
 # Snapshot fields that hold (name, count) pairs, biggest first; they are objects in JSON.

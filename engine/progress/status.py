@@ -66,7 +66,7 @@ def judge_status_file(status: StatusFile, *, now: float, alive: bool | None) -> 
     A run is running only if the file says so, its pid is alive and its heartbeat is fresh.
     """
     age = status.age_s(now)
-    if status.state not in ("running", "starting"):
+    if status.state not in ("running", "starting", "stopping"):
         return status.state, _ended_note(status.state, status.snapshot.message)
     beat = f"last heartbeat {ago(age)}"
     if alive is False:
@@ -159,7 +159,7 @@ def _from_store(
     message = view.file.snapshot.message if view is not None else snapshot.message
     if view is not None and view.state in FINAL_STATES:
         state, note = view.state, view.note
-    elif view is not None or snapshot.state in ("running", "starting", "unknown"):
+    elif view is not None or snapshot.state in ("running", "starting", "stopping", "unknown"):
         # Nobody holds the store, so nobody is running the run, whatever was last recorded:
         # the process ended without recording its end (killed, crashed, machine down).
         state, note, message = "interrupted", f"the process is gone; {_RESUME}", ""
