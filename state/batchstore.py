@@ -27,6 +27,7 @@ import duckdb
 from state.requestlog import AttemptStatus, status_is
 
 __all__ = [
+    "AWAITED_REQUESTS",
     "CLOSED",
     "OPEN",
     "BatchSummary",
@@ -37,6 +38,7 @@ __all__ = [
     "batch_summary",
     "ensure_tables",
     "file_uploaded",
+    "has_tables",
     "next_submission_id",
     "open_lines",
     "open_submissions",
@@ -109,6 +111,11 @@ def ensure_tables(conn: Conn) -> None:
     """Create the batch tables if this state file has none yet."""
     for ddl in _TABLES:
         conn.execute(ddl)
+
+
+# The request_ids batch mode settles itself when it collects a batch: a line's outcome comes
+# from the provider's batch, even after the process that wrote it is gone.
+AWAITED_REQUESTS: Final = "SELECT request_id FROM batch_lines"
 
 
 def has_tables(conn: Conn) -> bool:

@@ -267,11 +267,16 @@ def _row_spend(per_usd: int, *, settled_only: bool) -> str:
     CAST({_SENT} AS BIGINT) AS requests"""
 
 
-def settle_unknown(conn: Conn) -> int:
+def settle_unknown(conn: Conn, *, awaited: str | None = None) -> int:
     """Mark every attempt still reserved as of unknown outcome; how many (call it at start,
-    while no attempt of this run can be in flight: the store's writer holds the file)."""
+    while no attempt of this run can be in flight: the store's writer holds the file).
+
+    ``awaited`` is a SQL query of request_ids whose outcome is still to come and known to come
+    (lines of a provider's batch, which outlive the process): those stay reserved.
+    """
+    keep = f" AND request_id NOT IN ({awaited})" if awaited else ""
     row = conn.execute(
-        f"UPDATE requests SET status = ?, finished_at = ? WHERE {_RESERVED}",
+        f"UPDATE requests SET status = ?, finished_at = ? WHERE {_RESERVED}{keep}",
         [AttemptStatus.UNKNOWN.value, now()],
     ).fetchone()
     return int(row[0]) if row else 0

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
+import duckdb
 import orjson
 
 from budgets.admission import Budget, load_budget, run_price
@@ -55,7 +56,7 @@ from engine.validation import QualityValidator
 from engine.version import __version__
 from prompts.languages import LanguageTable, load_languages
 from prompts.taxonomy import Taxonomy, load_taxonomy
-from state import journal
+from state import batchstore, journal
 from state.batcher import JournalBatcher
 from state.export import ExportReport, default_output, export_with
 from state.requestlog import RequestLog, settle_unknown
@@ -403,7 +404,7 @@ async def _prepare(
     provider, simulated = endpoint
     # Attempts a kill or a fatal stop left reserved can no longer be in flight: settle them as
     # unknown (held at worst case, shown apart), before the budget reads the log.
-    await writer.run(settle_unknown)
+    await writer.run(_settle_unknown)
     await writer.run(
         journal.write_meta(
             {
@@ -484,6 +485,13 @@ def assemble(
         admission=admission,
         hooks=hooks,
     )
+
+
+def _settle_unknown(conn: duckdb.DuckDBPyConnection) -> int:
+    """Settle attempts a kill left reserved as unknown, except lines of the provider's batches
+    (batch mode collects their outcomes when it polls them)."""
+    awaited = batchstore.AWAITED_REQUESTS if batchstore.has_tables(conn) else None
+    return settle_unknown(conn, awaited=awaited)
 
 
 async def _run_with_signals(
