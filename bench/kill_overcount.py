@@ -5,6 +5,7 @@ unknown at its worst case) against the money settled for replies that came back.
 
     .venv/bin/python bench/kill_overcount.py               # 3 trials of 6 kills
     .venv/bin/python bench/kill_overcount.py --trials 5 --kills 4
+    .venv/bin/python bench/kill_overcount.py --rpm 300    # requests queue in the limiter
 
 Prints one line per trial and the mean; figures are USD at the built-in gpt-4o-mini price.
 """
@@ -72,10 +73,16 @@ def figures(state: Path) -> tuple[float, float, int, float]:
     return logged, float(row[0]), int(row[1]), float(row[2])
 
 
-def trial(seed: int, kills: int, module: str) -> tuple[float, float, int, float, int]:
+def trial(
+    seed: int, kills: int, module: str, rpm: float | None
+) -> tuple[float, float, int, float, int]:
     with tempfile.TemporaryDirectory(prefix="m2l-overcount-") as tmp:
         folder = Path(tmp)
-        write_config(folder, evols_per_seed=2, faults=FAULTS, ttft_s=0.02, per_token_s=0.0005)
+        # With --rpm, requests wait in the limiter's queue, as they do under a real limit.
+        extra = f"[limits]\nrpm = {rpm}" if rpm else ""
+        write_config(
+            folder, evols_per_seed=2, faults=FAULTS, ttft_s=0.02, per_token_s=0.0005, extra=extra
+        )
         rng = random.Random(seed)
         done = 0
         while True:
@@ -104,10 +111,13 @@ def main() -> None:
         default="engine.app.cli",
         help="the CLI module to run (engine.cli for checkouts older than the app layer)",
     )
+    parser.add_argument("--rpm", type=float, default=None, help="a requests/min limit to queue on")
     args = parser.parse_args()
     over = []
     for i in range(args.trials):
-        logged, settled, unknown, held, done = trial(20261122 + i, args.kills, args.cli_module)
+        logged, settled, unknown, held, done = trial(
+            20261122 + i, args.kills, args.cli_module, args.rpm
+        )
         extra = logged - settled
         over.append(extra / settled if settled else 0.0)
         print(
