@@ -42,6 +42,7 @@ from engine.events import (
     RequestDone,
     RequestFailed,
     RequestRetried,
+    RunFinished,
     RunStarted,
     StepDone,
 )
@@ -286,7 +287,9 @@ class BudgetAdmission:
                 entry[0] += 1
         elif isinstance(event, ConversationFinished):
             self._untrack(event.conv_id)
-        elif isinstance(event, RunStarted):
+        elif isinstance(event, RunStarted | RunFinished):
+            # The last replies may come in a burst (a batch's results all at once) inside one
+            # update interval: the figures a run ends with are the ledger's final ones.
             self._update(force=True)
 
     def _update(self, *, force: bool = False) -> None:

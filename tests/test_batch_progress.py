@@ -88,8 +88,9 @@ async def test_status_of_a_batch_run_counts_its_batches(tmp_path: Path) -> None:
     statuses = dict(s.batches_by_status)
     assert set(statuses) == {"completed"} and statuses["completed"] >= 8
     assert s.batch_requests_total == s.batch_requests_done == s.requests_ok
+    assert s.batches_made == statuses["completed"]
     text = summary_text(s, run_dir=config.run_dir)
-    assert "batches" in text and "completed" in text
+    assert f"{s.batches_made} made" in text and "completed" in text
 
 
 def test_estimate_shows_batch_cost_and_waves(

@@ -436,6 +436,7 @@ class ProgressModel:
             projected_usd=projected,
             languages=self._language_rows(now, since),
             batches_open=None if batches is None else batches.open_batches,
+            batches_made=0 if batches is None else batches.batches_created,
             batches_by_status=() if batches is None else pairs(dict(batches.by_status)),
             batch_requests_done=0 if batches is None else batches.requests_done,
             batch_requests_total=0 if batches is None else batches.requests_total,

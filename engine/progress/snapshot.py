@@ -161,6 +161,7 @@ class ProgressSnapshot:
     languages: tuple[LanguageProgress, ...] = ()  # slowest first
     # batch mode (run.mode = "batch"); batches_open None: the run uses no batches
     batches_open: int | None = None
+    batches_made: int = 0  # batches created (by this session, live; by the run, from the store)
     batches_by_status: Pairs = ()  # open batches by the provider's status
     batch_requests_done: int = 0  # lines of open batches answered so far
     batch_requests_total: int = 0

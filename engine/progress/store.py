@@ -129,7 +129,10 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
         cap_usd=cap,
         languages=languages,
         batches_open=None if batches is None else batches.open_batches,
-        batches_by_status=() if batches is None else pairs(batches.by_status),
+        batches_made=0 if batches is None else sum(n for k, n in batches.by_status.items() if k),
+        batches_by_status=()
+        if batches is None
+        else pairs({k or "not created": n for k, n in batches.by_status.items()}),
         batch_requests_done=0 if batches is None else batches.requests_done,
         batch_requests_total=0 if batches is None else batches.requests_total,
         batch_oldest_age_s=None if batches is None else batches.oldest_open_age_s,

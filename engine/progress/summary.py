@@ -127,9 +127,10 @@ def summary_rows(s: ProgressSnapshot) -> list[Row]:
         rows.append(
             (
                 "batches",
-                f"{s.batches_open} open",
-                f"{states + ' · ' if states else ''}{count(s.batch_requests_done)}/"
-                f"{count(s.batch_requests_total)} lines answered{held}",
+                f"{count(s.batches_made)} made",
+                f"{s.batches_open} open · {states + ' · ' if states else ''}"
+                f"{count(s.batch_requests_done)}/{count(s.batch_requests_total)} lines answered"
+                f"{held}",
             )
         )
     rows.append(("wall time", duration(s.elapsed_s), ""))
