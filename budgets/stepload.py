@@ -179,9 +179,17 @@ class TemplateSizes:
         return self._taxonomy.task(task).name
 
     def evolve(self, evol_type: str, language: str, task: str) -> tuple[int, int]:
-        """(template tokens, times it quotes the seed) for an evol type; ConfigError if unknown."""
-        tokens, fields = self._sized(self._taxonomy.get(evol_type), language, self._task_name(task))
-        return tokens, fields["seed"]
+        """(template tokens, times it quotes the seed) for an evol type; ConfigError if unknown.
+
+        The template tokens include the evolve system message sent with it.
+        """
+        name = self._task_name(task)
+        tokens, fields = self._sized(self._taxonomy.get(evol_type), language, name)
+        return tokens + self._system("evolve", language, name), fields["seed"]
+
+    def _system(self, step: str, language: str, task_name: str) -> int:
+        """Tokens of a step's system message, its message framing included."""
+        return self._sized(self._taxonomy.system(step), language, task_name)[0] + MESSAGE_TOKENS
 
     def answer_system(self, language: str, task: str) -> int:
         entry = self._taxonomy.answer_system()
@@ -189,9 +197,13 @@ class TemplateSizes:
 
     def follow_up(self, followup_type: str, language: str, task: str) -> FollowUpShape:
         entry = self._taxonomy.get(followup_type)
-        tokens, fields = self._sized(entry, language, self._task_name(task))
+        name = self._task_name(task)
+        tokens, fields = self._sized(entry, language, name)
         return FollowUpShape(
-            tokens, fields["conversation"], fields["last_user"], fields["last_assistant"]
+            tokens + self._system("follow_up", language, name),
+            fields["conversation"],
+            fields["last_user"],
+            fields["last_assistant"],
         )
 
     def worst(self, turns: int, seed_tokens: int) -> ConversationShape:
@@ -206,8 +218,10 @@ class TemplateSizes:
             for e in (*self._taxonomy.of_kind("evol_general"), *self._taxonomy.of_kind("evol_task"))
         ]
         follow = [size(e) for e in self._taxonomy.of_kind("multiturn")]
+        evolve_system = size(self._taxonomy.system("evolve"))[0] + MESSAGE_TOKENS
+        follow_system = size(self._taxonomy.system("follow_up"))[0] + MESSAGE_TOKENS
         worst_follow = FollowUpShape(
-            max((t for t, _ in follow), default=0),
+            max((t for t, _ in follow), default=0) + follow_system,
             max((f["conversation"] for _, f in follow), default=1),
             max((f["last_user"] for _, f in follow), default=0),
             max((f["last_assistant"] for _, f in follow), default=0),
@@ -215,7 +229,7 @@ class TemplateSizes:
         return ConversationShape(
             turns=turns,
             seed=seed_tokens * max((f["seed"] for _, f in evol), default=1),
-            evolve_template=max((t for t, _ in evol), default=0),
+            evolve_template=max((t for t, _ in evol), default=0) + evolve_system,
             answer_system=size(self._taxonomy.answer_system())[0],
             follow_ups=(worst_follow,) * max(turns - 1, 0),
         )

@@ -113,6 +113,7 @@ class ChatResult:
     model: str
     ratelimit: RateLimitSnapshot
     latency_s: float
+    cost_usd: float = 0.0  # what the attempt cost, set by the dispatcher once it is settled
 
 
 class Delivery:

@@ -42,6 +42,7 @@ __all__ = [
     "LimitsConfig",
     "PriceOverride",
     "ProviderConfig",
+    "QualityConfig",
     "RetryConfig",
     "RunConfig",
     "Secret",
@@ -426,6 +427,117 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class QualityConfig:
+    """The ``[quality]`` section: every output check's switch and thresholds, and what happens
+    to an output that fails one. The defaults are tuned on real replies in many languages.
+
+    Repetition: ``max_ngram_repeat_ratio`` (n = ``ngram_size``) is 0.00-0.05 on natural prose,
+    about 0.3 on a parallel list and above 0.8 on a degenerate loop; texts with fewer than
+    ``min_ngrams`` n-grams are too short to judge. A sentence of four or more units occurring
+    more than ``max_sentence_repeats`` times is a loop; a song's chorus or a poem's refrain
+    (short lines repeated at regular places) is not counted.
+    Cross-turn: a follow-up answer reusing more than ``cross_turn_overlap`` of its 4-grams from
+    earlier turns is a copy. Language: see engine.quality.langid for each threshold;
+    ``language_max_foreign_share`` is the share of letters in confidently foreign sentences a
+    reply may hold (a quoted phrase, a term) before it counts as written in another language.
+    Evolution: an evolved instruction at least ``evolved_max_similarity`` similar to its seed
+    was not rewritten. Truncation: a reply cut at max_tokens is asked again with
+    ``max_tokens_growth`` times the room, up to ``max_tokens_ceiling``; a step still cut there
+    fails as "truncated". ``keep_partial`` keeps a conversation's first k-1 turns when turn k
+    fails. Near-duplicates (``m2l filter``): estimated Jaccard similarity of 3-gram shingles.
+    Raises ValueError naming the key, its value and the allowed range.
+    """
+
+    min_reply_chars: int = 2
+    min_instruction_chars: int = 5
+    repetition: bool = True
+    ngram_size: int = 3
+    max_ngram_repeat_ratio: float = 0.4
+    min_ngrams: int = 8
+    max_sentence_repeats: int = 3
+    cross_turn: bool = True
+    cross_turn_ngram_size: int = 4
+    cross_turn_overlap: float = 0.8
+    check_language: bool = True
+    language_min_chars: int = 20
+    script_min_share: float = 0.5
+    language_min_confidence: float = 0.5
+    language_accept_share: float = 0.1
+    foreign_confidence: float = 0.98
+    language_max_foreign_share: float = 0.3
+    refusal: bool = True
+    refusal_window: int = 300
+    refusals_path: Path | None = None
+    markers: bool = True
+    role_labels: bool = True
+    extra_markers: tuple[str, ...] = ()
+    markers_path: Path | None = None
+    not_evolved: bool = True
+    evolved_max_similarity: float = 0.9
+    max_tokens_growth: float = 2.0
+    max_tokens_ceiling: int = 8192
+    scale_max_tokens: bool = True
+    keep_partial: bool = True
+    near_duplicates: bool = True
+    near_dup_threshold: float = 0.85
+    dedup_num_perm: int = 128
+    dedup_shingle_size: int = 3
+    dedup_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_ngram_repeat_ratio",
+            "cross_turn_overlap",
+            "script_min_share",
+            "language_min_confidence",
+            "language_accept_share",
+            "foreign_confidence",
+            "language_max_foreign_share",
+            "evolved_max_similarity",
+            "near_dup_threshold",
+        ):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} = {value}: expected a number from 0 to 1")
+        for name in ("ngram_size", "cross_turn_ngram_size", "dedup_shingle_size"):
+            value = getattr(self, name)
+            if not 1 <= value <= 20:
+                raise ValueError(f"{name} = {value}: expected an integer from 1 to 20")
+        for name in (
+            "min_reply_chars",
+            "min_instruction_chars",
+            "min_ngrams",
+            "max_sentence_repeats",
+            "language_min_chars",
+            "refusal_window",
+            "dedup_seed",
+        ):
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"{name} = {value}: expected 0 or more")
+        if not 16 <= self.dedup_num_perm <= 1024:
+            raise ValueError(
+                f"dedup_num_perm = {self.dedup_num_perm}: expected 16 to 1024 hash functions"
+            )
+        if any(not isinstance(m, str) or not m.strip() for m in self.extra_markers):
+            raise ValueError("extra_markers: expected a list of non-empty strings")
+        if not 1.0 < self.max_tokens_growth <= 16.0:
+            raise ValueError(
+                f"max_tokens_growth = {self.max_tokens_growth}: expected more than 1 and at most "
+                "16 (the factor a truncated step's max_tokens grows by)"
+            )
+        if not 16 <= self.max_tokens_ceiling <= 1_000_000:
+            raise ValueError(
+                f"max_tokens_ceiling = {self.max_tokens_ceiling}: expected 16 to 1000000 tokens"
+            )
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The names of every setting, for config templates and error hints."""
+        return tuple(f.name for f in fields(cls))
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """A whole run configuration, as loaded from one TOML file."""
 
@@ -439,6 +551,7 @@ class Config:
     batch: BatchConfig = field(default_factory=BatchConfig)
     sim: SimSettings = field(default_factory=SimSettings)
     store: StoreConfig = field(default_factory=StoreConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     taxonomy: Path | None = None
     # The file it was loaded from: set by load_config, not a key of the file.
     source: Path | None = field(default=None, compare=False, metadata=INTERNAL)

@@ -4,6 +4,15 @@ the plan (evol type, turns, follow-up types) is fixed when the conversation is c
 
 Steps, by index: 0 EVOLVE (the seed → user turn 1), 1 ANSWER, then for each further turn
 FOLLOW_UP (→ the next user message) and ANSWER. A conversation of n turns has 2n steps.
+
+An output is accepted only when it is complete and passes the Validator. A reply cut at
+max_tokens (``finish_reason = "length"``) is never accepted: the step is asked again with more
+room (``Conversation.room`` counts how often it grew; ``Prompter.max_tokens`` turns that into
+a cap, at most its ceiling) or fails as "truncated" when the cap cannot grow or the step's
+regenerations are used up. Every output thrown away is described by ``Conversation.rejected``
+so the caller can store it; a step fails after ``max_regenerations + 1`` outputs in total. When
+turn k (k >= 2) fails and ``keep_partial`` is set, the conversation ends DONE with its first
+k - 1 turns and ``reason`` says why it is short.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from engine.quality.verdict import Verdict
 from engine.records import (
     Conversation,
     Plan,
+    Rejection,
     Status,
     Step,
     StepKind,
@@ -31,7 +41,9 @@ __all__ = [
     "Outcome",
     "Plan",
     "Prompter",
+    "Rejection",
     "Rendered",
+    "StepRules",
     "Status",
     "Step",
     "StepKind",
@@ -63,13 +75,28 @@ class Prompter(Protocol):
 
     def message(self, role: str, content: str) -> Message: ...
 
-    def max_tokens(self, kind: StepKind) -> int: ...
+    def max_tokens(self, conv: Conversation, kind: StepKind, room: int) -> int:
+        """The cap for the next output of ``conv``'s step ``kind`` after growing ``room`` times;
+        never above the configured ceiling (so equal caps mean it cannot grow any more)."""
+        ...
 
 
 class Validator(Protocol):
     """Judges one step's output; a failed verdict makes the step run again."""
 
     def check(self, conv: Conversation, kind: StepKind, text: str) -> Verdict: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StepRules:
+    """How many outputs a step may throw away, and whether a late failure keeps the prefix."""
+
+    max_regenerations: int = 2
+    keep_partial: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_regenerations < 0:
+            raise ValueError("max_regenerations cannot be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +133,7 @@ def next_request(
     rendered = prompter.render(conv, kind)
     request = ChatRequest(
         messages=rendered.messages,
-        max_tokens=prompter.max_tokens(kind),
+        max_tokens=prompter.max_tokens(conv, kind, conv.room),
         temperature=temperature,
         key=request_key(conv.plan.conv_id, conv.next_step),
         seed=request_seed(conv.plan.conv_id, conv.next_step, conv.regenerations),
@@ -121,7 +148,7 @@ def apply(
     *,
     prompter: Prompter,
     validator: Validator,
-    max_regenerations: int,
+    rules: StepRules,
 ) -> Conversation:
     """The conversation after ``outcome`` for its next step.
 
@@ -129,18 +156,37 @@ def apply(
     """
     if conv.status.final or conv.next_step >= conv.plan.steps:
         raise IllegalTransition(f"{conv!r} cannot take another step outcome")
+    conv = replace(conv, rejected=None, dropped=())
     kind = step_kind(conv.next_step)
     if outcome.error is not None or outcome.text is None:
-        return replace(conv, status=Status.FAILED, reason=outcome.error or "no reply")
+        return _fail(conv, outcome.error or "no reply", rules)
     text = outcome.text.strip()
+    if outcome.finish_reason == "length":
+        # A cut reply is never complete, whatever the filters think of its first part.
+        cap = prompter.max_tokens(conv, kind, conv.room)
+        grows = prompter.max_tokens(conv, kind, conv.room + 1) > cap
+        detail = f"cut at max_tokens = {cap}" + ("" if grows else " (the ceiling)")
+        rejected = _rejection(conv, kind, "truncated", detail, text, outcome)
+        if grows and conv.regenerations < rules.max_regenerations:
+            return replace(
+                conv,
+                status=Status.ACTIVE,
+                regenerations=conv.regenerations + 1,
+                room=conv.room + 1,
+                rejected=rejected,
+            )
+        failed = _fail(conv, f"truncated after {conv.regenerations + 1} tries ({detail})", rules)
+        return replace(failed, rejected=rejected)
     verdict = validator.check(conv, kind, text)
     if not verdict.ok:
-        if conv.regenerations < max_regenerations:
-            return replace(conv, status=Status.ACTIVE, regenerations=conv.regenerations + 1)
         reason = verdict.reason or "invalid_output"
-        return replace(
-            conv, status=Status.FAILED, reason=f"{reason} after {conv.regenerations + 1} tries"
-        )
+        rejected = _rejection(conv, kind, reason, verdict.detail, text, outcome)
+        if conv.regenerations < rules.max_regenerations:
+            return replace(
+                conv, status=Status.ACTIVE, regenerations=conv.regenerations + 1, rejected=rejected
+            )
+        failed = _fail(conv, f"{reason} after {conv.regenerations + 1} tries", rules)
+        return replace(failed, rejected=rejected)
     role = "assistant" if kind is StepKind.ANSWER else "user"
     step = Step(
         index=conv.next_step,
@@ -152,4 +198,27 @@ def apply(
     )
     steps = (*conv.steps, step)
     status = Status.DONE if len(steps) == conv.plan.steps else Status.ACTIVE
-    return replace(conv, steps=steps, status=status, regenerations=0, reason=None)
+    return replace(conv, steps=steps, status=status, regenerations=0, room=0, reason=None)
+
+
+def _rejection(
+    conv: Conversation, kind: StepKind, reason: str, detail: str, text: str, outcome: Outcome
+) -> Rejection:
+    return Rejection(
+        conv.next_step, kind, conv.regenerations, reason, detail, text, outcome.finish_reason
+    )
+
+
+def _fail(conv: Conversation, reason: str, rules: StepRules) -> Conversation:
+    """The conversation after its current step failed for good: failed, or cut to its good turns."""
+    turn = conv.next_step // 2 + 1  # the turn whose step failed
+    if rules.keep_partial and turn >= 2:
+        kept = 2 * (turn - 1)
+        return replace(
+            conv,
+            steps=conv.steps[:kept],
+            dropped=conv.steps[kept:],
+            status=Status.DONE,
+            reason=f"kept {turn - 1} of {conv.plan.turns} turns: turn {turn} failed: {reason}",
+        )
+    return replace(conv, status=Status.FAILED, reason=reason)

@@ -11,6 +11,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from engine.chat import ChatRequest, ChatResult, Delivery, Usage, cost_parts
@@ -305,7 +306,7 @@ class Dispatcher:
                 saved,
             )
         )
-        return result
+        return replace(result, cost_usd=cost)
 
     def _land(self, flight: Flight | None, error: RequestError | None) -> None:
         """Hand a gate slot back: an overload cuts the limit, anything else just frees it."""

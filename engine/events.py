@@ -23,6 +23,7 @@ __all__ = [
     "EventHook",
     "Hooks",
     "ParameterAdapted",
+    "OutputRejected",
     "RateLimitHit",
     "RequestDone",
     "RequestFailed",
@@ -145,6 +146,18 @@ class StepDone:
 
 
 @dataclass(frozen=True, slots=True)
+class OutputRejected:
+    """A step's output was thrown away (a failed check or a truncated reply) and is stored."""
+
+    conv_id: int
+    kind: str
+    language: str
+    reason: str
+    cost_usd: float
+    t: float
+
+
+@dataclass(frozen=True, slots=True)
 class ConversationFinished:
     """A conversation reached a final state: ``done``, ``failed`` or ``filtered``."""
 
@@ -210,6 +223,7 @@ Event = (
     | ParameterAdapted
     | ConversationStarted
     | StepDone
+    | OutputRejected
     | ConversationFinished
     | BudgetUpdate
     | BatchUpdate

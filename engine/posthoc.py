@@ -135,6 +135,8 @@ class PosthocFilter:
             # Not indexed: a conversation filtered for its own faults must not make a clean
             # later copy of it look like the duplicate.
             return finding
+        if not self._config.near_duplicates:
+            return None
         match = self._index.add_match(conv.conv_id, conv.text())
         if match is None:
             return None

@@ -1,16 +1,25 @@
-"""Renders each step's messages from the taxonomy, counting every new text's tokens once.
+"""Renders each step's messages from the taxonomy, counting every new text's tokens once, and
+gives each step its max_tokens.
 
 The conversation's own messages keep the counts they were given when accepted, so an answer
-request at turn 6 costs no more tokenizer work than one at turn 1.
+request at turn 6 costs no more tokenizer work than one at turn 1. Every request starts with
+the taxonomy's system prompt for its step kind. A step's max_tokens is the configured one for
+its kind, scaled by what the conversation's language costs in tokens (prompts.tokencost), grown
+by ``quality.max_tokens_growth`` for each truncated try, and never above
+``quality.max_tokens_ceiling`` (nor below the configured value).
 """
 
 from __future__ import annotations
 
+import math
+
 from engine.chat import Message
-from engine.config import StepTokens
+from engine.config import QualityConfig, StepTokens
 from engine.conversation import Conversation, Rendered, StepKind
 from engine.tokens import TokenCounter
+from prompts.languages import LanguageTable, UnknownLanguage, load_languages
 from prompts.taxonomy import Taxonomy
+from prompts.tokencost import TokenCosts, load_token_costs
 
 __all__ = ["TaxonomyPrompter", "transcript"]
 
@@ -27,35 +36,78 @@ def transcript(conv: Conversation) -> str:
 class TaxonomyPrompter:
     """The Prompter the engine uses: templates from a Taxonomy, tokens from a TokenCounter."""
 
-    __slots__ = ("_counter", "_max_tokens", "_systems", "_taxonomy")
+    __slots__ = (
+        "_costs",
+        "_counter",
+        "_factors",
+        "_languages",
+        "_max_tokens",
+        "_quality",
+        "_systems",
+        "_taxonomy",
+    )
 
-    def __init__(self, taxonomy: Taxonomy, counter: TokenCounter, max_tokens: StepTokens) -> None:
+    def __init__(
+        self,
+        taxonomy: Taxonomy,
+        counter: TokenCounter,
+        max_tokens: StepTokens,
+        quality: QualityConfig | None = None,
+        *,
+        languages: LanguageTable | None = None,
+        costs: TokenCosts | None = None,
+    ) -> None:
         self._taxonomy = taxonomy
         self._counter = counter
         self._max_tokens = max_tokens
-        # One answer system prompt per (language, task), counted once for the whole run.
-        self._systems: dict[tuple[str, str], Message] = {}
+        self._quality = quality or QualityConfig()
+        self._languages = languages or load_languages()
+        self._costs = costs or load_token_costs()
+        # One system prompt per (step kind, language, task), counted once for the whole run.
+        self._systems: dict[tuple[StepKind, str, str], Message] = {}
+        self._factors: dict[str, float] = {}
 
     def message(self, role: str, content: str) -> Message:
         return self._counter.message(role, content)
 
-    def max_tokens(self, kind: StepKind) -> int:
-        return int(getattr(self._max_tokens, kind.value))
+    def language_factor(self, language_code: str) -> float:
+        """How many times English's tokens this language needs (1.0 when scaling is off)."""
+        factor = self._factors.get(language_code)
+        if factor is None:
+            factor = 1.0
+            if self._quality.scale_max_tokens:
+                try:
+                    language = self._languages.lookup(language_code)
+                except UnknownLanguage:
+                    language = None
+                if language is not None:
+                    factor = self._costs.factor(language, self._counter.encoding_name)
+            self._factors[language_code] = factor
+        return factor
+
+    def max_tokens(self, conv: Conversation, kind: StepKind, room: int) -> int:
+        base = int(getattr(self._max_tokens, kind.value))
+        scaled = base * self.language_factor(conv.plan.language_code)
+        grown = scaled * self._quality.max_tokens_growth ** min(room, 64)
+        return max(base, min(self._quality.max_tokens_ceiling, math.ceil(grown)))
+
+    def _system(self, kind: StepKind, language: str, task: str) -> Message:
+        key = (kind, language, task)
+        system = self._systems.get(key)
+        if system is None:
+            text = self._taxonomy.system(kind.value).render(language=language, task=task)
+            system = self._systems[key] = self._counter.message("system", text)
+        return system
 
     def render(self, conv: Conversation, kind: StepKind) -> Rendered:
         plan = conv.plan
         task_name = self._taxonomy.task(plan.task).name
+        system = self._system(kind, plan.language, task_name)
         if kind is StepKind.EVOLVE:
             entry = self._taxonomy.get(plan.evol_type)
             text = entry.render(seed=plan.seed_text, language=plan.language, task=task_name)
-            return Rendered((self._counter.message("user", text),), entry.id, text)
+            return Rendered((system, self._counter.message("user", text)), entry.id, text)
         if kind is StepKind.ANSWER:
-            key = (plan.language, plan.task)
-            system = self._systems.get(key)
-            if system is None:
-                entry = self._taxonomy.answer_system()
-                text = entry.render(language=plan.language, task=task_name)
-                system = self._systems[key] = self._counter.message("system", text)
             history = tuple(step.message for step in conv.steps)
             return Rendered((system, *history), None, None)
         turn = conv.next_step // 2 + 1  # the user turn this follow-up creates (2..6)
@@ -69,4 +121,4 @@ class TaxonomyPrompter:
             language=plan.language,
             task=task_name,
         )
-        return Rendered((self._counter.message("user", text),), entry.id, text)
+        return Rendered((system, self._counter.message("user", text)), entry.id, text)

@@ -15,6 +15,7 @@ from engine.chat import Message
 __all__ = [
     "Conversation",
     "Plan",
+    "Rejection",
     "Status",
     "Step",
     "StepKind",
@@ -61,6 +62,7 @@ class Plan:
     evol_type: str
     turns: int
     followup_types: tuple[str, ...]
+    seed_target: str | None = None  # the seed's reference answer, if the seed file has one
 
     def __post_init__(self) -> None:
         if not 1 <= self.turns <= 6:
@@ -93,18 +95,43 @@ class Step:
 
 
 @dataclass(frozen=True, slots=True)
+class Rejection:
+    """An output thrown away: which step and try made it, why, and the text itself."""
+
+    step: int
+    kind: StepKind
+    regeneration: int  # 0 for the step's first output, 1 for the first regeneration, ...
+    reason: str  # a quality Reason, or "truncated"
+    detail: str
+    text: str
+    finish_reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Conversation:
-    """A conversation's state: its plan, accepted steps, status and the current step's retries."""
+    """A conversation's state: its plan, accepted steps, status and the current step's retries.
+
+    ``regenerations`` and ``room`` belong to the current step and are stored with every
+    rejected output, so a restart neither repeats a step's tries nor shrinks its room.
+    ``rejected`` is set only by the ``apply`` that threw an output away, for the caller to store.
+    """
 
     plan: Plan
     steps: tuple[Step, ...] = ()
     status: Status = Status.PENDING
-    regenerations: int = 0  # bad outputs regenerated for the current step
+    regenerations: int = 0  # outputs of the current step thrown away so far
     reason: str | None = None
+    room: int = 0  # times the current step's max_tokens grew after a truncated reply
+    rejected: Rejection | None = None
+    dropped: tuple[Step, ...] = ()  # accepted steps cut off with a failed turn (keep_partial)
 
     @property
     def next_step(self) -> int:
         return len(self.steps)
+
+    @property
+    def turns_made(self) -> int:
+        return len(self.steps) // 2
 
     def __repr__(self) -> str:
         return (

@@ -23,6 +23,7 @@ from engine.conversation import (
     Outcome,
     Prompter,
     Status,
+    StepRules,
     Validator,
     apply,
     next_request,
@@ -30,7 +31,14 @@ from engine.conversation import (
 )
 from engine.dispatcher import Dispatcher
 from engine.errors import BudgetExhausted, FatalRunError, RequestError, StateError
-from engine.events import ConversationFinished, ConversationStarted, EventHook, Hooks, StepDone
+from engine.events import (
+    ConversationFinished,
+    ConversationStarted,
+    EventHook,
+    Hooks,
+    OutputRejected,
+    StepDone,
+)
 from engine.limiter import RateLimiter
 
 __all__ = [
@@ -59,6 +67,17 @@ class ConversationStore(Protocol):
     async def record_step(self, conv: Conversation) -> None: ...
 
     async def mark_final(self, conv: Conversation) -> None: ...
+
+    async def record_rejection(
+        self,
+        conv: Conversation,
+        *,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        cost: float,
+    ) -> None:
+        """Store the output ``conv.rejected`` describes with the step's try count, durably."""
+        ...
 
     async def mark_active(self, conv: Conversation) -> None: ...
 
@@ -150,6 +169,7 @@ class Scheduler:
         max_active: int,
         stop: StopControl,
         admission: Admission | None = None,
+        rules: StepRules | None = None,
         hooks: EventHook | None = None,
         queue_low_water: int = 8,
         batch_size: int = 256,
@@ -159,6 +179,7 @@ class Scheduler:
         self._prompter = prompter
         self._validator = validator
         self._generation = generation
+        self._rules = rules or StepRules(generation.max_regenerations)
         self._max_active = max_active
         self._stop = stop
         self._admission: Admission = admission or _AdmitAll()
@@ -276,6 +297,7 @@ class Scheduler:
                     break
                 request, rendered = nxt
                 kind = step_kind(conv.next_step)
+                result = None
                 try:
                     result = await self._dispatcher.complete(request, kind=kind.value)
                     outcome = Outcome(result.content, result.finish_reason)
@@ -291,8 +313,28 @@ class Scheduler:
                     outcome,
                     prompter=self._prompter,
                     validator=self._validator,
-                    max_regenerations=self._generation.max_regenerations,
+                    rules=self._rules,
                 )
+                if new.rejected is not None:
+                    # Submitted in the same loop pass as the attempt's settlement, so both
+                    # commit together: the try count on disk never lags the paid replies.
+                    usage = result.usage if result is not None else None
+                    await self._store.record_rejection(
+                        new,
+                        prompt_tokens=usage.prompt_tokens if usage else None,
+                        completion_tokens=usage.completion_tokens if usage else None,
+                        cost=result.cost_usd if result is not None else 0.0,
+                    )
+                    emit(
+                        OutputRejected(
+                            plan.conv_id,
+                            kind.value,
+                            plan.language,
+                            new.rejected.reason,
+                            result.cost_usd if result is not None else 0.0,
+                            time.monotonic(),
+                        )
+                    )
                 if len(new.steps) > len(conv.steps):
                     await self._store.record_step(new)  # durable before we move on
                     emit(StepDone(plan.conv_id, kind.value, plan.language, time.monotonic()))

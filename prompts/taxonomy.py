@@ -45,6 +45,8 @@ ENTRY_FILES: Mapping[Kind, str] = MappingProxyType({kind: f"{kind}.toml" for kin
 # The simulator (and any reader of a run's requests) relies on these two conventions: the target
 # language stands on its own line, and a rewrite request says "Return only the new ...".
 TARGET_LANGUAGE_LINE = "Target language: {language}"
+# The system prompts in answer.toml, one per step kind (their ``family``).
+SYSTEM_FAMILIES = ("evolve", "answer", "follow_up")
 REWRITE_MARKER = "Return only the new"
 
 _EVOL = frozenset({"seed", "language", "task"})
@@ -198,7 +200,21 @@ class Taxonomy:
 
     def answer_system(self) -> PromptEntry:
         """The system prompt that makes the model answer in the conversation's language."""
-        return self.of_kind("answer")[0]
+        return self.system("answer")
+
+    def system(self, step: str) -> PromptEntry:
+        """The system prompt of a step kind ("evolve", "answer" or "follow_up").
+
+        Every request carries one, so no server injects its own default persona. Raises
+        ConfigError when the taxonomy has none for ``step``.
+        """
+        for entry in self.of_kind("answer"):
+            if entry.family == step:
+                return entry
+        raise ConfigError(
+            f"the taxonomy has no system prompt for {step} steps: add a [[prompt]] with "
+            f"family = {step!r} to {ENTRY_FILES['answer']}"
+        )
 
 
 # --- loading ------------------------------------------------------------------------------------
@@ -361,10 +377,11 @@ def _check_counts(root: Path, taxonomy: Taxonomy, min_evols_per_task: int) -> No
                 f"task-specific), fewer than min_evols_per_task={min_evols_per_task}; add "
                 f"entries whose tasks list {task_id!r}, or lower min_evols_per_task"
             )
-    if len(taxonomy.of_kind("answer")) != 1:
+    families = [e.family for e in taxonomy.of_kind("answer")]
+    if sorted(families) != sorted(SYSTEM_FAMILIES):
         raise ConfigError(
-            f"{root / ENTRY_FILES['answer']}: expected exactly one [[prompt]] (the answer system "
-            f"prompt), found {len(taxonomy.of_kind('answer'))}"
+            f"{root / ENTRY_FILES['answer']}: expected one system [[prompt]] for each of the "
+            f"families {', '.join(SYSTEM_FAMILIES)}, found {', '.join(families) or 'none'}"
         )
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "mark_active",
     "mark_final",
     "read_meta",
+    "record_rejection",
     "record_step",
     "retry_failed",
     "write_active",
@@ -84,7 +85,8 @@ def count_by_status(conn: Conn) -> dict[str, int]:
 
 
 _CONV_COLUMNS = """c.conv_id, c.seed_id, s.instruction, c.language, c.language_code, c.task,
-    c.evol_type, c.turns_planned, c.followup_types, c.status, c.regenerations"""
+    c.evol_type, c.turns_planned, c.followup_types, c.status, c.regenerations, c.room,
+    s.target"""
 
 
 def load_conversations(
@@ -120,12 +122,15 @@ def load_conversations(
                 )
             )
     out = []
-    for conv_id, seed_id, seed, lang, code, task, evol, turns, followups, status, regen in rows:
-        plan = Plan(conv_id, seed_id, seed, lang, code, task, evol, turns, tuple(followups))
+    for (
+        conv_id, seed_id, seed, lang, code, task, evol, turns, followups, status, regen, room,
+        target,
+    ) in rows:  # fmt: skip
+        plan = Plan(conv_id, seed_id, seed, lang, code, task, evol, turns, tuple(followups), target)
         done = tuple(steps[conv_id])
         if [s.index for s in done] != list(range(len(done))):
             raise ValueError(f"conversation {conv_id} has a gap in its stored steps")
-        out.append(Conversation(plan, done, Status(status), regen))
+        out.append(Conversation(plan, done, Status(status), regen, room=room))
     return out
 
 
@@ -187,7 +192,7 @@ def write_steps(conn: Conn, convs: Sequence[Conversation]) -> None:
         conn.execute(f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({marks(11)})", messages[0])
         conv_id, status, steps, finished = progress[0]
         conn.execute(
-            """UPDATE conversations SET status = ?, steps_done = ?, regenerations = 0,
+            """UPDATE conversations SET status = ?, steps_done = ?, regenerations = 0, room = 0,
                finished_at = ? WHERE conv_id = ?""",
             [status, steps, finished, conv_id],
         )
@@ -198,7 +203,7 @@ def write_steps(conn: Conn, convs: Sequence[Conversation]) -> None:
     )
     conn.execute(
         f"""UPDATE conversations SET status = v.status, steps_done = v.steps, regenerations = 0,
-            finished_at = v.finished
+            room = 0, finished_at = v.finished
             FROM (SELECT {unnest(("BIGINT", "VARCHAR", "SMALLINT", "TIMESTAMP"))}) AS
                  v(conv_id, status, steps, finished)
             WHERE conversations.conv_id = v.conv_id""",
@@ -233,14 +238,90 @@ def _message_row(conv: Conversation, now: dt.datetime) -> tuple[object, ...]:
 
 
 def mark_final(conv: Conversation) -> Callable[[Conn], None]:
-    """An op that stores a failed or filtered conversation's status and reason."""
+    """An op that stores a final conversation's status and reason.
+
+    A conversation cut to its good turns (DONE with a reason, see engine.conversation) also
+    gets its made turns recorded, and the accepted steps it dropped move from ``messages`` to
+    ``rejections`` (reason "unanswered"), so no thrown-away output goes unrecorded.
+    """
     column = "filter_reason" if conv.status is Status.FILTERED else "error"
+    conv_id = conv.plan.conv_id
+
+    def op(conn: Conn) -> None:
+        now = _bulk.now()
+        for step in conv.dropped:
+            conn.execute(
+                """INSERT INTO rejections (conv_id, step, regeneration, kind, reason, detail,
+                       content, finish_reason, prompt_tokens, completion_tokens, cost_usd,
+                       created_at)
+                   SELECT m.conv_id, m.step,
+                       (SELECT coalesce(max(regeneration) + 1, 0) FROM rejections r
+                        WHERE r.conv_id = m.conv_id AND r.step = m.step),
+                       m.kind, 'unanswered', ?, m.content, m.finish_reason, NULL, m.tokens,
+                       (SELECT q.cost_usd FROM requests q WHERE q.conv_id = m.conv_id
+                        AND q.step = m.step AND q.status = 'ok'
+                        ORDER BY q.request_id DESC LIMIT 1), ?
+                   FROM messages m WHERE m.conv_id = ? AND m.step = ?
+                   ON CONFLICT DO NOTHING""",
+                ["dropped with the failed turn it opened", now, conv_id, step.index],
+            )
+            conn.execute(
+                "DELETE FROM messages WHERE conv_id = ? AND step = ?", [conv_id, step.index]
+            )
+        conn.execute(
+            f"""UPDATE conversations SET status = ?, {column} = ?, regenerations = ?, room = ?,
+                steps_done = ?, finished_at = ? WHERE conv_id = ?""",
+            [
+                conv.status.value,
+                conv.reason,
+                conv.regenerations,
+                conv.room,
+                len(conv.steps),
+                now,
+                conv_id,
+            ],
+        )
+
+    return op
+
+
+def record_rejection(
+    conv: Conversation, *, prompt_tokens: int | None, completion_tokens: int | None, cost: float
+) -> Callable[[Conn], None]:
+    """An op that stores the output ``conv`` just threw away and the step's new try count.
+
+    The count and the room are written with the output, so a restart resumes the step at the
+    same try (same sampling seed, same max_tokens) and never exceeds its bound.
+    """
+    rejected = conv.rejected
+    assert rejected is not None, "record_rejection needs a conversation that rejected an output"
+    conv_id = conv.plan.conv_id
 
     def op(conn: Conn) -> None:
         conn.execute(
-            f"""UPDATE conversations SET status = ?, {column} = ?, regenerations = ?,
-                finished_at = ? WHERE conv_id = ?""",
-            [conv.status.value, conv.reason, conv.regenerations, _bulk.now(), conv.plan.conv_id],
+            """INSERT INTO rejections (conv_id, step, regeneration, kind, reason, detail,
+                   content, finish_reason, prompt_tokens, completion_tokens, cost_usd,
+                   created_at)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING""",
+            [
+                conv_id,
+                rejected.step,
+                rejected.regeneration,
+                rejected.kind.value,
+                rejected.reason,
+                rejected.detail[:500],
+                rejected.text,
+                rejected.finish_reason,
+                prompt_tokens,
+                completion_tokens,
+                cost,
+                _bulk.now(),
+            ],
         )
+        if not conv.status.final:
+            conn.execute(
+                "UPDATE conversations SET regenerations = ?, room = ? WHERE conv_id = ?",
+                [conv.regenerations, conv.room, conv_id],
+            )
 
     return op

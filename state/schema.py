@@ -44,7 +44,7 @@ __all__ = [
     "table_for_error",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # The state file's name inside a run directory.
 STATE_FILE = "state.duckdb"
@@ -69,13 +69,21 @@ TABLES: dict[str, str] = {
             language_code VARCHAR NOT NULL, task VARCHAR NOT NULL,
             status VARCHAR NOT NULL DEFAULT 'pending', steps_done SMALLINT NOT NULL DEFAULT 0,
             regenerations SMALLINT NOT NULL DEFAULT 0, error VARCHAR, filter_reason VARCHAR,
-            created_at TIMESTAMP, finished_at TIMESTAMP)""",
+            created_at TIMESTAMP, finished_at TIMESTAMP, room SMALLINT NOT NULL DEFAULT 0)""",
     "messages": """
         CREATE TABLE messages(conv_id BIGINT NOT NULL, step SMALLINT NOT NULL,
             turn SMALLINT NOT NULL, role VARCHAR NOT NULL, kind VARCHAR NOT NULL,
             content VARCHAR NOT NULL, tokens INTEGER NOT NULL, evol_type VARCHAR,
             prompt VARCHAR, finish_reason VARCHAR, created_at TIMESTAMP,
             PRIMARY KEY(conv_id, step))""",
+    # Every output thrown away: a rejected or truncated try (regeneration = its index among the
+    # step's tries), or an accepted user turn dropped with the failed turn it opened.
+    "rejections": """
+        CREATE TABLE rejections(conv_id BIGINT NOT NULL, step SMALLINT NOT NULL,
+            regeneration SMALLINT NOT NULL, kind VARCHAR NOT NULL, reason VARCHAR NOT NULL,
+            detail VARCHAR, content VARCHAR NOT NULL, finish_reason VARCHAR,
+            prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd DOUBLE,
+            created_at TIMESTAMP, PRIMARY KEY(conv_id, step, regeneration))""",
     "requests": """
         CREATE TABLE requests(request_id BIGINT PRIMARY KEY, conv_id BIGINT, step SMALLINT,
             attempt SMALLINT NOT NULL, status VARCHAR NOT NULL, error_class VARCHAR,
@@ -91,6 +99,7 @@ PRIMARY_KEYS: dict[tuple[str, ...], str] = {
     ("seed_id",): "seeds",
     ("conv_id",): "conversations",
     ("conv_id", "step"): "messages",
+    ("conv_id", "step", "regeneration"): "rejections",
     ("request_id",): "requests",
 }
 

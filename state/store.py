@@ -31,6 +31,19 @@ class RunStore:
     async def record_step(self, conv: Conversation) -> None:
         await asyncio.shield(self.batcher.step(conv))
 
+    async def record_rejection(
+        self,
+        conv: Conversation,
+        *,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        cost: float,
+    ) -> None:
+        op = journal.record_rejection(
+            conv, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, cost=cost
+        )
+        await asyncio.shield(self.batcher.op(op))
+
     async def mark_final(self, conv: Conversation) -> None:
         await asyncio.shield(self.batcher.op(journal.mark_final(conv)))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import Config, config_diff, load_config
+from engine.config import Config, QualityConfig, config_diff, load_config
 from engine.errors import ConfigError
 
 GOOD = """
@@ -51,6 +51,11 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
         ("[bogus]\nx = 1", r"unknown key 'bogus'"),
         ("[provider]\nbase_url = 'api.openai.com'", "must start with http"),
         ("[run]\nname = '../x'", "plain folder name"),
+        ("[quality]\nkeep_partal = false", r"unknown key 'quality\.keep_partal'; did you mean"),
+        ("[quality]\nmax_ngram_repeat_ratio = 1.5", r"\[quality\]: max_ngram_repeat_ratio = 1\.5"),
+        ("[quality]\nmax_tokens_growth = 1.0", r"\[quality\]: max_tokens_growth = 1\.0"),
+        ("[quality]\ncheck_language = 'no'", r"quality\.check_language: expected true or false"),
+        ("[quality]\nmax_tokens_ceiling = 4", r"max_tokens_ceiling = 4: expected 16"),
     ],
 )
 def test_bad_configs(tmp_path: Path, extra: str, message: str) -> None:
@@ -139,3 +144,15 @@ def test_sim_capacity_is_set_in_the_sim_section(tmp_path: Path) -> None:
     assert diff == [("sim.slots", 8, 1, True)]
     with pytest.raises(ConfigError, match="slots"):
         load_config(write(tmp_path, GOOD + "[sim]\nslots = 0\n"))
+
+
+def test_quality_section_is_read_and_every_key_is_documented(tmp_path: Path) -> None:
+    """[quality] keys load into QualityConfig, and the README lists every one of them."""
+    text = GOOD + "[quality]\nkeep_partial = false\nmax_tokens_ceiling = 2048\n"
+    config = load_config(write(tmp_path, text))
+    assert config.quality.keep_partial is False and config.quality.max_tokens_ceiling == 2048
+    assert config.quality.check_language is True
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Quality checks", 1)[1].split("\n## ", 1)[0]
+    for name in QualityConfig.field_names():
+        assert f"`{name}`" in section, f"quality.{name} is not in the README"

@@ -14,6 +14,7 @@ from engine.conversation import (
     Rendered,
     Status,
     StepKind,
+    StepRules,
     Verdict,
     apply,
     next_request,
@@ -30,8 +31,9 @@ class FakePrompter:
     def message(self, role: str, content: str) -> Message:
         return Message(role, content, 4 + len(content.split()))
 
-    def max_tokens(self, kind: StepKind) -> int:
-        return {StepKind.EVOLVE: 10, StepKind.ANSWER: 30, StepKind.FOLLOW_UP: 20}[kind]
+    def max_tokens(self, conv: Conversation, kind: StepKind, room: int) -> int:
+        base = {StepKind.EVOLVE: 10, StepKind.ANSWER: 30, StepKind.FOLLOW_UP: 20}[kind]
+        return min(base * 2**room, 100)  # a ceiling of 100
 
     def render(self, conv: Conversation, kind: StepKind) -> Rendered:
         self.rendered.append(kind)
@@ -63,7 +65,14 @@ def plan(turns: int = 2) -> Plan:
     )
 
 
-def step(conv: Conversation, text: str, *, max_regen: int = 2) -> Conversation:
+def step(
+    conv: Conversation,
+    text: str,
+    *,
+    max_regen: int = 2,
+    finish: str = "stop",
+    keep_partial: bool = True,
+) -> Conversation:
     prompter = FakePrompter()
     nxt = next_request(conv, prompter, temperature=0.5)
     assert not isinstance(nxt, Done)
@@ -71,10 +80,10 @@ def step(conv: Conversation, text: str, *, max_regen: int = 2) -> Conversation:
     return apply(
         conv,
         rendered,
-        Outcome(text),
+        Outcome(text, finish),
         prompter=prompter,
         validator=RejectWord(),
-        max_regenerations=max_regen,
+        rules=StepRules(max_regen, keep_partial),
     )
 
 
@@ -146,7 +155,7 @@ def test_permanent_error_fails_the_conversation() -> None:
         Outcome(None, error="context_length_exceeded: too long"),
         prompter=prompter,
         validator=RejectWord(),
-        max_regenerations=2,
+        rules=StepRules(2),
     )
     assert failed.status is Status.FAILED and failed.reason is not None
     assert failed.reason.startswith("context_length_exceeded")
@@ -164,7 +173,7 @@ def test_final_conversation_rejects_more_outcomes() -> None:
             Outcome("x"),
             prompter=FakePrompter(),
             validator=RejectWord(),
-            max_regenerations=1,
+            rules=StepRules(1),
         )
 
 
@@ -182,3 +191,83 @@ def test_request_key_round_trips_and_refuses_other_keys() -> None:
     assert parse_request_key(request_key(42, 7)) == (42, 7)
     for key in ("", "bench", "3", "3:", ":4", "a:1", "1:b"):
         assert parse_request_key(key) is None
+
+
+def test_a_truncated_reply_is_asked_again_with_more_room() -> None:
+    """finish_reason "length" is never accepted: the step grows its max_tokens and tries again."""
+    conv = step(step(Conversation(plan(1)), "q"), "a long answer cut", finish="length")
+    assert conv.status is Status.ACTIVE and len(conv.steps) == 1
+    assert conv.room == 1 and conv.regenerations == 1
+    assert conv.rejected is not None and conv.rejected.reason == "truncated"
+    assert conv.rejected.text == "a long answer cut" and conv.rejected.regeneration == 0
+    nxt = next_request(conv, FakePrompter(), temperature=0.5)
+    assert not isinstance(nxt, Done)
+    assert nxt[0].max_tokens == 60  # twice the answer's 30
+    done = step(conv, "a complete answer")
+    assert done.status is Status.DONE and done.room == 0 and done.rejected is None
+
+
+def test_a_step_cut_at_the_ceiling_fails_as_truncated() -> None:
+    """When the room cannot grow past the ceiling, a cut reply fails the step as truncated."""
+    conv = step(Conversation(plan(1)), "q")
+    for _ in range(2):  # 30 -> 60 -> 100 (the ceiling)
+        conv = step(conv, "cut", finish="length", max_regen=5)
+    assert conv.room == 2 and conv.status is Status.ACTIVE
+    failed = step(conv, "cut again", finish="length", max_regen=5)
+    assert failed.status is Status.FAILED
+    assert failed.reason is not None and failed.reason.startswith("truncated after 3 tries")
+    assert failed.rejected is not None and failed.rejected.reason == "truncated"
+
+
+def test_truncation_counts_against_the_step_bound() -> None:
+    """A step gives up after max_regenerations + 1 outputs whatever threw them away."""
+    conv = step(Conversation(plan(1)), "q")
+    conv = step(conv, "cut", finish="length", max_regen=1)
+    conv = step(conv, "bad answer", max_regen=1)
+    assert conv.status is Status.FAILED and conv.reason == "refusal after 2 tries"
+
+
+def test_every_rejected_output_is_described_for_storage() -> None:
+    """A rejected output names its step, try, reason and text; an accepted one clears it."""
+    conv = step(Conversation(plan(1)), "bad one")
+    assert conv.rejected is not None
+    assert (conv.rejected.step, conv.rejected.regeneration, conv.rejected.reason) == (
+        0,
+        0,
+        "refusal",
+    )
+    again = step(conv, "bad two")
+    assert again.rejected is not None and again.rejected.regeneration == 1
+    assert step(again, "good").rejected is None
+
+
+def test_a_late_failure_keeps_the_good_turns() -> None:
+    """Turn 3 failing keeps turns 1-2 as a done conversation and says why it is short."""
+    conv = Conversation(plan(4))
+    for text in ("q1", "a1", "q2", "a2", "q3"):
+        conv = step(conv, text)
+    for _ in range(3):
+        conv = step(conv, "bad answer")
+    assert conv.status is Status.DONE
+    assert len(conv.steps) == 4 and conv.turns_made == 2
+    assert [s.message.content for s in conv.dropped] == ["q3"]
+    assert conv.reason == "kept 2 of 4 turns: turn 3 failed: refusal after 3 tries"
+    assert isinstance(next_request(conv, FakePrompter(), temperature=0.5), Done)
+
+
+def test_keep_partial_off_fails_the_whole_conversation() -> None:
+    """With keep_partial off, a late failure fails the conversation as before."""
+    conv = Conversation(plan(2))
+    for text in ("q1", "a1"):
+        conv = step(conv, text)
+    for _ in range(3):
+        conv = step(conv, "bad q", keep_partial=False)
+    assert conv.status is Status.FAILED and conv.dropped == ()
+
+
+def test_a_first_turn_failure_is_never_partial() -> None:
+    """Nothing is kept when turn 1 fails: there is no good prefix."""
+    conv = step(Conversation(plan(3)), "q1")
+    for _ in range(3):
+        conv = step(conv, "bad")
+    assert conv.status is Status.FAILED

@@ -23,6 +23,7 @@ from engine.conversation import (
     Outcome,
     Plan,
     StepKind,
+    StepRules,
     Verdict,
     apply,
     next_request,
@@ -72,7 +73,7 @@ def test_step_model_matches_the_prompts_the_prompter_builds(language: str) -> No
         kind = {0: "evolve"}.get(conv.next_step, "answer" if conv.next_step % 2 else "follow_up")
         outcome = Outcome(_text(lengths[kind]))
         conv = apply(
-            conv, rendered, outcome, prompter=prompter, validator=AcceptAll(), max_regenerations=0
+            conv, rendered, outcome, prompter=prompter, validator=AcceptAll(), rules=StepRules(0)
         )
     sizes = TemplateSizes(TAXONOMY, COUNTER)
     evolve, quotes = sizes.evolve("DEEPEN", language, "open_qa")

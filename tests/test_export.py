@@ -244,7 +244,8 @@ def build_run(run_dir: Path) -> FixtureRun:
             ],
         )
         conn.executemany(
-            "INSERT INTO conversations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, NULL, NULL)",
+            "INSERT INTO conversations VALUES "
+            "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, NULL, NULL, 0)",
             [
                 (
                     c.conv_id,

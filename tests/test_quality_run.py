@@ -58,3 +58,48 @@ async def test_bad_replies_are_regenerated_or_fail_with_their_reason(tmp_path: P
     assert post.checked == report.counts["done"]
     reasons = dict(post.by_reason)
     assert "wrong_language" not in reasons and "repetition" not in reasons
+
+
+async def test_every_thrown_away_output_is_stored_and_late_failures_keep_their_turns(
+    tmp_path: Path,
+) -> None:
+    """Each paid reply becomes a message or a stored rejection; failed late turns keep the rest."""
+    config = load_config(
+        write_config(tmp_path, evols_per_seed=3, faults="wrong_language = 0.45\nrepetition = 0.1")
+    )
+    report = await execute_run(config, env={})
+    assert report.result.status is RunStatus.FINISHED
+    with duckdb.connect(str(config.run_dir / "state.duckdb"), read_only=True) as conn:
+        unaccounted = conn.execute(
+            """WITH paid AS (SELECT conv_id, step, count(*) AS n FROM requests
+                             WHERE status = 'ok' GROUP BY ALL),
+                    kept AS (SELECT conv_id, step, count(*) AS n FROM messages GROUP BY ALL),
+                    thrown AS (SELECT conv_id, step, count(*) AS n FROM rejections GROUP BY ALL)
+               SELECT p.conv_id, p.step, p.n, coalesce(k.n, 0), coalesce(t.n, 0) FROM paid p
+               LEFT JOIN kept k USING (conv_id, step) LEFT JOIN thrown t USING (conv_id, step)
+               WHERE p.n <> coalesce(k.n, 0) + coalesce(t.n, 0)"""
+        ).fetchall()
+        rejected = conn.execute(
+            """SELECT reason, count(*), count(*) FILTER (WHERE content = ''),
+                      count(*) FILTER (WHERE cost_usd IS NULL OR completion_tokens IS NULL)
+               FROM rejections WHERE reason <> 'unanswered' GROUP BY reason"""
+        ).fetchall()
+        partial = conn.execute(
+            """SELECT c.conv_id, c.turns_planned, c.steps_done, c.error,
+                      (SELECT count(*) FROM messages m WHERE m.conv_id = c.conv_id)
+               FROM conversations c WHERE status = 'done' AND steps_done < 2 * turns_planned"""
+        ).fetchall()
+        over = conn.execute(
+            """SELECT count(*) FROM (SELECT conv_id, step FROM requests WHERE status = 'ok'
+               GROUP BY ALL HAVING count(*) > ?)""",
+            [config.generation.max_regenerations + 1],
+        ).fetchone()
+    assert unaccounted == [], "a paid reply is neither a message nor a stored rejection"
+    reasons = {reason: n for reason, n, _, _ in rejected}
+    assert reasons.get("wrong_language", 0) > 0, reasons
+    assert all(empty == 0 and missing == 0 for _, _, empty, missing in rejected), rejected
+    assert partial, "no conversation kept its good turns after a late failure"
+    for _conv, planned, steps, error, messages in partial:
+        assert steps % 2 == 0 and 2 <= steps < 2 * planned and messages == steps
+        assert str(error).startswith(f"kept {steps // 2} of {planned} turns: turn ")
+    assert over == (0,)

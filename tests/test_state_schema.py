@@ -52,6 +52,21 @@ EXPECTED_COLUMNS = {
         "filter_reason",
         "created_at",
         "finished_at",
+        "room",
+    ],
+    "rejections": [
+        "conv_id",
+        "step",
+        "regeneration",
+        "kind",
+        "reason",
+        "detail",
+        "content",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "created_at",
     ],
     "messages": [
         "conv_id",
@@ -110,7 +125,7 @@ def make_file(path: Path, statements: list[str]) -> None:
 
 
 def test_create_schema_makes_the_documented_tables() -> None:
-    """create_schema creates the five tables with their documented columns, in order."""
+    """create_schema creates the six tables with their documented columns, in order."""
     conn = duckdb.connect()
     create_schema(conn)
     for table, columns in EXPECTED_COLUMNS.items():
@@ -204,20 +219,20 @@ def test_open_store_without_create_refuses_a_missing_run(tmp_path: Path) -> None
 
 
 def test_wrong_schema_version_is_refused_without_modification(tmp_path: Path) -> None:
-    """A file of schema v2 is refused with both versions named, and its bytes stay the same."""
+    """A file of another schema version is refused with both versions named, bytes untouched."""
     path = tmp_path / "run" / "state.duckdb"
     make_file(
         path,
         [
             "CREATE TABLE run_meta(key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)",
-            "INSERT INTO run_meta VALUES ('schema_version', '2'), ('m2l_version', '9.9.9')",
+            "INSERT INTO run_meta VALUES ('schema_version', '99'), ('m2l_version', '9.9.9')",
         ],
     )
     before = fingerprint(path.parent)
     with pytest.raises(StateError) as caught:
         open_store(path, create=True)
     message = str(caught.value)
-    assert f"state file {path} was written by m2l schema v2 (m2l 9.9.9)" in message
+    assert f"state file {path} was written by m2l schema v99 (m2l 9.9.9)" in message
     assert f"this m2l reads v{SCHEMA_VERSION}" in message
     assert "new run name" in message
     assert fingerprint(path.parent) == before

@@ -30,6 +30,7 @@ from engine.batch.mode import cancel_open_batches, make_api, open_batch_mode
 from engine.chat import Usage
 from engine.client import ChatClient
 from engine.config import Config, LimitsConfig, Secret, config_diff
+from engine.conversation import StepRules
 from engine.dispatcher import Accounting, Completer, Dispatcher
 from engine.errors import ConfigError
 from engine.events import EventHook, Hooks, RunFinished, RunStarted, RunStopping
@@ -477,9 +478,12 @@ def assemble(
         store=store,
         dispatcher=dispatcher,
         # Each step's cap: the reply's room plus, for a reasoning model, its reasoning's room.
-        prompter=TaxonomyPrompter(taxonomy, counter, profile.step_tokens),
-        validator=QualityValidator(languages),
+        prompter=TaxonomyPrompter(
+            taxonomy, counter, profile.step_tokens, config.quality, languages=languages
+        ),
+        validator=QualityValidator(languages, config.quality),
         generation=config.generation,
+        rules=StepRules(config.generation.max_regenerations, config.quality.keep_partial),
         max_active=config.batch.max_active if batch else config.run.max_active,
         stop=stop,
         admission=admission,

@@ -177,12 +177,14 @@ def _common(
         verdict = check_refusal(text, config)
         if not verdict.ok:
             return verdict
-    verdict = check_repetition(text, config)
-    if not verdict.ok:
-        return verdict
-    verdict = check_cross_turn(text, previous, config)
-    if not verdict.ok:
-        return verdict
+    if config.repetition:
+        verdict = check_repetition(text, config)
+        if not verdict.ok:
+            return verdict
+    if config.cross_turn:
+        verdict = check_cross_turn(text, previous, config)
+        if not verdict.ok:
+            return verdict
     if config.check_language:
         return check_language(text, language, config, detector)
     return _PASS

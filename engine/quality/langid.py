@@ -306,7 +306,7 @@ class Py3LangidDetector:
                     except ImportError as exc:
                         raise ConfigError(
                             "language checks need the py3langid package: install m2l with its "
-                            "dependencies, or set check_language = false in the filters"
+                            "dependencies, or set quality.check_language = false in the config"
                         ) from exc
                     identifier = module.LanguageIdentifier.from_model_file(
                         module.MODEL_FILE, norm_probs=True

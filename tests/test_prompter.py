@@ -1,0 +1,95 @@
+"""The prompter: a system message on every request, and max_tokens sized for the language."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine.config import QualityConfig, StepTokens
+from engine.conversation import (
+    Conversation,
+    Done,
+    Outcome,
+    Plan,
+    StepKind,
+    StepRules,
+    Verdict,
+    apply,
+    next_request,
+)
+from engine.prompter import TaxonomyPrompter
+from engine.tokens import TokenCounter
+from prompts.languages import load_languages
+from prompts.taxonomy import load_taxonomy
+from prompts.tokencost import load_token_costs
+
+TAXONOMY = load_taxonomy()
+COUNTER = TokenCounter("gpt-4o")
+TOKENS = StepTokens(evolve=100, answer=400, follow_up=100)
+
+
+class AcceptAll:
+    def check(self, conv: Conversation, kind: StepKind, text: str) -> Verdict:
+        return Verdict.passed()
+
+
+def plan(language: str = "English", code: str = "eng", turns: int = 2) -> Plan:
+    return Plan(
+        1, 1, "Explain tides.", language, code, "open_qa", "DEEPEN", turns, ("CLARIFICATION",)
+    )
+
+
+def test_every_request_starts_with_its_steps_system_message() -> None:
+    """Evolve, answer and follow-up requests each carry the taxonomy's system prompt first."""
+    prompter = TaxonomyPrompter(TAXONOMY, COUNTER, TOKENS)
+    conv = Conversation(plan())
+    systems = []
+    while not isinstance(nxt := next_request(conv, prompter, temperature=0.7), Done):
+        request, rendered = nxt
+        first = request.messages[0]
+        assert first.role == "system" and "Target language: English" in first.content
+        assert all(m.role != "system" for m in request.messages[1:])
+        systems.append(first.content)
+        conv = apply(
+            conv, rendered, Outcome("Some text here."), prompter=prompter,
+            validator=AcceptAll(), rules=StepRules(0),
+        )  # fmt: skip
+    assert len(systems) == 4 and len(set(systems)) == 3  # evolve, answer, follow-up
+    assert "never answer" in systems[0] and "never answer" in systems[2]
+
+
+def test_max_tokens_scale_with_the_languages_token_cost() -> None:
+    """Amharic gets several times English's room; scaling off gives every language the same."""
+    prompter = TaxonomyPrompter(TAXONOMY, COUNTER, TOKENS)
+    english = prompter.max_tokens(Conversation(plan()), StepKind.ANSWER, 0)
+    amharic = prompter.max_tokens(Conversation(plan("Amharic", "amh")), StepKind.ANSWER, 0)
+    german = prompter.max_tokens(Conversation(plan("German", "deu")), StepKind.ANSWER, 0)
+    assert english == 400
+    assert 400 <= german < 500
+    assert amharic >= 5 * english
+    costs = load_token_costs()
+    assert amharic == pytest.approx(
+        400 * costs.factor(load_languages().lookup("amh"), "o200k_base"), abs=1
+    )
+    flat = TaxonomyPrompter(TAXONOMY, COUNTER, TOKENS, QualityConfig(scale_max_tokens=False))
+    assert flat.max_tokens(Conversation(plan("Amharic", "amh")), StepKind.ANSWER, 0) == 400
+
+
+def test_room_grows_by_the_factor_up_to_the_ceiling() -> None:
+    """Each truncated try doubles the cap until the ceiling; it never falls below the config."""
+    quality = QualityConfig(max_tokens_ceiling=1000, max_tokens_growth=2.0)
+    prompter = TaxonomyPrompter(TAXONOMY, COUNTER, TOKENS, quality)
+    conv = Conversation(plan())
+    caps = [prompter.max_tokens(conv, StepKind.ANSWER, room) for room in range(4)]
+    assert caps == [400, 800, 1000, 1000]
+    low = TaxonomyPrompter(TAXONOMY, COUNTER, TOKENS, QualityConfig(max_tokens_ceiling=64))
+    assert low.max_tokens(conv, StepKind.ANSWER, 3) == 400
+
+
+def test_every_measured_language_costs_at_least_english() -> None:
+    """The measured table covers English and is sane for every language in the table."""
+    costs = load_token_costs()
+    table = load_languages()
+    factors = {lang.iso639_3: costs.factor(lang, "o200k_base") for lang in table}
+    assert factors["eng"] == 1.0
+    assert all(1.0 <= f <= 16.0 for f in factors.values())
+    assert factors["amh"] > factors["yor"] > factors["deu"]
