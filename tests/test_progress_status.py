@@ -27,6 +27,7 @@ from engine.progress import (
     read_status_file,
     store_snapshot,
 )
+from state.schema import SCHEMA_VERSION
 
 SCHEMA = [
     "CREATE TABLE run_meta(key VARCHAR PRIMARY KEY, value VARCHAR)",
@@ -102,7 +103,7 @@ def make_store(run_dir: Path, *, status: str = "finished") -> Path:
     for ddl in SCHEMA:
         con.execute(ddl)
     meta = {
-        "schema_version": "1",
+        "schema_version": str(SCHEMA_VERSION),
         "m2l_version": "0.1.0",
         "created_at": "2025-01-01T00:00:00+00:00",
         "config_json": json.dumps(CONFIG),
