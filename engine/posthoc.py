@@ -21,14 +21,24 @@ import duckdb
 from engine.errors import ConfigError
 from engine.quality import (
     DEFAULT_FILTER_CONFIG,
+    Expectation,
     FilterConfig,
     LanguageDetector,
     LanguageLike,
     NearDuplicateIndex,
+    check_evolved,
     check_instruction,
     check_reply,
+    default_detector,
 )
-from prompts.languages import LanguageTable, UnknownLanguage, load_languages
+from engine.quality.expect import LanguageNames, expect_language
+from prompts.languages import (
+    Language,
+    LanguageTable,
+    UnknownLanguage,
+    load_language_names,
+    load_languages,
+)
 from state.export import open_run
 
 __all__ = [
@@ -56,6 +66,10 @@ class StoredConversation:
     conv_id: int
     language_code: str
     steps: tuple[tuple[str, str], ...]  # (kind, content) for steps 0, 1, 2, ...
+    task: str = "general"
+    evol_type: str = ""
+    seed_text: str = ""
+    seed_target: str | None = None
 
     def text(self) -> str:
         """Every turn, user and assistant, one after the other: what duplicates compare."""
@@ -91,21 +105,42 @@ def check_turns(
     language: LanguageLike,
     config: FilterConfig = DEFAULT_FILTER_CONFIG,
     detector: LanguageDetector | None = None,
+    names: LanguageNames | None = None,
 ) -> Finding | None:
-    """The first turn of ``conv`` that fails a filter, or None when every turn passes."""
+    """The first turn of ``conv`` that fails a filter, or None when every turn passes.
+
+    With ``names`` (and a table Language), each turn is judged against the language it should
+    be in, as the run judged it inline (a translation's target, a cross-lingual passage,
+    code-mixing); without, every turn must be in ``language``.
+    """
     if not conv.steps:
         return Finding(conv.conv_id, "empty", None, "a done conversation with no stored turns")
     answers: list[str] = []
+    user_turns: list[str] = []
     for step, (kind, content) in enumerate(conv.steps):
+        expect: LanguageLike | Expectation = language
+        if names is not None and isinstance(language, Language):
+            expect = expect_language(
+                language=language,
+                kind=kind,
+                task=conv.task,
+                evol_type=conv.evol_type,
+                turn=len(user_turns),
+                instruction=user_turns[-1] if user_turns else None,
+                seed_target=conv.seed_target,
+                names=names,
+                detector=detector or default_detector(),
+            )
         if kind == "answer":
             verdict = check_reply(
-                content, language=language, previous=answers, config=config, detector=detector
+                content, language=expect, previous=answers, config=config, detector=detector
             )
             answers.append(content)
         else:
-            verdict = check_instruction(
-                content, language=language, config=config, detector=detector
-            )
+            verdict = check_instruction(content, language=expect, config=config, detector=detector)
+            if verdict.ok and step == 0 and conv.seed_text:
+                verdict = check_evolved(content, conv.seed_text, conv.seed_target, config)
+            user_turns.append(content)
         if not verdict.ok:
             return Finding(conv.conv_id, str(verdict.reason), step, verdict.detail)
     return None
@@ -114,7 +149,7 @@ def check_turns(
 class PosthocFilter:
     """Judges conversations in conv_id order; holds the run-wide duplicate index between them."""
 
-    __slots__ = ("_config", "_detector", "_index", "_languages", "_resolved")
+    __slots__ = ("_config", "_detector", "_index", "_languages", "_names", "_resolved")
 
     def __init__(
         self,
@@ -126,11 +161,12 @@ class PosthocFilter:
         self._config = config
         self._detector = detector
         self._index = NearDuplicateIndex.from_config(config)
+        self._names = LanguageNames(load_language_names(), languages)
         self._resolved: dict[str, LanguageLike] = {}
 
     def check(self, conv: StoredConversation) -> Finding | None:
         """Why ``conv`` must be filtered, or None; raises ConfigError for an unknown language."""
-        finding = check_turns(conv, self._language(conv), self._config, self._detector)
+        finding = check_turns(conv, self._language(conv), self._config, self._detector, self._names)
         if finding is not None:
             # Not indexed: a conversation filtered for its own faults must not make a clean
             # later copy of it look like the duplicate.
@@ -210,15 +246,16 @@ def _batches(conn: duckdb.DuckDBPyConnection, size: int) -> Iterator[list[Stored
     after: int | None = None
     while True:
         heads = conn.execute(
-            """SELECT conv_id, language_code FROM conversations
-               WHERE status = 'done' AND ($after IS NULL OR conv_id > $after)
-               ORDER BY conv_id LIMIT $size""",
+            """SELECT c.conv_id, c.language_code, c.task, c.evol_type, s.instruction, s.target
+               FROM conversations c LEFT JOIN seeds s USING (seed_id)
+               WHERE c.status = 'done' AND ($after IS NULL OR c.conv_id > $after)
+               ORDER BY c.conv_id LIMIT $size""",
             {"after": after, "size": size},
         ).fetchall()
         if not heads:
             return
         lo, hi = heads[0][0], heads[-1][0]
-        steps: dict[int, list[tuple[str, str]]] = {int(cid): [] for cid, _ in heads}
+        steps: dict[int, list[tuple[str, str]]] = {int(h[0]): [] for h in heads}
         for cid, kind, content in conn.execute(
             """SELECT conv_id, kind, content FROM messages
                WHERE conv_id BETWEEN ? AND ? ORDER BY conv_id, step""",
@@ -226,7 +263,10 @@ def _batches(conn: duckdb.DuckDBPyConnection, size: int) -> Iterator[list[Stored
         ).fetchall():
             if cid in steps:  # the range also holds conversations that are not done
                 steps[cid].append((kind, content))
-        yield [StoredConversation(int(cid), code, tuple(steps[cid])) for cid, code in heads]
+        yield [
+            StoredConversation(int(cid), code, tuple(steps[cid]), task, evol, seed or "", target)
+            for cid, code, task, evol, seed, target in heads
+        ]
         after = int(hi)
 
 

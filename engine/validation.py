@@ -1,15 +1,20 @@
 """Inline validation of step outputs: the quality filters that a regeneration can fix.
 
 User turns (evolved instructions, follow-ups) are checked as instructions; answers as replies,
-against the conversation's earlier answers for cross-turn repetition. Checks that only make
-sense over the whole run (near-duplicates) are left to ``m2l filter``.
+against the conversation's earlier answers for cross-turn repetition. Each output is judged
+against the language it should be in (engine.quality.expect: a translation's target, a
+cross-lingual passage, code-mixing). An evolved instruction (near-)identical to its seed, or to
+the seed's reference answer, fails as "not_evolved". Checks that only make sense over the whole
+run (near-duplicates) are left to ``m2l filter``.
 """
 
 from __future__ import annotations
 
 from engine.conversation import Conversation, StepKind
-from engine.quality import FilterConfig, Verdict, check_instruction, check_reply
-from prompts.languages import Language, LanguageTable
+from engine.quality import FilterConfig, Verdict, check_evolved, check_instruction, check_reply
+from engine.quality.expect import LanguageNames, expect_language
+from engine.quality.langid import Expectation, LanguageDetector, default_detector
+from prompts.languages import Language, LanguageTable, load_language_names
 
 __all__ = ["QualityValidator"]
 
@@ -17,11 +22,18 @@ __all__ = ["QualityValidator"]
 class QualityValidator:
     """The engine's Validator, backed by ``engine.quality``."""
 
-    __slots__ = ("_config", "_languages", "_resolved")
+    __slots__ = ("_config", "_detector", "_languages", "_names", "_resolved")
 
-    def __init__(self, languages: LanguageTable, config: FilterConfig | None = None) -> None:
+    def __init__(
+        self,
+        languages: LanguageTable,
+        config: FilterConfig | None = None,
+        detector: LanguageDetector | None = None,
+    ) -> None:
         self._languages = languages
         self._config = config or FilterConfig()
+        self._detector = detector
+        self._names: LanguageNames | None = None
         self._resolved: dict[str, Language] = {}
 
     def _language(self, conv: Conversation) -> Language:
@@ -32,9 +44,34 @@ class QualityValidator:
             self._resolved[code] = language
         return language
 
+    def expectation(self, conv: Conversation, kind: StepKind) -> Expectation:
+        """Which language the output of ``conv``'s next step (a ``kind`` step) should be in."""
+        if self._names is None:
+            self._names = LanguageNames(load_language_names(), self._languages)
+        user_turns = [s.message.content for s in conv.steps if s.message.role == "user"]
+        return expect_language(
+            language=self._language(conv),
+            kind=kind.value,
+            task=conv.plan.task,
+            evol_type=conv.plan.evol_type,
+            turn=len(user_turns),
+            instruction=user_turns[-1] if user_turns else None,
+            seed_target=conv.plan.seed_target,
+            names=self._names,
+            detector=self._detector or default_detector(),
+        )
+
     def check(self, conv: Conversation, kind: StepKind, text: str) -> Verdict:
-        language = self._language(conv)
+        expect = self.expectation(conv, kind)
         if kind is StepKind.ANSWER:
             previous = [s.message.content for s in conv.steps if s.kind is StepKind.ANSWER]
-            return check_reply(text, language=language, previous=previous, config=self._config)
-        return check_instruction(text, language=language, config=self._config)
+            return check_reply(
+                text, language=expect, previous=previous, config=self._config,
+                detector=self._detector,
+            )  # fmt: skip
+        verdict = check_instruction(
+            text, language=expect, config=self._config, detector=self._detector
+        )
+        if verdict.ok and kind is StepKind.EVOLVE:
+            return check_evolved(text, conv.plan.seed_text, conv.plan.seed_target, self._config)
+        return verdict

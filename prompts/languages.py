@@ -19,10 +19,12 @@ from engine.errors import ConfigError
 
 __all__ = [
     "DEFAULT_LANGUAGES_PATH",
+    "DEFAULT_NAMES_PATH",
     "Language",
     "LanguageTable",
     "Tier",
     "UnknownLanguage",
+    "load_language_names",
     "load_languages",
 ]
 
@@ -30,8 +32,9 @@ Tier = Literal["high", "mid", "low"]
 _TIERS: tuple[str, ...] = get_args(Tier)
 
 DEFAULT_LANGUAGES_PATH = Path(__file__).parent / "data" / "languages.toml"
+DEFAULT_NAMES_PATH = Path(__file__).parent / "data" / "language_names.toml"
 
-_KEYS = frozenset({"name", "iso639_3", "iso639_1", "script", "tier", "aliases"})
+_KEYS = frozenset({"name", "iso639_3", "iso639_1", "script", "other_scripts", "tier", "aliases"})
 _ISO3 = re.compile(r"^[a-z]{3}$")
 _ISO1 = re.compile(r"^[a-z]{2}$")
 
@@ -46,6 +49,9 @@ class Language:
     script: str
     tier: Tier
     aliases: tuple[str, ...] = ()
+    # Other scripts the language is normally written in (Serbian in Latin, romanised Hindi):
+    # text in any of them is text in the language.
+    other_scripts: tuple[str, ...] = ()
 
 
 class UnknownLanguage(KeyError, ConfigError):
@@ -155,6 +161,9 @@ def _parse_language(path: Path, position: int, raw: Any) -> Language:
     aliases = raw.get("aliases", [])
     if not isinstance(aliases, list) or not all(isinstance(a, str) and a for a in aliases):
         _fail(path, entry, "aliases", "expected a list of non-empty strings")
+    others = raw.get("other_scripts", [])
+    if not isinstance(others, list) or not all(isinstance(a, str) and a for a in others):
+        _fail(path, entry, "other_scripts", "expected a list of script names, e.g. ['Latin']")
     return Language(
         name=raw["name"],
         iso639_3=raw["iso639_3"],
@@ -162,6 +171,7 @@ def _parse_language(path: Path, position: int, raw: Any) -> Language:
         script=raw["script"],
         tier=cast(Tier, raw["tier"]),
         aliases=tuple(aliases),
+        other_scripts=tuple(others),
     )
 
 
@@ -191,3 +201,36 @@ def load_languages(path: Path | None = None) -> LanguageTable:
     if path is None or path.resolve() == DEFAULT_LANGUAGES_PATH.resolve():
         return _read_default()
     return _read(path)
+
+
+@functools.cache
+def load_language_names(
+    path: Path = DEFAULT_NAMES_PATH, table: LanguageTable | None = None
+) -> dict[str, tuple[str, ...]]:
+    """Names of each language as instructions write them, by ISO 639-3 code (cached).
+
+    Holds the data file's names plus every language's English name and aliases from ``table``
+    (the built-in one by default). Raises ConfigError when the file is missing or malformed,
+    or names a language the table does not have.
+    """
+    table = table or load_languages()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: language names not found; check the path") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: unreadable language names ({exc}); fix the file") from None
+    raw = data.get("names", {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a [names] table of code = [names]")
+    out: dict[str, list[str]] = {
+        lang.iso639_3: [lang.name, *(a for a in lang.aliases if len(a) > 3)] for lang in table
+    }
+    for code, names in raw.items():
+        lang = table.get(code)
+        if lang is None:
+            raise ConfigError(f"{path}: [names] {code!r} is not in the language table")
+        if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(f"{path}: [names] {code}: expected a list of non-empty strings")
+        out[lang.iso639_3].extend(names)
+    return {code: tuple(dict.fromkeys(names)) for code, names in out.items()}

@@ -158,6 +158,8 @@ def test_verdict_values() -> None:
         "wrong_language",
         "near_duplicate",
         "exact_duplicate",
+        "not_evolved",
+        "truncated",
     )
 
 
@@ -176,3 +178,74 @@ def test_bundled_seed_instructions_all_pass() -> None:
             failures.append((row["language"], str(verdict), row["inputs"][:60]))
     assert count > 100
     assert failures == []
+
+
+@pytest.mark.parametrize(
+    ("code", "text"),
+    [
+        ("swh", "Maagizo mapya: Eleza kwa kina jinsi mvua inavyonyesha katika pwani ya Kenya."),
+        ("spa", "**Nueva instrucción:** Explica con detalle cómo se forman las nubes de lluvia."),
+        ("hin", "नया निर्देश: समुद्र तट पर बारिश कैसे होती है, इसे विस्तार से समझाइए।"),
+        ("zho", "新指令：请详细解释沿海地区的降雨是如何形成的，并举出两个例子。"),
+        ("eng", "Rewritten instruction:\nExplain in detail how coastal rain forms, with examples."),
+        ("yor", "Ìtọ́ni tuntun: Ṣàlàyé bí òjò ṣe ń rọ̀ ní etíkun, kí o sì fún wa ní àpẹẹrẹ méjì."),
+    ],
+)
+def test_leaked_output_labels_are_caught_in_each_language(code: str, text: str) -> None:
+    """An instruction that starts with a label like "New instruction:" fails, in any language."""
+    from prompts.languages import load_languages
+
+    verdict = check_instruction(text, language=load_languages().lookup(code))
+    assert verdict.reason == "leaked_markers" and "label" in verdict.detail
+
+
+def test_a_label_word_inside_a_sentence_or_a_reply_is_no_leak() -> None:
+    """The same words in running text, or a reply's "Follow-up question:" line, pass."""
+    from prompts.languages import load_languages
+
+    sw, en = load_languages().lookup("swh"), load_languages().lookup("eng")
+    text = "Eleza kwa kina jinsi mvua inavyonyesha, na maagizo mapya ya serikali kuhusu kilimo."
+    assert check_instruction(text, language=sw).ok
+    reply = "Here is the plan for the week.\n\nFollow-up question: shall we meet on Friday?"
+    assert check_reply(reply, language=en).ok
+
+
+def test_an_instruction_equal_to_its_seed_or_its_answer_is_not_evolved() -> None:
+    """An evolved instruction that repeats the seed (or gives its answer) fails as not_evolved."""
+    from engine.quality import check_evolved
+
+    seed = "Explain why the sky is blue."
+    assert check_evolved("Explain why the sky is blue.", seed, None, FilterConfig()).reason == (
+        "not_evolved"
+    )
+    assert not check_evolved("Explain why the sky is blue!", seed, None, FilterConfig()).ok
+    answer = "The sky is blue because air scatters short wavelengths of sunlight more."
+    assert check_evolved(answer, seed, answer, FilterConfig()).reason == "not_evolved"
+    harder = (
+        "Explain why the sky is blue at noon but red at sunset, in three numbered steps, "
+        "naming the physical law involved."
+    )
+    assert check_evolved(harder, seed, answer, FilterConfig()).ok
+    assert check_evolved(seed, seed, None, FilterConfig(not_evolved=False)).ok
+
+
+def test_a_songs_chorus_is_no_repetition_but_a_loop_is() -> None:
+    """A chorus recurring between verses is kept; the same block over and over is a loop."""
+    chorus = (
+        "Chorus:\nHold on, hold on, the sun will find the town,\nHold on, it never lets us down."
+    )
+    verses = [
+        "Verse 1:\nThe morning bus is late again, the rain is on the glass,\n"
+        "I count the lights along the road and watch the hours pass.",
+        "Verse 2:\nMy mother hums the same old tune she learned when she was young,\n"
+        "It fills the kitchen every day, in our own mother tongue.",
+        "Verse 3:\nThe market stalls are opening, the bread is warm and sweet,\n"
+        "And children run to school along the busy, shining street.",
+        "Bridge:\nAnd when the night is long and cold, we sing it once again,\n"
+        "For every light that's burning low, for every tired friend.",
+    ]
+    song = "\n\n".join(part for verse in verses for part in (verse, chorus))
+    from engine.quality import check_repetition
+
+    assert check_repetition(song).ok
+    assert check_repetition("\n\n".join([verses[0], *[chorus] * 6])).reason == "repetition"

@@ -16,8 +16,8 @@ from engine.quality import FilterConfig, check_markers, load_markers
         ("Target language: Spanish\n¿Cuál es la capital de Perú?", "template", "target language:"),
         (
             "Rewritten instruction: Explain photosynthesis to a ten-year-old in three sentences.",
-            "template",
-            "rewritten instruction:",
+            "label",
+            "rewritten instruction",
         ),
         ("#Given Prompt#\nWrite a poem about rain.", "template", "#given prompt#"),
         ("Return only the new instruction. Describe Lagos in 50 words.", "template", None),
@@ -38,7 +38,7 @@ from engine.quality import FilterConfig, check_markers, load_markers
 )
 def test_leaks_are_found(text: str, kind: str, marker: str | None) -> None:
     """Each kind of leak fails as "leaked_markers" and the detail names it."""
-    verdict = check_markers(text)
+    verdict = check_markers(text, instruction=kind == "label")
     assert verdict.reason == "leaked_markers", verdict
     assert verdict.detail.startswith(kind)
     if marker is not None:

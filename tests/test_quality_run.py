@@ -10,10 +10,13 @@ import pytest
 
 from engine.app.run import execute_run
 from engine.config import load_config
+from engine.conversation import Conversation, Status
 from engine.posthoc import filter_run
-from engine.quality import FilterConfig, check_instruction, check_reply
+from engine.quality import FilterConfig
 from engine.scheduler import RunStatus
+from engine.validation import QualityValidator
 from prompts.languages import load_languages
+from state.journal import load_conversations
 from tests.runfixtures import write_config
 
 pytestmark = pytest.mark.anyio
@@ -34,26 +37,18 @@ async def test_bad_replies_are_regenerated_or_fail_with_their_reason(tmp_path: P
         failures = conn.execute(
             "SELECT error FROM conversations WHERE status = 'failed'"
         ).fetchall()
-        stored = conn.execute(
-            """SELECT m.kind, m.content, c.language_code, m.conv_id, m.step FROM messages m
-               JOIN conversations c USING (conv_id) ORDER BY m.conv_id, m.step"""
-        ).fetchall()
+        stored = load_conversations(conn, statuses=["done"], after=0, limit=1_000_000)
     assert regenerated is not None and regenerated[0] > 0, "no step was ever regenerated"
     for (error,) in failures:
-        assert str(error).split(" after ")[0] in {"wrong_language", "repetition"}, error
+        reason = str(error).split(" after ")[0]
+        assert reason in {"wrong_language", "repetition", "truncated"}, error
     # Every stored output passes the same checks the engine applied inline.
-    languages, cfg = load_languages(), FilterConfig()
-    answers: dict[int, list[str]] = {}
-    for kind, content, code, conv_id, _step in stored:
-        language = languages.lookup(code)
-        if kind == "answer":
-            verdict = check_reply(
-                content, language=language, previous=answers.get(conv_id, []), config=cfg
-            )
-            answers.setdefault(conv_id, []).append(content)
-        else:
-            verdict = check_instruction(content, language=language, config=cfg)
-        assert verdict.ok, (conv_id, kind, verdict)
+    validator = QualityValidator(load_languages(), FilterConfig())
+    for conv in stored:
+        for i, step in enumerate(conv.steps):
+            before = Conversation(conv.plan, conv.steps[:i], Status.ACTIVE)
+            verdict = validator.check(before, step.kind, step.message.content)
+            assert verdict.ok, (conv.plan.conv_id, step.kind, verdict)
     post = filter_run(config.run_dir, dry_run=True)
     assert post.checked == report.counts["done"]
     reasons = dict(post.by_reason)

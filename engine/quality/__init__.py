@@ -7,6 +7,7 @@ from engine.quality.config import DEFAULT_FILTER_CONFIG, FilterConfig, FilterCon
 from engine.quality.dedup import DuplicateMatch, MinHasher, NearDuplicateIndex, exact_key, lsh_bands
 from engine.quality.filters import (
     check_cross_turn,
+    check_evolved,
     check_instruction,
     check_language,
     check_length,
@@ -16,12 +17,14 @@ from engine.quality.filters import (
     check_reply,
 )
 from engine.quality.langid import (
+    Expectation,
     LanguageCheck,
     LanguageDetector,
     LanguageLike,
     Py3LangidDetector,
     accepted_codes,
     default_detector,
+    judge_expected,
     judge_language,
     language_codes,
     weighted_letters,
@@ -42,6 +45,7 @@ __all__ = [
     "DEFAULT_FILTER_CONFIG",
     "REASONS",
     "DuplicateMatch",
+    "Expectation",
     "FilterConfig",
     "FilterConfigError",
     "LanguageCheck",
@@ -59,6 +63,7 @@ __all__ = [
     "Verdict",
     "accepted_codes",
     "check_cross_turn",
+    "check_evolved",
     "check_instruction",
     "check_language",
     "check_length",
@@ -72,6 +77,7 @@ __all__ = [
     "default_refusals",
     "exact_key",
     "expected_scripts",
+    "judge_expected",
     "judge_language",
     "language_codes",
     "load_markers",

@@ -14,10 +14,11 @@ from pathlib import Path
 
 from engine.quality.config import DEFAULT_FILTER_CONFIG, FilterConfig
 from engine.quality.langid import (
+    Expectation,
     LanguageDetector,
     LanguageLike,
     default_detector,
-    judge_language,
+    judge_expected,
 )
 from engine.quality.markers import Markers, load_markers
 from engine.quality.refusal import RefusalPhrases, load_refusals
@@ -27,10 +28,12 @@ from engine.quality.repetition import (
     ngram_total,
     repetition_stats,
 )
+from engine.quality.text import similarity, without_refrains
 from engine.quality.verdict import Verdict
 
 __all__ = [
     "check_cross_turn",
+    "check_evolved",
     "check_instruction",
     "check_language",
     "check_length",
@@ -54,7 +57,11 @@ def check_length(text: str, min_chars: int) -> Verdict:
 
 
 def check_repetition(text: str, config: FilterConfig = DEFAULT_FILTER_CONFIG) -> Verdict:
-    """Fail as "repetition" when n-grams or whole sentences repeat beyond the limits."""
+    """Fail as "repetition" when n-grams or whole sentences repeat beyond the limits.
+
+    A song's chorus or a poem's refrain is counted once (engine.quality.text.without_refrains).
+    """
+    text = without_refrains(text)
     n = config.ngram_size
     total, ratio = repetition_stats(text, n)
     if total >= config.min_ngrams and ratio > config.max_ngram_repeat_ratio:
@@ -94,10 +101,13 @@ def check_refusal(text: str, config: FilterConfig = DEFAULT_FILTER_CONFIG) -> Ve
     return Verdict.failed("refusal", f"{found.language}: {found.phrase!r}")
 
 
-def check_markers(text: str, config: FilterConfig = DEFAULT_FILTER_CONFIG) -> Verdict:
-    """Fail as "leaked_markers" on template text, chat tokens, disclaimers or role labels."""
+def check_markers(
+    text: str, config: FilterConfig = DEFAULT_FILTER_CONFIG, *, instruction: bool = False
+) -> Verdict:
+    """Fail as "leaked_markers" on template text, chat tokens, disclaimers or role labels, and,
+    in an ``instruction``, on output labels ("New instruction:", "Maagizo mapya:")."""
     markers = _markers(config.markers_path, config.extra_markers)
-    found = markers.find(text, role_labels=config.role_labels)
+    found = markers.find(text, role_labels=config.role_labels, labels=instruction)
     if found is None:
         return _PASS
     return Verdict.failed("leaked_markers", f"{found.kind} {found.text!r}")
@@ -105,30 +115,56 @@ def check_markers(text: str, config: FilterConfig = DEFAULT_FILTER_CONFIG) -> Ve
 
 def check_language(
     text: str,
-    language: LanguageLike,
+    language: LanguageLike | Expectation,
     config: FilterConfig = DEFAULT_FILTER_CONFIG,
     detector: LanguageDetector | None = None,
 ) -> Verdict:
-    """Fail as "wrong_language" when ``text`` is confidently not in ``language``."""
-    check = judge_language(
+    """Fail as "wrong_language" when ``text`` is confidently not in the expected language.
+
+    ``language`` is the conversation's language (strictly), or an Expectation saying which
+    languages the output may be in and how (see engine.quality.expect).
+    """
+    expect = language if isinstance(language, Expectation) else Expectation.of(language)
+    check = judge_expected(
         text,
-        language,
+        expect,
         detector=detector if detector is not None else default_detector(),
         min_chars=config.language_min_chars,
         script_min_share=config.script_min_share,
         min_confidence=config.language_min_confidence,
         accept_share=config.language_accept_share,
         foreign_confidence=config.foreign_confidence,
+        max_foreign_share=config.language_max_foreign_share,
     )
     if check.ok:
         return Verdict.passed(check.detail)
     return Verdict.failed("wrong_language", check.detail)
 
 
+def check_evolved(text: str, seed: str, seed_target: str | None, config: FilterConfig) -> Verdict:
+    """Fail as "not_evolved" when an evolved instruction is its seed again, or its answer.
+
+    Similarity is difflib's ratio over units (engine.quality.text.similarity).
+    """
+    if not config.not_evolved:
+        return Verdict.passed()
+    limit = config.evolved_max_similarity
+    ratio = similarity(text, seed)
+    if ratio >= limit:
+        return Verdict.failed(
+            "not_evolved", f"{ratio:.0%} the same as the seed (limit {limit:.0%})"
+        )
+    if seed_target and (ratio := similarity(text, seed_target)) >= limit:
+        return Verdict.failed(
+            "not_evolved", f"{ratio:.0%} the same as the seed's answer: answered, not rewritten"
+        )
+    return Verdict.passed()
+
+
 def check_reply(
     text: str,
     *,
-    language: LanguageLike,
+    language: LanguageLike | Expectation,
     previous: Sequence[str] = (),
     config: FilterConfig = DEFAULT_FILTER_CONFIG,
     detector: LanguageDetector | None = None,
@@ -142,13 +178,13 @@ def check_reply(
     verdict = check_length(text, config.min_reply_chars)
     if not verdict.ok:
         return verdict
-    return _common(text, language, previous, config, detector)
+    return _common(text, language, previous, config, detector, instruction=False)
 
 
 def check_instruction(
     text: str,
     *,
-    language: LanguageLike,
+    language: LanguageLike | Expectation,
     config: FilterConfig = DEFAULT_FILTER_CONFIG,
     detector: LanguageDetector | None = None,
 ) -> Verdict:
@@ -159,18 +195,20 @@ def check_instruction(
     verdict = check_length(text, config.min_instruction_chars)
     if not verdict.ok:
         return verdict
-    return _common(text, language, (), config, detector)
+    return _common(text, language, (), config, detector, instruction=True)
 
 
 def _common(
     text: str,
-    language: LanguageLike,
+    language: LanguageLike | Expectation,
     previous: Sequence[str],
     config: FilterConfig,
     detector: LanguageDetector | None,
+    *,
+    instruction: bool,
 ) -> Verdict:
     if config.markers:
-        verdict = check_markers(text, config)
+        verdict = check_markers(text, config, instruction=instruction)
         if not verdict.ok:
             return verdict
     if config.refusal:

@@ -39,15 +39,17 @@ from typing import Any, Literal, Protocol
 
 from engine.errors import ConfigError
 from engine.quality.scripts import expected_scripts, script_counts, share_of
-from engine.quality.text import prose
+from engine.quality.text import language_prose, segments, unquoted
 
 __all__ = [
+    "Expectation",
     "LanguageCheck",
     "LanguageDetector",
     "LanguageLike",
     "Py3LangidDetector",
     "accepted_codes",
     "default_detector",
+    "judge_expected",
     "judge_language",
     "language_codes",
     "weighted_letters",
@@ -189,6 +191,32 @@ class LanguageCheck:
         return self.status != "wrong"
 
 
+Mode = Literal["strict", "passage", "mixed", "any"]
+
+
+@dataclass(frozen=True, slots=True)
+class Expectation:
+    """Which language an output should be in, and how strictly (engine.quality.expect).
+
+    ``languages``: any of them is right, the conversation's first. ``mode``: "strict" (the
+    text is in one of them, at most ``max_foreign_share`` of it in confidently foreign
+    sentences), "passage" (an instruction that may quote a passage in another language: some
+    of it must be in one of them), "mixed" (code-mixing by design: only a text wholly in a
+    major other language fails) or "any" (the right language cannot be known: pass).
+    ``require``: a language some of the text must be in (a translation's target).
+    """
+
+    languages: tuple[LanguageLike, ...]
+    mode: Mode = "strict"
+    require: LanguageLike | None = None
+    why: str = ""
+
+    @classmethod
+    def of(cls, language: LanguageLike) -> Expectation:
+        """Strictly ``language``."""
+        return cls((language,))
+
+
 def judge_language(
     text: str,
     language: LanguageLike,
@@ -199,43 +227,205 @@ def judge_language(
     min_confidence: float = 0.5,
     accept_share: float = 0.1,
     foreign_confidence: float = 0.98,
+    max_foreign_share: float = 1.0,
 ) -> LanguageCheck:
-    """Whether ``text`` is in ``language``: script check first, then the model if it knows it.
+    """Whether ``text`` is in ``language``: ``judge_expected`` with that one language."""
+    return judge_expected(
+        text,
+        Expectation.of(language),
+        detector=detector,
+        min_chars=min_chars,
+        script_min_share=script_min_share,
+        min_confidence=min_confidence,
+        accept_share=accept_share,
+        foreign_confidence=foreign_confidence,
+        max_foreign_share=max_foreign_share,
+    )
 
-    Code, URLs and e-mail addresses are removed first, and a text with fewer than
-    ``min_chars`` weighted letters left is "too_short" (a pass). The model's verdict is "wrong"
-    only when its top label is not accepted for ``language``, has at least ``min_confidence``,
-    and the accepted labels together have less than ``accept_share``. For a language the model
-    does not know, a major language an LLM falls back to (English, French, Chinese, ...) with
-    at least ``foreign_confidence`` is still "wrong": a French reply to a Wolof conversation is
-    caught even though Wolof is not in the model.
+
+@dataclass(frozen=True, slots=True)
+class _Params:
+    detector: LanguageDetector
+    min_chars: int
+    script_min_share: float
+    min_confidence: float
+    accept_share: float
+    foreign_confidence: float
+
+
+def judge_expected(
+    text: str,
+    expect: Expectation,
+    *,
+    detector: LanguageDetector,
+    min_chars: int = 20,
+    script_min_share: float = 0.5,
+    min_confidence: float = 0.5,
+    accept_share: float = 0.1,
+    foreign_confidence: float = 0.98,
+    max_foreign_share: float = 0.3,
+) -> LanguageCheck:
+    """Whether ``text`` is in the language ``expect`` names, as its mode says.
+
+    Code, URLs, e-mail addresses, math and table rows are not evidence and are removed first;
+    a text with fewer than ``min_chars`` weighted letters left is "too_short" (a pass). The
+    script must match first (any script the languages are written in); then the identifier,
+    if it knows the language, must not be confident (``min_confidence``) of another language
+    while the accepted labels together have less than ``accept_share``. A language the model
+    does not know, or text in one of its other scripts (romanised Hindi), fails only when a
+    major language an LLM falls back to (English, French, Chinese, ...) is at least
+    ``foreign_confidence`` sure. Strict texts are also judged sentence by sentence: more than
+    ``max_foreign_share`` of the letters in confidently foreign sentences is "wrong".
     """
-    body = prose(text)
+    want = "/".join(_display(lang) for lang in expect.languages)
+    if expect.mode == "any" or not expect.languages:
+        return LanguageCheck("unknown", "none", None, 0.0, expect.why or "any language may do")
+    body = language_prose(text)
     counts = script_counts(body)
     letters = _weighted(counts)
-    want = _display(language)
     if letters < min_chars:
         return LanguageCheck(
             "too_short", "none", None, 0.0, f"{letters} letters, too short to judge ({want})"
         )
-    scripts = expected_scripts(language.script)
+    params = _Params(
+        detector, min_chars, script_min_share, min_confidence, accept_share, foreign_confidence
+    )
+    if expect.mode == "mixed":
+        # Mixed with English as a rule: Latin letters count as the language's own.
+        scripts = _scripts(expect.languages)
+        if scripts is not None:
+            share = share_of(counts, scripts[1] | {"Latin"})
+            if share.share < script_min_share:
+                return LanguageCheck(
+                    "wrong",
+                    "script",
+                    share.dominant,
+                    share.share,
+                    f"mostly {share.dominant}, not a mix with {want}",
+                )
+        ranking = detector.rank(body)
+        top, top_p = ranking[0] if ranking else (_NOT_LANGUAGE, 0.0)
+        accepted = _accepted(expect.languages)
+        if top in _FALLBACK and top not in accepted and top_p >= foreign_confidence:
+            return LanguageCheck(
+                "wrong", "model", top, top_p, f"all in {top} ({top_p:.2f}), expected {want} mixed"
+            )
+        return LanguageCheck("ok", "model", top, top_p, f"code-mixed {want}: {top} ({top_p:.2f})")
+    if expect.mode == "passage":
+        return _judge_passage(body, expect, params, want)
+    whole = _judge(body, counts, expect.languages, params, want)
+    if not whole.ok:
+        return whole
+    needs_segments = expect.require is not None or (
+        max_foreign_share < 1.0 and not _clearly_own(whole, counts)
+    )
+    if not needs_segments:
+        return whole
+    judged = [
+        (_judge(seg, seg_counts, expect.languages, params, want), n)
+        for seg in segments(unquoted(body))
+        if (n := _weighted(seg_counts := script_counts(seg))) >= min_chars
+    ]
+    total = sum(n for _, n in judged)
+    foreign = sum(n for check, n in judged if not check.ok)
+    if total and foreign / total > max_foreign_share:
+        worst = max((c for c, _ in judged if not c.ok), key=lambda c: c.confidence)
+        return LanguageCheck(
+            "wrong",
+            worst.method,
+            worst.detected,
+            worst.confidence,
+            f"{foreign / total:.0%} of the text is in {worst.detected} (at most "
+            f"{max_foreign_share:.0%} may be), expected {want}",
+        )
+    target = expect.require
+    if target is not None and any(detector.knows(c) for c in language_codes(target)):
+        wanted = accepted_codes(target)
+        # Quotes count here: a translation is often given in quotation marks.
+        found = whole.detected in wanted or any(
+            (ranking := detector.rank(seg)) and ranking[0][0] in wanted
+            for seg in segments(body)
+            if _weighted(script_counts(seg)) >= min_chars
+        )
+        if not found:
+            return LanguageCheck(
+                "wrong",
+                "model",
+                whole.detected,
+                whole.confidence,
+                f"no text in {_display(target)}, the language asked for ({expect.why}); "
+                f"detected {whole.detected}",
+            )
+    return whole
+
+
+def _clearly_own(check: LanguageCheck, counts: Counter[str]) -> bool:
+    """A whole-text verdict so sure, in one script, that no sentence can be another language."""
+    if check.method != "model" or check.confidence < 0.9999:
+        return False
+    letters = sum(counts.values())
+    return bool(letters) and counts.most_common(1)[0][1] >= 0.95 * letters
+
+
+def _accepted(languages: Sequence[LanguageLike]) -> frozenset[str]:
+    out: set[str] = set()
+    for lang in languages:
+        out |= accepted_codes(lang)
+    return frozenset(out)
+
+
+def _scripts(languages: Sequence[LanguageLike]) -> tuple[frozenset[str], frozenset[str]] | None:
+    """(primary scripts, all scripts) of the languages; None when a primary one is unknown."""
+    primary: set[str] = set()
+    every: set[str] = set()
+    for lang in languages:
+        found = expected_scripts(lang.script)
+        if found is None:
+            return None
+        primary |= found
+        every |= found
+        for other in getattr(lang, "other_scripts", ()):
+            every |= expected_scripts(other) or frozenset()
+    return frozenset(primary), frozenset(every)
+
+
+def _judge(
+    body: str,
+    counts: Counter[str],
+    languages: Sequence[LanguageLike],
+    p: _Params,
+    want: str,
+) -> LanguageCheck:
+    """One text against a set of languages: script first, then the identifier."""
+    scripts = _scripts(languages)
+    alternate = False
     if scripts is not None:
-        share = share_of(counts, scripts)
-        if share.share < script_min_share:
+        primary, every = scripts
+        share = share_of(counts, every)
+        if share.share < p.script_min_share:
+            names = "/".join(sorted(every))
             return LanguageCheck(
                 "wrong",
                 "script",
                 share.dominant,
                 share.share,
-                f"only {share.share:.0%} of letters in {language.script}, mostly {share.dominant}"
+                f"only {share.share:.0%} of letters in {names}, mostly {share.dominant}"
                 f" (expected {want})",
             )
-    own = language_codes(language)
-    known = any(detector.knows(code) for code in own)
-    ranking = detector.rank(body)
+        alternate = share_of(counts, primary).share < p.script_min_share
+    own: set[str] = set()
+    for lang in languages:
+        own |= language_codes(lang)
+    known = any(p.detector.knows(code) for code in own)
+    ranking = p.detector.rank(body)
     top, top_p = ranking[0] if ranking else (_NOT_LANGUAGE, 0.0)
-    if not known:
-        if top in _FALLBACK and top_p >= foreign_confidence:
+    accepted = _accepted(languages)
+    if top in accepted:
+        return LanguageCheck("ok", "model", top, top_p, f"detected {top} ({top_p:.2f})")
+    if not known or alternate:
+        # The model cannot recognise this language (or this script of it): only a confident
+        # major fallback language is caught.
+        if top in _FALLBACK and top_p >= p.foreign_confidence:
             return LanguageCheck(
                 "wrong", "model", top, top_p, f"detected {top} ({top_p:.2f}), expected {want}"
             )
@@ -243,24 +433,59 @@ def judge_language(
             return LanguageCheck(
                 "unknown", "none", None, 0.0, f"{want} unknown to the model and script unknown"
             )
-        return LanguageCheck(
-            "ok", "script", None, 0.0, f"{want} unknown to the model; {language.script} matches"
-        )
-    accepted = accepted_codes(language)
-    if top in accepted:
-        return LanguageCheck("ok", "model", top, top_p, f"detected {top} ({top_p:.2f})")
+        how = "another script of" if alternate else "unknown to the model;"
+        return LanguageCheck("ok", "script", None, 0.0, f"{how} {want}; the script matches")
     if top == _NOT_LANGUAGE:
         return LanguageCheck("unknown", "none", top, top_p, "no natural language detected")
     if "ja" in own and top in _CHINESE and counts["Hiragana"] + counts["Katakana"] > 0:
         # Kanji-heavy Japanese reads as Chinese to a character model; kana settle it.
         return LanguageCheck("ok", "script", "ja", top_p, f"detected {top}, but kana present")
-    mass = sum(p for label, p in ranking if label in accepted)
-    if top_p < min_confidence or mass >= accept_share:
+    mass = sum(prob for label, prob in ranking if label in accepted)
+    if top_p < p.min_confidence or mass >= p.accept_share:
         return LanguageCheck(
             "ok", "model", top, top_p, f"unsure: {top} ({top_p:.2f}) vs {want} ({mass:.2f})"
         )
     return LanguageCheck(
         "wrong", "model", top, top_p, f"detected {top} ({top_p:.2f}), expected {want}"
+    )
+
+
+def _judge_passage(body: str, expect: Expectation, p: _Params, want: str) -> LanguageCheck:
+    """An instruction that may quote a passage in another language: some of it must be ours."""
+    accepted = _accepted(expect.languages)
+    scripts = _scripts(expect.languages)
+    primary = scripts[0] if scripts is not None else None
+    own = total = 0
+    seen: list[tuple[str, float]] = []
+    for seg in segments(body):
+        seg_counts = script_counts(seg)
+        n = _weighted(seg_counts)
+        if n < p.min_chars:
+            continue
+        total += n
+        ranking = p.detector.rank(seg)
+        top, top_p = ranking[0] if ranking else (_NOT_LANGUAGE, 0.0)
+        seen.append((top, top_p))
+        mass = sum(prob for label, prob in ranking if label in accepted)
+        in_script = primary is not None and share_of(seg_counts, primary).share >= 0.5
+        known = any(p.detector.knows(c) for lang in expect.languages for c in language_codes(lang))
+        if top in accepted or mass >= p.accept_share or (in_script and not known):
+            own += n
+    if total == 0:
+        # Only short lines: judge the whole instruction as one text.
+        return _judge(body, script_counts(body), expect.languages, p, want)
+    if own / total < p.accept_share:
+        top, top_p = max(seen, key=lambda item: item[1])
+        return LanguageCheck(
+            "wrong",
+            "model",
+            top,
+            top_p,
+            f"no sentence in {want} ({expect.why or 'a passage may be in another language'}); "
+            f"detected {top} ({top_p:.2f})",
+        )
+    return LanguageCheck(
+        "ok", "model", None, own / total, f"{own / total:.0%} in {want}, the rest a passage"
     )
 
 

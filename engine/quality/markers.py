@@ -1,4 +1,5 @@
-"""Leaked markers: prompt-template text, chat tokens, AI disclaimers, placeholders, role labels.
+"""Leaked markers: prompt-template text, chat tokens, AI disclaimers, placeholders, role labels,
+and output labels ("New instruction:", "Maagizo mapya:") in each supported language.
 
 Loading raises ConfigError naming the file, the key and the problem; matching never raises.
 """
@@ -27,8 +28,8 @@ __all__ = [
 
 DEFAULT_MARKERS_PATH = Path(__file__).parent / "markers.toml"
 
-MarkerKind = Literal["template", "disclaimer", "placeholder", "role_label"]
-_LISTS = ("template", "disclaimers", "placeholders", "role_labels")
+MarkerKind = Literal["template", "disclaimer", "placeholder", "role_label", "label"]
+_LISTS = ("template", "disclaimers", "placeholders", "role_labels", "labels")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,10 +45,12 @@ class Markers:
 
     __slots__ = (
         "_disclaimer",
+        "_label",
         "_placeholder",
         "_role",
         "_template",
         "disclaimers",
+        "labels",
         "placeholders",
         "role_labels",
         "template",
@@ -60,8 +63,10 @@ class Markers:
         disclaimers: Iterable[str] = (),
         placeholders: Iterable[str] = (),
         role_labels: Iterable[str] = (),
+        labels: Iterable[str] = (),
     ) -> None:
         self.template = tuple(template)
+        self.labels = tuple(labels)
         self.disclaimers = tuple(disclaimers)
         self.placeholders = tuple(placeholders)
         self.role_labels = tuple(role_labels)
@@ -72,6 +77,8 @@ class Markers:
         self._placeholder = _alternation(self.placeholders, prefix=r"\{\{?\s*", suffix=r"\s*\}\}?")
         # Optional markdown emphasis, quote marks and bullets around the label, then a colon.
         self._role = _alternation(self.role_labels, prefix=r"(?m)^[ \t>*_#-]*", suffix=r"[*_ \t]*:")
+        # An output label opens the text or a line, then a colon: "**Maagizo mapya:**".
+        self._label = _alternation(self.labels, prefix=r"(?m)^[ \t>*_#-]*", suffix=r"[*_ \t]*[:：]")
 
     def with_extra(self, phrases: Iterable[str]) -> Markers:
         """A copy with ``phrases`` added to the template list."""
@@ -83,15 +90,23 @@ class Markers:
             disclaimers=self.disclaimers,
             placeholders=self.placeholders,
             role_labels=self.role_labels,
+            labels=self.labels,
         )
 
-    def find(self, text: str, *, role_labels: bool = True) -> MarkerMatch | None:
-        """The first leaked marker in ``text`` outside code, or None."""
+    def find(
+        self, text: str, *, role_labels: bool = True, labels: bool = True
+    ) -> MarkerMatch | None:
+        """The first leaked marker in ``text`` outside code, or None.
+
+        ``labels``: look for output labels too (they matter in instructions, which must be the
+        text itself; a reply may well say "Follow-up question:").
+        """
         body = prose(text)
         # Lines are folded one by one so that role labels stay at line starts.
         folded = "\n".join(normalize_for_match(line) for line in body.splitlines())
         checks: tuple[tuple[MarkerKind, re.Pattern[str] | None], ...] = (
             ("template", self._template),
+            ("label", self._label if labels else None),
             ("disclaimer", self._disclaimer),
             ("placeholder", self._placeholder),
             ("role_label", self._role if role_labels else None),
@@ -105,7 +120,10 @@ class Markers:
 
     def __repr__(self) -> str:
         sizes = (len(self.template), len(self.disclaimers), len(self.placeholders))
-        return f"Markers({sizes[0]} template, {sizes[1]} disclaimers, {sizes[2]} placeholders)"
+        return (
+            f"Markers({sizes[0]} template, {sizes[1]} disclaimers, {sizes[2]} placeholders, "
+            f"{len(self.labels)} labels)"
+        )
 
 
 def _alternation(
@@ -159,4 +177,5 @@ def _read(path: Path) -> Markers:
         disclaimers=lists["disclaimers"],
         placeholders=lists["placeholders"],
         role_labels=lists["role_labels"],
+        labels=lists["labels"],
     )

@@ -1,19 +1,26 @@
-"""Text helpers the filters share: phrase normalization, code stripping and n-gram units.
+"""Text analysis the checks share, in one place: phrase normalization, what is prose (code,
+URLs, math and tables are not), sentences, similarity and n-gram units.
 
 Nothing here raises.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 import unicodedata
 from collections.abc import Sequence
 
 __all__ = [
+    "language_prose",
     "ngrams",
     "normalize_for_match",
     "prose",
+    "segments",
+    "similarity",
     "units",
+    "unquoted",
+    "without_refrains",
 ]
 
 # Scripts written without spaces between words: every character is its own unit, so that
@@ -63,6 +70,18 @@ _FOLD = str.maketrans(
 _FENCED = re.compile(r"(?ms)^[ \t]*(```|~~~).*?(^[ \t]*\1[^\n]*$|\Z)")
 _INLINE_CODE = re.compile(r"`[^`\n]+`")
 _URL = re.compile(r"\b(?:https?://|www\.)\S+|\b[\w.+-]+@[\w-]+\.[\w.-]+")
+# Display math, and inline math that looks like math (a backslash, ^, _, = or a brace), so that
+# "costs $5 and $10" keeps its words.
+_MATH = re.compile(r"(?s)\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|\$(?=[^$\n]*[\\^_={}])[^$\n]+\$")
+# Markdown table rows: their cells are labels, figures and names, not sentences.
+_TABLE_ROW = re.compile(r"(?m)^[ \t]*\|.*\|[ \t]*$")
+# Paired quotation marks of many languages around a span of at most 400 characters.
+_QUOTED = re.compile(
+    r'„[^“”"\n]{1,400}[“”"]|“[^”\n]{1,400}”|"[^"\n]{1,400}"|«[^»\n]{1,400}»|「[^」]{1,400}」|『[^』]{1,400}』'
+)
+# Sentence ends of many scripts: Latin, Devanagari danda, Arabic/Urdu, CJK, Ethiopic, Myanmar,
+# Armenian, Khmer; and line breaks.
+_SENTENCE_END = re.compile(r"(?<=[。！？])\s*|(?<=[.!?।॥۔؟።။։៕])\s+|\n+")
 
 
 def normalize_for_match(text: str) -> str:
@@ -77,6 +96,59 @@ def normalize_for_match(text: str) -> str:
 def prose(text: str) -> str:
     """``text`` without fenced or inline code, URLs and e-mail addresses."""
     return _URL.sub(" ", _INLINE_CODE.sub(" ", _FENCED.sub(" ", text)))
+
+
+def language_prose(text: str) -> str:
+    """What of ``text`` is evidence of its language: ``prose`` without math and table rows."""
+    return _TABLE_ROW.sub(" ", _MATH.sub(" ", prose(text)))
+
+
+def unquoted(text: str) -> str:
+    """``text`` without quoted spans: a quotation is the quoted language's, not the writer's."""
+    return _QUOTED.sub(" ", text)
+
+
+def without_refrains(text: str) -> str:
+    """``text`` with repeats of a refrain removed: a stanza (a block between blank lines) of at
+    most four lines that recurs between other, different stanzas, as a song's chorus does.
+
+    A block repeated back to back, or a text that is nothing but the same block, is left alone:
+    that is a loop, not a refrain.
+    """
+    stanzas = [block for block in re.split(r"\n[ \t]*\n", text) if block.strip()]
+    if len(stanzas) < 4:
+        return text
+    keys = [" ".join(normalize_for_match(line) for line in block.splitlines()) for block in stanzas]
+    counts: dict[str, int] = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    kept: list[str] = []
+    seen: set[str] = set()
+    for i, (key, block) in enumerate(zip(keys, stanzas, strict=True)):
+        refrain = (
+            counts[key] > 1
+            and len(block.strip().splitlines()) <= 4
+            and len(counts) > counts[key]  # other stanzas exist besides it
+            and (i == 0 or keys[i - 1] != key)  # not repeated back to back
+        )
+        if refrain and key in seen:
+            continue
+        seen.add(key)
+        kept.append(block)
+    return "\n\n".join(kept)
+
+
+def segments(text: str) -> list[str]:
+    """``text`` cut into sentences and lines (non-empty, stripped)."""
+    return [part.strip() for part in _SENTENCE_END.split(text) if part and part.strip()]
+
+
+def similarity(a: str, b: str) -> float:
+    """How alike two texts are, 0 to 1: matching runs of their units (difflib's ratio)."""
+    left, right = units(a), units(b)
+    if not left and not right:
+        return 1.0
+    return difflib.SequenceMatcher(None, left, right, autojunk=False).ratio()
 
 
 def units(text: str) -> list[str]:

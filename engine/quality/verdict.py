@@ -20,6 +20,8 @@ Reason = Literal[
     "wrong_language",
     "near_duplicate",
     "exact_duplicate",
+    "not_evolved",
+    "truncated",
 ]
 # Stored per conversation in the run's database: renaming one breaks old runs' statistics.
 REASONS: tuple[Reason, ...] = get_args(Reason)
