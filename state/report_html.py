@@ -298,6 +298,64 @@ def _tokens_chart(rows: Sequence[Breakdown]) -> str | None:
     )
 
 
+def _rejections_chart(stats: RunStats) -> str | None:
+    if not stats.rejections:
+        return None
+    kinds = [
+        k for k in ("evolve", "answer", "follow_up") if any(r.kind == k for r in stats.rejections)
+    ]
+    kinds += sorted({r.kind for r in stats.rejections} - set(kinds))
+    totals: dict[str, dict[str, int]] = {}
+    for r in stats.rejections:
+        totals.setdefault(r.reason, {}).setdefault(r.kind, 0)
+        totals[r.reason][r.kind] += r.outputs
+    ordered = sorted(totals.items(), key=lambda item: (-sum(item[1].values()), item[0]))
+    series = [(k, PALETTE[i % len(PALETTE)]) for i, k in enumerate(kinds)]
+    rows = [(reason, [float(by.get(k, 0)) for k in kinds]) for reason, by in ordered]
+    return bar_chart(rows, series, title="rejected outputs by reason and step kind")
+
+
+def _rejected_cost_chart(stats: RunStats) -> str | None:
+    costs: dict[str, float] = {}
+    for r in stats.rejections:
+        costs[r.language] = costs.get(r.language, 0.0) + r.cost_usd
+    if not costs:
+        return None
+    rows = sorted(costs.items(), key=lambda item: (-item[1], item[0]))
+    return bar_chart(
+        [(k, [v]) for k, v in rows], [("USD", PALETTE[0])], title="cost of rejected outputs",
+        fmt=usd, whole=False,
+    )  # fmt: skip
+
+
+def _turns_made_chart(stats: RunStats) -> str | None:
+    if not stats.turns_made:
+        return None
+    rows = [
+        (f"{t.planned} planned, {t.made} made", [float(t.conversations)]) for t in stats.turns_made
+    ]
+    return bar_chart(rows, [("done", STATUS_COLOURS["done"])], title="turns planned vs made")
+
+
+def _rejections_table(stats: RunStats) -> str:
+    if not stats.rejections:
+        return ""
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("reason", "step kind", "language", "outputs", "completion tokens", "cost")
+    )
+    body = "".join(
+        f"<tr><th>{escape(r.reason)}</th><td>{escape(r.kind)}</td><td>{escape(r.language)}</td>"
+        f"<td>{r.outputs:,}</td><td>{r.completion_tokens:,}</td><td>{escape(usd(r.cost_usd))}</td>"
+        "</tr>"
+        for r in stats.rejections
+    )
+    return (
+        "<details><summary>Rejected outputs: reason × step kind × language (table)</summary>"
+        f"<table><tr>{head}</tr>{body}</table></details>"
+    )
+
+
 def _cards(stats: RunStats) -> str:
     counts = dict(stats.statuses)
     open_ = counts.get("pending", 0) + counts.get("active", 0)
@@ -307,6 +365,9 @@ def _cards(stats: RunStats) -> str:
         ("user turns (done)", _count(turns)),
         ("filtered", _count(counts.get("filtered", 0))),
         ("failed", _count(counts.get("failed", 0))),
+        ("rejected outputs", f"{_count(stats.rejected)} ({stats.rejection_rate:.1%})"),
+        ("spent on rejected", usd(stats.rejected_usd)),
+        ("kept short", _count(stats.partial)),
         ("not finished", _count(open_)),
         ("requests", _count(stats.total.requests)),
         ("tokens", _count(stats.total.prompt_tokens + stats.total.completion_tokens)),
@@ -460,6 +521,15 @@ def render_report(
         "<h2>What was filtered</h2>",
         _figure("Filter reasons", _reasons_chart(stats)),
         _figure("Filter reasons by language", _reasons_by_language(stats)),
+        "<h2>What was thrown away</h2>",
+        _figure(
+            "Rejected outputs by reason and step kind",
+            _rejections_chart(stats),
+            f"{stats.rejected:,} of {stats.outputs:,} outputs, {usd(stats.rejected_usd)}",
+        ),
+        _figure("Cost of rejected outputs by language", _rejected_cost_chart(stats)),
+        _figure("Turns planned vs made", _turns_made_chart(stats), "(done conversations)"),
+        _rejections_table(stats),
         "<h2>What it cost</h2>",
         _figure("Cost by step kind", _spend_chart(stats.by_kind, "cost by step kind")),
         _figure("Tokens by step kind", _tokens_chart(stats.by_kind), "(settled requests)"),

@@ -1,5 +1,7 @@
-"""A run's statistics from its store: what was made (language × task, turns, evol types), what
-was filtered and why, and what it cost (tokens and USD by language, task and step kind).
+"""A run's statistics from its store: what was made (language × task, turns planned and made,
+evol types), what was filtered and why, every output thrown away by reason × step kind ×
+language with what it cost, and what the run cost (tokens and USD by language, task and step
+kind).
 
 DuckDB aggregates everything; Python only holds the small result tables. ``compute_stats``
 raises StateError when the connection holds no m2l store; printing raises nothing.
@@ -33,7 +35,9 @@ __all__ = [
     "LanguageTask",
     "LogTotals",
     "ReasonCount",
+    "RejectionCount",
     "RunStats",
+    "TurnsMade",
     "TypeCount",
     "compute_stats",
     "print_stats",
@@ -165,6 +169,27 @@ class Breakdown:
 
 
 @dataclass(frozen=True, slots=True)
+class RejectionCount:
+    """Outputs thrown away for one reason, at one step kind, in one language, and their cost."""
+
+    reason: str
+    kind: str
+    language: str
+    outputs: int
+    completion_tokens: int
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class TurnsMade:
+    """Done conversations planned with ``planned`` turns that were kept with ``made``."""
+
+    planned: int
+    made: int
+    conversations: int
+
+
+@dataclass(frozen=True, slots=True)
 class RunStats:
     """Everything ``m2l stats`` shows, as plain values."""
 
@@ -183,6 +208,29 @@ class RunStats:
     by_task: tuple[Breakdown, ...]
     by_kind: tuple[Breakdown, ...]
     total: LogTotals
+    rejections: tuple[RejectionCount, ...] = ()
+    outputs: int = 0  # step outputs received (replies settled 'ok' for a conversation step)
+    turns_made: tuple[TurnsMade, ...] = ()
+
+    @property
+    def rejected(self) -> int:
+        """Outputs thrown away (failed a check, truncated, or dropped with a failed turn)."""
+        return sum(r.outputs for r in self.rejections)
+
+    @property
+    def rejected_usd(self) -> float:
+        """What the thrown-away outputs cost."""
+        return sum(r.cost_usd for r in self.rejections)
+
+    @property
+    def rejection_rate(self) -> float:
+        """Share of received outputs thrown away (0 when nothing came back yet)."""
+        return self.rejected / self.outputs if self.outputs else 0.0
+
+    @property
+    def partial(self) -> int:
+        """Done conversations kept with fewer turns than planned (a late turn failed)."""
+        return sum(t.conversations for t in self.turns_made if t.made < t.planned)
 
     def per_language(self) -> list[tuple[str, tuple[int, int, int, int]]]:
         """(language, (done, filtered, failed, open)) summed over tasks, by language name."""
@@ -275,6 +323,25 @@ def _compute(conn: duckdb.DuckDBPyConnection, run: str) -> RunStats:
         by_task=_spend(conn, "coalesce(c.task, '(no conversation)')"),
         by_kind=_by_kind(_spend(conn, "r.step")),
         total=next(iter(_spend(conn, "'all'")), Breakdown("all", _NO_SPEND)).spend,
+        rejections=tuple(
+            RejectionCount(str(a), str(b), str(c), int(d), int(e), float(f))
+            for a, b, c, d, e, f in rows(
+                """SELECT r.reason, r.kind, coalesce(c.language, '?'), count(*),
+                    coalesce(sum(r.completion_tokens), 0), coalesce(sum(r.cost_usd), 0)
+                FROM rejections r LEFT JOIN conversations c USING (conv_id)
+                GROUP BY ALL ORDER BY 4 DESC, 1, 2, 3"""
+            )
+        ),
+        outputs=int(
+            rows("SELECT count(*) FROM requests WHERE status = 'ok' AND step IS NOT NULL")[0][0]
+        ),
+        turns_made=tuple(
+            TurnsMade(int(p), int(m), int(n))
+            for p, m, n in rows(
+                """SELECT turns_planned, steps_done // 2, count(*) FROM conversations
+                WHERE status = 'done' GROUP BY ALL ORDER BY 1, 2"""
+            )
+        ),
     )
 
 
@@ -366,6 +433,13 @@ def stats_json(stats: RunStats) -> bytes:
     doc["statuses"] = dict(stats.statuses)
     doc["turns"] = [{"turns": t, "conversations": n} for t, n in stats.turns]
     doc["total"]["cache_hit_rate"] = round(stats.total.cache_hit_rate, 4)
+    doc["rejected"] = {
+        "outputs": stats.rejected,
+        "of_outputs": stats.outputs,
+        "rate": round(stats.rejection_rate, 4),
+        "cost_usd": stats.rejected_usd,
+    }
+    doc["partial_conversations"] = stats.partial
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
 
 
@@ -387,7 +461,7 @@ def print_stats(stats: RunStats, console: Console) -> None:
         grid,
         _status_table("Conversations by language", "language", stats.per_language()),
         _status_table("Conversations by task", "task", stats.per_task()),
-        _pairs_table("Turns (done conversations)", ("turns", "conversations"), stats.turns),
+        _turns_table(stats),
         _types_table(_mix_title(stats), stats.evol_kinds),
         _types_table("Task evol types (conversations)", stats.evol_types),
         _types_table("Multi-turn evol types (follow-up turns)", stats.multiturn_types),
@@ -397,6 +471,7 @@ def print_stats(stats: RunStats, console: Console) -> None:
             ("error", "conversations"),
             [(f.error, f.conversations) for f in stats.failures],
         ),
+        _rejections_table(stats),
         _spend_table("Spend by step kind", "step kind", stats.by_kind, stats.total),
         _spend_table("Spend by language", "language", stats.by_language, stats.total),
         _spend_table("Spend by task", "task", stats.by_task, stats.total),
@@ -414,6 +489,38 @@ def _mix_title(stats: RunStats) -> str:
     )
     asked = ", ".join(f"{k} {v:g}" for k, v in stats.evol_mix)
     return f"Evol mix (conversations): {shares}" + (f"; asked {asked}" if asked else "")
+
+
+def _turns_table(stats: RunStats) -> Table:
+    table = Table(
+        title="Turns of done conversations: planned vs made"
+        + (f" ({stats.partial} kept short after a late failure)" if stats.partial else ""),
+        title_justify="left",
+    )
+    for column in ("planned", "made", "conversations"):
+        table.add_column(column, justify="right")
+    for t in stats.turns_made:
+        style = "yellow" if t.made < t.planned else None
+        table.add_row(str(t.planned), str(t.made), str(t.conversations), style=style)
+    return table
+
+
+def _rejections_table(stats: RunStats) -> Table:
+    title = (
+        f"Rejected outputs: {stats.rejected:,} of {stats.outputs:,} "
+        f"({stats.rejection_rate:.1%}), {usd(stats.rejected_usd)} spent on them"
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("reason", "step kind", "language"):
+        table.add_column(column)
+    for column in ("outputs", "completion tokens", "cost"):
+        table.add_column(column, justify="right")
+    for r in stats.rejections:
+        table.add_row(
+            r.reason, r.kind, r.language, f"{r.outputs:,}", f"{r.completion_tokens:,}",
+            usd(r.cost_usd),
+        )  # fmt: skip
+    return table
 
 
 def _language_task_table(stats: RunStats) -> Table:

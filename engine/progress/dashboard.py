@@ -211,10 +211,22 @@ def _conversations(s: ProgressSnapshot, inner: int) -> list[_Line]:
     tokens += [
         (f"using {compact(s.tokens_per_min)}/min", ""),
     ]
+    rejected = []
+    if s.requests_ok:
+        rate = s.outputs_rejected / s.requests_ok
+        rejected.append(
+            (
+                f"{count(s.outputs_rejected)} of {count(s.requests_ok)} outputs ({rate:.1%}) "
+                f"{usd(s.rejected_usd)}",
+                "yellow" if rate >= 0.2 else "",
+            )
+        )
+        rejected += _items(s.rejected_by_reason, limit=4, exact=True)
     return [
         first,
         *_wrapped("", states, inner),
         *_wrapped("steps done", _items(s.steps_by_kind), inner),
+        *(_wrapped("rejected", rejected, inner) if rejected else []),
         *_wrapped("in flight", flight, inner),
         *_wrapped("tokens", tokens, inner),
     ]

@@ -17,6 +17,7 @@ from engine.events import (
     ConversationFinished,
     ConversationStarted,
     Event,
+    OutputRejected,
     RateLimitHit,
     RequestDone,
     RequestFailed,
@@ -97,6 +98,8 @@ class ProgressModel:
         self._filtered = 0
         self._active = 0
         self._failed_by_reason: dict[str, int] = {}
+        self._rejected_by_reason: dict[str, int] = {}
+        self._rejected_usd = 0.0
         self._filtered_by_reason: dict[str, int] = {}
         self._steps: dict[str, int] = {}
         self._finishes = SlidingCounter(*_CONVERSATION_WINDOW)
@@ -156,6 +159,7 @@ class ProgressModel:
             RequestFailed: self._request_failed,
             ConversationStarted: self._conversation_started,
             StepDone: self._step_done,
+            OutputRejected: self._output_rejected,
             ConversationFinished: self._conversation_finished,
             BudgetUpdate: self._budget_update,
             BatchUpdate: self._batch_update,
@@ -189,6 +193,8 @@ class ProgressModel:
         self._tpm_limit = self._tpm_limit or baseline.tpm_limit
         self._cap = self._cap if self._cap is not None else baseline.cap_usd
         self._failed_by_reason = dict(baseline.failed_by_reason)
+        self._rejected_by_reason = dict(baseline.rejected_by_reason)
+        self._rejected_usd = baseline.rejected_usd
         self._filtered_by_reason = dict(baseline.filtered_by_reason)
         for lang in baseline.languages:
             entry = self._language(lang.language)
@@ -308,6 +314,10 @@ class ProgressModel:
         self._active += 1
         self._language(e.language).active += 1
 
+    def _output_rejected(self, e: OutputRejected) -> None:
+        self._rejected_by_reason[e.reason] = self._rejected_by_reason.get(e.reason, 0) + 1
+        self._rejected_usd += e.cost_usd
+
     def _step_done(self, e: StepDone) -> None:
         kind = e.kind or "other"
         self._steps[kind] = self._steps.get(kind, 0) + 1
@@ -397,6 +407,9 @@ class ProgressModel:
             failed_by_reason=pairs(self._failed_by_reason),
             filtered_by_reason=pairs(self._filtered_by_reason),
             steps_by_kind=pairs(self._steps),
+            outputs_rejected=sum(self._rejected_by_reason.values()),
+            rejected_by_reason=pairs(self._rejected_by_reason),
+            rejected_usd=self._rejected_usd,
             conv_per_min=conv_rate * 60,
             eta_s=None if not self._total else eta,
             in_flight=len(self._inflight),

@@ -22,6 +22,7 @@ _PAIR_FIELDS = frozenset(
         "failed_by_reason",
         "filtered_by_reason",
         "steps_by_kind",
+        "rejected_by_reason",
         "in_flight_by_kind",
         "errors_by_class",
         "batches_by_status",
@@ -118,6 +119,10 @@ class ProgressSnapshot:
     failed_by_reason: Pairs = ()
     filtered_by_reason: Pairs = ()
     steps_by_kind: Pairs = ()
+    # step outputs thrown away (a failed check, a truncated reply) and what they cost
+    outputs_rejected: int = 0
+    rejected_by_reason: Pairs = ()
+    rejected_usd: float = 0.0
     conv_per_min: float = 0.0
     eta_s: float | None = None
     # requests

@@ -66,6 +66,14 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
     spent_nano, _, _ = spend_total(con, per_usd=NANO_PER_USD)
     span = log.span_s
     model = model_figures(con, has_columns=has_added_columns(con))
+    rejected: dict[str, int] = {}
+    rejected_usd = 0.0
+    if _has_table(con, "rejections"):
+        for reason, n, cost in con.execute(
+            "SELECT reason, count(*), coalesce(sum(cost_usd), 0) FROM rejections GROUP BY 1"
+        ).fetchall():
+            rejected[str(reason)] = int(n)
+            rejected_usd += float(cost)
     minutes = span / 60
     rpm_limit = _number(_dig(config, "limits", "rpm"))
     tpm_limit = _number(_dig(config, "limits", "tpm"))
@@ -95,6 +103,9 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
         active=by_status.get("active", 0),
         failed_by_reason=pairs(reasons["failed"]),
         filtered_by_reason=pairs(reasons["filtered"]),
+        outputs_rejected=sum(rejected.values()),
+        rejected_by_reason=pairs(rejected),
+        rejected_usd=rejected_usd,
         conv_per_min=rate,
         eta_s=(total - finished) * 60 / rate if rate > 0 else (0.0 if total == finished else None),
         requests_sent=log.sent,
@@ -192,3 +203,11 @@ def _number(value: Any) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
         return float(value)
     return None
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether the store has table ``name`` (a store made by an older m2l may lack one)."""
+    row = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]
+    ).fetchone()
+    return bool(row and row[0])
