@@ -21,6 +21,7 @@ from engine.chat import Message
 from engine.records import Conversation, Plan, Status, Step, StepKind, step_kind
 from state import _bulk
 from state._bulk import columns, marks, unnest
+from state.requestlog import AttemptStatus, status_is
 
 __all__ = [
     "count_by_status",
@@ -237,6 +238,10 @@ def _message_row(conv: Conversation, now: dt.datetime) -> tuple[object, ...]:
     )
 
 
+# The answered attempt whose cost a dropped step carries into the rejections table.
+_SETTLED = status_is(AttemptStatus.OK, column="q.status")
+
+
 def mark_final(conv: Conversation) -> Callable[[Conn], None]:
     """An op that stores a final conversation's status and reason.
 
@@ -251,7 +256,7 @@ def mark_final(conv: Conversation) -> Callable[[Conn], None]:
         now = _bulk.now()
         for step in conv.dropped:
             conn.execute(
-                """INSERT INTO rejections (conv_id, step, regeneration, kind, reason, detail,
+                f"""INSERT INTO rejections (conv_id, step, regeneration, kind, reason, detail,
                        content, finish_reason, prompt_tokens, completion_tokens, cost_usd,
                        created_at)
                    SELECT m.conv_id, m.step,
@@ -259,7 +264,7 @@ def mark_final(conv: Conversation) -> Callable[[Conn], None]:
                         WHERE r.conv_id = m.conv_id AND r.step = m.step),
                        m.kind, 'unanswered', ?, m.content, m.finish_reason, NULL, m.tokens,
                        (SELECT q.cost_usd FROM requests q WHERE q.conv_id = m.conv_id
-                        AND q.step = m.step AND q.status = 'ok'
+                        AND q.step = m.step AND {_SETTLED}
                         ORDER BY q.request_id DESC LIMIT 1), ?
                    FROM messages m WHERE m.conv_id = ? AND m.step = ?
                    ON CONFLICT DO NOTHING""",

@@ -333,7 +333,10 @@ def _compute(conn: duckdb.DuckDBPyConnection, run: str) -> RunStats:
             )
         ),
         outputs=int(
-            rows("SELECT count(*) FROM requests WHERE status = 'ok' AND step IS NOT NULL")[0][0]
+            rows(
+                f"SELECT count(*) FROM requests WHERE {status_is(AttemptStatus.OK)} "
+                "AND step IS NOT NULL"
+            )[0][0]
         ),
         turns_made=tuple(
             TurnsMade(int(p), int(m), int(n))

@@ -55,7 +55,7 @@ class Prompter:
     def message(self, role: str, content: str) -> Message:
         return Message(role, content, 5)
 
-    def max_tokens(self, kind: StepKind) -> int:
+    def max_tokens(self, conv: Conversation, kind: StepKind, room: int) -> int:
         return 10
 
 
@@ -87,6 +87,16 @@ class Store:
         self.finals[conv.plan.conv_id] = (asyncio.get_running_loop().time(), conv.status)
 
     async def mark_active(self, conv: Conversation) -> None:
+        self.convs[conv.plan.conv_id] = conv
+
+    async def record_rejection(
+        self,
+        conv: Conversation,
+        *,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        cost: float,
+    ) -> None:
         self.convs[conv.plan.conv_id] = conv
 
     async def flush(self) -> None:

@@ -310,6 +310,24 @@ def judge_expected(
             return LanguageCheck(
                 "wrong", "model", top, top_p, f"all in {top} ({top_p:.2f}), expected {want} mixed"
             )
+        known = any(detector.knows(c) for lang in expect.languages for c in language_codes(lang))
+        native = scripts is not None and share_of(counts, scripts[0]).share >= script_min_share
+        # Written in the language's own script, which the model reads: some of it must be the
+        # language (romanised text, which the model cannot read, is let through).
+        mass = sum(p for label, p in ranking if label in accepted)
+        if (
+            known
+            and native
+            and mass < accept_share
+            and not any(
+                (r := detector.rank(seg)) and r[0][0] in accepted
+                for seg in segments(body)
+                if _weighted(script_counts(seg)) >= min_chars
+            )
+        ):
+            return LanguageCheck(
+                "wrong", "model", top, top_p, f"no {want} in it: {top} ({top_p:.2f})"
+            )
         return LanguageCheck("ok", "model", top, top_p, f"code-mixed {want}: {top} ({top_p:.2f})")
     if expect.mode == "passage":
         return _judge_passage(body, expect, params, want)
