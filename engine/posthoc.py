@@ -13,11 +13,13 @@ conversation's language is not in the language table.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import duckdb
+import orjson
 
+from engine._typed_toml import from_table
 from engine.errors import ConfigError
 from engine.quality import (
     DEFAULT_FILTER_CONFIG,
@@ -94,6 +96,8 @@ class FilterReport:
     by_reason: tuple[tuple[str, int], ...]  # most frequent first
     samples: tuple[Finding, ...]
     dry_run: bool
+    # outputs the run threw away inline, by reason (filled when asked to include them)
+    rejected: tuple[tuple[str, int], ...] = ()
 
     @property
     def filtered(self) -> int:
@@ -195,22 +199,54 @@ def filter_run(
     run_dir: Path,
     *,
     dry_run: bool = False,
-    config: FilterConfig = DEFAULT_FILTER_CONFIG,
+    config: FilterConfig | None = None,
     languages: LanguageTable | None = None,
     detector: LanguageDetector | None = None,
     batch_size: int = BATCH_CONVERSATIONS,
+    include_rejected: bool = False,
 ) -> FilterReport:
     """Run the pass over the run at ``run_dir``, holding its store exclusively unless dry.
 
+    ``config`` defaults to the [quality] section the run was made with. With
+    ``include_rejected`` the report also counts the outputs the run threw away inline.
     Raises StateError when the store is missing, held by a running m2l process or damaged,
-    and ConfigError for a language the table does not know.
+    and ConfigError for a language the table does not know or a stored [quality] that no
+    longer loads.
     """
     conn = open_run(run_dir, action="filter it", write=not dry_run)
     try:
-        checker = PosthocFilter(languages or load_languages(), config, detector)
-        return filter_with(conn, checker, dry_run=dry_run, batch_size=batch_size)
+        quality = config if config is not None else run_quality(conn)
+        checker = PosthocFilter(languages or load_languages(), quality, detector)
+        report = filter_with(conn, checker, dry_run=dry_run, batch_size=batch_size)
+        if include_rejected:
+            rows = conn.execute(
+                "SELECT reason, count(*) FROM rejections GROUP BY 1 ORDER BY 2 DESC, 1"
+            ).fetchall()
+            report = replace(report, rejected=tuple((str(r), int(n)) for r, n in rows))
+        return report
     finally:
         conn.close()
+
+
+def run_quality(conn: duckdb.DuckDBPyConnection) -> FilterConfig:
+    """The [quality] section of the config the run on ``conn`` was made with (defaults if none).
+
+    Raises ConfigError when the stored section does not load (made by another m2l version).
+    """
+    row = conn.execute("SELECT value FROM run_meta WHERE key = 'config_json'").fetchone()
+    if row is None:
+        return DEFAULT_FILTER_CONFIG
+    try:
+        section = orjson.loads(row[0]).get("quality")
+    except (orjson.JSONDecodeError, AttributeError):
+        return DEFAULT_FILTER_CONFIG
+    if not isinstance(section, dict):
+        return DEFAULT_FILTER_CONFIG
+    # The snapshot writes an unset optional value as null, which TOML cannot hold: leave it out.
+    present = {key: value for key, value in section.items() if value is not None}
+    return from_table(
+        FilterConfig, present, source="the run's stored config", base_dir=None, prefix="quality"
+    )
 
 
 def filter_with(

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from engine.errors import ConfigError, StateError
 from state import card
 from state.release import SUBSETS, multiturn_types_for, release_schema
-from state.schema import STATE_FILE, open_existing
+from state.schema import STATE_FILE, has_added_columns, open_existing
 from state.tempfiles import remove_stale_temp_files
 
 __all__ = [
@@ -118,19 +118,29 @@ def export_run(
     output: Path | None = None,
     include_filtered: bool = False,
     subset: str | None = None,
+    quality_fields: bool = False,
+    exclude_partial: bool = False,
 ) -> ExportReport:
     """Export the run at ``run_dir``, opening its store read-only; see ``export_with``.
 
     Raises StateError when the store is missing, busy or damaged, ConfigError for bad options,
     and OSError when the output cannot be written.
     """
-    _check_options(fmt, include_filtered, subset)
+    _check_options(fmt, include_filtered, subset, quality_fields)
     target = output or default_output(
         run_dir, fmt, include_filtered=include_filtered, subset=subset
     )
     conn = open_run(run_dir, action="export")
     try:
-        return export_with(conn, fmt, target, include_filtered, subset=subset)
+        return export_with(
+            conn,
+            fmt,
+            target,
+            include_filtered,
+            subset=subset,
+            quality_fields=quality_fields,
+            exclude_partial=exclude_partial,
+        )
     finally:
         conn.close()
 
@@ -165,8 +175,16 @@ def export_with(
     *,
     chunk_size: int = CHUNK_CONVERSATIONS,
     subset: str | None = None,
+    quality_fields: bool = False,
+    exclude_partial: bool = False,
 ) -> ExportReport:
     """Write the run's done (and, if asked, filtered) conversations to ``output`` atomically.
+
+    ``quality_fields`` (JSONL formats that may carry more fields) adds to each row its planned
+    and made turns, why it is short if it is (a late turn failed and the good turns were
+    kept), and every output thrown away while making it (``rejected``: step, regeneration,
+    kind, reason, content). ``exclude_partial`` leaves out conversations kept with fewer turns
+    than planned.
 
     Rows are in conv_id order, written ``chunk_size`` conversations per COPY; a release
     ``subset`` writes that subset's rows instead (see SUBSETS). The file is built beside
@@ -175,17 +193,23 @@ def export_with(
     bad options, StateError when the run's ids do not fit int32, OSError when the folder cannot
     be written, and duckdb.Error if DuckDB fails.
     """
-    spec = _check_options(fmt, include_filtered, subset)
+    spec = _check_options(fmt, include_filtered, subset, quality_fields)
+    if quality_fields and not has_added_columns(conn):
+        raise ConfigError(
+            "--quality-fields needs the run's record of rejected outputs, which this store "
+            "(made by an older m2l) does not have yet: resume the run once, or export without it"
+        )
     if chunk_size < 1:
         raise ConfigError(f"chunk_size = {chunk_size}: expected 1 or more conversations")
     output.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(output.parent)  # what an export killed mid-write left behind
     statuses = ("done", "filtered") if include_filtered else ("done",)
-    bounds = _chunk_bounds(conn, statuses, chunk_size)
+    bounds = _chunk_bounds(conn, statuses, chunk_size, exclude_partial)
     # A run with nothing to export still gets a file: one unbounded range with no rows.
     ranges = list(_ranges(bounds)) or [(None, None)]
     shape = _shape(conn, spec) if spec.stem == "release" else None
-    selects = _selects(spec, statuses, include_filtered, ranges, shape, subset)
+    extra = _Extra(quality_fields, exclude_partial)
+    selects = _selects(spec, statuses, include_filtered, ranges, shape, subset, extra)
     with _scratch(output) as scratch:
         temp = scratch(".tmp")
         write = _parquet_in_parts if spec.copy_format == "parquet" else _jsonl_in_parts
@@ -216,8 +240,16 @@ def _format(fmt: str) -> ExportFormat:
     return spec
 
 
-def _check_options(fmt: str, include_filtered: bool, subset: str | None = None) -> ExportFormat:
+def _check_options(
+    fmt: str, include_filtered: bool, subset: str | None = None, quality_fields: bool = False
+) -> ExportFormat:
     spec = _format(fmt)
+    if quality_fields and (spec.copy_format != "json" or not spec.can_mark_filtered or subset):
+        raise ConfigError(
+            f"--quality-fields cannot be used with {fmt}{f' ({subset})' if subset else ''}: "
+            "the release Parquet schema and OpenAI's messages lines are fixed; use "
+            "release-jsonl or sharegpt-jsonl"
+        )
     if subset is not None:
         if subset not in SUBSETS:
             raise ConfigError(f"unknown subset {subset!r}: use one of {', '.join(SUBSETS)}")
@@ -235,10 +267,27 @@ def _check_options(fmt: str, include_filtered: bool, subset: str | None = None) 
     return spec
 
 
-def _chunk_bounds(conn: duckdb.DuckDBPyConnection, statuses: Sequence[str], size: int) -> list[int]:
+@dataclass(frozen=True, slots=True)
+class _Extra:
+    """Export options beyond the format: quality fields, leaving out shortened conversations."""
+
+    quality_fields: bool = False
+    exclude_partial: bool = False
+
+
+def _partial(alias: str = "") -> str:
+    """SQL: the conversation is done with fewer turns than planned (a late turn failed)."""
+    a = f"{alias}." if alias else ""
+    return f"({a}status = 'done' AND {a}steps_done < 2 * {a}turns_planned)"
+
+
+def _chunk_bounds(
+    conn: duckdb.DuckDBPyConnection, statuses: Sequence[str], size: int, exclude_partial: bool
+) -> list[int]:
     """The first conv_id of each run of ``size`` exported conversations, ascending."""
+    partial = f" AND NOT {_partial()}" if exclude_partial else ""
     rows = conn.execute(
-        f"""SELECT conv_id FROM conversations WHERE status IN ({_in(statuses)})
+        f"""SELECT conv_id FROM conversations WHERE status IN ({_in(statuses)}){partial}
             QUALIFY (row_number() OVER (ORDER BY conv_id) - 1) % {int(size)} = 0
             ORDER BY conv_id"""
     ).fetchall()
@@ -293,10 +342,11 @@ def _selects(
     ranges: Sequence[tuple[int | None, int | None]],
     shape: _Shape | None,
     subset: str | None,
+    extra: _Extra = _Extra(),
 ) -> list[str]:
     """The SELECTs whose rows, in order, make the file."""
     if shape is None:
-        return [_select(spec, statuses, include_filtered, lo, hi) for lo, hi in ranges]
+        return [_select(spec, statuses, include_filtered, lo, hi, extra=extra) for lo, hi in ranges]
     parts: list[str] = []
     json_records = spec.copy_format == "json"
     if subset in ("seed_data", "full_data"):
@@ -309,7 +359,7 @@ def _selects(
     }[subset]
     for part in wanted:
         parts += [
-            _select(spec, statuses, include_filtered, lo, hi, shape=shape, part=part)
+            _select(spec, statuses, include_filtered, lo, hi, shape=shape, part=part, extra=extra)
             for lo, hi in ranges
         ]
     return parts
@@ -324,6 +374,7 @@ def _select(
     *,
     shape: _Shape | None = None,
     part: str = "conversation",
+    extra: _Extra = _Extra(),
 ) -> str:
     """The SELECT for one format over conversations with lo <= conv_id < hi (None: no bound).
 
@@ -335,10 +386,12 @@ def _select(
     # list_sort orders by it (it is unique within a conversation).
     turns = " AND c.turns_planned > 1" if part == "multi_turn" else ""
     first_pair = " AND step < 2" if part == "evol" else ""
+    partial = f" AND NOT {_partial('c')}" if extra.exclude_partial else ""
     base = f"""WITH conv AS (
-        SELECT c.conv_id, c.language, c.task, c.filter_reason, s.instruction AS seed_prompt
+        SELECT c.conv_id, c.language, c.task, c.filter_reason, s.instruction AS seed_prompt,
+            c.turns_planned, CASE WHEN {_partial("c")} THEN c.error END AS kept_reason
         FROM conversations c JOIN seeds s USING (seed_id)
-        WHERE c.status IN ({_in(statuses)}){turns}{_between("c.conv_id", lo, hi)}),
+        WHERE c.status IN ({_in(statuses)}){turns}{_between("c.conv_id", lo, hi)}{partial}),
     steps AS (
         SELECT conv_id, list_sort(list({{'step': step, 'role': role, 'kind': kind,
             'content': content, 'evol_type': evol_type, 'prompt': prompt}})) AS ms
@@ -351,7 +404,21 @@ def _select(
         columns = _release_columns(part, shape, spec.copy_format == "json")
     if include_filtered:
         columns += ",\n        filter_reason"
-    return f"{base}\nSELECT {columns}\nFROM conv JOIN steps USING (conv_id) ORDER BY conv_id"
+    join = ""
+    if extra.quality_fields:
+        base += f""",
+    thrown AS (
+        SELECT conv_id, list_sort(list({{'step': step, 'regeneration': regeneration,
+            'kind': kind, 'reason': reason, 'content': content}})) AS rejected
+        FROM rejections WHERE conv_id IN (SELECT conv_id FROM conv){_between("conv_id", lo, hi)}
+        GROUP BY conv_id)"""
+        columns += """,
+        CAST(turns_planned AS BIGINT) AS turns_planned,
+        CAST(len([m FOR m IN ms IF m.role = 'user']) AS BIGINT) AS turns_made,
+        kept_reason,
+        coalesce(rejected, []) AS rejected"""
+        join = " LEFT JOIN thrown USING (conv_id)"
+    return f"{base}\nSELECT {columns}\nFROM conv JOIN steps USING (conv_id){join} ORDER BY conv_id"
 
 
 def _records(shape: _Shape, json_records: bool, evol_type: str, prompt: str) -> str:

@@ -6,16 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import orjson
 import pytest
 
 from engine.app.run import execute_run
 from engine.config import load_config
 from engine.conversation import Conversation, Status
-from engine.posthoc import filter_run
+from engine.posthoc import filter_run, run_quality
 from engine.quality import FilterConfig
 from engine.scheduler import RunStatus
 from engine.validation import QualityValidator
 from prompts.languages import load_languages
+from state.export import export_run
 from state.journal import load_conversations
 from tests.runfixtures import write_config
 
@@ -98,3 +100,39 @@ async def test_every_thrown_away_output_is_stored_and_late_failures_keep_their_t
         assert steps % 2 == 0 and 2 <= steps < 2 * planned and messages == steps
         assert str(error).startswith(f"kept {steps // 2} of {planned} turns: turn ")
     assert over == (0,)
+    # Exports: the quality fields show planned vs made turns and the thrown-away outputs;
+    # partial conversations can be left out.
+    full = export_run(config.run_dir, "release-jsonl", output=tmp_path / "q.jsonl",
+                      quality_fields=True)  # fmt: skip
+    rows = [orjson.loads(line) for line in full.path.read_bytes().splitlines()]
+    short = [r for r in rows if r["turns_made"] < r["turns_planned"]]
+    assert len(short) == len(partial)
+    assert all(r["kept_reason"].startswith("kept ") and r["no_of_turns"] == r["turns_made"]
+               for r in short)  # fmt: skip
+    assert sum(len(r["rejected"]) for r in rows) > 0
+    assert {x["reason"] for r in rows for x in r["rejected"]} <= {
+        "wrong_language", "repetition", "truncated", "unanswered", "not_evolved",
+        "leaked_markers", "refusal", "cross_turn_repetition", "empty", "too_short",
+    }  # fmt: skip
+    whole = export_run(config.run_dir, "release-jsonl", output=tmp_path / "a.jsonl")
+    assert "rejected" not in orjson.loads(whole.path.read_bytes().splitlines()[0])
+    trimmed = export_run(config.run_dir, "sharegpt-jsonl", output=tmp_path / "b.jsonl",
+                         exclude_partial=True)  # fmt: skip
+    assert trimmed.rows == whole.rows - len(partial)
+    # m2l filter can count the outputs thrown away inline next to its own findings.
+    post = filter_run(config.run_dir, dry_run=True, include_rejected=True)
+    with duckdb.connect(str(config.run_dir / "state.duckdb"), read_only=True) as conn:
+        thrown = conn.execute("SELECT count(*) FROM rejections").fetchone()
+    assert thrown is not None and sum(n for _, n in post.rejected) == thrown[0] > 0
+    assert filter_run(config.run_dir, dry_run=True).rejected == ()
+
+
+def test_filter_uses_the_quality_settings_the_run_was_made_with() -> None:
+    """run_quality reads [quality] from the stored config; a store without one gets defaults."""
+    conn = duckdb.connect()
+    conn.execute("CREATE TABLE run_meta(key VARCHAR PRIMARY KEY, value VARCHAR)")
+    assert run_quality(conn) == FilterConfig()
+    stored = {"quality": {"check_language": False, "refusals_path": None, "extra_markers": ["X"]}}
+    conn.execute("INSERT INTO run_meta VALUES ('config_json', ?)", [orjson.dumps(stored).decode()])
+    quality = run_quality(conn)
+    assert quality.check_language is False and quality.extra_markers == ("X",)

@@ -62,6 +62,18 @@ def add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "(not with messages-jsonl, whose lines may only hold messages)",
     )
     p.add_argument(
+        "--quality-fields",
+        action="store_true",
+        help="add to each row turns_planned, turns_made, kept_reason (why a conversation kept "
+        "fewer turns than planned) and rejected (every output thrown away while making it); "
+        "release-jsonl and sharegpt-jsonl only",
+    )
+    p.add_argument(
+        "--exclude-partial",
+        action="store_true",
+        help="leave out conversations kept with fewer turns than planned after a late failure",
+    )
+    p.add_argument(
         "--output",
         "-o",
         type=Path,
@@ -106,12 +118,19 @@ def add_filter_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
             "Check every done conversation (repetition, cross-turn repetition, refusals, "
             "leaked markers, wrong language, exact and near duplicates across the run) and "
             "mark the failing ones 'filtered' with their reason; nothing is deleted, and "
-            "running it again changes nothing more. The run must not be running."
+            "running it again changes nothing more. It uses the [quality] settings the run "
+            "was made with. The run must not be running."
         ),
     )
     p.add_argument("run_dir", metavar="RUN_DIR", type=Path, help="the run's directory")
     p.add_argument(
         "--dry-run", action="store_true", help="count what would be filtered, change nothing"
+    )
+    p.add_argument(
+        "--include-rejected",
+        action="store_true",
+        help="also count the outputs the run threw away inline (failed checks, truncated "
+        "replies, turns dropped with a failed turn), by reason",
     )
     p.set_defaults(func=filter_command)
 
@@ -135,6 +154,8 @@ def export_command(args: argparse.Namespace, console: Console | None = None) -> 
                 str(args.format),
                 output=args.output,
                 include_filtered=bool(args.include_filtered),
+                quality_fields=bool(getattr(args, "quality_fields", False)),
+                exclude_partial=bool(getattr(args, "exclude_partial", False)),
             )
         ]
         out.print(f"wrote {reports[0].rows:,} conversations to {escape(str(reports[0].path))}")
@@ -175,7 +196,11 @@ def stats_command(args: argparse.Namespace, console: Console | None = None) -> i
 def filter_command(args: argparse.Namespace, console: Console | None = None) -> int:
     """``m2l filter``: run the post-hoc pass and print counts by reason."""
     out = console or Console()
-    report = filter_run(Path(args.run_dir), dry_run=bool(args.dry_run))
+    report = filter_run(
+        Path(args.run_dir),
+        dry_run=bool(args.dry_run),
+        include_rejected=bool(getattr(args, "include_rejected", False)),
+    )
     print_filter_report(report, out)
     return 0
 
@@ -187,6 +212,10 @@ def print_filter_report(report: FilterReport, console: Console) -> None:
         f"checked {report.checked:,} done conversations; {verb} {report.filtered:,}"
         + (" (dry run: nothing changed)" if report.dry_run else "")
     )
+    if report.rejected:
+        thrown = sum(n for _, n in report.rejected)
+        listed = ", ".join(f"{reason} {n:,}" for reason, n in report.rejected)
+        console.print(f"outputs thrown away during the run: {thrown:,} ({escape(listed)})")
     if not report.by_reason:
         return
     table = Table(title="by reason", title_justify="left")
