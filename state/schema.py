@@ -23,6 +23,7 @@ from engine.version import __version__ as M2L_VERSION
 
 __all__ = [
     "ADDED_COLUMNS",
+    "ADDED_TABLES",
     "PRIMARY_KEYS",
     "SCHEMA_VERSION",
     "STATE_FILE",
@@ -44,7 +45,7 @@ __all__ = [
     "table_for_error",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 1
 
 # The state file's name inside a run directory.
 STATE_FILE = "state.duckdb"
@@ -252,7 +253,10 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("requests", "service_tier", "VARCHAR"),
     ("requests", "reasoning_usd", "DOUBLE"),
     ("requests", "cache_saved_usd", "DOUBLE"),
+    ("conversations", "room", "SMALLINT DEFAULT 0"),
 )
+# Tables added after schema v1 shipped, created in place when an older file is opened.
+ADDED_TABLES = ("rejections",)
 
 
 def has_added_columns(conn: duckdb.DuckDBPyConnection) -> bool:
@@ -264,12 +268,17 @@ def has_added_columns(conn: duckdb.DuckDBPyConnection) -> bool:
             "SELECT table_name, column_name FROM information_schema.columns"
         ).fetchall()
     }
-    return all((table, column) in present for table, column, _ in ADDED_COLUMNS)
+    tables = {table for table, _ in present}
+    return all((table, column) in present for table, column, _ in ADDED_COLUMNS) and all(
+        table in tables for table in ADDED_TABLES
+    )
 
 
 def _add_columns(conn: duckdb.DuckDBPyConnection) -> None:
     for table, column, kind in ADDED_COLUMNS:
         conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+    for table in ADDED_TABLES:
+        conn.execute(TABLES[table].replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS", 1))
 
 
 def _is_empty(conn: duckdb.DuckDBPyConnection) -> bool:

@@ -323,15 +323,7 @@ def _compute(conn: duckdb.DuckDBPyConnection, run: str) -> RunStats:
         by_task=_spend(conn, "coalesce(c.task, '(no conversation)')"),
         by_kind=_by_kind(_spend(conn, "r.step")),
         total=next(iter(_spend(conn, "'all'")), Breakdown("all", _NO_SPEND)).spend,
-        rejections=tuple(
-            RejectionCount(str(a), str(b), str(c), int(d), int(e), float(f))
-            for a, b, c, d, e, f in rows(
-                """SELECT r.reason, r.kind, coalesce(c.language, '?'), count(*),
-                    coalesce(sum(r.completion_tokens), 0), coalesce(sum(r.cost_usd), 0)
-                FROM rejections r LEFT JOIN conversations c USING (conv_id)
-                GROUP BY ALL ORDER BY 4 DESC, 1, 2, 3"""
-            )
-        ),
+        rejections=_rejections(conn) if has_added_columns(conn) else (),
         outputs=int(
             rows(
                 f"SELECT count(*) FROM requests WHERE {status_is(AttemptStatus.OK)} "
@@ -349,6 +341,19 @@ def _compute(conn: duckdb.DuckDBPyConnection, run: str) -> RunStats:
 
 
 _NO_SPEND = LogTotals(0, 0, 0, 0, 0, 0.0)
+
+
+def _rejections(conn: duckdb.DuckDBPyConnection) -> tuple[RejectionCount, ...]:
+    """Thrown-away outputs by reason, step kind and language, most first."""
+    return tuple(
+        RejectionCount(str(a), str(b), str(c), int(d), int(e), float(f))
+        for a, b, c, d, e, f in conn.execute(
+            """SELECT r.reason, r.kind, coalesce(c.language, '?'), count(*),
+                coalesce(sum(r.completion_tokens), 0), coalesce(sum(r.cost_usd), 0)
+            FROM rejections r LEFT JOIN conversations c USING (conv_id)
+            GROUP BY ALL ORDER BY 4 DESC, 1, 2, 3"""
+        ).fetchall()
+    )
 
 
 def _run_name(conn: duckdb.DuckDBPyConnection) -> str | None:

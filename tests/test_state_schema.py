@@ -13,6 +13,7 @@ from engine.errors import StateError
 from engine.version import __version__
 from state.schema import (
     ADDED_COLUMNS,
+    ADDED_TABLES,
     PRIMARY_KEYS,
     SCHEMA_VERSION,
     TABLES,
@@ -316,22 +317,31 @@ def test_the_read_only_opener_refuses_what_it_cannot_read_and_writes_nothing(
     assert fingerprint(good.parent) == before
 
 
-def test_an_older_state_file_gains_the_new_request_columns(tmp_path: Path) -> None:
-    """A v1 file written before reasoning and cache columns existed opens, and gains them."""
-    path = tmp_path / "run" / "state.duckdb"
+def _make_older(path: Path) -> None:
+    """A v1 store as written before the added columns and tables existed."""
     conn = open_store(path, create=True)
-    for _, column, _kind in ADDED_COLUMNS:
-        conn.execute(f"ALTER TABLE requests DROP COLUMN {column}")
+    for table, column, _kind in ADDED_COLUMNS:
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
+    for table in ADDED_TABLES:
+        conn.execute(f"DROP TABLE {table}")
     conn.close()
+
+
+def test_an_older_state_file_gains_the_new_request_columns(tmp_path: Path) -> None:
+    """A v1 file written before the reasoning and cache columns, the conversations' room and
+    the rejections table existed opens, and gains them."""
+    path = tmp_path / "run" / "state.duckdb"
+    _make_older(path)
     conn = open_store(path, create=False)
     names = {
-        row[0]
-        for row in conn.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_name = 'requests'"
+        (table, column)
+        for table, column in conn.execute(
+            "SELECT table_name, column_name FROM information_schema.columns"
         ).fetchall()
     }
     conn.close()
-    assert {column for _, column, _kind in ADDED_COLUMNS} <= names
+    assert {(table, column) for table, column, _kind in ADDED_COLUMNS} <= names
+    assert {table for table, _ in names} >= set(ADDED_TABLES)
 
 
 def test_an_older_store_read_only_reads_reasoning_and_cache_as_zero(tmp_path: Path) -> None:
@@ -341,13 +351,11 @@ def test_an_older_store_read_only_reads_reasoning_and_cache_as_zero(tmp_path: Pa
     from state.stats import compute_stats
 
     path = tmp_path / "run" / "state.duckdb"
-    conn = open_store(path, create=True)
-    for _, column, _kind in ADDED_COLUMNS:
-        conn.execute(f"ALTER TABLE requests DROP COLUMN {column}")
-    conn.close()
+    _make_older(path)
     conn = duckdb.connect(str(path), read_only=True)
     try:
         assert compute_stats(conn, run="run").total.reasoning_tokens == 0
+        assert compute_stats(conn, run="run").rejections == ()
         assert store_snapshot(conn, run="run").tokens_reasoning == 0
     finally:
         conn.close()
