@@ -121,11 +121,11 @@ async def test_the_tail_finishes_online(tmp_path: Path) -> None:
 
 async def test_a_batch_that_would_pass_the_cap_is_cut_to_what_fits(tmp_path: Path) -> None:
     """A tiny budget: the run stops at the cap; what was sent fits under it, reservations too."""
-    config = load_config(batch_config(tmp_path, extra="[budget]\nusd = 0.0004\n"))
+    config = load_config(batch_config(tmp_path, extra="[budget]\nusd = 0.001\n"))
     report = await execute_run(config, env={})
     assert report.result.status is RunStatus.BUDGET_EXHAUSTED
     with duckdb.connect(str(config.run_dir / "state.duckdb"), read_only=True) as conn:
-        assert 0 < spend_from_log(conn).usd <= 0.0004  # outcomes unknown count at worst case
+        assert 0 < spend_from_log(conn).usd <= 0.001  # outcomes unknown count at worst case
     lines = rows(config.run_dir, "SELECT count(*) FROM batch_lines")[0][0]
     assert isinstance(lines, int) and lines > 0
 

@@ -85,7 +85,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
         (tmp_path / name / "runs" / "t" / "export" / "messages.jsonl").read_bytes()
         for name in ("clean", "killed")
     ]
-    assert exported[0] == exported[1] and exported[0].count(b"\n") == 16
+    assert exported[0] == exported[1]
     outcomes = []
     for name in ("clean", "killed"):
         with duckdb.connect(str(tmp_path / name / "runs" / "t" / "state.duckdb")) as conn:
@@ -96,7 +96,12 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
                 ).fetchall()
             )
     assert outcomes[0] == outcomes[1]
-    assert all(status == "done" and made == steps for _, status, steps, _, made in outcomes[1])
+    # Injected wrong-language replies fail a few conversations at their first turn; the rest
+    # are done (some kept short after a late failure), each with the messages it counts.
+    done = [row for row in outcomes[1] if row[1] == "done"]
+    assert all(status in ("done", "failed") for _, status, _, _, _ in outcomes[1])
+    assert all(made == steps for _, _, steps, _, made in done)
+    assert len(done) >= 12 and exported[0].count(b"\n") == len(done)
     # The regeneration count is stored with each rejected reply, so restarts never give a step
     # more replies than its bound, and every reply thrown away is on record.
     with duckdb.connect(str(folder / "runs" / "t" / "state.duckdb"), read_only=True) as conn:
