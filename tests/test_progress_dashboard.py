@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from rich.cells import cell_len
 from rich.console import Console
 
@@ -21,6 +22,8 @@ from engine.events import (
     StepDone,
 )
 from engine.progress import Dashboard, ProgressModel, ProgressSnapshot
+from engine.progress.lines import progress_line
+from engine.progress.summary import summary_rows
 
 
 def scripted_snapshot() -> ProgressSnapshot:
@@ -131,3 +134,24 @@ def test_a_rate_limit_pause_shows_in_the_border() -> None:
     """While a 429 pauses dispatch, the panel says for how long."""
     text = draw(replace(scripted_snapshot(), paused_s=2.5), 100)
     assert "paused 2.5 s after a 429" in text
+
+
+def test_hidden_reasoning_and_the_prompt_cache_are_shown_apart() -> None:
+    """Replies that carry reasoning and cached tokens: the dashboard, the summary rows and the
+    plain line show reasoning apart from output (with its cost) and the cache hit rate."""
+    clock = FakeClock()
+    model = ProgressModel(clock)
+    model.on_event(RunStarted("r", 2, 0, None, None, None, 0.0))
+    for key in ("1:1", "2:1"):
+        model.on_event(
+            RequestDone(key, "answer", 2000, 1500, 1.0, 0.004, 0.0, 1000, 1500, 0.002, 0.0003)
+        )
+    s = model.snapshot()
+    assert (s.tokens_out, s.tokens_reasoning, s.tokens_cached) == (3000, 2000, 3000)
+    assert s.reasoning_usd == pytest.approx(0.004)
+    text = draw(s, 120)
+    assert "2.00k hidden reasoning $0.004" in text and "cache hits 75% of in" in text
+    rows = {label: (value, detail) for label, value, detail in summary_rows(s)}
+    assert "of 3.00k output tokens, 2.00k hidden reasoning, $0.004" in rows["reasoning"][1]
+    assert rows["prompt cache"][0] == "75.0%" and "saving $0.0006" in rows["prompt cache"][1]
+    assert "tokens_reasoning=2000" in progress_line(s)

@@ -17,6 +17,7 @@ from budgets.prices import (
     missing_price_error,
     price_table_age_warning,
     resolve_price,
+    tier_price_error,
 )
 from engine.config import Config
 from engine.errors import ConfigError
@@ -51,6 +52,10 @@ def check_model(
                 f"{unknown_model_lines(model)}"
             )
         raise error
+    if price is not None and config.budget.usd is not None:
+        tier_error = tier_price_error(model, price, config.provider.service_tier)
+        if tier_error is not None:
+            raise tier_error
     warnings = []
     if price is not None and price.origin.startswith("built-in"):
         stale = price_table_age_warning(prices, today or dt.date.today())

@@ -205,7 +205,9 @@ def _conversations(s: ProgressSnapshot, inner: int) -> list[_Line]:
         (f"out {compact(s.tokens_out)}", ""),
     ]
     if s.tokens_reasoning:
-        tokens.append((f"{compact(s.tokens_reasoning)} hidden reasoning", ""))
+        tokens.append(
+            (f"{compact(s.tokens_reasoning)} hidden reasoning {usd(s.reasoning_usd)}", "")
+        )
     if s.tokens_cached and s.tokens_in:
         tokens.append((f"cache hits {s.tokens_cached / s.tokens_in:.0%} of in", ""))
     tokens += [
