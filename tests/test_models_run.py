@@ -12,6 +12,7 @@ import pytest
 from budgets.prices import load_price_table
 from engine.app.estimate import estimate_lines, project_run
 from engine.app.modelcheck import check_model
+from engine.app.pilot import run_pilot
 from engine.app.run import execute_run, exit_code
 from engine.config import load_config
 from engine.errors import ConfigError
@@ -231,3 +232,14 @@ def test_the_estimate_counts_hidden_reasoning_at_flex_prices(tmp_path: Path) -> 
     assert check_model(reasoning, {}, today=day + dt.timedelta(days=30)) == []
     (warning,) = check_model(reasoning, {}, today=day + dt.timedelta(days=400))
     assert as_of in warning and "months ago" in warning
+
+
+async def test_a_pilot_measures_hidden_reasoning(tmp_path: Path) -> None:
+    """A pilot on gpt-5-mini reports the reasoning it measured and what it cost."""
+    config = load_config(
+        config_file(tmp_path, 'kind = "sim"\nmodel = "gpt-5-mini"\nreasoning_effort = "low"')
+    )
+    pilot = await run_pilot(config, 2, env={}, population=10)
+    assert pilot.reasoning.reasoning_tokens >= 64 * pilot.requests  # low: 64..512 a reply
+    assert pilot.reasoning.reasoning_usd > 0
+    assert any(line.startswith("pilot hidden reasoning:") for line in pilot.lines())

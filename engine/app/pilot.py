@@ -7,7 +7,7 @@ import math
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from engine.errors import ConfigError
 from engine.events import Hooks
 from engine.formats import duration, usd
 from engine.records import step_kind
-from state.requestlog import completions_by_step
+from state.requestlog import ModelFigures, completions_by_step, model_figures
 from state.schema import STATE_FILE, open_read_only
 
 __all__ = ["PilotResult", "pilot_config", "pilot_costs", "run_pilot"]
@@ -42,6 +42,7 @@ class PilotResult:
     projection: Extrapolation
     population: int
     wall_s: float
+    reasoning: ModelFigures = field(default_factory=ModelFigures)  # in the completions too
 
     def lines(self, outputs: OutputLengths | None = None) -> list[str]:
         costs = self.cost_per_conversation
@@ -62,6 +63,13 @@ class PilotResult:
                     " (assumed: " + ", ".join(f"{k} {getattr(outputs, k):.0f}" for k in KINDS) + ")"
                 )
             out.append(line)
+        r = self.reasoning
+        if r.reasoning_tokens and self.requests:
+            out.append(
+                f"pilot hidden reasoning: {r.reasoning_tokens:,} tokens "
+                f"({r.reasoning_tokens / self.requests:,.0f} a request, counted in the completion "
+                f"tokens above), {usd(r.reasoning_usd)} of the pilot's cost"
+            )
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -77,6 +85,8 @@ class PilotResult:
             "projected_high_usd": self.projection.high,
             "population": self.population,
             "wall_seconds": self.wall_s,
+            "reasoning_tokens": self.reasoning.reasoning_tokens,
+            "reasoning_usd": self.reasoning.reasoning_usd,
         }
 
 
@@ -127,6 +137,7 @@ async def run_pilot(
         wall = time.monotonic() - started
         with open_read_only(pilot.run_dir / STATE_FILE, action="read its costs") as conn:
             per_conv, completions, requests = pilot_costs(conn)
+            reasoning = model_figures(conn)
     costs = [from_nano(n) for _, n in sorted(per_conv.items())]
     return PilotResult(
         conversations=len(costs),
@@ -138,4 +149,5 @@ async def run_pilot(
         projection=extrapolate(costs, population),
         population=population,
         wall_s=wall,
+        reasoning=reasoning,
     )
