@@ -204,6 +204,6 @@ class RequestShape:
         key = keys.get(param, "the provider section")
         return (
             f"the server refuses the parameter {param!r} on every request "
-            f"({error.status} {error.code}): {error}. Change {key}; no request can succeed "
-            "until then"
+            f"({error.status} {error.code}): {str(error).rstrip('.')}. Change {key}; no request "
+            "can succeed until then"
         )
