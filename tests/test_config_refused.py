@@ -153,6 +153,37 @@ def test_config_refused_by_the_run_creates_nothing(
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("seeds.mapping", '"nonsense"', r"unknown column mapping 'nonsense'"),
+        ("seeds.multiturn", "{ NOPE = 1.0 }", r"unknown multi-turn family 'NOPE'"),
+        ("seeds.language_weights", "{ Klingon = 1.0 }", r"no conversations could be planned"),
+    ],
+)
+def test_config_refused_at_set_up_leaves_no_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str, value: str, message: str
+) -> None:
+    """Values only the seed file can judge are refused by set-up, which commits nothing: the
+    folder it had opened goes too, so fixing the value and running again starts clean."""
+    config = write(tmp_path, {key: value})
+    code = main(["run", str(config), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert re.search(message, err), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_refused_resume_keeps_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder that existed before (a run to resume) is never removed by a refusal."""
+    (tmp_path / "runs" / "t").mkdir(parents=True)
+    (tmp_path / "runs" / "t" / "keep.txt").write_text("mine")
+    config = write(tmp_path, {"seeds.mapping": '"nonsense"'})
+    assert main(["run", str(config), "--quiet"]) == 2
+    capsys.readouterr()
+    assert (tmp_path / "runs" / "t" / "keep.txt").read_text() == "mine"
+
+
 def render(overrides: dict[str, str]) -> str:
     """BASE with ``overrides`` (dotted key → TOML value) as a TOML document."""
     top: dict[str, str] = {}

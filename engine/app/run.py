@@ -12,6 +12,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import shutil
 import signal
 import time
 import urllib.parse
@@ -237,12 +238,24 @@ async def execute_run(
     remove_stale_temp_files(config.run_dir, config.run_dir / "export")
     languages = load_languages()
     stop = stop or StopControl()
-    async with GroupCommitWriter(
-        config.run_dir / STATE_FILE, create=True, store=config.store
-    ) as writer:
-        setup = await _prepare(
-            writer, config, taxonomy, languages, options, events, baseline, endpoint_of(config, env)
-        )
+    async with (
+        _NewFolder(config.run_dir) as folder,
+        GroupCommitWriter(config.run_dir / STATE_FILE, create=True, store=config.store) as writer,
+    ):
+        try:
+            setup = await _prepare(
+                writer,
+                config,
+                taxonomy,
+                languages,
+                options,
+                events,
+                baseline,
+                endpoint_of(config, env),
+            )
+        except ConfigError:
+            folder.discard()  # set-up is one transaction: a refused one committed nothing
+            raise
         if setup is not None and on_setup is not None:
             on_setup(setup)
         first_request_id = await writer.run(RequestLog.next_id)
@@ -373,6 +386,31 @@ async def _run_batch_mode(
         )
         # Steps wait in batches that outlive the process: a stop does not wait for them.
         return await _run_with_signals(scheduler, stop, min(config.run.grace_s, 1.0), events)
+
+
+class _NewFolder:
+    """The run's folder, made by this call if it did not exist: ``discard`` removes it again
+    (and the parents made with it) once the block has closed the store in it, so a config the
+    set-up refuses (seed columns, quotas, weights naming nothing) leaves nothing behind."""
+
+    def __init__(self, path: Path) -> None:
+        top = None
+        for folder in (path, *path.parents):
+            if folder.exists():
+                break
+            top = folder
+        self._top = top  # the highest folder this run creates; None: the run's folder exists
+        self._discard = False
+
+    def discard(self) -> None:
+        self._discard = self._top is not None
+
+    async def __aenter__(self) -> _NewFolder:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._discard and self._top is not None:
+            shutil.rmtree(self._top, ignore_errors=True)
 
 
 async def _prepare(
