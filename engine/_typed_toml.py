@@ -198,6 +198,9 @@ def _convert(tp: Any, value: Any, key: str, ctx: _Ctx) -> Any:
         real = [a for a in args if a is not type(None)]
         if len(real) == 1:  # X | None: X's own error is the precise one
             return _convert(real[0], value, key, ctx)
+        tables = [a for a in real if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(tables) == 1:  # a table: the table's own error
+            return _convert(tables[0], value, key, ctx)
         errors = []
         for arg in args:
             if arg is type(None):

@@ -46,6 +46,7 @@ __all__ = [
     "RetryConfig",
     "RunConfig",
     "Secret",
+    "SeedColumns",
     "SeedsConfig",
     "StepEfforts",
     "StepTokens",
@@ -239,11 +240,34 @@ class RunConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SeedColumns:
+    """An explicit column table for a seed file no ready-made mapping fits:
+    ``mapping = { instruction = "prompt", language = "lang", task = "category" }``."""
+
+    instruction: str
+    language: str | None = None  # the language's English name
+    language_code: str | None = None  # ISO 639-1 or 639-3
+    task: str | None = None
+    target: str | None = None
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.language is None and self.language_code is None:
+            raise Invalid(
+                "language",
+                "is needed (a column of English language names) unless language_code names a "
+                "column of ISO codes",
+                ...,
+            )
+
+
+@dataclass(frozen=True, slots=True)
 class SeedsConfig:
     """The seed file and how seeds are chosen from it."""
 
     file: Path
-    mapping: str = "auto"
+    # auto, a ready-made mapping's name (m2l, aya-dataset, aya-collection), or a column table
+    mapping: str | SeedColumns = "auto"
     total: int | None = None
     per_language: int | None = None
     language_weights: Literal["uniform", "tier"] | Mapping[str, float] = "uniform"

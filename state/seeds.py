@@ -22,6 +22,7 @@ from typing import BinaryIO, cast
 import duckdb
 import orjson
 
+from engine.config import SeedColumns
 from engine.errors import ConfigError, StateError
 from prompts.languages import LanguageTable
 from prompts.sources import SourceTasks, load_source_tasks
@@ -36,6 +37,7 @@ __all__ = [
     "IngestReport",
     "PoolSource",
     "TaskOrigin",
+    "column_mapping",
     "detect_format",
     "file_columns",
     "ingest_seeds",
@@ -436,6 +438,20 @@ def file_columns(conn: duckdb.DuckDBPyConnection, path: Path, fmt: str) -> tuple
     return tuple(str(row[0]) for row in rows)
 
 
+def column_mapping(mapping: str | SeedColumns) -> str | ColumnMapping:
+    """The config's ``seeds.mapping`` as ingestion takes it: a name, or the column table."""
+    if isinstance(mapping, str):
+        return mapping
+    return ColumnMapping(
+        instruction=mapping.instruction,
+        language=mapping.language,
+        language_code=mapping.language_code,
+        task=mapping.task,
+        target=mapping.target,
+        source=mapping.source,
+    )
+
+
 def resolve_mapping(
     mapping: ColumnMapping | str, columns: Sequence[str], path: Path
 ) -> tuple[str, ColumnMapping]:
@@ -459,15 +475,16 @@ def resolve_mapping(
         if best is None:
             raise ConfigError(
                 f"{path}: no ready-made column mapping fits its columns ({shown}); name the "
-                f"mapping ({', '.join(MAPPINGS)}) or give a ColumnMapping with the instruction "
-                "and language columns"
+                f"mapping ({', '.join(MAPPINGS)}) or give the columns in the config, e.g. "
+                'seeds.mapping = { instruction = "prompt", language = "lang", task = "category" '
+                "} (language: English names; or language_code: ISO codes)"
             )
         return best[1], best[2]
     if isinstance(mapping, str):
         if mapping not in MAPPINGS:
             raise ConfigError(
-                f"unknown column mapping {mapping!r}; use auto, {', '.join(MAPPINGS)}, "
-                "or give a ColumnMapping"
+                f"unknown column mapping {mapping!r}; use auto, {', '.join(MAPPINGS)}, or a "
+                'column table: { instruction = "...", language = "...", task = "..." }'
             )
         name, chosen = mapping, MAPPINGS[mapping]
     else:

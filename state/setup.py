@@ -14,7 +14,7 @@ from prompts.languages import LanguageTable
 from prompts.sources import load_source_tasks
 from prompts.taxonomy import Taxonomy
 from state import journal
-from state.seeds import IngestReport, ingest_seeds
+from state.seeds import IngestReport, column_mapping, ingest_seeds
 from state.selection import (
     SelectionReport,
     SelectionSpec,
@@ -65,7 +65,7 @@ def plan_run(
         ingest = ingest_seeds(
             conn,
             config.seeds.file,
-            mapping=config.seeds.mapping,
+            mapping=column_mapping(config.seeds.mapping),
             languages=languages,
             taxonomy=taxonomy,
             keep_text=False,  # keys only: the chosen seeds' text is read back from the file

@@ -154,7 +154,7 @@ def next_steps(s: ProgressSnapshot, *, run_dir: Path) -> list[str]:
     elif s.state == "budget_exhausted":
         steps.append(
             "the budget cap was reached: raise budget.usd in the config, then run the same "
-            "command again to continue"
+            "command with --force to continue (a changed cap needs --force)"
         )
     elif s.state == "failed":
         why = f" ({s.message})" if s.message else ""
