@@ -12,7 +12,7 @@ TCP Vegas and of gradient limiters in service meshes, judged on the marginal gai
   when it raises throughput by at least half as much as it raised concurrency, and the median
   stays within ``tolerance`` of the unloaded floor; otherwise the limit goes back, and the next
   probe waits twice as many windows as the last (a 1-slot server is not probed every window).
-- Probes double the limit until the first rejection (slow start), then step by an eighth.
+- Probes double the limit until the first rejection (slow start), then step by a quarter.
 - A 503 (overloaded) or a timeout from a request sent since the last cut halves the limit; a
   median that drifts past the tolerance (a server shared with others) cuts toward it.
 
@@ -99,6 +99,8 @@ class ConcurrencyStats:
     overloads: int
 
 
+# A doubling whose efficiency falls below this ends slow start: the batch is nearly full.
+_SLOW_START_EXIT = 0.7
 # Replies per second need this many successes in the ring before the timeout guard trusts them.
 _GUARD_MIN_REPLIES = 8
 _GUARD_RING = 64
@@ -126,6 +128,7 @@ class ConcurrencyCore:
         "_ring",
         "_samples",
         "_settings",
+        "_skip",
         "_slow_start",
         "_timeout_s",
         "_wait",
@@ -155,6 +158,7 @@ class ConcurrencyCore:
         self._epoch = 0
         self._samples: list[float] = []
         self._peak = 0  # most requests in flight at once during this epoch
+        self._skip = False  # the next window still waits behind requests of a higher limit
         self._wait = 0  # windows still to hold before the next probe
         self._backoff = 1  # the wait after the next rejected probe
         self._next_seq = 0
@@ -205,7 +209,13 @@ class ConcurrencyCore:
         latency = max(0.0, now - flight.t)
         self._samples.append(latency / (max(0, completion_tokens) + self._settings.token_overhead))
         s = self._settings
-        if len(self._samples) >= min(max(self._limit, s.min_samples), s.max_samples):
+        if self._slow_start or self._limit > self._base_limit:
+            # A probe is judged on the replies to the first half of its window, which went out
+            # at once, so that each step up takes about one round trip.
+            need = min(max(2 if self._slow_start else s.min_samples, self._limit // 2), s.max_samples)
+        else:
+            need = min(max(self._limit, s.min_samples), s.max_samples)
+        if len(self._samples) >= need:
             self._close_window()
 
     def overloaded(self, flight: Flight) -> None:
@@ -272,7 +282,11 @@ class ConcurrencyCore:
 
     def _set(self, limit: int) -> None:
         """Move to ``limit`` and start a new window there."""
-        self._limit = max(1, min(limit, self._settings.max_limit))
+        limit = max(1, min(limit, self._settings.max_limit))
+        # Going down, the first replies at the new limit still queue behind ones sent at the
+        # old: that window is not measured (it would look like queueing at the new limit).
+        self._skip = limit < self._in_flight
+        self._limit = limit
         self._epoch += 1
         self._samples = []
         self._peak = self._in_flight
@@ -283,6 +297,9 @@ class ConcurrencyCore:
         binding = self._peak >= self._limit
         self._samples = []
         self._peak = self._in_flight
+        if self._skip:
+            self._skip = False
+            return
         if self._floor is None or r < self._floor or (self._limit == 1 and binding):
             # At one request in flight nothing queues behind us: that median is the floor now
             # (it also lets the floor rise again after the server got slower for good).
@@ -297,6 +314,10 @@ class ConcurrencyCore:
             efficiency = (scale * self._base_r / r - 1.0) / (scale - 1.0)
             if efficiency >= s.min_efficiency and ratio <= s.tolerance:
                 self._base_limit, self._base_r, self._backoff = self._limit, r, 1
+                if efficiency < _SLOW_START_EXIT:
+                    # Gains are thinning: the knee is near, and another doubling would queue
+                    # as many requests at the server as are in flight now.
+                    self._slow_start = False
                 self._probe()
             else:
                 self._slow_start = False
@@ -322,5 +343,5 @@ class ConcurrencyCore:
     def _probe(self) -> None:
         if self._limit >= self._settings.max_limit:
             return
-        step = self._limit if self._slow_start else max(1, self._limit // 8)
+        step = self._limit if self._slow_start else max(1, self._limit // 4)
         self._set(self._limit + step)

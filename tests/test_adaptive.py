@@ -121,12 +121,12 @@ def test_latency_drift_past_the_tolerance_cuts_the_limit() -> None:
     core = ConcurrencyCore(clock)
     drive(core, clock, slots=16, seconds=200)
     before = core.limit
-    assert before >= 16
+    assert before >= 14
     # Another tenant takes most of the server: 4 slots left for us.
     drive(core, clock, slots=4, seconds=200, seed=2)
     assert core.limit <= 6
     drive(core, clock, slots=16, seconds=400, seed=3)
-    assert core.limit >= 16
+    assert core.limit >= 14
 
 
 def test_fixed_limit_never_moves() -> None:
