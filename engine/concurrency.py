@@ -56,7 +56,7 @@ class ConcurrencyGate:
             if fut.done() and not fut.cancelled():
                 # Granted, but the task was cancelled before it resumed: give the slot back.
                 self._core.finished(fut.result())
-            else:
+            elif fut in self._waiters:  # a wake may have passed over it already
                 self._waiters.remove(fut)
             self._wake()
             raise

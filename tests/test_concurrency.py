@@ -56,6 +56,21 @@ async def test_gate_admits_first_come_first_served_and_survives_cancellation() -
     assert gate.queued == 0
 
 
+async def test_a_waiter_cancelled_just_before_a_wake_is_passed_over() -> None:
+    """A waiter cancelled in the same tick as a slot frees up neither takes it nor fails."""
+    gate = ConcurrencyGate(fixed=1)
+    first = await gate.acquire()
+    a = asyncio.create_task(gate.acquire())
+    b = asyncio.create_task(gate.acquire())
+    await asyncio.sleep(0)
+    a.cancel()
+    gate.finished(first)  # the wake passes over a's cancelled future and grants b
+    with pytest.raises(asyncio.CancelledError):
+        await a
+    gate.finished(await b)
+    assert (gate.statistics().in_flight, gate.queued) == (0, 0)
+
+
 def test_overload_errors_are_timeouts_and_capacity_statuses() -> None:
     """Timeouts and 503/504/529 say the server is full; a 500 or a reset does not."""
     assert is_overload(RequestTimeout("slow"))
