@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test test-real lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,16 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
+# Against a real llama.cpp server (llama-cpp-python + SmolLM2-135M-Instruct) on loopback; not
+# part of `make test`. The first time it builds llama-cpp-python from its sdist (5-20 minutes on
+# 2 cores) into $(REAL_CACHE); M2L_LLAMA_WHEELS=DIR reuses a wheel of the same version instead.
+REAL_CACHE ?= .cache/real
+test-real: $(STAMP)
+	sh tests/real/prepare.sh $(REAL_CACHE)
+	M2L_REAL_CACHE=$(abspath $(REAL_CACHE)) $(BIN)/pytest tests/real -s --timeout 1800
+
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache runs
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache runs  # .cache (test-real) is kept

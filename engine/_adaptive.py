@@ -101,6 +101,8 @@ class ConcurrencyStats:
 
 # A doubling whose efficiency falls below this ends slow start: the batch is nearly full.
 _SLOW_START_EXIT = 0.7
+# ...judged only from this limit up: below it a window is a few replies, and noise rules.
+_SLOW_START_MIN = 8
 # Replies per second need this many successes in the ring before the timeout guard trusts them.
 _GUARD_MIN_REPLIES = 8
 _GUARD_RING = 64
@@ -212,7 +214,7 @@ class ConcurrencyCore:
         if self._slow_start or self._limit > self._base_limit:
             # A probe is judged on the replies to the first half of its window, which went out
             # at once, so that each step up takes about one round trip.
-            need = min(max(2 if self._slow_start else s.min_samples, self._limit // 2), s.max_samples)
+            need = min(max(s.min_samples, self._limit // 2), s.max_samples)
         else:
             need = min(max(self._limit, s.min_samples), s.max_samples)
         if len(self._samples) >= need:
@@ -314,7 +316,7 @@ class ConcurrencyCore:
             efficiency = (scale * self._base_r / r - 1.0) / (scale - 1.0)
             if efficiency >= s.min_efficiency and ratio <= s.tolerance:
                 self._base_limit, self._base_r, self._backoff = self._limit, r, 1
-                if efficiency < _SLOW_START_EXIT:
+                if efficiency < _SLOW_START_EXIT and self._limit >= _SLOW_START_MIN:
                     # Gains are thinning: the knee is near, and another doubling would queue
                     # as many requests at the server as are in flight now.
                     self._slow_start = False
