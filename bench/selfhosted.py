@@ -38,11 +38,11 @@ from _workloads import MODEL, build_requests, fetch_stats, prompt_pool, start_si
 from engine.chat import ChatRequest
 from engine.client import ChatClient
 from engine.concurrency import ConcurrencyGate
-from engine.config import ProviderConfig
+from engine.config import LimitsConfig, ProviderConfig
 from engine.dispatcher import Dispatcher
 from engine.events import Event, RequestDone, RequestFailed, RequestRetried
-from engine.limiter import Limits, RateLimiter
-from engine.simulator.settings import SimSettings
+from engine.limiter import RateLimiter
+from engine.simsettings import SimSettings
 
 CALLERS = 512  # conversations wanting a reply at once (a run's max_active)
 READ_TIMEOUT_S = 20.0
@@ -89,7 +89,9 @@ async def drive(
     )
     pending = iter(requests)
     async with ChatClient(provider, base_url=url, api_key=None) as client:
-        dispatcher = Dispatcher(client, RateLimiter(Limits()), gate=gate, hooks=_Events(result))
+        dispatcher = Dispatcher(
+            client, RateLimiter(LimitsConfig(max_inflight=None)), gate=gate, hooks=_Events(result)
+        )
 
         async def caller() -> None:
             for request in pending:

@@ -247,7 +247,7 @@ def wall_time(
     rpm = _limit(config.limits.rpm, config.sim.rpm if simulated else None)
     tpm = _limit(config.limits.tpm, config.sim.tpm if simulated else None)
     concurrency = min(
-        config.run.max_active, config.limits.max_inflight or config.run.max_active, conversations
+        config.run.max_active, config.limits.fixed_inflight or config.run.max_active, conversations
     )
     bounds: dict[str, float] = {}
     if rpm:

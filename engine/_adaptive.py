@@ -200,6 +200,11 @@ class ConcurrencyCore:
         self._next_seq += 1
         return flight
 
+    def sent(self, flight: Flight) -> Flight:
+        """The request left for the server now (it may have waited for the rate limiter since
+        it took its slot): latency is counted from here, so limiter waits are not queueing."""
+        return Flight(flight.seq, self._clock.now(), flight.epoch)
+
     # --- outcomes ---------------------------------------------------------------------------
 
     def succeeded(self, flight: Flight, completion_tokens: int) -> None:

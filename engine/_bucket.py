@@ -477,7 +477,7 @@ class LimiterCore:
         # With no limit configured, nothing is known until a response's headers arrive: send
         # one request first rather than an unbounded burst (a server with no headers is then
         # taken to have no limit).
-        self._probing = not self._buckets and limits.max_inflight is None
+        self._probing = not self._buckets and limits.fixed_inflight is None
 
     @property
     def limits(self) -> LimitsConfig:
@@ -623,7 +623,7 @@ class LimiterCore:
             )
 
     def _wait_s(self, tokens: int, now: float) -> float:
-        limit = self._limits.max_inflight
+        limit = self._limits.fixed_inflight
         if limit is not None and len(self._flights) >= limit:
             return math.inf
         if self._probing and self._flights:

@@ -61,6 +61,10 @@ class ConcurrencyGate:
             self._wake()
             raise
 
+    def sent(self, flight: Flight) -> Flight:
+        """The request goes to the server now: the flight to hand back from here on."""
+        return self._core.sent(flight)
+
     def succeeded(self, flight: Flight, completion_tokens: int) -> None:
         """A usable reply came back: a latency sample."""
         self._core.succeeded(flight, completion_tokens)

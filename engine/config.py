@@ -150,13 +150,14 @@ class ProviderConfig:
 class LimitsConfig:
     """The provider's limits for this key; m2l learns the real ones from response headers.
 
-    The rate limiter runs on this type as it is. ``max_inflight = None`` (code only: TOML has no
-    null) lets the limiter probe for concurrency when no rate limit is known either.
+    The rate limiter runs on this type as it is. ``max_inflight = "auto"`` (the default) lets
+    the adaptive concurrency limit find the server's capacity; a number is a fixed cap. None
+    (code only: TOML has no null) lets the limiter probe when no rate limit is known either.
     """
 
     rpm: float | None = None
     tpm: float | None = None
-    max_inflight: int | None = 256
+    max_inflight: int | Literal["auto"] | None = "auto"
     initial_burst_s: float = 1.0
     refund_unused: bool = False
     # Tuning of the bucket model, not user settings (tests set them to 0 to see exact levels):
@@ -169,10 +170,20 @@ class LimitsConfig:
     def __post_init__(self) -> None:
         positive(self, "rpm", unset=NO_LIMIT)
         positive(self, "tpm", unset=NO_LIMIT)
-        at_least(self, "max_inflight", 1, unset=" (or unset)")
+        if self.max_inflight != "auto":
+            at_least(self, "max_inflight", 1, unset=' (or "auto")')
         positive(self, "initial_burst_s")
         between(self, "safety_margin", 0.0, 0.5, high_open=True)
         between(self, "headroom_s", 0.0, 10.0)
+
+    @property
+    def fixed_inflight(self) -> int | None:
+        """The fixed concurrency cap; None when it adapts ("auto") or there is none."""
+        return self.max_inflight if isinstance(self.max_inflight, int) else None
+
+    @property
+    def adaptive(self) -> bool:
+        return self.max_inflight == "auto"
 
 
 @dataclass(frozen=True, slots=True)

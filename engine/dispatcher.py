@@ -246,6 +246,8 @@ class Dispatcher:
             self._land(flight, None)
             self._limiter.release(permit, admitted=False)
             raise
+        if flight is not None and self._gate is not None:
+            flight = self._gate.sent(flight)
         sent_at = _now()
         self._hooks.on_event(
             RequestSent(

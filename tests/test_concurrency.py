@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
+from engine.app.run import execute_run
 from engine.chat import ChatRequest
 from engine.client import ChatClient
 from engine.concurrency import AdaptiveSettings, ConcurrencyGate
-from engine.config import LimitsConfig, ProviderConfig, RetryConfig
+from engine.config import LimitsConfig, ProviderConfig, RetryConfig, load_config
 from engine.dispatcher import Dispatcher, is_overload
 from engine.errors import ConnectionLost, RequestTimeout, ServerError
 from engine.events import Event, RequestDone, RequestSent
 from engine.limiter import RateLimiter
 from engine.simulator import FaultRates, SimSettings, run_simulator
 from engine.tokens import TokenCounter
+from tests.runfixtures import write_config
 
 pytestmark = pytest.mark.anyio
 
@@ -155,3 +158,23 @@ async def test_a_503_from_a_full_queue_cuts_the_limit_and_is_retried() -> None:
     assert gate.statistics().overloads >= 1
     assert gate.limit <= 4
     assert sum(isinstance(e, RequestDone) for e in recorder.events) == 16
+
+
+async def test_a_run_adapts_to_a_two_slot_server_by_default(tmp_path: Path) -> None:
+    """`m2l run` with the default max_inflight ("auto") against a 2-slot simulator keeps at
+    most a few requests at the server and the rest waiting in m2l; a number pins the limit."""
+    seen: dict[str, list[RequestSent]] = {}
+    for label, limits in (("auto", ""), ("fixed", "[limits]\nmax_inflight = 16\n")):
+        folder = tmp_path / label
+        folder.mkdir()
+        path = write_config(
+            folder, evols_per_seed=2, extra=limits, sim="slots = 2", ttft_s=0.02, per_token_s=0.0005
+        )
+        recorder = Recorder()
+        report = await execute_run(load_config(path), env={}, hooks=recorder)
+        assert report.counts == {"done": 16}
+        seen[label] = [e for e in recorder.events if isinstance(e, RequestSent)]
+    auto, fixed = seen["auto"], seen["fixed"]
+    assert max(e.concurrency or 0 for e in auto) <= 4
+    assert any(e.queued_s > 0.01 for e in auto)
+    assert {e.concurrency for e in fixed} == {16}

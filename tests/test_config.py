@@ -156,3 +156,16 @@ def test_quality_section_is_read_and_every_key_is_documented(tmp_path: Path) -> 
     section = readme.split("### Quality checks", 1)[1].split("\n## ", 1)[0]
     for name in QualityConfig.field_names():
         assert f"`{name}`" in section, f"quality.{name} is not in the README"
+
+
+def test_max_inflight_is_auto_by_default_and_a_number_is_a_fixed_cap(tmp_path: Path) -> None:
+    """limits.max_inflight defaults to "auto" (adaptive); a number stays a fixed cap; anything
+    else names the key and what it may be."""
+    auto = load_config(write(tmp_path, GOOD)).limits
+    assert (auto.max_inflight, auto.adaptive, auto.fixed_inflight) == ("auto", True, None)
+    fixed = load_config(write(tmp_path, GOOD + "[limits]\nmax_inflight = 4\n")).limits
+    assert (fixed.adaptive, fixed.fixed_inflight) == (False, 4)
+    with pytest.raises(ConfigError, match=r"limits\.max_inflight: expected an integer or 'auto'"):
+        load_config(write(tmp_path, GOOD + '[limits]\nmax_inflight = "fast"\n'))
+    with pytest.raises(ConfigError, match=r"limits\.max_inflight: must be at least 1"):
+        load_config(write(tmp_path, GOOD + "[limits]\nmax_inflight = 0\n"))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 
 import aiohttp
 import orjson
 import pytest
 
+from engine.app.sim import add_sim_parser, settings_from_args
 from engine.clock import FakeClock
 from engine.errors import ConfigError
 from engine.simulator import SimSettings, run_simulator
@@ -106,3 +108,16 @@ async def test_server_queues_behind_its_slots_and_answers_503_when_full() -> Non
     served = sorted(t for status, t in results if status == 200)
     assert served[1] >= 2 * 0.15 - 0.01  # waited a whole service time in the queue
     assert stats["slots"] == {"slots": 1, "busy": 0, "queued": 0, "queue_full": 1}
+
+
+def test_m2l_sim_takes_the_capacity_model() -> None:
+    """`m2l sim --slots 4 --batch-slowdown 2 --queue-limit 8` sets the capacity model; without
+    --slots the simulator has no slot limit; a wrong value is a config error."""
+    parser = argparse.ArgumentParser()
+    add_sim_parser(parser.add_subparsers())
+    args = parser.parse_args(["sim", "--slots", "4", "--batch-slowdown", "2", "--queue-limit", "8"])
+    settings = settings_from_args(args, {})
+    assert (settings.slots, settings.batch_slowdown, settings.queue_limit) == (4, 2.0, 8)
+    assert settings_from_args(parser.parse_args(["sim"]), {}).slots is None
+    with pytest.raises(ConfigError, match="slots"):
+        settings_from_args(parser.parse_args(["sim", "--slots", "0"]), {})

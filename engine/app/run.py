@@ -30,6 +30,7 @@ from engine.app.modelcheck import check_model
 from engine.batch.mode import cancel_open_batches, make_api, open_batch_mode
 from engine.chat import Usage
 from engine.client import ChatClient
+from engine.concurrency import ConcurrencyGate
 from engine.config import Config, LimitsConfig, Secret, config_diff
 from engine.conversation import StepRules
 from engine.dispatcher import Accounting, Completer, Dispatcher
@@ -501,6 +502,13 @@ def assemble(
     dispatcher = Dispatcher(
         client,
         RateLimiter(limits),
+        # Online, "auto" adapts and a number is a fixed cap; either way no request is sent into
+        # a server queue it cannot get through before the read timeout. Batch lines have none.
+        gate=None
+        if batch
+        else ConcurrencyGate(
+            fixed=config.limits.fixed_inflight, timeout_s=config.provider.read_timeout_s
+        ),
         policy=config.retry,
         accounting=accounting,
         hooks=hooks,

@@ -78,6 +78,24 @@ def add_sim_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     )
     p.add_argument("--context-window", type=int, default=d.context_window)
     p.add_argument("--hang-seconds", type=float, default=d.hang_s, help="length of a hang fault")
+    p.add_argument(
+        "--slots",
+        type=int,
+        help="serve like a self-hosted GPU server: this many requests decoded at once, the "
+        "rest queued (default: unlimited parallelism)",
+    )
+    p.add_argument(
+        "--batch-slowdown",
+        type=float,
+        default=d.batch_slowdown,
+        help="with --slots: how many times longer a request takes when every slot is busy "
+        f"(default {d.batch_slowdown:g})",
+    )
+    p.add_argument(
+        "--queue-limit",
+        type=int,
+        help="with --slots: answer 503 when this many requests already wait (default: no bound)",
+    )
     for kind in FAULT_KINDS:
         p.add_argument(
             f"--fault-{kind.replace('_', '-')}",
@@ -196,6 +214,9 @@ def settings_from_args(args: argparse.Namespace, env: dict[str, str]) -> SimSett
         default_max_tokens=args.default_max_tokens,
         context_window=args.context_window,
         hang_s=args.hang_seconds,
+        slots=args.slots,
+        batch_slowdown=args.batch_slowdown,
+        queue_limit=args.queue_limit,
         faults=faults,
         unknown_models_404=args.unknown_models_404,
         require_api_key=key,

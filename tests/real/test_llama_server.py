@@ -268,8 +268,8 @@ def test_fixed_256_and_auto_side_by_side(server: LlamaServer, tmp_path: Path) ->
     for label, value in (("256", "256"), ("auto", '"auto"')):
         config = write_run(tmp_path / label, server, name=label, seeds=8, turns=1,
                            extra=f"[limits]\nmax_inflight = {value}\n")  # fmt: skip
-        text = config.read_text()
-        config.write_text(text.replace('model = "smollm2"', 'model = "smollm2"\nread_timeout_s = 30.0'))
+        text = config.read_text().replace("\n[generation]", "read_timeout_s = 30.0\n\n[generation]")
+        config.write_text(text)
         start = time.monotonic()
         code, output = finish(m2l(config))
         assert code == 0, output
