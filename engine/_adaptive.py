@@ -13,8 +13,9 @@ TCP Vegas and of gradient limiters in service meshes, judged on the marginal gai
   stays within ``tolerance`` of the unloaded floor; otherwise the limit goes back, and the next
   probe waits twice as many windows as the last (a 1-slot server is not probed every window).
 - Probes double the limit until the first rejection (slow start), then step by a quarter.
-- A 503 (overloaded) or a timeout from a request sent since the last cut halves the limit; a
-  median that drifts past the tolerance (a server shared with others) cuts toward it.
+- 503s (overloaded) or timeouts of requests sent since the last cut halve the limit once they
+  are more than stray faults; a median that drifts past the tolerance (a server shared with
+  others) cuts toward it.
 
 Independently of the limit, the timeout guard keeps a request from being sent into a queue it
 cannot get through in time: with the server's throughput X (replies per second while busy), the
@@ -99,6 +100,9 @@ class ConcurrencyStats:
     overloads: int
 
 
+# Overload answers cut the limit only when they are this share of a window's outcomes (and at
+# least two): a server that is full answers many of them, a stray 503 or hang is one.
+_OVERLOAD_SHARE = 0.05
 # A doubling whose efficiency falls below this ends slow start: the batch is nearly full.
 _SLOW_START_EXIT = 0.7
 # ...judged only from this limit up: below it a window is a few replies, and noise rules.
@@ -132,6 +136,8 @@ class ConcurrencyCore:
         "_settings",
         "_skip",
         "_slow_start",
+        "_slow_windows",
+        "_strikes",
         "_timeout_s",
         "_wait",
     )
@@ -166,6 +172,8 @@ class ConcurrencyCore:
         self._next_seq = 0
         self._cut_seq = 0  # overloads of requests sent before this were already answered
         self._overloads = 0
+        self._strikes = 0  # overload answers in this window, not yet acted on
+        self._slow_windows = 0  # windows in a row slower than the tolerance at the base limit
         self._in_flight = 0
         self._busy_cum = 0.0  # seconds with at least one request in flight, before _busy_since
         self._busy_since = 0.0
@@ -226,10 +234,16 @@ class ConcurrencyCore:
             self._close_window()
 
     def overloaded(self, flight: Flight) -> None:
-        """The server said it is overloaded (503) or the request timed out: cut the limit."""
+        """The server said it is overloaded (503) or the request timed out: cut the limit once
+        such answers are more than a stray fault (two, and 5% of this window's outcomes)."""
         self._land()
         if self._fixed is not None or flight.seq < self._cut_seq:
             return  # sent before the last cut: the cut already answered this overload
+        self._strikes += 1
+        if self._strikes < 2 or self._strikes < _OVERLOAD_SHARE * (
+            self._strikes + len(self._samples)
+        ):
+            return
         self._overloads += 1
         self._slow_start = False
         self._backoff = min(2 * self._backoff, self._settings.max_probe_wait)
@@ -295,6 +309,7 @@ class ConcurrencyCore:
         self._skip = limit < self._in_flight
         self._limit = limit
         self._epoch += 1
+        self._strikes = 0
         self._samples = []
         self._peak = self._in_flight
 
@@ -303,6 +318,7 @@ class ConcurrencyCore:
         # Was the limit reached? Below it, the window measured the demand, not the server.
         binding = self._peak >= self._limit
         self._samples = []
+        self._strikes = 0
         self._peak = self._in_flight
         if self._skip:
             self._skip = False
@@ -334,12 +350,16 @@ class ConcurrencyCore:
             return
         if binding:
             self._base_r = r
-        if binding and ratio > s.tolerance and self._limit > 1:
-            # Slower than the floor allows at a limit that was fine: the server is shared or
-            # got slower. Cut toward the middle of the tolerated band, at most by half.
+        slow = binding and ratio > s.tolerance and self._limit > 1
+        self._slow_windows = self._slow_windows + 1 if slow else 0
+        if self._slow_windows >= 2:
+            # Slower than the floor allows, twice in a row, at a limit that was fine: the server
+            # is shared or got slower (one slow window can be a pause of our own process). Cut
+            # toward the middle of the tolerated band, by a quarter at most.
+            self._slow_windows = 0
             self._slow_start = False
             target = (1.0 + s.tolerance) / 2.0
-            cut = max(1, math.floor(self._limit * max(0.5, target / ratio)))
+            cut = max(1, math.floor(self._limit * max(0.75, target / ratio)))
             self._base_limit, self._base_r = cut, None
             self._set(cut)
         elif self._wait > 0:
