@@ -174,9 +174,11 @@ def wait_for_replies(run_dir: Path, proc: subprocess.Popen[bytes], replies: int)
     raise AssertionError(f"no {replies} replies within 600 s")
 
 
-def check_store(run_dir: Path, conversations: int) -> dict[str, int]:
+def check_store(run_dir: Path, conversations: int, *, unknown: int = 0) -> dict[str, int]:
     """Every conversation final; done ones whole: user/assistant in turn, nothing empty, one
-    message per step, as many answers as turns; no attempt left reserved. Status counts."""
+    message per step, as many answers as turns; at most ``unknown`` attempts left reserved
+    (those in flight at a SIGKILL, whose outcome nobody knows: they count as spent). Status
+    counts."""
     with duckdb.connect(str(run_dir / "state.duckdb"), read_only=True) as conn:
         rows = conn.execute("SELECT conv_id, status, turns_planned FROM conversations").fetchall()
         messages = conn.execute(
@@ -199,7 +201,7 @@ def check_store(run_dir: Path, conversations: int) -> dict[str, int]:
             roles = [role for _, role, _ in steps if role in ("user", "assistant")]
             assert roles == ["user", "assistant"] * turns, (conv_id, roles)
             assert all(content.strip() for _, _, content in steps), conv_id
-    assert reserved is not None and reserved[0] == 0
+    assert reserved is not None and reserved[0] <= unknown
     assert counts.get("done", 0) >= 1, counts
     return counts
 
@@ -220,10 +222,11 @@ def test_a_run_killed_with_sigkill_and_resumed(server: LlamaServer, tmp_path: Pa
     proc = m2l(config)
     wait_for_replies(tmp_path / "runs" / "killed", proc, 3)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     code, output = finish(m2l(config))
     assert code == 0, output
-    counts = check_store(tmp_path / "runs" / "killed", 4)
+    # At most the requests in flight at the kill stay reserved: one slot, so a handful.
+    counts = check_store(tmp_path / "runs" / "killed", 4, unknown=4)
     print(f"\nkilled and resumed: {counts}")
 
 
@@ -247,35 +250,40 @@ def _figures(run_dir: Path, wall_s: float) -> dict[str, object]:
     with duckdb.connect(str(run_dir / "state.duckdb"), read_only=True) as conn:
         row = conn.execute(
             "SELECT count(*) FILTER (WHERE error_class = 'request_timeout'), "
-            "max(latency_ms) / 1000, avg(latency_ms) / 1000 FROM requests"
+            "max(latency_ms) / 1000, avg(latency_ms) / 1000, sum(completion_tokens) "
+            "FROM requests"
         ).fetchone()
     assert row is not None
+    tokens = int(row[3] or 0)
     return {
         "wall_s": round(wall_s, 1),
         "replies": snapshot["requests_ok"],
+        "completion_tokens": tokens,
+        "tokens_per_s": round(tokens / wall_s, 2),
         "timeouts": row[0],
         "max_latency_s": None if row[1] is None else round(row[1], 1),
         "mean_latency_s": None if row[2] is None else round(row[2], 1),
-        "mean_queued_in_m2l_s": snapshot.get("queued_mean_s"),
-        "limit": snapshot.get("concurrency_limit"),
+        "mean_queued_in_m2l_s": round(snapshot.get("queued_mean_s") or 0.0, 1),
+        "limit_at_end": snapshot.get("concurrency_limit"),
     }
 
 
 def test_fixed_256_and_auto_side_by_side(server: LlamaServer, tmp_path: Path) -> None:
-    """The same 8 one-turn conversations with max_inflight = 256 and "auto", read timeout
-    30 s: both finish every conversation; the figures are printed for the report."""
+    """The same 12 one-turn conversations (temperature 0, so both runs ask for the same work)
+    with max_inflight = 256 and "auto", read timeout 30 s: both finish every conversation; the
+    figures are printed for the report, not asserted (timing)."""
     figures = {}
     for label, value in (("256", "256"), ("auto", '"auto"')):
-        config = write_run(tmp_path / label, server, name=label, seeds=8, turns=1,
+        config = write_run(tmp_path / label, server, name=label, seeds=12, turns=1,
                            extra=f"[limits]\nmax_inflight = {value}\n")  # fmt: skip
         text = config.read_text().replace("\n[generation]", "read_timeout_s = 30.0\n\n[generation]")
-        config.write_text(text)
+        config.write_text(text.replace("max_turns = 1", "max_turns = 1\ntemperature = 0.0"))
         start = time.monotonic()
         code, output = finish(m2l(config))
         assert code == 0, output
         run_dir = tmp_path / label / "runs" / label
-        check_store(run_dir, 8)
+        check_store(run_dir, 12)
         figures[label] = _figures(run_dir, time.monotonic() - start)
-    print("\nfixed 256 vs auto against one llama.cpp slot (8 conversations, read timeout 30 s):")
+    print("\nfixed 256 vs auto against one llama.cpp slot (12 conversations, read timeout 30 s):")
     for label, values in figures.items():
         print(f"  {label:<5} {json.dumps(values)}")
