@@ -19,8 +19,8 @@ TCP Vegas and of gradient limiters in service meshes, judged on the marginal gai
 
 Independently of the limit, the timeout guard keeps a request from being sent into a queue it
 cannot get through in time: with the server's throughput X (replies per second while busy), the
-n-th request in flight waits about n / X, so at most ``X * timeout * margin`` are sent at once.
-It also applies to a fixed ``max_inflight``.
+n-th request in flight waits about n / X, so at most ``X * timeout * margin`` are sent at once;
+until 8 replies have measured X, at most 8. It also applies to a fixed ``max_inflight``.
 
 Time comes from an injected Clock and nothing here awaits, so tests drive it with a FakeClock;
 ``engine.concurrency`` is its async shell. Raises ConfigError for impossible settings.
@@ -298,7 +298,9 @@ class ConcurrencyCore:
             return None
         rate = self._throughput()
         if rate is None:
-            return None
+            # Not measured yet: a fixed cap of hundreds would all go into the queue of a server
+            # that may take one at a time. Send enough to measure it first.
+            return _GUARD_MIN_REPLIES
         return max(1, math.floor(rate * self._timeout_s * self._settings.timeout_margin))
 
     def _set(self, limit: int) -> None:
