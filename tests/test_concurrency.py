@@ -175,6 +175,6 @@ async def test_a_run_adapts_to_a_two_slot_server_by_default(tmp_path: Path) -> N
         assert report.counts == {"done": 16}
         seen[label] = [e for e in recorder.events if isinstance(e, RequestSent)]
     auto, fixed = seen["auto"], seen["fixed"]
-    assert max(e.concurrency or 0 for e in auto) <= 4
+    assert max(e.concurrency or 0 for e in auto) <= 6  # probes aside, about the 2 slots
     assert any(e.queued_s > 0.01 for e in auto)
     assert {e.concurrency for e in fixed} == {16}
