@@ -4,10 +4,11 @@ Written here on numpy (already required by the language identifier) rather than 
 datasketch: datasketch pulls in scipy, and its LSH index returns unconfirmed candidates unless
 every full MinHash (128 x 8 bytes) is kept beside it. This index keeps per conversation only its
 band keys, one byte per hash function (b-bit MinHash, Li & König 2010) to confirm candidates,
-and an 8-byte digest for exact matches: about 1.2 kB per conversation in CPython dictionaries
-(tracemalloc, 3,000 conversations). The pure helpers (``MinHasher.signature``,
-``MinHasher.band_keys``) let a post-hoc pass store band keys in the run's database and find
-candidates with a join instead of holding an index in memory.
+and an 8-byte digest for exact matches, in compact integer maps (``IntMap``): about 330 bytes
+per conversation (12 band keys of 16 bytes, 128 signature bytes, the digest and the id), so
+10^6 conversations fit in about 330 MB where Python dictionaries took 1.2 kB each. The pure
+helpers (``MinHasher.signature``, ``MinHasher.band_keys``) let a post-hoc pass store band keys
+in the run's database and find candidates with a join instead of holding an index in memory.
 
 Hash functions are seeded, so signatures and band keys are the same in every process and run.
 Construction raises FilterConfigError for impossible parameters; nothing else raises.
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from engine.quality.config import FilterConfig, FilterConfigError
+from engine.quality.intmap import IntMap
 from engine.quality.text import units
 from engine.quality.verdict import Verdict
 
@@ -125,6 +127,11 @@ class MinHasher:
         return keys
 
 
+def _signed(key: int) -> int:
+    # exact_key is unsigned; IntMap keys are signed 64-bit integers.
+    return key - (1 << 64) if key >= 1 << 63 else key
+
+
 def _bbit(signature: npt.NDArray[np.uint64]) -> bytes:
     # The low byte of each minimum: two signatures agree on it with probability
     # J + (1 - J) / 256, from which J is recovered (b-bit MinHash).
@@ -192,11 +199,11 @@ class NearDuplicateIndex:
         self.threshold = threshold
         self._hasher = MinHasher(num_perm=num_perm, shingle_size=shingle_size, seed=seed)
         self._nbands, self._rows = lsh_bands(threshold, num_perm)
-        self._bands: dict[int, int] = {}  # band key -> slot of the first conversation with it
-        self._exact: dict[int, int] = {}  # exact_key -> conversation id
+        self._bands = IntMap()  # band key -> slot of the first conversation with it
+        self._exact = IntMap()  # exact_key (as a signed 64-bit int) -> conversation id
         self._ids = array("q")  # slot -> conversation id
         self._sigs = bytearray()  # slot -> num_perm bytes of b-bit signature
-        self._slot_of: dict[int, int] = {}  # conversation id -> slot
+        self._slot_of = IntMap()  # conversation id -> slot
 
     @classmethod
     def from_config(cls, config: FilterConfig) -> NearDuplicateIndex:
@@ -217,7 +224,7 @@ class NearDuplicateIndex:
         return len(self._ids)
 
     def __contains__(self, conv_id: object) -> bool:
-        return conv_id in self._slot_of
+        return isinstance(conv_id, int) and self._slot_of.get(conv_id) is not None
 
     def add(self, conv_id: int, text: str) -> int | None:
         """Add a conversation; return the id of an earlier (near-)duplicate, or None."""
@@ -229,9 +236,9 @@ class NearDuplicateIndex:
 
         Adding an id again (a resumed run replaying its history) is a no-op returning None.
         """
-        if conv_id in self._slot_of:
+        if self._slot_of.get(conv_id) is not None:
             return None
-        key = exact_key(text)
+        key = _signed(exact_key(text))
         earlier = self._exact.get(key)
         if earlier is not None and earlier != conv_id:
             return DuplicateMatch(earlier, True, 1.0)
@@ -244,15 +251,15 @@ class NearDuplicateIndex:
         slot = len(self._ids)
         self._ids.append(conv_id)
         self._sigs += sig
-        self._slot_of[conv_id] = slot
-        self._exact[key] = conv_id
+        self._slot_of.setdefault(conv_id, slot)
+        self._exact.setdefault(key, conv_id)
         for band_key in keys:
             self._bands.setdefault(band_key, slot)
         return None
 
     def query(self, text: str) -> DuplicateMatch | None:
         """The earlier conversation ``text`` duplicates, without adding it."""
-        earlier = self._exact.get(exact_key(text))
+        earlier = self._exact.get(_signed(exact_key(text)))
         if earlier is not None:
             return DuplicateMatch(earlier, True, 1.0)
         signature = self._hasher.signature(text)
@@ -262,7 +269,7 @@ class NearDuplicateIndex:
     def _near(self, keys: list[int], sig: bytes) -> DuplicateMatch | None:
         best: DuplicateMatch | None = None
         width = len(sig)
-        for slot in sorted({self._bands[k] for k in keys if k in self._bands}):
+        for slot in sorted(set(self._bands.get_many(keys))):
             stored = bytes(self._sigs[slot * width : (slot + 1) * width])
             similarity = _estimate(sig, stored)
             if similarity >= self.threshold and (best is None or similarity > best.similarity):
