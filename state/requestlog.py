@@ -368,12 +368,17 @@ def attempt_summary(conn: Conn) -> AttemptSummary:
     # Like the live model: a retry is a failed attempt (not a 429, which only waits for the
     # limiter) that another attempt followed; a failed request is a step whose last attempt
     # did not succeed. Neither depends on how attempts are numbered.
+    # Only steps with a failed attempt can count, so the window runs over those alone: over
+    # the whole log it sorted every request (0.5 s at 10^5 conversations, seconds at 10^6).
     steps = conn.execute(
-        f"""SELECT count(*) FILTER (WHERE {failed} AND attempt < last_attempt
+        f"""WITH failing AS (SELECT DISTINCT conv_id, step FROM requests WHERE {failed})
+        SELECT count(*) FILTER (WHERE {failed} AND attempt < last_attempt
                 AND coalesce(error_class, '') <> {rate_limited}),
             count(DISTINCT (conv_id, step)) FILTER (WHERE attempt = last_attempt AND {failed})
-        FROM (SELECT conv_id, step, attempt, status, error_class,
-                max(attempt) OVER (PARTITION BY conv_id, step) AS last_attempt FROM requests)"""
+        FROM (SELECT r.conv_id, r.step, r.attempt, r.status, r.error_class,
+                max(r.attempt) OVER (PARTITION BY r.conv_id, r.step) AS last_attempt
+            FROM requests r JOIN failing f ON r.conv_id IS NOT DISTINCT FROM f.conv_id
+                AND r.step IS NOT DISTINCT FROM f.step)"""
     ).fetchone()
     assert totals is not None and steps is not None
     errors = conn.execute(
