@@ -25,10 +25,17 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from engine.config import StoreConfig
 from engine.errors import ConfigError, StateError
 from state import card
 from state.release import SUBSETS, multiturn_types_for, release_schema
-from state.schema import STATE_FILE, has_added_columns, open_existing
+from state.schema import (
+    STATE_FILE,
+    has_added_columns,
+    open_existing,
+    release_cache,
+    stored_store_config,
+)
 from state.tempfiles import remove_stale_temp_files
 
 __all__ = [
@@ -210,10 +217,11 @@ def export_with(
     shape = _shape(conn, spec) if spec.stem == "release" else None
     extra = _Extra(quality_fields, exclude_partial)
     selects = _selects(spec, statuses, include_filtered, ranges, shape, subset, extra)
+    store = stored_store_config(conn, output)
     with _scratch(output) as scratch:
         temp = scratch(".tmp")
         write = _parquet_in_parts if spec.copy_format == "parquet" else _jsonl_in_parts
-        rows = write(conn, spec, selects, temp, scratch)
+        rows = write(conn, spec, selects, temp, scratch, store)
         if shape is not None and spec.copy_format == "parquet":
             _check_release_file(temp, shape, include_filtered)
         _fsync(temp)
@@ -577,6 +585,7 @@ def _parquet_in_parts(
     selects: Sequence[str],
     temp: Path,
     scratch: _Scratch,
+    store: StoreConfig,
 ) -> int:
     """Write each range to its own Parquet part, then stream the parts into one file.
 
@@ -587,13 +596,21 @@ def _parquet_in_parts(
     for i, select in enumerate(selects):
         part = scratch(f".part{i}")
         _copy(conn, select, spec, part)
+        # Else DuckDB keeps every block of the store it read, and the export grows with it.
+        release_cache(conn, store)
         parts.append(part)
     files = "[" + ", ".join(_literal(str(p)) for p in parts) + "]"
     # One thread reads the parts in order; with several, DuckDB buffers row groups that
     # arrive early to keep their order, and memory grows with the file. Without statistics
     # propagation every column is written nullable: otherwise DuckDB marks a column "required"
     # whenever this run's data happens to hold no NULL in it, and the schema varies by run.
-    with _settings(conn, threads="1", disabled_optimizers="statistics_propagation"):
+    # Nor does it cache the parts it reads back (its external file cache would hold them all).
+    with _settings(
+        conn,
+        threads="1",
+        disabled_optimizers="statistics_propagation",
+        enable_external_file_cache="false",
+    ):
         return _copy(conn, f"SELECT * FROM read_parquet({files})", spec, temp)
 
 
@@ -618,6 +635,7 @@ def _jsonl_in_parts(
     selects: Sequence[str],
     temp: Path,
     scratch: _Scratch,
+    store: StoreConfig,
 ) -> int:
     """Write each range as JSON lines and append it to ``temp`` (one part on disk at a time)."""
     rows = 0
@@ -625,6 +643,7 @@ def _jsonl_in_parts(
     with temp.open("wb") as out:
         for select in selects:
             rows += _copy(conn, select, spec, part)
+            release_cache(conn, store)  # what the range read: the export stays one range big
             with part.open("rb") as src:
                 shutil.copyfileobj(src, out, 1 << 20)
     return rows

@@ -41,6 +41,7 @@ __all__ = [
     "open_existing",
     "open_read_only",
     "open_store",
+    "release_cache",
     "stored_store_config",
     "table_for_error",
 ]
@@ -192,6 +193,23 @@ def duckdb_settings(store: StoreConfig, run_dir: Path | None) -> dict[str, Any]:
         "threads": store.threads,
         "temp_directory": str(temp),
     }
+
+
+def release_cache(conn: duckdb.DuckDBPyConnection, store: StoreConfig) -> None:
+    """Make DuckDB drop the table blocks it keeps cached, then give it ``store``'s cap back.
+
+    DuckDB keeps every block it has read or written cached until ``memory_limit`` forces it
+    out, so a run's process (and an export's) grows with the store up to that limit. Lowering
+    the limit for a moment evicts what is not in use (those blocks are on disk already) and
+    returns the memory to the system; what a query holds pinned stays. Raises duckdb.Error only
+    if the connection is closed.
+    """
+    conn.execute(f"SET memory_limit = '{_RELEASE_MB}MB'")
+    conn.execute(f"SET memory_limit = '{store.memory_limit_mb}MB'")
+
+
+# What DuckDB may keep while its cache is released: below anything a query holds.
+_RELEASE_MB = 8
 
 
 def connect_memory(store: StoreConfig | None = None) -> duckdb.DuckDBPyConnection:

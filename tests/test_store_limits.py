@@ -11,7 +11,7 @@ import pytest
 from engine.config import StoreConfig, load_config
 from engine.errors import ConfigError, StateError
 from state.export import open_run
-from state.schema import STATE_FILE, connect_memory, open_read_only, open_store
+from state.schema import STATE_FILE, connect_memory, open_read_only, open_store, release_cache
 from state.writer import GroupCommitWriter
 
 
@@ -138,5 +138,34 @@ def test_in_memory_connections_are_capped_too() -> None:
     try:
         limit, threads, _ = _settings(conn)
         assert (limit, threads) == (_limit_text(100), 1)
+    finally:
+        conn.close()
+
+
+def _cached_mb(conn: duckdb.DuckDBPyConnection) -> float:
+    row = conn.execute(
+        "SELECT coalesce(sum(memory_usage_bytes), 0) / 1e6 FROM duckdb_memory() "
+        "WHERE tag = 'BASE_TABLE'"
+    ).fetchone()
+    assert row is not None
+    return float(row[0])
+
+
+def test_release_cache_drops_cached_blocks_and_restores_the_cap(tmp_path: Path) -> None:
+    """Blocks a query read stay cached until release_cache evicts them; the cap is then the
+    store's again (a run calls it at each batch, an export after each range)."""
+    store = StoreConfig(memory_limit_mb=300, threads=1)
+    conn = open_store(tmp_path / STATE_FILE, create=True, store=store)
+    try:
+        conn.execute(
+            "CREATE TABLE big AS SELECT range AS i, md5(range::VARCHAR) || md5((-range)::VARCHAR) "
+            "|| md5((range + 7)::VARCHAR) AS s FROM range(400000)"
+        )
+        conn.execute("CHECKPOINT")
+        conn.execute("SELECT count(*) FROM big WHERE s LIKE '%Z%'").fetchall()
+        assert _cached_mb(conn) > 20
+        release_cache(conn, store)
+        assert _cached_mb(conn) < 10
+        assert _settings(conn)[0] == _limit_text(300)
     finally:
         conn.close()

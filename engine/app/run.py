@@ -281,7 +281,7 @@ async def execute_run(
         ):
             # One batcher for the store and the request log: their rows commit together.
             batcher = JournalBatcher(writer)
-            store = RunStore(writer, batcher)
+            store = RunStore(writer, batcher, config.store)
             if config.run.mode == "batch":
                 result = await _run_batch_mode(
                     config, client, writer, batcher, store, budget, first_request_id,
