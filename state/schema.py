@@ -7,6 +7,7 @@ before it has passed these checks.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 from datetime import UTC, datetime
@@ -201,11 +202,18 @@ def release_cache(conn: duckdb.DuckDBPyConnection, store: StoreConfig) -> None:
     DuckDB keeps every block it has read or written cached until ``memory_limit`` forces it
     out, so a run's process (and an export's) grows with the store up to that limit. Lowering
     the limit for a moment evicts what is not in use (those blocks are on disk already) and
-    returns the memory to the system; what a query holds pinned stays. Raises duckdb.Error only
-    if the connection is closed.
+    returns the memory to the system. It is done on a cursor of its own: DuckDB refuses a
+    limit below what is pinned, and that refusal would abort a transaction open on ``conn``
+    (the writer's); here it only means less was released. Raises duckdb.Error only if the
+    connection is closed.
     """
-    conn.execute(f"SET memory_limit = '{_RELEASE_MB}MB'")
-    conn.execute(f"SET memory_limit = '{store.memory_limit_mb}MB'")
+    cursor = conn.cursor()
+    try:
+        with contextlib.suppress(duckdb.OutOfMemoryException):
+            cursor.execute(f"SET memory_limit = '{_RELEASE_MB}MB'")
+        cursor.execute(f"SET memory_limit = '{store.memory_limit_mb}MB'")
+    finally:
+        cursor.close()
 
 
 # What DuckDB may keep while its cache is released: below anything a query holds.

@@ -169,3 +169,20 @@ def test_release_cache_drops_cached_blocks_and_restores_the_cap(tmp_path: Path) 
         assert _settings(conn)[0] == _limit_text(300)
     finally:
         conn.close()
+
+
+def test_release_cache_leaves_an_open_transaction_intact(tmp_path: Path) -> None:
+    """When DuckDB cannot go down to the release floor (a transaction pins its rows), the
+    release gives up quietly and the writer's transaction still commits."""
+    store = StoreConfig(memory_limit_mb=300, threads=1)
+    conn = open_store(tmp_path / STATE_FILE, create=True, store=store)
+    try:
+        conn.execute("CREATE TABLE keyed(i BIGINT PRIMARY KEY, s VARCHAR)")
+        conn.execute("BEGIN TRANSACTION")
+        conn.execute("INSERT INTO keyed SELECT range, md5(range::VARCHAR) FROM range(1000000)")
+        release_cache(conn, store)
+        conn.execute("COMMIT")
+        assert conn.execute("SELECT count(*) FROM keyed").fetchone() == (1000000,)
+        assert _settings(conn)[0] == _limit_text(300)
+    finally:
+        conn.close()
