@@ -311,6 +311,7 @@ def commands(run_dir: Path, *, timeout_s: float | None = None) -> dict[str, Any]
         m = measure(argv, stop_after=timeout_s)
         out[name] = {
             "wall_s": round(m.wall_s, 2),
+            "cpu_s": round(m.cpu_s, 2),  # less sensitive than wall time to a busy machine
             "peak_rss_mb": round(m.peak_rss_mb, 1),
             "returncode": m.returncode,
             "timed_out": m.returncode == -signal.SIGKILL,
