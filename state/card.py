@@ -12,14 +12,16 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import orjson
-import pyarrow as pa
 
 from prompts.languages import load_languages
 from state.release import SUBSETS, features_yaml, release_schema
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = ["CARD_MARKER", "MANIFEST", "Entry", "format_features", "record_export", "render_card"]
 
@@ -29,9 +31,6 @@ CARD = "README.md"
 # a README.md without it is the user's own.
 CARD_MARKER = "# dataset card written by m2l; it is rewritten on each export"
 _CARD_START = f"---\n{CARD_MARKER}\n"
-
-_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
-_SHAREGPT = pa.struct([("from", pa.string()), ("value", pa.string())])
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,17 +63,21 @@ def _config_names(entries: Sequence[Entry]) -> dict[str, str]:
 
 def format_features(entry: Entry) -> pa.Schema:
     """The schema of the file an entry describes."""
+    import pyarrow as pa  # on first use, as in state.release
+
     if entry.format.startswith("release"):
         schema = release_schema(tuple(entry.multiturn_types))
     elif entry.format == "messages-jsonl":
-        schema = pa.schema([("messages", pa.list_(_MESSAGE))])
+        message = pa.struct([("role", pa.string()), ("content", pa.string())])
+        schema = pa.schema([("messages", pa.list_(message))])
     else:
+        turn = pa.struct([("from", pa.string()), ("value", pa.string())])
         schema = pa.schema(
             [
                 ("id", pa.string()),
                 ("language", pa.string()),
                 ("task", pa.string()),
-                ("conversations", pa.list_(_SHAREGPT)),
+                ("conversations", pa.list_(turn)),
             ]
         )
     if entry.include_filtered:

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from engine.config import StoreConfig
 from engine.errors import ConfigError, StateError
@@ -506,6 +504,9 @@ def _seed_select(
 
 def _check_release_file(path: Path, shape: _Shape, include_filtered: bool) -> None:
     """Raise StateError if the Parquet file written does not have the release schema."""
+    import pyarrow as pa  # on first use, as in state.release
+    import pyarrow.parquet as pq
+
     found = pq.read_schema(path).remove_metadata()
     wanted = release_schema(shape.types)
     if include_filtered:

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from prompts.taxonomy import load_taxonomy
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 __all__ = [
     "DEFAULT_MULTITURN_TYPES",
     "RELEASE_COLUMNS",
-    "RELEASE_SCHEMA",
     "SUBSETS",
     "features_yaml",
     "multiturn_types_for",
@@ -50,12 +51,15 @@ SUBSETS = {
     "full_data": "everything: the seeds, the evolved pairs and the multi-turn conversations",
 }
 
-_MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
-
 
 @functools.cache
 def release_schema(multiturn_types: tuple[str, ...]) -> pa.Schema:
     """The release schema whose multiturn_evol_prompt records have these type fields."""
+    # pyarrow is imported on first use: it costs about a second of start-up in every command
+    # (and every test subprocess), and only exports and dataset cards need it.
+    import pyarrow as pa
+
+    message = pa.struct([("role", pa.string()), ("content", pa.string())])
     prompt_record = pa.struct([(t, pa.string()) for t in multiturn_types])
     types = {
         "id": pa.int32(),
@@ -63,13 +67,12 @@ def release_schema(multiturn_types: tuple[str, ...]) -> pa.Schema:
         "multiturn_evol_prompt": pa.list_(prompt_record),
         "no_of_turns": pa.int32(),
         "evolved_multiturn_prompt": pa.list_(pa.string()),
-        "conversation": pa.list_(_MESSAGE),
+        "conversation": pa.list_(message),
     }
     return pa.schema([(name, types.get(name, pa.string())) for name in RELEASE_COLUMNS])
 
 
 DEFAULT_MULTITURN_TYPES: tuple[str, ...] = tuple(e.id for e in load_taxonomy().of_kind("multiturn"))
-RELEASE_SCHEMA = release_schema(DEFAULT_MULTITURN_TYPES)
 
 
 def multiturn_types_for(used: Iterable[str]) -> tuple[str, ...]:
@@ -79,6 +82,8 @@ def multiturn_types_for(used: Iterable[str]) -> tuple[str, ...]:
 
 
 def _feature(name: str, dtype: pa.DataType, pad: str) -> list[str]:
+    import pyarrow as pa
+
     if pa.types.is_list(dtype):
         inner = dtype.value_type
         if pa.types.is_struct(inner):
@@ -91,6 +96,8 @@ def _feature(name: str, dtype: pa.DataType, pad: str) -> list[str]:
 
 
 def _dtype(dtype: pa.DataType) -> str:
+    import pyarrow as pa
+
     if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
         return "string"
     if pa.types.is_integer(dtype):

@@ -40,7 +40,7 @@ from state.export import (
     export_with,
     open_run,
 )
-from state.release import DEFAULT_MULTITURN_TYPES, RELEASE_SCHEMA
+from state.release import DEFAULT_MULTITURN_TYPES, release_schema
 from state.schema import StoreLocked, open_store
 
 # --- the fixture run -------------------------------------------------------------------------
@@ -397,7 +397,7 @@ def test_release_parquet_schema_and_rows_match_the_store(run: FixtureRun, tmp_pa
     assert table.column_names == RELEASE_COLUMNS
     schema = table.schema
     assert all(f.nullable for f in schema)  # the same schema whatever the run's data
-    assert schema.equals(RELEASE_SCHEMA)
+    assert schema.equals(release_schema(DEFAULT_MULTITURN_TYPES))
     assert schema.field("id").type == pa.int32()
     assert schema.field("no_of_turns").type == pa.int32()
     assert schema.field("multiturn_evol_type").type == pa.list_(pa.string())
