@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -31,9 +31,9 @@ from budgets.prices import (
     tier_price_error,
     to_nano,
 )
-from budgets.stepload import TemplateSizes, step_loads, worst_outputs
+from budgets.stepload import KINDS, TemplateSizes, step_loads, worst_outputs
 from engine.clock import Clock, MonotonicClock
-from engine.config import Config
+from engine.config import Config, StepTokens
 from engine.events import (
     BudgetUpdate,
     ConversationFinished,
@@ -50,7 +50,9 @@ from engine.formats import usd
 from engine.modelprofile import model_profile
 from engine.records import Conversation
 from engine.tokens import TokenCounter
+from prompts.languages import load_languages
 from prompts.taxonomy import load_taxonomy
+from prompts.tokencost import LanguageFactors, load_token_costs
 from state.requestlog import CostModel, FreeCosts, parse_request_key, spend_by
 
 __all__ = [
@@ -355,16 +357,36 @@ class Budget:
 
 
 def worst_step_costs(
-    config: Config, costs: Pricing | None, sizes: TemplateSizes, seed_tokens: int
+    config: Config,
+    costs: Pricing | None,
+    sizes: TemplateSizes,
+    seed_tokens: int,
+    factors: Mapping[float, int] | None = None,
 ) -> list[Spend]:
-    """The worst case of each step index of a longest conversation (every reply at max_tokens,
-    and a reasoning model's hidden reasoning filling the rest of each step's cap)."""
+    """The worst case of each step index of a longest conversation (every reply at the
+    max_tokens sent, and a reasoning model's hidden reasoning filling the rest of each step's
+    cap). ``factors``: the planned conversations' language token-cost factors, counted; the
+    caps are their mean, as the prompter scales them per language (None: unscaled)."""
     profile = model_profile(config)
+    caps = profile.step_caps
+    weights = dict(factors) if factors else {1.0: 1}
+    total = sum(weights.values())
+
+    def mean(cap: Callable[[str, float], int]) -> StepTokens:
+        return StepTokens(
+            **{
+                kind: math.ceil(sum(cap(kind, f) * n for f, n in weights.items()) / total)
+                for kind in KINDS
+            }
+        )
+
+    visible = mean(lambda kind, f: caps.visible(kind, factor=f))
+    sent = mean(lambda kind, f: caps.cap(kind, factor=f))
     turns = config.generation.max_turns
     shape = sizes.worst(turns, seed_tokens)
     out = []
     # The history grows by visible replies only; the cap charged includes the reasoning room.
-    for load in step_loads(shape, worst_outputs(profile.reply_tokens), profile.step_tokens):
+    for load in step_loads(shape, worst_outputs(visible), sent):
         prompt = math.ceil(load.prompt)
         nano = costs.worst_nano(prompt, load.max_tokens) if costs is not None else 0
         out.append(Spend(nano, prompt + load.max_tokens, 1))
@@ -389,6 +411,25 @@ def _history(conn: duckdb.DuckDBPyConnection, projection: Projection) -> None:
         projection.observe_request(step, Spend(nano, tokens, requests))
     for step, n in conn.execute("SELECT step, count(*) FROM messages GROUP BY step").fetchall():
         projection.observe_step(int(step), int(n))
+
+
+def _language_factors(
+    conn: duckdb.DuckDBPyConnection, config: Config, counter: TokenCounter
+) -> dict[float, int]:
+    """The token-cost factors of the conversations still to run, counted (for their caps)."""
+    factors = LanguageFactors(
+        load_languages(),
+        load_token_costs(),
+        counter.encoding_name,
+        enabled=config.quality.scale_max_tokens,
+    )
+    counts: Counter[float] = Counter()
+    for code, n in conn.execute(
+        "SELECT language_code, count(*) FROM conversations "
+        "WHERE status IN ('pending', 'active') GROUP BY 1"
+    ).fetchall():
+        counts[factors.factor(str(code))] += int(n)
+    return dict(counts)
 
 
 def run_price(config: Config) -> tuple[Price | None, PriceTable]:
@@ -442,7 +483,13 @@ def load_budget(conn: duckdb.DuckDBPyConnection, config: Config, hooks: EventHoo
     ledger = Ledger(caps, start) if caps.capped else None
     counter = TokenCounter(model, unknown_model_encoding=config.provider.unknown_model_encoding)
     sizes = TemplateSizes(load_taxonomy(config.taxonomy), counter)
-    worst = worst_step_costs(config, pricing, sizes, _typical_seed_tokens(conn, counter))
+    worst = worst_step_costs(
+        config,
+        pricing,
+        sizes,
+        _typical_seed_tokens(conn, counter),
+        _language_factors(conn, config, counter),
+    )
     worst += [worst[-1]] * (_STEP_SLOTS - len(worst))  # a stored plan may be longer than now
     projection = Projection(worst)
     _history(conn, projection)

@@ -33,6 +33,7 @@ from engine.simsettings import FaultRates
 from engine.tokens import TokenCounter
 from prompts.languages import LanguageTable, load_languages
 from prompts.taxonomy import Taxonomy, load_taxonomy
+from prompts.tokencost import LanguageFactors, load_token_costs
 from state.schema import connect_memory, create_schema
 from state.selection import SelectionReport
 from state.setup import SetupReport, plan_run
@@ -283,15 +284,29 @@ def estimate_plans(
     prices: PriceTable,
     outputs: OutputLengths,
     simulated: bool,
+    factors: LanguageFactors | None = None,
 ) -> Estimate:
     """Sum the token model over every planned conversation; pure apart from token counting.
+
+    Each conversation's caps are the ones the run sends for its language (``factors``: the
+    languages' token costs; None reads the bundled tables), reasoning room included.
 
     With the simulator, its injected faults add cost: a reply in the wrong language or a
     repetitive one is billed and then regenerated; a reset, truncated or hung reply may have
     been billed, so the ledger counts it at its worst case.
     """
     profile = model_profile(config)
-    mt = profile.step_tokens  # the caps sent: a reasoning model's include room to reason
+    caps = profile.step_caps  # the caps sent: a reasoning model's include room to reason
+    if factors is None:
+        encoding = TokenCounter(
+            config.provider.model, unknown_model_encoding=config.provider.unknown_model_encoding
+        ).encoding_name
+        factors = LanguageFactors(
+            load_languages(),
+            load_token_costs(),
+            encoding,
+            enabled=config.quality.scale_max_tokens,
+        )
     hidden = profile.expected_reasoning
     tier = config.provider.service_tier
     tiers: tuple[str | None, ...] = (
@@ -301,13 +316,18 @@ def estimate_plans(
     regenerated = faults.wrong_language + faults.repetition
     billed_failures = faults.reset + faults.truncated + faults.hang
     fault_nano = 0
-    worst_out = worst_outputs(profile.reply_tokens)
+    sent: dict[str, tuple[StepTokens, OutputLengths]] = {}  # by language
     latency = latency_model(config, simulated=simulated)
     totals = {k: KindTotals() for k in KINDS}
     turns: Counter[int] = Counter()
     latency_total = longest = 0.0
     for plan in plans:
         shape = shape_of(plan, seed_tokens, sizes)
+        if plan.language not in sent:
+            factor = factors.factor(plan.language)
+            visible = StepTokens(**{k: caps.visible(k, factor=factor) for k in KINDS})
+            sent[plan.language] = (caps.tokens(factor=factor), worst_outputs(visible))
+        mt, worst_out = sent[plan.language]
         turns[plan.turns] += 1
         chain = 0.0
         # The worst case lets the history grow too: every earlier reply at its max_tokens.

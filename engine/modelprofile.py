@@ -8,15 +8,51 @@ projection agree. ``model_profile`` raises ConfigError for a setting the model c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from engine.capabilities import Capabilities, CapabilityTable, load_capabilities, model_key
 from engine.config import Config, StepTokens
 from engine.errors import ConfigError
 
-__all__ = ["STEP_KINDS", "ModelProfile", "model_profile", "unknown_model_lines"]
+__all__ = ["STEP_KINDS", "ModelProfile", "StepCaps", "model_profile", "unknown_model_lines"]
 
 STEP_KINDS = ("evolve", "answer", "follow_up")
+
+
+@dataclass(frozen=True, slots=True)
+class StepCaps:
+    """How a step's token cap is made: the visible reply's room (the configured value, scaled by
+    the language's token cost and grown after cut replies, at most ``ceiling`` but never below
+    the configured value), then the hidden reasoning's room on top, at most ``max_output``."""
+
+    reply: StepTokens
+    reasoning: Mapping[str, int] = field(default_factory=dict)  # step kind → reasoning room
+    max_output: int | None = None  # the model's largest output (None: no bound known)
+
+    def visible(
+        self, kind: str, *, factor: float = 1.0, growth: float = 1.0, ceiling: int | None = None
+    ) -> int:
+        """The visible reply's room for step ``kind``."""
+        base = int(getattr(self.reply, kind))
+        room = math.ceil(base * factor * growth - 1e-9)
+        if ceiling is not None:
+            room = min(ceiling, room)
+        return max(base, room)
+
+    def cap(
+        self, kind: str, *, factor: float = 1.0, growth: float = 1.0, ceiling: int | None = None
+    ) -> int:
+        """The token cap sent for step ``kind``: visible room plus reasoning room."""
+        # Only the visible reply is text in a language: reasoning room is not scaled by it.
+        total = self.visible(kind, factor=factor, growth=growth, ceiling=ceiling)
+        total += self.reasoning.get(kind, 0)
+        return min(self.max_output, total) if self.max_output is not None else total
+
+    def tokens(self, *, factor: float = 1.0) -> StepTokens:
+        """Each step kind's cap for a language of token-cost ``factor``."""
+        return StepTokens(**{kind: self.cap(kind, factor=factor) for kind in STEP_KINDS})
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +65,12 @@ class ModelProfile:
     reply_tokens: StepTokens  # the visible reply's room, as configured
     step_tokens: StepTokens  # the cap sent: reply room + reasoning room (reasoning models)
     table: CapabilityTable
+
+    @property
+    def step_caps(self) -> StepCaps:
+        """How each step's cap is made, per language and after cut replies."""
+        rooms = {kind: self.table.room(self.efforts[kind]) for kind in STEP_KINDS}
+        return StepCaps(self.reply_tokens, rooms if self.reasoning else {}, self.caps.max_output)
 
     @property
     def expected_reasoning(self) -> dict[str, float]:
@@ -86,12 +128,6 @@ def model_profile(config: Config, table: CapabilityTable | None = None) -> Model
             f'[provider.capabilities."{model}"] flex = true if it does'
         )
     reply = config.generation.max_tokens
-    steps = reply
-    if caps.reasoning:
-        steps = StepTokens(
-            **{
-                kind: min(caps.max_output, getattr(reply, kind) + table.room(efforts[kind]))
-                for kind in STEP_KINDS
-            }
-        )
+    rooms = {kind: table.room(efforts[kind]) for kind in STEP_KINDS} if caps.reasoning else {}
+    steps = StepCaps(reply, rooms, caps.max_output).tokens()
     return ModelProfile(caps, resolved is not None, efforts, reply, steps, table)

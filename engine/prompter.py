@@ -3,23 +3,24 @@ gives each step its max_tokens.
 
 The conversation's own messages keep the counts they were given when accepted, so an answer
 request at turn 6 costs no more tokenizer work than one at turn 1. Every request starts with
-the taxonomy's system prompt for its step kind. A step's max_tokens is the configured one for
-its kind, scaled by what the conversation's language costs in tokens (prompts.tokencost), grown
-by ``quality.max_tokens_growth`` for each truncated try, and never above
-``quality.max_tokens_ceiling`` (nor below the configured value).
+the taxonomy's system prompt for its step kind. A step's max_tokens is made by
+``engine.modelprofile.StepCaps``: the visible reply's configured room, scaled by what the
+conversation's language costs in tokens (prompts.tokencost), grown by
+``quality.max_tokens_growth`` for each truncated try, never above ``quality.max_tokens_ceiling``
+(nor below the configured value); then a reasoning model's reasoning room, and at most the
+model's ``max_output``.
 """
 
 from __future__ import annotations
 
-import math
-
 from engine.chat import Message
 from engine.config import QualityConfig, StepTokens
 from engine.conversation import Conversation, Rendered, StepKind
+from engine.modelprofile import StepCaps
 from engine.tokens import TokenCounter
-from prompts.languages import LanguageTable, UnknownLanguage, load_languages
+from prompts.languages import LanguageTable, load_languages
 from prompts.taxonomy import Taxonomy
-from prompts.tokencost import TokenCosts, load_token_costs
+from prompts.tokencost import LanguageFactors, TokenCosts, load_token_costs
 
 __all__ = ["TaxonomyPrompter", "transcript"]
 
@@ -36,60 +37,48 @@ def transcript(conv: Conversation) -> str:
 class TaxonomyPrompter:
     """The Prompter the engine uses: templates from a Taxonomy, tokens from a TokenCounter."""
 
-    __slots__ = (
-        "_costs",
-        "_counter",
-        "_factors",
-        "_languages",
-        "_max_tokens",
-        "_quality",
-        "_systems",
-        "_taxonomy",
-    )
+    __slots__ = ("_caps", "_counter", "_factors", "_quality", "_systems", "_taxonomy")
 
     def __init__(
         self,
         taxonomy: Taxonomy,
         counter: TokenCounter,
-        max_tokens: StepTokens,
+        max_tokens: StepTokens | StepCaps,
         quality: QualityConfig | None = None,
         *,
         languages: LanguageTable | None = None,
         costs: TokenCosts | None = None,
     ) -> None:
+        """``max_tokens``: the visible reply's room per step kind, or the model's StepCaps
+        (which add reasoning room and the model's max_output)."""
         self._taxonomy = taxonomy
         self._counter = counter
-        self._max_tokens = max_tokens
+        self._caps = max_tokens if isinstance(max_tokens, StepCaps) else StepCaps(max_tokens)
         self._quality = quality or QualityConfig()
-        self._languages = languages or load_languages()
-        self._costs = costs or load_token_costs()
+        self._factors = LanguageFactors(
+            languages or load_languages(),
+            costs or load_token_costs(),
+            counter.encoding_name,
+            enabled=self._quality.scale_max_tokens,
+        )
         # One system prompt per (step kind, language, task), counted once for the whole run.
         self._systems: dict[tuple[StepKind, str, str], Message] = {}
-        self._factors: dict[str, float] = {}
 
     def message(self, role: str, content: str) -> Message:
         return self._counter.message(role, content)
 
     def language_factor(self, language_code: str) -> float:
         """How many times English's tokens this language needs (1.0 when scaling is off)."""
-        factor = self._factors.get(language_code)
-        if factor is None:
-            factor = 1.0
-            if self._quality.scale_max_tokens:
-                try:
-                    language = self._languages.lookup(language_code)
-                except UnknownLanguage:
-                    language = None
-                if language is not None:
-                    factor = self._costs.factor(language, self._counter.encoding_name)
-            self._factors[language_code] = factor
-        return factor
+        return self._factors.factor(language_code)
 
     def max_tokens(self, conv: Conversation, kind: StepKind, room: int) -> int:
-        base = int(getattr(self._max_tokens, kind.value))
-        scaled = base * self.language_factor(conv.plan.language_code)
-        grown = scaled * self._quality.max_tokens_growth ** min(room, 64)
-        return max(base, min(self._quality.max_tokens_ceiling, math.ceil(grown)))
+        quality = self._quality
+        return self._caps.cap(
+            kind.value,
+            factor=self.language_factor(conv.plan.language_code),
+            growth=quality.max_tokens_growth ** min(room, 64),
+            ceiling=quality.max_tokens_ceiling,
+        )
 
     def _system(self, kind: StepKind, language: str, task: str) -> Message:
         key = (kind, language, task)

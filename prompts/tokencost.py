@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import ConfigError
-from prompts.languages import Language
+from prompts.languages import Language, LanguageTable, UnknownLanguage
 
-__all__ = ["DEFAULT_TOKEN_COST_PATH", "TokenCosts", "load_token_costs"]
+__all__ = ["DEFAULT_TOKEN_COST_PATH", "LanguageFactors", "TokenCosts", "load_token_costs"]
 
 DEFAULT_TOKEN_COST_PATH = Path(__file__).parent / "data" / "token_cost.toml"
 _REFERENCE = "eng"
@@ -81,3 +81,34 @@ def load_token_costs(path: Path = DEFAULT_TOKEN_COST_PATH) -> TokenCosts:
     except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: unreadable token-cost table ({exc})") from None
     return TokenCosts(_table(path, data, "language"), _table(path, data, "script"))
+
+
+class LanguageFactors:
+    """``TokenCosts.factor`` by language code or name for one encoding, cached; 1.0 for every
+    language when scaling is off or the language is unknown (the prompter, the budget's
+    projection and the estimate all size caps with it, so they agree)."""
+
+    __slots__ = ("_costs", "_encoding", "_factors", "_languages", "enabled")
+
+    def __init__(
+        self, languages: LanguageTable, costs: TokenCosts, encoding: str, *, enabled: bool = True
+    ) -> None:
+        self._languages = languages
+        self._costs = costs
+        self._encoding = encoding
+        self.enabled = enabled
+        self._factors: dict[str, float] = {}
+
+    def factor(self, code_or_name: str) -> float:
+        found = self._factors.get(code_or_name)
+        if found is None:
+            found = 1.0
+            if self.enabled:
+                try:
+                    language = self._languages.lookup(code_or_name)
+                except UnknownLanguage:
+                    language = None
+                if language is not None:
+                    found = self._costs.factor(language, self._encoding)
+            self._factors[code_or_name] = found
+        return found

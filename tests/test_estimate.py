@@ -5,18 +5,29 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import duckdb
 import pytest
 
+from budgets.admission import worst_step_costs
+from budgets.estimate import PlannedConversation, assumed_outputs, estimate_plans
 from budgets.interval import extrapolate, t95
-from budgets.prices import from_nano
+from budgets.prices import from_nano, load_price_table
 from budgets.stepload import ConversationShape, OutputLengths, TemplateSizes, step_loads
 from engine.app.estimate import add_estimate_parser, estimate_lines, project_run
 from engine.app.pilot import pilot_costs
 from engine.app.run import execute_run
-from engine.config import StepTokens, load_config
+from engine.config import (
+    Config,
+    GenerationConfig,
+    ProviderConfig,
+    RunConfig,
+    SeedsConfig,
+    StepTokens,
+    load_config,
+)
 from engine.conversation import (
     Conversation,
     Done,
@@ -170,3 +181,41 @@ def test_estimate_command_prints_its_assumptions(
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "replies:" in out and "price: gpt-4o-mini" in out and "wall time:" in out
+
+
+def _plain_config(**generation: object) -> Config:
+    return Config(
+        run=RunConfig("t"),
+        seeds=SeedsConfig(file=Path("seeds.jsonl")),
+        provider=ProviderConfig(model="gpt-4o-mini"),
+        generation=GenerationConfig(**generation),  # type: ignore[arg-type]
+    )
+
+
+def test_projections_charge_the_max_tokens_the_prompter_sends_for_the_language() -> None:
+    """The estimate and the budget's worst case charge each language the cap the prompter
+    really sends (Amharic several times English's), not the configured value."""
+    tokens = StepTokens(evolve=100, answer=400, follow_up=100)
+    config = _plain_config(max_tokens=tokens)
+    prompter = TaxonomyPrompter(TAXONOMY, COUNTER, tokens)
+    sizes = TemplateSizes(TAXONOMY, COUNTER)
+    prices = load_price_table()
+    sent = {}
+    for name, code in (("English", "eng"), ("Amharic", "amh")):
+        planned = PlannedConversation(1, 1, name, "open_qa", "DEEPEN", ())
+        estimate = estimate_plans(
+            config, [planned], {1: 12}, sizes, price=None, prices=prices,
+            outputs=assumed_outputs(tokens), simulated=False,
+        )  # fmt: skip
+        answer = estimate.by_kind["answer"]
+        conv = Conversation(Plan(1, 1, "Explain tides.", name, code, "open_qa", "DEEPEN", 1, ()))
+        sent[code] = prompter.max_tokens(conv, StepKind.ANSWER, 0)
+        assert answer.charged_tokens - answer.prompt_tokens == pytest.approx(sent[code])
+    assert sent["amh"] > 4 * sent["eng"]
+    factor = prompter.language_factor("amh")
+    worst = worst_step_costs(config, None, sizes, 12, {factor: 3, 1.0: 1})
+    mean_answer = math.ceil((3 * sent["amh"] + sent["eng"]) / 4)
+    plain = worst_step_costs(config, None, sizes, 12)
+    # Step 1 is the first answer: its charge grows by the mean cap's excess over 400, and its
+    # prompt by the evolve step's scaled reply (the history it repeats).
+    assert worst[1].tokens - plain[1].tokens >= mean_answer - 400

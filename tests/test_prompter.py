@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from engine.config import QualityConfig, StepTokens
@@ -16,6 +18,7 @@ from engine.conversation import (
     apply,
     next_request,
 )
+from engine.modelprofile import StepCaps
 from engine.prompter import TaxonomyPrompter
 from engine.tokens import TokenCounter
 from prompts.languages import load_languages
@@ -93,3 +96,30 @@ def test_every_measured_language_costs_at_least_english() -> None:
     assert factors["eng"] == 1.0
     assert all(1.0 <= f <= 16.0 for f in factors.values())
     assert factors["amh"] > factors["yor"] > factors["deu"]
+
+
+def test_only_the_reply_room_scales_and_the_cap_stays_within_the_models_output() -> None:
+    """A reasoning model's cap: the reply's room scaled by the language, then the reasoning
+    room unscaled, grown only on the reply side, never above the model's max_output."""
+    caps = StepCaps(TOKENS, {"evolve": 1000, "answer": 1000, "follow_up": 1000}, 8000)
+    prompter = TaxonomyPrompter(TAXONOMY, COUNTER, caps, QualityConfig(max_tokens_ceiling=50_000))
+    english = Conversation(plan())
+    amharic = Conversation(plan("Amharic", "amh"))
+    factor = prompter.language_factor("amh")
+    assert factor > 4
+    assert prompter.max_tokens(english, StepKind.ANSWER, 0) == 400 + 1000
+    first = prompter.max_tokens(amharic, StepKind.ANSWER, 0)
+    assert first == math.ceil(400 * factor) + 1000  # not (400 + 1000) * factor
+    grown = [prompter.max_tokens(amharic, StepKind.ANSWER, room) for room in range(1, 6)]
+    assert grown[0] == min(8000, math.ceil(400 * factor * 2) + 1000)
+    assert max(grown) == 8000 and grown == sorted(grown)
+    # Equal caps at the top: a step cut there fails as truncated instead of growing forever.
+    assert grown[-1] == grown[-2] == 8000
+
+
+def test_a_model_whose_max_output_is_below_the_config_gets_its_max_output() -> None:
+    """The cap never goes past what the model can write, whatever max_tokens says."""
+    prompter = TaxonomyPrompter(TAXONOMY, COUNTER, StepCaps(TOKENS, {}, 300))
+    conv = Conversation(plan())
+    assert prompter.max_tokens(conv, StepKind.ANSWER, 0) == 300
+    assert prompter.max_tokens(conv, StepKind.EVOLVE, 3) == 300

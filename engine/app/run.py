@@ -525,7 +525,7 @@ def assemble(
         dispatcher=dispatcher,
         # Each step's cap: the reply's room plus, for a reasoning model, its reasoning's room.
         prompter=TaxonomyPrompter(
-            taxonomy, counter, profile.step_tokens, config.quality, languages=languages
+            taxonomy, counter, profile.step_caps, config.quality, languages=languages
         ),
         validator=QualityValidator(languages, config.quality),
         generation=config.generation,
