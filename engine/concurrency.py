@@ -61,6 +61,21 @@ class ConcurrencyGate:
             self._wake()
             raise
 
+    def try_acquire(self) -> Flight | None:
+        """Take a slot now if one is free and nobody waits for it; None otherwise."""
+        if not self._waiters and self._core.can_send():
+            return self._core.send()
+        return None
+
+    @property
+    def can_send(self) -> bool:
+        """Whether ``try_acquire`` would take a slot now."""
+        return not self._waiters and self._core.can_send()
+
+    @property
+    def in_flight(self) -> int:
+        return self._core.in_flight
+
     def sent(self, flight: Flight) -> Flight:
         """The request goes to the server now: the flight to hand back from here on."""
         return self._core.sent(flight)

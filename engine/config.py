@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tomllib
 import types
 from collections.abc import Mapping
@@ -38,6 +39,7 @@ __all__ = [
     "BatchConfig",
     "BudgetConfig",
     "Config",
+    "EndpointConfig",
     "GenerationConfig",
     "LimitsConfig",
     "PriceOverride",
@@ -184,6 +186,38 @@ class LimitsConfig:
     @property
     def adaptive(self) -> bool:
         return self.max_inflight == "auto"
+
+
+# An endpoint's name shows in logs, the dashboard and the request log: plain characters only.
+_ENDPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig(ProviderConfig):
+    """One ``[[providers]]`` entry: a provider setting of its own (key variable, base_url, model
+    or deployment), its own limits (None: the ``[limits]`` section's) and its share of the load
+    when several endpoints could take a request. ``same_model`` says that a differing ``model``
+    is the first entry's model under another name (an Azure deployment's, say)."""
+
+    name: str = ""
+    weight: float = 1.0
+    limits: LimitsConfig | None = None
+    same_model: bool = False
+
+    def __post_init__(self) -> None:
+        # Explicit: zero-argument super() fails in a slots dataclass before Python 3.14.
+        ProviderConfig.__post_init__(self)
+        if not _ENDPOINT_NAME.match(self.name):
+            raise Invalid(
+                "name",
+                "must name the endpoint (1-40 letters, digits, '_' or '-')",
+                self.name,
+            )
+        positive(self, "weight")
+
+    def provider(self) -> ProviderConfig:
+        """The provider settings alone (what a ``[provider]`` section with them would hold)."""
+        return ProviderConfig(**{f.name: getattr(self, f.name) for f in fields(ProviderConfig)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -579,6 +613,9 @@ class Config:
     run: RunConfig
     seeds: SeedsConfig
     provider: ProviderConfig = field(default_factory=ProviderConfig)
+    # Several endpoints of one model in one run; when given, ``provider`` is the first entry
+    # (whose model names the run's model) and ``limits`` the default of entries without any.
+    providers: tuple[EndpointConfig, ...] = ()
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
@@ -591,33 +628,119 @@ class Config:
     # The file it was loaded from: set by load_config, not a key of the file.
     source: Path | None = field(default=None, compare=False, metadata=INTERNAL)
 
+    def __post_init__(self) -> None:
+        if not self.providers:
+            return
+        first = self.providers[0]
+        # (dataclasses.replace on a loaded config passes the first entry back as provider)
+        if self.provider != first and self.provider != ProviderConfig():
+            raise Invalid(
+                "provider",
+                "give either one [provider] section or [[providers]] entries, not both "
+                "(a [provider] is one endpoint: make it the first [[providers]] entry)",
+                ...,
+            )
+        seen: dict[str, int] = {}
+        for i, entry in enumerate(self.providers):
+            if entry.name in seen:
+                raise Invalid(
+                    f"providers[{i}].name",
+                    f"is already the name of providers[{seen[entry.name]}]; each endpoint needs "
+                    "a name of its own",
+                    entry.name,
+                )
+            seen[entry.name] = i
+            if entry.model != first.model and not entry.same_model:
+                raise Invalid(
+                    f"providers[{i}].model",
+                    f"differs from providers[0].model ({first.model!r}): the model is content, "
+                    "so one run uses one model. If this endpoint serves that same model under "
+                    f"another name (a deployment's), set providers[{i}].same_model = true",
+                    entry.model,
+                )
+            if entry.reasoning_effort != first.reasoning_effort:
+                raise Invalid(
+                    f"providers[{i}].reasoning_effort",
+                    "must be the same on every endpoint (it changes what the model writes); "
+                    f"providers[0] has {first.reasoning_effort!r}",
+                    entry.reasoning_effort,
+                )
+        if self.run.mode == "batch" and len(self.providers) > 1:
+            raise Invalid(
+                "run.mode",
+                '"batch" sends to one endpoint: keep one [[providers]] entry, or use "online"',
+                self.run.mode,
+            )
+        # Everything that reads the provider (model, prices, request shape) reads the first.
+        object.__setattr__(self, "provider", first)
+
     @property
     def run_dir(self) -> Path:
         return self.run.output_dir / self.run.name
 
+    def endpoints(self) -> tuple[EndpointConfig, ...]:
+        """The endpoints requests go to: the ``[[providers]]`` entries, or ``[provider]`` as
+        one endpoint named "provider" with the ``[limits]`` section's limits."""
+        if self.providers:
+            return self.providers
+        base = {f.name: getattr(self.provider, f.name) for f in fields(ProviderConfig)}
+        return (EndpointConfig(**base, name="provider", limits=self.limits),)
+
+    def endpoint_limits(self, entry: EndpointConfig) -> LimitsConfig:
+        """The limits an endpoint runs under: its own, else the ``[limits]`` section's."""
+        return entry.limits if entry.limits is not None else self.limits
+
+    def where(self, entry: EndpointConfig) -> str:
+        """How messages name an endpoint's settings: "provider" or "providers[i]"."""
+        for i, other in enumerate(self.providers):
+            if other is entry:
+                return f"providers[{i}]"
+        return "provider"
+
     def uses_simulator(self, env: Mapping[str, str]) -> bool:
-        """Whether requests go to the embedded simulator rather than ``provider.base_url``."""
-        if self.provider.kind == "auto":
-            return not env.get(self.provider.api_key_env)
-        return self.provider.kind == "sim"
+        """Whether requests go to the embedded simulator rather than ``provider.base_url``
+        (with several endpoints: the first one's; a run refuses a mix)."""
+        return self.endpoint_simulated(self.provider, env)
+
+    @staticmethod
+    def endpoint_simulated(entry: ProviderConfig, env: Mapping[str, str]) -> bool:
+        """Whether this endpoint is the embedded simulator: ``kind = "auto"`` and no key."""
+        if entry.kind == "auto":
+            return not env.get(entry.api_key_env)
+        return entry.kind == "sim"
 
     def api_key(self, env: Mapping[str, str]) -> Secret | None:
         """The API key from the environment; ConfigError if a real provider needs one."""
-        value = env.get(self.provider.api_key_env)
+        return self.endpoint_key(self.provider, env)
+
+    def endpoint_key(self, entry: ProviderConfig, env: Mapping[str, str]) -> Secret | None:
+        """An endpoint's API key from the environment; ConfigError naming the file and the
+        entry's key when a real endpoint's variable is not set."""
+        value = env.get(entry.api_key_env)
         if value:
             return Secret(value)
-        if self.provider.kind == "openai":
+        if entry.kind == "openai":
             where = f"{self.source}: " if self.source is not None else ""
+            at = self.where(entry) if isinstance(entry, EndpointConfig) else "provider"
             raise ConfigError(
-                f"{where}provider.kind is 'openai' but the environment variable "
-                f"{self.provider.api_key_env} is not set; export it, or set provider.kind = 'sim'"
+                f"{where}{at}.api_key_env: {at}.kind is 'openai' but the environment variable "
+                f"{entry.api_key_env} is not set; export it, or set {at}.kind = 'sim'"
             )
         return None
 
     def snapshot(self) -> dict[str, Any]:
-        """The config as plain JSON-able data (no secrets: the config holds none)."""
+        """The config as plain JSON-able data (no secrets: the config holds none).
+
+        A config without ``[[providers]]`` has no ``providers`` key, so runs stored before it
+        existed resume unchanged; with them, ``provider`` holds the first entry's provider
+        settings and ``providers`` every entry by name (a diff then names the endpoint).
+        """
         data = plain(self)
         assert isinstance(data, dict)
+        entries = data.pop("providers")
+        if self.providers:
+            data["provider"] = plain(self.providers[0].provider())
+            data["providers"] = {e["name"]: e for e in entries}
         return data
 
     def hash(self) -> str:
@@ -689,13 +812,38 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): data}
 
 
+# Keys of a [[providers]] entry that only say how much of the load it takes and what its own
+# limits are; its model may differ only as the same model (checked at load: the run's model is
+# provider.model, the first entry's, and is compared there).
+_SAFE_ENDPOINT_KEYS = ("name", "weight", "same_model", "model", "limits", "limits.")
+
+
+def _safe(key: str) -> bool:
+    return any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_ON_RESUME)
+
+
+def _safe_endpoint_key(key: str, old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether a changed ``providers.NAME.KEY`` leaves content as it was: an endpoint added or
+    taken away (all serve the run's model), or a key safe for ``[provider]`` or its limits."""
+    _, name, rest = key.split(".", 2) if key.count(".") >= 2 else (key, "", "")
+    added_or_gone = not any(k.startswith(f"providers.{name}.") for k in old) or not any(
+        k.startswith(f"providers.{name}.") for k in new
+    )
+    if added_or_gone:
+        return True
+    if any(rest == s or (s.endswith(".") and rest.startswith(s)) for s in _SAFE_ENDPOINT_KEYS):
+        return True
+    return _safe(f"provider.{rest}")
+
+
 def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any, bool]]:
     """``(key, old, new, safe)`` for every leaf that differs between two snapshots."""
     a, b = _flatten(dict(old)), _flatten(dict(new))
     out = []
     for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key):
-            safe = any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE_ON_RESUME)
+            endpoint = key.startswith("providers.")
+            safe = _safe_endpoint_key(key, a, b) if endpoint else _safe(key)
             out.append((key, a.get(key), b.get(key), safe))
     return out
 

@@ -15,11 +15,13 @@ from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from engine.chat import ChatRequest, ChatResult, Delivery, Usage, cost_parts
-from engine.concurrency import ConcurrencyGate, Flight
+from engine.concurrency import ConcurrencyGate
 from engine.config import RetryConfig
+from engine.endpoints import Adapter, Completer, Endpoint, EndpointPool
 from engine.errors import (
     CapacityUnavailable,
     ConnectFailed,
+    FatalRunError,
     OversizeRequest,
     RateLimited,
     RequestError,
@@ -40,7 +42,6 @@ from engine.events import (
 from engine.headers import RateLimitSnapshot
 from engine.health import RunHealth
 from engine.limiter import RateLimiter
-from engine.requestshape import Adapted
 from engine.retry import GiveUp, RateLimitWait, Retry, decide
 
 __all__ = [
@@ -69,22 +70,6 @@ log = logging.getLogger(__name__)
 _NOT_ADMITTED = (RateLimited, ConnectFailed, CapacityUnavailable, UnsupportedParameter)
 
 
-class Adapter(Protocol):
-    """Adapts requests to a refused parameter (engine.requestshape.RequestShape)."""
-
-    def adapt(self, error: UnsupportedParameter) -> Adapted | None: ...
-
-    def explain(self, error: UnsupportedParameter) -> str: ...
-
-
-class Completer(Protocol):
-    """Anything that completes chat requests (the HTTP client, or a fake in tests)."""
-
-    async def complete(
-        self, request: ChatRequest, *, delivery: Delivery | None = None
-    ) -> ChatResult: ...
-
-
 # What an Accounting's ``reserve`` hands back to identify one attempt; the dispatcher only passes
 # it on to ``settle`` or ``release``, so each accounting chooses its own ticket type.
 TicketT = TypeVar("TicketT")
@@ -93,8 +78,11 @@ TicketT = TypeVar("TicketT")
 class Accounting(Protocol[TicketT]):
     """Records each attempt durably and guards the budget (the state store implements it)."""
 
-    async def reserve(self, request: ChatRequest, attempt: int) -> TicketT:
-        """Durably reserve the attempt's worst-case cost before it is sent; BudgetExhausted."""
+    async def reserve(
+        self, request: ChatRequest, attempt: int, *, endpoint: str = "", model: str = ""
+    ) -> TicketT:
+        """Durably reserve the attempt's worst-case cost before it is sent, recording the
+        endpoint and model it goes to; raises BudgetExhausted."""
         ...
 
     def settle(self, ticket: TicketT, result: ChatResult) -> float:
@@ -109,7 +97,9 @@ class Accounting(Protocol[TicketT]):
 class NullAccounting:
     """Records nothing and never refuses: for benchmarks and peer comparisons."""
 
-    async def reserve(self, request: ChatRequest, attempt: int) -> None:
+    async def reserve(
+        self, request: ChatRequest, attempt: int, *, endpoint: str = "", model: str = ""
+    ) -> None:
         return None
 
     def settle(self, ticket: None, result: ChatResult) -> float:
@@ -120,8 +110,13 @@ class NullAccounting:
 
 
 class Dispatcher:
-    """Sends requests through the concurrency gate, the limiter and the client, retrying as the
-    policy says. Without a gate, only the limiter's own in-flight cap applies."""
+    """Sends requests through an endpoint's concurrency gate, limiter and client, retrying as
+    the policy says. Without a gate, only the limiter's own in-flight cap applies.
+
+    ``Dispatcher(client, limiter, ...)`` sends to one endpoint; ``Dispatcher.over(pool, ...)``
+    to several (engine.endpoints), where an endpoint that fails for good is taken out and its
+    requests go to the others.
+    """
 
     def __init__(
         self,
@@ -137,14 +132,68 @@ class Dispatcher:
         adapter: Adapter | None = None,
         flex_fallback_after_s: float | None = None,
         price: Callable[[Usage], float] | None = None,
+        endpoint: str = "provider",
+        model: str = "",
     ) -> None:
+        policy = policy or RetryConfig()
+        health = health or RunHealth(policy)
+        # One endpoint: its health watch is the run's, as it always was.
+        one = Endpoint(endpoint, model, client, limiter, gate, health, adapter)
+        self._setup(
+            EndpointPool([one], hooks=hooks),
+            policy=policy,
+            accounting=accounting,
+            hooks=hooks,
+            rng=rng,
+            health=health,
+            flex_fallback_after_s=flex_fallback_after_s,
+            price=price,
+        )
+
+    @classmethod
+    def over(
+        cls,
+        pool: EndpointPool,
+        *,
+        policy: RetryConfig | None = None,
+        accounting: Accounting[Any] | None = None,
+        hooks: EventHook | None = None,
+        rng: random.Random | None = None,
+        health: RunHealth | None = None,
+        flex_fallback_after_s: float | None = None,
+        price: Callable[[Usage], float] | None = None,
+    ) -> Dispatcher:
+        """A dispatcher over the pool's endpoints; ``health`` watches the run's conversations
+        (each endpoint watches its own requests)."""
+        self = cls.__new__(cls)
+        self._setup(
+            pool,
+            policy=policy or RetryConfig(),
+            accounting=accounting,
+            hooks=hooks,
+            rng=rng,
+            health=health,
+            flex_fallback_after_s=flex_fallback_after_s,
+            price=price,
+        )
+        return self
+
+    def _setup(
+        self,
+        pool: EndpointPool,
+        *,
+        policy: RetryConfig,
+        accounting: Accounting[Any] | None,
+        hooks: EventHook | None,
+        rng: random.Random | None,
+        health: RunHealth | None,
+        flex_fallback_after_s: float | None,
+        price: Callable[[Usage], float] | None,
+    ) -> None:
+        self._pool = pool
         self._flex_fallback_after_s = flex_fallback_after_s  # None: flex never falls back
         self._price = price  # the run's CostModel.actual: splits a reply's cost for displays
-        self._client = client
-        self._adapter = adapter
-        self._limiter = limiter
-        self._gate = gate
-        self._policy = policy or RetryConfig()
+        self._policy = policy
         # Any: the dispatcher never looks inside a ticket, it hands it back to its accounting.
         self._accounting: Accounting[Any] = accounting or NullAccounting()
         self._hooks: EventHook = hooks or Hooks()
@@ -156,6 +205,15 @@ class Dispatcher:
         """The run-level watch this dispatcher reports to (the scheduler reports to it too)."""
         return self._health
 
+    @property
+    def pool(self) -> EndpointPool:
+        return self._pool
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting inside m2l for an endpoint (its gate or its limiter)."""
+        return self._pool.queued
+
     async def complete(self, request: ChatRequest, *, kind: str = "") -> ChatResult:
         """The reply to ``request``; raises PermanentRequestError, FatalRunError or the error
         that exhausted the attempts, and BudgetExhausted when a cap would be passed."""
@@ -164,18 +222,28 @@ class Dispatcher:
         emit, key = self._hooks.on_event, request.key
         while True:
             tries += 1
-            outcome = await self._attempt(request, kind, tries)
+            outcome, endpoint = await self._attempt(request, kind, tries)
             if isinstance(outcome, ChatResult):
-                self._health.reply_ok()
+                endpoint.health.reply_ok()
                 return outcome
             error = outcome
             if isinstance(error, UnsupportedParameter):
-                if self._adapted(error):
+                if self._adapted(endpoint, error):
                     continue  # sent again at once: a refusal m2l caused is no attempt
                 error = UnsupportedParameter(
-                    self._explain(error), param=error.param, code=error.code, status=error.status
+                    self._explain(endpoint, error),
+                    param=error.param,
+                    code=error.code,
+                    status=error.status,
                 )
-            fatal = self._health.request_failed(error)
+            fatal = endpoint.health.request_failed(error)
+            if self._pool.several:
+                gone = fatal or (error if isinstance(error, FatalRunError) else None)
+                if gone is not None:
+                    # This endpoint is done for; the request goes to another, if one is left.
+                    fatal = self._pool.take_out(endpoint, gone)
+                    if fatal is None:
+                        continue
             if fatal is not None:
                 emit(RequestFailed(key, fatal.error_class, str(fatal), _now()))
                 raise fatal
@@ -209,9 +277,13 @@ class Dispatcher:
                 if decision.delay_s > 0:
                     await asyncio.sleep(decision.delay_s)
             elif isinstance(decision, RateLimitWait):
-                # The limiter has already paused every sender until the reset: just queue again.
+                # The limiter has already paused its endpoint until the reset: queue again.
                 limit_kind = error.limit_kind if isinstance(error, RateLimited) else None
-                emit(RateLimitHit(key, limit_kind, decision.delay_s or 0.0, _now()))
+                emit(
+                    RateLimitHit(
+                        key, limit_kind, decision.delay_s or 0.0, _now(), endpoint=endpoint.name
+                    )
+                )
             else:
                 assert isinstance(decision, GiveUp)
                 emit(RequestFailed(key, decision.error.error_class, str(decision.error), _now()))
@@ -219,36 +291,35 @@ class Dispatcher:
 
     async def _attempt(
         self, request: ChatRequest, kind: str, tries: int
-    ) -> ChatResult | RequestError:
-        """One try: acquire, reserve, send, then settle or release; the error is returned.
+    ) -> tuple[ChatResult | RequestError, Endpoint]:
+        """One try: acquire, reserve, send, then settle or release; the error is returned,
+        with the endpoint the try went to.
 
-        The reservation is made durable only once the gate and the limiter let the request
-        go: a request waiting in their queues holds nothing on record, so a kill leaves at most
-        the attempts that were about to be sent, or in flight, of unknown outcome.
+        The reservation is made durable only once an endpoint's gate and limiter let the
+        request go: a request waiting in their queues holds nothing on record, so a kill leaves
+        at most the attempts that were about to be sent, or in flight, of unknown outcome.
         """
         queued_at = _now()
-        flight: Flight | None = None
+        pool = self._pool
         try:
-            # The gate first: a request waiting for a slot at the server holds no rate quota.
-            if self._gate is not None:
-                flight = await self._gate.acquire()
-            permit = await self._limiter.acquire(request.charge)
-        except BaseException as exc:
-            # Never sent (oversize, or cancelled while queued): nothing was reserved.
-            self._land(flight, None)
-            if isinstance(exc, OversizeRequest):
-                self._hooks.on_event(RequestFailed(request.key, exc.error_class, str(exc), _now()))
+            # A request waiting for a slot at the server holds no rate quota (engine.endpoints).
+            lease = await pool.acquire(request.charge)
+        except OversizeRequest as exc:
+            # Never sent: nothing was reserved.
+            self._hooks.on_event(RequestFailed(request.key, exc.error_class, str(exc), _now()))
             raise
+        endpoint, limiter = lease.endpoint, lease.endpoint.limiter
         try:
-            ticket = await self._accounting.reserve(request, tries)
+            ticket = await self._accounting.reserve(
+                request, tries, endpoint=endpoint.name, model=endpoint.model
+            )
         except BaseException:
             # A cap refused it, or cancelled while logging: it never went out.
-            self._land(flight, None)
-            self._limiter.release(permit, admitted=False)
+            pool.give_back(lease)
             raise
-        if flight is not None and self._gate is not None:
-            flight = self._gate.sent(flight)
+        lease.sent()
         sent_at = _now()
+        gate = endpoint.gate
         self._hooks.on_event(
             RequestSent(
                 request.key,
@@ -257,39 +328,40 @@ class Dispatcher:
                 request.max_tokens,
                 sent_at,
                 queued_s=sent_at - queued_at,
-                concurrency=self._gate.limit if self._gate is not None else None,
+                concurrency=gate.limit if gate is not None else None,
+                endpoint=endpoint.name,
             )
         )
         delivery = Delivery()
         try:
-            result = await self._client.complete(request, delivery=delivery)
+            result = await endpoint.client.complete(request, delivery=delivery)
         except RequestError as exc:
-            self._land(flight, exc)
+            lease.land(overload=is_overload(exc))
             # A 429 or a refused parameter never reached the model, and a request that never
             # reached the wire (no connection, or a timeout while connecting) never left this
             # machine: none was charged.
             admitted = delivery.written and not isinstance(exc, _NOT_ADMITTED)
             if isinstance(exc, RateLimited):
                 snap = exc.ratelimit if isinstance(exc.ratelimit, RateLimitSnapshot) else None
-                self._limiter.rejected(permit, snapshot=snap, retry_after=exc.retry_after)
+                limiter.rejected(lease.permit, snapshot=snap, retry_after=exc.retry_after)
             else:
-                self._limiter.release(permit, admitted=admitted)
+                limiter.release(lease.permit, admitted=admitted)
+            pool.landed()
             self._accounting.release(ticket, exc, admitted=admitted)
-            return exc
+            return exc, endpoint
         except BaseException:
             # Cancelled mid-flight: once written, the provider may have taken it, so it stays
             # charged (its outcome is unknown); cancelled while connecting, it cost nothing.
-            self._land(flight, None)
-            self._limiter.release(permit, admitted=delivery.written)
+            lease.land()
+            limiter.release(lease.permit, admitted=delivery.written)
+            pool.landed()
             self._accounting.release(ticket, None, admitted=delivery.written)
             raise
-        if flight is not None and self._gate is not None:
-            self._gate.succeeded(flight, result.usage.completion_tokens)
-        self._limiter.complete(
-            permit, snapshot=result.ratelimit, used_tokens=result.usage.total_tokens
-        )
-        cost = self._accounting.settle(ticket, result)
         usage = result.usage
+        lease.land(completion_tokens=usage.completion_tokens)
+        limiter.complete(lease.permit, snapshot=result.ratelimit, used_tokens=usage.total_tokens)
+        pool.landed()
+        cost = self._accounting.settle(ticket, result)
         reasoning_usd, saved = (
             (0.0, 0.0) if self._price is None else cost_parts(self._price, usage, cost)
         )
@@ -306,24 +378,17 @@ class Dispatcher:
                 usage.cached_tokens,
                 reasoning_usd,
                 saved,
+                endpoint.name,
             )
         )
-        return replace(result, cost_usd=cost)
+        return replace(result, cost_usd=cost), endpoint
 
-    def _land(self, flight: Flight | None, error: RequestError | None) -> None:
-        """Hand a gate slot back: an overload cuts the limit, anything else just frees it."""
-        if flight is None or self._gate is None:
-            return
-        if error is not None and is_overload(error):
-            self._gate.overloaded(flight)
-        else:
-            self._gate.finished(flight)
-
-    def _adapted(self, error: UnsupportedParameter) -> bool:
+    def _adapted(self, endpoint: Endpoint, error: UnsupportedParameter) -> bool:
         """Whether the request may go again after the adapter changed what it sends."""
-        if self._adapter is None:
+        adapter = endpoint.adapter
+        if adapter is None:
             return False
-        adapted = self._adapter.adapt(error)
+        adapted = adapter.adapt(error)
         if adapted is None:
             return False
         if adapted.note is not None:
@@ -331,10 +396,10 @@ class Dispatcher:
             self._hooks.on_event(ParameterAdapted(adapted.param, adapted.now, adapted.note, _now()))
         return True
 
-    def _explain(self, error: UnsupportedParameter) -> str:
-        if self._adapter is None:
+    def _explain(self, endpoint: Endpoint, error: UnsupportedParameter) -> str:
+        if endpoint.adapter is None:
             return f"the server refuses the parameter {error.param!r} on every request: {error}"
-        return self._adapter.explain(error)
+        return endpoint.adapter.explain(error)
 
     def _fallback(self, request: ChatRequest, since: float) -> ChatRequest:
         """The request at the default tier once flex has been unavailable long enough."""
@@ -345,11 +410,13 @@ class Dispatcher:
 
     @property
     def limiter(self) -> RateLimiter:
-        return self._limiter
+        """The (first) endpoint's rate limiter."""
+        return self._pool.endpoints[0].limiter
 
     @property
     def gate(self) -> ConcurrencyGate | None:
-        return self._gate
+        """The (first) endpoint's concurrency gate."""
+        return self._pool.endpoints[0].gate
 
 
 def _now() -> float:

@@ -19,6 +19,7 @@ __all__ = [
     "BudgetUpdate",
     "ConversationFinished",
     "ConversationStarted",
+    "EndpointOut",
     "Event",
     "EventHook",
     "Hooks",
@@ -63,6 +64,7 @@ class RequestSent:
     t: float
     queued_s: float = 0.0  # waited inside m2l (concurrency gate and rate limiter) before it went
     concurrency: int | None = None  # the concurrency limit when it went (None: no gate)
+    endpoint: str = ""  # the endpoint it went to (its [[providers]] name, or "provider")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,7 @@ class RequestDone:
     cached_tokens: int = 0  # part of prompt_tokens
     reasoning_usd: float = 0.0  # the part of cost_usd paid for reasoning
     cache_saved_usd: float = 0.0  # what the prompt cache took off cost_usd
+    endpoint: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,11 +99,23 @@ class RequestRetried:
 
 @dataclass(frozen=True, slots=True)
 class RateLimitHit:
-    """The provider answered 429; all dispatch pauses for ``pause_s``."""
+    """The provider answered 429; dispatch to that endpoint pauses for ``pause_s``."""
 
     key: str
     limit_kind: str | None
     pause_s: float
+    t: float
+    endpoint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointOut:
+    """One of several endpoints failed in a way no retry fixes (a 401 on its key, a deployment
+    that is gone): it takes no more requests; the run goes on while another is left."""
+
+    endpoint: str
+    message: str
+    left: int  # endpoints still taking requests
     t: float
 
 
@@ -220,6 +235,7 @@ Event = (
     | RequestRetried
     | RateLimitHit
     | RequestFailed
+    | EndpointOut
     | ParameterAdapted
     | ConversationStarted
     | StepDone

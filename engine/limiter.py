@@ -14,6 +14,7 @@ capacity or a lower limit, or pause everyone on a 429.
 from __future__ import annotations
 
 import asyncio
+import math
 
 from engine._bucket import BucketStats, LimiterCore, LimiterStats, Permit
 from engine.clock import Clock, MonotonicClock
@@ -66,6 +67,26 @@ class RateLimiter:
         except asyncio.CancelledError:
             self._abandon(ticket, fut)
             raise
+
+    def try_acquire(self, tokens: int) -> Permit | float:
+        """Charge a request now if nobody is queued and the buckets allow it; otherwise the
+        clock time it could go (``math.inf``: only after a permit comes back). Raises
+        OversizeRequest for a request larger than the token bucket.
+
+        For a caller that keeps its own line of waiters across several limiters
+        (engine.endpoints): nothing is queued here and no timer is armed.
+        """
+        if self._waiters:
+            return math.inf
+        ticket = self._core.enqueue(tokens)
+        for _, outcome in self._core.poll():
+            # Nobody else is queued: the only outcome is this ticket's.
+            if isinstance(outcome, OversizeRequest):
+                raise outcome
+            return outcome
+        at = self._core.ready_at()
+        self._core.cancel(ticket)
+        return math.inf if at is None else at
 
     def complete(
         self, permit: Permit, *, snapshot: RateLimitSnapshot, used_tokens: int | None

@@ -257,9 +257,9 @@ class Scheduler:
 
     async def _wait_for_room(self) -> bool:
         """Wait until another conversation may start; False when the run is stopping."""
-        limiter = self._dispatcher.limiter
+        dispatcher = self._dispatcher
         while not self._stopped():
-            if self._active < self._max_active and limiter.statistics().queued <= self._low_water:
+            if self._active < self._max_active and dispatcher.queued <= self._low_water:
                 return True
             self._room.clear()
             await self._room.wait()

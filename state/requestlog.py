@@ -127,10 +127,12 @@ class RequestRow:
     max_tokens: int
     reserved_usd: float
     model: str
+    endpoint: str | None = None  # where it went: a [[providers]] name, or "provider"
 
 
 _RESERVED_TYPES = (
     "BIGINT", "BIGINT", "SMALLINT", "SMALLINT", "INTEGER", "INTEGER", "DOUBLE", "VARCHAR",
+    "VARCHAR",
 )  # fmt: skip
 
 
@@ -148,17 +150,18 @@ def write_reserved(conn: Conn, rows: Sequence[RequestRow]) -> None:
             r.max_tokens,
             r.reserved_usd,
             r.model,
+            r.endpoint,
         )
         for r in rows
     ]
     head = """INSERT INTO requests (request_id, conv_id, step, attempt, prompt_tokens, max_tokens,
-              reserved_usd, model, status, sent_at)"""
+              reserved_usd, model, endpoint, status, sent_at)"""
     status = AttemptStatus.RESERVED.value
     if len(values) == 1:
-        conn.execute(f"{head} VALUES ({marks(10)})", [*values[0], status, now()])
+        conn.execute(f"{head} VALUES ({marks(11)})", [*values[0], status, now()])
         return
     conn.execute(
-        f"{head} SELECT {unnest(_RESERVED_TYPES)}, $9::VARCHAR, $10::TIMESTAMP",
+        f"{head} SELECT {unnest(_RESERVED_TYPES)}, $10::VARCHAR, $11::TIMESTAMP",
         [*columns(values), status, now()],
     )
 
@@ -528,7 +531,9 @@ class RequestLog:
         row = conn.execute("SELECT coalesce(max(request_id), 0) + 1 FROM requests").fetchone()
         return int(row[0]) if row else 1
 
-    async def reserve(self, request: ChatRequest, attempt: int) -> Ticket:
+    async def reserve(
+        self, request: ChatRequest, attempt: int, *, endpoint: str = "", model: str = ""
+    ) -> Ticket:
         ticket = Ticket(self._next_id, self._costs.worst_case(request), request.charge)
         self._next_id += 1
         if self._guard is not None:
@@ -542,7 +547,8 @@ class RequestLog:
             request.prompt_tokens,
             request.max_tokens,
             ticket.reserved_usd,
-            self._model,
+            model or self._model,
+            endpoint or None,
         )
         try:
             await asyncio.shield(self._sink.reserved(row))

@@ -94,7 +94,8 @@ TABLES: dict[str, str] = {
             completion_tokens INTEGER, cached_tokens INTEGER, latency_ms DOUBLE,
             reserved_usd DOUBLE NOT NULL DEFAULT 0, cost_usd DOUBLE, model VARCHAR,
             sent_at TIMESTAMP, finished_at TIMESTAMP, reasoning_tokens INTEGER,
-            service_tier VARCHAR, reasoning_usd DOUBLE, cache_saved_usd DOUBLE)""",
+            service_tier VARCHAR, reasoning_usd DOUBLE, cache_saved_usd DOUBLE,
+            endpoint VARCHAR)""",
 }
 
 PRIMARY_KEYS: dict[tuple[str, ...], str] = {
@@ -280,6 +281,7 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("requests", "reasoning_usd", "DOUBLE"),
     ("requests", "cache_saved_usd", "DOUBLE"),
     ("conversations", "room", "SMALLINT DEFAULT 0"),
+    ("requests", "endpoint", "VARCHAR"),  # the endpoint each attempt went to
 )
 # Tables added after schema v1 shipped, created in place when an older file is opened.
 ADDED_TABLES = ("rejections",)

@@ -225,7 +225,9 @@ class _CountingAccounting:
         self.reserved = 0
         self.open = 0
 
-    async def reserve(self, request: ChatRequest, attempt: int) -> object:
+    async def reserve(
+        self, request: ChatRequest, attempt: int, *, endpoint: str = "", model: str = ""
+    ) -> object:
         self.reserved += 1
         self.open += 1
         return None

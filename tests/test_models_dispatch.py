@@ -97,7 +97,9 @@ class Ledger:
         self.settled: list[ChatResult] = []
         self.released: list[tuple[str | None, bool]] = []
 
-    async def reserve(self, request: ChatRequest, attempt: int) -> object:
+    async def reserve(
+        self, request: ChatRequest, attempt: int, *, endpoint: str = "", model: str = ""
+    ) -> object:
         return attempt
 
     def settle(self, ticket: object, result: ChatResult) -> float:

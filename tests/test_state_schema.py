@@ -104,6 +104,7 @@ EXPECTED_COLUMNS = {
         "service_tier",
         "reasoning_usd",
         "cache_saved_usd",
+        "endpoint",
     ],
 }
 

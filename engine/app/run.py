@@ -15,8 +15,7 @@ import logging
 import shutil
 import signal
 import time
-import urllib.parse
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,13 @@ import orjson
 
 from budgets.admission import Budget, load_budget, run_price
 from engine.app.modelcheck import check_model
+from engine.app.providers import (
+    SIMULATOR,
+    OpenEndpoint,
+    check_endpoints,
+    endpoint_host,
+    open_endpoints,
+)
 from engine.batch.mode import cancel_open_batches, make_api, open_batch_mode
 from engine.chat import Usage
 from engine.client import ChatClient
@@ -34,6 +40,7 @@ from engine.concurrency import ConcurrencyGate
 from engine.config import Config, LimitsConfig, Secret, config_diff
 from engine.conversation import StepRules
 from engine.dispatcher import Accounting, Completer, Dispatcher
+from engine.endpoints import Endpoint, EndpointPool
 from engine.errors import ConfigError
 from engine.events import EventHook, Hooks, RunFinished, RunStarted, RunStopping
 from engine.health import RunHealth
@@ -43,7 +50,7 @@ from engine.progress.snapshot import ProgressSnapshot
 from engine.progress.store import store_snapshot
 from engine.prompter import TaxonomyPrompter
 from engine.quality import default_detector
-from engine.requestshape import RequestShape, ShapeSettings, hosted_by_openai
+from engine.requestshape import RequestShape
 from engine.scheduler import (
     Admission,
     ConversationStore,
@@ -53,7 +60,6 @@ from engine.scheduler import (
     StopControl,
     judge_finished,
 )
-from engine.simulator import run_simulator
 from engine.tokens import TokenCounter
 from engine.validation import QualityValidator
 from engine.version import __version__
@@ -166,28 +172,13 @@ def check_resume(
     return {"status": "running", **_config_meta(config)}
 
 
-SIMULATOR = "embedded simulator"
-
-
 def endpoint_of(config: Config, env: Mapping[str, str]) -> tuple[str, bool]:
-    """Where requests go, for people: ("embedded simulator", True) or (base_url's host, False)."""
+    """Where requests go, for people: ("embedded simulator", True) or (base_url's host, False);
+    with several endpoints, their hosts, each once."""
     if config.uses_simulator(env):
         return SIMULATOR, True
-    parts = urllib.parse.urlsplit(config.provider.base_url)
-    host = parts.netloc.rpartition("@")[2] or config.provider.base_url  # never user info
-    return host, False
-
-
-@contextlib.asynccontextmanager
-async def _endpoint(
-    config: Config, env: Mapping[str, str]
-) -> AsyncIterator[tuple[str, Secret | None]]:
-    """The base URL and key to use: the embedded simulator, or the configured provider."""
-    if config.uses_simulator(env):
-        async with run_simulator(config.sim) as sim:
-            yield sim.base_url, None
-    else:
-        yield config.provider.base_url, config.api_key(env)
+    hosts = dict.fromkeys(endpoint_host(e, False) for e in config.endpoints())
+    return ", ".join(hosts), False
 
 
 async def cancel_batches(config: Config, *, env: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -227,8 +218,7 @@ async def execute_run(
     """
     events: EventHook = hooks or Hooks()
     # Everything that can refuse the config is checked before the run's folder exists.
-    if not config.uses_simulator(env):
-        config.api_key(env)
+    check_endpoints(config, env)
     run_price(config)
     # A model m2l cannot price or that refuses a setting; a price table past its age.
     for warning in check_model(config, env):
@@ -265,20 +255,10 @@ async def execute_run(
         events = Hooks([events, budget.admission])
         events.on_event(budget.admission.snapshot())  # spend so far, before the first reply
         adapted = _stored_adaptations(await writer.run(journal.read_meta))
-        shape = RequestShape(
-            ShapeSettings.from_config(
-                config.provider,
-                profile,
-                run_name=config.run.name,
-                openai_like=config.uses_simulator(env)
-                or hosted_by_openai(config.provider.base_url),
-            ),
-            adapted=adapted,
-        )
-        async with (
-            _endpoint(config, env) as (base_url, api_key),
-            ChatClient(config.provider, base_url=base_url, api_key=api_key, shape=shape) as client,
-        ):
+        async with open_endpoints(config, env, profile, adapted=adapted) as endpoints:
+            first = endpoints[0]
+            client, shape = first.client, first.shape
+            base_url, api_key = first.base_url, first.api_key
             # One batcher for the store and the request log: their rows commit together.
             batcher = JournalBatcher(writer)
             store = RunStore(writer, batcher, config.store)
@@ -298,7 +278,7 @@ async def execute_run(
                 )
                 scheduler = assemble(
                     config,
-                    client,
+                    endpoints if len(endpoints) > 1 else client,
                     store=store,
                     accounting=accounting,
                     hooks=events,
@@ -311,12 +291,13 @@ async def execute_run(
                     price=budget.costs.actual,
                 )
                 result = await _run_with_signals(scheduler, stop, config.run.grace_s, events)
+            learned = _learned(endpoints)
         counts = await writer.run(journal.count_by_status)
         result = judge_finished(result, counts)
         final_meta = {"status": result.status.value}
-        if shape.adapted != adapted:
+        if learned != adapted:
             # What the server refused and what went out instead, so a resume starts there.
-            final_meta["adapted_params"] = orjson.dumps(shape.adapted).decode()
+            final_meta["adapted_params"] = orjson.dumps(learned).decode()
         await writer.run(journal.write_meta(final_meta))
         if final is not None:
             # The end summary's wall time, utilisation and spend are the store's, as
@@ -478,7 +459,7 @@ async def _prepare(
 
 def assemble(
     config: Config,
-    client: Completer,
+    client: Completer | Sequence[OpenEndpoint],
     *,
     store: ConversationStore,
     accounting: Accounting[Any],
@@ -492,31 +473,51 @@ def assemble(
     price: Callable[[Usage], float] | None = None,
 ) -> Scheduler:
     """Limiter, dispatcher, prompter and scheduler, configured for this run, around the given
-    store and accounting (benchmarks pass ones that record nothing). ``shape`` adapts requests
-    to a refused parameter; ``price`` splits each reply's cost for the displays."""
+    store and accounting (benchmarks pass ones that record nothing). ``client`` is the one
+    endpoint's, or several open endpoints (each gets its own limiter, gate and health watch).
+    ``shape`` adapts requests to a refused parameter; ``price`` splits each reply's cost for
+    the displays."""
     profile = profile or model_profile(config)
     batch = config.run.mode == "batch"
-    # Batch lines are not paced by the online limits (the Batch API has its own queue), and
-    # their latency is a batch's: a fixed cap, never a concurrency probe.
-    limits = LimitsConfig(max_inflight=config.batch.max_active) if batch else config.limits
-    dispatcher = Dispatcher(
-        client,
-        RateLimiter(limits),
-        # Online, "auto" adapts and a number is a fixed cap; either way no request is sent into
-        # a server queue it cannot get through before the read timeout. Batch lines have none.
-        gate=None
-        if batch
-        else ConcurrencyGate(
-            fixed=config.limits.fixed_inflight, timeout_s=config.provider.read_timeout_s
-        ),
-        policy=config.retry,
-        accounting=accounting,
-        hooks=hooks,
-        health=RunHealth(config.retry, systematic_window=config.run.systematic_failure_window),
-        adapter=shape,
-        flex_fallback_after_s=config.provider.flex_fallback_after_s,
-        price=price,
-    )
+    health = RunHealth(config.retry, systematic_window=config.run.systematic_failure_window)
+    if isinstance(client, Sequence):
+        dispatcher = Dispatcher.over(
+            EndpointPool([_endpoint(config, e) for e in client], hooks=hooks),
+            policy=config.retry,
+            accounting=accounting,
+            hooks=hooks,
+            health=health,
+            flex_fallback_after_s=config.provider.flex_fallback_after_s,
+            price=price,
+        )
+    else:
+        entry = config.endpoints()[0]
+        # Batch lines are not paced by the online limits (the Batch API has its own queue),
+        # and their latency is a batch's: a fixed cap, never a concurrency probe.
+        limits = (
+            LimitsConfig(max_inflight=config.batch.max_active)
+            if batch
+            else config.endpoint_limits(entry)
+        )
+        dispatcher = Dispatcher(
+            client,
+            RateLimiter(limits),
+            # Online, "auto" adapts and a number is a fixed cap; either way no request is sent
+            # into a server queue it cannot get through before the read timeout. Batch lines
+            # have none.
+            gate=None
+            if batch
+            else ConcurrencyGate(fixed=limits.fixed_inflight, timeout_s=entry.read_timeout_s),
+            policy=config.retry,
+            accounting=accounting,
+            hooks=hooks,
+            health=health,
+            adapter=shape,
+            flex_fallback_after_s=config.provider.flex_fallback_after_s,
+            price=price,
+            endpoint=entry.name,
+            model=entry.model,
+        )
     counter = TokenCounter(
         config.provider.model, unknown_model_encoding=config.provider.unknown_model_encoding
     )
@@ -535,6 +536,31 @@ def assemble(
         admission=admission,
         hooks=hooks,
     )
+
+
+def _endpoint(config: Config, opened: OpenEndpoint) -> Endpoint:
+    """One of several endpoints with its own limiter, gate and request health watch (the run's
+    conversation watch stays the dispatcher's)."""
+    entry = opened.entry
+    limits = config.endpoint_limits(entry)
+    return Endpoint(
+        entry.name,
+        entry.model,
+        opened.client,
+        RateLimiter(limits),
+        ConcurrencyGate(fixed=limits.fixed_inflight, timeout_s=entry.read_timeout_s),
+        RunHealth(config.retry, systematic_window=0),
+        opened.shape,
+        entry.weight,
+    )
+
+
+def _learned(endpoints: Sequence[OpenEndpoint]) -> dict[str, str]:
+    """What the endpoints' servers refused and what goes out instead, for a resume."""
+    learned: dict[str, str] = {}
+    for opened in endpoints:
+        learned.update(opened.shape.adapted)
+    return learned
 
 
 def _settle_unknown(conn: duckdb.DuckDBPyConnection) -> int:

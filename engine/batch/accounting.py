@@ -84,13 +84,15 @@ class BatchAccounting:
                 )
             )
 
-    async def reserve(self, request: ChatRequest, attempt: int) -> Ticket | AdoptedTicket:
+    async def reserve(
+        self, request: ChatRequest, attempt: int, *, endpoint: str = "", model: str = ""
+    ) -> Ticket | AdoptedTicket:
         adopted = self._completer.claim(request.key)
         if adopted is not None:
             return AdoptedTicket(adopted)
         online = self._completer.tail()
         self._costs.online = online
-        ticket = await self._log.reserve(request, attempt)
+        ticket = await self._log.reserve(request, attempt, endpoint=endpoint, model=model)
         self._completer.routes[request.key] = Route(online, ticket.request_id)
         if online:
             self._online_ids.add(ticket.request_id)
