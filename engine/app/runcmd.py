@@ -27,7 +27,14 @@ def run_from_cli(args: argparse.Namespace) -> int:
         return _cancel_batches(config, args)
     mode, interval = progress_options(args)
     options = RunOptions(force=bool(args.force), retry_failed=bool(args.retry_failed))
-    report = asyncio.run(_run(config, mode=mode, interval=interval, options=options))
+    command = f"m2l run {shlex.quote(str(args.config))}"
+    try:
+        report = asyncio.run(_run(config, mode=mode, interval=interval, options=options))
+    except KeyboardInterrupt:
+        # Ctrl-C before the run's own handler is installed or after it is removed (set-up, the
+        # end-of-run export): what was journaled is kept, so the hint is the same.
+        print(f"m2l: interrupted; resume with: {command}", file=sys.stderr)
+        return exit_code(RunStatus.INTERRUPTED)
     status = report.result.status
     if mode != "quiet":
         print(
@@ -35,7 +42,6 @@ def run_from_cli(args: argparse.Namespace) -> int:
             "messages form)",
             file=sys.stderr,
         )
-    command = f"m2l run {shlex.quote(str(args.config))}"
     if status is RunStatus.INTERRUPTED:
         print(f"m2l: interrupted; resume with: {command}", file=sys.stderr)
     elif status is RunStatus.BUDGET_EXHAUSTED:
