@@ -6,7 +6,7 @@ sent again at every turn, and recounting it each time would cost more CPU than t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -57,6 +57,9 @@ class ChatRequest:
     key: str = ""
     seed: int | None = None
     service_tier: str | None = None  # overrides provider.service_tier (flex fallback: "default")
+    # A caller's own OpenAI body (``m2l requests``): sent as it is, and answered with the whole
+    # reply object (ChatResult.response); ``messages`` and ``max_tokens`` then only count it.
+    raw: Mapping[str, Any] | None = None
     prompt_tokens: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -74,7 +77,9 @@ class ChatRequest:
 
     def body(self, model: str) -> dict[str, Any]:
         """The JSON body for ``POST /chat/completions`` as a plain OpenAI-compatible server takes
-        it (``engine.requestshape`` adapts it to the provider and model)."""
+        it (``engine.requestshape`` adapts it to the provider and model); a raw body as it is."""
+        if self.raw is not None:
+            return dict(self.raw)
         body: dict[str, Any] = {
             "model": model,
             "messages": [m.as_openai() for m in self.messages],
@@ -114,6 +119,8 @@ class ChatResult:
     ratelimit: RateLimitSnapshot
     latency_s: float
     cost_usd: float = 0.0  # what the attempt cost, set by the dispatcher once it is settled
+    # The whole reply object, redacted, for a request sent with a raw body (else None).
+    response: Mapping[str, Any] | None = None
 
 
 class Delivery:

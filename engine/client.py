@@ -188,12 +188,14 @@ class ChatClient:
         snapshot = RateLimitSnapshot.from_headers(headers)
         if status != 200:
             raise self._http_error(status, raw, headers, snapshot)
-        return self._result(raw, snapshot, latency)
+        return self._result(raw, snapshot, latency, whole=request.raw is not None)
 
     def request_body(self, request: ChatRequest) -> dict[str, Any]:
         """The JSON body sent for ``request``; a Batch API line carries this same body."""
         shape = self._shape
-        return request.body(self._model) if shape is None else shape.body(request)
+        if shape is None or request.raw is not None:
+            return request.body(self._model)  # a caller's own body goes as it is
+        return shape.body(request)
 
     def read_reply(self, status: int, raw: bytes, latency: float = 0.0) -> ChatResult:
         """A reply that came another way (a Batch API output line) read as an online one.
@@ -205,9 +207,13 @@ class ChatClient:
             raise self._http_error(status, raw, {}, snapshot)
         return self._result(raw, snapshot, latency)
 
-    def _result(self, raw: bytes, snapshot: RateLimitSnapshot, latency: float) -> ChatResult:
+    def _result(
+        self, raw: bytes, snapshot: RateLimitSnapshot, latency: float, *, whole: bool = False
+    ) -> ChatResult:
+        """The reply read from a 200 body; ``whole`` keeps the whole reply object, with the key
+        and key-shaped strings masked in every string of it (a server may echo the request)."""
         try:
-            body = orjson.loads(raw)
+            body = orjson.loads(self._redact.content(raw.decode("utf-8")) if whole else raw)
             choice = body["choices"][0]
             content = choice["message"].get("content") or ""
             if not isinstance(content, str):
@@ -243,6 +249,7 @@ class ChatClient:
             self._redact.text(model),
             snapshot,
             latency,
+            response=body if whole and isinstance(body, dict) else None,
         )
 
     def _http_error(

@@ -12,6 +12,7 @@ import os
 import re
 import tomllib
 import types
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal
@@ -45,6 +46,8 @@ __all__ = [
     "PriceOverride",
     "ProviderConfig",
     "QualityConfig",
+    "RequestsConfig",
+    "RequestsSettings",
     "RetryConfig",
     "RunConfig",
     "Secret",
@@ -55,6 +58,7 @@ __all__ = [
     "StoreConfig",
     "config_diff",
     "load_config",
+    "load_requests_config",
     "parse_config",
 ]
 
@@ -801,6 +805,103 @@ SAFE_ON_RESUME = (
     "sim.batch_line_failure_rate",
     "sim.faults.",
 )
+
+
+@dataclass(frozen=True, slots=True)
+class RequestsSettings:
+    """The ``[requests]`` section of ``m2l requests``: what a body that leaves it out gets."""
+
+    # The token cap sent with a body that sets none: the limiter and the budget reserve a
+    # request's worst case, and without a cap a reply's length has no bound to reserve.
+    max_tokens: int = 1024
+    max_active: int = 512  # lines being worked on at once (the concurrency limit sits below)
+    grace_s: float = 30.0  # after Ctrl-C, how long requests in flight may still finish
+    # Results that finished ahead of an earlier line wait in memory up to this much, then in
+    # the state file only: a slow line never holds the others back nor fills the memory.
+    buffer_mb: float = 64.0
+
+    def __post_init__(self) -> None:
+        at_least(self, "max_tokens", 1)
+        at_least(self, "max_active", 1)
+        non_negative(self, "grace_s")
+        positive(self, "buffer_mb")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestsConfig:
+    """The whole configuration of ``m2l requests``: the run config's own section types.
+
+    ``provider.kind``: "auto" sends to ``provider.base_url`` (with the key from
+    ``api_key_env`` when it is set), "sim" to the embedded simulator; ``provider.model`` is
+    the model of a body that names none.
+    """
+
+    provider: ProviderConfig = field(default_factory=ProviderConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    sim: SimSettings = field(default_factory=SimSettings)
+    requests: RequestsSettings = field(default_factory=RequestsSettings)
+    source: Path | None = field(default=None, compare=False, metadata=INTERNAL)
+
+    def uses_simulator(self) -> bool:
+        return self.provider.kind == "sim"
+
+    def api_key(self, env: Mapping[str, str]) -> Secret | None:
+        """The key from the environment; ConfigError when OpenAI (or ``kind = "openai"``)
+        needs one and the variable is unset. Another server is sent no key when it is unset."""
+        if self.uses_simulator():
+            return None
+        value = env.get(self.provider.api_key_env)
+        if value:
+            return Secret(value)
+        host = urllib.parse.urlsplit(self.provider.base_url).hostname or ""
+        to_openai = host == "api.openai.com" or host.endswith(".azure.com")
+        if self.provider.kind == "openai" or to_openai:
+            raise ConfigError(
+                f"the environment variable {self.provider.api_key_env} is not set, and "
+                f"{self.provider.base_url} needs a key: export it (or name another variable "
+                "with --api-key-env), or pass --sim to try the file on the embedded simulator"
+            )
+        return None
+
+    def snapshot(self) -> dict[str, Any]:
+        """The config as plain JSON-able data (no secrets: the config holds none)."""
+        data = plain(self)
+        assert isinstance(data, dict)
+        return data
+
+
+def load_requests_config(
+    path: Path | None, overrides: Mapping[str, Mapping[str, Any]] | None = None
+) -> RequestsConfig:
+    """The TOML file at ``path`` (None: defaults) with ``overrides`` (command-line flags, by
+    section) on top, checked as one; raises ConfigError naming the file or the flags."""
+    data: dict[str, Any] = {}
+    source = "command-line options"
+    base_dir = None
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_bytes().decode("utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        source = str(path) if not overrides else f"{path} with the command-line options"
+        base_dir = path.resolve().parent
+    for section, values in (overrides or {}).items():
+        table = data.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        table.update(values)
+    config = from_table(RequestsConfig, data, source=source, base_dir=base_dir)
+    object.__setattr__(config, "source", path)
+    return config
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

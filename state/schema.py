@@ -96,6 +96,10 @@ TABLES: dict[str, str] = {
             sent_at TIMESTAMP, finished_at TIMESTAMP, reasoning_tokens INTEGER,
             service_tier VARCHAR, reasoning_usd DOUBLE, cache_saved_usd DOUBLE,
             endpoint VARCHAR)""",
+    # `m2l requests`: each input line's result line (line = its index among the input's lines).
+    "request_lines": """
+        CREATE TABLE request_lines(line BIGINT PRIMARY KEY, ok BOOLEAN NOT NULL,
+            output VARCHAR NOT NULL, finished_at TIMESTAMP)""",
 }
 
 PRIMARY_KEYS: dict[tuple[str, ...], str] = {
@@ -105,6 +109,7 @@ PRIMARY_KEYS: dict[tuple[str, ...], str] = {
     ("conv_id", "step"): "messages",
     ("conv_id", "step", "regeneration"): "rejections",
     ("request_id",): "requests",
+    ("line",): "request_lines",
 }
 
 # DuckDB names the key's columns ("conv_id: 1, step: 2") but not the table; the primary keys
@@ -284,7 +289,7 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("requests", "endpoint", "VARCHAR"),  # the endpoint each attempt went to
 )
 # Tables added after schema v1 shipped, created in place when an older file is opened.
-ADDED_TABLES = ("rejections",)
+ADDED_TABLES = ("rejections", "request_lines")
 
 
 def has_added_columns(conn: duckdb.DuckDBPyConnection) -> bool:

@@ -31,6 +31,7 @@ Start with `make demo`, or:
   m2l run examples/demo.toml          generate a dataset (no API key: the embedded simulator)
   m2l status runs/demo                how a run is doing, from any terminal
   m2l export runs/demo --format release-parquet
+  m2l requests in.jsonl out.jsonl     send a file of chat-completions requests, results in order
 Docs: README.md."""
 
 
@@ -99,6 +100,7 @@ def _registrars() -> list[Callable[[SubParsers], None]]:
     from engine.app.estimate import add_estimate_parser
     from engine.app.outputs import add_export_parser, add_filter_parser, add_stats_parser
     from engine.app.prompts import add_prompts_parser
+    from engine.app.requestscmd import add_requests_parser
     from engine.app.seeds import add_seeds_parser
     from engine.app.sim import add_sim_parser
     from engine.app.status import add_status_parser
@@ -112,6 +114,7 @@ def _registrars() -> list[Callable[[SubParsers], None]]:
         add_sim_parser,
         add_prompts_parser,
         add_seeds_parser,
+        add_requests_parser,
     ]
 
 
