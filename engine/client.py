@@ -213,7 +213,8 @@ class ChatClient:
         """The reply read from a 200 body; ``whole`` keeps the whole reply object, with the key
         and key-shaped strings masked in every string of it (a server may echo the request)."""
         try:
-            body = orjson.loads(self._redact.content(raw.decode("utf-8")) if whole else raw)
+            masked = whole and self._redact.may_hold_secret(raw)
+            body = orjson.loads(self._redact.content(raw.decode("utf-8")) if masked else raw)
             choice = body["choices"][0]
             content = choice["message"].get("content") or ""
             if not isinstance(content, str):

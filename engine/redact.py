@@ -48,6 +48,13 @@ class Redactor:
         """A diagnostic text (error body, header, snippet) with every secret and token masked."""
         return scrub(text, self._secret)
 
+    def may_hold_secret(self, raw: bytes) -> bool:
+        """Whether ``raw`` could hold something ``content`` masks (a cheap test that lets a
+        reply without any key-like prefix skip the regular expression)."""
+        if self._secret is not None and self._secret.reveal().encode() in raw:
+            return True
+        return any(prefix in raw for prefix in (b"sk-", b"sess-", b"rk-"))
+
     def content(self, text: str) -> str:
         """A reply's text with the key and key-shaped strings masked.
 

@@ -354,10 +354,13 @@ class RequestJob:
     def _counter(self, model: str) -> TokenCounter:
         counter = self._counters.get(model)
         if counter is None:
-            counter = self._counters[model] = TokenCounter(
-                model, unknown_model_encoding=self._config.provider.unknown_model_encoding
-            )
+            counter = self._counters[model] = self._new_counter(model)
         return counter
+
+    def _new_counter(self, model: str) -> TokenCounter:
+        return TokenCounter(
+            model, unknown_model_encoding=self._config.provider.unknown_model_encoding
+        )
 
     # --- the run -------------------------------------------------------------------------------
 
@@ -372,6 +375,11 @@ class RequestJob:
                 lambda: scan_input(self._in, default_model=config.provider.model)
             )
             pricing = _pricing(config, scan, self._in)
+            # A tokenizer takes ~0.5 s to load: off the loop, before the first line needs it.
+            counters = await anyio.to_thread.run_sync(
+                lambda: {model: self._new_counter(model) for model in scan.models}
+            )
+            self._counters.update(counters)
             self._total = scan.lines
             self._prepared = (api_key, state_dir, scan, pricing)
         return self._prepared[1]

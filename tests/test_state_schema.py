@@ -106,6 +106,7 @@ EXPECTED_COLUMNS = {
         "cache_saved_usd",
         "endpoint",
     ],
+    "request_lines": ["line", "ok", "output", "finished_at"],
 }
 
 
