@@ -340,7 +340,8 @@ def table(data: dict[str, Any]) -> str:
     lines = [head, "-" * len(head)]
     for key, w in data["workloads"].items():
         lines.append(
-            f"{key:<12} {_num(w['marginal_us_per_reply'], 0):>18} {_num(w['ratio_to_floor'], 2):>8} "
+            f"{key:<12} {_num(w['marginal_us_per_reply'], 0):>18} "
+            f"{_num(w['ratio_to_floor'], 2):>8} "
             f"{_num(w['replies_small'], 0):>5}/{_num(w['replies_large'], 0):<6} "
             f"{_num(w['replies_per_s_large'], 1):>8} {_num(w['429s_large'], 0):>5} "
             f"{_num(w['first_request_s'], 2):>9} {_num(w['peak_rss_mb_large'], 0):>7}"

@@ -3,23 +3,75 @@ requests, seed ingestion and selection, export, statistics and the post-hoc filt
 
 from __future__ import annotations
 
-from state.batcher import LINGER_S, JournalBatcher
-from state.export import FORMATS, ExportReport, export_run, export_with, open_run
-from state.requestlog import CostModel, Guard, RequestLog, Ticket
-from state.schema import SCHEMA_VERSION, STATE_FILE, check_schema, create_schema, open_store
-from state.seeds import MAPPINGS, ColumnMapping, IngestReport, ingest_seeds
-from state.selection import (
-    ConversationPlan,
-    SelectionReport,
-    SelectionSpec,
-    plan_conversations,
-    select_seeds,
-    write_plans,
-)
-from state.setup import SetupReport, plan_run
-from state.stats import RunStats, compute_stats
-from state.store import RunStore
-from state.writer import GroupCommitWriter, Op, WriterStats
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from state.batcher import LINGER_S, JournalBatcher
+    from state.export import FORMATS, ExportReport, export_run, export_with, open_run
+    from state.requestlog import CostModel, Guard, RequestLog, Ticket
+    from state.schema import SCHEMA_VERSION, STATE_FILE, check_schema, create_schema, open_store
+    from state.seeds import MAPPINGS, ColumnMapping, IngestReport, ingest_seeds
+    from state.selection import (
+        ConversationPlan,
+        SelectionReport,
+        SelectionSpec,
+        plan_conversations,
+        select_seeds,
+        write_plans,
+    )
+    from state.setup import SetupReport, plan_run
+    from state.stats import RunStats, compute_stats
+    from state.store import RunStore
+    from state.writer import GroupCommitWriter, Op, WriterStats
+
+# Loaded on first use, not with the package: `import state.requestlog` (the dispatcher's request
+# keys) must not import the export's pyarrow and the rest, about 100 MB and a second of CPU.
+_HOMES: dict[str, str] = {
+    "ColumnMapping": "state.seeds",
+    "ConversationPlan": "state.selection",
+    "CostModel": "state.requestlog",
+    "ExportReport": "state.export",
+    "FORMATS": "state.export",
+    "GroupCommitWriter": "state.writer",
+    "Guard": "state.requestlog",
+    "IngestReport": "state.seeds",
+    "JournalBatcher": "state.batcher",
+    "LINGER_S": "state.batcher",
+    "MAPPINGS": "state.seeds",
+    "Op": "state.writer",
+    "RequestLog": "state.requestlog",
+    "RunStats": "state.stats",
+    "RunStore": "state.store",
+    "SCHEMA_VERSION": "state.schema",
+    "STATE_FILE": "state.schema",
+    "SelectionReport": "state.selection",
+    "SelectionSpec": "state.selection",
+    "SetupReport": "state.setup",
+    "Ticket": "state.requestlog",
+    "WriterStats": "state.writer",
+    "check_schema": "state.schema",
+    "compute_stats": "state.stats",
+    "create_schema": "state.schema",
+    "export_run": "state.export",
+    "export_with": "state.export",
+    "ingest_seeds": "state.seeds",
+    "open_run": "state.export",
+    "open_store": "state.schema",
+    "plan_conversations": "state.selection",
+    "plan_run": "state.setup",
+    "select_seeds": "state.selection",
+    "write_plans": "state.selection",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The re-exported name, imported from its module on first use; AttributeError if none."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'state' has no attribute {name!r}")
+    return getattr(import_module(home), name)
+
 
 __all__ = [
     "FORMATS",

@@ -21,13 +21,16 @@ import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
-
-import duckdb
+from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
 from engine.chat import ChatRequest, ChatResult, Usage, cost_parts
 from engine.errors import RateLimited, RequestError, request_error_classes
 from state._bulk import columns, marks, now, unnest
+
+if TYPE_CHECKING:
+    # Only a type here: the dispatcher imports this module (request keys) in processes, like a
+    # benchmark's client, that never open a store and should not load DuckDB.
+    import duckdb
 
 __all__ = [
     "CANCELLED",
@@ -60,7 +63,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Conn = duckdb.DuckDBPyConnection
+Conn: TypeAlias = "duckdb.DuckDBPyConnection"
 
 
 class AttemptStatus(enum.StrEnum):

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
-import openai
+if TYPE_CHECKING:
+    import openai
 
 from engine.client import scrub
 from engine.config import Secret
@@ -125,6 +126,11 @@ class OpenAIBatchAPI:
         query: Mapping[str, str] | None = None,
         timeout_s: float = 120.0,
     ) -> None:
+        # Imported here, not with the module: the SDK takes about a second of CPU to import,
+        # and only batch mode needs it (every `m2l run` imports this module).
+        import openai
+
+        self._openai = openai
         self._key = api_key
         extra = dict(headers or {})
         if api_key is not None and ".azure.com" in base_url:
@@ -146,9 +152,9 @@ class OpenAIBatchAPI:
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         try:
             return await call()
-        except openai.APIStatusError as exc:
+        except self._openai.APIStatusError as exc:
             raise self._translate(what, exc) from None
-        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+        except (self._openai.APIConnectionError, self._openai.APITimeoutError) as exc:
             raise ServerError(f"{what}: the provider could not be reached ({exc})") from None
 
     def _translate(self, what: str, exc: openai.APIStatusError) -> RequestError:
