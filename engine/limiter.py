@@ -45,6 +45,11 @@ class RateLimiter:
     def limits(self) -> LimitsConfig:
         return self._core.limits
 
+    @property
+    def queued(self) -> int:
+        """Requests waiting for their turn now (cheap: no statistics are built)."""
+        return len(self._waiters)
+
     async def acquire(self, tokens: int) -> Permit:
         """Wait for this request's turn and charge it; raises OversizeRequest if it never fits."""
         loop = self._loop = asyncio.get_running_loop()

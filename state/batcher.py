@@ -3,7 +3,8 @@
 A step, an attempt logged, an attempt settled, a conversation started: each would be one DuckDB
 statement and one commit if written alone, at ~0.7 ms of CPU each. The batcher hands the writer
 one op per flush, which writes each kind of row with one statement. Flushes are at most
-``linger_s`` apart; the first write after a quiet spell flushes at once. Awaiting a write still
+``linger_s`` apart (``busy_linger_s`` while the run says waiting costs nothing, see
+``pace_by``); the first write after a quiet spell flushes at once. Awaiting a write still
 returns only once it is committed, so a step is durable before its conversation advances.
 Raises StateError (engine.errors) as the writer does.
 """
@@ -19,13 +20,30 @@ from engine.records import Conversation
 from state import journal, requestlog
 from state.writer import GroupCommitWriter
 
-__all__ = ["LINGER_S", "JournalBatcher"]
+__all__ = ["BUSY_LINGER_S", "LINGER_S", "JournalBatcher", "flush_delay"]
 
 # A DuckDB statement costs ~0.7 ms of CPU and a commit ~0.5 ms whatever they hold, so under
 # load the writer should commit many rows at a time rather than as soon as it can: 50 ms
 # between flushes keeps checkpointing a small share of a step's CPU (bench/conversations.py)
 # and adds at most that much to a step that waits for its commit.
 LINGER_S: Final = 0.05
+
+# While requests queue at the rate limiter, a flush that waits longer delays nothing that
+# matters: the limiter, not the store, sets the pace, and the requests a flush holds back are
+# sent as soon as it commits, still before the limiter would have let the next ones go. A flush
+# costs ~5 ms of CPU whatever it holds (four statements and a commit), so at 35 replies/s under
+# a TPM limit, flushing every 50 ms cost 3 ms of CPU per reply (bench/runcpu.py); every 250 ms
+# holds five times as many rows per flush.
+BUSY_LINGER_S: Final = 0.25
+
+
+def flush_delay(last: float, now: float, linger_s: float) -> float:
+    """Seconds until the next flush may start: ``linger_s`` after the last one, 0 if past."""
+    return max(0.0, last + linger_s - now)
+
+
+def _never() -> bool:
+    return False
 
 
 class _Group:
@@ -59,14 +77,30 @@ class JournalBatcher:
     same flush alone if the caller is cancelled.
     """
 
-    __slots__ = ("__weakref__", "_group", "_handle", "_last", "_linger_s", "_writer")
+    __slots__ = (
+        "__weakref__", "_busy", "_busy_linger_s", "_group", "_handle", "_last", "_linger_s",
+        "_writer",
+    )  # fmt: skip
 
-    def __init__(self, writer: GroupCommitWriter, *, linger_s: float = LINGER_S) -> None:
+    def __init__(
+        self,
+        writer: GroupCommitWriter,
+        *,
+        linger_s: float = LINGER_S,
+        busy_linger_s: float = BUSY_LINGER_S,
+    ) -> None:
         self._writer = writer
         self._linger_s = linger_s
+        self._busy_linger_s = max(busy_linger_s, linger_s)
+        self._busy: Callable[[], bool] = _never
         self._group: _Group | None = None
         self._handle: asyncio.Handle | None = None
         self._last = float("-inf")  # loop time of the last flush
+
+    def pace_by(self, busy: Callable[[], bool]) -> None:
+        """Flush at most every ``busy_linger_s`` while ``busy()`` is true (asked when a flush's
+        first write arrives): the run passes "requests are queued at the rate limiter"."""
+        self._busy = busy
 
     def active(self, conv_id: int) -> asyncio.Future[None]:
         group = self._current()
@@ -111,7 +145,8 @@ class JournalBatcher:
         future: asyncio.Future[None] = loop.create_future()
         future.add_done_callback(_retrieve)
         self._group = _Group(future)
-        delay = self._last + self._linger_s - loop.time()
+        linger = self._busy_linger_s if self._busy() else self._linger_s
+        delay = flush_delay(self._last, loop.time(), linger)
         # call_soon even when idle: writes made in the same loop pass share the flush.
         if delay > 0:
             self._handle = loop.call_later(delay, self._flush)

@@ -12,10 +12,11 @@ import pytest
 from engine.chat import Message
 from engine.conversation import Conversation, Plan, Status, Step, step_kind
 from state import journal, requestlog
-from state.batcher import JournalBatcher
+from state.batcher import JournalBatcher, flush_delay
 from state.schema import open_store
 from state.store import RunStore
 from state.writer import GroupCommitWriter
+from tests.virtualtime import run_virtual
 
 pytestmark = pytest.mark.anyio
 
@@ -125,3 +126,37 @@ async def test_a_cancelled_writer_leaves_the_others_of_its_flush_alone(tmp_path:
         await store.flush()
         rows = await writer.run(lambda c: c.execute("SELECT conv_id FROM messages").fetchall())
         assert sorted(rows) == [(1,), (2,)]
+
+
+def test_a_flush_waits_the_busy_linger_while_the_run_is_busy(tmp_path: Path) -> None:
+    """While pace_by's signal says busy, flushes are busy_linger_s apart, else linger_s."""
+    busy = True
+
+    async def scenario() -> list[float]:
+        loop = asyncio.get_running_loop()
+        async with GroupCommitWriter(tmp_path / "s.duckdb", noop=True) as writer:
+            batcher = JournalBatcher(writer, linger_s=0.05, busy_linger_s=0.25)
+            batcher.pace_by(lambda: busy)
+            times = []
+            await batcher.step(_conv(1, 1, Status.ACTIVE))  # after a quiet spell: at once
+            times.append(loop.time())
+            await batcher.step(_conv(1, 2, Status.ACTIVE))  # busy: a busy linger later
+            times.append(loop.time())
+            nonlocal busy
+            busy = False
+            await batcher.step(_conv(1, 3, Status.ACTIVE))  # not busy: a linger later
+            times.append(loop.time())
+            await asyncio.sleep(1.0)
+            await batcher.step(_conv(1, 4, Status.ACTIVE))  # quiet again: at once
+            times.append(loop.time())
+            return times
+
+    times, _ = run_virtual(scenario())
+    assert times == pytest.approx([0.0, 0.25, 0.30, 1.30])
+
+
+def test_flush_delay_counts_from_the_last_flush() -> None:
+    """The next flush may start linger_s after the last one, never before now."""
+    assert flush_delay(10.0, 10.1, 0.25) == pytest.approx(0.15)
+    assert flush_delay(10.0, 11.0, 0.25) == 0.0
+    assert flush_delay(float("-inf"), 0.0, 0.05) == 0.0
