@@ -179,7 +179,7 @@ class EndpointPool:
         concurrency slot, as with one endpoint: the scheduler keeps its conversations coming
         while the gates probe for more)."""
         if not self.several:
-            return self._endpoints[0].limiter.statistics().queued
+            return self._endpoints[0].limiter.queued
         return len(self._waiters) if self._rate_bound else 0
 
     async def acquire(self, tokens: int) -> Lease:

@@ -195,6 +195,11 @@ class Scheduler:
     def limiter(self) -> RateLimiter:
         return self._dispatcher.limiter
 
+    @property
+    def rate_bound(self) -> bool:
+        """Whether requests are waiting now for a rate limit to let them go."""
+        return self._dispatcher.queued > 0
+
     async def run(self, *, grace_s: float) -> RunResult:
         """Run until every conversation is final, or the run stops; a stop is not an error."""
         self._stop.bind(self._room)

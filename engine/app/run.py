@@ -290,9 +290,8 @@ async def execute_run(
                     shape=shape,
                     price=budget.costs.actual,
                 )
-                # While requests queue at the limiter, flushing less often costs no throughput.
-                limiter = scheduler.limiter
-                batcher.pace_by(lambda: limiter.queued > 0)
+                # While requests queue at a rate limit, flushing less often costs no throughput.
+                batcher.pace_by(lambda: scheduler.rate_bound)
                 result = await _run_with_signals(scheduler, stop, config.run.grace_s, events)
             learned = _learned(endpoints)
         counts = await writer.run(journal.count_by_status)
