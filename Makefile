@@ -24,8 +24,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Two workers halve the wall time on 2 cores (the slow tests mostly wait on subprocesses and
+# loopback servers); tests that share a resource carry @pytest.mark.xdist_group and run on one.
 pytest: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadgroup
 
 # Against a real llama.cpp server (llama-cpp-python + SmolLM2-135M-Instruct) on loopback; not
 # part of `make test`. The first time it builds llama-cpp-python from its sdist (5-20 minutes on
