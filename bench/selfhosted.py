@@ -58,6 +58,7 @@ class Result:
     timeouts: int = 0
     p99_s: float | None = None
     limit_end: int | None = None
+    limits: list[int] = field(default_factory=list, repr=False)  # the limit each second
     latencies: list[float] = field(default_factory=list, repr=False)
 
     @property
@@ -99,9 +100,15 @@ async def drive(
                     await dispatcher.complete(request, kind="answer")
                     result.replies += 1
 
+        async def sample() -> None:
+            while True:
+                result.limits.append(gate.limit)
+                await asyncio.sleep(1.0)
+
         start = time.monotonic()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds), asyncio.TaskGroup() as group:
+                group.create_task(sample())
                 for _ in range(CALLERS):
                     group.create_task(caller())
         result.seconds = time.monotonic() - start
@@ -147,6 +154,8 @@ def run_slots(url: str, slots: int, seconds: float, requests: list[ChatRequest])
             f"{r.p99_s or 0:6.2f} s  timeouts {r.timeouts:>4}  limit at end {r.limit_end}",
             flush=True,
         )
+        if label == "auto":
+            print(f"  {'':>8}  auto's limit each second: {r.limits}", flush=True)
     unloaded = results["unloaded"].p99_s or 0.0
     sweep = [results[f"fixed {n}"] for n in SWEEPS[slots]]
     best = max(sweep, key=lambda r: r.per_s)
@@ -160,6 +169,7 @@ def run_slots(url: str, slots: int, seconds: float, requests: list[ChatRequest])
             "p99_vs_unloaded": round(r.p99_s / unloaded, 2) if r.p99_s and unloaded else None,
             "timeouts": r.timeouts,
             "limit_at_end": r.limit_end,
+            **({"limit_each_second": r.limits} if r.label == "auto" else {}),
         }
 
     return {

@@ -12,7 +12,13 @@ TCP Vegas and of gradient limiters in service meshes, judged on the marginal gai
   when it raises throughput by at least half as much as it raised concurrency, and the median
   stays within ``tolerance`` of the unloaded floor; otherwise the limit goes back, and the next
   probe waits twice as many windows as the last (a 1-slot server is not probed every window).
-- Probes double the limit until the first rejection (slow start), then step by a quarter.
+- Probes double the limit until the first rejection (slow start), then step by a quarter. A
+  slow-start step from 2 up is judged on as few as two replies, so that the limit reaches a
+  big server's slots in about one round trip per doubling.
+- Once slow start is over, ``headroom`` more requests (an eighth of the last accepted limit,
+  rounded down: none below 8) are let go beyond the limit: they wait at the server, so a slot
+  does not sit idle while m2l turns a reply around and sends the next request (TCP Vegas keeps
+  a few packets queued for the same reason). Windows and probes measure with it in flight.
 - 503s (overloaded) or timeouts of requests sent since the last cut halve the limit once they
   are more than stray faults; a median that drifts past the tolerance (a server shared with
   others) cuts toward it.
@@ -46,12 +52,16 @@ class AdaptiveSettings:
     initial: int = 1  # start where latency is the unloaded floor by definition
     max_limit: int = 1024
     min_samples: int = 4  # replies per window at small limits...
+    slow_start_samples: int = 2  # ...and per slow-start step, judged on its first half
     max_samples: int = 32  # ...and at most this many at large ones
     # A probe is kept when its throughput gain is at least this fraction of its concurrency gain.
     min_efficiency: float = 0.5
     # Window median latency above this multiple of the unloaded floor is queueing, not batching.
     tolerance: float = 1.8
     overload_factor: float = 0.5  # limit kept after a 503 or a timeout
+    # Share of the settled limit let go beyond it (rounded down) to queue at the server and
+    # hide m2l's turnaround between a reply and the next request; 0 turns it off.
+    headroom: float = 0.125
     max_probe_wait: int = 128  # windows between probes, at most, after repeated rejections
     timeout_margin: float = 0.5  # fraction of the read timeout a request may spend queued
     # Output tokens a reply's fixed cost (prefill, network) is worth when normalising latency.
@@ -64,6 +74,10 @@ class AdaptiveSettings:
             )
         if not 1 <= self.min_samples <= self.max_samples:
             raise ConfigError("adaptive concurrency: need 1 <= min_samples <= max_samples")
+        if not 1 <= self.slow_start_samples <= self.max_samples:
+            raise ConfigError("adaptive concurrency: need 1 <= slow_start_samples <= max_samples")
+        if not 0.0 <= self.headroom <= 1.0:
+            raise ConfigError("adaptive concurrency: headroom must be in [0, 1]")
         if not 0.0 < self.min_efficiency < 1.0:
             raise ConfigError("adaptive concurrency: min_efficiency must be in (0, 1)")
         if not self.tolerance > 1.0:
@@ -87,7 +101,8 @@ class Flight:
 
 @dataclass(frozen=True, slots=True)
 class ConcurrencyStats:
-    """A snapshot for displays; ``guard`` is the timeout guard's cap (None until measured)."""
+    """A snapshot for displays; ``allowed`` is the limit plus its headroom, capped by the
+    timeout guard (``guard``, None until measured)."""
 
     adaptive: bool
     limit: int
@@ -117,6 +132,7 @@ class ConcurrencyCore:
 
     __slots__ = (
         "_backoff",
+        "_base_cap",
         "_base_limit",
         "_base_r",
         "_busy_cum",
@@ -162,6 +178,7 @@ class ConcurrencyCore:
         self._slow_start = fixed is None
         self._base_limit = self._limit  # the last limit whose window was accepted
         self._base_r: float | None = None  # its median latency (s per token); None = unmeasured
+        self._base_cap = self._limit  # requests allowed in flight when _base_r was measured
         self._floor: float | None = None  # the lowest window median seen: the unloaded latency
         self._epoch = 0
         self._samples: list[float] = []
@@ -190,9 +207,11 @@ class ConcurrencyCore:
         return self._in_flight
 
     def allowed(self) -> int:
-        """How many may be in flight now: the limit, or less when the timeout guard says so."""
+        """How many may be in flight now: the limit and its headroom, or less when the timeout
+        guard says so."""
+        cap = self._cap()
         guard = self._guard()
-        return self._limit if guard is None else min(self._limit, guard)
+        return cap if guard is None else min(cap, guard)
 
     def can_send(self) -> bool:
         return self._in_flight < self.allowed()
@@ -226,8 +245,13 @@ class ConcurrencyCore:
         s = self._settings
         if self._slow_start or self._limit > self._base_limit:
             # A probe is judged on the replies to the first half of its window, which went out
-            # at once, so that each step up takes about one round trip.
-            need = min(max(s.min_samples, self._limit // 2), s.max_samples)
+            # at once, so that each step up takes about one round trip; in slow start on as few
+            # as slow_start_samples. Except the step from one to two: on a single slot its
+            # replies are one alone and one queued behind it, and two replies of different
+            # lengths can look unqueued.
+            quick = self._slow_start and self._limit != 2
+            least = s.slow_start_samples if quick else s.min_samples
+            need = min(max(least, self._limit // 2), s.max_samples)
         else:
             need = min(max(self._limit, s.min_samples), s.max_samples)
         if len(self._samples) >= need:
@@ -293,6 +317,16 @@ class ConcurrencyCore:
         span = self._ring[-1] - self._ring[0]
         return (len(self._ring) - 1) / span if span > 0 else None
 
+    def _cap(self) -> int:
+        """Requests allowed in flight now: the limit and its headroom. The headroom is the
+        base limit's, so that a probe measures one more limit and not a new headroom too (at
+        7 -> 8 on 8 slots that would queue one and sink the probe). Slow start has none, so
+        that its steps measure the server alone."""
+        share = self._settings.headroom
+        if self._fixed is not None or self._slow_start or share <= 0.0:
+            return self._limit
+        return self._limit + math.floor(self._base_limit * share)
+
     def _guard(self) -> int | None:
         if self._timeout_s is None:
             return None
@@ -315,17 +349,25 @@ class ConcurrencyCore:
         self._samples = []
         self._peak = self._in_flight
 
+    def _efficiency(self, r: float, cap: int) -> float:
+        """Throughput gained per concurrency gained since the base: Little's law on the
+        requests actually in flight at each limit (1 = perfect scaling, 0 = pure queueing)."""
+        assert self._base_r is not None
+        scale = cap / self._base_cap
+        return (scale * self._base_r / r - 1.0) / (scale - 1.0)
+
     def _close_window(self) -> None:
         r = median(self._samples)
+        cap = self._cap()
         # Was the limit reached? Below it, the window measured the demand, not the server.
-        binding = self._peak >= self._limit
+        binding = self._peak >= cap
         self._samples = []
         self._strikes = 0
         self._peak = self._in_flight
         if self._skip:
             self._skip = False
             return
-        if self._floor is None or r < self._floor or (self._limit == 1 and binding):
+        if self._floor is None or r < self._floor or (cap == 1 and binding):
             # At one request in flight nothing queues behind us: that median is the floor now
             # (it also lets the floor rise again after the server got slower for good).
             self._floor = r
@@ -334,11 +376,10 @@ class ConcurrencyCore:
         if self._limit > self._base_limit:
             if not binding:
                 return  # not enough demand to judge the probe: keep measuring
-            assert self._base_r is not None
-            scale = self._limit / self._base_limit
-            efficiency = (scale * self._base_r / r - 1.0) / (scale - 1.0)
+            efficiency = self._efficiency(r, cap)
             if efficiency >= s.min_efficiency and ratio <= s.tolerance:
                 self._base_limit, self._base_r, self._backoff = self._limit, r, 1
+                self._base_cap = cap
                 if efficiency < _SLOW_START_EXIT and self._limit >= _SLOW_START_MIN:
                     # Gains are thinning: the knee is near, and another doubling would queue
                     # as many requests at the server as are in flight now.
@@ -351,7 +392,7 @@ class ConcurrencyCore:
                 self._set(self._base_limit)
             return
         if binding:
-            self._base_r = r
+            self._base_r, self._base_cap = r, cap
         slow = binding and ratio > s.tolerance and self._limit > 1
         self._slow_windows = self._slow_windows + 1 if slow else 0
         if self._slow_windows >= 2:
