@@ -37,6 +37,7 @@ from engine.errors import ConfigError
 from engine.simsettings import SimSettings
 
 __all__ = [
+    "AdaptiveTokens",
     "BatchConfig",
     "BudgetConfig",
     "Config",
@@ -250,11 +251,39 @@ class StepEfforts:
 
 
 @dataclass(frozen=True, slots=True)
+class AdaptiveTokens:
+    """Adaptive max_tokens: per step kind and language (or script), once ``min_samples``
+    replies are in, send the cap with the lowest expected TPM charge (a cut reply is redone
+    with more room and counted) such that at most ``max_redone_share`` of replies are cut and
+    redone and their cost stays within ``max_extra_money_share`` of the money; the configured
+    max_tokens stays the ceiling. Learned from the last ``window`` replies of each group in the
+    run's request log, so a resumed run starts where it stopped.
+    """
+
+    enabled: bool = True
+    max_redone_share: float = 0.01
+    max_extra_money_share: float = 0.02
+    min_samples: int = 50
+    window: int = 2000
+    group_by: Literal["language", "script"] = "language"
+
+    def __post_init__(self) -> None:
+        between(self, "max_redone_share", 0.0001, 0.5)
+        between(self, "max_extra_money_share", 0.0001, 1.0)
+        at_least(self, "min_samples", 10)
+        if self.window < self.min_samples:
+            raise Invalid(
+                "window", f"must be at least min_samples ({self.min_samples})", self.window
+            )
+
+
+@dataclass(frozen=True, slots=True)
 class GenerationConfig:
     """Sampling and conversation shape."""
 
     temperature: float = 0.7
     max_tokens: StepTokens = field(default_factory=StepTokens)
+    adaptive_max_tokens: AdaptiveTokens = field(default_factory=AdaptiveTokens)
     reasoning_effort: StepEfforts = field(default_factory=StepEfforts)
     max_regenerations: int = 2
     max_turns: int = 6
@@ -758,6 +787,9 @@ SAFE_ON_RESUME = (
     "limits.",
     "run.max_active",
     "run.grace_s",
+    # How much room replies get before they are cut and redone: a delivery setting (a cut reply
+    # is never kept), like the limits.
+    "generation.adaptive_max_tokens.",
     "run.systematic_failure_window",
     "run.mode",  # a batch line carries the online body: the same replies either way
     "batch.",

@@ -9,8 +9,11 @@ An output is accepted only when it is complete and passes the Validator. A reply
 max_tokens (``finish_reason = "length"``) is never accepted: the step is asked again with more
 room (``Conversation.room`` counts how often it grew; ``Prompter.max_tokens`` turns that into
 a cap, at most its ceiling) or fails as "truncated" when the cap cannot grow or the step's
-regenerations are used up. Every output thrown away is described by ``Conversation.rejected``
-so the caller can store it; a step fails after ``max_regenerations + 1`` outputs in total. When
+regenerations are used up. A reply cut at a learned cap below the configured one (adaptive
+max_tokens) is always asked again with more room, even when that takes one regeneration more
+than ``max_regenerations``: the cut was m2l's choice, not the model's failure. Every output
+thrown away is described by ``Conversation.rejected`` so the caller can store it; a step fails
+after ``max_regenerations + 1`` outputs in total (one more after a cut at a learned cap). When
 turn k (k >= 2) fails and ``keep_partial`` is set, the conversation ends DONE with its first
 k - 1 turns and ``reason`` says why it is short.
 """
@@ -21,7 +24,7 @@ import hashlib
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from engine.chat import ChatRequest, Message
+from engine.chat import REPLY_PRIMING_TOKENS, ChatRequest, Message
 from engine.quality.verdict import Verdict
 from engine.records import (
     Conversation,
@@ -75,9 +78,19 @@ class Prompter(Protocol):
 
     def message(self, role: str, content: str) -> Message: ...
 
-    def max_tokens(self, conv: Conversation, kind: StepKind, room: int) -> int:
+    def max_tokens(
+        self, conv: Conversation, kind: StepKind, room: int, prompt_tokens: int | None = None
+    ) -> int:
         """The cap for the next output of ``conv``'s step ``kind`` after growing ``room`` times;
-        never above the configured ceiling (so equal caps mean it cannot grow any more)."""
+        never above the configured ceiling (so equal caps mean it cannot grow any more).
+        ``prompt_tokens`` (the request's prompt) lets a prompter send a learned cap below the
+        configured one; without it, the configured cap."""
+        ...
+
+    def observe(
+        self, conv: Conversation, kind: StepKind, max_tokens: int, completion_tokens: int
+    ) -> None:
+        """A reply of ``completion_tokens`` came back for a request capped at ``max_tokens``."""
         ...
 
 
@@ -113,6 +126,7 @@ class Outcome:
     text: str | None
     finish_reason: str = "stop"
     error: str | None = None  # set when the request failed permanently
+    max_tokens: int | None = None  # the cap the request went out with (None: as configured)
 
 
 def request_seed(conv_id: int, step: int, regeneration: int) -> int:
@@ -131,9 +145,10 @@ def next_request(
         return Done(Status.DONE)
     kind = step_kind(conv.next_step)
     rendered = prompter.render(conv, kind)
+    prompt_tokens = REPLY_PRIMING_TOKENS + sum(m.tokens for m in rendered.messages)
     request = ChatRequest(
         messages=rendered.messages,
-        max_tokens=prompter.max_tokens(conv, kind, conv.room),
+        max_tokens=prompter.max_tokens(conv, kind, conv.room, prompt_tokens),
         temperature=temperature,
         key=request_key(conv.plan.conv_id, conv.next_step),
         seed=request_seed(conv.plan.conv_id, conv.next_step, conv.regenerations),
@@ -163,11 +178,15 @@ def apply(
     text = outcome.text.strip()
     if outcome.finish_reason == "length":
         # A cut reply is never complete, whatever the filters think of its first part.
-        cap = prompter.max_tokens(conv, kind, conv.room)
+        configured = prompter.max_tokens(conv, kind, conv.room)
+        cap = configured if outcome.max_tokens is None else outcome.max_tokens
+        learned = conv.room == 0 and cap < configured
         grows = prompter.max_tokens(conv, kind, conv.room + 1) > cap
-        detail = f"cut at max_tokens = {cap}" + ("" if grows else " (the ceiling)")
+        detail = f"cut at max_tokens = {cap}" + (
+            " (learned)" if learned else "" if grows else " (the ceiling)"
+        )
         rejected = _rejection(conv, kind, "truncated", detail, text, outcome)
-        if grows and conv.regenerations < rules.max_regenerations:
+        if grows and conv.regenerations < rules.max_regenerations + learned:
             return replace(
                 conv,
                 status=Status.ACTIVE,

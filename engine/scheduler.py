@@ -305,7 +305,12 @@ class Scheduler:
                 result = None
                 try:
                     result = await self._dispatcher.complete(request, kind=kind.value)
-                    outcome = Outcome(result.content, result.finish_reason)
+                    outcome = Outcome(
+                        result.content, result.finish_reason, max_tokens=request.max_tokens
+                    )
+                    self._prompter.observe(
+                        conv, kind, request.max_tokens, result.usage.completion_tokens
+                    )
                 except FatalRunError:
                     raise
                 except RequestError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import dataclass, field, fields
+from typing import Literal
 
 from engine._typed_toml import Invalid, at_least, between, internal, non_negative, positive
 
@@ -70,6 +71,9 @@ class SimSettings:
     jitter: float = 0.1  # latency is multiplied by a factor drawn in [1 - jitter, 1 + jitter]
     min_completion_tokens: int = 20
     max_completion_tokens: int = 400
+    # "uniform": budgets uniform in min..max_completion_tokens, instructions a sentence or two;
+    # "realistic": a real model's lengths per step kind and language (simulator/lengths.py).
+    reply_lengths: Literal["uniform", "realistic"] = "uniform"
     default_max_tokens: int = 1024  # charged when a request sets no max_tokens
     context_window: int = 128_000
     hang_s: float = 30.0

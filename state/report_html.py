@@ -367,6 +367,8 @@ def _cards(stats: RunStats) -> str:
         ("failed", _count(counts.get("failed", 0))),
         ("rejected outputs", f"{_count(stats.rejected)} ({stats.rejection_rate:.1%})"),
         ("spent on rejected", usd(stats.rejected_usd)),
+        ("TPM charged per token used", f"{stats.charge_ratio:.2f}"),
+        ("cut at max_tokens, redone", f"{_count(stats.redone)} ({usd(stats.redone_usd)})"),
         ("kept short", _count(stats.partial)),
         ("not finished", _count(open_)),
         ("requests", _count(stats.total.requests)),

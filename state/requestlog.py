@@ -47,6 +47,8 @@ __all__ = [
     "RowSink",
     "Ticket",
     "attempt_summary",
+    "charged_and_used",
+    "completion_lengths",
     "completions_by_step",
     "may_be_billed",
     "model_figures",
@@ -327,6 +329,36 @@ def completions_by_step(conn: Conn) -> dict[int, tuple[int, int]]:
         WHERE step IS NOT NULL AND {_OK} GROUP BY 1 ORDER BY 1"""
     ).fetchall()
     return {int(step): (int(n), int(tokens)) for step, n, tokens in rows}
+
+
+def charged_and_used(conn: Conn) -> tuple[int, int]:
+    """(tokens charged against TPM: prompt + max_tokens of every attempt sent, tokens used:
+    prompt + completion of every answered one)."""
+    row = conn.execute(
+        f"""SELECT coalesce(sum(prompt_tokens + max_tokens) FILTER (WHERE {_SENT}), 0),
+            coalesce(sum(prompt_tokens + coalesce(completion_tokens, 0)) FILTER (WHERE {_OK}), 0)
+        FROM requests"""
+    ).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
+
+
+def completion_lengths(conn: Conn, *, per_group: int) -> list[tuple[int, str, int, int]]:
+    """(step, language code, completion tokens, max_tokens) of the latest answered attempts,
+    at most ``per_group`` per step kind and language, oldest first: what adaptive max_tokens
+    learns from when a run resumes."""
+    kind = "CASE WHEN r.step = 0 THEN 0 WHEN r.step % 2 = 1 THEN 1 ELSE 2 END"
+    rows = conn.execute(
+        f"""SELECT step, language_code, completion_tokens, max_tokens FROM (
+            SELECT r.request_id, r.step, c.language_code, r.completion_tokens, r.max_tokens,
+                row_number() OVER (PARTITION BY {kind}, c.language_code
+                                   ORDER BY r.request_id DESC) AS latest
+            FROM requests r JOIN conversations c USING (conv_id)
+            WHERE {status_is(AttemptStatus.OK, column="r.status")} AND r.step IS NOT NULL
+                AND r.completion_tokens IS NOT NULL)
+        WHERE latest <= ? ORDER BY request_id""",
+        [per_group],
+    ).fetchall()
+    return [(int(s), str(c), int(t), int(m)) for s, c, t, m in rows]
 
 
 # --- what happened -----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from engine.formats import usd
 from engine.records import step_kind
 from prompts.taxonomy import load_taxonomy
 from state._tables import table_width
-from state.requestlog import AttemptStatus, model_sums, status_is
+from state.requestlog import AttemptStatus, charged_and_used, model_sums, status_is
 from state.schema import has_added_columns
 
 __all__ = [
@@ -211,6 +211,33 @@ class RunStats:
     rejections: tuple[RejectionCount, ...] = ()
     outputs: int = 0  # step outputs received (replies settled 'ok' for a conversation step)
     turns_made: tuple[TurnsMade, ...] = ()
+    charged_tokens: int = 0  # prompt + max_tokens of every attempt sent: what TPM limits count
+    used_tokens: int = 0  # prompt + completion of every answered attempt
+
+    @property
+    def charge_ratio(self) -> float:
+        """Tokens charged against TPM per token used (0 before any reply)."""
+        return self.charged_tokens / self.used_tokens if self.used_tokens else 0.0
+
+    @property
+    def redone(self) -> int:
+        """Replies cut at max_tokens, thrown away and asked again (or failed) with more room."""
+        return sum(r.outputs for r in self.rejections if r.reason == "truncated")
+
+    @property
+    def redone_usd(self) -> float:
+        return sum(r.cost_usd for r in self.rejections if r.reason == "truncated")
+
+    def charge_line(self) -> str | None:
+        """The TPM charge and the replies cut at max_tokens, in words (None before any reply)."""
+        if not self.used_tokens:
+            return None
+        share = self.redone / self.outputs if self.outputs else 0.0
+        return (
+            f"TPM charge: {self.charge_ratio:.2f}x the tokens used ({_compact(self.charged_tokens)}"
+            f" charged for {_compact(self.used_tokens)}); replies cut at max_tokens and redone: "
+            f"{self.redone:,} ({share:.1%} of {self.outputs:,}), {usd(self.redone_usd)}"
+        )
 
     @property
     def rejected(self) -> int:
@@ -274,6 +301,7 @@ def _compute(conn: duckdb.DuckDBPyConnection, run: str) -> RunStats:
 
     evol_types = _types(rows(f"SELECT evol_type, {_STATUS_COUNTS} FROM conversations GROUP BY 1"))
     spend = _spends(conn)
+    charged, used = charged_and_used(conn)
     return RunStats(
         run=_run_name(conn) or run,
         statuses=tuple(
@@ -338,6 +366,8 @@ def _compute(conn: duckdb.DuckDBPyConnection, run: str) -> RunStats:
                 WHERE status = 'done' GROUP BY ALL ORDER BY 1, 2"""
             )
         ),
+        charged_tokens=charged,
+        used_tokens=used,
     )
 
 
@@ -483,6 +513,14 @@ def stats_json(stats: RunStats) -> bytes:
         "cost_usd": stats.rejected_usd,
     }
     doc["partial_conversations"] = stats.partial
+    doc["tpm_charge"] = {
+        "charged_tokens": stats.charged_tokens,
+        "used_tokens": stats.used_tokens,
+        "charged_per_used": round(stats.charge_ratio, 4),
+        "redone_replies": stats.redone,
+        "redone_share": round(stats.redone / stats.outputs, 4) if stats.outputs else 0.0,
+        "redone_usd": stats.redone_usd,
+    }
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
 
 
@@ -496,6 +534,9 @@ def print_stats(stats: RunStats, console: Console) -> None:
     console.print(f"[bold]{escape(stats.run)}[/bold]: {total} conversations ({summary})")
     for line in stats.total.model_lines():
         console.print(escape(line))
+    charge = stats.charge_line()
+    if charge is not None:
+        console.print(escape(charge))
     grid = _language_task_table(stats)
     if table_width(grid) > console.width:
         # A column per task does not fit: one row per language, listing its tasks.

@@ -56,6 +56,18 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
         ("[quality]\nmax_tokens_growth = 1.0", r"\[quality\]: max_tokens_growth = 1\.0"),
         ("[quality]\ncheck_language = 'no'", r"quality\.check_language: expected true or false"),
         ("[quality]\nmax_tokens_ceiling = 4", r"max_tokens_ceiling = 4: expected 16"),
+        (
+            "[generation.adaptive_max_tokens]\nmax_redone_share = 0.9",
+            r"generation\.adaptive_max_tokens\.max_redone_share: must be between",
+        ),
+        (
+            "[generation.adaptive_max_tokens]\nmin_samples = 100\nwindow = 50",
+            r"generation\.adaptive_max_tokens\.window: must be at least min_samples \(100\)",
+        ),
+        (
+            "[generation.adaptive_max_tokens]\ngroup_by = 'country'",
+            r"generation\.adaptive_max_tokens\.group_by: expected 'language' or 'script'",
+        ),
     ],
 )
 def test_bad_configs(tmp_path: Path, extra: str, message: str) -> None:

@@ -31,9 +31,16 @@ class FakePrompter:
     def message(self, role: str, content: str) -> Message:
         return Message(role, content, 4 + len(content.split()))
 
-    def max_tokens(self, conv: Conversation, kind: StepKind, room: int) -> int:
+    def max_tokens(
+        self, conv: Conversation, kind: StepKind, room: int, prompt_tokens: int | None = None
+    ) -> int:
         base = {StepKind.EVOLVE: 10, StepKind.ANSWER: 30, StepKind.FOLLOW_UP: 20}[kind]
         return min(base * 2**room, 100)  # a ceiling of 100
+
+    def observe(
+        self, conv: Conversation, kind: StepKind, max_tokens: int, completion_tokens: int
+    ) -> None:
+        pass
 
     def render(self, conv: Conversation, kind: StepKind) -> Rendered:
         self.rendered.append(kind)
@@ -271,3 +278,26 @@ def test_a_first_turn_failure_is_never_partial() -> None:
     for _ in range(3):
         conv = step(conv, "bad")
     assert conv.status is Status.FAILED
+
+
+def test_a_reply_cut_at_a_learned_cap_is_always_asked_again() -> None:
+    """A cut at a learned cap below the configured one is m2l's doing: redone with more room
+    even when no regeneration is left, and its record says the cap was learned."""
+    prompter = FakePrompter()
+    conv = Conversation(plan(1))
+    nxt = next_request(conv, prompter, temperature=0.5)
+    assert not isinstance(nxt, Done)
+    _request, rendered = nxt
+    rules = StepRules(0)
+    learned = apply(
+        conv, rendered, Outcome("cut sh", "length", max_tokens=4),
+        prompter=prompter, validator=RejectWord(), rules=rules,
+    )  # fmt: skip
+    assert learned.status is Status.ACTIVE and learned.room == 1
+    assert learned.rejected is not None and "= 4 (learned)" in learned.rejected.detail
+    # The same cut at the configured cap uses the step's (absent) regenerations: it fails.
+    configured = apply(
+        conv, rendered, Outcome("cut sh", "length", max_tokens=10),
+        prompter=prompter, validator=RejectWord(), rules=rules,
+    )  # fmt: skip
+    assert configured.status is Status.FAILED and "truncated" in (configured.reason or "")

@@ -52,9 +52,12 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
     for name in ("clean", "killed"):
         (tmp_path / name).mkdir()
         # Some latency, so a run lasts long enough to be killed in the middle of its work.
+        # Learned caps depend on the order replies arrive in, and the simulator's text on the
+        # cap: the byte-for-byte comparison needs the configured caps.
         write_config(
-            tmp_path / name, evols_per_seed=2, faults=FAULTS, ttft_s=0.02, per_token_s=0.0005
-        )
+            tmp_path / name, evols_per_seed=2, faults=FAULTS, ttft_s=0.02, per_token_s=0.0005,
+            extra="[generation.adaptive_max_tokens]\nenabled = false",
+        )  # fmt: skip
     code, output = finish(m2l("run", "m2l.toml", "--quiet", cwd=tmp_path / "clean"))
     assert code == 0, output
     expected = conversations(tmp_path / "clean" / "runs" / "t")

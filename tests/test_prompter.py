@@ -18,6 +18,7 @@ from engine.conversation import (
     apply,
     next_request,
 )
+from engine.maxtokens import CapRule, LengthLearner
 from engine.modelprofile import StepCaps
 from engine.prompter import TaxonomyPrompter
 from engine.tokens import TokenCounter
@@ -123,3 +124,36 @@ def test_a_model_whose_max_output_is_below_the_config_gets_its_max_output() -> N
     conv = Conversation(plan())
     assert prompter.max_tokens(conv, StepKind.ANSWER, 0) == 300
     assert prompter.max_tokens(conv, StepKind.EVOLVE, 3) == 300
+
+
+def test_learned_caps_go_out_on_first_tries_and_are_learned_per_group() -> None:
+    """With a learner, a first try sends the cap learned from replies of its step kind and
+    language; a try after a cut and a request without its prompt get the configured cap;
+    grouped by script, Hindi learns from Marathi's replies (both Devanagari)."""
+    learner = LengthLearner(CapRule(min_samples=20), window=100)
+    prompter = TaxonomyPrompter(TAXONOMY, COUNTER, TOKENS, lengths=learner)
+    english = Conversation(plan())
+    assert prompter.max_tokens(english, StepKind.ANSWER, 0, 300) == 400
+    prompter.learn([(1, "eng", 60 + i % 7, 400) for i in range(20)])
+    learned = prompter.max_tokens(english, StepKind.ANSWER, 0, 300)
+    assert 60 < learned < 200
+    assert prompter.max_tokens(english, StepKind.ANSWER, 0) == 400
+    assert prompter.max_tokens(english, StepKind.ANSWER, 1, 300) == 800
+    assert prompter.max_tokens(english, StepKind.EVOLVE, 0, 300) == 100  # another step kind
+    # German has no replies of its own yet: English's, in German tokens.
+    german = Conversation(plan("German", "deu"))
+    factor = prompter.language_factor("deu")
+    assert prompter.max_tokens(german, StepKind.ANSWER, 0, 300) == pytest.approx(
+        learned * factor, abs=3 + 0.1 * learned
+    )
+    scripts = TaxonomyPrompter(
+        TAXONOMY, COUNTER, TOKENS, lengths=LengthLearner(CapRule(min_samples=20), window=100),
+        group_by="script",
+    )  # fmt: skip
+    marathi = Conversation(plan("Marathi", "mar"))
+    for i in range(20):
+        scripts.observe(marathi, StepKind.ANSWER, 2000, 100 + i % 5)
+    hindi = Conversation(plan("Hindi", "hin"))
+    assert scripts.max_tokens(hindi, StepKind.ANSWER, 0, 300) < scripts.max_tokens(
+        hindi, StepKind.ANSWER, 0
+    )

@@ -55,8 +55,15 @@ class Prompter:
     def message(self, role: str, content: str) -> Message:
         return Message(role, content, 5)
 
-    def max_tokens(self, conv: Conversation, kind: StepKind, room: int) -> int:
+    def max_tokens(
+        self, conv: Conversation, kind: StepKind, room: int, prompt_tokens: int | None = None
+    ) -> int:
         return 10
+
+    def observe(
+        self, conv: Conversation, kind: StepKind, max_tokens: int, completion_tokens: int
+    ) -> None:
+        pass
 
 
 class Validator:

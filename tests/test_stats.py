@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -21,7 +22,7 @@ from state.export import STATE_FILE, open_run
 from state.report_html import bar_chart, render_report
 from state.samples import run_metadata, sample_conversations
 from state.schema import open_store
-from state.stats import RunStats, compute_stats, print_stats
+from state.stats import RejectionCount, RunStats, compute_stats, print_stats, stats_json
 from tests.test_export import FixtureRun, build_run, copy_run, holding
 
 
@@ -326,3 +327,34 @@ def test_stats_show_the_evol_mix(stats: RunStats, template: FixtureRun) -> None:
     console = Console(record=True, width=160)
     print_stats(stats, console)
     assert "Evol mix (conversations): task-agnostic" in console.export_text()
+
+
+def test_stats_show_the_tpm_charge_and_the_replies_redone(
+    template: FixtureRun, stats: RunStats, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Charged = prompt + max_tokens of attempts sent; used = prompt + completion of answered
+    ones; replies cut at max_tokens and redone are counted with their money, in every form."""
+    rows = template.requests
+    charged = sum(r[6] + r[7] for r in rows if r[4] != "rejected")
+    used = sum(r[6] + (r[8] or 0) for r in rows if r[4] == "ok")
+    assert (stats.charged_tokens, stats.used_tokens) == (charged, used) and used > 0
+    assert stats.charge_ratio == pytest.approx(charged / used)
+    cut = dataclasses.replace(
+        stats,
+        rejections=(
+            *stats.rejections,
+            RejectionCount("truncated", "answer", "English", 3, 300, 0.25),
+            RejectionCount("truncated", "evolve", "Hindi", 1, 64, 0.05),
+        ),
+    )
+    assert cut.redone == stats.redone + 4
+    assert cut.redone_usd == pytest.approx(stats.redone_usd + 0.30)
+    line = cut.charge_line()
+    assert line is not None and f"{charged / used:.2f}x" in line and "redone" in line
+    doc = json.loads(stats_json(cut))
+    assert doc["tpm_charge"]["charged_tokens"] == charged
+    assert doc["tpm_charge"]["redone_replies"] == cut.redone
+    console = Console(width=200, record=True)
+    print_stats(stats, console)
+    assert "TPM charge:" in console.export_text()
+    assert "TPM charged per token used" in render_report(stats)

@@ -15,7 +15,7 @@ import logging
 import shutil
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from engine.errors import ConfigError
 from engine.events import EventHook, Hooks, RunFinished, RunStarted, RunStopping
 from engine.health import RunHealth
 from engine.limiter import RateLimiter
+from engine.maxtokens import CapRule, LengthLearner
 from engine.modelprofile import ModelProfile, model_profile
 from engine.progress.snapshot import ProgressSnapshot
 from engine.progress.store import store_snapshot
@@ -68,7 +69,7 @@ from prompts.taxonomy import Taxonomy, load_taxonomy
 from state import batchstore, journal
 from state.batcher import JournalBatcher
 from state.export import ExportReport, default_output, export_with
-from state.requestlog import RequestLog, settle_unknown
+from state.requestlog import RequestLog, completion_lengths, settle_unknown
 from state.schema import STATE_FILE
 from state.setup import SetupReport, plan_run
 from state.store import RunStore
@@ -255,6 +256,9 @@ async def execute_run(
         events = Hooks([events, budget.admission])
         events.on_event(budget.admission.snapshot())  # spend so far, before the first reply
         adapted = _stored_adaptations(await writer.run(journal.read_meta))
+        # Adaptive max_tokens starts from the replies earlier sessions of the run received.
+        window = config.generation.adaptive_max_tokens.window
+        replies = await writer.run(lambda conn: completion_lengths(conn, per_group=window))
         async with open_endpoints(config, env, profile, adapted=adapted) as endpoints:
             first = endpoints[0]
             client, shape = first.client, first.shape
@@ -289,6 +293,8 @@ async def execute_run(
                     profile=profile,
                     shape=shape,
                     price=budget.costs.actual,
+                    replies=replies,
+                    output_price_ratio=_output_price_ratio(budget),
                 )
                 # While requests queue at a rate limit, flushing less often costs no throughput.
                 batcher.pace_by(lambda: scheduler.rate_bound)
@@ -473,12 +479,16 @@ def assemble(
     profile: ModelProfile | None = None,
     shape: RequestShape | None = None,
     price: Callable[[Usage], float] | None = None,
+    replies: Iterable[tuple[int, str, int, int]] = (),
+    output_price_ratio: float = 4.0,
 ) -> Scheduler:
     """Limiter, dispatcher, prompter and scheduler, configured for this run, around the given
     store and accounting (benchmarks pass ones that record nothing). ``client`` is the one
     endpoint's, or several open endpoints (each gets its own limiter, gate and health watch).
     ``shape`` adapts requests to a refused parameter; ``price`` splits each reply's cost for
-    the displays."""
+    the displays; ``replies`` (step, language code, completion tokens, cap) are what adaptive
+    max_tokens learned before (``completion_lengths`` of the request log),
+    ``output_price_ratio`` weighs a cut reply's output tokens against its prompt's."""
     profile = profile or model_profile(config)
     batch = config.run.mode == "batch"
     health = RunHealth(config.retry, systematic_window=config.run.systematic_failure_window)
@@ -523,13 +533,32 @@ def assemble(
     counter = TokenCounter(
         config.provider.model, unknown_model_encoding=config.provider.unknown_model_encoding
     )
+    adaptive = config.generation.adaptive_max_tokens
+    # Batch lines are not charged against a TPM limit at admission: nothing to save there.
+    lengths = None
+    if adaptive.enabled and not batch:
+        rule = CapRule(
+            adaptive.max_redone_share,
+            adaptive.max_extra_money_share,
+            adaptive.min_samples,
+            output_price_ratio,
+        )
+        lengths = LengthLearner(rule, window=adaptive.window)
+    # Each step's cap: the reply's room plus, for a reasoning model, its reasoning's room.
+    prompter = TaxonomyPrompter(
+        taxonomy,
+        counter,
+        profile.step_caps,
+        config.quality,
+        languages=languages,
+        lengths=lengths,
+        group_by=adaptive.group_by,
+    )
+    prompter.learn(replies)
     return Scheduler(
         store=store,
         dispatcher=dispatcher,
-        # Each step's cap: the reply's room plus, for a reasoning model, its reasoning's room.
-        prompter=TaxonomyPrompter(
-            taxonomy, counter, profile.step_caps, config.quality, languages=languages
-        ),
+        prompter=prompter,
         validator=QualityValidator(languages, config.quality),
         generation=config.generation,
         rules=StepRules(config.generation.max_regenerations, config.quality.keep_partial),
@@ -604,6 +633,14 @@ def _stored_adaptations(meta: Mapping[str, str]) -> dict[str, str]:
     if not isinstance(data, dict):
         return {}
     return {str(k): str(v) for k, v in data.items()}
+
+
+def _output_price_ratio(budget: Budget) -> float:
+    """The model's output price over its input price (4, gpt-4o's, when it has no price)."""
+    price = budget.price
+    if price is None or price.input_pico <= 0 or price.output_pico <= 0:
+        return 4.0
+    return price.output_pico / price.input_pico
 
 
 def _now() -> float:

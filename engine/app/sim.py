@@ -71,6 +71,13 @@ def add_sim_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("--min-completion-tokens", type=int, default=d.min_completion_tokens)
     p.add_argument("--max-completion-tokens", type=int, default=d.max_completion_tokens)
     p.add_argument(
+        "--reply-lengths",
+        choices=("uniform", "realistic"),
+        default=d.reply_lengths,
+        help="uniform: budgets between the min and max completion tokens; realistic: a real "
+        "model's lengths (long answers with a heavy tail, short instructions), per language",
+    )
+    p.add_argument(
         "--default-max-tokens",
         type=int,
         default=d.default_max_tokens,
@@ -211,6 +218,7 @@ def settings_from_args(args: argparse.Namespace, env: dict[str, str]) -> SimSett
         jitter=args.jitter,
         min_completion_tokens=args.min_completion_tokens,
         max_completion_tokens=args.max_completion_tokens,
+        reply_lengths=args.reply_lengths,
         default_max_tokens=args.default_max_tokens,
         context_window=args.context_window,
         hang_s=args.hang_seconds,

@@ -14,8 +14,9 @@ from engine.simsettings import SimSettings
 from engine.simulator.counting import UsageCounter
 from engine.simulator.faults import rng_for, uniform
 from engine.simulator.languages import ENGLISH, LANGUAGES, Language, find_language
+from engine.simulator.lengths import reply_budget
 from engine.simulator.request import SimRequest
-from engine.simulator.text import ReplySpec, composer_for, json_keys_in
+from engine.simulator.text import ReplySpec, composer_for, json_keys_in, language_factor
 
 __all__ = ["Reply", "ReplyWriter", "target_language"]
 
@@ -25,6 +26,7 @@ _REWRITE_MARK = "return only the new"
 # Drafting past max_tokens by this much, then cutting at max_tokens, gives a "length" reply
 # that really was cut off rather than one that ended by chance just at the limit.
 _OVERDRAFT = 8
+_REALISTIC_OVERDRAFT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,7 @@ class ReplyWriter:
             json=json_mode,
             json_keys=keys,
             json_schema=req.json_schema,
+            fill=self._settings.reply_lengths == "realistic",
         )
 
     def write(
@@ -109,7 +112,11 @@ class ReplyWriter:
         max_tokens -= reasoning
         spec = self.spec_for(req)
         rng = rng_for(s.seed, b"m2l-sim-content", req.key)
-        drawn = rng.randint(s.min_completion_tokens, s.max_completion_tokens)
+        encoding = self._counter.encoding(req.model)
+        factor = 1.0
+        if s.reply_lengths == "realistic":
+            factor = language_factor(spec.language, encoding.name)
+        drawn = reply_budget(s, rng, instruction=spec.instruction, factor=factor)
         if fault in ("wrong_language", "repetition"):
             # A content fault is a fresh draw per attempt: the retry may well come out clean.
             rng = rng_for(s.seed, b"m2l-sim-badtext", req.key, attempt)
@@ -118,9 +125,13 @@ class ReplyWriter:
                 spec = replace(spec, language=others[rng.randrange(len(others))])
             else:
                 spec = replace(spec, repetition=True)
-        encoding = self._counter.encoding(req.model)
         composer = composer_for(spec.language, encoding.name)
-        content = composer.reply(spec, rng, min(drawn, max_tokens + _OVERDRAFT))
+        overdraft = _OVERDRAFT
+        if s.reply_lengths == "realistic" and drawn > max_tokens:
+            # A reply meant to be longer than the cap is cut, as a model's is: the text ends a
+            # sentence short of its budget, so draft well past the cap before cutting.
+            overdraft = _REALISTIC_OVERDRAFT
+        content = composer.reply(spec, rng, min(drawn, max_tokens + overdraft))
         tokens = self._counter.count(req.model, content)
         finish = "stop"
         if tokens > max_tokens:

@@ -10,7 +10,8 @@ from budgets.stepload import OutputLengths
 from engine.config import StepTokens
 from engine.simsettings import SimSettings
 from engine.simulator.languages import ENGLISH, find_language
-from engine.simulator.text import ReplySpec, composer_for
+from engine.simulator.lengths import reply_budget
+from engine.simulator.text import ReplySpec, composer_for, language_factor
 from engine.tokens import get_encoding
 
 __all__ = ["sim_outputs"]
@@ -19,6 +20,7 @@ _SIM_LANGUAGES = 8  # the run's most common languages sampled for the simulator'
 _SIM_SAMPLES = 400  # replies drawn per step kind, shared among those languages
 # The simulator drafts this far past max_tokens before it cuts (engine/simulator/replies.py).
 _SIM_OVERDRAFT = 8
+_REALISTIC_OVERDRAFT = 64
 
 
 def sim_outputs(
@@ -26,7 +28,9 @@ def sim_outputs(
 ) -> OutputLengths:
     """The simulator's mean reply length per step kind, measured by drawing replies from its own
     composer the way it does: a budget uniform in its bounds, text written to it, cut at
-    max_tokens. Instructions (evolve, follow-up) are a sentence or two whatever the budget."""
+    max_tokens (uniform budgets: instructions, evolve and follow-up, are a sentence or two
+    whatever the budget; realistic lengths: simulator/lengths.py)."""
+    realistic = sim.reply_lengths == "realistic"
     top = sorted(languages.items(), key=lambda kv: (-kv[1], kv[0]))[:_SIM_LANGUAGES]
     picked = [(find_language(name) or ENGLISH, n) for name, n in top] or [(ENGLISH, 1)]
     weight = sum(n for _, n in picked)
@@ -38,14 +42,15 @@ def sim_outputs(
         mean = 0.0
         for lang, n in picked:
             composer = composer_for(lang, encoding_name)
+            factor = language_factor(lang, encoding_name) if realistic else 1.0
+            spec = ReplySpec(lang, instruction=instruction, fill=realistic)
             draws = max(8, round(_SIM_SAMPLES * n / weight))
             total = 0
             for _ in range(draws):
-                budget = min(
-                    rng.randint(sim.min_completion_tokens, sim.max_completion_tokens),
-                    cap + _SIM_OVERDRAFT,
-                )
-                text = composer.reply(ReplySpec(lang, instruction=instruction), rng, budget)
+                drawn = reply_budget(sim, rng, instruction=instruction, factor=factor)
+                over = _REALISTIC_OVERDRAFT if realistic and drawn > cap else _SIM_OVERDRAFT
+                budget = min(drawn, cap + over)
+                text = composer.reply(spec, rng, budget)
                 total += min(len(encoding.encode_ordinary(text)), cap)
             mean += total / draws * n / weight
         means[kind] = mean
@@ -54,7 +59,10 @@ def sim_outputs(
         means["answer"],
         means["follow_up"],
         basis=(
-            f"the simulator's replies, sampled from it: {sim.min_completion_tokens}.."
+            "the simulator's replies, sampled from it: realistic lengths per step kind and "
+            "language, cut at max_tokens"
+            if realistic
+            else f"the simulator's replies, sampled from it: {sim.min_completion_tokens}.."
             f"{sim.max_completion_tokens} token budgets cut at max_tokens; instructions are a "
             "sentence or two"
         ),

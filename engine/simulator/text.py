@@ -19,10 +19,17 @@ from typing import Any
 import orjson
 import tiktoken
 
-from engine.simulator.languages import Language
+from engine.simulator.languages import ENGLISH, Language
 from engine.tokens import get_encoding
 
-__all__ = ["INSTRUCTION_TOKENS", "Composer", "ReplySpec", "composer_for", "json_keys_in"]
+__all__ = [
+    "INSTRUCTION_TOKENS",
+    "Composer",
+    "ReplySpec",
+    "composer_for",
+    "json_keys_in",
+    "language_factor",
+]
 
 # An instruction is one or two sentences: past this many tokens it stops, whatever the draw.
 INSTRUCTION_TOKENS = 80
@@ -42,6 +49,9 @@ class ReplySpec:
     json_keys: tuple[str, ...] = ()  # keys the prompt shows, used when no schema is given
     json_schema: Mapping[str, Any] | None = None
     repetition: bool = False  # the "repetition" content fault
+    # Write an instruction to its budget (context sentences, then the ask) instead of a
+    # sentence or two: the simulator's realistic reply lengths.
+    fill: bool = False
 
 
 def json_keys_in(text: str) -> tuple[str, ...]:
@@ -130,6 +140,26 @@ class Composer:
         parts.append(last)
         return self._sentences(parts)
 
+    @property
+    def statement_tokens(self) -> float:
+        """Mean tokens of a statement in this language (its token cost, for lengths)."""
+        return self._pool_mean
+
+    def long_instruction(self, rng: random.Random, tokens: int) -> str:
+        """Context statements up to about ``tokens``, then a question or an imperative."""
+        ask_room = min(24.0, float(tokens))
+        parts: list[str] = []
+        spent = 0.0
+        for sentence, cost in rng.sample(self._pool, min(_POOL_SIZE, tokens // 8 + 2)):
+            if spent + cost + 1 > tokens - ask_room:
+                break
+            parts.append(sentence)
+            spent += cost + 1
+        ask = rng.random() < 0.5
+        last, _ = (self.question if ask else self.imperative)(rng, max(tokens - spent, 4))
+        parts.append(last)
+        return self._sentences(parts)
+
     def answer(self, rng: random.Random, budget: int) -> str:
         """Paragraphs of three to six statements, about ``budget`` tokens in all."""
         # Sampling without replacement: no sentence comes twice in one reply, which a
@@ -166,6 +196,8 @@ class Composer:
         if spec.repetition:
             return self.repetition(rng, budget)
         if spec.instruction:
+            if spec.fill:
+                return self.long_instruction(rng, budget)
             return self.instruction(rng, budget)
         return self.answer(rng, budget)
 
@@ -268,3 +300,10 @@ def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str,
 def composer_for(lang: Language, encoding_name: str) -> Composer:
     """The (cached) composer of one language for one encoding."""
     return Composer(lang, get_encoding(encoding_name))
+
+
+@functools.lru_cache(maxsize=256)
+def language_factor(lang: Language, encoding_name: str) -> float:
+    """How many times English's tokens the same statements take in ``lang`` (at least 0.5)."""
+    english = composer_for(ENGLISH, encoding_name).statement_tokens
+    return max(0.5, composer_for(lang, encoding_name).statement_tokens / english)

@@ -1,0 +1,235 @@
+"""Adaptive max_tokens against fixed caps (issue #19, acceptance 3): one TPM-bound conversation
+workload run twice side by side, the configured caps sent as they are and learned caps.
+
+Each run is an ordinary ``m2l run`` in its own process with its own embedded simulator: 2M TPM
+(a 10 s bucket, so the limit binds within seconds rather than after a minute's burst), replies
+shaped like a real model's (``sim.reply_lengths = "realistic"``: answers around 220 tokens with
+a heavy tail, evolved instructions and follow-ups around 30-45), six languages in four scripts,
+conversations of 1-6 turns. Both runs start at the same time and are told the same limits; the
+only difference is ``generation.adaptive_max_tokens.enabled``. Figures come from each run's
+state file:
+
+  conv/min        done conversations per minute, first request to last reply (and mid-run:
+                  conversations finished between 25% and 75% of the run, per minute)
+  charged/used    (prompt + max_tokens) of every attempt sent / (prompt + completion) answered
+  redone          replies cut at max_tokens, thrown away and asked again, / replies received
+  redone money    what those replies cost / what the run cost
+  $/conversation  the run's cost per done conversation
+
+Goals (issue #19): conv/min >= 1.4x, charged/used <= 1.15, redone <= 1%, extra money <= 2%.
+The machine may be shared: the figures are ratios of two runs made at the same time.
+
+    .venv/bin/python bench/adaptive_tokens.py [--conversations N] [--caps 512,1024,256]
+        [--tpm 2000000] [--keep DIR] [--json-out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # `python bench/adaptive_tokens.py` from a checkout
+
+from state.requestlog import charged_and_used  # noqa: E402
+
+M2L = [sys.executable, "-m", "engine.app.cli"]
+LANGUAGES = ("English", "Spanish", "French", "Hindi", "Swahili", "Chinese")
+EVOLS_PER_SEED = 4
+
+
+def write_seeds(path: Path, conversations: int) -> int:
+    """Seeds of LANGUAGES from the bundled sample, numbered copies until the plan is big enough."""
+    rows = [
+        json.loads(line)
+        for line in (ROOT / "examples" / "seeds.jsonl").read_text(encoding="utf-8").splitlines()
+        if line.strip()
+    ]
+    rows = [r for r in rows if r["language"] in LANGUAGES]
+    copies = max(1, -(-conversations // (len(rows) * EVOLS_PER_SEED)))
+    with path.open("w", encoding="utf-8") as f:
+        for k in range(copies):
+            for r in rows:
+                f.write(json.dumps({**r, "inputs": f"{r['inputs']} ({k + 1})"}) + "\n")
+    return copies * len(rows) * EVOLS_PER_SEED
+
+
+def write_config(
+    path: Path, *, name: str, seeds: Path, adaptive: bool, caps: tuple[int, int, int], tpm: int
+) -> None:
+    evolve, answer, follow_up = caps
+    path.write_text(
+        f"""[run]
+name = "{name}"
+output_dir = "{path.parent / "runs"}"
+seed = 5
+max_active = 512
+
+[seeds]
+file = "{seeds}"
+evols_per_seed = {EVOLS_PER_SEED}
+
+[provider]
+kind = "sim"
+model = "gpt-4o-mini"
+
+[limits]
+rpm = 30000
+tpm = {tpm}
+
+[generation]
+max_tokens = {{ evolve = {evolve}, answer = {answer}, follow_up = {follow_up} }}
+
+[generation.adaptive_max_tokens]
+enabled = {"true" if adaptive else "false"}
+
+[sim]
+seed = 5
+rpm = 30000
+tpm = {tpm}
+bucket_seconds = 10
+ttft_s = 0.1
+per_token_s = 0.002
+reply_lengths = "realistic"
+""",
+        encoding="utf-8",
+    )
+
+
+def figures(run_dir: Path) -> dict[str, Any]:
+    """The run's figures from its state file."""
+    with duckdb.connect(str(run_dir / "state.duckdb"), read_only=True) as conn:
+        charged, used = charged_and_used(conn)
+        t0, t1 = conn.execute(
+            "SELECT epoch(min(sent_at)), epoch(max(finished_at)) FROM requests"
+        ).fetchone() or (0.0, 0.0)
+        span = float(t1) - float(t0)
+        done = conn.execute("SELECT count(*) FROM conversations WHERE status = 'done'").fetchone()[
+            0
+        ]
+        mid = conn.execute(
+            "SELECT count(*) FROM conversations WHERE status = 'done' AND epoch(finished_at) "
+            "BETWEEN ? AND ?",
+            [float(t0) + 0.25 * span, float(t0) + 0.75 * span],
+        ).fetchone()[0]
+        replies = conn.execute(
+            "SELECT count(*) FROM requests WHERE status = 'ok' AND step IS NOT NULL"
+        ).fetchone()[0]
+        redone, redone_usd = conn.execute(
+            "SELECT count(*), coalesce(sum(cost_usd), 0) FROM rejections WHERE reason = 'truncated'"
+        ).fetchone()
+        cost = conn.execute("SELECT coalesce(sum(cost_usd), 0) FROM requests").fetchone()[0]
+        failed = conn.execute(
+            "SELECT count(*) FROM conversations WHERE status <> 'done'"
+        ).fetchone()[0]
+    return {
+        "done": int(done),
+        "not_done": int(failed),
+        "span_s": span,
+        "conv_per_min": 60.0 * done / span if span else 0.0,
+        "conv_per_min_mid": 60.0 * mid / (0.5 * span) if span else 0.0,
+        "charged_per_used": charged / used if used else 0.0,
+        "replies": int(replies),
+        "redone": int(redone),
+        "redone_share": redone / replies if replies else 0.0,
+        "redone_money_share": float(redone_usd) / float(cost) if cost else 0.0,
+        "usd_per_conversation": float(cost) / done if done else 0.0,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--conversations", type=int, default=600)
+    parser.add_argument("--caps", default="512,1024,256", help="evolve,answer,follow_up")
+    parser.add_argument("--tpm", type=int, default=2_000_000)
+    parser.add_argument("--keep", type=Path, help="keep the runs in this folder")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args()
+    caps = tuple(int(x) for x in args.caps.split(","))
+    if len(caps) != 3:
+        parser.error("--caps takes three numbers: evolve,answer,follow_up")
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="m2l-adaptive-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    seeds = folder / "seeds.jsonl"
+    planned = write_seeds(seeds, args.conversations)
+    procs = {}
+    started = time.monotonic()
+    for name, adaptive in (("fixed", False), ("adaptive", True)):
+        config = folder / f"{name}.toml"
+        write_config(
+            config, name=name, seeds=seeds, adaptive=adaptive,
+            caps=caps, tpm=args.tpm,  # type: ignore[arg-type]
+        )  # fmt: skip
+        procs[name] = subprocess.Popen(
+            [*M2L, "run", str(config), "--quiet"],
+            cwd=folder,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+    print(f"{planned} conversations each, caps {args.caps}, {args.tpm:,} TPM; running both ...")
+    for name, proc in procs.items():
+        out, _ = proc.communicate()
+        if proc.returncode != 0:
+            print(f"{name} run failed (exit {proc.returncode}):\n{out}")
+            return 1
+    wall = time.monotonic() - started
+    results = {name: figures(folder / "runs" / name) for name in procs}
+    fixed, adaptive = results["fixed"], results["adaptive"]
+    rows = [
+        ("conversations done", "done", "{:,}"),
+        ("seconds, first request to last reply", "span_s", "{:.1f}"),
+        ("conversations per minute", "conv_per_min", "{:.1f}"),
+        ("  mid-run (25%-75% of the run)", "conv_per_min_mid", "{:.1f}"),
+        ("charged / used tokens", "charged_per_used", "{:.3f}"),
+        ("replies redone after a cut", "redone_share", "{:.2%}"),
+        ("money on redone replies", "redone_money_share", "{:.2%}"),
+        ("USD per conversation", "usd_per_conversation", "{:.5f}"),
+    ]
+    print(f"\n{'':40} {'fixed':>12} {'adaptive':>12}")
+    for label, key, fmt in rows:
+        print(f"{label:40} {fmt.format(fixed[key]):>12} {fmt.format(adaptive[key]):>12}")
+    speedup = adaptive["conv_per_min"] / fixed["conv_per_min"] if fixed["conv_per_min"] else 0
+    mid = (
+        adaptive["conv_per_min_mid"] / fixed["conv_per_min_mid"] if fixed["conv_per_min_mid"] else 0
+    )
+    money = (
+        adaptive["usd_per_conversation"] / fixed["usd_per_conversation"] - 1
+        if fixed["usd_per_conversation"]
+        else 0
+    )
+    verdicts = {
+        "conv_per_min_ratio": speedup,
+        "conv_per_min_mid_ratio": mid,
+        "adaptive_charged_per_used": adaptive["charged_per_used"],
+        "adaptive_redone_share": adaptive["redone_share"],
+        "adaptive_redone_money_share": adaptive["redone_money_share"],
+        "extra_usd_per_conversation": money,
+    }
+    print(
+        f"\nadaptive / fixed conversations per minute: {speedup:.2f}x (mid-run {mid:.2f}x; goal"
+        f" >= 1.4x)\nadaptive charged/used: {adaptive['charged_per_used']:.3f} (goal <= 1.15)\n"
+        f"adaptive replies redone: {adaptive['redone_share']:.2%} (goal <= 1%)\n"
+        f"adaptive money on redone replies: {adaptive['redone_money_share']:.2%}; cost per "
+        f"conversation vs fixed: {money:+.2%} (goal <= 2% extra)\n"
+        f"both runs at once in {wall:.0f} s on a machine that may be shared; figures are ratios "
+        "of two runs made side by side"
+    )
+    doc = {"caps": args.caps, "tpm": args.tpm, "runs": results, "verdicts": verdicts}
+    line = json.dumps(doc)
+    print(line)
+    if args.json_out:
+        args.json_out.write_text(line + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

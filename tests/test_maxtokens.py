@@ -1,0 +1,109 @@
+"""Adaptive max_tokens: the tail estimate, the cap chosen from it, and the learner's window."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from engine.maxtokens import CapRule, LengthFit, LengthLearner, choose_cap
+
+
+def lognormal(rng: random.Random, median: float, sigma: float, n: int) -> list[tuple[int, bool]]:
+    return [(max(1, round(math.exp(rng.gauss(math.log(median), sigma)))), False) for _ in range(n)]
+
+
+def true_cut(cap: int, median: float, sigma: float) -> float:
+    return 0.5 * math.erfc((math.log(cap) - math.log(median)) / sigma / math.sqrt(2))
+
+
+def test_kaplan_meier_counts_cut_replies_as_lower_bounds() -> None:
+    """Uncensored lengths give the plain empirical tail; a cut reply still counts as "longer"
+    up to where it was cut, and beyond it the tail is unknown, so it never drops to zero."""
+    fit = LengthFit([(10, False), (20, False), (30, False), (40, False)])
+    assert fit.empirical(10) == 1.0
+    assert fit.empirical(11) == pytest.approx(0.75)
+    assert fit.empirical(40) == pytest.approx(0.25)
+    assert fit.empirical(41) == 0.0
+    cut = LengthFit([(10, False), (20, False), (25, True), (30, True)])
+    assert cut.empirical(21) == pytest.approx(0.5)
+    assert cut.empirical(1000) == pytest.approx(0.5)  # two of four are longer than we know
+
+
+@pytest.mark.parametrize(("median", "sigma", "full", "prompt", "n"), [
+    (250, 0.5, 2048, 500, 400), (40, 0.3, 512, 200, 50), (30, 0.4, 256, 900, 50),
+])  # fmt: skip
+def test_chosen_caps_cut_about_the_target_share_and_charge_less(
+    median: float, sigma: float, full: int, prompt: int, n: int
+) -> None:
+    """Over many windows of n samples, the caps chosen cut no more than the target share of
+    the next replies on average, and charge far less than the configured cap."""
+    rng = random.Random(7)
+    rule = CapRule(max_redone_share=0.01)
+    cut = charged = 0.0
+    trials = 200
+    for _ in range(trials):
+        choice = choose_cap(
+            LengthFit(lognormal(rng, median, sigma, n)), prompt=prompt, full=full, rule=rule
+        )
+        assert 1 <= choice.cap <= full and choice.redone <= 0.01
+        cut += true_cut(choice.cap, median, sigma)
+        charged += prompt + choice.cap + true_cut(choice.cap, median, sigma) * (prompt + full)
+    assert cut / trials <= 0.01
+    # The charge beyond the prompt, redone replies included: well under the configured cap.
+    assert charged / trials - prompt < 0.6 * full
+
+
+def test_a_longer_prompt_buys_more_room_and_a_tight_money_rule_too() -> None:
+    """Redoing a long prompt costs more, so the cap rises with the prompt; a smaller money
+    share or redo share never lowers the cap."""
+    fit = LengthFit(lognormal(random.Random(3), 200, 0.5, 2000))
+    rule = CapRule()
+    short = choose_cap(fit, prompt=100, full=4096, rule=rule)
+    long = choose_cap(fit, prompt=50_000, full=4096, rule=rule)
+    assert long.cap > short.cap and long.redone < short.redone
+    strict = choose_cap(fit, prompt=100, full=4096, rule=CapRule(max_redone_share=0.001))
+    assert strict.cap > short.cap
+    frugal = choose_cap(fit, prompt=100, full=4096, rule=CapRule(max_extra_money_share=0.001))
+    assert frugal.cap >= short.cap and frugal.redone * (100 + 4 * frugal.cap) <= 0.001 * (
+        100 + 4 * fit.mean
+    )
+
+
+def test_no_cheaper_cap_means_the_full_one() -> None:
+    """Replies that fill the configured cap leave nothing to save: the full cap goes out."""
+    fit = LengthFit([(256, True)] * 40 + [(200, False)] * 10)
+    assert choose_cap(fit, prompt=50, full=256, rule=CapRule()).cap == 256
+
+
+def test_learner_waits_for_samples_then_adapts_and_refits() -> None:
+    """Configured caps until a step kind has min_samples; then a cap near the lengths seen,
+    other languages scaled by their token cost until they have their own; a group whose
+    replies grow gets a larger cap once the new ones are in."""
+    learner = LengthLearner(CapRule(min_samples=30), window=200)
+    rng = random.Random(5)
+    for tokens, _ in lognormal(rng, 40, 0.3, 29):
+        learner.observe("evolve", "eng", tokens, 512)
+    assert learner.cap("evolve", "eng", prompt=200, full=512) == 512
+    learner.observe("evolve", "eng", 40, 512)
+    first = learner.cap("evolve", "eng", prompt=200, full=512)
+    assert 60 <= first <= 160
+    # Another group borrows the step kind's pool, in its own tokens (five times English's).
+    borrowed = learner.cap("evolve", "amh", prompt=1000, full=2560, factor=5.0)
+    assert borrowed == pytest.approx(5 * first, abs=6)
+    assert learner.cap("answer", "eng", prompt=200, full=512) == 512  # another step kind
+    for tokens, _ in lognormal(rng, 120, 0.3, 200):
+        learner.observe("evolve", "eng", tokens, first)
+    assert learner.cap("evolve", "eng", prompt=200, full=512) > first
+    assert learner.samples("evolve", "eng") == 200  # the window keeps the latest
+
+
+def test_rule_and_window_are_checked() -> None:
+    """Out-of-range rules are refused with the name of the setting."""
+    with pytest.raises(ValueError, match="max_redone_share"):
+        CapRule(max_redone_share=0.0)
+    with pytest.raises(ValueError, match="min_samples"):
+        CapRule(min_samples=1)
+    with pytest.raises(ValueError, match="window"):
+        LengthLearner(CapRule(min_samples=50), window=10)
