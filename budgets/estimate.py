@@ -368,6 +368,14 @@ def estimate_plans(
             f'model {config.provider.model!r} has no price; add [budget.prices."'
             f'{config.provider.model}"] with input and output (USD per 1M tokens)'
         )
+    learn = config.generation.adaptive_max_tokens
+    if wall.bound == "tpm" and learn.active(
+        simulated=simulated, tpm_limited=config.limits.tpm is not None
+    ):
+        notes.append(
+            "the TPM-bound time charges each request the configured max_tokens (scaled per "
+            "language); once replies are in, adaptive max_tokens charges less and the run is faster"
+        )
     if simulated:
         notes.append("no API key is set: the run goes to the simulator, accounted at these prices")
         if price is not None and fault_nano:

@@ -257,10 +257,13 @@ class AdaptiveTokens:
     with more room and counted) such that at most ``max_redone_share`` of replies are cut and
     redone and their cost stays within ``max_extra_money_share`` of the money; the configured
     max_tokens stays the ceiling. Learned from the last ``window`` replies of each group in the
-    run's request log, so a resumed run starts where it stopped.
+    run's request log, so a resumed run starts where it stopped. ``enabled = "auto"`` (the
+    default): on when the run goes to a real provider or ``limits.tpm`` is set, off for the
+    simulator without a TPM limit (learned caps depend on the order replies arrive in, and the
+    simulator's text on the cap, so such runs would not repeat exactly).
     """
 
-    enabled: bool = True
+    enabled: bool | Literal["auto"] = "auto"
     max_redone_share: float = 0.01
     max_extra_money_share: float = 0.02
     min_samples: int = 50
@@ -275,6 +278,12 @@ class AdaptiveTokens:
             raise Invalid(
                 "window", f"must be at least min_samples ({self.min_samples})", self.window
             )
+
+    def active(self, *, simulated: bool, tpm_limited: bool) -> bool:
+        """Whether caps adapt in a run to the simulator or not, with a TPM limit set or not."""
+        if self.enabled == "auto":
+            return tpm_limited or not simulated
+        return bool(self.enabled)
 
 
 @dataclass(frozen=True, slots=True)

@@ -219,3 +219,19 @@ def test_projections_charge_the_max_tokens_the_prompter_sends_for_the_language()
     # Step 1 is the first answer: its charge grows by the mean cap's excess over 400, and its
     # prompt by the evolve step's scaled reply (the history it repeats).
     assert worst[1].tokens - plain[1].tokens >= mean_answer - 400
+
+
+def test_a_tpm_bound_estimate_says_adaptive_caps_will_charge_less(tmp_path: Path) -> None:
+    """Bound by TPM, the estimate says its time charges the configured caps, which adaptive
+    max_tokens lowers once replies are in; with adaptation off it does not say so."""
+    limits = "[limits]\ntpm = 2000\n"
+    for name in ("on", "off"):
+        (tmp_path / name).mkdir()
+    on = project_run(load_config(write_config(tmp_path / "on", extra=limits)), simulated=True)
+    assert on.wall.bound == "tpm"
+    assert any("adaptive max_tokens" in note for note in on.notes)
+    off_config = write_config(
+        tmp_path / "off", extra=limits + "[generation.adaptive_max_tokens]\nenabled = false\n"
+    )
+    off = project_run(load_config(off_config), simulated=True)
+    assert not any("adaptive max_tokens" in note for note in off.notes)

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.anyio
 
 ADAPTIVE = """
 [generation.adaptive_max_tokens]
+enabled = true
 min_samples = 10
 group_by = "script"
 """

@@ -295,6 +295,9 @@ async def execute_run(
                     price=budget.costs.actual,
                     replies=replies,
                     output_price_ratio=_output_price_ratio(budget),
+                    adaptive=config.generation.adaptive_max_tokens.active(
+                        simulated=config.uses_simulator(env), tpm_limited=_tpm_limited(config)
+                    ),
                 )
                 # While requests queue at a rate limit, flushing less often costs no throughput.
                 batcher.pace_by(lambda: scheduler.rate_bound)
@@ -481,6 +484,7 @@ def assemble(
     price: Callable[[Usage], float] | None = None,
     replies: Iterable[tuple[int, str, int, int]] = (),
     output_price_ratio: float = 4.0,
+    adaptive: bool | None = None,
 ) -> Scheduler:
     """Limiter, dispatcher, prompter and scheduler, configured for this run, around the given
     store and accounting (benchmarks pass ones that record nothing). ``client`` is the one
@@ -488,7 +492,9 @@ def assemble(
     ``shape`` adapts requests to a refused parameter; ``price`` splits each reply's cost for
     the displays; ``replies`` (step, language code, completion tokens, cap) are what adaptive
     max_tokens learned before (``completion_lengths`` of the request log),
-    ``output_price_ratio`` weighs a cut reply's output tokens against its prompt's."""
+    ``output_price_ratio`` weighs a cut reply's output tokens against its prompt's;
+    ``adaptive`` turns them on or off (None: as ``generation.adaptive_max_tokens.enabled``
+    says, "auto" counting as a real provider)."""
     profile = profile or model_profile(config)
     batch = config.run.mode == "batch"
     health = RunHealth(config.retry, systematic_window=config.run.systematic_failure_window)
@@ -533,17 +539,19 @@ def assemble(
     counter = TokenCounter(
         config.provider.model, unknown_model_encoding=config.provider.unknown_model_encoding
     )
-    adaptive = config.generation.adaptive_max_tokens
+    learn = config.generation.adaptive_max_tokens
     # Batch lines are not charged against a TPM limit at admission: nothing to save there.
     lengths = None
-    if adaptive.enabled and not batch:
+    if adaptive is None:
+        adaptive = learn.active(simulated=False, tpm_limited=_tpm_limited(config))
+    if adaptive and not batch:
         rule = CapRule(
-            adaptive.max_redone_share,
-            adaptive.max_extra_money_share,
-            adaptive.min_samples,
+            learn.max_redone_share,
+            learn.max_extra_money_share,
+            learn.min_samples,
             output_price_ratio,
         )
-        lengths = LengthLearner(rule, window=adaptive.window)
+        lengths = LengthLearner(rule, window=learn.window)
     # Each step's cap: the reply's room plus, for a reasoning model, its reasoning's room.
     prompter = TaxonomyPrompter(
         taxonomy,
@@ -552,7 +560,7 @@ def assemble(
         config.quality,
         languages=languages,
         lengths=lengths,
-        group_by=adaptive.group_by,
+        group_by=learn.group_by,
     )
     prompter.learn(replies)
     return Scheduler(
@@ -633,6 +641,11 @@ def _stored_adaptations(meta: Mapping[str, str]) -> dict[str, str]:
     if not isinstance(data, dict):
         return {}
     return {str(k): str(v) for k, v in data.items()}
+
+
+def _tpm_limited(config: Config) -> bool:
+    """Whether a TPM limit is configured for any of the run's endpoints."""
+    return any(config.endpoint_limits(e).tpm is not None for e in config.endpoints())
 
 
 def _output_price_ratio(budget: Budget) -> float:
