@@ -12,6 +12,9 @@ state file:
   conv/min        done conversations per minute, first request to last reply (and mid-run:
                   conversations finished between 25% and 75% of the run, per minute)
   charged/used    (prompt + max_tokens) of every attempt sent / (prompt + completion) answered
+  charged/conv    tokens charged against TPM per done conversation: at the same TPM limit, the
+                  ratio of the two runs' charges per conversation is the speed-up a TPM-bound
+                  run gets, whatever else the machine is doing
   redone          replies cut at max_tokens, thrown away and asked again, / replies received
   redone money    what those replies cost / what the run cost
   $/conversation  the run's cost per done conversation
@@ -137,6 +140,7 @@ def figures(run_dir: Path) -> dict[str, Any]:
         "conv_per_min": 60.0 * done / span if span else 0.0,
         "conv_per_min_mid": 60.0 * mid / (0.5 * span) if span else 0.0,
         "charged_per_used": charged / used if used else 0.0,
+        "charged_per_conversation": charged / done if done else 0.0,
         "replies": int(replies),
         "redone": int(redone),
         "redone_share": redone / replies if replies else 0.0,
@@ -190,6 +194,7 @@ def main() -> int:
         ("conversations per minute", "conv_per_min", "{:.1f}"),
         ("  mid-run (25%-75% of the run)", "conv_per_min_mid", "{:.1f}"),
         ("charged / used tokens", "charged_per_used", "{:.3f}"),
+        ("tokens charged per conversation", "charged_per_conversation", "{:,.0f}"),
         ("replies redone after a cut", "redone_share", "{:.2%}"),
         ("money on redone replies", "redone_money_share", "{:.2%}"),
         ("USD per conversation", "usd_per_conversation", "{:.5f}"),
@@ -206,7 +211,13 @@ def main() -> int:
         if fixed["usd_per_conversation"]
         else 0
     )
+    charge_ratio = (
+        fixed["charged_per_conversation"] / adaptive["charged_per_conversation"]
+        if adaptive["charged_per_conversation"]
+        else 0
+    )
     verdicts = {
+        "charged_per_conversation_fixed_over_adaptive": charge_ratio,
         "conv_per_min_ratio": speedup,
         "conv_per_min_mid_ratio": mid,
         "adaptive_charged_per_used": adaptive["charged_per_used"],
@@ -216,7 +227,9 @@ def main() -> int:
     }
     print(
         f"\nadaptive / fixed conversations per minute: {speedup:.2f}x (mid-run {mid:.2f}x; goal"
-        f" >= 1.4x)\nadaptive charged/used: {adaptive['charged_per_used']:.3f} (goal <= 1.15)\n"
+        f" >= 1.4x); tokens charged per conversation, fixed / adaptive: {charge_ratio:.2f}x (the"
+        " speed-up at a binding TPM limit)\n"
+        f"adaptive charged/used: {adaptive['charged_per_used']:.3f} (goal <= 1.15)\n"
         f"adaptive replies redone: {adaptive['redone_share']:.2%} (goal <= 1%)\n"
         f"adaptive money on redone replies: {adaptive['redone_money_share']:.2%}; cost per "
         f"conversation vs fixed: {money:+.2%} (goal <= 2% extra)\n"
