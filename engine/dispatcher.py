@@ -245,7 +245,7 @@ class Dispatcher:
                     if fatal is None:
                         continue
             if fatal is not None:
-                emit(RequestFailed(key, fatal.error_class, str(fatal), _now()))
+                emit(RequestFailed(key, fatal.error_class, str(fatal), _now(), endpoint.name))
                 raise fatal
             if isinstance(error, RateLimited):
                 rate_limited += 1
@@ -271,7 +271,13 @@ class Dispatcher:
             if isinstance(decision, Retry):
                 emit(
                     RequestRetried(
-                        key, error.error_class, str(error), tries, decision.delay_s, _now()
+                        key,
+                        error.error_class,
+                        str(error),
+                        tries,
+                        decision.delay_s,
+                        _now(),
+                        endpoint.name,
                     )
                 )
                 if decision.delay_s > 0:
@@ -286,8 +292,9 @@ class Dispatcher:
                 )
             else:
                 assert isinstance(decision, GiveUp)
-                emit(RequestFailed(key, decision.error.error_class, str(decision.error), _now()))
-                raise decision.error from None
+                failed = decision.error
+                emit(RequestFailed(key, failed.error_class, str(failed), _now(), endpoint.name))
+                raise failed from None
 
     async def _attempt(
         self, request: ChatRequest, kind: str, tries: int

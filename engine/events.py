@@ -51,6 +51,8 @@ class RunStarted:
     provider: str = ""  # "embedded simulator", or the base_url's host
     model: str = ""
     simulated: bool = False  # money figures are what the model would cost, nothing was paid
+    # Several endpoints ([[providers]]): (name, model) each, in the configured order.
+    endpoints: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,7 @@ class RequestRetried:
     attempt: int
     delay_s: float
     t: float
+    endpoint: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +130,7 @@ class RequestFailed:
     error_class: str
     message: str
     t: float
+    endpoint: str = ""  # where its last attempt went ("": it was never sent)
 
 
 @dataclass(frozen=True, slots=True)

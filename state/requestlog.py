@@ -38,6 +38,7 @@ __all__ = [
     "AttemptStatus",
     "AttemptSummary",
     "CostModel",
+    "EndpointFigures",
     "FinishedRow",
     "FreeCosts",
     "Guard",
@@ -50,6 +51,7 @@ __all__ = [
     "charged_and_used",
     "completion_lengths",
     "completions_by_step",
+    "endpoint_figures",
     "may_be_billed",
     "model_figures",
     "model_sums",
@@ -457,6 +459,56 @@ def attempt_summary(conn: Conn) -> AttemptSummary:
         errors_by_class={str(c): int(n) for c, n in errors},
         last_error=None if last is None else (last[0], str(last[1])),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointFigures:
+    """The attempts that went to one endpoint (None: a store from before endpoints were
+    recorded) and its model, as the log has them."""
+
+    endpoint: str | None
+    model: str | None
+    sent: int  # attempts sent (429s included, attempts cancelled before sending not)
+    ok: int
+    rate_limited: int
+    failed: int  # failed attempts other than 429s
+    tokens: int  # prompt + completion tokens of answered attempts
+    cost_usd: float
+    latency_s: float | None  # mean time at the server of answered attempts
+
+
+def endpoint_figures(conn: Conn) -> list[EndpointFigures]:
+    """The log's attempts by the endpoint they went to, in the order endpoints were first used
+    (a store with the ``endpoint`` column: see has_added_columns)."""
+    rate_limited = repr(RateLimited.error_class)
+    cancelled = repr(CANCELLED)
+    failed = status_is(AttemptStatus.ERROR, AttemptStatus.REJECTED)
+    rows = conn.execute(
+        f"""SELECT endpoint, arg_max(model, request_id),
+            count(*) FILTER (WHERE coalesce(error_class, '') <> {cancelled}),
+            count(*) FILTER (WHERE {_OK}),
+            count(*) FILTER (WHERE error_class = {rate_limited}),
+            count(*) FILTER (WHERE {failed}
+                AND coalesce(error_class, '') NOT IN ({rate_limited}, {cancelled})),
+            coalesce(sum(prompt_tokens + coalesce(completion_tokens, 0)) FILTER (WHERE {_OK}), 0),
+            coalesce(sum(cost_usd), 0),
+            avg(latency_ms) FILTER (WHERE {_OK}) / 1000
+        FROM requests GROUP BY 1 ORDER BY min(request_id)"""
+    ).fetchall()
+    return [
+        EndpointFigures(
+            None if e is None else str(e),
+            None if m is None else str(m),
+            int(sent),
+            int(ok),
+            int(hits),
+            int(bad),
+            int(tokens),
+            float(cost),
+            None if latency is None else float(latency),
+        )
+        for e, m, sent, ok, hits, bad, tokens, cost, latency in rows
+    ]
 
 
 @dataclass(frozen=True, slots=True)

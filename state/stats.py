@@ -209,6 +209,8 @@ class RunStats:
     by_kind: tuple[Breakdown, ...]
     total: LogTotals
     rejections: tuple[RejectionCount, ...] = ()
+    # By the endpoint and model each attempt went to ("east · gpt-4o"), costliest first.
+    by_endpoint: tuple[Breakdown, ...] = ()
     outputs: int = 0  # step outputs received (replies settled 'ok' for a conversation step)
     turns_made: tuple[TurnsMade, ...] = ()
     charged_tokens: int = 0  # prompt + max_tokens of every attempt sent: what TPM limits count
@@ -351,6 +353,7 @@ def _compute(conn: duckdb.DuckDBPyConnection, run: str) -> RunStats:
         by_language=spend["language"],
         by_task=spend["task"],
         by_kind=_by_kind(spend["step"]),
+        by_endpoint=spend["endpoint"],
         total=next(iter(spend["all"]), Breakdown("all", _NO_SPEND)).spend,
         rejections=_rejections(conn) if has_added_columns(conn) else (),
         outputs=int(
@@ -439,6 +442,9 @@ _SPEND_KEYS = (
     ("step", "r.step"),
     ("all", "'all'"),
 )
+# Each attempt's endpoint and model, as one key (a store from before endpoints were recorded,
+# opened read-only, has neither column filled: it reads as one row).
+_ENDPOINT_KEY = "coalesce(r.endpoint, '(not recorded)') || ' · ' || coalesce(r.model, '?')"
 
 
 def _spends(conn: duckdb.DuckDBPyConnection) -> dict[str, tuple[Breakdown, ...]]:
@@ -449,10 +455,12 @@ def _spends(conn: duckdb.DuckDBPyConnection) -> dict[str, tuple[Breakdown, ...]]
     """
     ok = status_is(AttemptStatus.OK, column="r.status")
     # A store from before the reasoning columns, opened read-only, reads them as zero.
-    reasoning = model_sums("r.") if has_added_columns(conn) else "0, 0, 0"
-    keys = ", ".join(f"{expr} AS k_{name}" for name, expr in _SPEND_KEYS)
-    grouping = ", ".join(f"k_{name}" for name, _ in _SPEND_KEYS)
-    sets = ", ".join(f"(k_{name})" for name, _ in _SPEND_KEYS)
+    added = has_added_columns(conn)
+    reasoning = model_sums("r.") if added else "0, 0, 0"
+    spend_keys = (*_SPEND_KEYS, ("endpoint", _ENDPOINT_KEY if added else "'(not recorded)'"))
+    keys = ", ".join(f"{expr} AS k_{name}" for name, expr in spend_keys)
+    grouping = ", ".join(f"k_{name}" for name, _ in spend_keys)
+    sets = ", ".join(f"(k_{name})" for name, _ in spend_keys)
     measures = ("requests", "ok", "p", "c", "cached", "usd", "rt", "rusd", "saved")
     sums = ", ".join(f"sum({m})" for m in measures)
     # The log is scanned and joined once, into one row per (language, task, step): a few
@@ -471,8 +479,8 @@ def _spends(conn: duckdb.DuckDBPyConnection) -> dict[str, tuple[Breakdown, ...]]
         SELECT grouping({grouping}), {grouping}, {sums}
         FROM fine GROUP BY GROUPING SETS ({sets})"""
     ).fetchall()
-    width = len(_SPEND_KEYS)
-    found: dict[str, list[tuple[Any, Breakdown]]] = {name: [] for name, _ in _SPEND_KEYS}
+    width = len(spend_keys)
+    found: dict[str, list[tuple[Any, Breakdown]]] = {name: [] for name, _ in spend_keys}
     for row in result:
         # grouping() sets a bit for each key NOT in the row's set: the one clear bit names it.
         at = next(i for i in range(width) if not row[0] >> (width - 1 - i) & 1)
@@ -481,7 +489,7 @@ def _spends(conn: duckdb.DuckDBPyConnection) -> dict[str, tuple[Breakdown, ...]]
         spend = LogTotals(
             int(a), int(b), int(c), int(d), int(e), float(f), int(g), float(h), float(i)
         )
-        found[_SPEND_KEYS[at][0]].append((key, Breakdown(str(key), spend)))
+        found[spend_keys[at][0]].append((key, Breakdown(str(key), spend)))
     # As ORDER BY cost DESC, key (NULLS LAST) would have them.
     return {
         name: tuple(
@@ -559,6 +567,12 @@ def print_stats(stats: RunStats, console: Console) -> None:
         _spend_table("Spend by step kind", "step kind", stats.by_kind, stats.total),
         _spend_table("Spend by language", "language", stats.by_language, stats.total),
         _spend_table("Spend by task", "task", stats.by_task, stats.total),
+        _spend_table(
+            "Spend by endpoint",
+            "endpoint · model",
+            stats.by_endpoint if len(stats.by_endpoint) > 1 else (),
+            stats.total,
+        ),
     ):
         if table.row_count:
             console.print(table)

@@ -4,18 +4,26 @@ and a run with none left stops early."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import duckdb
 import pytest
+from rich.console import Console
 
 from engine.app.run import execute_run
 from engine.config import load_config
 from engine.events import EndpointOut, Event
+from engine.progress.dashboard import Dashboard
+from engine.progress.store import read_store
 from engine.scheduler import RunStatus
 from engine.simulator import SimSettings, Simulator, run_simulator
+from state.stats import compute_stats
 from tests.runfixtures import write_config
 
 pytestmark = pytest.mark.anyio
@@ -77,14 +85,14 @@ def by_endpoint(run_dir: Path) -> dict[str | None, tuple[int, int, set[str]]]:
 async def test_two_endpoints_share_the_load_each_within_its_own_limits(tmp_path: Path) -> None:
     """Two keys with their own limits: both serve, neither answers 429 more than a stray time,
     and every attempt records the endpoint and model that made it."""
-    east = fast(require_api_key=KEYS["M2L_KEY_EAST"], rpm=600, bucket_seconds=2.0)
-    west = fast(require_api_key=KEYS["M2L_KEY_WEST"], rpm=1200, bucket_seconds=2.0)
+    east = fast(require_api_key=KEYS["M2L_KEY_EAST"], rpm=1200, bucket_seconds=1.0)
+    west = fast(require_api_key=KEYS["M2L_KEY_WEST"], rpm=2400, bucket_seconds=1.0)
     async with simulators(east, west) as (a, b):
         path = endpoints_config(
             tmp_path,
             [
-                ("east", a.base_url, "M2L_KEY_EAST", "limits = { rpm = 600 }"),
-                ("west", b.base_url, "M2L_KEY_WEST", "limits = { rpm = 1200 }"),
+                ("east", a.base_url, "M2L_KEY_EAST", "limits = { rpm = 1200 }"),
+                ("west", b.base_url, "M2L_KEY_WEST", "limits = { rpm = 2400 }"),
             ],
         )
         config = load_config(path)
@@ -100,6 +108,22 @@ async def test_two_endpoints_share_the_load_each_within_its_own_limits(tmp_path:
         # Each endpoint is paced by its own limiter: at most a stray 429 while it learns.
         assert rate_limited <= max(1, attempts // 100), (name, stats)
         assert stats["admitted"] == answered, (name, stats)
+    # Per-endpoint figures: the store's (m2l status), the dashboard's and the statistics'.
+    snapshot = read_store(config.run_dir / "state.duckdb")
+    figures = {e.name: e for e in snapshot.endpoints}
+    assert set(figures) == {"east", "west"}
+    for name in figures:
+        assert figures[name].ok == log[name][1] and figures[name].model == "gpt-4o-mini"
+        assert figures[name].out is None
+    assert snapshot.rpm_limit == 3600  # the endpoints' limits, summed
+    console = Console(width=100, record=True, color_system=None)
+    console.print(Dashboard(snapshot))
+    drawn = console.export_text()
+    assert "endpoints" in drawn and "east" in drawn and "west" in drawn
+    with duckdb.connect(str(config.run_dir / "state.duckdb"), read_only=True) as conn:
+        stats = compute_stats(conn, run="t")
+    spent = {b.key: b.spend.ok for b in stats.by_endpoint}
+    assert spent == {f"{n} · gpt-4o-mini": log[n][1] for n in ("east", "west")}
 
 
 async def test_an_endpoint_with_a_rejected_key_is_taken_out_and_the_run_finishes(
@@ -126,6 +150,10 @@ async def test_an_endpoint_with_a_rejected_key_is_taken_out_and_the_run_finishes
     assert KEYS["M2L_KEY_WEST"] not in outs[0].message
     log = by_endpoint(config.run_dir)
     assert log["west"][1] == 0 and log["east"][1] > 0
+    # `m2l status` says which endpoint was taken out and why.
+    figures = {e.name: e for e in read_store(config.run_dir / "state.duckdb").endpoints}
+    assert figures["east"].out is None
+    assert figures["west"].out is not None and "401" in figures["west"].out
 
 
 async def test_every_endpoint_failing_stops_the_run_early(tmp_path: Path) -> None:
@@ -150,3 +178,80 @@ async def test_every_endpoint_failing_stops_the_run_early(tmp_path: Path) -> Non
     # Stopped early: a handful of tries, not one per conversation.
     assert attempts < 40
     assert {e.endpoint for e in recorder.events if isinstance(e, EndpointOut)} == {"east", "west"}
+
+
+def made_by(run_dir: Path) -> dict[tuple[int, int], tuple[str, str]]:
+    """(endpoint, model) of the attempt whose reply each stored step kept (its last answer)."""
+    with duckdb.connect(str(run_dir / "state.duckdb"), read_only=True) as conn:
+        rows = conn.execute(
+            """SELECT m.conv_id, m.step, arg_max(r.endpoint, r.request_id),
+                arg_max(r.model, r.request_id)
+            FROM messages m JOIN requests r
+                ON r.conv_id = m.conv_id AND r.step = m.step AND r.status = 'ok'
+            GROUP BY ALL"""
+        ).fetchall()
+    return {(int(c), int(s)): (str(e), str(m)) for c, s, e, m in rows}
+
+
+@pytest.mark.slow
+async def test_resume_after_sigkill_keeps_the_endpoint_each_step_was_made_by(
+    tmp_path: Path,
+) -> None:
+    """`m2l run` over two endpoints, killed with SIGKILL mid-run, then resumed: every step
+    stored before the kill still names the endpoint and model that made it, and every step
+    after the resume names one too."""
+    east = fast(require_api_key=KEYS["M2L_KEY_EAST"], ttft_s=0.02)
+    west = fast(require_api_key=KEYS["M2L_KEY_WEST"], ttft_s=0.02)
+    async with simulators(east, west) as (a, b):
+        path = endpoints_config(
+            tmp_path,
+            [("east", a.base_url, "M2L_KEY_EAST"), ("west", b.base_url, "M2L_KEY_WEST")],
+            evols_per_seed=2,
+        )
+        env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"} | KEYS
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "engine.app.cli", "run", str(path), "--quiet",
+            cwd=tmp_path, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        answered = 0
+        for _ in range(1200):  # until both endpoints have answered a good part of the run
+            east_n, west_n = (int(s.stats()["admitted"]) for s in (a, b))  # type: ignore[call-overload]
+            answered = east_n + west_n
+            if (min(east_n, west_n) >= 5 and answered >= 20) or proc.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert proc.returncode is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        config = load_config(path)
+        before = made_by(config.run_dir)
+        report = await execute_run(config, env=KEYS)
+    assert report.result.status is RunStatus.FINISHED, report.result.message
+    assert {endpoint for endpoint, _ in before.values()} == {"east", "west"}
+    after = made_by(config.run_dir)
+    assert len(after) > len(before)
+    assert {k: after[k] for k in before} == before
+    assert {model for _, model in after.values()} == {"gpt-4o-mini"}
+    with duckdb.connect(str(config.run_dir / "state.duckdb"), read_only=True) as conn:
+        unrecorded = conn.execute("SELECT count(*) FROM requests WHERE endpoint IS NULL").fetchone()
+        steps = conn.execute("SELECT count(*) FROM messages").fetchone()
+    assert unrecorded == (0,) and steps is not None and steps[0] == len(after)
+
+
+async def test_entries_without_keys_are_simulators_of_their_own(tmp_path: Path) -> None:
+    """No key set anywhere: each entry is an embedded simulator of its own, and both serve."""
+    path = endpoints_config(
+        tmp_path,
+        [
+            ("one", "http://127.0.0.1:9/v1", "M2L_KEY_ONE"),
+            ("two", "http://127.0.0.1:9/v1", "M2L_KEY_TWO"),
+        ],
+        evols_per_seed=1,
+    )
+    path.write_text(path.read_text().replace('kind = "openai"', 'kind = "auto"'))
+    config = load_config(path)
+    report = await execute_run(config, env={})
+    assert report.result.status is RunStatus.FINISHED, report.result.message
+    log = by_endpoint(config.run_dir)
+    assert set(log) == {"one", "two"} and all(ok > 0 for _, ok, _ in log.values())

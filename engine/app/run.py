@@ -42,7 +42,15 @@ from engine.conversation import StepRules
 from engine.dispatcher import Accounting, Completer, Dispatcher
 from engine.endpoints import Endpoint, EndpointPool
 from engine.errors import ConfigError
-from engine.events import EventHook, Hooks, RunFinished, RunStarted, RunStopping
+from engine.events import (
+    EndpointOut,
+    Event,
+    EventHook,
+    Hooks,
+    RunFinished,
+    RunStarted,
+    RunStopping,
+)
 from engine.health import RunHealth
 from engine.limiter import RateLimiter
 from engine.maxtokens import CapRule, LengthLearner
@@ -253,7 +261,8 @@ async def execute_run(
         first_request_id = await writer.run(RequestLog.next_id)
         # The budget is rebuilt from the request log, so a cap holds across crashes.
         budget = await writer.run(lambda conn: load_budget(conn, config, events))
-        events = Hooks([events, budget.admission])
+        outs = _EndpointsOut()
+        events = Hooks([events, budget.admission, outs])
         events.on_event(budget.admission.snapshot())  # spend so far, before the first reply
         adapted = _stored_adaptations(await writer.run(journal.read_meta))
         # Adaptive max_tokens starts from the replies earlier sessions of the run received.
@@ -305,7 +314,8 @@ async def execute_run(
             learned = _learned(endpoints)
         counts = await writer.run(journal.count_by_status)
         result = judge_finished(result, counts)
-        final_meta = {"status": result.status.value}
+        # Why endpoints were taken out this session, for `m2l status` (a resume starts afresh).
+        final_meta = {"status": result.status.value, "endpoints_out": outs.json()}
         if learned != adapted:
             # What the server refused and what went out instead, so a resume starts there.
             final_meta["adapted_params"] = orjson.dumps(learned).decode()
@@ -456,13 +466,13 @@ async def _prepare(
             config.run.name,
             sum(counts.values()),
             sum(counts.get(s, 0) for s in ("done", "failed", "filtered")),
-            config.limits.rpm,
-            config.limits.tpm,
+            *_limit_sums(config),
             config.budget.usd,
             _now(),
             provider=provider,
             model=config.provider.model,
             simulated=simulated,
+            endpoints=tuple((e.name, e.model) for e in config.providers),
         )
     )
     return setup
@@ -592,6 +602,31 @@ def _endpoint(config: Config, opened: OpenEndpoint) -> Endpoint:
         opened.shape,
         entry.weight,
     )
+
+
+def _limit_sums(config: Config) -> tuple[float | None, float | None]:
+    """The run's rpm and tpm: the sums of its endpoints' (None when one has no such limit)."""
+    limits = [config.endpoint_limits(e) for e in config.endpoints()]
+    rpm = [x.rpm for x in limits]
+    tpm = [x.tpm for x in limits]
+    return (
+        None if None in rpm else sum(x or 0.0 for x in rpm),
+        None if None in tpm else sum(x or 0.0 for x in tpm),
+    )
+
+
+class _EndpointsOut:
+    """Collects why endpoints were taken out (EndpointOut events), by endpoint."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, str] = {}
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, EndpointOut):
+            self.messages[event.endpoint] = event.message
+
+    def json(self) -> str:
+        return orjson.dumps(self.messages).decode()
 
 
 def _learned(endpoints: Sequence[OpenEndpoint]) -> dict[str, str]:

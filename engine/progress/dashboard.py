@@ -13,7 +13,7 @@ from rich.segment import Segment
 from rich.style import Style
 
 from engine.formats import ago, compact, count, duration, percent, usd
-from engine.progress.snapshot import LanguageProgress, Pairs, ProgressSnapshot
+from engine.progress.snapshot import EndpointProgress, LanguageProgress, Pairs, ProgressSnapshot
 
 __all__ = ["STATE_STYLES", "Dashboard"]
 
@@ -127,6 +127,9 @@ def _panel(s: ProgressSnapshot, width: int, max_languages: int) -> list[Parts]:
     lines += _errors(s, inner)
     if s.batches_open is not None:
         lines += _batches(s, inner)
+    if len(s.endpoints) > 1:
+        lines.append(_Line())
+        lines += _endpoints(s.endpoints, inner)
     if s.languages:
         lines.append(_Line())
         lines += _languages(s.languages, inner, max_languages)
@@ -357,6 +360,34 @@ def _errors(s: ProgressSnapshot, inner: int) -> list[_Line]:
             last.add(f" {ago(s.last_error_age_s)}", _LABEL)
         last.add(": " + " ".join(s.last_error.split()))
         lines.append(last)
+    return lines
+
+
+def _endpoints(endpoints: tuple[EndpointProgress, ...], inner: int) -> list[_Line]:
+    """One line per endpoint: its requests, replies, 429s, failures, pace, time at the server
+    and cost; an endpoint taken out says why, in red."""
+    name_w = min(max(max(cell_len(e.name) for e in endpoints), 8), 16)
+    columns = (
+        ("sent", 8), ("ok", 8), ("429s", 6), ("failed", 7), ("/min", 7), ("server", 8),
+        ("cost", 10),
+    )  # fmt: skip
+    header = _Line().cell("endpoint", name_w, style="bold")
+    for name, w in columns:
+        header.cell(name, w, right=True, style="bold")
+    lines = [_Line().add("endpoints", _LABEL), header.add("  ").add("model", "bold")]
+    for e in endpoints:
+        row = _Line().cell(e.name, name_w, style="red" if e.out is not None else "")
+        row.cell(count(e.sent), 8, right=True).cell(count(e.ok), 8, right=True)
+        row.cell(count(e.rate_limited), 6, right=True, style="red" if e.rate_limited else _LABEL)
+        row.cell(count(e.failed), 7, right=True, style="red" if e.failed else _LABEL)
+        row.cell(f"{e.rpm:.0f}", 7, right=True)
+        server = f"{e.latency_s:.1f} s" if e.latency_s is not None else _DASH
+        row.cell(server, 8, right=True).cell(usd(e.cost_usd), 10, right=True).add("  ")
+        if e.out is not None:
+            row.add("out: " + " ".join(e.out.split()), "red")
+        else:
+            row.add(e.model)
+        lines.append(row)
     return lines
 
 

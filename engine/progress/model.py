@@ -16,6 +16,7 @@ from engine.events import (
     BudgetUpdate,
     ConversationFinished,
     ConversationStarted,
+    EndpointOut,
     Event,
     OutputRejected,
     RateLimitHit,
@@ -30,6 +31,7 @@ from engine.events import (
 )
 from engine.progress.rates import SlidingCounter
 from engine.progress.snapshot import (
+    EndpointProgress,
     LanguageProgress,
     ProgressSnapshot,
     pairs,
@@ -58,6 +60,18 @@ class _Language:
         self.filtered = 0
         self.active = 0
         self.finishes = SlidingCounter(*_CONVERSATION_WINDOW)
+
+
+class _Endpoint:
+    """One endpoint's running counts (mutable; only the model touches it)."""
+
+    __slots__ = ("cost", "failed", "hits", "latency", "model", "ok", "out", "sent", "tokens")
+
+    def __init__(self, model: str = "") -> None:
+        self.model = model
+        self.sent = self.ok = self.hits = self.failed = self.tokens = 0
+        self.cost = self.latency = 0.0
+        self.out: str | None = None
 
 
 class ProgressModel:
@@ -104,6 +118,7 @@ class ProgressModel:
         self._steps: dict[str, int] = {}
         self._finishes = SlidingCounter(*_CONVERSATION_WINDOW)
         self._languages: dict[str, _Language] = {}
+        self._endpoints: dict[str, _Endpoint] = {}
         self._baseline = ProgressSnapshot()
         if baseline is not None:
             self.load_baseline(baseline)
@@ -165,6 +180,7 @@ class ProgressModel:
             BatchUpdate: self._batch_update,
             RunFinished: self._run_finished,
             RunStopping: self._run_stopping,
+            EndpointOut: self._endpoint_out,
         }
 
     def __repr__(self) -> str:
@@ -220,7 +236,18 @@ class ProgressModel:
             entry = self._languages[name] = _Language()
         return entry
 
+    def _endpoint(self, name: str) -> _Endpoint:
+        entry = self._endpoints.get(name)
+        if entry is None:
+            entry = self._endpoints[name] = _Endpoint()
+        return entry
+
+    def _endpoint_out(self, e: EndpointOut) -> None:
+        self._endpoint(e.endpoint).out = e.message[:_MAX_MESSAGE]
+
     def _run_started(self, e: RunStarted) -> None:
+        for name, model in e.endpoints:
+            self._endpoint(name).model = model
         self._run = e.run
         self._provider, self._model, self._simulated = e.provider, e.model, e.simulated
         self._total = e.conversations_total
@@ -268,6 +295,7 @@ class ProgressModel:
             self._inflight_by_kind[previous] -= 1
         self._inflight[e.key] = kind
         self._inflight_by_kind[kind] = self._inflight_by_kind.get(kind, 0) + 1
+        self._endpoint(e.endpoint).sent += 1
 
     def _request_ended(self, key: str) -> None:
         kind = self._inflight.pop(key, None)
@@ -290,6 +318,11 @@ class ProgressModel:
         self._acc_used += e.prompt_tokens + e.completion_tokens
         self._acc_latency += e.latency_s
         self._latency_total += e.latency_s
+        endpoint = self._endpoint(e.endpoint)
+        endpoint.ok += 1
+        endpoint.tokens += e.prompt_tokens + e.completion_tokens
+        endpoint.cost += e.cost_usd
+        endpoint.latency += e.latency_s
 
     def _error(self, error_class: str, message: str) -> None:
         self._errors[error_class] = self._errors.get(error_class, 0) + 1
@@ -299,16 +332,20 @@ class ProgressModel:
         self._request_ended(e.key)
         self._retries += 1
         self._error(e.error_class, e.message)
+        self._endpoint(e.endpoint).failed += 1
 
     def _rate_limit_hit(self, e: RateLimitHit) -> None:
         self._request_ended(e.key)
         self._hits += 1
+        self._endpoint(e.endpoint).hits += 1
         self._paused_until = max(self._paused_until, self._clock.now() + e.pause_s)
 
     def _request_failed(self, e: RequestFailed) -> None:
         self._request_ended(e.key)
         self._failed_requests += 1
         self._error(e.error_class, e.message)
+        if e.endpoint:
+            self._endpoint(e.endpoint).failed += 1
 
     def _conversation_started(self, e: ConversationStarted) -> None:
         self._active += 1
@@ -342,6 +379,35 @@ class ProgressModel:
             self._failed_by_reason[reason] = self._failed_by_reason.get(reason, 0) + 1
         self._finishes.add(now)
         lang.finishes.add(now)
+
+    def _endpoint_rows(self, elapsed: float) -> tuple[EndpointProgress, ...]:
+        """Each endpoint's figures: this session's added to earlier sessions' (the store's);
+        its requests per minute are this session's."""
+        base = {e.name: e for e in self._baseline.endpoints}
+        names = [*self._endpoints, *(n for n in base if n not in self._endpoints)]
+        minutes = elapsed / 60
+        rows = []
+        for name in names:
+            live = self._endpoints.get(name) or _Endpoint()
+            old = base.get(name) or EndpointProgress(name)
+            ok = old.ok + live.ok
+            latency = (old.latency_s or 0.0) * old.ok + live.latency
+            rows.append(
+                EndpointProgress(
+                    name,
+                    live.model or old.model,
+                    sent=old.sent + live.sent,
+                    ok=ok,
+                    rate_limited=old.rate_limited + live.hits,
+                    failed=old.failed + live.failed,
+                    tokens=old.tokens + live.tokens,
+                    cost_usd=old.cost_usd + live.cost,
+                    latency_s=latency / ok if ok else None,
+                    rpm=live.sent / minutes if minutes > 0 else 0.0,
+                    out=live.out,
+                )
+            )
+        return tuple(rows)
 
     def _budget_update(self, e: BudgetUpdate) -> None:
         self._budget = e
@@ -448,6 +514,7 @@ class ProgressModel:
             cap_usd=self._cap,
             projected_usd=projected,
             languages=self._language_rows(now, since),
+            endpoints=self._endpoint_rows(elapsed),
             batches_open=None if batches is None else batches.open_batches,
             batches_made=0 if batches is None else batches.batches_created,
             batches_by_status=() if batches is None else pairs(dict(batches.by_status)),

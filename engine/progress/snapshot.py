@@ -10,7 +10,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = ["FINAL_STATES", "LanguageProgress", "ProgressSnapshot", "pairs", "slowest_first"]
+__all__ = [
+    "FINAL_STATES",
+    "EndpointProgress",
+    "LanguageProgress",
+    "ProgressSnapshot",
+    "pairs",
+    "slowest_first",
+]
 
 # How a run can end; "starting", "running" and "stopping" (a Ctrl-C's grace period) are the
 # states a live run has.
@@ -79,6 +86,46 @@ class LanguageProgress:
             active=int(data.get("active", 0)),
             rate_per_min=float(data.get("rate_per_min", 0.0)),
             eta_s=None if data.get("eta_s") is None else float(data["eta_s"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointProgress:
+    """One endpoint's requests: sent, answered, refused with 429, failed otherwise, the tokens
+    and money of its replies, its mean time at the server, and why it is out (if it is)."""
+
+    name: str
+    model: str = ""
+    sent: int = 0
+    ok: int = 0
+    rate_limited: int = 0
+    failed: int = 0  # failed attempts other than 429s
+    tokens: int = 0  # prompt + completion tokens of its replies
+    cost_usd: float = 0.0
+    latency_s: float | None = None  # mean time at the server of its replies
+    rpm: float = 0.0  # requests sent per minute, over the elapsed time
+    out: str | None = None  # why it takes no more requests (None: it does)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: _finite(getattr(self, name)) for name in _ENDPOINT_FIELDS}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EndpointProgress:
+        """The inverse of ``as_dict``; unknown keys are ignored."""
+        latency = data.get("latency_s")
+        out = data.get("out")
+        return cls(
+            name=str(data["name"]),
+            model=str(data.get("model", "")),
+            sent=int(data.get("sent", 0)),
+            ok=int(data.get("ok", 0)),
+            rate_limited=int(data.get("rate_limited", 0)),
+            failed=int(data.get("failed", 0)),
+            tokens=int(data.get("tokens", 0)),
+            cost_usd=float(data.get("cost_usd", 0.0)),
+            latency_s=None if latency is None else float(latency),
+            rpm=float(data.get("rpm", 0.0)),
+            out=None if out is None else str(out),
         )
 
 
@@ -164,6 +211,8 @@ class ProgressSnapshot:
     cap_usd: float | None = None
     projected_usd: float | None = None
     languages: tuple[LanguageProgress, ...] = ()  # slowest first
+    # Several endpoints ([[providers]]): each one's figures, in the configured order.
+    endpoints: tuple[EndpointProgress, ...] = ()
     # batch mode (run.mode = "batch"); batches_open None: the run uses no batches
     batches_open: int | None = None
     batches_made: int = 0  # batches created (by this session, live; by the run, from the store)
@@ -222,6 +271,8 @@ class ProgressSnapshot:
                 value = dict(value)
             elif name == "languages":
                 value = [lang.as_dict() for lang in value]
+            elif name == "endpoints":
+                value = [endpoint.as_dict() for endpoint in value]
             out[name] = _finite(value)
         out.update(
             finished=self.finished,
@@ -244,11 +295,14 @@ class ProgressSnapshot:
                 value = pairs({str(k): int(n) for k, n in dict(value).items()})
             elif f.name == "languages":
                 value = tuple(LanguageProgress.from_dict(item) for item in value)
+            elif f.name == "endpoints":
+                value = tuple(EndpointProgress.from_dict(item) for item in value)
             kwargs[f.name] = value
         return cls(**kwargs)
 
 
 _LANGUAGE_FIELDS = tuple(f.name for f in fields(LanguageProgress))
+_ENDPOINT_FIELDS = tuple(f.name for f in fields(EndpointProgress))
 _SNAPSHOT_FIELDS = tuple(f.name for f in fields(ProgressSnapshot))
 
 

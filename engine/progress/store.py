@@ -15,10 +15,16 @@ import duckdb
 
 from budgets.prices import NANO_PER_USD, from_nano
 from engine.errors import StateError
-from engine.progress.snapshot import LanguageProgress, ProgressSnapshot, pairs, slowest_first
+from engine.progress.snapshot import (
+    EndpointProgress,
+    LanguageProgress,
+    ProgressSnapshot,
+    pairs,
+    slowest_first,
+)
 from engine.reasons import reason_family
 from state.batchstore import batch_summary
-from state.requestlog import attempt_summary, model_figures, spend_total
+from state.requestlog import attempt_summary, endpoint_figures, model_figures, spend_total
 from state.schema import STATE_FILE, has_added_columns, open_read_only
 
 __all__ = ["STATE_DB", "read_store", "store_snapshot"]
@@ -66,6 +72,8 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
     spent_nano, _, _ = spend_total(con, per_usd=NANO_PER_USD)
     span = log.span_s
     model = model_figures(con, has_columns=has_added_columns(con))
+    # With several endpoints the limits are theirs: the run's are their sums (store's view).
+    rpm_sum, tpm_sum = _endpoint_limits(config)
     rejected: dict[str, int] = {}
     rejected_usd = 0.0
     if _has_table(con, "rejections"):
@@ -75,8 +83,8 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
             rejected[str(reason)] = int(n)
             rejected_usd += float(cost)
     minutes = span / 60
-    rpm_limit = _number(_dig(config, "limits", "rpm"))
-    tpm_limit = _number(_dig(config, "limits", "tpm"))
+    rpm_limit = rpm_sum if "providers" in config else _number(_dig(config, "limits", "rpm"))
+    tpm_limit = tpm_sum if "providers" in config else _number(_dig(config, "limits", "tpm"))
     languages = _languages(con, minutes)
     total = sum(by_status.values())
     finished = sum(by_status.get(k, 0) for k in ("done", "failed", "filtered"))
@@ -89,6 +97,8 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
     binding = max(utils) if utils else None
     cap = _number(_dig(config, "budget", "usd"))
     batches = batch_summary(con)
+    added = has_added_columns(con)
+    endpoints = _endpoints(con, meta, minutes) if added else ()
     return ProgressSnapshot(
         run=run,
         provider=meta.get("provider", ""),
@@ -139,6 +149,7 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
         unknown_usd=log.unknown_usd,
         cap_usd=cap,
         languages=languages,
+        endpoints=endpoints,
         batches_open=None if batches is None else batches.open_batches,
         batches_made=0 if batches is None else sum(n for k, n in batches.by_status.items() if k),
         batches_by_status=()
@@ -149,6 +160,48 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
         batch_oldest_age_s=None if batches is None else batches.oldest_open_age_s,
         batch_held_usd=None if batches is None else batches.held_usd,
     )
+
+
+def _endpoints(
+    con: duckdb.DuckDBPyConnection, meta: dict[str, str], minutes: float
+) -> tuple[EndpointProgress, ...]:
+    """Each endpoint's figures from the request log, and why an endpoint was taken out in the
+    last session (run_meta ``endpoints_out``)."""
+    out = _config(meta.get("endpoints_out"))
+    return tuple(
+        EndpointProgress(
+            f.endpoint or meta.get("provider", "") or "provider",
+            f.model or "",
+            sent=f.sent,
+            ok=f.ok,
+            rate_limited=f.rate_limited,
+            failed=f.failed,
+            tokens=f.tokens,
+            cost_usd=f.cost_usd,
+            latency_s=f.latency_s,
+            rpm=f.sent / minutes if minutes > 0 else 0.0,
+            out=None if f.endpoint is None or out.get(f.endpoint) is None else str(out[f.endpoint]),
+        )
+        for f in endpoint_figures(con)
+    )
+
+
+def _endpoint_limits(config: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The sums of the [[providers]] entries' rpm and tpm (an entry without its own limits has
+    the [limits] section's); None when any endpoint has no such limit."""
+    entries = config.get("providers")
+    if not isinstance(entries, dict) or not entries:
+        return None, None
+    sums: list[float | None] = []
+    for kind in ("rpm", "tpm"):
+        total: float | None = 0.0
+        for entry in entries.values():
+            own = entry.get("limits") if isinstance(entry, dict) else None
+            limits = own if isinstance(own, dict) else _dig(config, "limits")
+            value = _number(limits.get(kind)) if isinstance(limits, dict) else None
+            total = None if value is None or total is None else total + value
+        sums.append(total)
+    return sums[0], sums[1]
 
 
 def _languages(con: duckdb.DuckDBPyConnection, minutes: float) -> tuple[LanguageProgress, ...]:

@@ -90,6 +90,15 @@ def summary_rows(s: ProgressSnapshot) -> list[Row]:
                 + (f" · limit {count(s.concurrency_limit)} at once" if s.concurrency_limit else ""),
             )
         )
+    if len(s.endpoints) > 1:
+        for e in s.endpoints:
+            detail = (
+                f"sent · {count(e.ok)} ok · {count(e.rate_limited)} rate-limited (429) · "
+                f"{count(e.failed)} failed · {usd(e.cost_usd)}"
+            )
+            if e.out is not None:
+                detail += f" · taken out: {' '.join(e.out.split())}"
+            rows.append((f"  {e.name}", count(e.sent), detail))
     if s.errors_by_class:
         rows.append(("errors by class", "", _reasons(s.errors_by_class, limit=6)))
     for label, tokens in (("tokens in", s.tokens_in), ("tokens out", s.tokens_out)):
