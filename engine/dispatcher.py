@@ -243,6 +243,17 @@ class Dispatcher:
                     # This endpoint is done for; the request goes to another, if one is left.
                     fatal = self._pool.take_out(endpoint, gone)
                     if fatal is None:
+                        emit(
+                            RequestRetried(
+                                key,
+                                gone.error_class,
+                                f"endpoint {endpoint.name!r} is out, sent to another: {gone}",
+                                tries,
+                                0.0,
+                                _now(),
+                                endpoint.name,
+                            )
+                        )
                         continue
             if fatal is not None:
                 emit(RequestFailed(key, fatal.error_class, str(fatal), _now(), endpoint.name))

@@ -79,6 +79,9 @@ class Endpoint:
     weight: float = 1.0
     out: str | None = None  # why it takes no more requests (None: it does)
     sent: int = 0  # requests it was given (leases)
+    # Where its settings are ("providers[1]"): messages about it name "provider.KEY", meaning
+    # that entry's KEY.
+    setting: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +230,10 @@ class EndpointPool:
         if endpoint.out is None:
             endpoint.out = str(error)
             left = len(self.live)
-            log.warning("endpoint %r is out of this run (%d left): %s", endpoint.name, left, error)
+            where = f" ({endpoint.setting})" if endpoint.setting else ""
+            log.warning(
+                "endpoint %r%s is out of this run (%d left): %s", endpoint.name, where, left, error
+            )
             self._hooks.on_event(EndpointOut(endpoint.name, str(error), left, _now()))
         if self.live:
             self._wake()
@@ -343,7 +349,9 @@ class EndpointPool:
         self._wake()
 
     def _none_left(self) -> FatalRunError:
-        reasons = "; ".join(f"{e.name}: {e.out}" for e in self._endpoints)
+        reasons = "; ".join(
+            f"{e.name}{f' ({e.setting})' if e.setting else ''}: {e.out}" for e in self._endpoints
+        )
         if not self.several:
             return FatalRunError(reasons)
         return FatalRunError(

@@ -601,6 +601,7 @@ def _endpoint(config: Config, opened: OpenEndpoint) -> Endpoint:
         RunHealth(config.retry, systematic_window=0),
         opened.shape,
         entry.weight,
+        setting=config.where(entry),
     )
 
 

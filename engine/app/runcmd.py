@@ -42,7 +42,10 @@ def run_from_cli(args: argparse.Namespace) -> int:
             "messages form)",
             file=sys.stderr,
         )
-    if status is RunStatus.INTERRUPTED:
+    if status is RunStatus.FAILED and mode == "quiet":
+        # Every other mode ends with the summary, which says why; quiet still must.
+        print(f"m2l: the run failed: {report.result.message}", file=sys.stderr)
+    elif status is RunStatus.INTERRUPTED:
         print(f"m2l: interrupted; resume with: {command}", file=sys.stderr)
     elif status is RunStatus.BUDGET_EXHAUSTED:
         print(
