@@ -173,6 +173,7 @@ class Scheduler:
         hooks: EventHook | None = None,
         queue_low_water: int = 8,
         batch_size: int = 256,
+        ready: asyncio.Future[None] | None = None,
     ) -> None:
         self._store = store
         self._dispatcher = dispatcher
@@ -190,6 +191,9 @@ class Scheduler:
         self._room = asyncio.Event()
         self._budget_hit: str | None = None
         self._fatal: Exception | None = None
+        # Resolved once validation can run (the language model loads in a thread meanwhile):
+        # requests go out before it is, replies wait for it; its error stops the run.
+        self._ready = ready
 
     @property
     def limiter(self) -> RateLimiter:
@@ -260,6 +264,14 @@ class Scheduler:
     def _stopped(self) -> bool:
         return self._stop.requested or self._budget_hit is not None or self._fatal is not None
 
+    async def _until_ready(self) -> None:
+        """Wait for what validation needs; raises the error that kept it from loading."""
+        ready = self._ready
+        assert ready is not None
+        if not ready.done():
+            await asyncio.shield(ready)  # a cancelled conversation must not cancel the load
+        ready.result()
+
     async def _wait_for_room(self) -> bool:
         """Wait until another conversation may start; False when the run is stopping."""
         dispatcher = self._dispatcher
@@ -317,6 +329,8 @@ class Scheduler:
                     # Permanent for this request, or its retries (or 429 patience) are used
                     # up: this conversation fails with the reason; the run goes on.
                     outcome = Outcome(None, error=f"{exc.error_class}: {exc}")
+                if self._ready is not None:
+                    await self._until_ready()
                 new = apply(
                     conv,
                     rendered,

@@ -13,7 +13,7 @@ from engine.chat import ChatRequest, ChatResult, Delivery, Message, Usage
 from engine.config import GenerationConfig, LimitsConfig, RetryConfig
 from engine.conversation import Conversation, Plan, Rendered, Status, StepKind
 from engine.dispatcher import Dispatcher
-from engine.errors import RateLimited
+from engine.errors import FatalRunError, RateLimited
 from engine.events import ConversationFinished, Event, RateLimitHit, RequestFailed
 from engine.headers import RateLimitSnapshot
 from engine.limiter import RateLimiter
@@ -134,6 +134,7 @@ def scheduler(
     max_active: int = 8,
     admission: object = None,
     hooks: Recorder | None = None,
+    ready: asyncio.Future[None] | None = None,
 ) -> Scheduler:
     limiter = RateLimiter(LimitsConfig(max_inflight=64), clock=LoopClock())
     dispatcher = Dispatcher(model, limiter, policy=RetryConfig(backoff=False), hooks=hooks)
@@ -147,6 +148,7 @@ def scheduler(
         stop=stop,
         admission=admission,  # type: ignore[arg-type]
         hooks=hooks,
+        ready=ready,
     )
 
 
@@ -305,3 +307,36 @@ def test_a_429_pauses_the_request_until_the_reset_and_loses_nothing() -> None:
     # Each 429 paused every sender for its 3 s reset before the request went out again.
     assert [t for t, _ in model.started[:3]] == [0.0, 3.0, 6.0]
     assert elapsed == 6.0 + 2 * STEP_S
+
+
+def test_requests_go_out_before_validation_is_ready_and_replies_wait_for_it() -> None:
+    """The first request is sent at once; its reply is judged and stored once ready resolves."""
+    model, st = Model(), store(1)
+
+    async def main() -> RunStatus:
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(5.0, ready.set_result, None)
+        return (await scheduler(model, st, StopControl(), ready=ready).run(grace_s=5)).status
+
+    status, elapsed = run_virtual(main())
+    assert status is RunStatus.FINISHED
+    assert [t for t, _ in model.started] == [0.0, 5.0]
+    assert [t for t, _, _ in st.steps] == [5.0, 5.0 + STEP_S]
+    assert elapsed == 5.0 + STEP_S
+
+
+def test_validation_that_cannot_load_stops_the_run_with_its_reason() -> None:
+    """A failed load fails the run with its message; no reply is judged or stored."""
+    model, st = Model(), store(2)
+
+    async def main() -> tuple[RunStatus, str]:
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        error = FatalRunError("the language-ID model could not be loaded: damaged")
+        asyncio.get_running_loop().call_later(1.0, ready.set_exception, error)
+        result = await scheduler(model, st, StopControl(), ready=ready).run(grace_s=5)
+        return result.status, result.message
+
+    (status, message), _ = run_virtual(main())
+    assert status is RunStatus.FAILED
+    assert "language-ID model could not be loaded" in message
+    assert st.steps == []

@@ -15,7 +15,7 @@ import logging
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from engine.config import Config, LimitsConfig, Secret, config_diff
 from engine.conversation import StepRules
 from engine.dispatcher import Accounting, Completer, Dispatcher
 from engine.endpoints import Endpoint, EndpointPool
-from engine.errors import ConfigError
+from engine.errors import ConfigError, FatalRunError
 from engine.events import (
     EndpointOut,
     Event,
@@ -238,6 +238,11 @@ async def execute_run(
     remove_stale_temp_files(config.run_dir, config.run_dir / "export")
     languages = load_languages()
     stop = stop or StopControl()
+    # The tokenizer and the language model (about 0.5 s of CPU each) load in threads while the
+    # store is set up, so neither holds up the first request: the budget and the prompter wait
+    # for the tokenizer, validation (not the sends) for the language model.
+    _preload(asyncio.to_thread(_preload_tokenizer, config))
+    language_model = _preload(_load_language_model()) if config.quality.check_language else None
     async with (
         _NewFolder(config.run_dir) as folder,
         GroupCommitWriter(config.run_dir / STATE_FILE, create=True, store=config.store) as writer,
@@ -280,6 +285,7 @@ async def execute_run(
                     config, client, writer, batcher, store, budget, first_request_id,
                     base_url=base_url, api_key=api_key, events=events, stop=stop,
                     taxonomy=taxonomy, languages=languages, profile=profile, shape=shape,
+                    ready=language_model,
                 )  # fmt: skip
             else:
                 accounting = RequestLog(
@@ -307,6 +313,7 @@ async def execute_run(
                     adaptive=config.generation.adaptive_max_tokens.active(
                         simulated=config.uses_simulator(env), tpm_limited=_tpm_limited(config)
                     ),
+                    ready=language_model,
                 )
                 # While requests queue at a rate limit, flushing less often costs no throughput.
                 batcher.pace_by(lambda: scheduler.rate_bound)
@@ -352,6 +359,7 @@ async def _run_batch_mode(
     languages: LanguageTable,
     profile: ModelProfile,
     shape: RequestShape,
+    ready: asyncio.Future[None] | None = None,
 ) -> RunResult:
     """The run in batch mode: steps go out as Batch API lines; batches outlive a stop."""
     counts = await writer.run(journal.count_by_status)
@@ -386,6 +394,7 @@ async def _run_batch_mode(
             profile=profile,
             shape=shape,
             price=budget.costs.actual,
+            ready=ready,
         )
         # Steps wait in batches that outlive the process: a stop does not wait for them.
         return await _run_with_signals(scheduler, stop, min(config.run.grace_s, 1.0), events)
@@ -460,7 +469,6 @@ async def _prepare(
     if baseline is not None:
         name = config.run.name
         baseline(await writer.run(lambda conn: store_snapshot(conn, run=name)))
-    await anyio.to_thread.run_sync(default_detector().warm_up)  # 0.5 s model load, off the loop
     hooks.on_event(
         RunStarted(
             config.run.name,
@@ -495,6 +503,7 @@ def assemble(
     replies: Iterable[tuple[int, str, int, int]] = (),
     output_price_ratio: float = 4.0,
     adaptive: bool | None = None,
+    ready: asyncio.Future[None] | None = None,
 ) -> Scheduler:
     """Limiter, dispatcher, prompter and scheduler, configured for this run, around the given
     store and accounting (benchmarks pass ones that record nothing). ``client`` is the one
@@ -504,7 +513,8 @@ def assemble(
     max_tokens learned before (``completion_lengths`` of the request log),
     ``output_price_ratio`` weighs a cut reply's output tokens against its prompt's;
     ``adaptive`` turns them on or off (None: as ``generation.adaptive_max_tokens.enabled``
-    says, "auto" counting as a real provider)."""
+    says, "auto" counting as a real provider); validation waits for ``ready`` (the language
+    model loading)."""
     profile = profile or model_profile(config)
     batch = config.run.mode == "batch"
     health = RunHealth(config.retry, systematic_window=config.run.systematic_failure_window)
@@ -584,6 +594,7 @@ def assemble(
         stop=stop,
         admission=admission,
         hooks=hooks,
+        ready=ready,
     )
 
 
@@ -636,6 +647,34 @@ def _learned(endpoints: Sequence[OpenEndpoint]) -> dict[str, str]:
     for opened in endpoints:
         learned.update(opened.shape.adapted)
     return learned
+
+
+def _preload_tokenizer(config: Config) -> None:
+    """Build the run's encoding (get_encoding keeps it); an error is left to the real use."""
+    with contextlib.suppress(Exception):
+        TokenCounter(
+            config.provider.model, unknown_model_encoding=config.provider.unknown_model_encoding
+        )
+
+
+async def _load_language_model() -> None:
+    """Load the language-ID model in a thread; raises FatalRunError if it cannot be loaded."""
+    try:
+        await asyncio.to_thread(default_detector().warm_up)
+    except Exception as exc:
+        raise FatalRunError(f"the language-ID model could not be loaded: {exc}") from exc
+
+
+def _preload(work: Coroutine[Any, Any, None]) -> asyncio.Future[None]:
+    """Start ``work`` now; an error nobody awaits (the run failed first) is not logged."""
+    future = asyncio.ensure_future(work)
+    future.add_done_callback(_seen)
+    return future
+
+
+def _seen(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _settle_unknown(conn: duckdb.DuckDBPyConnection) -> int:
