@@ -36,6 +36,7 @@ Docs: README.md."""
 
 
 def _add_run_parser(sub: SubParsers) -> None:
+    from engine.app.eventloop import add_loop_option
     from engine.app.status import add_progress_options
 
     p = sub.add_parser(
@@ -67,6 +68,7 @@ def _add_run_parser(sub: SubParsers) -> None:
         "what they finished is kept, and the next `m2l run` sends the rest again",
     )
     add_progress_options(p)
+    add_loop_option(p)
     p.set_defaults(func=_cmd_run)
 
 

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from engine.app import eventloop
+from engine.app.eventloop import add_loop_option
 from engine.app.status import add_progress_options, progress_options
 from engine.config import RequestsConfig, environment, load_requests_config
 from engine.errors import ConfigError
@@ -109,6 +111,7 @@ def add_requests_parser(sub: SubParsers) -> None:
         help="USD per 1M input and output tokens for a model m2l has no price for (repeatable)",
     )
     add_progress_options(p)
+    add_loop_option(p)
     p.set_defaults(func=requests_from_cli)
 
 
@@ -164,7 +167,9 @@ def requests_from_cli(args: argparse.Namespace) -> int:
     """Run the job with progress and return the exit code; errors of input reach main()."""
     config = load_requests_config(args.config, _overrides(args))
     mode, interval = progress_options(args)
-    report = asyncio.run(_run(config, args.input, args.output, mode=mode, interval=interval))
+    report = eventloop.run(
+        _run(config, args.input, args.output, mode=mode, interval=interval), args.loop
+    )
     command = "m2l " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
     print(_summary(report, command), file=sys.stderr)
     return {"finished": 0, "interrupted": 130, "budget_exhausted": 3, "failed": 1}[report.status]

@@ -7,6 +7,7 @@ import asyncio
 import shlex
 import sys
 
+from engine.app import eventloop
 from engine.app.estimate import selection_lines
 from engine.app.run import RunOptions, RunReport, cancel_batches, execute_run, exit_code
 from engine.app.status import progress_options
@@ -29,7 +30,9 @@ def run_from_cli(args: argparse.Namespace) -> int:
     options = RunOptions(force=bool(args.force), retry_failed=bool(args.retry_failed))
     command = f"m2l run {shlex.quote(str(args.config))}"
     try:
-        report = asyncio.run(_run(config, mode=mode, interval=interval, options=options))
+        report = eventloop.run(
+            _run(config, mode=mode, interval=interval, options=options), args.loop
+        )
     except KeyboardInterrupt:
         # Ctrl-C before the run's own handler is installed or after it is removed (set-up, the
         # end-of-run export): what was journaled is kept, so the hint is the same.
