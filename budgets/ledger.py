@@ -57,7 +57,7 @@ ZERO = Spend()
 class Ledger:
     """The Guard the request log calls: keeps settled + reserved within every cap."""
 
-    __slots__ = ("_cap_nano", "_caps", "_open", "_reserved", "_spent")
+    __slots__ = ("_cap_nano", "_caps", "_lease", "_open", "_reserved", "_spent")
 
     def __init__(self, caps: BudgetConfig, start: Spend = ZERO) -> None:
         self._caps = caps  # checked when the config was loaded (each cap above 0, or None)
@@ -65,6 +65,9 @@ class Ledger:
         self._spent = start
         self._reserved = ZERO
         self._open: dict[int, Spend] = {}
+        # A shard of a sharded run spends under its lease of the caps (engine.lease): reserves
+        # within ``allowance``, plans admissions within ``outlook``. None: the caps themselves.
+        self._lease: tuple[Spend, Spend] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -89,24 +92,46 @@ class Ledger:
     def committed(self) -> Spend:
         return self._spent + self._reserved
 
+    def set_lease(self, allowance: Spend, outlook: Spend) -> None:
+        """Spend under a shard's lease of the caps from now on: ``reserve`` keeps committed
+        within ``allowance`` and admission plans within ``outlook`` (quantities without a cap
+        are ignored). An allowance below what is committed only stops new reservations."""
+        self._lease = (allowance, outlook)
+
+    def _limits(self, *, reserving: bool) -> tuple[int | None, int | None, int | None]:
+        caps = (self._cap_nano, self._caps.tokens, self._caps.requests)
+        if self._lease is None:
+            return caps
+        lease = self._lease[0] if reserving else self._lease[1]
+        return (
+            _within(caps[0], lease.nano),
+            _within(caps[1], lease.tokens),
+            _within(caps[2], lease.requests),
+        )
+
     def shortfall(self, extra: Spend, *, count_reserved: bool = True) -> str | None:
-        """Which cap ``extra`` more would pass (a message), or None if it fits under every cap."""
+        """Which cap ``extra`` more would pass (a message), or None if it fits under every cap.
+
+        ``count_reserved`` (a reservation) checks committed spend against the caps, or a shard's
+        allowance; without it (admission's plan) spend is checked against the caps or outlook.
+        """
         base = self.committed() if count_reserved else self._spent
         total = base + extra
-        if self._cap_nano is not None and total.nano > self._cap_nano:
-            left = max(self._cap_nano - base.nano, 0)
+        cap_nano, cap_tokens, cap_requests = self._limits(reserving=count_reserved)
+        if cap_nano is not None and total.nano > cap_nano:
+            left = max(cap_nano - base.nano, 0)
             return (
                 f"budget.usd cap of {usd(self._caps.usd)} reached: {usd(from_nano(extra.nano))} "
                 f"more does not fit in the {usd(from_nano(left))} left "
                 f"({usd(self._spent.usd)} spent, {usd(self._reserved.usd)} held by requests "
                 "in flight)"
             )
-        if self._caps.tokens is not None and total.tokens > self._caps.tokens:
+        if cap_tokens is not None and total.tokens > cap_tokens:
             return (
                 f"budget.tokens cap of {self._caps.tokens} reached: {extra.tokens} more tokens "
                 f"do not fit ({self._spent.tokens} used, {self._reserved.tokens} held in flight)"
             )
-        if self._caps.requests is not None and total.requests > self._caps.requests:
+        if cap_requests is not None and total.requests > cap_requests:
             return (
                 f"budget.requests cap of {self._caps.requests} reached "
                 f"({self._spent.requests} made, {self._reserved.requests} in flight)"
@@ -149,6 +174,10 @@ class Ledger:
             raise ValueError(f"request {ticket.request_id} holds no reservation") from None
         self._reserved -= held
         return held
+
+
+def _within(cap: int | None, lease: int) -> int | None:
+    return None if cap is None else min(cap, lease)
 
 
 def spend_from_log(conn: duckdb.DuckDBPyConnection) -> Spend:

@@ -199,6 +199,7 @@ class Bucket:
         "per_minute",
         "rate",
         "server_limit",
+        "share",
         "user_capped",
     )
 
@@ -208,6 +209,8 @@ class Bucket:
         if configured is None and server_limit is None:
             raise ValueError("a bucket needs a configured or a server-reported limit")
         self.configured = configured
+        # The part of the limit this process may use: 1, or a shard's lease (engine.lease).
+        self.share = 1.0
         self._set_server_limit(server_limit)
         self.learned = False  # capacity measured from headers rather than assumed
         self._burst_s = burst_s
@@ -234,13 +237,37 @@ class Bucket:
     def _set_server_limit(self, limit: float | None) -> None:
         self.server_limit = limit
         known = [v for v in (self.configured, limit) if v is not None]
-        # The binding limit is the lower of the configured and the server-reported one.
-        self.per_minute = min(known)
+        # The binding limit is the lower of the configured and the server-reported one; a
+        # shard of a sharded run holds its share of it.
+        self.per_minute = min(known) * self.share
         self.rate = self.per_minute / 60.0  # refill per second at full speed
-        # The user configured less than the server allows: the user's cap binds.
-        self.user_capped = (
+        # The user configured less than the server allows: the user's cap binds. A shard reads
+        # the server's headers as a user under a lower cap does: room the server shows is the
+        # other shards' as much as its own, so only bad news moves its level.
+        self.user_capped = self.share < 1.0 or (
             self.configured is not None and limit is not None and self.configured < limit
         )
+
+    def set_share(self, share: float, now: float, factor: float) -> None:
+        """Hold ``share`` of the limit from now on (a shard's lease); the level and capacity scale
+        with it, except that a larger share gains no level until it refills."""
+        self.refill(now, factor)
+        old = self.share
+        if share == old:
+            return
+        self.share = share
+        self._set_server_limit(self.server_limit)
+        ratio = share / old
+        self._floor *= ratio
+        if self.learned:
+            self.capacity = min(self.capacity * ratio, self.per_minute)
+        else:
+            self.capacity = self._assumed_capacity()
+        if ratio < 1.0:
+            self.level *= ratio
+            self._pace *= ratio
+        self.level = min(self.level, self.capacity)
+        self._pace = min(self._pace, self._pace_capacity)
 
     @property
     def max_charge(self) -> float:
@@ -301,12 +328,13 @@ class Bucket:
             self._set_server_limit(float(limit))
         if remaining is not None:
             # The server held ``remaining`` plus what it just admitted: capacity is no less.
-            floor = remaining + admitted
+            # (A shard's part of the server's bucket is its share of it.)
+            floor = (remaining + admitted) * self.share
             self._floor = max(self._floor, floor)
             if reset_s is not None:
                 # OpenAI's reset is the time until the bucket is full again, at the server's rate.
-                server_rate = (self.server_limit or self.per_minute) / 60.0
-                self.capacity = max(remaining + reset_s * server_rate, floor)
+                server_rate = (self.server_limit or self.per_minute / self.share) / 60.0
+                self.capacity = max((remaining + reset_s * server_rate) * self.share, floor)
                 self.learned = True
         if self.learned:
             self.capacity = min(self.capacity, self.per_minute)
@@ -445,6 +473,7 @@ class LimiterCore:
         "_probing",
         "_queue",
         "_rate_limited",
+        "_share",
         "_strikes",
         "_tickets",
     )
@@ -474,6 +503,7 @@ class LimiterCore:
         self._cut_seq = 0
         self._strikes = 0  # overloads in a row (reset by a success sent after the last cut)
         self._rate_limited = 0
+        self._share = 1.0
         # With no limit configured, nothing is known until a response's headers arrive: send
         # one request first rather than an unbounded burst (a server with no headers is then
         # taken to have no limit).
@@ -527,6 +557,16 @@ class LimiterCore:
             return None
         wait = self._wait_s(self._tickets[ticket], now)
         return None if math.isinf(wait) else now + wait
+
+    def set_share(self, share: float) -> None:
+        """Use ``share`` (0 < share <= 1) of every limit from now on: a shard's lease of a run
+        whose limits are shared (engine.lease); raises ValueError out of that range."""
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"a share of the limits is in (0, 1], got {share}")
+        self._share = share
+        now = self._clock.now()
+        for bucket in self._buckets.values():
+            bucket.set_share(share, now, self._factor)
 
     # --- outcomes ---------------------------------------------------------------------------
 
@@ -683,9 +723,10 @@ class LimiterCore:
                     burst_s=self._limits.initial_burst_s,
                     now=now,
                 )
+                bucket.set_share(self._share, now, self._factor)
                 bucket.learn(limit, remaining, reset_s, charged)
                 if remaining is not None:
-                    bucket.level = min(bucket.capacity, float(remaining))
+                    bucket.level = min(bucket.capacity, float(remaining) * self._share)
                 self._buckets[kind] = bucket
                 continue
             old_rate = bucket.rate

@@ -115,6 +115,13 @@ class RateLimiter:
         if self._waiters:
             self._wake()
 
+    def set_share(self, share: float) -> None:
+        """Use ``share`` of every limit from now on (a shard's lease); raises ValueError for a
+        share outside (0, 1]."""
+        self._core.set_share(share)
+        if self._waiters:
+            self._wake()
+
     def statistics(self) -> LimiterStats:
         return self._core.statistics()
 

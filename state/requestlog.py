@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
 
@@ -606,12 +606,16 @@ class RequestLog:
         next_request_id: int,
         costs: CostModel | None = None,
         guard: Guard | None = None,
+        top_up: Callable[[Ticket], Awaitable[None]] | None = None,
     ) -> None:
+        """``top_up`` (a shard of a sharded run) is awaited before the guard holds a ticket: it
+        returns once the guard can hold it, or once nothing more can be granted."""
         self._sink = sink
         self._model = model
         self._next_id = next_request_id
         self._costs: CostModel = costs or FreeCosts()
         self._guard = guard
+        self._top_up = top_up
 
     @staticmethod
     def next_id(conn: Conn) -> int:
@@ -624,6 +628,8 @@ class RequestLog:
         ticket = Ticket(self._next_id, self._costs.worst_case(request), request.charge)
         self._next_id += 1
         if self._guard is not None:
+            if self._top_up is not None:
+                await self._top_up(ticket)
             self._guard.reserve(ticket)
         conv_id, step = parse_request_key(request.key) or (None, None)
         row = RequestRow(
