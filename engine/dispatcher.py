@@ -432,6 +432,11 @@ class Dispatcher:
         return self._pool.endpoints[0].limiter
 
     @property
+    def limiters(self) -> list[RateLimiter]:
+        """Every endpoint's rate limiter."""
+        return [endpoint.limiter for endpoint in self._pool.endpoints]
+
+    @property
     def gate(self) -> ConcurrencyGate | None:
         """The (first) endpoint's concurrency gate."""
         return self._pool.endpoints[0].gate

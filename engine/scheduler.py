@@ -204,6 +204,11 @@ class Scheduler:
         """Whether requests are waiting now for a rate limit to let them go."""
         return self._dispatcher.queued > 0
 
+    @property
+    def limiters(self) -> list[RateLimiter]:
+        """Every endpoint's rate limiter (a sharded run's lease applies to each)."""
+        return self._dispatcher.limiters
+
     async def run(self, *, grace_s: float) -> RunResult:
         """Run until every conversation is final, or the run stops; a stop is not an error."""
         self._stop.bind(self._room)

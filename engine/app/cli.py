@@ -67,6 +67,24 @@ def _add_run_parser(sub: SubParsers) -> None:
         help='run.mode = "batch": cancel the run\'s batches open on the provider and exit; '
         "what they finished is kept, and the next `m2l run` sends the rest again",
     )
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="split the run into shards on a Ray cluster (pip install 'm2l[ray]'): ADDRESS is "
+        "the cluster's (e.g. ray://head:10001 or head:6379); without it, the cluster RAY_ADDRESS "
+        "names, or a new one on this machine. The shards share the run's rate limits and budget",
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --ray: how many shards (default: the cluster's CPUs; a resumed run keeps its "
+        "number)",
+    )
     add_progress_options(p)
     add_loop_option(p)
     p.set_defaults(func=_cmd_run)

@@ -75,17 +75,23 @@ async def open_endpoints(
     profile: ModelProfile,
     *,
     adapted: Mapping[str, str],
+    shared: Sequence[str | None] | None = None,
 ) -> AsyncIterator[Sequence[OpenEndpoint]]:
     """Every endpoint of the run, open for the block (simulators started, clients connected).
 
     ``adapted`` is what an earlier session of the run learned a server refuses (each
-    endpoint's request shape starts from it). Raises ConfigError as ``check_endpoints``.
+    endpoint's request shape starts from it); ``shared`` (a shard of a sharded run) gives the
+    URL of each simulated endpoint's simulator, which the driver serves for every shard.
+    Raises ConfigError as ``check_endpoints``.
     """
     simulated = check_endpoints(config, env)
     opened: list[OpenEndpoint] = []
     async with contextlib.AsyncExitStack() as stack:
         for i, (entry, sim) in enumerate(zip(config.endpoints(), simulated, strict=True)):
-            if sim:
+            url = shared[i] if shared is not None else None
+            if sim and url is not None:
+                base_url, key = url, None
+            elif sim:
                 # Each simulated endpoint is a simulator of its own; only the first may take
                 # the configured port.
                 settings = config.sim if i == 0 else dataclasses.replace(config.sim, port=0)

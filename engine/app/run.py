@@ -52,6 +52,7 @@ from engine.events import (
     RunStopping,
 )
 from engine.health import RunHealth
+from engine.leaseholder import LeaseHolder
 from engine.limiter import RateLimiter
 from engine.maxtokens import CapRule, LengthLearner
 from engine.modelprofile import ModelProfile, model_profile
@@ -90,10 +91,12 @@ __all__ = [
     "SIMULATOR",
     "RunOptions",
     "RunReport",
+    "ShardRole",
     "assemble",
     "endpoint_of",
     "execute_run",
     "exit_code",
+    "prepare_store",
 ]
 
 
@@ -104,12 +107,25 @@ class RunOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class ShardRole:
+    """One shard of a sharded run (``m2l run --ray``): the driver planned its store; it runs the
+    ordinary engine there under its lease, with request ids of its own, and exports nothing."""
+
+    store_dir: Path  # holds the shard's state.duckdb
+    first_request_id: int  # request ids are unique across the run's shards
+    holder: LeaseHolder
+    # Each endpoint's URL when the driver serves its simulator (one for all shards, so its
+    # limits are the run's); None: the endpoint's own base_url.
+    base_urls: tuple[str | None, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RunReport:
     result: RunResult
     setup: SetupReport | None
     run_dir: Path
     counts: Mapping[str, int]
-    dataset: ExportReport
+    dataset: ExportReport | None  # None for a shard: the driver exports the merged run
 
 
 def seeds_digest(path: Path) -> str:
@@ -217,6 +233,7 @@ async def execute_run(
     baseline: Callable[[ProgressSnapshot], None] | None = None,
     on_setup: Callable[[SetupReport], None] | None = None,
     final: Callable[[ProgressSnapshot], None] | None = None,
+    shard: ShardRole | None = None,
 ) -> RunReport:
     """Run (or resume) the configured run to its end; raises ConfigError or StateError early.
 
@@ -234,8 +251,9 @@ async def execute_run(
         log.warning("%s", warning)
     profile = model_profile(config)
     taxonomy = load_taxonomy(config.taxonomy)
+    run_dir = config.run_dir if shard is None else shard.store_dir
     # A process killed mid-write (status file, export) left its temp files: tidy them first.
-    remove_stale_temp_files(config.run_dir, config.run_dir / "export")
+    remove_stale_temp_files(run_dir, run_dir / "export")
     languages = load_languages()
     stop = stop or StopControl()
     # The tokenizer and the language model (about 0.5 s of CPU each) load in threads while the
@@ -244,8 +262,8 @@ async def execute_run(
     _preload(asyncio.to_thread(_preload_tokenizer, config))
     language_model = _preload(_load_language_model()) if config.quality.check_language else None
     async with (
-        _NewFolder(config.run_dir) as folder,
-        GroupCommitWriter(config.run_dir / STATE_FILE, create=True, store=config.store) as writer,
+        _NewFolder(run_dir) as folder,
+        GroupCommitWriter(run_dir / STATE_FILE, create=shard is None, store=config.store) as writer,
     ):
         try:
             setup = await _prepare(
@@ -264,6 +282,8 @@ async def execute_run(
         if setup is not None and on_setup is not None:
             on_setup(setup)
         first_request_id = await writer.run(RequestLog.next_id)
+        if shard is not None:
+            first_request_id = max(first_request_id, shard.first_request_id)
         # The budget is rebuilt from the request log, so a cap holds across crashes.
         budget = await writer.run(lambda conn: load_budget(conn, config, events))
         outs = _EndpointsOut()
@@ -273,7 +293,9 @@ async def execute_run(
         # Adaptive max_tokens starts from the replies earlier sessions of the run received.
         window = config.generation.adaptive_max_tokens.window
         replies = await writer.run(lambda conn: completion_lengths(conn, per_group=window))
-        async with open_endpoints(config, env, profile, adapted=adapted) as endpoints:
+        async with open_endpoints(
+            config, env, profile, adapted=adapted, shared=shard.base_urls if shard else None
+        ) as endpoints:
             first = endpoints[0]
             client, shape = first.client, first.shape
             base_url, api_key = first.base_url, first.api_key
@@ -294,6 +316,7 @@ async def execute_run(
                     next_request_id=first_request_id,
                     costs=budget.costs,
                     guard=budget.guard,
+                    top_up=shard.holder.top_up if shard is not None else None,
                 )
                 scheduler = assemble(
                     config,
@@ -317,7 +340,12 @@ async def execute_run(
                 )
                 # While requests queue at a rate limit, flushing less often costs no throughput.
                 batcher.pace_by(lambda: scheduler.rate_bound)
-                result = await _run_with_signals(scheduler, stop, config.run.grace_s, events)
+                if shard is None:
+                    result = await _run_with_signals(scheduler, stop, config.run.grace_s, events)
+                else:
+                    shard.holder.bind(scheduler.limiters, budget.guard)
+                    async with shard.holder:
+                        result = await scheduler.run(grace_s=config.run.grace_s)
             learned = _learned(endpoints)
         counts = await writer.run(journal.count_by_status)
         result = judge_finished(result, counts)
@@ -333,13 +361,15 @@ async def execute_run(
             name = config.run.name
             final(await writer.run(lambda conn: store_snapshot(conn, run=name)))
         # The dataset so far, in the form trainers read; `m2l export` writes the other formats.
-        dataset = await writer.run(
-            lambda conn: export_with(
-                conn, "messages-jsonl", default_output(config.run_dir, "messages-jsonl")
+        dataset = None
+        if shard is None:
+            dataset = await writer.run(
+                lambda conn: export_with(
+                    conn, "messages-jsonl", default_output(config.run_dir, "messages-jsonl")
+                )
             )
-        )
     events.on_event(RunFinished(result.status.value, result.message, _now()))
-    return RunReport(result, setup, config.run_dir, counts, dataset)
+    return RunReport(result, setup, run_dir, counts, dataset)
 
 
 async def _run_batch_mode(
@@ -398,6 +428,41 @@ async def _run_batch_mode(
         )
         # Steps wait in batches that outlive the process: a stop does not wait for them.
         return await _run_with_signals(scheduler, stop, min(config.run.grace_s, 1.0), events)
+
+
+async def prepare_store(
+    config: Config,
+    *,
+    env: Mapping[str, str],
+    hooks: EventHook,
+    options: RunOptions = RunOptions(),
+    baseline: Callable[[ProgressSnapshot], None] | None = None,
+    on_setup: Callable[[SetupReport], None] | None = None,
+) -> SetupReport | None:
+    """Plan a new run in its store, or check a resumed one's config, as ``execute_run`` does
+    before its first request (a sharded run's driver, before it splits the plan); reports
+    RunStarted. Raises ConfigError or StateError, leaving no folder for a refused new run."""
+    check_endpoints(config, env)
+    run_price(config)
+    for warning in check_model(config, env):
+        log.warning("%s", warning)
+    taxonomy = load_taxonomy(config.taxonomy)
+    remove_stale_temp_files(config.run_dir, config.run_dir / "export")
+    async with (
+        _NewFolder(config.run_dir) as folder,
+        GroupCommitWriter(config.run_dir / STATE_FILE, create=True, store=config.store) as writer,
+    ):
+        try:
+            setup = await _prepare(
+                writer, config, taxonomy, load_languages(), options, hooks, baseline,
+                endpoint_of(config, env),
+            )  # fmt: skip
+        except ConfigError:
+            folder.discard()
+            raise
+    if setup is not None and on_setup is not None:
+        on_setup(setup)
+    return setup
 
 
 class _NewFolder:

@@ -13,6 +13,7 @@ from engine.app.run import RunOptions, RunReport, cancel_batches, execute_run, e
 from engine.app.status import progress_options
 from engine.clock import MonotonicClock
 from engine.config import Config, environment, load_config
+from engine.errors import ConfigError
 from engine.events import Hooks
 from engine.progress import ProgressModel, progress_display
 from engine.scheduler import RunStatus
@@ -28,10 +29,16 @@ def run_from_cli(args: argparse.Namespace) -> int:
         return _cancel_batches(config, args)
     mode, interval = progress_options(args)
     options = RunOptions(force=bool(args.force), retry_failed=bool(args.retry_failed))
+    ray = getattr(args, "ray", None)
+    shards = getattr(args, "shards", None)
+    if ray is None and shards is not None:
+        raise ConfigError("--shards is for a sharded run: add --ray")
+    sharding = None if ray is None else (ray or None, shards)
     command = f"m2l run {shlex.quote(str(args.config))}"
     try:
         report = eventloop.run(
-            _run(config, mode=mode, interval=interval, options=options), args.loop
+            _run(config, mode=mode, interval=interval, options=options, sharding=sharding),
+            args.loop,
         )
     except KeyboardInterrupt:
         # Ctrl-C before the run's own handler is installed or after it is removed (set-up, the
@@ -39,7 +46,7 @@ def run_from_cli(args: argparse.Namespace) -> int:
         print(f"m2l: interrupted; resume with: {command}", file=sys.stderr)
         return exit_code(RunStatus.INTERRUPTED)
     status = report.result.status
-    if mode != "quiet":
+    if mode != "quiet" and report.dataset is not None:
         print(
             f"dataset: {report.dataset.path} ({report.dataset.rows} conversations, OpenAI "
             "messages form)",
@@ -84,9 +91,32 @@ def _print_setup(setup: SetupReport) -> None:
 
 
 async def _run(
-    config: Config, *, mode: str, interval: float | None, options: RunOptions
+    config: Config,
+    *,
+    mode: str,
+    interval: float | None,
+    options: RunOptions,
+    sharding: tuple[str | None, int | None] | None = None,
 ) -> RunReport:
     model = ProgressModel(MonotonicClock())
+    if sharding is not None:
+        from engine.app.rayrun import execute_sharded, require_ray
+
+        require_ray()  # before the display starts: a missing extra is one clear line
+        address, shards = sharding
+        async with progress_display(mode, model, interval_s=interval, run_dir=config.run_dir):
+            return await execute_sharded(
+                config,
+                env=environment(),
+                address=address,
+                shards=shards,
+                hooks=Hooks([model]),
+                options=options,
+                baseline=model.load_baseline,
+                on_setup=_print_setup if mode != "quiet" else None,
+                final=model.load_final,
+                forward_events=mode != "quiet",
+            )
     async with progress_display(mode, model, interval_s=interval, run_dir=config.run_dir):
         report = await execute_run(
             config,
