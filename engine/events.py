@@ -33,6 +33,7 @@ __all__ = [
     "RunFinished",
     "RunStarted",
     "RunStopping",
+    "ShardsUpdate",
     "StepDone",
 ]
 
@@ -109,6 +110,19 @@ class RateLimitHit:
     pause_s: float
     t: float
     endpoint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ShardsUpdate:
+    """A sharded run's shards (``m2l run --ray``), as the driver sees them: by shard number,
+    conversations finished and planned, restarts after a dead process, and the share of the
+    rate limits its lease holds (percent)."""
+
+    finished: tuple[int, ...]
+    total: tuple[int, ...]
+    restarts: tuple[int, ...]
+    share_pct: tuple[int, ...]
+    t: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +261,7 @@ Event = (
     | ConversationFinished
     | BudgetUpdate
     | BatchUpdate
+    | ShardsUpdate
     | RunStopping
     | RunFinished
 )

@@ -34,6 +34,7 @@ from state.schema import (
     release_cache,
     stored_store_config,
 )
+from state.shards import ensure_merged
 from state.tempfiles import remove_stale_temp_files
 
 __all__ = [
@@ -100,6 +101,7 @@ def open_run(run_dir: Path, *, action: str, write: bool = False) -> duckdb.DuckD
     there is no store, when a running m2l process holds it (StoreLocked), or when it is damaged
     or foreign.
     """
+    ensure_merged(run_dir)  # a sharded run whose last session ended unmerged (driver killed)
     return open_existing(run_dir / STATE_FILE, action=action, read_only=not write)
 
 

@@ -19,14 +19,16 @@ from pathlib import Path
 import duckdb
 
 from engine.errors import StateError
-from state.schema import STATE_FILE, create_schema
+from state.schema import STATE_FILE, create_schema, open_existing
 
 __all__ = [
     "REQUEST_ID_SPAN",
     "SHARDS_DIR",
+    "ensure_merged",
     "merge_shards",
     "shard_count",
     "shard_dirs",
+    "shard_progress",
     "split_run",
 ]
 
@@ -36,6 +38,7 @@ REQUEST_ID_SPAN = 10**12
 # The tables that hold a conversation's rows (by conv_id), besides the conversation itself.
 _CONV_TABLES = ("conversations", "messages", "rejections")
 _META_KEY = "shards"
+_MERGED_KEY = "shards_merged"  # "false" from a split until the next merge
 
 
 def shard_dirs(run_dir: Path, shards: int) -> list[Path]:
@@ -47,6 +50,17 @@ def shard_count(conn: duckdb.DuckDBPyConnection) -> int | None:
     """How many shards the run's store was split into, None for a run never sharded."""
     row = conn.execute("SELECT value FROM run_meta WHERE key = ?", [_META_KEY]).fetchone()
     return int(row[0]) if row is not None else None
+
+
+def shard_progress(conn: duckdb.DuckDBPyConnection, shards: int) -> list[tuple[int, int]]:
+    """Each shard's conversations as the run's store has them: (finished, planned)."""
+    rows = conn.execute(
+        "SELECT conv_id % ?, count(*) FILTER (WHERE status IN ('done', 'failed', 'filtered')), "
+        "count(*) FROM conversations GROUP BY 1",
+        [shards],
+    ).fetchall()
+    found = {int(k): (int(finished), int(total)) for k, finished, total in rows}
+    return [found.get(k, (0, 0)) for k in range(shards)]
 
 
 def split_run(conn: duckdb.DuckDBPyConnection, run_dir: Path, shards: int) -> list[Path]:
@@ -80,11 +94,42 @@ def split_run(conn: duckdb.DuckDBPyConnection, run_dir: Path, shards: int) -> li
         finally:
             conn.execute("DETACH shard")
         partial.rename(path)
-    conn.execute(
-        "INSERT INTO run_meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        [_META_KEY, str(shards)],
-    )
+    # The shards are about to work: until the next merge the run's store is behind them.
+    _set_meta(conn, {_META_KEY: str(shards), _MERGED_KEY: "false"})
     return dirs
+
+
+def _set_meta(conn: duckdb.DuckDBPyConnection, items: dict[str, str]) -> None:
+    conn.executemany(
+        "INSERT INTO run_meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        list(items.items()),
+    )
+
+
+def ensure_merged(run_dir: Path) -> bool:
+    """Merge a sharded run's stores into the run's store if its last session ended before it
+    could (its driver was killed); whether a merge was done. Every command that reads a run
+    calls this first, so it reads what the shards wrote.
+
+    Raises StateError (StoreLocked) while a running m2l holds the run's store, and duckdb.Error
+    when a shard's store is held by a shard still running or is damaged.
+    """
+    path = run_dir / STATE_FILE
+    if not (run_dir / SHARDS_DIR).is_dir() or not path.is_file():
+        return False
+    conn = open_existing(path, action="read it", read_only=True)
+    try:
+        row = conn.execute("SELECT value FROM run_meta WHERE key = ?", [_MERGED_KEY]).fetchone()
+    finally:
+        conn.close()
+    if row is None or row[0] != "false":
+        return False
+    conn = open_existing(path, action="merge its shards", read_only=False)
+    try:
+        merge_shards(conn, run_dir)
+    finally:
+        conn.close()
+    return True
 
 
 def _copy_into_shard(conn: duckdb.DuckDBPyConnection, k: int, shards: int) -> None:
@@ -135,6 +180,7 @@ def merge_shards(conn: duckdb.DuckDBPyConnection, run_dir: Path) -> int:
         try:
             for name in names:
                 _merge_one(conn, name)
+            _set_meta(conn, {_MERGED_KEY: "true"})
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -23,7 +23,7 @@ from engine.app.cli import main
 from engine.app.rayrun import execute_sharded
 from engine.app.run import execute_run
 from engine.config import load_config
-from engine.events import ConversationFinished, Event, StepDone
+from engine.events import ConversationFinished, Event, ShardsUpdate, StepDone
 from engine.scheduler import RunStatus
 from engine.simulator import SimSettings, run_simulator
 from state.export import export_run
@@ -31,7 +31,9 @@ from tests.runfixtures import write_config
 
 ray = pytest.importorskip("ray")
 
-pytestmark = [pytest.mark.slow, pytest.mark.anyio]
+# Each test starts two shard processes, which import m2l: seconds on a quiet machine, minutes
+# on a loaded one.
+pytestmark = [pytest.mark.slow, pytest.mark.anyio, pytest.mark.timeout(400)]
 
 KEY = "sk-test-ray-0123456789"
 
@@ -58,6 +60,7 @@ class Watch:
         self.finished = 0
         self._wait = steps_to_wait
         self.reached = asyncio.Event()
+        self.shards: ShardsUpdate | None = None
 
     def on_event(self, event: Event) -> None:
         if isinstance(event, StepDone):
@@ -66,6 +69,8 @@ class Watch:
                 self.reached.set()
         elif isinstance(event, ConversationFinished):
             self.finished += 1
+        elif isinstance(event, ShardsUpdate):
+            self.shards = event
 
 
 def provider_config(folder: Path, base_url: str, *, extra: str = "", evols: int = 6) -> Path:
@@ -109,6 +114,10 @@ async def test_a_sharded_run_with_a_killed_shard_makes_the_single_process_datase
     assert two.result.status is RunStatus.FINISHED, two.result.message
     assert "shard 0: its process died" in caplog.text
     assert two.counts == {"done": 48}
+    # The dashboard's last view of the shards: all done, shard 0 restarted once.
+    assert watch.shards is not None
+    assert watch.shards.finished == watch.shards.total == (24, 24)
+    assert watch.shards.restarts == (1, 0)
 
     conversation = (
         "SELECT conv_id, seed_id, evol_type, turns_planned, followup_types, status, steps_done "

@@ -41,12 +41,14 @@ from engine.config import BudgetConfig, Config, load_config
 from engine.errors import ConfigError, M2LError
 from engine.events import (
     BudgetUpdate,
+    ConversationFinished,
     Event,
     EventHook,
     Hooks,
     RunFinished,
     RunStarted,
     RunStopping,
+    ShardsUpdate,
 )
 from engine.lease import Lease, LeaseBook, LeaseStats
 from engine.leaseholder import LeaseHolder
@@ -58,7 +60,7 @@ from state import journal
 from state.export import default_output, export_with
 from state.schema import STATE_FILE, open_store
 from state.setup import SetupReport
-from state.shards import REQUEST_ID_SPAN, merge_shards, split_run
+from state.shards import REQUEST_ID_SPAN, merge_shards, shard_progress, split_run
 
 __all__ = ["INSTALL_HINT", "execute_sharded", "require_ray"]
 
@@ -257,12 +259,13 @@ async def execute_sharded(
     conn = open_store(main, create=False, store=config.store)
     try:
         dirs = split_run(conn, config.run_dir, count)
+        progress = shard_progress(conn, count)
     finally:
         conn.close()
 
     async with _shared_endpoints(config, env) as base_urls:
         result = await _drive(
-            ray, config, env, dirs, base_urls, events, stop, options, forward_events
+            ray, config, env, dirs, progress, base_urls, events, stop, options, forward_events
         )
 
     # The shards' stores are closed: bring the run's store up to date and end the run there.
@@ -328,6 +331,7 @@ async def _drive(
     config: Config,
     env: Mapping[str, str],
     dirs: list[Path],
+    progress: list[tuple[int, int]],
     base_urls: tuple[str | None, ...],
     events: EventHook,
     stop: StopControl,
@@ -370,7 +374,7 @@ async def _drive(
         states.append(_ShardState(actor=actor))
     for k, state in enumerate(states):
         state.task = asyncio.ensure_future(_run_shard(ray, k, state, stop))
-    relay = _Relay(events, config.budget.usd, len(states))
+    relay = _Relay(events, config.budget.usd, progress, coordinator)
     loop = asyncio.get_running_loop()
     installed = _install_signals(loop, stop, states, events, config.run.grace_s)
     try:
@@ -459,13 +463,24 @@ class _Relay:
     """Feeds the shards' events to the driver's hooks as one run's: their RunStarted and
     RunFinished are the driver's own to send, and their budgets add up into one."""
 
-    def __init__(self, hooks: EventHook, cap_usd: float | None, shards: int) -> None:
+    def __init__(
+        self,
+        hooks: EventHook,
+        cap_usd: float | None,
+        progress: list[tuple[int, int]],
+        coordinator: Any,
+    ) -> None:
+        """``progress``: each shard's conversations (finished, planned) when the session began."""
         self._hooks = hooks
         self._cap = cap_usd
-        self._budgets: list[BudgetUpdate | None] = [None] * shards
+        self._budgets: list[BudgetUpdate | None] = [None] * len(progress)
+        self._finished = [finished for finished, _ in progress]
+        self._total = tuple(total for _, total in progress)
+        self._coordinator = coordinator
 
     async def collect(self, states: list[_ShardState]) -> None:
         calls = [s.actor.collect.remote() for s in states]
+        leases = self._coordinator.stats.remote()
         changed = False
         for k, call in enumerate(calls):
             try:
@@ -481,7 +496,29 @@ class _Relay:
                     self._budgets[k] = event
                     changed = True
                     continue
+                if isinstance(event, ConversationFinished):
+                    self._finished[k] += 1
                 self._hooks.on_event(event)
+        try:
+            stats: LeaseStats = await leases
+            shares = tuple(round(100 * s) for s in stats.shares)
+        except Exception:  # the coordinator is going away with the run
+            shares = (0,) * len(states)
+        for k, state in enumerate(states):
+            if state.outcome is not None and state.outcome[2]:
+                # An ended shard's own count: events a killed process had not handed over
+                # yet are missing from the relayed ones.
+                counts = state.outcome[2]
+                self._finished[k] = sum(counts.get(s, 0) for s in ("done", "failed", "filtered"))
+        self._hooks.on_event(
+            ShardsUpdate(
+                tuple(self._finished),
+                self._total,
+                tuple(s.restarts for s in states),
+                shares,
+                time.monotonic(),
+            )
+        )
         if changed:
             known = [b for b in self._budgets if b is not None]
             projected = [b.projected_usd for b in known]

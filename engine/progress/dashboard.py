@@ -121,6 +121,8 @@ def _panel(s: ProgressSnapshot, width: int, max_languages: int) -> list[Parts]:
     width = max(width, _MIN_WIDTH)
     inner = width - 4  # a border and a space on each side
     lines = _conversations(s, inner)
+    if s.shards:
+        lines += _shards(s, inner)
     lines.append(_Line())
     lines += _limits_and_budget(s, inner)
     lines.append(_Line())
@@ -337,6 +339,19 @@ def _batches(s: ProgressSnapshot, inner: int) -> list[_Line]:
     if s.batch_held_usd is not None:
         pieces.append((f"{usd(s.batch_held_usd)} held", ""))
     return _wrapped("batches", pieces, inner)
+
+
+def _shards(s: ProgressSnapshot, inner: int) -> list[_Line]:
+    """A sharded run: each shard's conversations finished of planned, its share of the limits
+    and how often its process was restarted."""
+    pieces = []
+    for k, (finished, total, restarts, share) in enumerate(s.shards):
+        text = f"{k:02d} {count(finished)}/{count(total)}"
+        text += " done" if total and finished >= total else f" {share}%"
+        if restarts:
+            text += f" ↻{restarts}"
+        pieces.append((text, "yellow" if restarts else ""))
+    return _wrapped("shards", pieces, inner)
 
 
 def _errors(s: ProgressSnapshot, inner: int) -> list[_Line]:

@@ -27,6 +27,7 @@ from engine.events import (
     RunFinished,
     RunStarted,
     RunStopping,
+    ShardsUpdate,
     StepDone,
 )
 from engine.progress.rates import SlidingCounter
@@ -165,6 +166,7 @@ class ProgressModel:
         self._cost = 0.0
         self._budget: BudgetUpdate | None = None
         self._batches: BatchUpdate | None = None
+        self._shards: ShardsUpdate | None = None
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
             RunStarted: self._run_started,
             RequestSent: self._request_sent,
@@ -178,6 +180,7 @@ class ProgressModel:
             ConversationFinished: self._conversation_finished,
             BudgetUpdate: self._budget_update,
             BatchUpdate: self._batch_update,
+            ShardsUpdate: self._shards_update,
             RunFinished: self._run_finished,
             RunStopping: self._run_stopping,
             EndpointOut: self._endpoint_out,
@@ -416,6 +419,9 @@ class ProgressModel:
     def _batch_update(self, e: BatchUpdate) -> None:
         self._batches = e
 
+    def _shards_update(self, e: ShardsUpdate) -> None:
+        self._shards = e
+
     def _run_stopping(self, e: RunStopping) -> None:
         if self._state == "running":
             self._state = "stopping"
@@ -526,6 +532,7 @@ class ProgressModel:
             # In batch mode what is reserved is held by lines in batches (or about to be).
             batch_held_usd=None if batches is None else reserved,
             batch_waiting=0 if batches is None else batches.waiting,
+            shards=_shard_rows(self._shards),
         )
         final = self._final
         if final is None or self._state in ("running", "stopping"):
@@ -576,6 +583,12 @@ class ProgressModel:
             )
         rows.sort(key=slowest_first)
         return tuple(rows)
+
+
+def _shard_rows(e: ShardsUpdate | None) -> tuple[tuple[int, int, int, int], ...]:
+    if e is None:
+        return ()
+    return tuple(zip(e.finished, e.total, e.restarts, e.share_pct, strict=True))
 
 
 def _eta(remaining: int, rate_per_s: float) -> float | None:

@@ -222,6 +222,9 @@ class ProgressSnapshot:
     batch_oldest_age_s: float | None = None
     batch_held_usd: float | None = None  # worst cases held by lines whose outcome is unknown
     batch_waiting: int = 0  # steps ready, waiting for their batch to go out
+    # a sharded run (m2l run --ray): per shard, (finished, planned, restarts, share of the
+    # limits in percent); empty for a run in one process
+    shards: tuple[tuple[int, int, int, int], ...] = ()
 
     @property
     def endpoint(self) -> str:
@@ -297,6 +300,8 @@ class ProgressSnapshot:
                 value = tuple(LanguageProgress.from_dict(item) for item in value)
             elif f.name == "endpoints":
                 value = tuple(EndpointProgress.from_dict(item) for item in value)
+            elif f.name == "shards":
+                value = tuple((int(a), int(b), int(c), int(d)) for a, b, c, d in value)
             kwargs[f.name] = value
         return cls(**kwargs)
 

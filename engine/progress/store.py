@@ -26,6 +26,7 @@ from engine.reasons import reason_family
 from state.batchstore import batch_summary
 from state.requestlog import attempt_summary, endpoint_figures, model_figures, spend_total
 from state.schema import STATE_FILE, has_added_columns, open_read_only
+from state.shards import ensure_merged
 
 __all__ = ["STATE_DB", "read_store", "store_snapshot"]
 
@@ -35,6 +36,7 @@ _REASON_CHARS = 80  # failure reasons are grouped by their text; long messages a
 
 def read_store(path: Path) -> ProgressSnapshot:
     """The figures of the store at ``path``, opened read-only; raises StoreLocked or StateError."""
+    ensure_merged(path.parent)  # a sharded run whose last session ended unmerged
     con = open_read_only(path, action="read it")
     try:
         return store_snapshot(con, run=path.parent.name)
