@@ -33,7 +33,12 @@ ray = pytest.importorskip("ray")
 
 # Each test starts two shard processes, which import m2l: seconds on a quiet machine, minutes
 # on a loaded one.
-pytestmark = [pytest.mark.slow, pytest.mark.anyio, pytest.mark.timeout(400)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.anyio,
+    pytest.mark.timeout(400),
+    pytest.mark.xdist_group("ray"),  # one worker, one cluster
+]
 
 KEY = "sk-test-ray-0123456789"
 
