@@ -11,10 +11,10 @@ import duckdb
 import pytest
 from rich.console import Console
 
-from engine.app.run import prepare_store
+from engine.app.run import execute_run, prepare_store
 from engine.clock import FakeClock
 from engine.config import load_config
-from engine.errors import StateError
+from engine.errors import ConfigError, StateError
 from engine.events import Hooks, ShardsUpdate
 from engine.progress.dashboard import Dashboard
 from engine.progress.model import ProgressModel
@@ -145,6 +145,22 @@ async def test_a_command_merges_what_a_killed_driver_left_unmerged(tmp_path: Pat
         conn.close()
     assert row == ("failed",)
     assert not ensure_merged(run_dir)
+
+
+@pytest.mark.anyio
+async def test_a_sharded_run_is_not_resumed_by_one_process(tmp_path: Path) -> None:
+    """Its work is in the shards' stores: `m2l run CONFIG` without --ray refuses, naming the
+    command that resumes it, and changes nothing."""
+    config = load_config(write_config(tmp_path, evols_per_seed=3))
+    await prepare_store(config, env={}, hooks=Hooks())
+    conn = open_store(config.run_dir / STATE_FILE, create=False)
+    try:
+        split_run(conn, config.run_dir, 2)
+    finally:
+        conn.close()
+    with pytest.raises(ConfigError, match="--ray --shards 2"):
+        await execute_run(config, env={})
+    assert count(config.run_dir / STATE_FILE, "SELECT count(*) FROM requests") == 0
 
 
 def test_the_driver_s_shard_figures_reach_the_dashboard_and_status_file() -> None:

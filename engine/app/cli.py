@@ -74,8 +74,9 @@ def _add_run_parser(sub: SubParsers) -> None:
         default=None,
         metavar="ADDRESS",
         help="split the run into shards on a Ray cluster (pip install 'm2l[ray]'): ADDRESS is "
-        "the cluster's (e.g. ray://head:10001 or head:6379); without it, the cluster RAY_ADDRESS "
-        "names, or a new one on this machine. The shards share the run's rate limits and budget",
+        "its head's (e.g. head-node:6379; run m2l on a node of the cluster); without it, the "
+        "cluster RAY_ADDRESS names, or a new one on this machine. The shards share the run's "
+        "rate limits and budget",
     )
     p.add_argument(
         "--shards",

@@ -265,6 +265,8 @@ async def execute_run(
         _NewFolder(run_dir) as folder,
         GroupCommitWriter(run_dir / STATE_FILE, create=shard is None, store=config.store) as writer,
     ):
+        if shard is None:
+            _refuse_sharded(await writer.run(journal.read_meta), config)
         try:
             setup = await _prepare(
                 writer,
@@ -463,6 +465,19 @@ async def prepare_store(
     if setup is not None and on_setup is not None:
         on_setup(setup)
     return setup
+
+
+def _refuse_sharded(meta: Mapping[str, str], config: Config) -> None:
+    """A sharded run's work is in its shards' stores: one process resuming it from the run's
+    store would redo it. Raises ConfigError naming the command that resumes it."""
+    shards = meta.get("shards")
+    if shards is None:
+        return
+    where = config.source if config.source is not None else "CONFIG"
+    raise ConfigError(
+        f"run {config.run.name!r} was sharded over Ray ({shards} shards); its work is in its "
+        f"shards' stores, so resume it the same way: m2l run {where} --ray --shards {shards}"
+    )
 
 
 class _NewFolder:
