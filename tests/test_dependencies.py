@@ -35,7 +35,7 @@ def core_dependencies() -> set[str]:
 
 
 def optional_dependencies() -> set[str]:
-    """The distributions of the extras users install (``fast``), not the developers' ``dev``."""
+    """The distributions of the extras users install (fast, ray), not the developers' dev."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     names = set()
     for extra, specs in project.get("optional-dependencies", {}).items():
