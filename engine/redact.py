@@ -25,12 +25,22 @@ _BEARER = re.compile(r"(?i)\b(bearer|basic)(\s+|%20|\+)[A-Za-z0-9._~+/\-]{12,}=*
 _KEYFIELD = re.compile(r"(?i)(\b(?:x-)?api[-_]?key\b[\"']?\s*[:=]\s*[\"']?)[A-Za-z0-9._~+/\-]{6,}")
 
 
+# Every pattern above needs one of these (lower-cased) in the text: a text without any is
+# returned as it is, without running the expressions (a reply's finish reason and model name
+# pass through here on every reply).
+_TRIGGERS = ("sk-", "sess-", "rk-", "bearer", "basic", "api")
+_KEY_PREFIXES = ("sk-", "sess-", "rk-")
+
+
 def scrub(text: str, secret: Secret | None = None) -> str:
     """``text`` without ``secret`` and without anything shaped like a key or a bearer token."""
     if secret is not None:
         value = secret.reveal()
         if value:
             text = text.replace(value, MASK)
+    lowered = text.lower()
+    if not any(trigger in lowered for trigger in _TRIGGERS):
+        return text
     text = _KEYLIKE.sub(rf"\1{MASK}", text)
     text = _BEARER.sub(rf"\1\2{MASK}", text)
     return _KEYFIELD.sub(rf"\1{MASK}", text)
@@ -63,4 +73,6 @@ class Redactor:
         """
         if self._secret is not None:
             text = text.replace(self._secret.reveal(), MASK)
+        if not any(prefix in text for prefix in _KEY_PREFIXES):
+            return text
         return _KEYLIKE.sub(rf"\1{MASK}", text)

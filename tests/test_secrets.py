@@ -179,3 +179,14 @@ def test_redactor_masks_the_key_and_token_shapes_in_diagnostics() -> None:
     assert redact.content(prose) == prose
     assert redact.content(f"token {KEY}.") == "token ***."
     assert scrub(f"{KEY[:20]}") != KEY[:20]  # even a cut-off key-shaped prefix is masked
+
+
+def test_scrub_masks_whatever_the_case_and_leaves_plain_words_alone() -> None:
+    """The quick test before the expressions never lets a key-shaped string through."""
+    from engine.redact import Redactor, scrub
+
+    assert scrub("stop") == "stop"
+    assert "abcdefghijklmnop" not in scrub("Authorization: BEARER abcdefghijklmnop")
+    assert "s3cr3tvalue99" not in scrub('{"X-Api-Key": "s3cr3tvalue99"}')
+    assert "12345678901234" not in Redactor(None).content("use sk-abcd12345678901234 here")
+    assert Redactor(None).content("a plain answer") == "a plain answer"
