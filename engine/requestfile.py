@@ -131,7 +131,28 @@ def _token_cap(body: dict[str, Any], default: int) -> int:
     return default
 
 
+# System (and developer) messages are usually the same on every line of a file: their counts
+# are kept, so each distinct one is counted once. User messages differ, and are not kept.
+_REPEATED_ROLES = frozenset({"system", "developer"})
+_KEPT_MAX = 1024
+_kept: dict[tuple[str, str, str], Message] = {}
+
+
 def _message(message: object, i: int, counter: TokenCounter) -> Message:
+    if isinstance(message, dict) and message.get("role") in _REPEATED_ROLES:
+        content = message.get("content")
+        if isinstance(content, str) and len(message) == 2:
+            key = (counter.encoding_name, message["role"], content)
+            kept = _kept.get(key)
+            if kept is None:
+                if len(_kept) >= _KEPT_MAX:
+                    _kept.clear()
+                kept = _kept[key] = _count_message(message, i, counter)
+            return kept
+    return _count_message(message, i, counter)
+
+
+def _count_message(message: object, i: int, counter: TokenCounter) -> Message:
     if not isinstance(message, dict):
         raise LineError(f"messages[{i}] must be an object with role and content")
     role = message.get("role")

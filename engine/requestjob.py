@@ -92,6 +92,8 @@ class Scan:
 class _NoCount:
     """A token counter that counts nothing: the check pass only looks at the shape."""
 
+    encoding_name = "none"
+
     def count(self, text: str) -> int:
         return 0
 

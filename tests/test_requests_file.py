@@ -4,6 +4,7 @@ order in which finished results reach the output file."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import orjson
 import pytest
@@ -12,6 +13,7 @@ from engine.chat import ChatResult, Usage
 from engine.errors import ContextLengthExceeded
 from engine.headers import RateLimitSnapshot
 from engine.requestfile import IMAGE_TOKENS, LineError, error_line, ok_line, parse_line
+from engine.requestjob import scan_input
 from engine.tokens import TokenCounter
 from state.requestjob import OutputOrder
 
@@ -65,6 +67,26 @@ def test_cap_and_n_charge_every_choice_and_the_body_cap_is_kept() -> None:
     )
     assert line.request.max_tokens == 120
     assert "max_tokens" not in line.request.body("m")
+
+
+def test_a_repeated_system_message_is_counted_the_same_and_the_check_pass_reads_it(
+    tmp_path: Path,
+) -> None:
+    """A system message shared by every line is charged alike on each (counted once and kept);
+    the whole-file check accepts such lines."""
+    system = {"role": "system", "content": "You answer in French, briefly."}
+    lines = [
+        parse({"messages": [system, {"role": "user", "content": f"question {i}"}]})
+        for i in range(3)
+    ]
+    expected = 3 + 3 + COUNTER.count("system") + COUNTER.count(system["content"])
+    for i, line in enumerate(lines):
+        user = 3 + COUNTER.count("user") + COUNTER.count(f"question {i}")
+        assert line.request.prompt_tokens == expected + user
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"".join(orjson.dumps({"messages": [system]}) + b"\n" for _ in range(3)))
+    scan = scan_input(src, default_model="gpt-4o-mini")
+    assert scan.lines == 3 and dict(scan.models) == {"gpt-4o-mini": 1}
 
 
 def test_batch_api_line_passes_its_custom_id_through() -> None:
