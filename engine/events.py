@@ -54,6 +54,7 @@ class RunStarted:
     simulated: bool = False  # money figures are what the model would cost, nothing was paid
     # Several endpoints ([[providers]]): (name, model) each, in the configured order.
     endpoints: tuple[tuple[str, str], ...] = ()
+    unit: str = "conversations"  # what the run counts: "requests" for `m2l requests`
 
 
 @dataclass(frozen=True, slots=True)

@@ -449,6 +449,7 @@ class RequestJob:
                             provider=provider,
                             model=_models_shown(scan.models),
                             simulated=config.uses_simulator(),
+                            unit="requests",
                         )
                     )
                     budget.report(_now())

@@ -155,3 +155,21 @@ def test_hidden_reasoning_and_the_prompt_cache_are_shown_apart() -> None:
     assert "of 3.00k output tokens, 2.00k hidden reasoning, $0.004" in rows["reasoning"][1]
     assert rows["prompt cache"][0] == "75.0%" and "saving $0.0006" in rows["prompt cache"][1]
     assert "tokens_reasoning=2000" in progress_line(s)
+
+
+def test_a_request_file_job_is_shown_as_requests_without_steps_or_languages() -> None:
+    """`m2l requests` (RunStarted.unit = "requests"): the bar counts requests, and the rows
+    that only a conversation run has (steps, rejected outputs, languages) are left out."""
+    clock = FakeClock()
+    model = ProgressModel(clock)
+    model.on_event(RunStarted("out.jsonl", 3, 0, None, None, None, 0.0, unit="requests"))
+    for line in range(2):
+        model.on_event(ConversationStarted(line, "gpt-4o-mini", "request", 0.0))
+        model.on_event(RequestSent(f"{line}:0", "request", 10, 50, 0.0))
+        model.on_event(RequestDone(f"{line}:0", "request", 10, 20, 0.1, 0.0, 0.0))
+        model.on_event(ConversationFinished(line, "done", None, "gpt-4o-mini", "request", 1, 0.0))
+    clock.advance(1.0)
+    text = draw(model.snapshot(), 120)
+    assert "requests " in text and "2/3" in text
+    assert "conversations" not in text and "steps done" not in text
+    assert "languages" not in text and "filtered" not in text

@@ -132,7 +132,7 @@ def _panel(s: ProgressSnapshot, width: int, max_languages: int) -> list[Parts]:
     if len(s.endpoints) > 1:
         lines.append(_Line())
         lines += _endpoints(s.endpoints, inner)
-    if s.languages:
+    if s.languages and s.unit == "conversations":
         lines.append(_Line())
         lines += _languages(s.languages, inner, max_languages)
     style = STATE_STYLES.get(s.state, "white")
@@ -184,7 +184,7 @@ def _conversations(s: ProgressSnapshot, inner: int) -> list[_Line]:
         f"{count(s.finished)}/{count(s.total)}  {percent(s.fraction)}  "
         f"{s.conv_per_min:.1f}/min  ETA {duration(s.eta_s) if s.eta_s is not None else _DASH}"
     )
-    first = _Line().label("conversations")
+    first = _Line().label(s.unit)
     first.bar(s.fraction, inner - _LABEL_W - 2 - cell_len(figures), "green")
     first.add("  ").add(figures, "bold")
     states = [
@@ -229,6 +229,15 @@ def _conversations(s: ProgressSnapshot, inner: int) -> list[_Line]:
             )
         )
         rejected += _items(s.rejected_by_reason, limit=4, exact=True)
+    if s.unit != "conversations":
+        # A request file has no steps, quality gate or filter: answered, failed, waiting.
+        states = [x for x in states if not x[0].startswith("filtered")]
+        return [
+            first,
+            *_wrapped("", states, inner),
+            *_wrapped("in flight", flight, inner),
+            *_wrapped("tokens", tokens, inner),
+        ]
     return [
         first,
         *_wrapped("", states, inner),

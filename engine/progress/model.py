@@ -95,6 +95,7 @@ class ProgressModel:
         self._clock = clock
         self._run = ""
         self._provider = ""
+        self._unit = "conversations"
         self._final: ProgressSnapshot | None = None
         self._model = ""
         self._simulated = False
@@ -253,6 +254,7 @@ class ProgressModel:
             self._endpoint(name).model = model
         self._run = e.run
         self._provider, self._model, self._simulated = e.provider, e.model, e.simulated
+        self._unit = e.unit
         self._total = e.conversations_total
         if not self._baseline.finished:  # with a baseline, its breakdown already counts these
             self._finished_before = e.conversations_done
@@ -465,6 +467,7 @@ class ProgressModel:
         snapshot = ProgressSnapshot(
             run=self._run,
             provider=self._provider,
+            unit=self._unit,
             model=self._model,
             simulated=self._simulated,
             state=self._state,

@@ -151,6 +151,7 @@ class ProgressSnapshot:
 
     run: str = ""
     provider: str = ""  # "embedded simulator", or the base_url's host
+    unit: str = "conversations"  # what total and finished count ("requests": m2l requests)
     model: str = ""
     simulated: bool = False  # money is what the model would cost; the simulator bills nothing
     state: str = "starting"  # starting | running | one of FINAL_STATES
