@@ -325,3 +325,53 @@ async def test_python_facade_takes_openai_dicts_and_returns_results_in_order(
         KEY[8:].encode()
         not in (tmp_path / "job" / "results.jsonl.m2l" / "state.duckdb").read_bytes()
     )
+
+
+@pytest.mark.anyio
+async def test_a_token_cap_holds_too(tmp_path: Path) -> None:
+    """Under budget.tokens the job stops before the request log passes the cap."""
+    rows = [body(i, max_tokens=100) for i in range(30)]
+    async with run_simulator(SimSettings(**FAST)) as sim:  # type: ignore[arg-type]
+        report, out = await run_job(
+            tmp_path, rows, base_url=sim.base_url, budget={"tokens": 1500},
+            limits={"max_inflight": 4},
+        )  # fmt: skip
+    assert report.status == "budget_exhausted" and 0 < report.ok < 30
+    with duckdb.connect(str(state_dir_for(out) / "state.duckdb"), read_only=True) as conn:
+        _, tokens, _ = spend_total(conn, per_usd=10**9)
+    assert tokens <= 1500
+
+
+def test_each_line_is_priced_at_its_own_models_price() -> None:
+    """A file naming two models: a request's worst case and its reply's cost use the price
+    of its own line's model."""
+    import contextvars
+
+    from budgets.prices import Pricing, load_price_table, resolve_price
+    from engine.chat import Usage
+    from engine.requestfile import parse_line
+    from engine.requestjob import _LINE_MODEL, _ModelCosts
+    from engine.tokens import TokenCounter
+
+    table = load_price_table()
+    prices = {m: resolve_price(m, table) for m in ("gpt-4o", "gpt-4o-mini")}
+    costs = _ModelCosts({m: Pricing(p) for m, p in prices.items() if p is not None})
+    counter = TokenCounter("gpt-4o")
+
+    def line(model: str) -> Any:
+        return parse_line(
+            orjson.dumps(body(0, model=model)), index=0, line_no=1, default_model=model,
+            default_max_tokens=10, counters=lambda _m: counter,
+        )  # fmt: skip
+
+    big, small = line("gpt-4o"), line("gpt-4o-mini")
+    assert costs.worst_case(big.request) > 10 * costs.worst_case(small.request) > 0
+    usage = Usage(1000, 1000)
+
+    def priced(model: str) -> float:
+        _LINE_MODEL.set(model)
+        return costs.actual(usage)
+
+    big_cost = contextvars.copy_context().run(priced, "gpt-4o")
+    small_cost = contextvars.copy_context().run(priced, "gpt-4o-mini")
+    assert big_cost > 10 * small_cost > 0
