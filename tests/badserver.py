@@ -7,6 +7,7 @@ simulator does not imitate. ``answer`` gets the request's Authorization header a
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -16,15 +17,22 @@ Answer = Callable[[str, int], tuple[int, bytes, dict[str, str]]]
 
 
 @asynccontextmanager
-async def bad_server(answer: Answer) -> AsyncIterator[str]:
-    """Serve ``answer`` for every POST; yields the base URL (``http://127.0.0.1:PORT/v1``)."""
+async def bad_server(
+    answer: Answer, *, hold: Callable[[int], float] | None = None
+) -> AsyncIterator[str]:
+    """Serve ``answer`` for every POST; yields the base URL (``http://127.0.0.1:PORT/v1``).
+
+    ``hold`` gives the seconds to wait before answering the n-th request (a request in flight)."""
     count = 0
 
     async def handle(request: web.Request) -> web.Response:
         nonlocal count
         count += 1
         await request.read()
-        status, body, headers = answer(request.headers.get("Authorization", ""), count)
+        n = count
+        if hold is not None and hold(n) > 0:
+            await asyncio.sleep(hold(n))
+        status, body, headers = answer(request.headers.get("Authorization", ""), n)
         return web.Response(status=status, body=body, headers=headers)
 
     app = web.Application()

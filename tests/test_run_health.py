@@ -26,6 +26,8 @@ from engine.errors import (
     SystematicFailure,
 )
 from engine.health import RunHealth
+from engine.progress.store import store_snapshot
+from engine.progress.summary import summary_text
 from engine.reasons import reason_family
 from engine.scheduler import RunStatus
 from engine.simulator import SimSettings, run_simulator
@@ -304,3 +306,25 @@ async def test_retry_failed_takes_failed_conversations_back_from_their_last_good
     )
     assert meta == {"retry_failed_times": "1", "retry_failed_conversations": "8"}
     assert rows(config.run_dir, "SELECT count(*) FROM conversations") == [(8,)]
+
+
+@pytest.mark.anyio
+async def test_a_fatal_stop_settles_the_attempts_it_cut_short_as_unknown(tmp_path: Path) -> None:
+    """Requests in flight when a 401 stops the run are not left reserved: they are settled as
+    unknown at their worst case before the run returns, and the summary holds them apart."""
+
+    def answer(auth: str, n: int) -> tuple[int, bytes, dict[str, str]]:
+        return 401, b'{"error": {"message": "bad key"}}', {"Content-Type": "application/json"}
+
+    async with bad_server(answer, hold=lambda n: 30.0 if n <= 3 else 0.0) as url:
+        # A fixed cap of 4: three requests hang while the fourth is refused.
+        config = load_config(provider_config(tmp_path, url, extra="[limits]\nmax_inflight = 4"))
+        report = await asyncio.wait_for(execute_run(config, env={"M2L_KEY": KEY}), 20)
+    assert report.result.status is RunStatus.FAILED
+    statuses = dict(rows(config.run_dir, "SELECT status, count(*) FROM requests GROUP BY 1"))
+    assert "reserved" not in statuses
+    assert statuses.get("unknown", 0) == 3
+    with duckdb.connect(str(config.run_dir / "state.duckdb"), read_only=True) as conn:
+        snapshot = store_snapshot(conn)
+    assert snapshot.unknown_usd > 0 and snapshot.reserved_usd == 0.0
+    assert "held for unknown outcomes" in summary_text(snapshot, run_dir=config.run_dir)

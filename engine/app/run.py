@@ -349,10 +349,19 @@ async def execute_run(
                     async with shard.holder:
                         result = await scheduler.run(grace_s=config.run.grace_s)
             learned = _learned(endpoints)
+            # Every task of the run has ended: attempts a stop cut short (a fatal error, the
+            # second Ctrl-C, the grace period's end) can no longer be answered. Settle them as
+            # unknown now, so spend and status are exact even if the run is never resumed.
+            await batcher.flush()
+            await writer.run(_settle_unknown)
         counts = await writer.run(journal.count_by_status)
         result = judge_finished(result, counts)
         # Why endpoints were taken out this session, for `m2l status` (a resume starts afresh).
-        final_meta = {"status": result.status.value, "endpoints_out": outs.json()}
+        final_meta = {
+            "status": result.status.value,
+            "endpoints_out": outs.json(),
+            "stop_message": result.message,
+        }
         if learned != adapted:
             # What the server refused and what went out instead, so a resume starts there.
             final_meta["adapted_params"] = orjson.dumps(learned).decode()
@@ -533,6 +542,7 @@ async def _prepare(
         if options.retry_failed:
             await writer.run(journal.retry_failed)
     provider, simulated = endpoint
+    where = {} if config.source is None else {"config_path": str(config.source.resolve())}
     # Attempts a kill or a fatal stop left reserved can no longer be in flight: settle them as
     # unknown (held at worst case, shown apart), before the budget reads the log.
     await writer.run(_settle_unknown)
@@ -542,6 +552,7 @@ async def _prepare(
                 "provider": provider,
                 "model": config.provider.model,
                 "simulated": "true" if simulated else "false",
+                **where,  # so `m2l status` can give the exact command that continues the run
             }
         )
     )
