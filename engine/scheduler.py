@@ -91,8 +91,15 @@ class Admission(Protocol):
 
     def admit(self, conv: Conversation) -> bool: ...
 
+    @property
+    def refused(self) -> str | None:
+        """Why the last ``admit`` said no (names the cap), or None."""
+        ...
+
 
 class _AdmitAll:
+    refused = None
+
     def admit(self, conv: Conversation) -> bool:
         return True
 
@@ -297,7 +304,10 @@ class Scheduler:
         while not self._admission.admit(conv):
             if self._active == 0 or self._stopped():
                 if not self._stopped():
-                    self._budget_hit = "the projected cost of a new conversation does not fit"
+                    self._budget_hit = (
+                        self._admission.refused
+                        or "the projected cost of a new conversation does not fit"
+                    )
                 return False
             self._room.clear()
             await self._room.wait()

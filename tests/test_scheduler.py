@@ -225,6 +225,8 @@ class OneAtATime(Recorder):
     """A budget projection that admits a new conversation only while none is running; like the
     real one, it learns that a conversation ended from the run's events."""
 
+    refused = None
+
     def __init__(self) -> None:
         super().__init__()
         self.running = 0
@@ -263,6 +265,8 @@ def test_an_admission_refusal_with_nothing_running_stops_for_the_budget() -> Non
     model, st = Model(), store(2)
 
     class Never:
+        refused = "the projected cost does not fit (budget.tokens cap of 10 reached)"
+
         def admit(self, conv: Conversation) -> bool:
             return False
 
@@ -272,6 +276,7 @@ def test_an_admission_refusal_with_nothing_running_stops_for_the_budget() -> Non
 
     (status, message), elapsed = run_virtual(main())
     assert status is RunStatus.BUDGET_EXHAUSTED and "projected cost" in message
+    assert "budget.tokens" in message  # the refusal's own words name the cap
     assert elapsed == 0.0 and not model.started
 
 

@@ -16,6 +16,7 @@ from engine.config import Config, environment, load_config
 from engine.errors import ConfigError
 from engine.events import Hooks
 from engine.progress import ProgressModel, progress_display
+from engine.progress.summary import budget_next_step, continue_command
 from engine.scheduler import RunStatus
 from state.setup import SetupReport
 
@@ -58,11 +59,8 @@ def run_from_cli(args: argparse.Namespace) -> int:
     elif status is RunStatus.INTERRUPTED:
         print(f"m2l: interrupted; resume with: {command}", file=sys.stderr)
     elif status is RunStatus.BUDGET_EXHAUSTED:
-        print(
-            f"m2l: stopped at the budget cap; raise budget.usd in {args.config}, then resume "
-            f"with: {command} --force",
-            file=sys.stderr,
-        )
+        step = budget_next_step(report.result.message, str(args.config))
+        print(f"m2l: stopped at the budget cap; {step}", file=sys.stderr)
     return exit_code(status)
 
 

@@ -520,6 +520,7 @@ class ProgressModel:
             spent_usd=spent,
             reserved_usd=reserved,
             unknown_usd=self._baseline.unknown_usd,
+            config_path=self._baseline.config_path,
             cap_usd=self._cap,
             projected_usd=projected,
             languages=self._language_rows(now, since),

@@ -156,6 +156,7 @@ class ProgressSnapshot:
     simulated: bool = False  # money is what the model would cost; the simulator bills nothing
     state: str = "starting"  # starting | running | one of FINAL_STATES
     message: str = ""  # why the run ended, when it has
+    config_path: str = ""  # the config file the run was last started with ("" when unknown)
     elapsed_s: float = 0.0  # wall time of this session (of the whole run, when read from a store)
     # conversations
     total: int = 0

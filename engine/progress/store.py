@@ -107,6 +107,8 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
         model=meta.get("model", "") or str(_dig(config, "provider", "model") or ""),
         simulated=meta.get("simulated") == "true",
         state=meta.get("status", "unknown"),
+        message=meta.get("stop_message", ""),
+        config_path=meta.get("config_path", ""),
         elapsed_s=span,
         total=total,
         done=by_status.get("done", 0),

@@ -17,7 +17,16 @@ from engine.formats import compact, count, duration, percent, usd
 from engine.progress.dashboard import STATE_STYLES
 from engine.progress.snapshot import Pairs, ProgressSnapshot
 
-__all__ = ["Row", "export_command", "next_steps", "render_summary", "summary_rows", "summary_text"]
+__all__ = [
+    "Row",
+    "budget_next_step",
+    "continue_command",
+    "export_command",
+    "next_steps",
+    "render_summary",
+    "summary_rows",
+    "summary_text",
+]
 
 _HEADLINES = {
     "finished": "finished",
@@ -33,6 +42,24 @@ def export_command(run_dir: Path) -> str:
     """The shell command that exports this run in the release schema, quoted to paste as it is
     (``m2l run`` itself already wrote the OpenAI ``messages`` JSONL)."""
     return f"m2l export {shlex.quote(str(run_dir))} --format release-parquet"
+
+
+def continue_command(config_path: str) -> str:
+    """``m2l run CONFIG`` for the run's config, quoted to paste ("CONFIG" when unknown)."""
+    return f"m2l run {shlex.quote(config_path) if config_path else 'CONFIG'}"
+
+
+# The caps a budget stop can name, as the ledger's messages spell them; a projected overrun
+# quotes the ledger's message for the cap it would pass.
+_CAPS = ("budget.tokens", "budget.requests", "budget.usd")
+
+
+def budget_next_step(message: str, config_path: str) -> str:
+    """What to do after a stop at the budget: the cap to raise and the exact command that goes
+    on (a raised cap is a changed config, which a resume takes only with --force)."""
+    cap = next((c for c in _CAPS if c in message), "budget.usd")
+    where = shlex.quote(config_path) if config_path else "the config"
+    return f"raise {cap} in {where}, then continue with: {continue_command(config_path)} --force"
 
 
 def _reasons(items: Pairs, limit: int = 4) -> str:
@@ -161,10 +188,7 @@ def next_steps(s: ProgressSnapshot, *, run_dir: Path) -> list[str]:
     if s.state == "interrupted":
         steps.append("resume: run the same command again; finished steps are kept")
     elif s.state == "budget_exhausted":
-        steps.append(
-            "the budget cap was reached: raise budget.usd in the config, then run the same "
-            "command with --force to continue (a changed cap needs --force)"
-        )
+        steps.append(f"the budget cap was reached: {budget_next_step(s.message, s.config_path)}")
     elif s.state == "failed":
         why = f" ({s.message})" if s.message else ""
         steps.append(f"the run stopped early{why}: fix the cause, then run the same command again")
