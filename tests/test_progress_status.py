@@ -241,6 +241,23 @@ def test_a_live_writer_means_running_and_a_dead_one_interrupted(
     assert "the process is gone" in status.note and "run the same command to resume" in status.note
 
 
+@pytest.mark.parametrize("state", ["starting", "stopping"])
+def test_a_live_writer_starting_or_stopping_is_reported_so(
+    tmp_path: Path, sleeper: subprocess.Popen[bytes], state: str
+) -> None:
+    """A live process loading seeds or in its Ctrl-C grace period is shown as such, not as
+    running (a user who pressed Ctrl-C sees it was heard); a dead one is interrupted."""
+    write_status(tmp_path, pid=sleeper.pid, state=state)
+    status = read_run_status(tmp_path)
+    assert status.state == state and f"pid {sleeper.pid} is {state}" in status.note
+    assert status.snapshot.state == state and status.source.startswith("status.json")
+    code, text = status_text(tmp_path)
+    assert code == 0 and state in text and "running" not in text and "2/6" in text
+    sleeper.kill()
+    sleeper.wait()
+    assert read_run_status(tmp_path).state == "interrupted"
+
+
 def test_a_stale_heartbeat_from_a_live_pid_is_stalled(tmp_path: Path) -> None:
     """A live pid that stopped beating is not running: it is stalled (or its pid reused)."""
     write_status(tmp_path, pid=os.getpid(), age_s=60)

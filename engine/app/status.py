@@ -111,7 +111,7 @@ def _print_status(status: StatusReport, console: Console) -> None:
     )
     console.print(headline)
     console.print(Text(f"figures from {status.source}", style="dim"))
-    if status.state in ("running", "stalled"):
+    if status.state in ("starting", "running", "stopping", "stalled"):
         console.print(Dashboard(status.snapshot))
     else:
         render_summary(status.snapshot, run_dir=status.run_dir, console=console)

@@ -23,11 +23,14 @@ from engine.progress.statusfile import (
     read_status_file,
 )
 from engine.progress.store import STATE_DB, read_store
+from engine.progress.summary import budget_next_step
 from state.schema import StoreLocked
 
 __all__ = ["NoRun", "StatusReport", "judge_status_file", "read_run_status"]
 
 _RESUME = "run the same command to resume"
+# What a fresh status file of a live process says, as `m2l status` reports it.
+_LIVE = {"starting": "starting", "running": "running", "stopping": "stopping"}
 
 
 class NoRun(StateError):
@@ -39,7 +42,9 @@ class StatusReport:
     """A run's state, one sentence on why we believe it, and its figures."""
 
     run_dir: Path
-    state: str  # running | stalled | finished | interrupted | budget_exhausted | failed | unknown
+    # starting | running | stopping | stalled | finished | interrupted | budget_exhausted |
+    # failed | unknown
+    state: str
     note: str
     source: str  # where the figures come from, in words
     snapshot: ProgressSnapshot
@@ -67,13 +72,19 @@ def judge_status_file(status: StatusFile, *, now: float, alive: bool | None) -> 
     """
     age = status.age_s(now)
     if status.state not in ("running", "starting", "stopping"):
-        return status.state, _ended_note(status.state, status.snapshot.message)
+        snap = status.snapshot
+        return status.state, _ended_note(status.state, snap.message, snap.config_path)
     beat = f"last heartbeat {ago(age)}"
     if alive is False:
         return "interrupted", f"the process is gone (pid {status.pid}, {beat}); {_RESUME}"
     if age < HEARTBEAT_FRESH_S:
         where = "" if alive else f" on {status.host}"
-        return "running", f"pid {status.pid}{where} is writing ({beat})"
+        # A live process loading seeds or in its Ctrl-C grace period says so: "stopping" tells
+        # the user their interrupt was heard and the run will end by itself.
+        doing = {"starting": "is starting", "stopping": "is stopping"}.get(
+            status.state, "is writing"
+        )
+        return _LIVE.get(status.state, "running"), f"pid {status.pid}{where} {doing} ({beat})"
     if alive is None:
         return "interrupted", (
             f"no heartbeat from pid {status.pid} on {status.host} ({beat}); if that process is "
@@ -134,7 +145,7 @@ def read_run_status(
             file, now=wall, alive=alive(file.pid) if same_host else None
         )
         view = _FileView(file, state, note, file.age_s(wall))
-        if state == "running":
+        if state in _LIVE:
             # The writer holds the store; its status file is the only view while it runs.
             return view.status(run_dir, f"{STATUS_FILE}, written {ago(view.age_s)}")
         if not store_path.exists():
@@ -164,7 +175,7 @@ def _from_store(
         # the process ended without recording its end (killed, crashed, machine down).
         state, note, message = "interrupted", f"the process is gone; {_RESUME}", ""
     else:
-        state, note = snapshot.state, _ended_note(snapshot.state, message)
+        state, note = snapshot.state, _ended_note(snapshot.state, message, snapshot.config_path)
     snapshot = replace(snapshot, state=state, message=message or snapshot.message)
     if view is not None:
         # The store keeps no queue times: the last status file's figures stand in for them.
@@ -181,13 +192,13 @@ def _from_store(
     )
 
 
-def _ended_note(state: str, message: str) -> str:
+def _ended_note(state: str, message: str, config_path: str = "") -> str:
     """One sentence on a run that nobody is running, by how it ended."""
     why = f" ({message})" if message else ""
     if state == "interrupted":
         return f"stopped before the end{why}; {_RESUME}"
     if state == "budget_exhausted":
-        return "stopped at the budget cap: raise budget.usd, then run the same command to go on"
+        return f"stopped at the budget cap{why}; {budget_next_step(message, config_path)}"
     if state == "failed":
         return f"stopped on an error{why}: fix it, then {_RESUME}"
     if state == "finished":
