@@ -87,10 +87,7 @@ class ChatClient:
         headers = {"Content-Type": "application/json", "User-Agent": "m2l/0.1"}
         headers.update(provider.headers)
         if api_key is not None:
-            if ".azure.com" in base_url:
-                headers["api-key"] = api_key.reveal()  # Azure OpenAI's own header
-            else:
-                headers["Authorization"] = f"Bearer {api_key.reveal()}"
+            headers.update(provider.key_headers(base_url, api_key))
         self._headers = headers
         self._params = dict(provider.query) or None
         self._timeout = aiohttp.ClientTimeout(

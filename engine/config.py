@@ -67,6 +67,14 @@ _EMPTY: Mapping[str, Any] = types.MappingProxyType({})
 NO_LIMIT = " (leave it out for no limit)"
 NO_CAP = " (leave it out for no cap)"
 HIDDEN: Any = ...  # an Invalid whose value must not be shown
+# Header and query parameter names that carry credentials: their values would be stored with the
+# run's config (and shown by a resume's diff), so the key must come from api_key_env instead.
+_SECRET_NAME = re.compile(
+    r"(?i)authorization|cookie|api[-_]?key|subscription[-_]?key|secret|password|token|"
+    r"signature|^(x-)?(auth|key|sig|code)$"
+)
+_SECRET_VALUE = re.compile(r"(?i)\s*(bearer|basic)\s|\s*(sk|sess|rk)-[A-Za-z0-9_\-]{8,}")
+_HEADER_NAME = re.compile(r"auto|[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 
 
 class Secret:
@@ -96,6 +104,10 @@ class ProviderConfig:
     model: str = "gpt-4o"
     headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     query: Mapping[str, str] = field(default_factory=lambda: _EMPTY)  # e.g. Azure's api-version
+    # The header the key (from api_key_env) goes out under: "auto" is "Authorization: Bearer",
+    # or Azure OpenAI's "api-key" on *.azure.com; any other name carries the bare key (a gateway's
+    # "api-key", "x-api-key" or "Ocp-Apim-Subscription-Key").
+    api_key_header: str = "auto"
     connect_timeout_s: float = 10.0
     read_timeout_s: float | None = None  # None: 120 s, or 15 minutes under flex processing
     total_timeout_s: float | None = None  # None: 600 s, or 16 minutes under flex processing
@@ -122,15 +134,19 @@ class ProviderConfig:
         for name in ("connect_timeout_s", "read_timeout_s", "total_timeout_s"):
             positive(self, name, unset=" (leave it out for the default)")
         at_least(self, "pool_size", 1)
-        for key in self.headers:
-            if key.lower() == "authorization":
-                # The value is never echoed: it is the key.
-                raise Invalid(
-                    f"headers.{key}",
-                    "put the API key in the environment variable named by api_key_env, "
-                    "not in headers (the config is stored with the run)",
-                    HIDDEN,
-                )
+        for table, names in (("headers", self.headers), ("query", self.query)):
+            for key, value in names.items():
+                if _SECRET_NAME.search(key) or _SECRET_VALUE.match(value):
+                    # The value is never echoed: it may be the key.
+                    raise Invalid(
+                        f"{table}.{key}",
+                        "put the API key in the environment variable named by api_key_env, "
+                        "not in the config (it is stored with the run); set api_key_header to "
+                        "the header name the key must go out under",
+                        HIDDEN,
+                    )
+        if not _HEADER_NAME.fullmatch(self.api_key_header):
+            raise Invalid("api_key_header", "must be a header name, or auto", self.api_key_header)
         non_negative(self, "flex_fallback_after_s")
         if self.flex_fallback_after_s is not None and self.service_tier != "flex":
             raise Invalid(
@@ -138,6 +154,15 @@ class ProviderConfig:
                 'only applies with service_tier = "flex"; remove it or set the tier',
                 self.flex_fallback_after_s,
             )
+
+    def key_headers(self, base_url: str, api_key: Secret) -> dict[str, str]:
+        """The header that carries the key to ``base_url`` (api_key_header, or by the host)."""
+        name = self.api_key_header
+        if name == "auto":
+            name = "api-key" if ".azure.com" in base_url else "Authorization"
+        if name.lower() == "authorization":
+            return {"Authorization": f"Bearer {api_key.reveal()}"}
+        return {name: api_key.reveal()}
 
     @property
     def read_timeout(self) -> float:
@@ -821,6 +846,7 @@ SAFE_ON_RESUME = (
     "provider.total_timeout_s",
     "provider.pool_size",
     "provider.headers",
+    "provider.api_key_header",
     "provider.max_tokens_param",
     "provider.service_tier",
     "provider.flex_fallback_after_s",

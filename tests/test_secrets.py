@@ -21,7 +21,8 @@ import orjson
 import pytest
 from aiohttp import web
 
-from engine.config import Secret
+from engine.config import ProviderConfig, Secret, load_config
+from engine.errors import ConfigError
 from engine.redact import MASK, Redactor, scrub
 from engine.simulator import SimSettings, run_simulator
 from tests.runfixtures import write_config
@@ -42,18 +43,21 @@ PLAN = (
 
 
 @asynccontextmanager
-async def echoing_proxy(upstream: str) -> AsyncIterator[str]:
-    """A proxy to ``upstream`` that puts the caller's Authorization header everywhere it can."""
+async def echoing_proxy(upstream: str, key_header: str = "Authorization") -> AsyncIterator[str]:
+    """A proxy to ``upstream`` that puts the caller's key (from ``key_header``) everywhere it
+    can, and passes it on to the simulator as a bearer token."""
     count = 0
     session = aiohttp.ClientSession()
 
     async def handle(request: web.Request) -> web.Response:
         nonlocal count
         body = await request.read()
-        auth = request.headers.get("Authorization", "")
+        raw = request.headers.get(key_header, "")
+        auth = raw if key_header.lower() == "authorization" else f"Bearer {raw}"
         kind = PLAN[count % len(PLAN)]
         count += 1
         echo = {"X-Debug-Authorization": auth, "X-Request-Id": auth.removeprefix("Bearer ")}
+        echo[f"X-Echo-{key_header}"] = raw
         if kind == "echo_500":
             data = {"error": {"message": f"upstream failed for {auth}", "type": "server_error"}}
             return web.json_response(data, status=500, headers=echo)
@@ -129,17 +133,24 @@ def leaks(data: bytes) -> list[str]:
 
 
 @pytest.mark.anyio
-async def test_a_server_echoing_the_key_everywhere_leaks_it_nowhere(tmp_path: Path) -> None:
-    """Key echoed in bodies, headers and replies: not in the DB, status, exports or any output."""
+@pytest.mark.parametrize("key_header", ["auto", "api-key", "x-api-key"])
+async def test_a_server_echoing_the_key_everywhere_leaks_it_nowhere(
+    tmp_path: Path, key_header: str
+) -> None:
+    """Key echoed in bodies, headers and replies: not in the DB, status, exports or any output,
+    whichever header it went out in (Authorization, or a gateway's api-key / x-api-key)."""
     path = write_config(tmp_path, evols_per_seed=2)
     settings = SimSettings(require_api_key=KEY, ttft_s=0, per_token_s=0)
     env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
     env["M2L_SECRET_KEY"] = KEY
     outputs: list[tuple[str, bytes]] = []
-    async with run_simulator(settings) as sim, echoing_proxy(sim.base_url) as url:
+    sent_in = "Authorization" if key_header == "auto" else key_header
+    async with run_simulator(settings) as sim, echoing_proxy(sim.base_url, sent_in) as url:
         text = path.read_text().replace('kind = "sim"', f'kind = "openai"\nbase_url = "{url}"')
         text = text.replace(
-            'model = "gpt-4o-mini"', 'model = "gpt-4o-mini"\napi_key_env = "M2L_SECRET_KEY"'
+            'model = "gpt-4o-mini"',
+            'model = "gpt-4o-mini"\napi_key_env = "M2L_SECRET_KEY"\n'
+            f'api_key_header = "{key_header}"',
         )
         text = text.replace("[retry]", "[retry]\nmax_attempts = 8")
         path.write_text(text)
@@ -190,3 +201,49 @@ def test_scrub_masks_whatever_the_case_and_leaves_plain_words_alone() -> None:
     assert "s3cr3tvalue99" not in scrub('{"X-Api-Key": "s3cr3tvalue99"}')
     assert "12345678901234" not in Redactor(None).content("use sk-abcd12345678901234 here")
     assert Redactor(None).content("a plain answer") == "a plain answer"
+
+
+@pytest.mark.parametrize(
+    ("table", "name", "value"),
+    [
+        ("headers", "Authorization", "Bearer " + KEY),
+        ("headers", "api-key", KEY[8:]),
+        ("headers", "X-API-Key", KEY[8:]),
+        ("headers", "Ocp-Apim-Subscription-Key", KEY[8:]),
+        ("headers", "X-Trace", "Bearer " + KEY[8:]),  # a key-shaped value under any name
+        ("query", "api-key", KEY[8:]),
+        ("query", "key", KEY[8:]),
+    ],
+)
+def test_a_key_in_the_config_is_refused_without_showing_it(
+    tmp_path: Path, table: str, name: str, value: str
+) -> None:
+    """Headers or query parameters that carry a credential would be stored with the run: the
+    config is refused at load, naming the key to use instead and never echoing the value."""
+    path = write_config(tmp_path)
+    path.write_text(
+        path.read_text().replace(
+            'kind = "sim"', f'kind = "sim"\n{table} = {{ "{name}" = "{value}" }}'
+        )
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    assert f"provider.{table}.{name}" in message and "api_key_env" in message
+    assert "api_key_header" in message and value not in message and KEY[12:40] not in message
+
+
+def test_the_key_goes_out_under_the_configured_header() -> None:
+    """api_key_header: Bearer by default, Azure's api-key on *.azure.com, else the bare key."""
+    secret = Secret(KEY)
+    auto = ProviderConfig()
+    assert auto.key_headers("https://api.openai.com/v1", secret) == {
+        "Authorization": f"Bearer {KEY}"
+    }
+    assert auto.key_headers("https://r.openai.azure.com/openai", secret) == {"api-key": KEY}
+    gateway = ProviderConfig(api_key_header="Ocp-Apim-Subscription-Key")
+    assert gateway.key_headers("https://gw.example/v1", secret) == {
+        "Ocp-Apim-Subscription-Key": KEY
+    }
+    with pytest.raises(ConfigError, match="api_key_header"):
+        ProviderConfig(api_key_header="bad header")

@@ -133,8 +133,6 @@ class OpenAIBatchAPI:
         self._openai = openai
         self._key = api_key
         extra = dict(headers or {})
-        if api_key is not None and ".azure.com" in base_url:
-            extra["api-key"] = api_key.reveal()  # Azure OpenAI's own header
         self._client = openai.AsyncOpenAI(
             base_url=base_url,
             # The simulator needs no key; the SDK insists on one.

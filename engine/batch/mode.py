@@ -66,7 +66,11 @@ def make_api(provider: ProviderConfig, base_url: str, api_key: Secret | None) ->
     return OpenAIBatchAPI(
         base_url=base_url,
         api_key=api_key,
-        headers=provider.headers,
+        # The key's own header (api_key_header, Azure's api-key) beside the SDK's Bearer one.
+        headers={
+            **provider.headers,
+            **(provider.key_headers(base_url, api_key) if api_key else {}),
+        },
         query=provider.query,
         timeout_s=provider.total_timeout_s or 120.0,
     )
