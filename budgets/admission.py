@@ -5,8 +5,9 @@ A new conversation starts only when the projected cost of finishing it fits in w
 leaves after the projected cost of finishing every conversation already active, so a run that
 reaches its cap leaves few conversations half-done. The projection of a step is the running
 mean of what that step really cost (all attempts, regenerations included) once a few have
-finished; before that, the step's worst case scaled by how far real steps have fallen short of
-theirs; before any data, the worst case itself. The ledger (``budgets.ledger``) is what
+finished; before that, the estimate model's cost for the step (what `m2l estimate` assumes:
+replies of a typical length, not every reply at max_tokens) scaled by how far real steps have
+differed from theirs; before any data, the estimate itself. The ledger (``budgets.ledger``) is what
 guarantees the cap; admission only keeps the run from starting what it cannot finish.
 """
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 import duckdb
 
+from budgets.estimate import ReplyLengths, assumed_outputs
 from budgets.ledger import ZERO, Ledger, Spend, spend_from_log
 from budgets.prices import (
     NANO_PER_USD,
@@ -31,7 +33,7 @@ from budgets.prices import (
     tier_price_error,
     to_nano,
 )
-from budgets.stepload import KINDS, TemplateSizes, step_loads, worst_outputs
+from budgets.stepload import KINDS, OutputLengths, TemplateSizes, step_loads, worst_outputs
 from engine.clock import Clock, MonotonicClock
 from engine.config import Config, StepTokens
 from engine.events import (
@@ -60,6 +62,7 @@ __all__ = [
     "Budget",
     "BudgetAdmission",
     "Projection",
+    "expected_step_costs",
     "load_budget",
     "run_price",
     "worst_step_costs",
@@ -81,7 +84,11 @@ def _step_of_key(key: str) -> int | None:
 
 
 class Projection:
-    """Expected cost, tokens and requests of each step index of a conversation (pure)."""
+    """Expected cost, tokens and requests of each step index of a conversation (pure).
+
+    Built from each step's prior (the estimate model's cost; the name ``worst`` is kept from
+    when the prior was the worst case), corrected by what finished steps really cost.
+    """
 
     __slots__ = ("_done", "_estimates", "_min_samples", "_prefix", "_sums", "_worst")
 
@@ -356,19 +363,12 @@ class Budget:
         return lines
 
 
-def worst_step_costs(
-    config: Config,
-    costs: Pricing | None,
-    sizes: TemplateSizes,
-    seed_tokens: int,
-    factors: Mapping[float, int] | None = None,
-) -> list[Spend]:
-    """The worst case of each step index of a longest conversation (every reply at the
-    max_tokens sent, and a reasoning model's hidden reasoning filling the rest of each step's
-    cap). ``factors``: the planned conversations' language token-cost factors, counted; the
-    caps are their mean, as the prompter scales them per language (None: unscaled)."""
-    profile = model_profile(config)
-    caps = profile.step_caps
+def _mean_caps(
+    config: Config, factors: Mapping[float, int] | None
+) -> tuple[StepTokens, StepTokens]:
+    """The visible reply's cap and the cap sent, per step kind, averaged over the planned
+    conversations' language token-cost factors (counted; None: unscaled)."""
+    caps = model_profile(config).step_caps
     weights = dict(factors) if factors else {1.0: 1}
     total = sum(weights.values())
 
@@ -380,16 +380,53 @@ def worst_step_costs(
             }
         )
 
-    visible = mean(lambda kind, f: caps.visible(kind, factor=f))
-    sent = mean(lambda kind, f: caps.cap(kind, factor=f))
-    turns = config.generation.max_turns
-    shape = sizes.worst(turns, seed_tokens)
+    return mean(lambda kind, f: caps.visible(kind, factor=f)), mean(
+        lambda kind, f: caps.cap(kind, factor=f)
+    )
+
+
+def worst_step_costs(
+    config: Config,
+    costs: Pricing | None,
+    sizes: TemplateSizes,
+    seed_tokens: int,
+    factors: Mapping[float, int] | None = None,
+) -> list[Spend]:
+    """The worst case of each step index of a longest conversation (every reply at the
+    max_tokens sent, and a reasoning model's hidden reasoning filling the rest of each step's
+    cap). ``factors``: the planned conversations' language token-cost factors, counted; the
+    caps are their mean, as the prompter scales them per language (None: unscaled)."""
+    visible, sent = _mean_caps(config, factors)
+    shape = sizes.worst(config.generation.max_turns, seed_tokens)
     out = []
     # The history grows by visible replies only; the cap charged includes the reasoning room.
     for load in step_loads(shape, worst_outputs(visible), sent):
         prompt = math.ceil(load.prompt)
         nano = costs.worst_nano(prompt, load.max_tokens) if costs is not None else 0
         out.append(Spend(nano, prompt + load.max_tokens, 1))
+    return out
+
+
+def expected_step_costs(
+    config: Config,
+    costs: Pricing | None,
+    sizes: TemplateSizes,
+    seed_tokens: int,
+    outputs: Callable[[StepTokens], OutputLengths],
+    factors: Mapping[float, int] | None = None,
+) -> list[Spend]:
+    """The estimate model's cost of each step index of a longest conversation: replies of the
+    lengths ``outputs`` gives for the visible caps (the history grows by them), hidden
+    reasoning as expected; ``factors`` as for worst_step_costs."""
+    visible, sent = _mean_caps(config, factors)
+    hidden = model_profile(config).expected_reasoning
+    shape = sizes.worst(config.generation.max_turns, seed_tokens)
+    out = []
+    for load in step_loads(shape, outputs(visible), sent):
+        prompt = math.ceil(load.prompt)
+        completion = math.ceil(load.completion + hidden[load.kind.value])
+        nano = costs.expected_nano(prompt, completion) if costs is not None else 0
+        out.append(Spend(nano, prompt + completion, 1))
     return out
 
 
@@ -457,10 +494,18 @@ def run_price(config: Config) -> tuple[Price | None, PriceTable]:
     return price, prices
 
 
-def load_budget(conn: duckdb.DuckDBPyConnection, config: Config, hooks: EventHook) -> Budget:
+def load_budget(
+    conn: duckdb.DuckDBPyConnection,
+    config: Config,
+    hooks: EventHook,
+    *,
+    reply_lengths: ReplyLengths | None = None,
+) -> Budget:
     """Build the run's budget from its config and request log (runs on the writer thread).
 
-    Raises ConfigError when a USD cap is set for a model that has no price.
+    The projection starts from the replies ``reply_lengths`` expects (the simulator's own, as
+    `m2l estimate` measures them), or fractions of max_tokens when None. Raises ConfigError
+    when a USD cap is set for a model that has no price.
     """
     price, prices = run_price(config)
     model = config.provider.model
@@ -483,15 +528,20 @@ def load_budget(conn: duckdb.DuckDBPyConnection, config: Config, hooks: EventHoo
     ledger = Ledger(caps, start) if caps.capped else None
     counter = TokenCounter(model, unknown_model_encoding=config.provider.unknown_model_encoding)
     sizes = TemplateSizes(load_taxonomy(config.taxonomy), counter)
-    worst = worst_step_costs(
+    reply_lengths = reply_lengths or (lambda caps, languages, encoding: assumed_outputs(caps))
+    languages = dict(
+        conn.execute("SELECT language, count(*) FROM conversations GROUP BY 1").fetchall()
+    )
+    expected = expected_step_costs(
         config,
         pricing,
         sizes,
         _typical_seed_tokens(conn, counter),
+        lambda caps: reply_lengths(caps, languages, counter.encoding_name),
         _language_factors(conn, config, counter),
     )
-    worst += [worst[-1]] * (_STEP_SLOTS - len(worst))  # a stored plan may be longer than now
-    projection = Projection(worst)
+    expected += [expected[-1]] * (_STEP_SLOTS - len(expected))  # a stored plan may be longer
+    projection = Projection(expected)
     _history(conn, projection)
     active = {
         int(c): (int(done), 2 * int(turns))

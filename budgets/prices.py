@@ -426,6 +426,10 @@ class Pricing:
     def worst_case(self, request: ChatRequest) -> float:
         return from_nano(self.worst_nano(request.prompt_tokens, request.max_tokens))
 
+    def expected_nano(self, prompt_tokens: int, completion_tokens: int) -> int:
+        """What a request with these token counts costs at the run's tier (no cache hits)."""
+        return self.price.cost_nano(prompt_tokens, completion_tokens, tier=self._tier)
+
     def batch(self, discount: float) -> Pricing:
         """The same model at the Batch API's prices (``Price.batch``), with the same margin."""
         pricing = Pricing(self.price.batch(discount))

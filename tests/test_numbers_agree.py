@@ -4,19 +4,22 @@ near-identical failure reasons are one line; a stop request shows as stopping.""
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from pathlib import Path
 
 import duckdb
 from rich.console import Console
 
+from budgets.estimate import estimate_run
 from engine.app.run import execute_run
 from engine.clock import FakeClock, MonotonicClock
 from engine.config import load_config
-from engine.events import ConversationFinished, Hooks, RunStarted, RunStopping
+from engine.events import BudgetUpdate, ConversationFinished, Hooks, RunStarted, RunStopping
 from engine.progress import Dashboard, ProgressModel, ProgressSnapshot
 from engine.progress.lines import progress_line
 from engine.progress.store import store_snapshot
 from engine.progress.summary import summary_rows
+from engine.simulator.sampling import sim_outputs
 from tests.runfixtures import write_config
 
 
@@ -86,3 +89,33 @@ def test_a_stop_request_shows_stopping_until_the_run_ends() -> None:
     s = model.snapshot()
     assert s.state == "stopping" and "30 s" in s.message
     assert "stopping" in dashboard(s)
+
+
+class Budgets:
+    """Keeps every BudgetUpdate a run reports."""
+
+    def __init__(self) -> None:
+        self.updates: list[BudgetUpdate] = []
+
+    def on_event(self, event: object) -> None:
+        if isinstance(event, BudgetUpdate):
+            self.updates.append(event)
+
+
+def test_the_early_projection_starts_from_the_estimate_model(tmp_path: Path) -> None:
+    """Before the first reply the projected cost is what `m2l estimate` says (the simulator's
+    reply lengths), not every reply at max_tokens, and it is near what the run really costs."""
+    config = load_config(write_config(tmp_path, evols_per_seed=3))
+    estimate = estimate_run(config, simulated=True, reply_lengths=partial(sim_outputs, config.sim))
+    assert estimate.cost_usd is not None and estimate.worst_usd is not None
+    seen = Budgets()
+    report = asyncio.run(execute_run(config, env={}, hooks=Hooks([seen])))
+    assert report.counts.get("done", 0) == report.counts.get("done", 0) > 0
+    first = next(u for u in seen.updates if u.projected_usd is not None)
+    assert first.spent_usd == 0.0 and first.projected_usd is not None
+    actual = seen.updates[-1].spent_usd
+    # The worst case is over twice the estimate (a run projected from it started at 2.5x what
+    # it cost); the start is now within a third of both.
+    assert estimate.worst_usd > 2 * estimate.cost_usd
+    assert 0.67 < first.projected_usd / estimate.cost_usd < 1.5
+    assert 0.67 < first.projected_usd / actual < 1.5

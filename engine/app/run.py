@@ -17,6 +17,7 @@ import signal
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,7 @@ from engine.scheduler import (
     StopControl,
     judge_finished,
 )
+from engine.simulator.sampling import sim_outputs
 from engine.tokens import TokenCounter
 from engine.validation import QualityValidator
 from engine.version import __version__
@@ -287,7 +289,12 @@ async def execute_run(
         if shard is not None:
             first_request_id = max(first_request_id, shard.first_request_id)
         # The budget is rebuilt from the request log, so a cap holds across crashes.
-        budget = await writer.run(lambda conn: load_budget(conn, config, events))
+        # The projection starts where `m2l estimate` does: the simulator's own reply lengths,
+        # or typical ones for a real model, not every reply at max_tokens.
+        lengths = partial(sim_outputs, config.sim) if config.uses_simulator(env) else None
+        budget = await writer.run(
+            lambda conn: load_budget(conn, config, events, reply_lengths=lengths)
+        )
         outs = _EndpointsOut()
         events = Hooks([events, budget.admission, outs])
         events.on_event(budget.admission.snapshot())  # spend so far, before the first reply
