@@ -195,7 +195,27 @@ def test_a_language_with_work_and_no_finishes_is_slowest() -> None:
     clock.advance(5)
     langs = model.snapshot().languages
     assert [lang.language for lang in langs] == ["Yoruba", "Hindi"]
-    assert langs[0].eta_s is None
+    # No finish of its own to go by: it will be done when the run is.
+    assert langs[0].eta_s == model.snapshot().eta_s
+
+
+def test_no_language_is_projected_to_finish_after_the_run() -> None:
+    """A language whose own recent rate is slow still ends when the run does: its ETA is the
+    run's, and the slowest language's ETA is the overall one."""
+    clock = FakeClock()
+    model = ProgressModel(clock, language_totals={"Yoruba": 10, "Hindi": 10})
+    start(model, total=20)
+    for i in range(9):
+        clock.advance(6)
+        feed(model, finish(i, "Hindi"))
+    clock.advance(6)
+    feed(model, finish(9, "Yoruba"))  # one Yoruba finish: alone, 9 left at 1/min = 9 min
+    s = model.snapshot()
+    assert s.eta_s is not None
+    etas = {lang.language: lang.eta_s for lang in s.languages}
+    assert etas["Yoruba"] == pytest.approx(s.eta_s)  # capped at the run's, not 9 minutes
+    assert etas["Hindi"] is not None and etas["Hindi"] <= s.eta_s
+    assert max(e for e in etas.values() if e is not None) == pytest.approx(s.eta_s)
 
 
 def test_money_comes_from_the_ledger_once_it_reports() -> None:

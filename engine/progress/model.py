@@ -35,6 +35,7 @@ from engine.progress.snapshot import (
     EndpointProgress,
     LanguageProgress,
     ProgressSnapshot,
+    language_eta,
     pairs,
     slowest_first,
 )
@@ -523,7 +524,7 @@ class ProgressModel:
             config_path=self._baseline.config_path,
             cap_usd=self._cap,
             projected_usd=projected,
-            languages=self._language_rows(now, since),
+            languages=self._language_rows(now, since, eta),
             endpoints=self._endpoint_rows(elapsed),
             batches_open=None if batches is None else batches.open_batches,
             batches_made=0 if batches is None else batches.batches_created,
@@ -567,12 +568,18 @@ class ProgressModel:
             projected = spent * max(self._total / finished, 1.0)
         return spent, reserved, projected
 
-    def _language_rows(self, now: float, since: float) -> tuple[LanguageProgress, ...]:
+    def _language_rows(
+        self, now: float, since: float, overall_eta: float | None
+    ) -> tuple[LanguageProgress, ...]:
         rows = []
         for name, lang in self._languages.items():
             rate = lang.finishes.rate(now, since)
             finished = lang.done + lang.failed + lang.filtered
-            eta = None if lang.total is None else _eta(max(lang.total - finished, 0), rate)
+            eta = (
+                None
+                if lang.total is None
+                else language_eta(max(lang.total - finished, 0), rate, overall_eta)
+            )
             rows.append(
                 LanguageProgress(
                     language=name,

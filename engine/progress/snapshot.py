@@ -15,6 +15,7 @@ __all__ = [
     "EndpointProgress",
     "LanguageProgress",
     "ProgressSnapshot",
+    "language_eta",
     "pairs",
     "slowest_first",
 ]
@@ -127,6 +128,18 @@ class EndpointProgress:
             rpm=float(data.get("rpm", 0.0)),
             out=None if out is None else str(out),
         )
+
+
+def language_eta(remaining: int, rate_per_s: float, overall_s: float | None) -> float | None:
+    """A language's time to finish: its remaining conversations at its own recent rate, but
+    never past the run's ETA (the run ends when its last conversation does, whatever the
+    language), and the run's ETA for a language with work left and no recent finish."""
+    if remaining <= 0:
+        return 0.0
+    own = remaining / rate_per_s if rate_per_s > 0 else None
+    if overall_s is None:
+        return own
+    return overall_s if own is None else min(own, overall_s)
 
 
 def slowest_first(lang: LanguageProgress) -> tuple[int, float, float, str]:

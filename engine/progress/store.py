@@ -19,6 +19,7 @@ from engine.progress.snapshot import (
     EndpointProgress,
     LanguageProgress,
     ProgressSnapshot,
+    language_eta,
     pairs,
     slowest_first,
 )
@@ -87,10 +88,11 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
     minutes = span / 60
     rpm_limit = rpm_sum if "providers" in config else _number(_dig(config, "limits", "rpm"))
     tpm_limit = tpm_sum if "providers" in config else _number(_dig(config, "limits", "tpm"))
-    languages = _languages(con, minutes)
     total = sum(by_status.values())
     finished = sum(by_status.get(k, 0) for k in ("done", "failed", "filtered"))
     rate = finished / minutes if minutes > 0 else 0.0
+    eta = (total - finished) * 60 / rate if rate > 0 else (0.0 if total == finished else None)
+    languages = _languages(con, minutes, eta)
     utils: list[tuple[float, str]] = []
     if minutes > 0 and rpm_limit:
         utils.append((log.sent / minutes / rpm_limit, "rpm"))
@@ -121,7 +123,7 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
         rejected_by_reason=pairs(rejected),
         rejected_usd=rejected_usd,
         conv_per_min=rate,
-        eta_s=(total - finished) * 60 / rate if rate > 0 else (0.0 if total == finished else None),
+        eta_s=eta,
         requests_sent=log.sent,
         requests_ok=log.ok,
         requests_failed=log.failed_steps,
@@ -208,7 +210,9 @@ def _endpoint_limits(config: dict[str, Any]) -> tuple[float | None, float | None
     return sums[0], sums[1]
 
 
-def _languages(con: duckdb.DuckDBPyConnection, minutes: float) -> tuple[LanguageProgress, ...]:
+def _languages(
+    con: duckdb.DuckDBPyConnection, minutes: float, overall_eta: float | None
+) -> tuple[LanguageProgress, ...]:
     rows = []
     for language, total, done, failed, filtered, active in con.execute(
         """SELECT language, count(*), count(*) FILTER (WHERE status = 'done'),
@@ -218,8 +222,7 @@ def _languages(con: duckdb.DuckDBPyConnection, minutes: float) -> tuple[Language
     ).fetchall():
         finished = done + failed + filtered
         rate = finished / minutes if minutes > 0 else 0.0
-        remaining = total - finished
-        eta = 0.0 if remaining <= 0 else remaining * 60 / rate if rate > 0 else None
+        eta = language_eta(total - finished, rate / 60, overall_eta)
         rows.append(
             LanguageProgress(
                 language=language,
