@@ -13,6 +13,7 @@ from engine.events import (
     BudgetUpdate,
     ConversationFinished,
     ConversationStarted,
+    OutputRejected,
     RateLimitHit,
     RequestDone,
     RequestFailed,
@@ -173,3 +174,24 @@ def test_a_request_file_job_is_shown_as_requests_without_steps_or_languages() ->
     assert "requests " in text and "2/3" in text
     assert "conversations" not in text and "steps done" not in text
     assert "languages" not in text and "filtered" not in text
+
+
+def test_the_rejection_rate_line_counts_what_the_gate_threw_away() -> None:
+    """Outputs the quality gate rejected show as a share of the outputs received, with their
+    cost and reasons; none rejected, the line reads 0.0%; the line follows new rejections."""
+    clock = FakeClock(100.0)
+    model = ProgressModel(clock)
+    model.on_event(RunStarted("demo-run", 4, 0, 600.0, 100_000.0, 1.0, 0.0))
+    for i in range(8):
+        key = f"{i // 2 + 1}/{i % 2}"
+        model.on_event(RequestSent(key, "answer", 100, 400, 0.0))
+        clock.advance(1.0)
+        model.on_event(RequestDone(key, "answer", 100, 200, 1.0, 0.001, 0.0))
+    text = " ".join(draw(model.snapshot(), 100).split())
+    assert "rejected 0 of 8 outputs (0.0%) $0.00" in text
+    model.on_event(OutputRejected(1, "answer", "Hindi", "wrong_language", 0.0015, 0.0))
+    model.on_event(OutputRejected(2, "evolve", "Swahili", "not_evolved", 0.0005, 0.0))
+    model.on_event(OutputRejected(3, "answer", "Hindi", "wrong_language", 0.0010, 0.0))
+    text = " ".join(draw(model.snapshot(), 100).split())
+    assert "rejected 3 of 8 outputs (37.5%) $0.003" in text
+    assert "wrong_language 2" in text and "not_evolved 1" in text
