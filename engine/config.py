@@ -868,6 +868,7 @@ SAFE_ON_RESUME = (
     "sim.cache_min_tokens",
     "sim.batch_delay_s",
     "sim.batch_expire_s",
+    "sim.batch_expire_count",
     "sim.batch_cancel_s",
     "sim.batch_line_failure_rate",
     "sim.faults.",

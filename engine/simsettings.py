@@ -88,6 +88,9 @@ class SimSettings:
     # batch_line_failure_rate of the lines are answered 500 in the error file.
     batch_delay_s: float = 2.0
     batch_expire_s: float | None = None
+    # At most this many batches expire (None: every one still running at batch_expire_s), so a
+    # test can expire the first batch of a run and let the resubmitted lines complete.
+    batch_expire_count: int | None = None
     batch_cancel_s: float = 0.2
     batch_line_failure_rate: float = 0.0
     # The key a client must send, never shown in reprs, never read from (or stored with) a
@@ -141,6 +144,7 @@ class SimSettings:
         non_negative(self, "batch_delay_s")
         non_negative(self, "batch_cancel_s")
         positive(self, "batch_expire_s", unset=" (leave it out for batches that never expire)")
+        at_least(self, "batch_expire_count", 1, unset=" (leave it out for no limit)")
         between(self, "batch_line_failure_rate", 0.0, 1.0)
 
     @property

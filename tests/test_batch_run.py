@@ -211,3 +211,39 @@ async def test_azure_shape_base_url_and_api_version(tmp_path: Path) -> None:
         assert report.counts == {"done": 16}
         ok = rows(config.run_dir, "SELECT count(*) FROM requests WHERE status = 'ok'")[0][0]
         assert sim.batches.lines_answered == ok
+
+
+async def test_an_expired_batch_is_sent_again_and_nothing_is_lost_or_paid_twice(
+    tmp_path: Path,
+) -> None:
+    """The provider expires the run's first batch with part of it answered: a full run in batch
+    mode keeps what was answered, sends the expired lines in a later batch and makes the online
+    run's dataset, each step paid once."""
+    online = load_config(online_config(tmp_path / "online"))
+    await execute_run(online, env={})
+    # A batch takes 0.2 s and the first one expires at 0.15 s, about two thirds answered.
+    sim = "batch_expire_s = 0.15\nbatch_expire_count = 1"
+    config = load_config(batch_config(tmp_path / "batch", sim=sim))
+    report = await execute_run(config, env={})
+    assert report.result.status is RunStatus.FINISHED, report.result.message
+    assert dataset(config.run_dir) == dataset(online.run_dir)
+    statuses = dict(
+        rows(config.run_dir, "SELECT batch_status, count(*) FROM batch_submissions GROUP BY 1")
+    )
+    assert statuses.get("expired") == 1 and statuses.get("completed", 0) >= 1
+    expired = rows(
+        config.run_dir,
+        "SELECT r.status, r.error_class, count(*), sum(coalesce(r.cost_usd, 0)) "
+        "FROM batch_lines l JOIN batch_submissions s USING (sub_id) JOIN requests r "
+        "USING (request_id) WHERE s.batch_status = 'expired' GROUP BY ALL ORDER BY 1",
+    )
+    by_status = {status: (cls, n, cost) for status, cls, n, cost in expired}
+    assert by_status["ok"][1] > 0  # answered before it expired: kept, not sent again
+    assert by_status["error"][1] > 0 and by_status["error"][2] == 0  # expired: not billed
+    paid = rows(
+        config.run_dir,
+        "SELECT count(*), count(DISTINCT (conv_id, step)) FROM requests WHERE status = 'ok'",
+    )
+    messages = rows(config.run_dir, "SELECT count(*) FROM messages")[0][0]
+    assert paid[0][0] == paid[0][1] == messages
+    assert rows(config.run_dir, "SELECT count(*) FROM requests WHERE status = 'reserved'") == [(0,)]

@@ -74,6 +74,7 @@ class BatchTiming:
 
     delay_s: float = 2.0  # create → completed
     expire_s: float | None = None  # None: never expires; else expires this long after create
+    expire_count: int | None = None  # at most this many batches expire (None: no limit)
     cancel_s: float = 0.2  # cancelling → cancelled
     line_failure_rate: float = 0.0  # share of lines answered 500 in the error file
     seed: int = 0
@@ -148,6 +149,7 @@ class BatchBook:
         self._batches: dict[str, _Batch] = {}  # in creation order
         self._seq = 0
         self._seen: Counter[bytes] = Counter()  # batch answers per body, for failure draws
+        self._expired = 0  # batches that expired (BatchTiming.expire_count bounds them)
         self.lines_answered = 0
 
     # --- files ----------------------------------------------------------------------------------
@@ -317,7 +319,10 @@ class BatchBook:
                 self._close(batch, "cancelled", batch.cancel_t + timing.cancel_s)
             return
         expire_at = None if timing.expire_s is None else batch.t0 + timing.expire_s
+        if timing.expire_count is not None and self._expired >= timing.expire_count:
+            expire_at = None
         if expire_at is not None and now >= expire_at and now - batch.t0 < delay:
+            self._expired += 1
             self._answer_until(batch, expire_at)
             self._close(batch, "expired", expire_at)
             return

@@ -83,6 +83,7 @@ class Simulator:
             BatchTiming(
                 delay_s=settings.batch_delay_s,
                 expire_s=settings.batch_expire_s,
+                expire_count=settings.batch_expire_count,
                 cancel_s=settings.batch_cancel_s,
                 line_failure_rate=settings.batch_line_failure_rate,
                 seed=settings.seed,
