@@ -247,6 +247,16 @@ class BudgetAdmission:
     def spent(self) -> Spend:
         return self._ledger.spent if self._ledger is not None else self._observed
 
+    def recount(self, before: Spend, after: Spend, *, reported: Spend = ZERO) -> None:
+        """An attempt an earlier session left unknown (in the start at ``before``, its worst
+        case) has its outcome, which the request log counts as ``after``; ``reported`` is the
+        part a RequestDone event already added to what this session observed."""
+        if self._ledger is not None:
+            self._ledger.recount(before, after)
+        else:
+            self._observed = self._observed - before + after - reported
+        self._update()
+
     def projected_total(self) -> Spend:
         """Spent so far plus the projected cost of every conversation left to finish."""
         return self.spent() + self.active_remaining() + self.pending_remaining()

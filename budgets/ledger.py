@@ -167,6 +167,12 @@ class Ledger:
         else:
             self._spent += Spend(0, 0, 1)
 
+    def recount(self, before: Spend, after: Spend) -> None:
+        """An attempt an earlier session left unknown, counted in the start at ``before`` (its
+        worst case), has an outcome: count ``after`` instead (its real cost; nothing if it was
+        never sent). Only the log's own accounting of that outcome may be passed here."""
+        self._spent = self._spent - before + after
+
     def _take(self, ticket: Ticket) -> Spend:
         try:
             held = self._open.pop(ticket.request_id)

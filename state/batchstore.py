@@ -76,6 +76,10 @@ class LineRow:
     conv_id: int
     step: int
     request_id: int
+    # What the request log counts for the attempt while its outcome is unknown (read back by
+    # open_lines; 0 for lines being written): nano-dollars and tokens at its worst case.
+    held_nano: int = 0
+    held_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,12 +244,18 @@ def open_lines(conn: Conn, sub_ids: Sequence[int]) -> list[LineRow]:
     if not sub_ids:
         return []
     rows = conn.execute(
-        "SELECT l.sub_id, l.custom_id, l.conv_id, l.step, l.request_id FROM batch_lines l "
-        "JOIN requests r USING (request_id) WHERE l.sub_id IN (SELECT unnest(?::BIGINT[])) "
+        "SELECT l.sub_id, l.custom_id, l.conv_id, l.step, l.request_id, "
+        # The worst case as state.requestlog.spend_total counts an unsettled row.
+        "CAST(floor(r.reserved_usd * 1e9 + 0.5) AS BIGINT), r.prompt_tokens + r.max_tokens "
+        "FROM batch_lines l JOIN requests r USING (request_id) "
+        "WHERE l.sub_id IN (SELECT unnest(?::BIGINT[])) "
         f"AND {_UNSETTLED} ORDER BY l.sub_id, l.request_id",
         [list(sub_ids)],
     ).fetchall()
-    return [LineRow(int(a), str(b), int(c), int(d), int(e)) for a, b, c, d, e in rows]
+    return [
+        LineRow(int(a), str(b), int(c), int(d), int(e), int(f), int(g))
+        for a, b, c, d, e, f, g in rows
+    ]
 
 
 def batch_summary(conn: Conn) -> BatchSummary | None:

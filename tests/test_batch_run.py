@@ -11,7 +11,7 @@ import pytest
 from budgets.ledger import spend_from_log
 from engine.app.run import execute_run
 from engine.config import load_config
-from engine.events import BatchUpdate, Event
+from engine.events import BatchUpdate, BudgetUpdate, Event
 from engine.scheduler import RunStatus, StopControl
 from engine.simulator import run_simulator
 from tests.runfixtures import write_config
@@ -130,6 +130,15 @@ async def test_a_batch_that_would_pass_the_cap_is_cut_to_what_fits(tmp_path: Pat
     assert isinstance(lines, int) and lines > 0
 
 
+class BudgetRecorder:
+    def __init__(self) -> None:
+        self.updates: list[BudgetUpdate] = []
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, BudgetUpdate):
+            self.updates.append(event)
+
+
 class StopWhenBatched:
     """Requests a stop once a batch is open, as Ctrl-C would."""
 
@@ -141,13 +150,19 @@ class StopWhenBatched:
             self.stop.request("stopped by SIGINT")
 
 
-async def test_a_stop_leaves_batches_running_and_a_resume_collects_them(tmp_path: Path) -> None:
-    """Ctrl-C ends the run at once without cancelling its batches; the next run claims them."""
+@pytest.mark.parametrize("cap", ["", "[budget]\nusd = 1.0\n"], ids=["uncapped", "capped"])
+async def test_a_stop_leaves_batches_running_and_a_resume_collects_them(
+    tmp_path: Path, cap: str
+) -> None:
+    """Ctrl-C ends the run at once without cancelling its batches; the next run claims them,
+    and its budget counts their real cost once they are in (with or without a ledger)."""
     online = load_config(online_config(tmp_path / "online"))
     await execute_run(online, env={})
-    settings = replace(load_config(batch_config(tmp_path / "batch")).sim, batch_delay_s=3.0)
+    settings = replace(
+        load_config(batch_config(tmp_path / "batch", extra=cap)).sim, batch_delay_s=3.0
+    )
     async with run_simulator(settings) as sim:
-        path = batch_config(tmp_path / "batch")
+        path = batch_config(tmp_path / "batch", extra=cap)
         path.write_text(
             path.read_text().replace(
                 'kind = "sim"', f'kind = "openai"\nbase_url = "{sim.base_url}"\napi_key_env = "K"'
@@ -165,8 +180,14 @@ async def test_a_stop_leaves_batches_running_and_a_resume_collects_them(tmp_path
             config.run_dir, "SELECT count(*) FROM batch_submissions WHERE state = 'created'"
         )
         assert left_open[0][0] > 0
-        report = await execute_run(config, env={"K": "sk-t"})
+        seen = BudgetRecorder()
+        report = await execute_run(config, env={"K": "sk-t"}, hooks=seen)
         assert report.result.status is RunStatus.FINISHED
+        # The lines it claimed were held at their worst case when it began; once their results
+        # are in, the session's ledger counts their real cost, as the request log does.
+        with duckdb.connect(str(config.run_dir / "state.duckdb"), read_only=True) as conn:
+            logged = spend_from_log(conn)
+        assert seen.updates[-1].spent_usd == pytest.approx(logged.usd, abs=1e-9)
         assert dataset(config.run_dir) == dataset(online.run_dir)
         assert (
             sim.batches.lines_answered

@@ -425,6 +425,7 @@ async def _run_batch_mode(
         batch_costs=budget.costs,
         online_costs=budget.online_costs or budget.costs,
         guard=budget.guard,
+        recount=budget.admission,
         unfinished=unfinished,
         hooks=events,
     ) as mode:

@@ -15,14 +15,25 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Protocol
 
+from budgets.ledger import ZERO, Spend
+from budgets.prices import to_nano
 from engine.batch.completer import BatchCompleter, Route
 from engine.chat import ChatRequest, ChatResult, Usage
 from engine.errors import RequestError
 from state.batcher import JournalBatcher
-from state.requestlog import CANCELLED, AttemptStatus, CostModel, FinishedRow, RequestLog, Ticket
+from state.requestlog import (
+    CANCELLED,
+    AttemptStatus,
+    CostModel,
+    FinishedRow,
+    RequestLog,
+    Ticket,
+    may_be_billed,
+)
 
-__all__ = ["AdoptedTicket", "BatchAccounting", "RoutedCosts"]
+__all__ = ["AdoptedTicket", "BatchAccounting", "Recount", "RoutedCosts"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +62,12 @@ class RoutedCosts:
         return self._model().actual(usage)
 
 
+class Recount(Protocol):
+    """The budget's side of an earlier session's attempt settling (BudgetAdmission.recount)."""
+
+    def recount(self, before: Spend, after: Spend, *, reported: Spend = ZERO) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class AdoptedTicket:
     """An attempt an earlier session logged and sent; its row is settled when its line is in."""
@@ -67,11 +84,13 @@ class BatchAccounting:
         costs: RoutedCosts,
         completer: BatchCompleter,
         batcher: JournalBatcher,
+        recount: Recount | None = None,
     ) -> None:
         self._log = log
         self._costs = costs
         self._completer = completer
         self._batcher = batcher
+        self._recounter = recount  # the budget, which started from the log's spend
         self._online_ids: set[int] = set()
 
     def release_abandoned(self) -> None:
@@ -83,6 +102,7 @@ class BatchAccounting:
                     request_id, status=AttemptStatus.REJECTED, cost_usd=0.0, error_class=CANCELLED
                 )
             )
+            self._recount(request_id, ZERO)  # never sent: the log counts nothing for it
 
     async def reserve(
         self, request: ChatRequest, attempt: int, *, endpoint: str = "", model: str = ""
@@ -115,6 +135,8 @@ class BatchAccounting:
                     cost_usd=cost,
                 )
             )
+            done = Spend(to_nano(cost), usage.total_tokens, 1)
+            self._recount(ticket.request_id, done, reported=done)  # RequestDone reports it
             self._completer.settled(ticket.request_id)
             return cost
         assert isinstance(ticket, Ticket)
@@ -127,14 +149,17 @@ class BatchAccounting:
         if isinstance(ticket, AdoptedTicket):
             if error is None and admitted:
                 return  # stopped while its batch runs: the row stays reserved for a resume
+            error_class = error.error_class if error is not None else CANCELLED
             self._write(
                 FinishedRow(
                     ticket.request_id,
                     status=AttemptStatus.ERROR,
-                    error_class=error.error_class if error is not None else CANCELLED,
+                    error_class=error_class,
                     error=str(error)[:500] if error is not None else None,
                 )
             )
+            if not may_be_billed(error_class):  # else the log keeps it at its worst case
+                self._recount(ticket.request_id, Spend(0, 0, 1))
             self._completer.settled(ticket.request_id)
             return
         assert isinstance(ticket, Ticket)
@@ -145,6 +170,13 @@ class BatchAccounting:
         self._log.release(ticket, error, admitted=admitted)
         if error is not None or not admitted:
             self._done(ticket.request_id)
+
+    def _recount(self, request_id: int, after: Spend, *, reported: Spend = ZERO) -> None:
+        """Trade the worst case an earlier session's attempt held for what the log now counts
+        for it, so a resumed session's budget is not held at the worst case all along."""
+        held = self._completer.carried(request_id)
+        if held is not None and self._recounter is not None:
+            self._recounter.recount(Spend(held[0], held[1], 1), after, reported=reported)
 
     def _done(self, request_id: int) -> None:
         self._online_ids.discard(request_id)

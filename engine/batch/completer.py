@@ -174,6 +174,9 @@ class BatchCompleter:
         self._tasks: list[asyncio.Task[None]] = []
         self._fatal: RequestError | None = None
         self._abandoned: list[int] = []
+        # Worst cases (nano-dollars, tokens) an earlier session's lines hold in the budget the
+        # run started from, by request id: the ledger trades them for the real outcome.
+        self._carried: dict[int, tuple[int, int]] = {}
         self.batches_created = 0
         self.lines_sent = 0
 
@@ -549,6 +552,7 @@ class BatchCompleter:
                     batch_id = found.id
                     await self._journal.write(bs.batch_created(sub.sub_id, found.id, found.status))
             mine = by_sub.get(sub.sub_id, [])
+            self._carried.update({ln.request_id: (ln.held_nano, ln.held_tokens) for ln in mine})
             if batch_id is None:
                 # No batch was made from it: its lines were never run; they go out again.
                 await self._journal.write(
@@ -574,6 +578,11 @@ class BatchCompleter:
     def abandoned_attempts(self) -> list[int]:
         """Attempts of submissions no batch was made from, found on resume (never sent)."""
         return list(self._abandoned)
+
+    def carried(self, request_id: int) -> tuple[int, int] | None:
+        """The worst case (nano-dollars, tokens) an earlier session's attempt held when this
+        session started, once; None for an attempt of this session."""
+        return self._carried.pop(request_id, None)
 
     # --- progress -------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from engine.batch.accounting import BatchAccounting, RoutedCosts
+from engine.batch.accounting import BatchAccounting, Recount, RoutedCosts
 from engine.batch.api import BatchAPI, OpenAIBatchAPI
 from engine.batch.completer import BatchCompleter, OnlineClient
 from engine.batch.planner import FileLimits, SubmitPolicy
@@ -92,6 +92,7 @@ async def open_batch_mode(
     online_costs: CostModel,
     guard: Guard | None,
     unfinished: int,
+    recount: Recount | None = None,
     hooks: EventHook,
     api: BatchAPI | None = None,
 ) -> AsyncIterator[BatchMode]:
@@ -112,7 +113,7 @@ async def open_batch_mode(
     request_log = RequestLog(
         batcher, model=model, next_request_id=next_request_id, costs=costs, guard=guard
     )
-    accounting = BatchAccounting(request_log, costs, completer, batcher)
+    accounting = BatchAccounting(request_log, costs, completer, batcher, recount)
     try:
         await completer.start(unfinished)
         accounting.release_abandoned()
