@@ -35,7 +35,7 @@ def run_from_cli(args: argparse.Namespace) -> int:
     if ray is None and shards is not None:
         raise ConfigError("--shards is for a sharded run: add --ray")
     sharding = None if ray is None else (ray or None, shards)
-    command = f"m2l run {shlex.quote(str(args.config))}"
+    command = continue_command(str(args.config))
     try:
         report = eventloop.run(
             _run(config, mode=mode, interval=interval, options=options, sharding=sharding),
