@@ -18,7 +18,7 @@ import duckdb
 import orjson
 
 from prompts.languages import load_languages
-from state.release import SUBSETS, features_yaml, release_schema
+from state.release import SUBSETS, features_yaml, quality_fields, release_schema
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -43,6 +43,7 @@ class Entry:
     include_filtered: bool
     rows: int
     multiturn_types: list[str] = field(default_factory=list)
+    quality_fields: bool = False  # the rows carry the --quality-fields columns
 
     @property
     def stem(self) -> str:
@@ -82,6 +83,9 @@ def format_features(entry: Entry) -> pa.Schema:
         )
     if entry.include_filtered:
         schema = schema.append(pa.field("filter_reason", pa.string()))
+    if entry.quality_fields:
+        for extra in quality_fields():
+            schema = schema.append(extra)
     return schema
 
 

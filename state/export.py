@@ -26,7 +26,7 @@ import duckdb
 from engine.config import StoreConfig
 from engine.errors import ConfigError, StateError
 from state import card
-from state.release import SUBSETS, multiturn_types_for, release_schema
+from state.release import SUBSETS, multiturn_types_for, quality_fields, release_schema
 from state.schema import (
     STATE_FILE,
     has_added_columns,
@@ -153,13 +153,21 @@ def export_run(
 
 
 def export_subsets(
-    run_dir: Path, fmt: str, *, directory: Path | None = None, include_filtered: bool = False
+    run_dir: Path,
+    fmt: str,
+    *,
+    directory: Path | None = None,
+    include_filtered: bool = False,
+    quality_fields: bool = False,
+    exclude_partial: bool = False,
 ) -> list[ExportReport]:
     """Write the release's three subsets (seed_data, seed_evol_data, full_data) of a run.
 
     They go to ``directory`` (default ``<run_dir>/export``) named after the subset. Raises
-    ConfigError for a format that is not a release format, and as ``export_run`` does.
+    ConfigError for a format that is not a release format or for ``quality_fields`` (a subset
+    mirrors a released file), and as ``export_run`` does.
     """
+    _check_options(fmt, include_filtered, next(iter(SUBSETS)), quality_fields)
     target = directory or run_dir / "export"
     reports = []
     conn = open_run(run_dir, action="export")
@@ -168,7 +176,16 @@ def export_subsets(
             spec = _check_options(fmt, include_filtered, subset)
             extra = "-with-filtered" if include_filtered else ""
             path = target / f"{subset}{extra}{spec.suffix}"
-            reports.append(export_with(conn, fmt, path, include_filtered, subset=subset))
+            reports.append(
+                export_with(
+                    conn,
+                    fmt,
+                    path,
+                    include_filtered,
+                    subset=subset,
+                    exclude_partial=exclude_partial,
+                )
+            )
     finally:
         conn.close()
     return reports
@@ -223,7 +240,7 @@ def export_with(
         write = _parquet_in_parts if spec.copy_format == "parquet" else _jsonl_in_parts
         rows = write(conn, spec, selects, temp, scratch, store)
         if shape is not None and spec.copy_format == "parquet":
-            _check_release_file(temp, shape, include_filtered)
+            _check_release_file(temp, shape, include_filtered, quality_fields)
         _fsync(temp)
         os.replace(temp, output)
     written = card.record_export(
@@ -236,6 +253,7 @@ def export_with(
             include_filtered=include_filtered,
             rows=rows,
             multiturn_types=list(shape.types) if shape is not None else [],
+            quality_fields=quality_fields,
         ),
     )
     return ExportReport(output, rows, written)
@@ -252,11 +270,17 @@ def _check_options(
     fmt: str, include_filtered: bool, subset: str | None = None, quality_fields: bool = False
 ) -> ExportFormat:
     spec = _format(fmt)
-    if quality_fields and (spec.copy_format != "json" or not spec.can_mark_filtered or subset):
+    if quality_fields and not spec.can_mark_filtered:
         raise ConfigError(
-            f"--quality-fields cannot be used with {fmt}{f' ({subset})' if subset else ''}: "
-            "the release Parquet schema and OpenAI's messages lines are fixed; use "
-            "release-jsonl or sharegpt-jsonl"
+            f"--quality-fields cannot be used with {fmt}: OpenAI's fine-tuning validator "
+            'rejects any key besides "messages"; use release-parquet, release-jsonl or '
+            "sharegpt-jsonl"
+        )
+    if quality_fields and subset:
+        raise ConfigError(
+            f"--quality-fields cannot be used with the {subset} subset: a subset mirrors one of "
+            "M2Lingual's released files row for row, and its seed rows have no conversation for "
+            "the fields to describe; export the whole release (no --subsets) with them"
         )
     if subset is not None:
         if subset not in SUBSETS:
@@ -281,6 +305,12 @@ class _Extra:
 
     quality_fields: bool = False
     exclude_partial: bool = False
+
+
+# The --quality-fields list of thrown-away outputs, typed as state.release.quality_fields says.
+_REJECTED_TYPE = (
+    "STRUCT(step BIGINT, regeneration BIGINT, kind VARCHAR, reason VARCHAR, content VARCHAR)[]"
+)
 
 
 def _partial(alias: str = "") -> str:
@@ -416,15 +446,15 @@ def _select(
     if extra.quality_fields:
         base += f""",
     thrown AS (
-        SELECT conv_id, list_sort(list({{'step': step, 'regeneration': regeneration,
-            'kind': kind, 'reason': reason, 'content': content}})) AS rejected
+        SELECT conv_id, CAST(list_sort(list({{'step': step, 'regeneration': regeneration,
+            'kind': kind, 'reason': reason, 'content': content}})) AS {_REJECTED_TYPE}) AS rejected
         FROM rejections WHERE conv_id IN (SELECT conv_id FROM conv){_between("conv_id", lo, hi)}
         GROUP BY conv_id)"""
-        columns += """,
+        columns += f""",
         CAST(turns_planned AS BIGINT) AS turns_planned,
         CAST(len([m FOR m IN ms IF m.role = 'user']) AS BIGINT) AS turns_made,
         kept_reason,
-        coalesce(rejected, []) AS rejected"""
+        coalesce(rejected, CAST([] AS {_REJECTED_TYPE})) AS rejected"""
         join = " LEFT JOIN thrown USING (conv_id)"
     return f"{base}\nSELECT {columns}\nFROM conv JOIN steps USING (conv_id){join} ORDER BY conv_id"
 
@@ -504,7 +534,9 @@ def _seed_select(
     ORDER BY s.seed_id"""
 
 
-def _check_release_file(path: Path, shape: _Shape, include_filtered: bool) -> None:
+def _check_release_file(
+    path: Path, shape: _Shape, include_filtered: bool, quality: bool = False
+) -> None:
     """Raise StateError if the Parquet file written does not have the release schema."""
     import pyarrow as pa  # on first use, as in state.release
     import pyarrow.parquet as pq
@@ -513,6 +545,9 @@ def _check_release_file(path: Path, shape: _Shape, include_filtered: bool) -> No
     wanted = release_schema(shape.types)
     if include_filtered:
         wanted = wanted.append(pa.field("filter_reason", pa.string()))
+    if quality:
+        for extra in quality_fields():
+            wanted = wanted.append(extra)
     if not found.equals(wanted):
         raise StateError(
             f"internal error: the export's schema differs from the release schema:\n{found}\n"

@@ -24,6 +24,7 @@ __all__ = [
     "SUBSETS",
     "features_yaml",
     "multiturn_types_for",
+    "quality_fields",
     "release_schema",
 ]
 
@@ -70,6 +71,28 @@ def release_schema(multiturn_types: tuple[str, ...]) -> pa.Schema:
         "conversation": pa.list_(message),
     }
     return pa.schema([(name, types.get(name, pa.string())) for name in RELEASE_COLUMNS])
+
+
+def quality_fields() -> list[pa.Field]:
+    """The columns ``--quality-fields`` adds after the format's own (and filter_reason): planned
+    and made turns, why a conversation is short, and every output thrown away making it."""
+    import pyarrow as pa
+
+    rejected = pa.struct(
+        [
+            ("step", pa.int64()),
+            ("regeneration", pa.int64()),
+            ("kind", pa.string()),
+            ("reason", pa.string()),
+            ("content", pa.string()),
+        ]
+    )
+    return [
+        pa.field("turns_planned", pa.int64()),
+        pa.field("turns_made", pa.int64()),
+        pa.field("kept_reason", pa.string()),
+        pa.field("rejected", pa.list_(rejected)),
+    ]
 
 
 DEFAULT_MULTITURN_TYPES: tuple[str, ...] = tuple(e.id for e in load_taxonomy().of_kind("multiturn"))

@@ -7,17 +7,19 @@ from pathlib import Path
 
 import duckdb
 import orjson
+import pyarrow.parquet as pq
 import pytest
 
 from engine.app.run import execute_run
 from engine.config import load_config
 from engine.conversation import Conversation, Status
+from engine.errors import ConfigError
 from engine.posthoc import filter_run, run_quality
 from engine.quality import FilterConfig
 from engine.scheduler import RunStatus
 from engine.validation import QualityValidator
 from prompts.languages import load_languages
-from state.export import export_run
+from state.export import export_run, export_subsets
 from state.journal import load_conversations
 from tests.runfixtures import write_config
 
@@ -114,6 +116,22 @@ async def test_every_thrown_away_output_is_stored_and_late_failures_keep_their_t
         "wrong_language", "repetition", "truncated", "unanswered", "not_evolved",
         "leaked_markers", "refusal", "cross_turn_repetition", "empty", "too_short",
     }  # fmt: skip
+    # The same fields in release Parquet, typed as the dataset card lists them.
+    parquet = export_run(config.run_dir, "release-parquet", output=tmp_path / "q.parquet",
+                         quality_fields=True)  # fmt: skip
+    table = pq.read_table(parquet.path)
+    assert table.column_names[-4:] == ["turns_planned", "turns_made", "kept_reason", "rejected"]
+    fields = ("id", "turns_planned", "turns_made", "kept_reason", "rejected")
+    assert [{k: r[k] for k in fields} for r in table.to_pylist()] == [
+        {k: r[k] for k in fields} for r in rows
+    ]
+    assert parquet.card is not None and "name: turns_made" in parquet.card.read_text()
+    with pytest.raises(ConfigError, match="subset mirrors one of M2Lingual's released files"):
+        export_subsets(config.run_dir, "release-parquet", directory=tmp_path / "s",
+                       quality_fields=True)  # fmt: skip
+    with pytest.raises(ConfigError, match="fine-tuning validator"):
+        export_run(config.run_dir, "messages-jsonl", output=tmp_path / "m.jsonl",
+                   quality_fields=True)  # fmt: skip
     whole = export_run(config.run_dir, "release-jsonl", output=tmp_path / "a.jsonl")
     assert "rejected" not in orjson.loads(whole.path.read_bytes().splitlines()[0])
     trimmed = export_run(config.run_dir, "sharegpt-jsonl", output=tmp_path / "b.jsonl",

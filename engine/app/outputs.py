@@ -66,7 +66,7 @@ def add_export_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         action="store_true",
         help="add to each row turns_planned, turns_made, kept_reason (why a conversation kept "
         "fewer turns than planned) and rejected (every output thrown away while making it); "
-        "release-jsonl and sharegpt-jsonl only",
+        "not with messages-jsonl or --subsets",
     )
     p.add_argument(
         "--exclude-partial",
@@ -144,6 +144,8 @@ def export_command(args: argparse.Namespace, console: Console | None = None) -> 
             str(args.format),
             directory=args.output,
             include_filtered=bool(args.include_filtered),
+            quality_fields=bool(getattr(args, "quality_fields", False)),
+            exclude_partial=bool(getattr(args, "exclude_partial", False)),
         )
         for report in reports:
             out.print(f"wrote {report.rows:,} rows to {escape(str(report.path))}")
