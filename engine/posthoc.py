@@ -33,6 +33,7 @@ from engine.quality import (
     check_reply,
     default_detector,
 )
+from engine.quality.analysis import Analysis, joined_units
 from engine.quality.expect import LanguageNames, expect_language
 from prompts.languages import (
     Language,
@@ -110,18 +111,22 @@ def check_turns(
     config: FilterConfig = DEFAULT_FILTER_CONFIG,
     detector: LanguageDetector | None = None,
     names: LanguageNames | None = None,
+    analyses: Sequence[Analysis] | None = None,
 ) -> Finding | None:
     """The first turn of ``conv`` that fails a filter, or None when every turn passes.
 
     With ``names`` (and a table Language), each turn is judged against the language it should
     be in, as the run judged it inline (a translation's target, a cross-lingual passage,
-    code-mixing); without, every turn must be in ``language``.
+    code-mixing); without, every turn must be in ``language``. ``analyses``: one Analysis per
+    step, to share with the duplicate check (made here if not given).
     """
     if not conv.steps:
         return Finding(conv.conv_id, "empty", None, "a done conversation with no stored turns")
-    answers: list[str] = []
+    if analyses is None:
+        analyses = [Analysis(content) for _, content in conv.steps]
+    answers: list[Analysis] = []
     user_turns: list[str] = []
-    for step, (kind, content) in enumerate(conv.steps):
+    for step, ((kind, content), analysis) in enumerate(zip(conv.steps, analyses, strict=True)):
         expect: LanguageLike | Expectation = language
         if names is not None and isinstance(language, Language):
             expect = expect_language(
@@ -137,13 +142,13 @@ def check_turns(
             )
         if kind == "answer":
             verdict = check_reply(
-                content, language=expect, previous=answers, config=config, detector=detector
+                analysis, language=expect, previous=answers, config=config, detector=detector
             )
-            answers.append(content)
+            answers.append(analysis)
         else:
-            verdict = check_instruction(content, language=expect, config=config, detector=detector)
+            verdict = check_instruction(analysis, language=expect, config=config, detector=detector)
             if verdict.ok and step == 0 and conv.seed_text:
-                verdict = check_evolved(content, conv.seed_text, conv.seed_target, config)
+                verdict = check_evolved(analysis, conv.seed_text, conv.seed_target, config)
             user_turns.append(content)
         if not verdict.ok:
             return Finding(conv.conv_id, str(verdict.reason), step, verdict.detail)
@@ -170,14 +175,18 @@ class PosthocFilter:
 
     def check(self, conv: StoredConversation) -> Finding | None:
         """Why ``conv`` must be filtered, or None; raises ConfigError for an unknown language."""
-        finding = check_turns(conv, self._language(conv), self._config, self._detector, self._names)
+        # Each turn analysed once, for the turn checks and the duplicate check alike.
+        analyses = [Analysis(content) for _, content in conv.steps]
+        finding = check_turns(
+            conv, self._language(conv), self._config, self._detector, self._names, analyses
+        )
         if finding is not None:
             # Not indexed: a conversation filtered for its own faults must not make a clean
             # later copy of it look like the duplicate.
             return finding
         if not self._config.near_duplicates:
             return None
-        match = self._index.add_match(conv.conv_id, conv.text())
+        match = self._index.add_match(conv.conv_id, conv.text(), joined_units(analyses))
         if match is None:
             return None
         verdict = match.verdict()

@@ -5,13 +5,16 @@ against the conversation's earlier answers for cross-turn repetition. Each outpu
 against the language it should be in (engine.quality.expect: a translation's target, a
 cross-lingual passage, code-mixing). An evolved instruction (near-)identical to its seed, or to
 the seed's reference answer, fails as "not_evolved". Checks that only make sense over the whole
-run (near-duplicates) are left to ``m2l filter``.
+run (near-duplicates) are left to ``m2l filter``. Each text is analysed once
+(engine.quality.analysis): its checks share the analysis, and a conversation's earlier answers
+keep theirs for the later steps' cross-turn checks.
 """
 
 from __future__ import annotations
 
 from engine.conversation import Conversation, StepKind
 from engine.quality import FilterConfig, Verdict, check_evolved, check_instruction, check_reply
+from engine.quality.analysis import AnalysisCache
 from engine.quality.expect import LanguageNames, expect_language
 from engine.quality.langid import Expectation, LanguageDetector, default_detector
 from prompts.languages import Language, LanguageTable, load_language_names
@@ -22,7 +25,7 @@ __all__ = ["QualityValidator"]
 class QualityValidator:
     """The engine's Validator, backed by ``engine.quality``."""
 
-    __slots__ = ("_config", "_detector", "_languages", "_names", "_resolved")
+    __slots__ = ("_analyses", "_config", "_detector", "_languages", "_names", "_resolved")
 
     def __init__(
         self,
@@ -35,6 +38,7 @@ class QualityValidator:
         self._detector = detector
         self._names: LanguageNames | None = None
         self._resolved: dict[str, Language] = {}
+        self._analyses = AnalysisCache()
 
     def _language(self, conv: Conversation) -> Language:
         code = conv.plan.language_code
@@ -63,15 +67,20 @@ class QualityValidator:
 
     def check(self, conv: Conversation, kind: StepKind, text: str) -> Verdict:
         expect = self.expectation(conv, kind)
+        analysis = self._analyses.get(text)
         if kind is StepKind.ANSWER:
-            previous = [s.message.content for s in conv.steps if s.kind is StepKind.ANSWER]
+            previous = [
+                self._analyses.get(s.message.content)
+                for s in conv.steps
+                if s.kind is StepKind.ANSWER
+            ]
             return check_reply(
-                text, language=expect, previous=previous, config=self._config,
+                analysis, language=expect, previous=previous, config=self._config,
                 detector=self._detector,
             )  # fmt: skip
         verdict = check_instruction(
-            text, language=expect, config=self._config, detector=self._detector
+            analysis, language=expect, config=self._config, detector=self._detector
         )
         if verdict.ok and kind is StepKind.EVOLVE:
-            return check_evolved(text, conv.plan.seed_text, conv.plan.seed_target, self._config)
+            return check_evolved(analysis, conv.plan.seed_text, conv.plan.seed_target, self._config)
         return verdict

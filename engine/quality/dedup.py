@@ -20,6 +20,7 @@ import hashlib
 import unicodedata
 import zlib
 from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -90,15 +91,18 @@ class MinHasher:
         self._a = rng.integers(1, 1 << 32, size=num_perm, dtype=np.uint64)
         self._b = rng.integers(0, 1 << 32, size=num_perm, dtype=np.uint64)
 
-    def shingles(self, text: str) -> set[str]:
-        """The distinct runs of ``shingle_size`` units; a shorter text is one shingle."""
-        items = units(text)
+    def shingles(self, text: str, items: Sequence[str] | None = None) -> set[str]:
+        """The distinct runs of ``shingle_size`` units; a shorter text is one shingle.
+
+        ``items``: the text's units when the caller has them (engine.quality.analysis).
+        """
+        items = units(text) if items is None else items
         k = self.shingle_size
         if len(items) <= k:
             return {" ".join(items)} if items else set()
         return {" ".join(items[i : i + k]) for i in range(len(items) - k + 1)}
 
-    def signature(self, text: str) -> npt.NDArray[np.uint64]:
+    def signature(self, text: str, items: Sequence[str] | None = None) -> npt.NDArray[np.uint64]:
         """The MinHash signature of ``text`` (``num_perm`` values below 2**32 + 15).
 
         A text without units gets the all-maximum signature, which matches only other empty
@@ -107,7 +111,9 @@ class MinHasher:
         import numpy as np
 
         prime = np.uint64(_PRIME)
-        hashes = np.fromiter((zlib.crc32(s.encode()) for s in self.shingles(text)), dtype=np.uint64)
+        hashes = np.fromiter(
+            (zlib.crc32(s.encode()) for s in self.shingles(text, items)), dtype=np.uint64
+        )
         out = np.full(self.num_perm, prime, dtype=np.uint64)
         for start in range(0, len(hashes), _CHUNK):
             chunk = hashes[start : start + _CHUNK, None]
@@ -231,10 +237,13 @@ class NearDuplicateIndex:
         found = self.add_match(conv_id, text)
         return None if found is None else found.earlier_id
 
-    def add_match(self, conv_id: int, text: str) -> DuplicateMatch | None:
+    def add_match(
+        self, conv_id: int, text: str, items: Sequence[str] | None = None
+    ) -> DuplicateMatch | None:
         """Add a conversation unless it duplicates an earlier one, which is then returned.
 
-        Adding an id again (a resumed run replaying its history) is a no-op returning None.
+        ``items``: the text's units, when the caller has them. Adding an id again (a resumed
+        run replaying its history) is a no-op returning None.
         """
         if self._slot_of.get(conv_id) is not None:
             return None
@@ -242,7 +251,7 @@ class NearDuplicateIndex:
         earlier = self._exact.get(key)
         if earlier is not None and earlier != conv_id:
             return DuplicateMatch(earlier, True, 1.0)
-        signature = self._hasher.signature(text)
+        signature = self._hasher.signature(text, items)
         keys = self._hasher.band_keys(signature, self._nbands, self._rows)
         sig = _bbit(signature)
         found = self._near(keys, sig)

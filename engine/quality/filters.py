@@ -2,7 +2,9 @@
 
 ``check_reply`` and ``check_instruction`` run the filters in order, cheapest and most specific
 first, and return the first failure; the engine regenerates a step whose verdict failed, and a
-post-hoc pass can call the single filters it wants. Raises ConfigError only when a configured
+post-hoc pass can call the single filters it wants. Each takes a text or its
+``Analysis`` (engine.quality.analysis): given the Analysis, the checks share one tokenization
+and one language identification of the text. Raises ConfigError only when a configured
 data file (refusals, markers) is missing or malformed, or py3langid is not installed.
 """
 
@@ -12,6 +14,7 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 
+from engine.quality.analysis import Analysis, analyse
 from engine.quality.config import DEFAULT_FILTER_CONFIG, FilterConfig
 from engine.quality.langid import (
     Expectation,
@@ -22,13 +25,8 @@ from engine.quality.langid import (
 )
 from engine.quality.markers import Markers, load_markers
 from engine.quality.refusal import RefusalPhrases, load_refusals
-from engine.quality.repetition import (
-    cross_turn_overlap,
-    most_repeated_sentence,
-    ngram_total,
-    repetition_stats,
-)
-from engine.quality.text import similarity, without_refrains
+from engine.quality.repetition import most_repeated_sentence
+from engine.quality.text import unit_similarity, units, without_refrains
 from engine.quality.verdict import Verdict
 
 __all__ = [
@@ -46,9 +44,10 @@ __all__ = [
 _PASS = Verdict.passed()
 
 
-def check_length(text: str, min_chars: int) -> Verdict:
+def check_length(text: str | Analysis, min_chars: int) -> Verdict:
     """Fail blank text as "empty", and text under ``min_chars`` non-space ones as "too_short"."""
-    size = sum(1 for ch in text if not ch.isspace())
+    text = text.text if isinstance(text, Analysis) else text
+    size = len("".join(text.split()))  # characters that are not white space
     if size == 0:
         return Verdict.failed("empty", "no text")
     if size < min_chars:
@@ -56,20 +55,25 @@ def check_length(text: str, min_chars: int) -> Verdict:
     return _PASS
 
 
-def check_repetition(text: str, config: FilterConfig = DEFAULT_FILTER_CONFIG) -> Verdict:
+def check_repetition(text: str | Analysis, config: FilterConfig = DEFAULT_FILTER_CONFIG) -> Verdict:
     """Fail as "repetition" when n-grams or whole sentences repeat beyond the limits.
 
     A song's chorus or a poem's refrain is counted once (engine.quality.text.without_refrains).
     """
-    text = without_refrains(text)
+    analysis = analyse(text)
+    free = without_refrains(analysis.text)
+    if free is not analysis.text:  # refrains were removed: a text of its own
+        analysis = Analysis(free)
     n = config.ngram_size
-    total, ratio = repetition_stats(text, n)
+    total = analysis.ngram_total(n)
+    # rep-n, as engine.quality.repetition.repetition_ratio computes it
+    ratio = 1.0 - len(analysis.ngram_set(n)) / total if total else 0.0
     if total >= config.min_ngrams and ratio > config.max_ngram_repeat_ratio:
         return Verdict.failed(
             "repetition",
             f"{ratio:.0%} of {n}-grams repeat (limit {config.max_ngram_repeat_ratio:.0%})",
         )
-    count, sentence = most_repeated_sentence(text)
+    count, sentence = most_repeated_sentence(free, at_least=config.max_sentence_repeats + 1)
     if count > config.max_sentence_repeats:
         shown = sentence if len(sentence) <= 60 else sentence[:57] + "..."
         return Verdict.failed("repetition", f"sentence repeated {count} times: {shown!r}")
@@ -77,13 +81,25 @@ def check_repetition(text: str, config: FilterConfig = DEFAULT_FILTER_CONFIG) ->
 
 
 def check_cross_turn(
-    text: str, previous: Sequence[str], config: FilterConfig = DEFAULT_FILTER_CONFIG
+    text: str | Analysis,
+    previous: Sequence[str | Analysis],
+    config: FilterConfig = DEFAULT_FILTER_CONFIG,
 ) -> Verdict:
-    """Fail as "cross_turn_repetition" when ``text`` mostly copies earlier turns."""
+    """Fail as "cross_turn_repetition" when ``text`` mostly copies earlier turns.
+
+    The overlap is engine.quality.repetition.cross_turn_overlap's, over shared n-gram sets.
+    """
     n = config.cross_turn_ngram_size
-    if not previous or ngram_total(text, n) < config.min_ngrams:
+    analysis = analyse(text)
+    if not previous or analysis.ngram_total(n) < config.min_ngrams:
         return _PASS
-    overlap = cross_turn_overlap(text, previous, n)
+    mine = analysis.ngram_set(n)
+    if not mine:
+        return _PASS
+    seen: set[tuple[str, ...]] = set()
+    for earlier in previous:
+        seen.update(analyse(earlier).ngram_set(n))
+    overlap = len(mine & seen) / len(mine)
     if overlap > config.cross_turn_overlap:
         return Verdict.failed(
             "cross_turn_repetition",
@@ -93,8 +109,9 @@ def check_cross_turn(
     return _PASS
 
 
-def check_refusal(text: str, config: FilterConfig = DEFAULT_FILTER_CONFIG) -> Verdict:
+def check_refusal(text: str | Analysis, config: FilterConfig = DEFAULT_FILTER_CONFIG) -> Verdict:
     """Fail as "refusal" when the opening of ``text`` holds a refusal phrase (any language)."""
+    text = text.text if isinstance(text, Analysis) else text
     found = _refusals(config.refusals_path).find(text, window=config.refusal_window)
     if found is None:
         return _PASS
@@ -102,10 +119,11 @@ def check_refusal(text: str, config: FilterConfig = DEFAULT_FILTER_CONFIG) -> Ve
 
 
 def check_markers(
-    text: str, config: FilterConfig = DEFAULT_FILTER_CONFIG, *, instruction: bool = False
+    text: str | Analysis, config: FilterConfig = DEFAULT_FILTER_CONFIG, *, instruction: bool = False
 ) -> Verdict:
     """Fail as "leaked_markers" on template text, chat tokens, disclaimers or role labels, and,
     in an ``instruction``, on output labels ("New instruction:", "Maagizo mapya:")."""
+    text = text.text if isinstance(text, Analysis) else text
     markers = _markers(config.markers_path, config.extra_markers)
     found = markers.find(text, role_labels=config.role_labels, labels=instruction)
     if found is None:
@@ -114,7 +132,7 @@ def check_markers(
 
 
 def check_language(
-    text: str,
+    text: str | Analysis,
     language: LanguageLike | Expectation,
     config: FilterConfig = DEFAULT_FILTER_CONFIG,
     detector: LanguageDetector | None = None,
@@ -141,7 +159,9 @@ def check_language(
     return Verdict.failed("wrong_language", check.detail)
 
 
-def check_evolved(text: str, seed: str, seed_target: str | None, config: FilterConfig) -> Verdict:
+def check_evolved(
+    text: str | Analysis, seed: str, seed_target: str | None, config: FilterConfig
+) -> Verdict:
     """Fail as "not_evolved" when an evolved instruction is its seed again, or its answer.
 
     Similarity is difflib's ratio over units (engine.quality.text.similarity).
@@ -149,12 +169,13 @@ def check_evolved(text: str, seed: str, seed_target: str | None, config: FilterC
     if not config.not_evolved:
         return Verdict.passed()
     limit = config.evolved_max_similarity
-    ratio = similarity(text, seed)
+    mine = analyse(text).units
+    ratio = unit_similarity(mine, units(seed))
     if ratio >= limit:
         return Verdict.failed(
             "not_evolved", f"{ratio:.0%} the same as the seed (limit {limit:.0%})"
         )
-    if seed_target and (ratio := similarity(text, seed_target)) >= limit:
+    if seed_target and (ratio := unit_similarity(mine, units(seed_target))) >= limit:
         return Verdict.failed(
             "not_evolved", f"{ratio:.0%} the same as the seed's answer: answered, not rewritten"
         )
@@ -162,10 +183,10 @@ def check_evolved(text: str, seed: str, seed_target: str | None, config: FilterC
 
 
 def check_reply(
-    text: str,
+    text: str | Analysis,
     *,
     language: LanguageLike | Expectation,
-    previous: Sequence[str] = (),
+    previous: Sequence[str | Analysis] = (),
     config: FilterConfig = DEFAULT_FILTER_CONFIG,
     detector: LanguageDetector | None = None,
 ) -> Verdict:
@@ -175,14 +196,15 @@ def check_reply(
     them should count too). Order: length, leaked markers, refusal, repetition, cross-turn
     repetition, language.
     """
-    verdict = check_length(text, config.min_reply_chars)
+    analysis = analyse(text)
+    verdict = check_length(analysis.text, config.min_reply_chars)
     if not verdict.ok:
         return verdict
-    return _common(text, language, previous, config, detector, instruction=False)
+    return _common(analysis, language, previous, config, detector, instruction=False)
 
 
 def check_instruction(
-    text: str,
+    text: str | Analysis,
     *,
     language: LanguageLike | Expectation,
     config: FilterConfig = DEFAULT_FILTER_CONFIG,
@@ -192,16 +214,17 @@ def check_instruction(
 
     The same filters as a reply, with ``min_instruction_chars`` and no cross-turn check.
     """
-    verdict = check_length(text, config.min_instruction_chars)
+    analysis = analyse(text)
+    verdict = check_length(analysis.text, config.min_instruction_chars)
     if not verdict.ok:
         return verdict
-    return _common(text, language, (), config, detector, instruction=True)
+    return _common(analysis, language, (), config, detector, instruction=True)
 
 
 def _common(
-    text: str,
+    text: Analysis,
     language: LanguageLike | Expectation,
-    previous: Sequence[str],
+    previous: Sequence[str | Analysis],
     config: FilterConfig,
     detector: LanguageDetector | None,
     *,

@@ -35,11 +35,12 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from engine.errors import ConfigError
-from engine.quality.scripts import expected_scripts, script_counts, share_of
-from engine.quality.text import language_prose, segments, unquoted
+from engine.quality.analysis import Analysis, Segment, analyse, sample_segments
+from engine.quality.ranker import NaiveBayes, Ranking
+from engine.quality.scripts import expected_scripts, script_counts, share_of, weighted_count
 
 __all__ = [
     "Expectation",
@@ -251,10 +252,31 @@ class _Params:
     min_confidence: float
     accept_share: float
     foreign_confidence: float
+    analysis: Analysis
+
+    def rank(self, text: str) -> Sequence[tuple[str, float]]:
+        """The detector's ranking of ``text`` (a piece of the analysed text), asked once."""
+        return self.analysis.rank(self.detector, text)
+
+    def sample(self, *, quotes: bool = True) -> list[Segment]:
+        """The sentences long enough to judge, a bounded sample of a long text's."""
+        return sample_segments(self.analysis.segments(quotes=quotes), self.min_chars)
+
+
+def _top(ranking: Sequence[tuple[str, float]]) -> tuple[str, float]:
+    if isinstance(ranking, Ranking):
+        return ranking.top()
+    return ranking[0] if ranking else (_NOT_LANGUAGE, 0.0)
+
+
+def _mass(ranking: Sequence[tuple[str, float]], accepted: frozenset[str]) -> float:
+    if isinstance(ranking, Ranking):
+        return ranking.mass(accepted)
+    return sum(p for label, p in ranking if label in accepted)
 
 
 def judge_expected(
-    text: str,
+    text: str | Analysis,
     expect: Expectation,
     *,
     detector: LanguageDetector,
@@ -275,20 +297,28 @@ def judge_expected(
     does not know, or text in one of its other scripts (romanised Hindi), fails only when a
     major language an LLM falls back to (English, French, Chinese, ...) is at least
     ``foreign_confidence`` sure. Strict texts are also judged sentence by sentence: more than
-    ``max_foreign_share`` of the letters in confidently foreign sentences is "wrong".
+    ``max_foreign_share`` of the letters in confidently foreign sentences is "wrong". Sentence
+    walks read a bounded sample of a long text's sentences (engine.quality.analysis).
     """
     want = "/".join(_display(lang) for lang in expect.languages)
     if expect.mode == "any" or not expect.languages:
         return LanguageCheck("unknown", "none", None, 0.0, expect.why or "any language may do")
-    body = language_prose(text)
-    counts = script_counts(body)
-    letters = _weighted(counts)
+    analysis = analyse(text)
+    body = analysis.body
+    counts = analysis.counts
+    letters = analysis.letters
     if letters < min_chars:
         return LanguageCheck(
             "too_short", "none", None, 0.0, f"{letters} letters, too short to judge ({want})"
         )
     params = _Params(
-        detector, min_chars, script_min_share, min_confidence, accept_share, foreign_confidence
+        detector,
+        min_chars,
+        script_min_share,
+        min_confidence,
+        accept_share,
+        foreign_confidence,
+        analysis,
     )
     if expect.mode == "mixed":
         # Mixed with English as a rule: Latin letters count as the language's own.
@@ -303,26 +333,24 @@ def judge_expected(
                     share.share,
                     f"mostly {share.dominant}, not a mix with {want}",
                 )
-        ranking = detector.rank(body)
-        top, top_p = ranking[0] if ranking else (_NOT_LANGUAGE, 0.0)
+        ranking = params.rank(body)
+        top, top_p = _top(ranking)
         accepted = _accepted(expect.languages)
         if top in _FALLBACK and top not in accepted and top_p >= foreign_confidence:
             return LanguageCheck(
                 "wrong", "model", top, top_p, f"all in {top} ({top_p:.2f}), expected {want} mixed"
             )
-        known = any(detector.knows(c) for lang in expect.languages for c in language_codes(lang))
+        known = any(detector.knows(c) for c in _facts(expect.languages).own)
         native = scripts is not None and share_of(counts, scripts[0]).share >= script_min_share
         # Written in the language's own script, which the model reads: some of it must be the
         # language (romanised text, which the model cannot read, is let through).
-        mass = sum(p for label, p in ranking if label in accepted)
+        mass = _mass(ranking, accepted)
         if (
             known
             and native
             and mass < accept_share
             and not any(
-                (r := detector.rank(seg)) and r[0][0] in accepted
-                for seg in segments(body)
-                if _weighted(script_counts(seg)) >= min_chars
+                (r := params.rank(seg.text)) and _top(r)[0] in accepted for seg in params.sample()
             )
         ):
             return LanguageCheck(
@@ -334,16 +362,23 @@ def judge_expected(
     whole = _judge(body, counts, expect.languages, params, want)
     if not whole.ok:
         return whole
+    # The identifier read only the start of a text longer than it reads: the verdict on the
+    # whole says nothing of the rest, so the sentences (a sample spread over it) are judged.
+    unread = len(body) > getattr(detector, "max_chars", len(body))
     needs_segments = expect.require is not None or (
-        max_foreign_share < 1.0 and not _clearly_own(whole, counts)
+        max_foreign_share < 1.0 and (unread or not _clearly_own(whole, counts))
     )
     if not needs_segments:
         return whole
-    judged = [
-        (_judge(seg, seg_counts, expect.languages, params, want), n)
-        for seg in segments(unquoted(body))
-        if (n := _weighted(seg_counts := script_counts(seg))) >= min_chars
-    ]
+    sample = params.sample(quotes=False)
+    if len(sample) == 1 and sample[0].text == body.strip():
+        # One sentence that is the whole text: judged above already.
+        judged = [(whole, sample[0].letters)]
+    else:
+        judged = [
+            (_judge(seg.text, seg.counts, expect.languages, params, want), seg.letters)
+            for seg in sample
+        ]
     total = sum(n for _, n in judged)
     foreign = sum(n for check, n in judged if not check.ok)
     if total and foreign / total > max_foreign_share:
@@ -361,9 +396,8 @@ def judge_expected(
         wanted = accepted_codes(target)
         # Quotes count here: a translation is often given in quotation marks.
         found = whole.detected in wanted or any(
-            (ranking := detector.rank(seg)) and ranking[0][0] in wanted
-            for seg in segments(body)
-            if _weighted(script_counts(seg)) >= min_chars
+            (ranking := params.rank(seg.text)) and _top(ranking)[0] in wanted
+            for seg in params.sample()
         )
         if not found:
             return LanguageCheck(
@@ -385,15 +419,49 @@ def _clearly_own(check: LanguageCheck, counts: Counter[str]) -> bool:
     return bool(letters) and counts.most_common(1)[0][1] >= 0.95 * letters
 
 
-def _accepted(languages: Sequence[LanguageLike]) -> frozenset[str]:
-    out: set[str] = set()
+@dataclass(frozen=True, slots=True)
+class _Facts:
+    """What a judgement needs of a set of languages: codes, accepted labels and scripts."""
+
+    own: frozenset[str]
+    accepted: frozenset[str]
+    scripts: tuple[frozenset[str], frozenset[str]] | None
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_facts(languages: tuple[LanguageLike, ...]) -> _Facts:
+    return _make_facts(languages)
+
+
+def _facts(languages: Sequence[LanguageLike]) -> _Facts:
+    """The _Facts of ``languages``, worked out once per set of languages a run meets."""
+    try:
+        return _cached_facts(tuple(languages))
+    except TypeError:  # an unhashable LanguageLike (a caller's own type)
+        return _make_facts(languages)
+
+
+def _make_facts(languages: Sequence[LanguageLike]) -> _Facts:
+    own: set[str] = set()
+    accepted: set[str] = set()
     for lang in languages:
-        out |= accepted_codes(lang)
-    return frozenset(out)
+        own |= language_codes(lang)
+        accepted |= accepted_codes(lang)
+    return _Facts(frozenset(own), frozenset(accepted), _make_scripts(languages))
+
+
+def _accepted(languages: Sequence[LanguageLike]) -> frozenset[str]:
+    return _facts(languages).accepted
 
 
 def _scripts(languages: Sequence[LanguageLike]) -> tuple[frozenset[str], frozenset[str]] | None:
     """(primary scripts, all scripts) of the languages; None when a primary one is unknown."""
+    return _facts(languages).scripts
+
+
+def _make_scripts(
+    languages: Sequence[LanguageLike],
+) -> tuple[frozenset[str], frozenset[str]] | None:
     primary: set[str] = set()
     every: set[str] = set()
     for lang in languages:
@@ -431,12 +499,9 @@ def _judge(
                 f" (expected {want})",
             )
         alternate = share_of(counts, primary).share < p.script_min_share
-    own: set[str] = set()
-    for lang in languages:
-        own |= language_codes(lang)
-    known = any(p.detector.knows(code) for code in own)
-    ranking = p.detector.rank(body)
-    top, top_p = ranking[0] if ranking else (_NOT_LANGUAGE, 0.0)
+    known = any(p.detector.knows(code) for code in _facts(languages).own)
+    ranking = p.rank(body)
+    top, top_p = _top(ranking)
     accepted = _accepted(languages)
     if top in accepted:
         return LanguageCheck("ok", "model", top, top_p, f"detected {top} ({top_p:.2f})")
@@ -455,10 +520,14 @@ def _judge(
         return LanguageCheck("ok", "script", None, 0.0, f"{how} {want}; the script matches")
     if top == _NOT_LANGUAGE:
         return LanguageCheck("unknown", "none", top, top_p, "no natural language detected")
-    if "ja" in own and top in _CHINESE and counts["Hiragana"] + counts["Katakana"] > 0:
+    if (
+        "ja" in _facts(languages).own
+        and top in _CHINESE
+        and counts["Hiragana"] + counts["Katakana"] > 0
+    ):
         # Kanji-heavy Japanese reads as Chinese to a character model; kana settle it.
         return LanguageCheck("ok", "script", "ja", top_p, f"detected {top}, but kana present")
-    mass = sum(prob for label, prob in ranking if label in accepted)
+    mass = _mass(ranking, accepted)
     if top_p < p.min_confidence or mass >= p.accept_share:
         return LanguageCheck(
             "ok", "model", top, top_p, f"unsure: {top} ({top_p:.2f}) vs {want} ({mass:.2f})"
@@ -475,23 +544,20 @@ def _judge_passage(body: str, expect: Expectation, p: _Params, want: str) -> Lan
     primary = scripts[0] if scripts is not None else None
     own = total = 0
     seen: list[tuple[str, float]] = []
-    for seg in segments(body):
-        seg_counts = script_counts(seg)
-        n = _weighted(seg_counts)
-        if n < p.min_chars:
-            continue
+    for seg in p.sample():
+        n = seg.letters
         total += n
-        ranking = p.detector.rank(seg)
-        top, top_p = ranking[0] if ranking else (_NOT_LANGUAGE, 0.0)
+        ranking = p.rank(seg.text)
+        top, top_p = _top(ranking)
         seen.append((top, top_p))
-        mass = sum(prob for label, prob in ranking if label in accepted)
-        in_script = primary is not None and share_of(seg_counts, primary).share >= 0.5
-        known = any(p.detector.knows(c) for lang in expect.languages for c in language_codes(lang))
+        mass = _mass(ranking, accepted)
+        in_script = primary is not None and share_of(seg.counts, primary).share >= 0.5
+        known = any(p.detector.knows(c) for c in _facts(expect.languages).own)
         if top in accepted or mass >= p.accept_share or (in_script and not known):
             own += n
     if total == 0:
         # Only short lines: judge the whole instruction as one text.
-        return _judge(body, script_counts(body), expect.languages, p, want)
+        return _judge(body, p.analysis.counts, expect.languages, p, want)
     if own / total < p.accept_share:
         top, top_p = max(seen, key=lambda item: item[1])
         return LanguageCheck(
@@ -507,40 +573,34 @@ def _judge_passage(body: str, expect: Expectation, p: _Params, want: str) -> Lan
     )
 
 
-# A Han or kana character carries about a short word, a Hangul syllable about two letters: the
-# minimum length means "enough text to judge" in every script.
-_WEIGHTS = {"Han": 3, "Hiragana": 3, "Katakana": 3, "Hangul": 2}
-
-
 def weighted_letters(text: str) -> int:
     """Letters of ``text``, East Asian characters counting as the 2-3 letters they stand for."""
-    return _weighted(script_counts(text))
-
-
-def _weighted(counts: Counter[str]) -> int:
-    return sum(n * _WEIGHTS.get(script, 1) for script, n in counts.items())
+    return weighted_count(script_counts(text))
 
 
 class Py3LangidDetector:
     """The default detector: py3langid's bundled model, loaded on first use (0.4 s, once).
 
     Only the first ``max_chars`` characters are read, which bounds the cost of long replies
-    (the model walks the text byte by byte in Python). Thread-safe. Raises ConfigError on first
-    use if py3langid is not installed.
+    (the model walks the text byte by byte in Python). The model is scored by
+    ``engine.quality.ranker.NaiveBayes``: py3langid's probabilities, without its overheads.
+    Thread-safe. Raises ConfigError on first use if py3langid is not installed.
     """
 
-    __slots__ = ("_identifier", "_labels", "_lock", "max_chars")
+    __slots__ = ("_labels", "_lock", "_model", "max_chars")
 
     def __init__(self, *, max_chars: int = 2000) -> None:
         self.max_chars = max_chars
-        self._identifier: Any = None
+        self._model: NaiveBayes | None = None
         self._labels: frozenset[str] = frozenset()
         self._lock = threading.Lock()
 
-    def _load(self) -> Any:
-        if self._identifier is None:
+    def _load(self) -> NaiveBayes:
+        model = self._model
+        if model is None:
             with self._lock:
-                if self._identifier is None:
+                model = self._model
+                if model is None:
                     try:
                         # Imported here: numpy and the model cost 0.5 s, paid only by runs
                         # that check languages. importlib also keeps mypy away from a
@@ -555,8 +615,10 @@ class Py3LangidDetector:
                         module.MODEL_FILE, norm_probs=True
                     )
                     self._labels = frozenset(identifier.labels)
-                    self._identifier = identifier
-        return self._identifier
+                    # py3langid's identifier is dropped: its float16 table (28 MB) is held
+                    # widened by the model instead.
+                    model = self._model = NaiveBayes(identifier)
+        return model
 
     def warm_up(self) -> None:
         """Load the model now (e.g. in a worker thread at start-up) instead of on first use."""
@@ -567,10 +629,9 @@ class Py3LangidDetector:
         self._load()
         return code.casefold() in self._labels
 
-    def rank(self, text: str) -> list[tuple[str, float]]:
+    def rank(self, text: str) -> Ranking:
         """The model's labels with normalized probabilities, most likely first."""
-        ranking: list[tuple[str, float]] = self._load().rank(text[: self.max_chars])
-        return ranking
+        return self._load().rank(text, self.max_chars)
 
 
 @functools.cache

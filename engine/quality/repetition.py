@@ -47,14 +47,19 @@ def ngram_total(text: str, n: int = 3) -> int:
     return max(0, len(units(text)) - n + 1)
 
 
-def most_repeated_sentence(text: str, *, min_units: int = 4) -> tuple[int, str]:
+def most_repeated_sentence(text: str, *, min_units: int = 4, at_least: int = 0) -> tuple[int, str]:
     """How often the most frequent sentence of at least ``min_units`` units occurs, and it.
 
     Short sentences ("Yes.", "Example:") recur in honest replies and are not counted.
-    Returns (0, "") when no sentence is long enough.
+    Returns (0, "") when no sentence is long enough, or when ``text`` has fewer than
+    ``at_least`` sentences (no sentence can then occur ``at_least`` times: callers that only
+    ask whether one does skip tokenizing them).
     """
+    sentences = _SENTENCE_END.split(text)
+    if len(sentences) < at_least:
+        return 0, ""
     counts: Counter[tuple[str, ...]] = Counter()
-    for sentence in _SENTENCE_END.split(text):
+    for sentence in sentences:
         key = tuple(units(sentence))
         if len(key) >= min_units:
             counts[key] += 1

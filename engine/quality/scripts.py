@@ -19,6 +19,7 @@ __all__ = [
     "script_of",
     "script_share",
     "share_of",
+    "weighted_count",
 ]
 
 # (first code point, last code point, script); sorted and non-overlapping. Letters outside
@@ -193,18 +194,44 @@ def _is_letter(char: str) -> bool:
     return unicodedata.category(char)[0] == "M" and not 0x0300 <= ord(char) <= 0x036F
 
 
+# Each distinct character's script ("" for a non-letter), as met: texts hold a few thousand
+# distinct characters at most; past _MAX_SEEN, new ones are classified on every call.
+_MAX_SEEN = 1 << 16
+_SCRIPT_OF: dict[str, str] = {}
+
+
+def _letter_script(char: str) -> str:
+    if char.isascii():
+        return "Latin" if char.isalpha() else ""
+    return script_of(char) if _is_letter(char) else ""
+
+
 def script_counts(text: str) -> Counter[str]:
     """How many letters (and script-specific combining marks) of ``text`` each script has."""
     counts: Counter[str] = Counter()
     # Each distinct character is classified once: a reply has a few hundred distinct
     # characters but thousands of characters, and the per-character Python work dominates.
+    known = _SCRIPT_OF
     for char, n in Counter(text).items():
-        if char.isascii():
-            if char.isalpha():
-                counts["Latin"] += n
-        elif _is_letter(char):
-            counts[script_of(char)] += n
+        script = known.get(char)
+        if script is None:
+            script = _letter_script(char)
+            if len(known) < _MAX_SEEN:
+                known[char] = script
+        if script:
+            counts[script] += n
     return counts
+
+
+# A Han or kana character carries about a short word, a Hangul syllable about two letters: a
+# minimum length means "enough text to judge" in every script.
+_WEIGHTS = {"Han": 3, "Hiragana": 3, "Katakana": 3, "Hangul": 2}
+
+
+def weighted_count(counts: Counter[str]) -> int:
+    """Letters counted by ``script_counts``, East Asian characters as the 2-3 letters they
+    stand for."""
+    return sum(n * _WEIGHTS.get(script, 1) for script, n in counts.items())
 
 
 def expected_scripts(script: str) -> frozenset[str] | None:

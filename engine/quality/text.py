@@ -18,6 +18,7 @@ __all__ = [
     "prose",
     "segments",
     "similarity",
+    "unit_similarity",
     "units",
     "unquoted",
     "without_refrains",
@@ -84,12 +85,51 @@ _QUOTED = re.compile(
 _SENTENCE_END = re.compile(r"(?<=[。！？])\s*|(?<=[.!?।॥۔؟።။։៕])\s+|\n+")
 
 
+# Characters met so far, classified once each, so that str.translate does the per-character
+# work in C: separators of units (mapped to a space) and non-spacing marks (mapped to nothing).
+# Texts hold a few thousand distinct characters at most; past _MAX_SEEN, new ones are
+# classified on every call instead of remembered.
+_MAX_SEEN = 1 << 16
+_SEPARATORS: dict[int, str] = {}
+_UNITS_SEEN: set[str] = set()
+_NONSPACING: dict[int, None] = {}
+_MARKS_SEEN: set[str] = set()
+
+
+def _is_unit_char(ch: str) -> bool:
+    return ch.isalnum() or ch == "'" or unicodedata.category(ch)[0] == "M"
+
+
+def _separators(text: str) -> dict[int, str]:
+    new = set(text) - _UNITS_SEEN
+    if not new:
+        return _SEPARATORS
+    found = {ord(ch): " " for ch in new if not _is_unit_char(ch)}
+    if len(_UNITS_SEEN) > _MAX_SEEN:
+        return _SEPARATORS | found
+    _SEPARATORS.update(found)
+    _UNITS_SEEN.update(new)
+    return _SEPARATORS
+
+
+def _nonspacing(text: str) -> dict[int, None]:
+    new = set(text) - _MARKS_SEEN
+    if not new:
+        return _NONSPACING
+    found: dict[int, None] = {ord(ch): None for ch in new if unicodedata.category(ch) == "Mn"}
+    if len(_MARKS_SEEN) > _MAX_SEEN:
+        return _NONSPACING | found
+    _NONSPACING.update(found)
+    _MARKS_SEEN.update(new)
+    return _NONSPACING
+
+
 def normalize_for_match(text: str) -> str:
     """Fold ``text`` for phrase matching: no accents or tone marks, one case, one space."""
     if text.isascii():  # nothing to decompose: skip the per-character pass
         return " ".join(text.casefold().translate(_FOLD).split())
     decomposed = unicodedata.normalize("NFKD", text.translate(_FOLD))
-    kept = "".join(ch for ch in decomposed if unicodedata.category(ch) != "Mn")
+    kept = decomposed.translate(_nonspacing(decomposed))  # without Mn marks
     return " ".join(kept.casefold().translate(_FOLD).split())
 
 
@@ -145,7 +185,11 @@ def segments(text: str) -> list[str]:
 
 def similarity(a: str, b: str) -> float:
     """How alike two texts are, 0 to 1: matching runs of their units (difflib's ratio)."""
-    left, right = units(a), units(b)
+    return unit_similarity(units(a), units(b))
+
+
+def unit_similarity(left: Sequence[str], right: Sequence[str]) -> float:
+    """``similarity`` of two texts from their units."""
     if not left and not right:
         return 1.0
     return difflib.SequenceMatcher(None, left, right, autojunk=False).ratio()
@@ -157,8 +201,19 @@ def units(text: str) -> list[str]:
     Punctuation, symbols and spaces separate units; combining marks stay inside their word,
     so a Devanagari word with vowel signs is one unit.
     """
+    folded = text.casefold()
+    if _UNSPACED.search(folded) is None:
+        # No unspaced script: a unit is a run of letters, digits, apostrophes and marks, and
+        # every other character separates (the same list as _walk_units, made in C).
+        spaced = folded.translate(_separators(folded))
+        return [u.strip("'") for u in spaced.split() if u.strip("'")]
+    return _walk_units(folded)
+
+
+def _walk_units(folded: str) -> list[str]:
+    """``units`` of a case-folded text, character by character."""
     out: list[str] = []
-    for raw in text.casefold().split():
+    for raw in folded.split():
         start = 0
         for i, ch in enumerate(raw):
             if ch.isalnum() or ch == "'":
