@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 
+from state.requestlog import rebuild_totals
 from state.schema import STATE_FILE
 from state.writer import GroupCommitWriter
 
@@ -64,3 +65,5 @@ async def fill_store(source_dir: str, target_dir: str, n: int) -> None:
             await writer.run(copy)
             if k % 20 == 0:
                 print(f"copied {min(n, (k + 1) * per_copy):,} of {n:,}", flush=True)
+        # The requests were copied past the request log: count its running totals afresh.
+        await writer.run(rebuild_totals)

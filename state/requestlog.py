@@ -6,6 +6,13 @@ This module is what the request table means, in one place: the attempt statuses
 display and the statistics read (``spend_total``, ``spend_by``, ``attempt_summary``). No other
 module writes a status into SQL; one that filters on it uses ``status_is``.
 
+Running totals: every write to the table also shifts the store's row of ``log_totals`` (sums of
+the figures ``attempt_summary`` and ``spend_total`` read), in the same transaction, so they are
+exact after a kill and cost a read of one row instead of a scan of millions. A store that has
+rows but no totals yet (made by an older m2l) gets them from one scan when opened for writing
+(``ensure_totals``); read-only, such a store is scanned as before. Each store keeps its own
+row, so the figures of several stores (a sharded run's) are their rows' sums.
+
 ``RequestLog`` is the dispatcher's Accounting: ``reserve`` commits the attempt's row (status
 reserved) before the request goes out, so after a crash every attempt whose outcome is unknown
 is on record; ``settle`` and ``release`` update it in the next flush. Rows go through the
@@ -21,7 +28,7 @@ import enum
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 from engine.chat import ChatRequest, ChatResult, Usage, cost_parts
 from engine.errors import RateLimited, RequestError, request_error_classes
@@ -52,10 +59,13 @@ __all__ = [
     "completion_lengths",
     "completions_by_step",
     "endpoint_figures",
+    "ensure_totals",
     "may_be_billed",
     "model_figures",
     "model_sums",
     "parse_request_key",
+    "read_totals",
+    "rebuild_totals",
     "request_key",
     "settle_unknown",
     "spend_by",
@@ -166,11 +176,12 @@ def write_reserved(conn: Conn, rows: Sequence[RequestRow]) -> None:
     status = AttemptStatus.RESERVED.value
     if len(values) == 1:
         conn.execute(f"{head} VALUES ({marks(11)})", [*values[0], status, now()])
-        return
-    conn.execute(
-        f"{head} SELECT {unnest(_RESERVED_TYPES)}, $10::VARCHAR, $11::TIMESTAMP",
-        [*columns(values), status, now()],
-    )
+    else:
+        conn.execute(
+            f"{head} SELECT {unnest(_RESERVED_TYPES)}, $10::VARCHAR, $11::TIMESTAMP",
+            [*columns(values), status, now()],
+        )
+    _shift_totals(conn, [r.request_id for r in rows], +1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +235,13 @@ def write_finished(conn: Conn, rows: Sequence[FinishedRow]) -> None:
         )
         for r in rows
     ]
+    ids = [r.request_id for r in rows]
+    _shift_totals(conn, ids, -1)  # what these rows counted for before, taken out
+    _update_finished(conn, values)
+    _shift_totals(conn, ids, +1)
+
+
+def _update_finished(conn: Conn, values: Sequence[tuple[Any, ...]]) -> None:
     if len(values) == 1:
         request_id, *rest = values[0]
         conn.execute(
@@ -285,11 +303,139 @@ def settle_unknown(conn: Conn, *, awaited: str | None = None) -> int:
     (lines of a provider's batch, which outlive the process): those stay reserved.
     """
     keep = f" AND request_id NOT IN ({awaited})" if awaited else ""
+    ids = [
+        int(r[0])
+        for r in conn.execute(f"SELECT request_id FROM requests WHERE {_RESERVED}{keep}").fetchall()
+    ]
+    _shift_totals(conn, ids, -1)
     row = conn.execute(
         f"UPDATE requests SET status = ?, finished_at = ? WHERE {_RESERVED}{keep}",
         [AttemptStatus.UNKNOWN.value, now()],
     ).fetchone()
+    _shift_totals(conn, ids, +1)
     return int(row[0]) if row else 0
+
+
+# --- running totals ----------------------------------------------------------------------------
+
+# Money in the totals is in nano-dollars, each row rounded as the ledger rounds it.
+_TOTALS_PER_USD = 1_000_000_000
+_OWN = "own"  # this store's row of log_totals (a merged or summed view adds other stores' rows)
+
+
+def _nano(expr: str) -> str:
+    return f"CAST(floor(({expr}) * CAST({_TOTALS_PER_USD} AS DOUBLE) + 0.5) AS BIGINT)"
+
+
+def _counted(condition: str, value: str = "1") -> str:
+    return f"CAST(CASE WHEN {condition} THEN {value} ELSE 0 END AS BIGINT)"
+
+
+# What one row adds to each total: summed over the table, these are attempt_summary's and
+# spend_total's figures (the same conditions, in one place).
+_SUMS: tuple[tuple[str, str], ...] = (
+    ("sent", _counted(_SENT)),
+    ("ok", _counted(_OK)),
+    ("charged_tokens", _counted(_SENT, "prompt_tokens + max_tokens")),
+    ("prompt_tokens", _counted(_OK, "prompt_tokens")),
+    ("completion_tokens", _counted(_OK, "coalesce(completion_tokens, 0)")),
+    ("cost_nano", _nano("coalesce(cost_usd, 0)")),
+    ("reserved_nano", _counted(_RESERVED, _nano("reserved_usd"))),
+    ("unknown_nano", _counted(status_is(AttemptStatus.UNKNOWN), _nano("reserved_usd"))),
+    ("unknown", _counted(status_is(AttemptStatus.UNKNOWN))),
+    ("rate_limited", _counted(f"error_class = {RateLimited.error_class!r}")),
+    ("spend_nano", f"money_{_TOTALS_PER_USD}"),
+    ("spend_tokens", f"tokens_{_TOTALS_PER_USD}"),
+    ("spend_requests", f"requests_{_TOTALS_PER_USD}"),
+)
+_TOTAL_NAMES = tuple(name for name, _ in _SUMS)
+
+
+def _sums_of(where: str) -> str:
+    """A SELECT of every total over the rows matching ``where``, then first sent, last done."""
+    spend = _row_spend(_TOTALS_PER_USD, settled_only=False)
+    for part in ("money", "tokens", "requests"):
+        spend = spend.replace(f"AS {part}", f"AS {part}_{_TOTALS_PER_USD}")
+    sums = ", ".join(f"coalesce(sum({expr}), 0) AS {name}" for name, expr in _SUMS)
+    return (
+        f"SELECT {sums}, min(sent_at) AS first_sent, max(finished_at) AS last_finished "
+        f"FROM (SELECT *, {spend} FROM requests WHERE {where})"
+    )
+
+
+def _shift_totals(conn: Conn, request_ids: Sequence[int], sign: int) -> None:
+    """Add (``sign`` +1) or take out (-1) what these rows count for, to this store's totals.
+
+    The ids are recent, so the range lets DuckDB skip every older block of the table.
+    """
+    if not request_ids:
+        return
+    op = "+" if sign > 0 else "-"
+    sets = [f"{name} = log_totals.{name} {op} s.{name}" for name in _TOTAL_NAMES]
+    if sign > 0:  # sent_at never changes and finished_at only moves later: min and max hold
+        sets.append("first_sent = least(log_totals.first_sent, s.first_sent)")
+        sets.append("last_finished = greatest(log_totals.last_finished, s.last_finished)")
+    where = "request_id BETWEEN $lo AND $hi AND request_id IN (SELECT unnest($ids))"
+    conn.execute(
+        f"UPDATE log_totals SET {', '.join(sets)} FROM ({_sums_of(where)}) AS s "
+        f"WHERE log_totals.store = '{_OWN}'",
+        {"lo": min(request_ids), "hi": max(request_ids), "ids": list(request_ids)},
+    )
+
+
+def ensure_totals(conn: Conn) -> None:
+    """Give a writable store its row of running totals, from one scan of its log if it has
+    none (a store made by an older m2l, or a new one: zeros)."""
+    conn.execute(
+        f"INSERT INTO log_totals SELECT '{_OWN}' AS store, * FROM ({_sums_of('TRUE')}) "
+        f"WHERE NOT EXISTS (SELECT 1 FROM log_totals WHERE store = '{_OWN}')"
+    )
+
+
+def rebuild_totals(conn: Conn) -> None:
+    """Count the totals again from the whole log, as the store's only row (after rows were
+    written past the request log: a merge of shards, a benchmark's bulk copy)."""
+    conn.execute("DELETE FROM log_totals")
+    ensure_totals(conn)
+
+
+@dataclass(frozen=True, slots=True)
+class LogTotals:
+    """The running totals of one or more stores (summed), money in nano-dollars."""
+
+    sent: int
+    ok: int
+    charged_tokens: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_nano: int
+    reserved_nano: int
+    unknown_nano: int
+    unknown: int
+    rate_limited: int
+    spend_nano: int
+    spend_tokens: int
+    spend_requests: int
+    span_s: float
+
+
+def read_totals(conn: Conn) -> LogTotals | None:
+    """The store's running totals, or None when it keeps none (made by an older m2l and not
+    opened for writing since): the caller then scans the log."""
+    has = conn.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'log_totals'"
+    ).fetchone()
+    if not has or not has[0]:
+        return None
+    sums = ", ".join(f"sum({name})" for name in _TOTAL_NAMES)
+    row = conn.execute(
+        f"SELECT count(*), {sums}, "
+        "coalesce(epoch(max(last_finished)) - epoch(min(first_sent)), 0) FROM log_totals"
+    ).fetchone()
+    if row is None or not row[0]:
+        return None
+    counted = dict(zip(_TOTAL_NAMES, (int(v) for v in row[1:-1]), strict=True))
+    return LogTotals(**counted, span_s=float(row[-1]))
 
 
 def spend_total(conn: Conn, *, per_usd: int) -> tuple[int, int, int]:
@@ -299,6 +445,8 @@ def spend_total(conn: Conn, *, per_usd: int) -> tuple[int, int, int]:
     unknown) and admitted failures that may have been billed at their worst case; attempts never
     admitted not at all. This is the accounting the budget's cap is kept on.
     """
+    if per_usd == _TOTALS_PER_USD and (kept := read_totals(conn)) is not None:
+        return kept.spend_nano, kept.spend_tokens, kept.spend_requests
     row = conn.execute(
         "SELECT coalesce(sum(money), 0), coalesce(sum(tokens), 0), coalesce(sum(requests), 0) "
         f"FROM (SELECT {_row_spend(per_usd, settled_only=False)} FROM requests)"
@@ -387,11 +535,26 @@ class AttemptSummary:
     last_error: tuple[str | None, str] | None  # (error_class, message) of the latest failure
 
 
-def attempt_summary(conn: Conn) -> AttemptSummary:
-    """The request log's figures for a progress display."""
-    rate_limited = repr(RateLimited.error_class)
-    failed = status_is(AttemptStatus.ERROR, AttemptStatus.REJECTED)
-    totals = conn.execute(
+def _summary_totals(conn: Conn) -> tuple[Any, ...]:
+    """(sent, ok, charged, prompt, completion, cost, reserved, held, unknown, span, 429s): from
+    the running totals, or a scan of a store that keeps none."""
+    kept = read_totals(conn)
+    if kept is not None:
+        usd = float(_TOTALS_PER_USD)
+        return (
+            kept.sent,
+            kept.ok,
+            kept.charged_tokens,
+            kept.prompt_tokens,
+            kept.completion_tokens,
+            kept.cost_nano / usd,
+            kept.reserved_nano / usd,
+            kept.unknown_nano / usd,
+            kept.unknown,
+            kept.span_s,
+            kept.rate_limited,
+        )
+    row = conn.execute(
         f"""SELECT count(*) FILTER (WHERE {_SENT}),
             count(*) FILTER (WHERE {_OK}),
             coalesce(sum(prompt_tokens + max_tokens) FILTER (WHERE {_SENT}), 0),
@@ -402,9 +565,18 @@ def attempt_summary(conn: Conn) -> AttemptSummary:
             coalesce(sum(reserved_usd) FILTER (WHERE {status_is(AttemptStatus.UNKNOWN)}), 0),
             count(*) FILTER (WHERE {status_is(AttemptStatus.UNKNOWN)}),
             coalesce(epoch(max(finished_at)) - epoch(min(sent_at)), 0),
-            count(*) FILTER (WHERE error_class = {rate_limited})
+            count(*) FILTER (WHERE error_class = {RateLimited.error_class!r})
         FROM requests"""
     ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def attempt_summary(conn: Conn) -> AttemptSummary:
+    """The request log's figures for a progress display."""
+    rate_limited = repr(RateLimited.error_class)
+    failed = status_is(AttemptStatus.ERROR, AttemptStatus.REJECTED)
+    totals = _summary_totals(conn)
     # Like the live model: a retry is a failed attempt (not a 429, which only waits for the
     # limiter) that another attempt followed; a failed request is a step whose last attempt
     # did not succeed. Neither depends on how attempts are numbered.
@@ -420,7 +592,7 @@ def attempt_summary(conn: Conn) -> AttemptSummary:
             FROM requests r JOIN failing f ON r.conv_id IS NOT DISTINCT FROM f.conv_id
                 AND r.step IS NOT DISTINCT FROM f.step)"""
     ).fetchone()
-    assert totals is not None and steps is not None
+    assert steps is not None
     errors = conn.execute(
         f"""SELECT error_class, count(*) FROM requests
         WHERE error_class IS NOT NULL AND error_class <> {rate_limited} GROUP BY 1"""

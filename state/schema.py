@@ -21,6 +21,7 @@ from engine._typed_toml import from_table
 from engine.config import StoreConfig
 from engine.errors import ConfigError, StateError
 from engine.version import __version__ as M2L_VERSION
+from state.requestlog import ensure_totals
 
 __all__ = [
     "ADDED_COLUMNS",
@@ -100,6 +101,16 @@ TABLES: dict[str, str] = {
     "request_lines": """
         CREATE TABLE request_lines(line BIGINT PRIMARY KEY, ok BOOLEAN NOT NULL,
             output VARCHAR NOT NULL, finished_at TIMESTAMP)""",
+    # Running totals of the request log (state/requestlog.py keeps them in the transactions
+    # that write the rows): one row per store, so stores' figures add up; money in nano-USD.
+    "log_totals": """
+        CREATE TABLE log_totals(store VARCHAR PRIMARY KEY, sent BIGINT NOT NULL,
+            ok BIGINT NOT NULL, charged_tokens BIGINT NOT NULL, prompt_tokens BIGINT NOT NULL,
+            completion_tokens BIGINT NOT NULL, cost_nano BIGINT NOT NULL,
+            reserved_nano BIGINT NOT NULL, unknown_nano BIGINT NOT NULL, unknown BIGINT NOT NULL,
+            rate_limited BIGINT NOT NULL, spend_nano BIGINT NOT NULL,
+            spend_tokens BIGINT NOT NULL, spend_requests BIGINT NOT NULL,
+            first_sent TIMESTAMP, last_finished TIMESTAMP)""",
 }
 
 PRIMARY_KEYS: dict[tuple[str, ...], str] = {
@@ -110,6 +121,7 @@ PRIMARY_KEYS: dict[tuple[str, ...], str] = {
     ("conv_id", "step", "regeneration"): "rejections",
     ("request_id",): "requests",
     ("line",): "request_lines",
+    ("store",): "log_totals",
 }
 
 # DuckDB names the key's columns ("conv_id: 1, step: 2") but not the table; the primary keys
@@ -140,6 +152,7 @@ def create_schema(conn: duckdb.DuckDBPyConnection) -> None:
     try:
         for ddl in TABLES.values():
             conn.execute(ddl)
+        ensure_totals(conn)
         conn.executemany(
             "INSERT INTO run_meta VALUES (?, ?)",
             [
@@ -267,6 +280,7 @@ def open_store(
         if exists and not (create and _is_empty(conn)):
             check_schema(conn, path)
             _add_columns(conn)
+            ensure_totals(conn)  # one scan, once, for a store made before the totals
         else:
             create_schema(conn)
     except duckdb.Error as exc:
@@ -289,7 +303,7 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("requests", "endpoint", "VARCHAR"),  # the endpoint each attempt went to
 )
 # Tables added after schema v1 shipped, created in place when an older file is opened.
-ADDED_TABLES = ("rejections", "request_lines")
+ADDED_TABLES = ("rejections", "request_lines", "log_totals")
 
 
 def has_added_columns(conn: duckdb.DuckDBPyConnection) -> bool:

@@ -29,7 +29,7 @@ from budgets.prices import Price, Pricing, from_nano, load_price_table, to_nano
 from engine.config import BudgetConfig
 from engine.errors import BudgetExhausted, ConfigError, RequestTimeout, ServerError
 from state import requestlog
-from state.requestlog import Ticket, may_be_billed
+from state.requestlog import Ticket, ensure_totals, may_be_billed
 from state.schema import TABLES
 
 Op = Callable[[duckdb.DuckDBPyConnection], None]
@@ -135,6 +135,8 @@ def test_starting_state_is_computed_from_the_request_log(tmp_path: Path) -> None
     case; rejected rows and 5xx errors count nothing."""
     with duckdb.connect(str(tmp_path / "state.duckdb")) as conn:
         conn.execute(TABLES["requests"])
+        conn.execute(TABLES["log_totals"])
+        ensure_totals(conn)
         ops: list[Op] = [
             _row(1, 0.5),
             _finished(1, status="ok", prompt_tokens=100, completion_tokens=20, cost_usd=0.125),
@@ -162,7 +164,7 @@ def test_starting_state_is_computed_from_the_request_log(tmp_path: Path) -> None
 def test_sql_and_python_convert_dollars_identically(values: list[float]) -> None:
     """The request log's SQL sums exactly the nano-dollars the in-memory ledger counted."""
     with duckdb.connect(":memory:") as conn:
-        conn.execute(TABLES["requests"])
+        conn.execute(TABLES["requests"])  # no running totals: the scan is what is tested
         conn.execute(
             "INSERT INTO requests (request_id, attempt, status, prompt_tokens, max_tokens, "
             "reserved_usd) SELECT unnest(range(1, ?)), 1, 'reserved', 1, 1, "
@@ -200,6 +202,8 @@ class LedgerMachine(RuleBasedStateMachine):
         super().__init__()
         self.conn = duckdb.connect(":memory:")
         self.conn.execute(TABLES["requests"])
+        self.conn.execute(TABLES["log_totals"])
+        ensure_totals(self.conn)
         self.queue: list[tuple[Op, int | None]] = []  # op, and the attempt it makes durable
         self.committed: list[Op] = []  # committed, not yet written to the DuckDB table
         self.attempts: dict[int, Attempt] = {}

@@ -107,6 +107,24 @@ EXPECTED_COLUMNS = {
         "endpoint",
     ],
     "request_lines": ["line", "ok", "output", "finished_at"],
+    "log_totals": [
+        "store",
+        "sent",
+        "ok",
+        "charged_tokens",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_nano",
+        "reserved_nano",
+        "unknown_nano",
+        "unknown",
+        "rate_limited",
+        "spend_nano",
+        "spend_tokens",
+        "spend_requests",
+        "first_sent",
+        "last_finished",
+    ],
 }
 
 

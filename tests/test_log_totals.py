@@ -1,0 +1,162 @@
+"""Running totals of the request log: kept in the transactions that write the rows, equal to a
+scan of the log after any mix of writes, rolled back with them, made once for an older store."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from engine.errors import RateLimited, ServerError
+from state import requestlog
+from state.requestlog import (
+    AttemptStatus,
+    FinishedRow,
+    RequestRow,
+    attempt_summary,
+    read_totals,
+    rebuild_totals,
+    settle_unknown,
+    spend_total,
+    write_finished,
+    write_reserved,
+)
+from state.schema import open_read_only, open_store
+
+NANO = 1_000_000_000
+
+
+def scanned(conn: duckdb.DuckDBPyConnection) -> tuple[requestlog.AttemptSummary, tuple[int, ...]]:
+    """attempt_summary and spend_total computed by scanning the log (totals hidden)."""
+    conn.execute("ALTER TABLE log_totals RENAME TO hidden_totals")
+    try:
+        return attempt_summary(conn), spend_total(conn, per_usd=NANO)
+    finally:
+        conn.execute("ALTER TABLE hidden_totals RENAME TO log_totals")
+
+
+def assert_totals_match(conn: duckdb.DuckDBPyConnection) -> None:
+    """Figures from the running totals equal the scan's (money to the nano-dollar per row)."""
+    assert read_totals(conn) is not None
+    kept, kept_spend = attempt_summary(conn), spend_total(conn, per_usd=NANO)
+    scan, scan_spend = scanned(conn)
+    assert kept_spend == scan_spend
+    rows = max(scan.sent, 1) + 1
+    for name in ("cost_usd", "reserved_usd", "unknown_usd", "span_s"):
+        assert getattr(kept, name) == pytest.approx(getattr(scan, name), abs=rows * 1e-9), name
+    loose = ("cost_usd", "reserved_usd", "unknown_usd", "span_s")
+    assert replace(kept, **{n: 0.0 for n in loose}) == replace(scan, **{n: 0.0 for n in loose})
+
+
+def random_writes(conn: duckdb.DuckDBPyConnection, rng: random.Random, *, first_id: int) -> int:
+    """A flush-like mix: new attempts reserved, some settled ok, failed, rejected, 429s."""
+    ids = list(range(first_id, first_id + rng.randint(1, 12)))
+    write_reserved(
+        conn,
+        [
+            RequestRow(
+                i,
+                i // 3,
+                i % 3,
+                1 + i % 2,
+                rng.randint(10, 900),
+                rng.randint(16, 512),
+                rng.random() / 7,
+                "m",
+            )
+            for i in ids
+        ],
+    )
+    finished = []
+    for i in rng.sample(ids, rng.randint(0, len(ids))):
+        kind = rng.choice(["ok", "ok", "error", "rejected", "429"])
+        if kind == "ok":
+            finished.append(
+                FinishedRow(
+                    i,
+                    AttemptStatus.OK,
+                    rng.randint(1, 500),
+                    rng.choice([None, rng.randint(5, 900)]),
+                    cost_usd=rng.random() / 9,
+                )
+            )
+        elif kind == "429":
+            finished.append(
+                FinishedRow(i, AttemptStatus.ERROR, error_class=RateLimited.error_class, error="x")
+            )
+        elif kind == "error":
+            finished.append(
+                FinishedRow(
+                    i, AttemptStatus.ERROR, error_class=ServerError.error_class, error="5xx"
+                )
+            )
+        else:
+            finished.append(FinishedRow(i, AttemptStatus.REJECTED, error_class="cancelled"))
+    write_finished(conn, finished)
+    return ids[-1] + 1
+
+
+def test_totals_equal_a_scan_after_any_mix_of_writes(tmp_path: Path) -> None:
+    """Reserve, settle in bulk and one by one, a crash's settle_unknown: totals = scan."""
+    rng = random.Random(7)
+    conn = open_store(tmp_path / "state.duckdb", create=True)
+    next_id = 1
+    for _ in range(25):
+        next_id = random_writes(conn, rng, first_id=next_id)
+        assert_totals_match(conn)
+    settle_unknown(conn)  # what a restart does with attempts a kill left reserved
+    assert_totals_match(conn)
+    assert attempt_summary(conn).unknown > 0
+    conn.close()
+
+
+def test_totals_roll_back_with_the_rows_they_count(tmp_path: Path) -> None:
+    """A flush that fails midway leaves neither its rows nor their totals."""
+    conn = open_store(tmp_path / "state.duckdb", create=True)
+    random_writes(conn, random.Random(1), first_id=1)
+    before = read_totals(conn)
+    conn.execute("BEGIN TRANSACTION")
+    write_reserved(conn, [RequestRow(1000, 1, 0, 1, 50, 60, 0.5, "m")])
+    conn.execute("ROLLBACK")
+    assert read_totals(conn) == before
+    assert_totals_match(conn)
+    conn.close()
+
+
+def test_an_older_store_gets_its_totals_once_when_opened_for_writing(tmp_path: Path) -> None:
+    """Without totals a store is scanned; opened for writing, it gains them from one scan."""
+    path = tmp_path / "state.duckdb"
+    conn = open_store(path, create=True)
+    random_writes(conn, random.Random(3), first_id=1)
+    expected = read_totals(conn)
+    conn.execute("DROP TABLE log_totals")  # as an older m2l wrote it
+    conn.close()
+    reader = open_read_only(path, action="read it")
+    assert read_totals(reader) is None and expected is not None
+    assert attempt_summary(reader).sent == expected.sent  # counted by a scan
+    reader.close()
+    conn = open_store(path, create=False)
+    assert read_totals(conn) == expected
+    random_writes(conn, random.Random(4), first_id=500)
+    assert_totals_match(conn)
+    conn.close()
+
+
+def test_stores_add_up_and_a_rebuild_recounts(tmp_path: Path) -> None:
+    """Rows of several stores (a sharded run's) are summed; rebuild_totals counts afresh."""
+    conn = open_store(tmp_path / "state.duckdb", create=True)
+    random_writes(conn, random.Random(5), first_id=1)
+    own = read_totals(conn)
+    assert own is not None
+    conn.execute(
+        "INSERT INTO log_totals SELECT 'shard-02' AS store, * EXCLUDE (store) FROM log_totals"
+    )
+    doubled = read_totals(conn)
+    assert doubled is not None and doubled.sent == 2 * own.sent
+    assert doubled.spend_nano == 2 * own.spend_nano
+    rebuild_totals(conn)
+    assert read_totals(conn) == own
+    conn.close()
