@@ -176,11 +176,15 @@ def wait_for_replies(run_dir: Path, proc: subprocess.Popen[bytes], replies: int)
 
 def check_store(run_dir: Path, conversations: int, *, unknown: int = 0) -> dict[str, int]:
     """Every conversation final; done ones whole: user/assistant in turn, nothing empty, one
-    message per step, as many answers as turns; at most ``unknown`` attempts left reserved
+    message per step, as many answers as turns, or fewer kept with the reason the later turn
+    failed (the quality gate keeps a conversation's good turns); at most ``unknown`` attempts
+    left reserved
     (those in flight at a SIGKILL, whose outcome nobody knows: they count as spent). Status
     counts."""
     with duckdb.connect(str(run_dir / "state.duckdb"), read_only=True) as conn:
-        rows = conn.execute("SELECT conv_id, status, turns_planned FROM conversations").fetchall()
+        rows = conn.execute(
+            "SELECT conv_id, status, turns_planned, error FROM conversations"
+        ).fetchall()
         messages = conn.execute(
             "SELECT conv_id, step, role, content FROM messages ORDER BY conv_id, step"
         ).fetchall()
@@ -192,14 +196,17 @@ def check_store(run_dir: Path, conversations: int, *, unknown: int = 0) -> dict[
     for conv_id, step, role, content in messages:
         by_conv.setdefault(conv_id, []).append((step, role, content))
     counts: dict[str, int] = {}
-    for conv_id, status, turns in rows:
+    for conv_id, status, turns, reason in rows:
         assert status in FINAL, (conv_id, status)
         counts[status] = counts.get(status, 0) + 1
         steps = by_conv.get(conv_id, [])
         assert [s for s, _, _ in steps] == list(range(len(steps))), conv_id
         if status == "done":
             roles = [role for _, role, _ in steps if role in ("user", "assistant")]
-            assert roles == ["user", "assistant"] * turns, (conv_id, roles)
+            made = len(roles) // 2
+            assert 1 <= made <= turns and roles == ["user", "assistant"] * made, (conv_id, roles)
+            if made < turns:
+                assert reason and reason.startswith(f"kept {made} of {turns} turns"), reason
             assert all(content.strip() for _, _, content in steps), conv_id
     assert reserved is not None and reserved[0] <= unknown
     assert counts.get("done", 0) >= 1, counts
@@ -245,6 +252,23 @@ def test_a_run_during_which_the_server_restarts(server: LlamaServer, tmp_path: P
     print(f"\nserver restarted mid-run: {counts}")
 
 
+def _idle_share(spans: list[tuple[float, float]]) -> float | None:
+    """Share of the time from the first request out to the last reply in which no request
+    was at the server: with one slot, the server idles while m2l turns a reply around."""
+    if not spans:
+        return None
+    start, end = spans[0][0], max(f for _, f in spans)
+    busy, cur_s, cur_f = 0.0, spans[0][0], spans[0][1]
+    for s, f in spans[1:]:
+        if s > cur_f:
+            busy += cur_f - cur_s
+            cur_s, cur_f = s, f
+        else:
+            cur_f = max(cur_f, f)
+    busy += cur_f - cur_s
+    return round(1.0 - busy / (end - start), 3) if end > start else None
+
+
 def _figures(run_dir: Path, wall_s: float) -> dict[str, object]:
     snapshot = json.loads((run_dir / "status.json").read_text())["snapshot"]
     with duckdb.connect(str(run_dir / "state.duckdb"), read_only=True) as conn:
@@ -253,9 +277,14 @@ def _figures(run_dir: Path, wall_s: float) -> dict[str, object]:
             "max(latency_ms) / 1000, avg(latency_ms) / 1000, sum(completion_tokens) "
             "FROM requests"
         ).fetchone()
+        spans = conn.execute(
+            "SELECT epoch(sent_at), epoch(finished_at) FROM requests "
+            "WHERE sent_at IS NOT NULL AND finished_at IS NOT NULL ORDER BY sent_at"
+        ).fetchall()
     assert row is not None
     tokens = int(row[3] or 0)
     return {
+        "server_idle_share": _idle_share(spans),
         "wall_s": round(wall_s, 1),
         "replies": snapshot["requests_ok"],
         "completion_tokens": tokens,
