@@ -19,6 +19,7 @@ from pathlib import Path
 import duckdb
 
 from engine.errors import StateError
+from state.requestlog import rebuild_totals
 from state.schema import STATE_FILE, create_schema, open_existing
 
 __all__ = [
@@ -93,6 +94,13 @@ def split_run(conn: duckdb.DuckDBPyConnection, run_dir: Path, shards: int) -> li
             _copy_into_shard(conn, k, shards)
         finally:
             conn.execute("DETACH shard")
+        # Its attempts were copied past the request log: count its running totals again (the
+        # shard's ledger and status read them).
+        shard_conn = duckdb.connect(str(partial))
+        try:
+            rebuild_totals(shard_conn)
+        finally:
+            shard_conn.close()
         partial.rename(path)
     # The shards are about to work: until the next merge the run's store is behind them.
     _set_meta(conn, {_META_KEY: str(shards), _MERGED_KEY: "false"})
@@ -180,6 +188,7 @@ def merge_shards(conn: duckdb.DuckDBPyConnection, run_dir: Path) -> int:
         try:
             for name in names:
                 _merge_one(conn, name)
+            rebuild_totals(conn)  # the shards' attempts came in past the request log
             _set_meta(conn, {_MERGED_KEY: "true"})
             conn.execute("COMMIT")
         except BaseException:

@@ -122,6 +122,8 @@ async def test_a_merge_brings_the_runs_store_up_to_date_every_session(tmp_path: 
             conn.close()
         assert count(main, "SELECT count(*) FROM messages") == 2 * steps
         assert count(main, "SELECT count(*) FROM requests") == 2 * steps
+        # The running totals the ledger and status read agree with the merged log.
+        assert count(main, "SELECT sum(sent) FROM log_totals") == 2 * steps
         assert count(main, "SELECT count(*) FROM conversations") == 24
         assert count(main, "SELECT sum(steps_done) FROM conversations") == 2 * steps
 
