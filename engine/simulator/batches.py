@@ -15,7 +15,7 @@ import hashlib
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import orjson
@@ -285,6 +285,13 @@ class BatchBook:
         batch.cancel_t = self._clock.now()
         batch.stamps["cancelling_at"] = self._unix(batch, batch.cancel_t)
         return self._entry(batch)
+
+    def set_delay(self, delay_s: float) -> None:
+        """Batches take ``delay_s`` from now on, open ones included (a provider's queue that
+        speeds up or slows down); raises ValueError for a negative delay."""
+        if delay_s < 0:
+            raise ValueError(f"batch delay must be >= 0, got {delay_s}")
+        self._timing = replace(self._timing, delay_s=delay_s)
 
     def counts(self) -> dict[str, int]:
         """Batches by status (as last seen), for /stats."""
