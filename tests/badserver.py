@@ -8,6 +8,7 @@ simulator does not imitate. ``answer`` gets the request's Authorization header a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -22,8 +23,11 @@ async def bad_server(
 ) -> AsyncIterator[str]:
     """Serve ``answer`` for every POST; yields the base URL (``http://127.0.0.1:PORT/v1``).
 
-    ``hold`` gives the seconds to wait before answering the n-th request (a request in flight)."""
+    ``hold`` gives the seconds to wait before answering the n-th request (a request in flight);
+    requests still held when the server closes are answered at once, so closing does not wait
+    for them."""
     count = 0
+    closing = asyncio.Event()
 
     async def handle(request: web.Request) -> web.Response:
         nonlocal count
@@ -31,7 +35,8 @@ async def bad_server(
         await request.read()
         n = count
         if hold is not None and hold(n) > 0:
-            await asyncio.sleep(hold(n))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(closing.wait(), hold(n))
         status, body, headers = answer(request.headers.get("Authorization", ""), n)
         return web.Response(status=status, body=body, headers=headers)
 
@@ -47,4 +52,5 @@ async def bad_server(
     try:
         yield f"http://127.0.0.1:{port}/v1"
     finally:
+        closing.set()
         await runner.cleanup()
