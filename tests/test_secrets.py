@@ -158,13 +158,16 @@ async def test_a_server_echoing_the_key_everywhere_leaks_it_nowhere(
         outputs += [("run stdout", out), ("run stderr", err)]
     assert code in (0, 1), err.decode()
     run_dir = tmp_path / "runs" / "t"
-    for args in (
+    readers = (
         ("status", str(run_dir)),
         ("status", str(run_dir), "--json"),
         ("stats", str(run_dir), "--json"),
         ("export", str(run_dir), "--format", "release-jsonl", "--include-filtered"),
         ("export", str(run_dir), "--format", "sharegpt-jsonl"),
-    ):
+    )
+    # The commands after the run read only the run directory, searched below whatever the
+    # header: running them once is enough (each is a process start of a second or two).
+    for args in readers if key_header == "auto" else ():
         code, out, err = await m2l(*args, cwd=tmp_path, env=env)
         assert code == 0, (args, err.decode())
         outputs += [(f"{args[0]} stdout", out), (f"{args[0]} stderr", err)]
