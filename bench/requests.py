@@ -140,7 +140,10 @@ def main() -> None:
             children[label] = (process, parent)
         runs: dict[str, list[tuple[ClientResult, ClientResult]]] = {c: [] for c in chosen}
         for round_no in range(args.rounds):
-            for label in chosen:
+            # Each round starts with the next client: a change in the machine's load, or the
+            # simulator's, does not always hit the same one first.
+            shift = round_no % len(chosen)
+            for label in chosen[shift:] + chosen[:shift]:
                 _, conn = children[label]
                 pair = []
                 for count in (args.small, args.large):

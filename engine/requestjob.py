@@ -67,7 +67,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SEAL_S: Final = 0.05  # results gather this long before they go to the store as one statement
 KIND: Final = "request"  # the step kind requests report in events
 Status = Literal["finished", "interrupted", "budget_exhausted", "failed"]
 
@@ -272,8 +271,8 @@ class RequestJob:
         self._status: Status | None = None
         self._message = ""
         self._counters: dict[str, TokenCounter] = {}
-        self._pending: list[requestjob.LineRow] = []
-        self._seal: asyncio.TimerHandle | None = None
+        # The result batch riding on the journal's flush that is still gathering, and its future.
+        self._batch: tuple[requestjob.ResultBatch, asyncio.Future[None]] | None = None
         self._failure: BaseException | None = None
         self._total = 0
         self._prepared: tuple[Secret | None, Path, Scan, dict[str, Pricing]] | None = None
@@ -455,7 +454,7 @@ class RequestJob:
                     budget.report(_now())
                     done = set(stored)
                     await self._work(dispatcher, batcher, order, out_file, done)
-                    self._seal_now(batcher, order, out_file)
+                    self._add(batcher, out_file, None, order.take())  # stored earlier
                     await batcher.flush()
             finally:
                 out_file.close()
@@ -593,38 +592,34 @@ class RequestJob:
         order: requestjob.OutputOrder,
         out_file: requestjob.OutputFile,
     ) -> Callable[[RequestLine, bytes, bool], None]:
-        loop = asyncio.get_running_loop()
-
         def finish(line: RequestLine, text: bytes, ok: bool) -> None:
-            self._pending.append(requestjob.LineRow(line.index, ok, text))
             order.finish(line.index, text)
-            if self._seal is None:
-                self._seal = loop.call_later(SEAL_S, self._seal_now, batcher, order, out_file)
+            self._add(batcher, out_file, requestjob.LineRow(line.index, ok, text), order.take())
 
         return finish
 
-    def _seal_now(
+    def _add(
         self,
         batcher: JournalBatcher,
-        order: requestjob.OutputOrder,
         out_file: requestjob.OutputFile,
+        row: requestjob.LineRow | None,
+        chunk: requestjob.Chunk | None,
     ) -> None:
-        """Hand the results gathered so far, and the file's next chunk, to the store as one op."""
-        if self._seal is not None:
-            self._seal.cancel()
-            self._seal = None
-        rows, self._pending = self._pending, []
-        chunk = order.take()
-        if not rows and chunk is None:
+        """Store a result and append the lines it lets follow, in the journal's next flush.
+
+        Results ride on the flushes the request log makes anyway (one op per flush, one
+        statement for its rows): a timer of their own would add flushes, each ~10 statements'
+        worth of CPU whatever it holds.
+        """
+        if row is None and chunk is None:
             return
-        write_chunk = out_file.op(chunk) if chunk is not None else None
-
-        def op(conn: journal.Conn) -> None:
-            requestjob.write_lines(conn, rows)
-            if write_chunk is not None:
-                write_chunk(conn)
-
-        batcher.op(op).add_done_callback(self._stored)
+        gathering = batcher.gathering()
+        if self._batch is None or gathering is None or gathering is not self._batch[1]:
+            batch = requestjob.ResultBatch(out_file)
+            future = batcher.op(batch)
+            future.add_done_callback(self._stored)
+            self._batch = (batch, future)
+        self._batch[0].add(row, chunk)
 
     def _stored(self, future: asyncio.Future[None]) -> None:
         if future.cancelled() or future.exception() is None:

@@ -128,6 +128,11 @@ class JournalBatcher:
         group.extra.append(op)
         return group.future
 
+    def gathering(self) -> asyncio.Future[None] | None:
+        """The future of the flush still gathering writes (what the next write would return),
+        or None when none is open: a caller may keep adding to an op it registered in it."""
+        return self._group.future if self._group is not None else None
+
     async def flush(self) -> None:
         """Hand over what is gathered now and return once everything before is committed.
 

@@ -15,7 +15,19 @@ from engine.headers import RateLimitSnapshot
 from engine.requestfile import IMAGE_TOKENS, LineError, error_line, ok_line, parse_line
 from engine.requestjob import scan_input
 from engine.tokens import TokenCounter
-from state.requestjob import OutputOrder
+from state.journal import read_meta
+from state.requestjob import (
+    META_OUT_BYTES,
+    META_OUT_LINES,
+    Chunk,
+    LineRow,
+    OutputFile,
+    OutputOrder,
+    ResultBatch,
+    line_counts,
+    record_end,
+)
+from state.schema import open_store
 
 COUNTER = TokenCounter("gpt-4o-mini")
 
@@ -215,3 +227,30 @@ def test_output_order_spills_past_its_memory_cap_and_resumes_from_stored_lines()
     assert chunk is not None
     assert chunk.start == 5 and chunk.texts == (b"x", None, b"abc", None, None)
     assert order.written == 10
+
+
+def test_a_result_batch_stores_its_rows_and_appends_its_lines_once_even_when_rerun(
+    tmp_path: Path,
+) -> None:
+    """A flush's results and the file lines they free, gathered in several adds, write the
+    rows and the bytes once, record the file's end, and a rerun of the op changes nothing."""
+    conn = open_store(tmp_path / "state.duckdb", create=True)
+    out = tmp_path / "out.jsonl"
+    out_file = OutputFile(out, lines=0, size=0)
+    try:
+        batch = ResultBatch(out_file)
+        batch.add(LineRow(1, True, b'{"b":1}'), None)  # ahead of line 0: held back
+        batch.add(LineRow(0, False, b'{"a":0}'), Chunk(0, (b'{"a":0}', b'{"b":1}')))
+        batch.add(LineRow(2, True, b'{"c":2}'), Chunk(2, (b'{"c":2}',)))
+        for _ in range(2):  # the writer reruns a transaction's ops after a later op failed
+            conn.execute("BEGIN")
+            batch(conn)
+            conn.execute("ROLLBACK" if _ == 0 else "COMMIT")
+    finally:
+        out_file.close()
+    assert out.read_bytes() == b'{"a":0}\n{"b":1}\n{"c":2}\n'
+    assert line_counts(conn) == (2, 1)
+    meta = read_meta(conn)
+    assert (meta[META_OUT_LINES], meta[META_OUT_BYTES]) == ("3", str(len(out.read_bytes())))
+    record_end(conn, lines=4, size=99)  # the two keys exist: updated in place
+    assert (read_meta(conn)[META_OUT_LINES], read_meta(conn)[META_OUT_BYTES]) == ("4", "99")
