@@ -33,7 +33,7 @@ from engine.quality import (
     check_reply,
     default_detector,
 )
-from engine.quality.analysis import Analysis, joined_units
+from engine.quality.analysis import Analysis, joined_units, language_texts, rank_ahead
 from engine.quality.expect import LanguageNames, expect_language
 from prompts.languages import (
     Language,
@@ -173,10 +173,16 @@ class PosthocFilter:
         self._names = LanguageNames(load_language_names(), languages)
         self._resolved: dict[str, LanguageLike] = {}
 
-    def check(self, conv: StoredConversation) -> Finding | None:
-        """Why ``conv`` must be filtered, or None; raises ConfigError for an unknown language."""
+    def check(
+        self, conv: StoredConversation, analyses: Sequence[Analysis] | None = None
+    ) -> Finding | None:
+        """Why ``conv`` must be filtered, or None; raises ConfigError for an unknown language.
+
+        ``analyses``: one per step of ``conv`` (made here if not given).
+        """
         # Each turn analysed once, for the turn checks and the duplicate check alike.
-        analyses = [Analysis(content) for _, content in conv.steps]
+        if analyses is None:
+            analyses = [Analysis(content) for _, content in conv.steps]
         finding = check_turns(
             conv, self._language(conv), self._config, self._detector, self._names, analyses
         )
@@ -191,6 +197,25 @@ class PosthocFilter:
             return None
         verdict = match.verdict()
         return Finding(conv.conv_id, str(verdict.reason), None, verdict.detail)
+
+    def check_many(self, convs: Sequence[StoredConversation]) -> list[Finding | None]:
+        """``[check(conv) for conv in convs]``, with the language model reading every turn's
+        text in one pass first (the same rankings, made together: several times faster than
+        one text at a time)."""
+        analyses = [[Analysis(content) for _, content in conv.steps] for conv in convs]
+        config = self._config
+        if config.check_language:
+            detector = self._detector if self._detector is not None else default_detector()
+            rank_ahead(
+                (
+                    (analysis, text)
+                    for turns in analyses
+                    for analysis in turns
+                    for text in language_texts(analysis, config.language_min_chars)
+                ),
+                detector,
+            )
+        return [self.check(conv, turns) for conv, turns in zip(convs, analyses, strict=True)]
 
     def _language(self, conv: StoredConversation) -> LanguageLike:
         code = conv.language_code
@@ -275,7 +300,7 @@ def filter_with(
     samples: list[Finding] = []
     for batch in _batches(conn, batch_size):
         checked += len(batch)
-        findings = [f for f in map(checker.check, batch) if f is not None]
+        findings = [f for f in checker.check_many(batch) if f is not None]
         for finding in findings:
             counts[finding.reason] = counts.get(finding.reason, 0) + 1
             if counts[finding.reason] <= _SAMPLES_PER_REASON:

@@ -155,3 +155,29 @@ def test_analysis_cache_is_bounded_by_characters() -> None:
     for i in range(5):
         cache.get(str(i) * 40)
     assert len(cache) == 2 and cache.get("a" * 40) is not first
+
+
+def test_ranking_ahead_fills_what_the_checks_ask_for_with_the_same_rankings() -> None:
+    """rank_ahead over the texts language_texts names: the language check then asks the
+    detector nothing more, and its verdicts are the ones made without ranking ahead."""
+    from engine.quality.analysis import language_texts, rank_ahead
+
+    class ManyDetector(CountingDetector):
+        def rank_many(self, texts: Sequence[str]) -> Sequence[Sequence[tuple[str, float]]]:
+            return default_detector().rank_many(texts)
+
+    texts = [c["text"] for c in CASES]
+    languages = [L.lookup(c["language"]) for c in CASES]
+    plain = [
+        check_language(t, lang, detector=CountingDetector())
+        for t, lang in zip(texts, languages, strict=True)
+    ]
+    many = ManyDetector()
+    analyses = [Analysis(t) for t in texts]
+    rank_ahead(((a, t) for a in analyses for t in language_texts(a, 20)), many)
+    ahead = [
+        check_language(a, lang, detector=many) for a, lang in zip(analyses, languages, strict=True)
+    ]
+    assert ahead == plain
+    assert many.calls == 0  # every ranking was made ahead
+    assert language_texts(Analysis("short"), 20) == []

@@ -50,3 +50,35 @@ def test_the_default_detector_ranks_with_it() -> None:
     ranking = default_detector().rank("Das ist ein ganz normaler deutscher Satz. " * 200)
     assert isinstance(ranking, Ranking)
     assert ranking.top()[0] == "de"
+
+
+HELDOUT = Path(__file__).parent / "data" / "language_heldout.toml"
+HELDOUT_TEXTS = [c["text"] for c in tomllib.loads(HELDOUT.read_text(encoding="utf-8"))["case"]]
+
+
+@pytest.mark.parametrize("max_chars", [2000, 50])
+def test_ranking_many_texts_together_gives_the_same_floats(reference: Any, max_chars: int) -> None:
+    """rank_many's array walk finds the features the DFA walk finds, in the same order, so
+    every probability is bit for bit rank's (and so py3langid's), whatever the batch size."""
+    model = NaiveBayes(reference)
+    texts = TEXTS + HELDOUT_TEXTS + EDGES + [t * 5 for t in TEXTS[:20]] + ["a", "\ud800 x"]
+    one = [list(model.rank(text, max_chars)) for text in texts]
+    assert [list(r) for r in model.rank_many(texts, max_chars)] == one
+    for size in (1, 2, 7):  # small batches take the per-text walk, larger ones the arrays
+        chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
+        assert [list(r) for chunk in chunks for r in model.rank_many(chunk, max_chars)] == one
+    assert model.rank_many([], max_chars) == []
+
+
+def test_the_array_walk_meets_each_feature_where_the_dfa_does(reference: Any) -> None:
+    """Features and the text they belong to, position by position, across text boundaries
+    (no text's walk may start from the previous text's state)."""
+    import numpy as np
+
+    from engine.quality.ranker import _encoded
+
+    model = NaiveBayes(reference)
+    raws = [_encoded(text, 2000) for text in TEXTS + EDGES + ["", "zz", ""]]
+    features, owners = model._features_many(b"".join(raws), np.array([len(r) for r in raws]))
+    expected = [(f, i) for i, raw in enumerate(raws) for f in model._features(raw)]
+    assert list(zip(features.tolist(), owners.tolist(), strict=True)) == expected

@@ -6,7 +6,8 @@ and to run the language identifier on each sentence it had already read whole. A
 ``Analysis`` holds each derived value the first time a check asks, so the inline gate and
 ``m2l filter`` pay for each once per text: units and their n-grams, the prose that is evidence
 of the language with its letter counts, its sentences, and the identifier's ranking of each
-string it was asked about.
+string it was asked about. ``rank_ahead`` has the identifier read, in one pass, the strings
+the checks are about to ask about (``m2l filter`` does it for a batch of conversations).
 
 The language checks read a bounded sample of a long text's sentences (``sample_segments``):
 the identifier reads at most ``Py3LangidDetector.max_chars`` characters of the whole text,
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +33,8 @@ __all__ = [
     "Segment",
     "analyse",
     "joined_units",
+    "language_texts",
+    "rank_ahead",
     "sample_segments",
 ]
 
@@ -130,7 +133,9 @@ class Analysis:
                 self._body_segments = _segments(self.body)
             return self._body_segments
         if self._quoted_free_segments is None:
-            self._quoted_free_segments = _segments(unquoted(self.body))
+            free = unquoted(self.body)
+            same = free == self.body  # nothing quoted: the same sentences
+            self._quoted_free_segments = self.segments() if same else _segments(free)
         return self._quoted_free_segments
 
     def rank(self, detector: _Ranker, text: str) -> Sequence[tuple[str, float]]:
@@ -141,6 +146,11 @@ class Analysis:
         if found is None:
             found = self._ranks[key] = detector.rank(text)
         return found
+
+    def rank_ahead(self, detector: _Ranker, texts: Sequence[str]) -> None:
+        """Rank together those of ``texts`` not ranked yet, when ``detector`` can rank many
+        at once (the same rankings, made faster); later ``rank`` calls find them."""
+        rank_ahead(((self, text) for text in texts), detector)
 
 
 class AnalysisCache:
@@ -172,6 +182,40 @@ class AnalysisCache:
 
     def __len__(self) -> int:
         return len(self._held)
+
+
+def rank_ahead(wanted: Iterable[tuple[Analysis, str]], detector: _Ranker) -> None:
+    """Rank each (analysis, text) pair's text with ``detector`` together, for ``rank`` to find
+    later: what a check is about to ask for, made in one ``rank_many`` call. Does nothing for a
+    detector without ``rank_many``."""
+    rank_many = getattr(detector, "rank_many", None)
+    if rank_many is None:
+        return
+    ident = id(detector)
+    pending: dict[str, list[Analysis]] = {}
+    for analysis, text in wanted:
+        if (ident, text) not in analysis._ranks:
+            pending.setdefault(text, []).append(analysis)
+    if len(pending) < 2:
+        return  # nothing to gain over ranking it when asked
+    texts = list(pending)
+    for text, ranking in zip(texts, rank_many(texts), strict=True):
+        for analysis in pending[text]:
+            analysis._ranks[(ident, text)] = ranking
+
+
+def language_texts(analysis: Analysis, min_letters: int) -> list[str]:
+    """What the language checks may ask the identifier about ``analysis``: its body and the
+    sampled sentences (with and without quotes) when it has ``min_letters`` letters, else
+    nothing (engine.quality.langid reads only these)."""
+    if analysis.letters < min_letters:
+        return []
+    texts = [analysis.body]
+    for quotes in (False, True):
+        texts.extend(
+            seg.text for seg in sample_segments(analysis.segments(quotes=quotes), min_letters)
+        )
+    return texts
 
 
 def analyse(text: str | Analysis) -> Analysis:

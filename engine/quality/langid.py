@@ -259,8 +259,11 @@ class _Params:
         return self.analysis.rank(self.detector, text)
 
     def sample(self, *, quotes: bool = True) -> list[Segment]:
-        """The sentences long enough to judge, a bounded sample of a long text's."""
-        return sample_segments(self.analysis.segments(quotes=quotes), self.min_chars)
+        """The sentences long enough to judge, a bounded sample of a long text's, ranked
+        together ahead of the checks that read them."""
+        found = sample_segments(self.analysis.segments(quotes=quotes), self.min_chars)
+        self.analysis.rank_ahead(self.detector, [seg.text for seg in found])
+        return found
 
 
 def _top(ranking: Sequence[tuple[str, float]]) -> tuple[str, float]:
@@ -632,6 +635,10 @@ class Py3LangidDetector:
     def rank(self, text: str) -> Ranking:
         """The model's labels with normalized probabilities, most likely first."""
         return self._load().rank(text, self.max_chars)
+
+    def rank_many(self, texts: Sequence[str]) -> list[Ranking]:
+        """``[rank(text) for text in texts]``, made together (faster for many texts)."""
+        return self._load().rank_many(texts, self.max_chars)
 
 
 @functools.cache
