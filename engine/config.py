@@ -278,14 +278,15 @@ class StepEfforts:
 @dataclass(frozen=True, slots=True)
 class AdaptiveTokens:
     """Adaptive max_tokens: per step kind and language (or script), once ``min_samples``
-    replies are in, send the cap with the lowest expected TPM charge (a cut reply is redone
-    with more room and counted) such that at most ``max_redone_share`` of replies are cut and
-    redone and their cost stays within ``max_extra_money_share`` of the money; the configured
-    max_tokens stays the ceiling. Learned from the last ``window`` replies of each group in the
-    run's request log, so a resumed run starts where it stopped. ``enabled = "auto"`` (the
-    default): on when the run goes to a real provider or ``limits.tpm`` is set, off for the
-    simulator without a TPM limit (learned caps depend on the order replies arrive in, and the
-    simulator's text on the cap, so such runs would not repeat exactly).
+    replies of the step kind are in (all languages pooled, engine/maxtokens.py), send the cap
+    with the lowest expected TPM charge (a cut reply is redone with more room and counted)
+    such that at most ``max_redone_share`` of replies are cut and redone and their cost stays
+    within ``max_extra_money_share`` of the money; the configured max_tokens stays the ceiling.
+    Learned from the last ``window`` replies of each group in the run's request log, so a
+    resumed run starts where it stopped. ``enabled = "auto"`` (the default): on when the run
+    goes to a real provider or ``limits.tpm`` is set, off for the simulator without a TPM limit
+    (learned caps depend on the order replies arrive in, and the simulator's text on the cap, so
+    such runs would not repeat exactly).
     """
 
     enabled: bool | Literal["auto"] = "auto"

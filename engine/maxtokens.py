@@ -12,28 +12,71 @@ picks the cap with the lowest expected charge,
 
 among caps whose share of cut replies and whose extra money stay within ``CapRule``. The tail
 P(length >= cap) is the larger of the Kaplan-Meier estimate and a fitted log-normal's predictive
-tail, so a few dozen samples cannot talk the cap down past what the next replies need. Until a
-group has ``min_samples`` replies of its own, its caps come from every group of the step kind
-pooled, each reply counted in English tokens (divided by its language's token-cost factor) and
-the cap scaled back by the group's factor; until the pool has ``min_samples`` either, the
-configured cap goes out. Pure: no clock, no I/O.
+tail, so a few dozen samples cannot talk the cap down past what the next replies need.
+
+A step kind learns from every group at once: its pool holds each reply in English tokens
+(divided by its language's token-cost factor), and a group's caps are the pool's, scaled back
+by the group's own scale: the known factor times what the group's replies say about it (their
+mean log length in English tokens against the pool's, shrunk towards the known factor as if it
+were ``_PRIOR_REPLIES`` replies, its uncertainty widening the tail). So a step kind adapts after
+``min_samples`` replies in all, not per language, and a language whose known factor is off is
+corrected by a few dozen of its own replies. A group with ``_OWN_FIT`` times ``min_samples``
+replies of its own (at most ``window``) uses its own fit, whatever shape it has; until the pool
+has ``min_samples``, the configured cap goes out.
+
+While a step kind's pool is short of ``min_samples``, only as many of its first tries go out
+(with the configured cap) as the pool still needs: ``LengthLearner.warmup`` says WAIT for the
+rest until those replies are in. Otherwise a run's first burst (a rate limit's whole bucket,
+and every request that queued behind it, is decided before any reply is back) goes out at the
+configured caps. Each cap decided is counted by its source (``LengthLearner.sources``), so a
+run can say how many of its requests had a learned cap. Pure: no clock, no I/O.
 """
 
 from __future__ import annotations
 
 import bisect
+import enum
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["CapChoice", "CapRule", "LengthFit", "LengthLearner", "choose_cap"]
+__all__ = [
+    "CapChoice",
+    "CapRule",
+    "CapSource",
+    "LengthFit",
+    "LengthLearner",
+    "Warmup",
+    "choose_cap",
+]
 
 _SIGMA_FLOOR = 0.05  # a group of identical lengths still has some spread in log space
 _CANDIDATES = 96  # caps tried between the smallest sensible one and the full cap
 _REFIT_SHARE = 0.05  # a group's fit is redone once its window holds this share of new samples
 _PROMPT_BUCKET = 1.1  # choices are cached per prompt length, in buckets of 10%
 _POOLED = "*"  # the group of a step kind's replies from every group, in English tokens
+_PRIOR_REPLIES = 10.0  # the known token-cost factor weighs as much as this many replies
+_OWN_FIT = 10  # a group's own fit is used once it has this many times min_samples replies
+_MAX_SHIFT = math.log(4.0)  # a group's learned scale stays within 4x of its known factor
+_SHIFT_BUCKET = 0.02  # choices are cached per group scale, in buckets of 2% (log space)
+
+
+class Warmup(enum.Enum):
+    """Whether a step's first try may go out now, while its step kind learns."""
+
+    LEARNED = "learned"  # the step kind has a fit: a learned cap goes out
+    PROBE = "probe"  # not yet: it goes out with the configured cap, its reply teaches the pool
+    WAIT = "wait"  # the replies of the probes already out are enough: wait for them
+
+
+class CapSource(enum.Enum):
+    """Why a cap went out."""
+
+    CONFIGURED = "configured"  # the step kind has fewer than min_samples replies
+    POOLED = "pooled"  # the step kind's pool, scaled by the group's token cost
+    OWN = "own"  # the group's own replies
+    FULL = "full"  # learned, but no cap below the configured one passes the rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,27 +152,36 @@ class LengthFit:
         i = bisect.bisect_right(self._km_times, cap - 1)
         return 1.0 if i == 0 else self._km_surv[i - 1]
 
-    def parametric(self, cap: int) -> float:
+    def parametric(self, cap: int, shift_sd: float = 0.0) -> float:
         """P(length >= cap) under the fitted log-normal, widened for the sample size (a
-        prediction for the next reply, not the mean of the past ones)."""
+        prediction for the next reply, not the mean of the past ones) and for ``shift_sd``,
+        the uncertainty (in log space) of where the distribution sits."""
         n = self.n
         # The spread is widened by the uncertainty of the new reply (1/n) and of sigma itself
         # (its one-sided 95% bound: a window of few samples often looks narrower than it is).
         spread = self.sigma * math.sqrt(1.0 + 1.0 / n) * (1.0 + 1.64 / math.sqrt(2.0 * n))
+        spread = math.hypot(spread, shift_sd)
         z = (math.log(max(cap, 1)) - self.mu) / spread
         return 0.5 * math.erfc(z / math.sqrt(2.0))
 
-    def redone(self, cap: int) -> float:
+    def redone(self, cap: int, shift_sd: float = 0.0) -> float:
         """The share of replies a cap of ``cap`` would cut: the larger of both estimates."""
-        return max(self.empirical(cap), self.parametric(cap))
+        return max(self.empirical(cap), self.parametric(cap, shift_sd))
 
 
 def choose_cap(
-    fit: LengthFit, *, prompt: int, full: int, rule: CapRule, redo: int | None = None
+    fit: LengthFit,
+    *,
+    prompt: int,
+    full: int,
+    rule: CapRule,
+    redo: int | None = None,
+    shift_sd: float = 0.0,
 ) -> CapChoice:
     """The cap up to ``full`` with the lowest expected charge whose cut share and extra money
     stay within ``rule``; ``full`` itself when no lower cap does (it is never cut by choice).
-    ``redo``: the cap a cut reply is asked again with (``full`` when None)."""
+    ``redo``: the cap a cut reply is asked again with (``full`` when None); ``shift_sd``: how
+    uncertain the fit's location is for these replies (log space; see ``LengthFit.parametric``)."""
     redo = full if redo is None else redo
     ratio = rule.output_price_ratio
     base_money = prompt + ratio * min(fit.mean, full)
@@ -146,7 +198,7 @@ def choose_cap(
         if m in seen or m >= full:
             continue
         seen.add(m)
-        p_cut = fit.redone(m)
+        p_cut = fit.redone(m, shift_sd)
         if p_cut > rule.max_redone_share:
             continue
         extra_money = p_cut * (prompt + ratio * m)
@@ -161,18 +213,38 @@ def choose_cap(
 class LengthLearner:
     """Completion lengths per (step kind, group) and the caps chosen from them (cached)."""
 
-    __slots__ = ("_choices", "_fits", "_new", "_rule", "_samples", "_window")
+    __slots__ = (
+        "_choices",
+        "_fits",
+        "_logs",
+        "_new",
+        "_own_after",
+        "_pool_groups",
+        "_rule",
+        "_samples",
+        "_sources",
+        "_sums",
+        "_window",
+    )
 
     def __init__(self, rule: CapRule | None = None, *, window: int = 2000) -> None:
         self._rule = rule or CapRule()
         if window < self._rule.min_samples:
             raise ValueError(f"window = {window}: expected at least min_samples")
         self._window = window
+        self._own_after = min(window, _OWN_FIT * self._rule.min_samples)
         self._samples: dict[tuple[str, str], deque[tuple[int, bool]]] = {}
+        # Per group: log lengths in English tokens of its uncut replies, and their sum.
+        self._logs: dict[tuple[str, str], deque[float]] = {}
+        self._sums: dict[tuple[str, str], float] = {}
+        # Per step kind: the group of each reply in its pool (beside the pool's window).
+        self._pool_groups: dict[str, deque[str]] = {}
         self._new: dict[tuple[str, str], int] = {}
         self._fits: dict[tuple[str, str], LengthFit | None] = {}
-        # (kind, the group whose fit chose it, the group it is for, prompt bucket, full cap)
-        self._choices: dict[tuple[str, str, str, int, int], int] = {}
+        # (kind, the group whose fit chose it, the group it is for, prompt bucket, full cap,
+        # scale bucket) -> the cap and why
+        self._choices: dict[tuple[str, str, str, int, int, int], tuple[int, CapSource]] = {}
+        self._sources: Counter[tuple[str, CapSource]] = Counter()
 
     @property
     def rule(self) -> CapRule:
@@ -187,6 +259,22 @@ class LengthLearner:
         cut = completion_tokens >= cap
         self._add((kind, group), completion_tokens, cut)
         self._add((kind, _POOLED), max(1, round(completion_tokens / factor)), cut)
+        groups = self._pool_groups.get(kind)
+        if groups is None:
+            groups = self._pool_groups[kind] = deque(maxlen=self._window)
+        groups.append(group)
+        if not cut:
+            # Only whole replies place the group: a cut one's length is not its own.
+            key = (kind, group)
+            logs = self._logs.get(key)
+            if logs is None:
+                logs = self._logs[key] = deque()
+            value = math.log(max(1, completion_tokens) / factor)
+            logs.append(value)
+            total = self._sums.get(key, 0.0) + value
+            if len(logs) > self._window:
+                total -= logs.popleft()
+            self._sums[key] = total
 
     def _add(self, key: tuple[str, str], tokens: int, cut: bool) -> None:
         window = self._samples.get(key)
@@ -199,6 +287,48 @@ class LengthLearner:
         window = self._samples.get((kind, group))
         return len(window) if window is not None else 0
 
+    def warmup(self, kind: str, probing: int) -> Warmup:
+        """Whether a first try of step ``kind`` may go out while ``probing`` of them are out
+        with the configured cap for want of samples: LEARNED once the kind's pool holds
+        ``min_samples`` replies, PROBE while the replies out would not bring it there, WAIT
+        otherwise (a probe that fails without a reply lets another one go)."""
+        have = self.samples(kind, _POOLED)
+        need = self._rule.min_samples
+        if have >= need:
+            return Warmup.LEARNED
+        return Warmup.PROBE if have + probing < need else Warmup.WAIT
+
+    def sources(self) -> dict[str, dict[str, int]]:
+        """How many caps went out per step kind and source (``CapSource`` values)."""
+        out: dict[str, dict[str, int]] = {}
+        for (kind, source), n in sorted(
+            self._sources.items(), key=lambda x: (x[0][0], x[0][1].value)
+        ):
+            out.setdefault(kind, {})[source.value] = n
+        return out
+
+    def _shift(self, kind: str, group: str, pool: LengthFit) -> tuple[float, float]:
+        """Where the group's replies sit against the pool's (log space, in English tokens):
+        the mean of its whole replies less the pool's, shrunk towards 0 (the known factor),
+        and the uncertainty of that."""
+        key = (kind, group)
+        n = len(self._logs.get(key, ()))
+        shift = (self._sums.get(key, 0.0) - n * pool.mu) / (n + _PRIOR_REPLIES)
+        shift = max(-_MAX_SHIFT, min(_MAX_SHIFT, shift))
+        return shift, pool.sigma / math.sqrt(n + _PRIOR_REPLIES)
+
+    def _placed(
+        self, kind: str, window: Iterable[tuple[int, bool]], pool: LengthFit
+    ) -> list[tuple[int, bool]]:
+        """The pool's replies, each moved by its group's shift against the ``pool`` fit so
+        far: a language whose known factor is off does not widen the pool's shape."""
+        groups = self._pool_groups[kind]
+        shifts = {g: math.exp(-self._shift(kind, g, pool)[0]) for g in set(groups)}
+        return [
+            (max(1, round(tokens * shifts[g])), cut)
+            for (tokens, cut), g in zip(window, groups, strict=True)
+        ]
+
     def fit(self, kind: str, group: str) -> LengthFit | None:
         """The group's current fit; None until it has ``min_samples`` replies."""
         key = (kind, group)
@@ -207,7 +337,10 @@ class LengthLearner:
             return None
         fit = self._fits.get(key)
         if fit is None or self._new.get(key, 0) >= max(1, _REFIT_SHARE * len(window)):
-            fit = self._fits[key] = LengthFit(window)
+            samples: Iterable[tuple[int, bool]] = window
+            if group == _POOLED and fit is not None:
+                samples = self._placed(kind, window, fit)
+            fit = self._fits[key] = LengthFit(samples)
             self._new[key] = 0
             # Choices made on the old fit are stale.
             for stale in [c for c in self._choices if c[:2] == key]:
@@ -228,15 +361,19 @@ class LengthLearner:
         ``factor`` times English's tokens): the cheapest ``choose_cap`` allows on the group's
         own replies, else on the step kind's pool scaled by ``factor``, else ``full``; never
         above ``full``. A cut reply is asked again with ``redo`` (``full`` when None)."""
-        source, scale = group, 1.0
-        fit = self.fit(kind, group)
+        source, scale, shift_sd, shift_bucket = group, 1.0, 0.0, 0
+        fit = self.fit(kind, group) if self.samples(kind, group) >= self._own_after else None
         if fit is None:
-            source, scale = _POOLED, max(factor, 1e-6)
             fit = self.fit(kind, _POOLED)
             if fit is None:
+                self._sources[kind, CapSource.CONFIGURED] += 1
                 return full
+            source = _POOLED
+            shift, shift_sd = self._shift(kind, group, fit)
+            shift_bucket = round(shift / _SHIFT_BUCKET)
+            scale = max(factor, 1e-6) * math.exp(shift_bucket * _SHIFT_BUCKET)
         bucket = round(math.log(max(prompt, 1)) / math.log(_PROMPT_BUCKET))
-        key = (kind, source, group, bucket, full)
+        key = (kind, source, group, bucket, full, shift_bucket)
         found = self._choices.get(key)
         if found is None:
             redo = full if redo is None else redo
@@ -247,6 +384,10 @@ class LengthLearner:
                 full=max(1, math.floor(full / scale)),
                 rule=self._rule,
                 redo=max(1, round(redo / scale)),
+                shift_sd=shift_sd,
             ).cap
-            found = self._choices[key] = min(full, math.ceil(chosen * scale))
-        return found
+            cap = min(full, math.ceil(chosen * scale))
+            why = CapSource.POOLED if source == _POOLED else CapSource.OWN
+            found = self._choices[key] = (cap, CapSource.FULL if cap >= full else why)
+        self._sources[kind, found[1]] += 1
+        return found[0]

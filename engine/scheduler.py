@@ -4,7 +4,9 @@ finished, stopped, out of budget, or hits a fatal error.
 Conversations come from the store in batches (those a previous session left half-done first),
 so memory stays flat however many are pending. A new conversation is admitted only while the
 limiter's queue is short: concurrency follows what the provider accepts, not a fixed guess, and
-started conversations finish before new ones begin.
+started conversations finish before new ones begin. With adaptive max_tokens, a step kind's
+first tries wait while it learns (``engine.maxtokens.LengthLearner.warmup``): only the replies
+it still needs go out at the configured cap, the rest follow with learned ones.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from engine.events import (
     StepDone,
 )
 from engine.limiter import RateLimiter
+from engine.maxtokens import Warmup
 
 __all__ = [
     "Admission",
@@ -50,6 +53,12 @@ __all__ = [
     "StopControl",
     "judge_finished",
 ]
+
+
+class Warmups(Protocol):
+    """Whether a step kind's first try may go out while its caps are learned."""
+
+    def warmup(self, kind: str, probing: int) -> Warmup: ...
 
 
 class RunStatus(enum.Enum):
@@ -181,7 +190,10 @@ class Scheduler:
         queue_low_water: int = 8,
         batch_size: int = 256,
         ready: asyncio.Future[None] | None = None,
+        warmups: Warmups | None = None,
     ) -> None:
+        """``warmups``: adaptive max_tokens' learner, which holds a step kind's first tries
+        back while the replies already out will teach it enough."""
         self._store = store
         self._dispatcher = dispatcher
         self._prompter = prompter
@@ -201,6 +213,12 @@ class Scheduler:
         # Resolved once validation can run (the language model loads in a thread while the run
         # sets up): requests go out once it is; its error stops the run.
         self._ready = ready
+        self._warmups = warmups
+        self._probing: dict[str, int] = {}  # step kind -> first tries out at the configured cap
+
+    @property
+    def warmups(self) -> Warmups | None:
+        return self._warmups
 
     @property
     def limiter(self) -> RateLimiter:
@@ -313,6 +331,34 @@ class Scheduler:
             await self._room.wait()
         return True
 
+    async def _warm_up(self, conv: Conversation) -> str | None:
+        """Wait while the step kind of ``conv``'s next step learns its caps and the replies of
+        the probes already out are enough; returns the step kind when this try goes out as a
+        probe ("" when it is none), None when the run stopped meanwhile."""
+        warmups = self._warmups
+        # Only a step's first room takes a learned cap; a grown one is never held back.
+        if warmups is None or conv.room > 0 or conv.next_step >= conv.plan.steps:
+            return ""
+        if conv.status.final:
+            return ""
+        kind = step_kind(conv.next_step).value
+        while not self._stopped():
+            state = warmups.warmup(kind, self._probing.get(kind, 0))
+            if state is Warmup.LEARNED:
+                return ""
+            if state is Warmup.PROBE:
+                self._probing[kind] = self._probing.get(kind, 0) + 1
+                return kind
+            # Every step that finishes (a probe's reply counted, or a probe failed) sets it.
+            self._room.clear()
+            await self._room.wait()
+        return None
+
+    def _probe_done(self, kind: str) -> None:
+        if kind:
+            self._probing[kind] -= 1
+            self._room.set()
+
     async def _drive(self, conv: Conversation) -> None:
         """Advance one conversation step by step until it is final or the run stops."""
         emit = self._hooks.on_event
@@ -324,17 +370,22 @@ class Scheduler:
             # Resumed conversations count as started too, so displays see them as active.
             emit(ConversationStarted(plan.conv_id, plan.language, plan.task, time.monotonic()))
             while not self._stopped():
-                nxt = next_request(conv, self._prompter, temperature=self._generation.temperature)
-                if isinstance(nxt, Done):
-                    break
-                request, rendered = nxt
-                kind = step_kind(conv.next_step)
-                result = None
                 if self._ready is not None:
                     # Sent only once its reply can be judged: a reply that waited for the model
                     # would be paid but not stored if the process were killed meanwhile, and
                     # every restart (which loads the model again) would pay for it again.
                     await self._until_ready()
+                # Its cap is decided when it is rendered: while its step kind learns, wait.
+                probe = await self._warm_up(conv)
+                if probe is None:
+                    break
+                nxt = next_request(conv, self._prompter, temperature=self._generation.temperature)
+                if isinstance(nxt, Done):
+                    self._probe_done(probe)
+                    break
+                request, rendered = nxt
+                kind = step_kind(conv.next_step)
+                result = None
                 try:
                     result = await self._dispatcher.complete(request, kind=kind.value)
                     outcome = Outcome(
@@ -349,6 +400,9 @@ class Scheduler:
                     # Permanent for this request, or its retries (or 429 patience) are used
                     # up: this conversation fails with the reason; the run goes on.
                     outcome = Outcome(None, error=f"{exc.error_class}: {exc}")
+                finally:
+                    # Its reply (if any) is counted: the steps waiting for it may look again.
+                    self._probe_done(probe)
                 new = apply(
                     conv,
                     rendered,

@@ -215,6 +215,9 @@ class RunStats:
     turns_made: tuple[TurnsMade, ...] = ()
     charged_tokens: int = 0  # prompt + max_tokens of every attempt sent: what TPM limits count
     used_tokens: int = 0  # prompt + completion of every answered attempt
+    # Adaptive max_tokens: first tries' caps by step kind and source ("configured" while the
+    # step kind learned, "pooled"/"own" learned, "full" learned but none lower passed).
+    cap_sources: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def charge_ratio(self) -> float:
@@ -235,11 +238,22 @@ class RunStats:
         if not self.used_tokens:
             return None
         share = self.redone / self.outputs if self.outputs else 0.0
-        return (
+        line = (
             f"TPM charge: {self.charge_ratio:.2f}x the tokens used ({_compact(self.charged_tokens)}"
             f" charged for {_compact(self.used_tokens)}); replies cut at max_tokens and redone: "
             f"{self.redone:,} ({share:.1%} of {self.outputs:,}), {usd(self.redone_usd)}"
         )
+        sources: dict[str, int] = {}
+        for _, source, n in self.cap_sources:
+            sources[source] = sources.get(source, 0) + n
+        if sources:
+            learned = sources.get("pooled", 0) + sources.get("own", 0)
+            line += (
+                f"; adaptive max_tokens: {learned:,} of {sum(sources.values()):,} first tries "
+                f"sent a learned cap ({sources.get('configured', 0):,} the configured one while "
+                f"learning, {sources.get('full', 0):,} where no lower cap was safe)"
+            )
+        return line
 
     @property
     def rejected(self) -> int:
@@ -370,6 +384,7 @@ def _compute(conn: duckdb.DuckDBPyConnection, run: str) -> RunStats:
             )
         ),
         charged_tokens=charged,
+        cap_sources=_cap_sources(conn),
         used_tokens=used,
     )
 
@@ -387,6 +402,24 @@ def _rejections(conn: duckdb.DuckDBPyConnection) -> tuple[RejectionCount, ...]:
             FROM rejections r LEFT JOIN conversations c USING (conv_id)
             GROUP BY ALL ORDER BY 4 DESC, 1, 2, 3"""
         ).fetchall()
+    )
+
+
+def _cap_sources(conn: duckdb.DuckDBPyConnection) -> tuple[tuple[str, str, int], ...]:
+    """Adaptive max_tokens' caps by step kind and source, as the run's sessions counted them."""
+    row = conn.execute("SELECT value FROM run_meta WHERE key = 'adaptive_caps'").fetchone()
+    try:
+        data = orjson.loads(row[0]) if row else {}
+    except orjson.JSONDecodeError:
+        return ()
+    if not isinstance(data, dict):
+        return ()
+    return tuple(
+        (str(kind), str(source), int(n))
+        for kind, counts in sorted(data.items())
+        if isinstance(counts, dict)
+        for source, n in sorted(counts.items())
+        if isinstance(n, int)
     )
 
 
@@ -528,8 +561,16 @@ def stats_json(stats: RunStats) -> bytes:
         "redone_replies": stats.redone,
         "redone_share": round(stats.redone / stats.outputs, 4) if stats.outputs else 0.0,
         "redone_usd": stats.redone_usd,
+        "adaptive_caps": _nested(stats.cap_sources),
     }
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
+
+
+def _nested(rows: Iterable[tuple[str, str, int]]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for kind, source, n in rows:
+        out.setdefault(kind, {})[source] = n
+    return out
 
 
 # --- terminal tables ---------------------------------------------------------------------------

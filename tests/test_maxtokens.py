@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from engine.maxtokens import CapRule, LengthFit, LengthLearner, choose_cap
+from engine.maxtokens import CapRule, LengthFit, LengthLearner, Warmup, choose_cap
 
 
 def lognormal(rng: random.Random, median: float, sigma: float, n: int) -> list[tuple[int, bool]]:
@@ -107,3 +107,58 @@ def test_rule_and_window_are_checked() -> None:
         CapRule(min_samples=1)
     with pytest.raises(ValueError, match="window"):
         LengthLearner(CapRule(min_samples=50), window=10)
+
+
+def test_warmup_sends_only_the_probes_the_pool_still_needs() -> None:
+    """Until a step kind's pool has min_samples replies, first tries go out as probes only
+    while the replies out would not fill it; a probe that fails without a reply lets another
+    go; once filled, every first try gets a learned cap, and the caps are counted by source."""
+    learner = LengthLearner(CapRule(min_samples=10), window=100)
+    assert learner.warmup("evolve", probing=0) is Warmup.PROBE
+    assert learner.warmup("evolve", probing=9) is Warmup.PROBE
+    assert learner.warmup("evolve", probing=10) is Warmup.WAIT
+    assert learner.cap("evolve", "eng", prompt=200, full=512) == 512
+    for _ in range(4):
+        learner.observe("evolve", "eng", 40, 512)
+    assert learner.warmup("evolve", probing=6) is Warmup.WAIT
+    assert learner.warmup("evolve", probing=5) is Warmup.PROBE  # one probe failed
+    assert learner.warmup("answer", probing=0) is Warmup.PROBE  # each step kind learns apart
+    for tokens in (35, 38, 41, 44, 47, 50):
+        learner.observe("evolve", "fra", tokens, 600, factor=1.2)
+    assert learner.warmup("evolve", probing=0) is Warmup.LEARNED
+    assert learner.warmup("evolve", probing=500) is Warmup.LEARNED
+    assert learner.cap("evolve", "fra", prompt=200, full=600, factor=1.2) < 600
+    assert learner.cap("evolve", "hin", prompt=200, full=700, factor=1.4) < 700
+    assert learner.cap("evolve", "fra", prompt=200, full=40, factor=1.2) == 40  # nothing lower
+    assert learner.sources() == {"evolve": {"configured": 1, "full": 1, "pooled": 2}}
+
+
+def test_a_group_learns_its_own_scale_from_a_few_dozen_replies() -> None:
+    """The pool (English here) sets the shape; a language whose known token-cost factor is
+    off moves its caps towards what its own replies show after a few dozen of them, in both
+    directions, and its caps still cut about the target share of its real replies."""
+    rng = random.Random(11)
+    learner = LengthLearner(CapRule(min_samples=50), window=2000)
+    for tokens, _ in lognormal(rng, 200, 0.5, 400):
+        learner.observe("answer", "eng", tokens, 4096)
+    english = learner.cap("answer", "eng", prompt=300, full=4096)
+    # Hindi is said to take 1.4x English's tokens but takes the same; Swahili is said to take
+    # as many but takes 1.5x.
+    said = {"hin": 1.4, "swh": 1.0}
+    true = {"hin": 1.0, "swh": 1.5}
+    before = {g: learner.cap("answer", g, prompt=300, full=4096, factor=said[g]) for g in said}
+    assert before["hin"] > 1.35 * english and before["swh"] < 1.1 * english
+    for group in said:
+        for tokens, _ in lognormal(rng, 200 * true[group], 0.5, 40):
+            learner.observe("answer", group, tokens, 4096, factor=said[group])
+    after = {g: learner.cap("answer", g, prompt=300, full=4096, factor=said[g]) for g in said}
+    assert after["hin"] < 1.2 * english < before["hin"]
+    assert after["swh"] > 1.2 * english > 1.1 * before["swh"]
+    for group in said:
+        assert true_cut(after[group], 200 * true[group], 0.5) <= 0.015
+    # 400 replies of its own are not yet enough for English's own fit (10 x min_samples).
+    assert learner.sources() == {"answer": {"pooled": 5}}
+    for tokens, _ in lognormal(rng, 200, 0.5, 100):
+        learner.observe("answer", "eng", tokens, 4096)
+    learner.cap("answer", "eng", prompt=300, full=4096)
+    assert learner.sources() == {"answer": {"own": 1, "pooled": 5}}

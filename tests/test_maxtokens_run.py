@@ -3,6 +3,7 @@ never keeping a cut reply."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -11,7 +12,11 @@ import pytest
 from engine.app.run import execute_run
 from engine.config import load_config
 from engine.events import ConversationFinished, Event
+from engine.modelprofile import model_profile
 from engine.scheduler import RunStatus, StopControl
+from engine.tokens import TokenCounter
+from prompts.languages import load_languages
+from prompts.tokencost import LanguageFactors, load_token_costs
 from state.requestlog import completion_lengths
 from tests.runfixtures import write_config
 
@@ -46,7 +51,7 @@ class StopAfter:
 async def test_caps_are_learned_kept_across_a_resume_and_cut_replies_never_kept(
     tmp_path: Path,
 ) -> None:
-    """Answers (12-60 tokens from the simulator) go out with caps below the configured 128
+    """Answers (12-60 tokens from the simulator) go out with caps below the configured ones
     once ten are in; a resumed session starts with learned caps from the log; every reply
     cut at a learned cap was redone and none is stored."""
     config = load_config(write_config(tmp_path, evols_per_seed=4, extra=ADAPTIVE))
@@ -56,16 +61,26 @@ async def test_caps_are_learned_kept_across_a_resume_and_cut_replies_never_kept(
     (last_first,) = rows(config.run_dir, "SELECT max(request_id) FROM requests")[0]
     report = await execute_run(config, env={})
     assert report.result.status is RunStatus.FINISHED
-    # Odd steps are answers, configured at 128 (English, Spanish and Swahili: factor near 1).
+    # Odd steps are answers, configured at 128 times each language's token-cost factor.
+    factors = LanguageFactors(
+        load_languages(),
+        load_token_costs(),
+        TokenCounter(config.provider.model).encoding_name,
+        enabled=config.quality.scale_max_tokens,
+    )
+    caps = model_profile(config).step_caps
     answers = rows(
         config.run_dir,
-        """SELECT r.request_id, r.max_tokens FROM requests r JOIN conversations c
-           USING (conv_id) WHERE r.step % 2 = 1 AND c.language_code <> 'hin'
-           ORDER BY r.request_id""",
+        """SELECT r.request_id, r.max_tokens, c.language_code FROM requests r
+           JOIN conversations c USING (conv_id) WHERE r.step % 2 = 1 ORDER BY r.request_id""",
     )
-    learned = [rid for rid, cap in answers if isinstance(cap, int) and cap < 128]
-    assert len(learned) > len(answers) // 3
-    resumed = [rid for rid, _ in answers if isinstance(rid, int) and rid > int(str(last_first))]
+    learned = [
+        rid
+        for rid, cap, code in answers
+        if isinstance(cap, int) and cap < caps.cap("answer", factor=factors.factor(str(code)))
+    ]
+    assert len(learned) > len(answers) // 2
+    resumed = [rid for rid, _, _ in answers if isinstance(rid, int) and rid > int(str(last_first))]
     assert resumed and resumed[0] in learned, "the resumed session started from scratch"
     # No stored message is a cut reply; a cut at a learned cap is on record, and redone.
     assert rows(config.run_dir, "SELECT count(*) FROM messages WHERE finish_reason = 'length'") == [
@@ -73,6 +88,14 @@ async def test_caps_are_learned_kept_across_a_resume_and_cut_replies_never_kept(
     ]
     cut = rows(config.run_dir, "SELECT detail FROM rejections WHERE reason = 'truncated'")
     assert all("learned" in str(d) or "max_tokens" in str(d) for (d,) in cut)
+    # Both sessions counted their caps: only the first ten first tries of a step kind went
+    # out at the configured cap (the others waited for their replies), none after the resume.
+    ((counted,),) = rows(config.run_dir, "SELECT value FROM run_meta WHERE key = 'adaptive_caps'")
+    sources = json.loads(str(counted))
+    assert set(sources) == {"evolve", "answer", "follow_up"}
+    for kind, counts in sources.items():
+        assert counts.get("configured", 0) <= 10, (kind, counts)
+        assert counts.get("pooled", 0) + counts.get("own", 0) > 0, (kind, counts)
 
 
 def test_completion_lengths_keep_the_latest_per_step_kind_and_language(tmp_path: Path) -> None:

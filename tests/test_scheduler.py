@@ -13,10 +13,11 @@ from engine.chat import ChatRequest, ChatResult, Delivery, Message, Usage
 from engine.config import GenerationConfig, LimitsConfig, RetryConfig
 from engine.conversation import Conversation, Plan, Rendered, Status, StepKind
 from engine.dispatcher import Dispatcher
-from engine.errors import FatalRunError, RateLimited
+from engine.errors import ContentFiltered, FatalRunError, RateLimited
 from engine.events import ConversationFinished, Event, RateLimitHit, RequestFailed
 from engine.headers import RateLimitSnapshot
 from engine.limiter import RateLimiter
+from engine.maxtokens import CapRule, LengthLearner
 from engine.quality.verdict import Verdict
 from engine.scheduler import RunStatus, Scheduler, StopControl
 from tests.virtualtime import run_virtual
@@ -135,13 +136,15 @@ def scheduler(
     admission: object = None,
     hooks: Recorder | None = None,
     ready: asyncio.Future[None] | None = None,
+    prompter: Prompter | None = None,
+    warmups: LengthLearner | None = None,
 ) -> Scheduler:
     limiter = RateLimiter(LimitsConfig(max_inflight=64), clock=LoopClock())
     dispatcher = Dispatcher(model, limiter, policy=RetryConfig(backoff=False), hooks=hooks)
     return Scheduler(
         store=st,
         dispatcher=dispatcher,
-        prompter=Prompter(),
+        prompter=prompter or Prompter(),
         validator=Validator(),
         generation=GenerationConfig(max_regenerations=0),
         max_active=max_active,
@@ -149,6 +152,7 @@ def scheduler(
         admission=admission,  # type: ignore[arg-type]
         hooks=hooks,
         ready=ready,
+        warmups=warmups,
     )
 
 
@@ -346,3 +350,75 @@ def test_validation_that_cannot_load_stops_the_run_with_its_reason() -> None:
     assert status is RunStatus.FAILED
     assert "language-ID model could not be loaded" in message
     assert st.steps == []
+
+
+class LearningPrompter(Prompter):
+    """A prompter with adaptive max_tokens: 100 tokens configured, learned caps below."""
+
+    def __init__(self, learner: LengthLearner) -> None:
+        self.learner = learner
+        self.caps: list[tuple[int, str, int]] = []  # (step, step kind, cap)
+
+    def max_tokens(
+        self, conv: Conversation, kind: StepKind, room: int, prompt_tokens: int | None = None
+    ) -> int:
+        if prompt_tokens is None or room > 0:
+            return 100
+        cap = self.learner.cap(kind.value, "en", prompt=prompt_tokens, full=100)
+        self.caps.append((conv.next_step, kind.value, cap))
+        return cap
+
+    def observe(
+        self, conv: Conversation, kind: StepKind, max_tokens: int, completion_tokens: int
+    ) -> None:
+        self.learner.observe(kind.value, "en", completion_tokens, max_tokens)
+
+
+class RefusingModel(Model):
+    """Refuses its first ``refuse`` requests for good (a content filter), answers the rest."""
+
+    def __init__(self, refuse: int) -> None:
+        super().__init__()
+        self.refuse = refuse
+
+    async def complete(
+        self, request: ChatRequest, *, delivery: Delivery | None = None
+    ) -> ChatResult:
+        if self.refuse > 0:
+            self.refuse -= 1
+            self.started.append((asyncio.get_running_loop().time(), request.key))
+            await asyncio.sleep(STEP_S)
+            raise ContentFiltered("refused")
+        return await super().complete(request, delivery=delivery)
+
+
+def test_a_step_kind_sends_only_the_probes_it_needs_before_its_caps_are_learned() -> None:
+    """With adaptive max_tokens, 20 conversations start together but only min_samples (5)
+    first tries of each step kind go out at the configured cap; the others wait for those
+    replies and go out with a learned cap. Probes that fail without a reply let others go,
+    so the run never stalls."""
+    model, st = RefusingModel(refuse=2), store(20)
+    learner = LengthLearner(CapRule(min_samples=5), window=100)
+    prompter = LearningPrompter(learner)
+
+    async def main() -> RunStatus:
+        return (
+            await scheduler(
+                model, st, StopControl(), max_active=20, prompter=prompter, warmups=learner
+            ).run(grace_s=5)
+        ).status
+
+    status, elapsed = run_virtual(main())
+    assert status is RunStatus.FINISHED
+    assert sum(c.status is Status.DONE for c in st.convs.values()) == 18  # two were refused
+    first = [t for t, key in model.started if key.endswith(":0")]
+    assert first[:5] == [0.0] * 5 and all(t >= STEP_S for t in first[5:])
+    configured = [(step, cap) for step, _, cap in prompter.caps if cap == 100]
+    # Five evolve probes, two refused: two more go once they fail; then five answer probes.
+    assert sorted(step for step, _ in configured) == [0] * 7 + [1] * 5
+    assert len(prompter.caps) == 20 + 18 and all(cap < 100 for _, _, cap in prompter.caps[12:])
+    assert learner.sources() == {
+        "answer": {"configured": 5, "own": 13},
+        "evolve": {"configured": 7, "own": 13},
+    }
+    assert elapsed == 4 * STEP_S  # two steps, and two step times of waiting for probes

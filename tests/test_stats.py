@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
+import duckdb
 import pytest
 from rich.console import Console
 
@@ -22,7 +23,14 @@ from state.export import STATE_FILE, open_run
 from state.report_html import bar_chart, render_report
 from state.samples import run_metadata, sample_conversations
 from state.schema import open_store
-from state.stats import RejectionCount, RunStats, compute_stats, print_stats, stats_json
+from state.stats import (
+    RejectionCount,
+    RunStats,
+    _cap_sources,
+    compute_stats,
+    print_stats,
+    stats_json,
+)
 from tests.test_export import FixtureRun, build_run, copy_run, holding
 
 
@@ -358,3 +366,25 @@ def test_stats_show_the_tpm_charge_and_the_replies_redone(
     print_stats(stats, console)
     assert "TPM charge:" in console.export_text()
     assert "TPM charged per token used" in render_report(stats)
+
+
+def test_stats_say_how_many_caps_were_learned(stats: RunStats) -> None:
+    """Adaptive max_tokens' caps by source, as the run's sessions counted them in run_meta,
+    are summed in the charge line and listed in the JSON; an unreadable count shows nothing."""
+    conn = duckdb.connect()
+    conn.execute("CREATE TABLE run_meta(key VARCHAR PRIMARY KEY, value VARCHAR)")
+    assert _cap_sources(conn) == ()
+    counts = {"evolve": {"configured": 50, "pooled": 150}, "answer": {"full": 20, "own": 80}}
+    conn.execute("INSERT INTO run_meta VALUES ('adaptive_caps', ?)", [json.dumps(counts)])
+    sources = _cap_sources(conn)
+    assert ("evolve", "configured", 50) in sources and len(sources) == 4
+    line = dataclasses.replace(stats, cap_sources=sources).charge_line()
+    assert line is not None
+    assert (
+        "230 of 300 first tries sent a learned cap (50 the configured one while learning, 20"
+        in line
+    )
+    doc = json.loads(stats_json(dataclasses.replace(stats, cap_sources=sources)))
+    assert doc["tpm_charge"]["adaptive_caps"] == counts
+    conn.execute("UPDATE run_meta SET value = '{not json'")
+    assert _cap_sources(conn) == ()

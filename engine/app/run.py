@@ -298,7 +298,9 @@ async def execute_run(
         outs = _EndpointsOut()
         events = Hooks([events, budget.admission, outs])
         events.on_event(budget.admission.snapshot())  # spend so far, before the first reply
-        adapted = _stored_adaptations(await writer.run(journal.read_meta))
+        meta = await writer.run(journal.read_meta)
+        adapted = _stored_adaptations(meta)
+        earlier_caps = _stored_caps(meta)
         # Adaptive max_tokens starts from the replies earlier sessions of the run received.
         window = config.generation.adaptive_max_tokens.window
         replies = await writer.run(lambda conn: completion_lengths(conn, per_group=window))
@@ -311,6 +313,7 @@ async def execute_run(
             # One batcher for the store and the request log: their rows commit together.
             batcher = JournalBatcher(writer)
             store = RunStore(writer, batcher, config.store)
+            scheduler = None
             if config.run.mode == "batch":
                 result = await _run_batch_mode(
                     config, client, writer, batcher, store, budget, first_request_id,
@@ -356,6 +359,7 @@ async def execute_run(
                     async with shard.holder:
                         result = await scheduler.run(grace_s=config.run.grace_s)
             learned = _learned(endpoints)
+            caps = scheduler.warmups if scheduler is not None else None
             # Every task of the run has ended: attempts a stop cut short (a fatal error, the
             # second Ctrl-C, the grace period's end) can no longer be answered. Settle them as
             # unknown now, so spend and status are exact even if the run is never resumed.
@@ -369,6 +373,10 @@ async def execute_run(
             "endpoints_out": outs.json(),
             "stop_message": result.message,
         }
+        if isinstance(caps, LengthLearner):
+            # How many caps this session sent from learned lengths, and how many as configured.
+            sources = _add_caps(earlier_caps, caps.sources())
+            final_meta["adaptive_caps"] = orjson.dumps(sources).decode()
         if learned != adapted:
             # What the server refused and what went out instead, so a resume starts there.
             final_meta["adapted_params"] = orjson.dumps(learned).decode()
@@ -694,6 +702,7 @@ def assemble(
         admission=admission,
         hooks=hooks,
         ready=ready,
+        warmups=lengths,
     )
 
 
@@ -815,6 +824,32 @@ def _stored_adaptations(meta: Mapping[str, str]) -> dict[str, str]:
     if not isinstance(data, dict):
         return {}
     return {str(k): str(v) for k, v in data.items()}
+
+
+def _stored_caps(meta: Mapping[str, str]) -> dict[str, dict[str, int]]:
+    """How many caps earlier sessions sent per step kind and source (none if unreadable)."""
+    try:
+        data = orjson.loads(meta.get("adaptive_caps") or "{}")
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        str(kind): {str(k): int(v) for k, v in counts.items() if isinstance(v, int)}
+        for kind, counts in data.items()
+        if isinstance(counts, dict)
+    }
+
+
+def _add_caps(
+    a: Mapping[str, Mapping[str, int]], b: Mapping[str, Mapping[str, int]]
+) -> dict[str, dict[str, int]]:
+    out = {kind: dict(counts) for kind, counts in a.items()}
+    for kind, counts in b.items():
+        mine = out.setdefault(kind, {})
+        for source, n in counts.items():
+            mine[source] = mine.get(source, 0) + n
+    return out
 
 
 def _tpm_limited(config: Config) -> bool:
