@@ -19,8 +19,20 @@ state file:
   redone money    what those replies cost / what the run cost
   $/conversation  the run's cost per done conversation
 
+  caps learned    first tries sent with a learned cap / all first tries (run_meta
+                  adaptive_caps: the rest went out at the configured cap while their step kind
+                  learned, or where no lower cap was safe)
+
 Goals (issue #19): conv/min >= 1.4x, charged/used <= 1.15, redone <= 1%, extra money <= 2%.
 The machine may be shared: the figures are ratios of two runs made at the same time.
+
+The best any cap policy could do on the same workload is printed too: an oracle that knows
+each step kind x language's length distribution exactly (sampled from the simulator's own
+composer, 3,000 replies each) and picks, per step kind, the cap quantile that charges least
+while at most 1% of all replies are cut and cut replies cost at most 2% more money (each cut
+reply redone at the configured cap grown once, as m2l does), applied to every step the fixed
+run answered with the prompt it had. Its charged/used and its charge per conversation
+against the fixed run's are what no learner can beat on this simulator.
 
     .venv/bin/python bench/adaptive_tokens.py [--conversations N] [--caps 512,1024,256]
         [--tpm 2000000] [--keep DIR] [--json-out FILE]
@@ -29,7 +41,9 @@ The machine may be shared: the figures are ratios of two runs made at the same t
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import random
 import subprocess
 import sys
 import tempfile
@@ -38,10 +52,16 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # `python bench/adaptive_tokens.py` from a checkout
 
+from engine.simsettings import SimSettings  # noqa: E402
+from engine.simulator.languages import find_language  # noqa: E402
+from engine.simulator.lengths import reply_budget  # noqa: E402
+from engine.simulator.text import ReplySpec, composer_for, language_factor  # noqa: E402
+from engine.tokens import get_encoding  # noqa: E402
 from state.requestlog import charged_and_used  # noqa: E402
 
 M2L = [sys.executable, "-m", "engine.app.cli"]
@@ -133,6 +153,13 @@ def figures(run_dir: Path) -> dict[str, Any]:
         failed = conn.execute(
             "SELECT count(*) FROM conversations WHERE status <> 'done'"
         ).fetchone()[0]
+        row = conn.execute("SELECT value FROM run_meta WHERE key = 'adaptive_caps'").fetchone()
+    sources: dict[str, int] = {}
+    for counts in (json.loads(row[0]) if row else {}).values():
+        for source, n in counts.items():
+            sources[source] = sources.get(source, 0) + n
+    first_tries = sum(sources.values())
+    learned = sources.get("pooled", 0) + sources.get("own", 0)
     return {
         "done": int(done),
         "not_done": int(failed),
@@ -140,12 +167,106 @@ def figures(run_dir: Path) -> dict[str, Any]:
         "conv_per_min": 60.0 * done / span if span else 0.0,
         "conv_per_min_mid": 60.0 * mid / (0.5 * span) if span else 0.0,
         "charged_per_used": charged / used if used else 0.0,
-        "charged_per_conversation": charged / done if done else 0.0,
+        "charged_per_conversation": float(charged / done) if done else 0.0,
         "replies": int(replies),
         "redone": int(redone),
         "redone_share": redone / replies if replies else 0.0,
         "redone_money_share": float(redone_usd) / float(cost) if cost else 0.0,
         "usd_per_conversation": float(cost) / done if done else 0.0,
+        "cap_sources": sources,
+        "learned_cap_share": learned / first_tries if first_tries else 0.0,
+    }
+
+
+KINDS = ("evolve", "answer", "follow_up")
+_KIND_SQL = (
+    "CASE WHEN r.step = 0 THEN 'evolve' WHEN r.step % 2 = 1 THEN 'answer' ELSE 'follow_up' END"
+)
+CUT_SHARES = (0.0, 0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.01, 0.012, 0.015,
+              0.02, 0.03)  # fmt: skip
+OUTPUT_PRICE_RATIO = 4.0  # gpt-4o-mini: output tokens cost four times input tokens
+
+
+def sampled_lengths(samples: int = 3000) -> dict[tuple[str, bool], np.ndarray]:
+    """The simulator's realistic reply lengths in tokens per (language name, instruction),
+    drawn and written by its own composer, as it answers (engine/simulator/replies.py)."""
+    encoding = "o200k_base"  # gpt-4o-mini's
+    counter = get_encoding(encoding)
+    settings = SimSettings(reply_lengths="realistic")
+    rng = random.Random(11)
+    out = {}
+    for name in LANGUAGES:
+        lang = find_language(name)
+        assert lang is not None
+        factor = language_factor(lang, encoding)
+        composer = composer_for(lang, encoding)
+        for instruction in (True, False):
+            spec = ReplySpec(lang, instruction=instruction, fill=True)
+            lengths = [
+                len(
+                    counter.encode_ordinary(
+                        composer.reply(
+                            spec,
+                            rng,
+                            reply_budget(settings, rng, instruction=instruction, factor=factor),
+                        )
+                    )
+                )
+                for _ in range(samples)
+            ]
+            out[name, instruction] = np.sort(np.array(lengths, dtype=float))
+    return out
+
+
+def oracle(run_dir: Path, caps: tuple[int, int, int]) -> dict[str, Any]:
+    """The best charged/used and charge per conversation any cap policy reaches on the fixed
+    run's steps (see the module's docstring)."""
+    lengths = sampled_lengths()
+    with duckdb.connect(str(run_dir / "state.duckdb"), read_only=True) as conn:
+        rows = conn.execute(
+            f"""SELECT {_KIND_SQL}, c.language, count(*), sum(r.prompt_tokens)
+            FROM requests r JOIN conversations c USING (conv_id)
+            WHERE r.step IS NOT NULL AND r.status = 'ok' AND r.completion_tokens < r.max_tokens
+            GROUP BY 1, 2"""
+        ).fetchall()
+        done = conn.execute("SELECT count(*) FROM conversations WHERE status = 'done'").fetchone()[
+            0
+        ]
+    full = dict(zip(KINDS, caps, strict=True))
+    replies = sum(int(n) for _, _, n, _ in rows)
+    # Per (step kind, cut share): charged, used, cut replies, money, extra money.
+    table: dict[tuple[str, float], tuple[float, float, float, float, float]] = {}
+    for kind in KINDS:
+        for share in CUT_SHARES:
+            charged = used = cuts = money = extra = 0.0
+            for k, code, n, prompt in rows:
+                if k != kind:
+                    continue
+                x = lengths[code, kind != "answer"]
+                cap = x[-1] + 1 if share == 0 else np.quantile(x, 1 - share, method="higher") + 1
+                cut = float((x >= cap).mean())
+                n, prompt = int(n), float(prompt)
+                redo = 2 * full[kind]  # a cut reply is asked again with the room grown once
+                charged += prompt + n * cap + cut * (prompt + n * redo)
+                used += prompt + n * x.mean() + cut * (prompt + n * cap)  # the cut try is used
+                cuts += cut * n
+                money += prompt + OUTPUT_PRICE_RATIO * n * x.mean()
+                extra += cut * (prompt + OUTPUT_PRICE_RATIO * n * cap)
+            table[kind, share] = (charged, used, cuts, money, extra)
+    best: tuple[float, float, dict[str, float]] | None = None
+    for shares in itertools.product(CUT_SHARES, repeat=len(KINDS)):
+        parts = [table[kind, share] for kind, share in zip(KINDS, shares, strict=True)]
+        charged, used, cuts, money, extra = (sum(p[i] for p in parts) for i in range(5))
+        if cuts > 0.01 * replies or extra > 0.02 * money:
+            continue
+        if best is None or charged < best[0]:
+            best = (charged, used, dict(zip(KINDS, shares, strict=True)))
+    assert best is not None  # no cut at all always qualifies
+    charged, used, shares = best
+    return {
+        "charged_per_used": float(charged / used),
+        "charged_per_conversation": float(charged / done) if done else 0.0,
+        "cut_shares": shares,
     }
 
 
@@ -198,6 +319,7 @@ def main() -> int:
         ("replies redone after a cut", "redone_share", "{:.2%}"),
         ("money on redone replies", "redone_money_share", "{:.2%}"),
         ("USD per conversation", "usd_per_conversation", "{:.5f}"),
+        ("first tries with a learned cap", "learned_cap_share", "{:.1%}"),
     ]
     print(f"\n{'':40} {'fixed':>12} {'adaptive':>12}")
     for label, key, fmt in rows:
@@ -216,6 +338,12 @@ def main() -> int:
         if adaptive["charged_per_conversation"]
         else 0
     )
+    best = oracle(folder / "runs" / "fixed", caps)  # type: ignore[arg-type]
+    best_speedup = (
+        fixed["charged_per_conversation"] / best["charged_per_conversation"]
+        if best["charged_per_conversation"]
+        else 0
+    )
     verdicts = {
         "charged_per_conversation_fixed_over_adaptive": charge_ratio,
         "conv_per_min_ratio": speedup,
@@ -224,6 +352,8 @@ def main() -> int:
         "adaptive_redone_share": adaptive["redone_share"],
         "adaptive_redone_money_share": adaptive["redone_money_share"],
         "extra_usd_per_conversation": money,
+        "best_policy_charged_per_used": best["charged_per_used"],
+        "best_policy_charge_ratio": best_speedup,
     }
     print(
         f"\nadaptive / fixed conversations per minute: {speedup:.2f}x (mid-run {mid:.2f}x; goal"
@@ -233,10 +363,22 @@ def main() -> int:
         f"adaptive replies redone: {adaptive['redone_share']:.2%} (goal <= 1%)\n"
         f"adaptive money on redone replies: {adaptive['redone_money_share']:.2%}; cost per "
         f"conversation vs fixed: {money:+.2%} (goal <= 2% extra)\n"
+        f"adaptive first tries with a learned cap: {adaptive['learned_cap_share']:.1%} "
+        f"{adaptive['cap_sources']}\n"
+        f"the best any cap policy could do on this workload (an oracle that knows the "
+        f"simulator's lengths; <= 1% cut, <= 2% extra money): charged/used "
+        f"{best['charged_per_used']:.3f}, tokens charged per conversation fixed / best "
+        f"{best_speedup:.2f}x (cut shares {best['cut_shares']})\n"
         f"both runs at once in {wall:.0f} s on a machine that may be shared; figures are ratios "
         "of two runs made side by side"
     )
-    doc = {"caps": args.caps, "tpm": args.tpm, "runs": results, "verdicts": verdicts}
+    doc = {
+        "caps": args.caps,
+        "tpm": args.tpm,
+        "runs": results,
+        "best_policy": best,
+        "verdicts": verdicts,
+    }
     line = json.dumps(doc)
     print(line)
     if args.json_out:
