@@ -418,7 +418,7 @@ def test_a_step_kind_sends_only_the_probes_it_needs_before_its_caps_are_learned(
     assert sorted(step for step, _ in configured) == [0] * 7 + [1] * 5
     assert len(prompter.caps) == 20 + 18 and all(cap < 100 for _, _, cap in prompter.caps[12:])
     assert learner.sources() == {
-        "answer": {"configured": 5, "own": 13},
-        "evolve": {"configured": 7, "own": 13},
+        "answer": {"configured": 5, "pooled": 13},
+        "evolve": {"configured": 7, "pooled": 13},
     }
     assert elapsed == 4 * STEP_S  # two steps, and two step times of waiting for probes
