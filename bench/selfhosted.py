@@ -16,6 +16,11 @@ alone). The read timeout is 20 s, shorter than m2l's 120 s default so that a sho
 what an overfull server queue does. The simulator runs in its own process.
 
     .venv/bin/python bench/selfhosted.py [--seconds 30] [--slots 1,8,64] [--json-out FILE]
+
+``--virtual`` runs the same plan on a virtual clock instead (bench/_virtual_slots.py: the same
+controller and capacity model, event by event, with a fixed turnaround of ``--turnaround``
+seconds between a slot freeing up and the next request reaching it), over ``--seeds`` seeds:
+the controller's figures without the machine's noise, in a few seconds a seed.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # `python bench/selfhosted.py`
 
+from _virtual_slots import drive_virtual, percentile
 from _workloads import MODEL, build_requests, fetch_stats, prompt_pool, start_sims
 
+from engine._adaptive import ConcurrencyCore
 from engine.chat import ChatRequest
 from engine.client import ChatClient
 from engine.concurrency import ConcurrencyGate
@@ -187,15 +194,84 @@ def run_slots(url: str, slots: int, seconds: float, requests: list[ChatRequest])
     }
 
 
+def virtual_slots(slots: int, seconds: float, seeds: int, turnaround: float) -> dict[str, Any]:
+    """The plan of ``run_slots`` on the virtual clock, once per seed; ratios per seed."""
+    t = READ_TIMEOUT_S
+    plan: dict[str, Any] = {f"fixed {n}": (lambda c, n=n: ConcurrencyCore(c, fixed=n, timeout_s=t))
+                            for n in SWEEPS[slots]}  # fmt: skip
+    plan["auto"] = lambda c: ConcurrencyCore(c, timeout_s=t)
+    plan["256"] = lambda c: ConcurrencyCore(c, fixed=256, timeout_s=t)
+    plan["256-old"] = lambda c: ConcurrencyCore(c, fixed=256)
+    per_seed = []
+    for seed in range(1, seeds + 1):
+
+        def run(make: Any, duration: float = seconds, seed: int = seed) -> Any:
+            return drive_virtual(make, slots=slots, seconds=duration, seed=seed,
+                                 turnaround=turnaround, timeout_s=t)  # fmt: skip
+
+        unloaded = percentile(
+            run(lambda c: ConcurrencyCore(c, fixed=1), min(seconds, 8.0)).latencies, 0.99
+        )
+        runs = {label: run(make) for label, make in plan.items()}
+        best = max((runs[f"fixed {n}"] for n in SWEEPS[slots]), key=lambda r: r.per_s)
+        row = {}
+        for label, r in runs.items():
+            p99 = percentile(r.latencies, 0.99)
+            row[label] = {
+                "replies_per_s": round(r.per_s, 2),
+                "ratio_to_best_fixed": round(r.per_s / best.per_s, 3),
+                "p99_vs_unloaded": round(p99 / unloaded, 2) if p99 and unloaded else None,
+                "timeouts": r.timeouts,
+                "limit_at_end": r.limit_end,
+            }
+        per_seed.append(row)
+    auto = [row["auto"] for row in per_seed]
+    mean = round(sum(a["ratio_to_best_fixed"] for a in auto) / len(auto), 3)
+    worst_p99 = max(a["p99_vs_unloaded"] or 0.0 for a in auto)
+    timeouts = sum(a["timeouts"] for a in auto)
+    summary = {
+        "slots": slots,
+        "auto_ratio_mean": mean,
+        "auto_ratio_min": min(a["ratio_to_best_fixed"] for a in auto),
+        "auto_p99_vs_unloaded_max": worst_p99,
+        "auto_timeouts": timeouts,
+        "ratio_256_mean": round(sum(r["256"]["ratio_to_best_fixed"] for r in per_seed) / seeds, 3),
+        "timeouts_256_old": sum(r["256-old"]["timeouts"] for r in per_seed),
+        "auto_goal_met": mean >= 0.95 and worst_p99 <= 2.0 and timeouts == 0,
+        "seeds": per_seed,
+    }
+    print(
+        f"  {slots:>2} slots  auto/best mean {mean:.3f} (min {summary['auto_ratio_min']:.3f})  "
+        f"p99/unloaded max {worst_p99:.2f}  timeouts {timeouts}  256/best "
+        f"{summary['ratio_256_mean']:.3f}  256-old timeouts {summary['timeouts_256_old']}",
+        flush=True,
+    )
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="wall time of each run")
     parser.add_argument("--slots", default="1,8,64", help="slot counts, comma-separated")
     parser.add_argument("--json-out", type=Path, help="also write the JSON here")
+    parser.add_argument("--virtual", action="store_true", help="on a virtual clock (no machine)")
+    parser.add_argument("--seeds", type=int, default=10, help="--virtual: seeds per slot count")
+    parser.add_argument(
+        "--turnaround", type=float, default=0.02, help="--virtual: seconds a freed slot idles"
+    )
     args = parser.parse_args(argv)
     slot_counts = [int(s) for s in args.slots.split(",")]
     for n in slot_counts:
         SWEEPS.setdefault(n, (max(1, n // 2), n, n + max(1, n // 4), 2 * n))
+    if args.virtual:
+        virtual = [virtual_slots(n, args.seconds, args.seeds, args.turnaround) for n in slot_counts]
+        data = {"bench": "selfhosted", "clock": "virtual", "seconds": args.seconds,
+                "turnaround_s": args.turnaround, "results": virtual}  # fmt: skip
+        print(json.dumps({**data, "results": [{k: v for k, v in r.items() if k != "seeds"}
+                                               for r in virtual]}))  # fmt: skip
+        if args.json_out:
+            args.json_out.write_text(json.dumps(data, indent=2))
+        return 0
     pool = prompt_pool()
     requests = build_requests(pool, _PER_RUN * 10)
     ctx = multiprocessing.get_context("spawn")

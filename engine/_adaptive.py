@@ -25,8 +25,10 @@ TCP Vegas and of gradient limiters in service meshes, judged on the marginal gai
 
 Independently of the limit, the timeout guard keeps a request from being sent into a queue it
 cannot get through in time: with the server's throughput X (replies per second while busy), the
-n-th request in flight waits about n / X, so at most ``X * timeout * margin`` are sent at once;
-until 8 replies have measured X, at most 8. It also applies to a fixed ``max_inflight``.
+n-th request in flight waits about n / X, so at most ``X * timeout * margin`` are sent at once.
+X counts replies per busy second from the first request on, up to now (so it sinks while a
+reply is overdue); before the first reply at most two go out, which one slot answering in
+half the timeout gets through. It also applies to a fixed ``max_inflight``.
 
 Time comes from an injected Clock and nothing here awaits, so tests drive it with a FakeClock;
 ``engine.concurrency`` is its async shell. Raises ConfigError for impossible settings.
@@ -123,8 +125,9 @@ _SLOW_START_EXIT = 0.7
 # ...judged only from this limit up: below it a window is a few replies, and noise rules.
 _SLOW_START_MIN = 8
 # Replies per second need this many successes in the ring before the timeout guard trusts them.
-_GUARD_MIN_REPLIES = 8
-_GUARD_RING = 64
+# Requests in flight before the first reply has measured the server, under the timeout guard.
+_GUARD_START = 2
+_GUARD_RING = 64  # successes the server's throughput is measured over
 
 
 class ConcurrencyCore:
@@ -194,7 +197,9 @@ class ConcurrencyCore:
         self._in_flight = 0
         self._busy_cum = 0.0  # seconds with at least one request in flight, before _busy_since
         self._busy_since = 0.0
-        self._ring: deque[float] = deque(maxlen=_GUARD_RING)  # busy time at each success
+        # Busy time at each success, after the start's zero: the k-th success after the first
+        # send measures the server from its first reply on (k replies in so many busy seconds).
+        self._ring: deque[float] = deque([0.0], maxlen=_GUARD_RING + 1)
 
     # --- admission --------------------------------------------------------------------------
 
@@ -311,10 +316,11 @@ class ConcurrencyCore:
         return self._busy_cum
 
     def _throughput(self) -> float | None:
-        """Successes per busy second over the recent ones; None until enough are seen."""
-        if len(self._ring) < _GUARD_MIN_REPLIES:
+        """Successes per busy second over the recent ones, counted up to now, so the estimate
+        falls while the server keeps a reply waiting; None before the first success."""
+        if len(self._ring) < 2:
             return None
-        span = self._ring[-1] - self._ring[0]
+        span = self._busy_time(self._clock.now()) - self._ring[0]
         return (len(self._ring) - 1) / span if span > 0 else None
 
     def _cap(self) -> int:
@@ -332,9 +338,10 @@ class ConcurrencyCore:
             return None
         rate = self._throughput()
         if rate is None:
-            # Not measured yet: a fixed cap of hundreds would all go into the queue of a server
-            # that may take one at a time. Send enough to measure it first.
-            return _GUARD_MIN_REPLIES
+            # Nothing measured yet: a fixed cap of hundreds would all go into the queue of a
+            # server that may take one at a time, tens of seconds each. Two are safe whenever
+            # one reply fits in the timeout; the first reply then sizes the guard.
+            return _GUARD_START
         return max(1, math.floor(rate * self._timeout_s * self._settings.timeout_margin))
 
     def _set(self, limit: int) -> None:

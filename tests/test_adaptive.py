@@ -224,27 +224,77 @@ def test_fixed_limit_never_moves() -> None:
     assert core.can_send()
 
 
+def serve_one_slot(
+    core: ConcurrencyCore, clock: FakeClock, work_s: float, replies: int
+) -> list[float]:
+    """Sends whatever the core allows to one slot taking ``work_s`` per request until
+    ``replies`` came back; each reply's latency."""
+    model = SlotModel(clock, slots=1)
+    flying: dict[int, Flight] = {}
+    latencies: list[float] = []
+    while len(latencies) < replies:
+        while core.can_send():
+            flying[model.submit(work_s)] = core.send()
+        at = model.next_finish_at()
+        assert at is not None
+        clock.advance(at - clock.now())
+        for job in model.poll():
+            flight = flying.pop(job)
+            latencies.append(clock.now() - flight.t)
+            core.succeeded(flight, 100)
+    return latencies
+
+
 def test_timeout_guard_caps_a_fixed_limit_by_throughput() -> None:
     """With 256 allowed against one 2-second slot and a 120 s timeout, at most
     0.5 replies/s x 120 s x 0.5 = 30 are sent at once once the server was measured."""
     clock = FakeClock()
     core = ConcurrencyCore(clock, fixed=256, timeout_s=120)
-    assert core.allowed() == 8  # nothing measured yet: enough to measure, not 256
-    model = SlotModel(clock, slots=1)
-    flying = {model.submit(2.0): core.send() for _ in range(8)}
-    sent = 8
-    while sent < 60:
-        while core.can_send():
-            flying[model.submit(2.0)] = core.send()
-            sent += 1
-        at = model.next_finish_at()
-        assert at is not None
-        clock.advance(at - clock.now())
-        for job in model.poll():
-            core.succeeded(flying.pop(job), 100)
+    assert core.allowed() == 2  # nothing measured yet: enough to measure, not 256
+    latencies = serve_one_slot(core, clock, 2.0, 60)
     assert core.statistics().throughput_per_s == pytest.approx(0.5)
     assert core.allowed() == 30
-    assert len(flying) <= 30  # the last in the server's queue waits under 60 s of the 120
+    assert max(latencies) <= 62.0  # the last in the server's queue waits about 60 s of the 120
+
+
+def test_timeout_guard_learns_a_very_slow_server_from_its_first_reply() -> None:
+    """One slot taking 45 s a reply, a fixed cap of 256 and a 120 s timeout: two go out
+    before anything is known, the first reply (45 s) shows that only one fits after that, and
+    no request waits past the timeout (eight sent at once would have taken 360 s)."""
+    clock = FakeClock()
+    core = ConcurrencyCore(clock, fixed=256, timeout_s=120)
+    latencies = serve_one_slot(core, clock, 45.0, 6)
+    assert latencies[:2] == [pytest.approx(45.0), pytest.approx(90.0)]
+    assert all(latency == pytest.approx(45.0) for latency in latencies[2:])
+    assert core.allowed() == 1
+    assert core.statistics().throughput_per_s == pytest.approx(1 / 45)
+
+
+def test_timeout_guard_opens_after_one_reply_of_a_fast_server() -> None:
+    """A 64-slot server answering in 0.3 s: one reply measures it well enough to let the
+    fixed cap's 256 go (3.3 replies/s x 120 s x 0.5 = 200 at once, then more)."""
+    clock = FakeClock()
+    core = ConcurrencyCore(clock, fixed=256, timeout_s=120)
+    first, second = core.send(), core.send()
+    assert not core.can_send()
+    clock.advance(0.3)
+    core.succeeded(first, 100)
+    assert core.allowed() == 200
+    core.succeeded(second, 100)
+    assert core.allowed() == 256
+
+
+def test_timeout_guard_shrinks_while_a_reply_is_overdue() -> None:
+    """Replies per second count up to now: when the server stops answering, the estimate
+    sinks and fewer requests are let go (a reply landing is what frees a slot)."""
+    clock = FakeClock()
+    core = ConcurrencyCore(clock, fixed=256, timeout_s=120)
+    serve_one_slot(core, clock, 1.0, 20)  # 1 reply/s: 60 allowed
+    assert core.allowed() == 60
+    stuck = core.send()
+    clock.advance(40.0)  # 20 replies in 60 busy seconds now
+    assert core.allowed() == 20
+    core.finished(stuck)
 
 
 def test_throughput_ignores_idle_time() -> None:
