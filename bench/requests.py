@@ -9,6 +9,8 @@ each client, each in its own spawned process:
   requests-auto the same with max_inflight = "auto" (the default: adaptive concurrency)
   openai        the usual script: AsyncOpenAI + Semaphore(64) + gather, sleeping on 429
   floor         a bare aiohttp loop posting pre-encoded bodies, 64 at a time: the CPU floor
+  dispatcher    (optional) m2l's Dispatcher, limiter and ChatClient alone, no state: where the
+                job's CPU goes beyond the floor (the HTTP client and dispatch vs the job itself)
 
 Each client runs a small (1,000) and a large (5,000) file in every round, rounds alternating
 the clients so a change in the machine's load hits them alike. Marginal CPU per request is
@@ -43,6 +45,7 @@ from _workloads import (
     _Meter,
     _run_baseline,
     _run_floor,
+    _run_m2l,
     build_requests,
     prompt_pool,
     start_sims,
@@ -53,7 +56,8 @@ from engine.simsettings import SimSettings
 
 CONCURRENCY = 64
 GOAL = 1.5  # marginal CPU per request of `m2l requests` over the bare aiohttp floor's
-CLIENTS = ("requests", "requests-auto", "openai", "floor")
+CLIENTS = ("requests", "requests-auto", "openai", "floor", "dispatcher")
+DEFAULT = "requests,requests-auto,openai,floor"
 
 
 async def _run_requests(
@@ -106,6 +110,8 @@ def client_main(
         part = requests[:count]
         if spec.label.startswith("requests"):
             run = _run_requests(spec, url, part, deadline_s, auto=spec.label.endswith("auto"))
+        elif spec.label == "dispatcher":
+            run = _run_m2l(spec, url, part, deadline_s)
         elif spec.kind == "baseline":
             run = _run_baseline(spec, url, part, deadline_s)
         else:
@@ -116,10 +122,14 @@ def client_main(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--small", type=int, default=1000)
-    parser.add_argument("--large", type=int, default=5000)
-    parser.add_argument("--only", default=",".join(CLIENTS))
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (figures are medians)")
+    parser.add_argument("--small", type=int, default=1000, help="requests in the small run")
+    parser.add_argument(
+        "--large", type=int, default=5000, help="requests in the large run (req/s is its)"
+    )
+    parser.add_argument(
+        "--only", default=DEFAULT, help=f"clients, comma-separated, of {','.join(CLIENTS)}"
+    )
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     chosen = [c for c in CLIENTS if c in args.only.split(",")]
@@ -127,7 +137,13 @@ def main() -> None:
     sims = start_sims(ctx, {"unlimited": SimSettings(ttft_s=0.02, per_token_s=0.0, seed=2)})
     url = sims["unlimited"].base_url
     pool = prompt_pool()
-    kinds = {"requests": "m2l", "requests-auto": "m2l", "openai": "baseline", "floor": "floor"}
+    kinds = {
+        "requests": "m2l",
+        "requests-auto": "m2l",
+        "openai": "baseline",
+        "floor": "floor",
+        "dispatcher": "m2l",
+    }
     children: dict[str, tuple[Any, Connection]] = {}
     try:
         for label in chosen:

@@ -78,8 +78,8 @@ class JournalBatcher:
     """
 
     __slots__ = (
-        "__weakref__", "_busy", "_busy_linger_s", "_group", "_handle", "_last", "_linger_s",
-        "_writer",
+        "__weakref__", "_busy", "_busy_linger_s", "_full", "_group", "_handle", "_last",
+        "_linger_s", "_writer",
     )  # fmt: skip
 
     def __init__(
@@ -93,6 +93,7 @@ class JournalBatcher:
         self._linger_s = linger_s
         self._busy_linger_s = max(busy_linger_s, linger_s)
         self._busy: Callable[[], bool] = _never
+        self._full: Callable[[int], bool] | None = None
         self._group: _Group | None = None
         self._handle: asyncio.Handle | None = None
         self._last = float("-inf")  # loop time of the last flush
@@ -102,6 +103,11 @@ class JournalBatcher:
         first write arrives): the run passes "requests are queued at the rate limiter"."""
         self._busy = busy
 
+    def flush_when(self, full: Callable[[int], bool]) -> None:
+        """Flush without waiting out the linger once ``full(attempts reserved in the flush)``:
+        m2l requests passes "they fill half the concurrency gate" (each waits for the flush)."""
+        self._full = full
+
     def active(self, conv_id: int) -> asyncio.Future[None]:
         group = self._current()
         group.active.append(conv_id)
@@ -110,6 +116,11 @@ class JournalBatcher:
     def reserved(self, row: requestlog.RequestRow) -> asyncio.Future[None]:
         group = self._current()
         group.reserved.append(row)
+        handle, full = self._handle, self._full
+        # Only a flush still waiting out its linger (a TimerHandle) is moved up, and only once.
+        if full is not None and type(handle) is asyncio.TimerHandle and full(len(group.reserved)):
+            handle.cancel()
+            self._handle = asyncio.get_running_loop().call_soon(self._flush)
         return group.future
 
     def finished(self, row: requestlog.FinishedRow) -> asyncio.Future[None]:

@@ -155,6 +155,33 @@ def test_a_flush_waits_the_busy_linger_while_the_run_is_busy(tmp_path: Path) -> 
     assert times == pytest.approx([0.0, 0.25, 0.30, 1.30])
 
 
+def test_a_flush_goes_before_its_linger_once_flush_when_says_it_is_full(tmp_path: Path) -> None:
+    """With flush_when, the flush holding enough reserved attempts goes at once; one holding
+    fewer waits out its linger as before."""
+
+    async def scenario() -> list[float]:
+        loop = asyncio.get_running_loop()
+        async with GroupCommitWriter(tmp_path / "s.duckdb", noop=True) as writer:
+            batcher = JournalBatcher(writer, linger_s=0.1)
+            batcher.flush_when(lambda reserved: reserved >= 3)
+            times = []
+            await batcher.step(_conv(1, 1, Status.ACTIVE))  # after a quiet spell: at once
+            times.append(loop.time())
+
+            def row(i: int) -> requestlog.RequestRow:
+                return requestlog.RequestRow(i, i, 0, 1, 10, 20, 0.0, "m")
+
+            await asyncio.gather(batcher.reserved(row(1)), batcher.reserved(row(2)))  # 2 < 3
+            times.append(loop.time())
+            await asyncio.sleep(0.02)
+            await asyncio.gather(*(batcher.reserved(row(i)) for i in range(3, 6)))  # full
+            times.append(loop.time())
+            return times
+
+    times, _ = run_virtual(scenario())
+    assert times == pytest.approx([0.0, 0.1, 0.12])
+
+
 def test_flush_delay_counts_from_the_last_flush() -> None:
     """The next flush may start linger_s after the last one, never before now."""
     assert flush_delay(10.0, 10.1, 0.25) == pytest.approx(0.15)
