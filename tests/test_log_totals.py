@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from engine.errors import RateLimited, ServerError
+from engine.errors import RateLimited, RequestTimeout, ServerError
 from state import requestlog
 from state.requestlog import (
     AttemptStatus,
@@ -51,8 +51,46 @@ def assert_totals_match(conn: duckdb.DuckDBPyConnection) -> None:
     assert replace(kept, **{n: 0.0 for n in loose}) == replace(scan, **{n: 0.0 for n in loose})
 
 
-def random_writes(conn: duckdb.DuckDBPyConnection, rng: random.Random, *, first_id: int) -> int:
-    """A flush-like mix: new attempts reserved, some settled ok, failed, rejected, 429s."""
+def random_finished(rng: random.Random, request_id: int) -> FinishedRow:
+    """How one attempt may end: every status and kind of error class the totals tell apart."""
+    kind = rng.choice(["ok", "ok", "ok-no-cost", "error", "billed", "unclassed", "rejected", "429"])
+    if kind == "ok":
+        return FinishedRow(
+            request_id,
+            AttemptStatus.OK,
+            rng.randint(1, 500),
+            rng.choice([None, rng.randint(5, 900)]),
+            cost_usd=rng.random() / 9,
+        )
+    if kind == "ok-no-cost":  # counted at its reservation
+        return FinishedRow(request_id, AttemptStatus.OK, rng.choice([None, 40]))
+    if kind == "429":
+        return FinishedRow(
+            request_id, AttemptStatus.ERROR, error_class=RateLimited.error_class, error="x"
+        )
+    if kind == "error":
+        return FinishedRow(
+            request_id, AttemptStatus.ERROR, error_class=ServerError.error_class, error="5xx"
+        )
+    if kind == "billed":
+        return FinishedRow(
+            request_id, AttemptStatus.ERROR, error_class=RequestTimeout.error_class, error="t"
+        )
+    if kind == "unclassed":  # no class: may have been billed
+        return FinishedRow(request_id, AttemptStatus.ERROR, completion_tokens=3, cost_usd=0.01)
+    return FinishedRow(request_id, AttemptStatus.REJECTED, error_class="cancelled")
+
+
+def random_writes(
+    conn: duckdb.DuckDBPyConnection,
+    rng: random.Random,
+    *,
+    first_id: int,
+    open_ids: list[int] | None = None,
+) -> int:
+    """A flush-like mix: new attempts reserved, some settled ok, failed, rejected, 429s; with
+    ``open_ids``, also attempts reserved by earlier flushes (the usual case), and some settled
+    again."""
     ids = list(range(first_id, first_id + rng.randint(1, 12)))
     write_reserved(
         conn,
@@ -70,32 +108,11 @@ def random_writes(conn: duckdb.DuckDBPyConnection, rng: random.Random, *, first_
             for i in ids
         ],
     )
-    finished = []
-    for i in rng.sample(ids, rng.randint(0, len(ids))):
-        kind = rng.choice(["ok", "ok", "error", "rejected", "429"])
-        if kind == "ok":
-            finished.append(
-                FinishedRow(
-                    i,
-                    AttemptStatus.OK,
-                    rng.randint(1, 500),
-                    rng.choice([None, rng.randint(5, 900)]),
-                    cost_usd=rng.random() / 9,
-                )
-            )
-        elif kind == "429":
-            finished.append(
-                FinishedRow(i, AttemptStatus.ERROR, error_class=RateLimited.error_class, error="x")
-            )
-        elif kind == "error":
-            finished.append(
-                FinishedRow(
-                    i, AttemptStatus.ERROR, error_class=ServerError.error_class, error="5xx"
-                )
-            )
-        else:
-            finished.append(FinishedRow(i, AttemptStatus.REJECTED, error_class="cancelled"))
-    write_finished(conn, finished)
+    pool = ids if open_ids is None else open_ids + ids
+    chosen = rng.sample(pool, rng.randint(0, len(pool)))
+    if open_ids is not None:
+        open_ids[:] = [i for i in pool if i not in chosen or rng.random() < 0.1]
+    write_finished(conn, [random_finished(rng, i) for i in chosen])
     return ids[-1] + 1
 
 
@@ -104,9 +121,15 @@ def test_totals_equal_a_scan_after_any_mix_of_writes(tmp_path: Path) -> None:
     rng = random.Random(7)
     conn = open_store(tmp_path / "state.duckdb", create=True)
     next_id = 1
-    for _ in range(25):
-        next_id = random_writes(conn, rng, first_id=next_id)
+    open_ids: list[int] = []
+    for round_no in range(40):
+        next_id = random_writes(
+            conn, rng, first_id=next_id, open_ids=open_ids if round_no % 2 else None
+        )
         assert_totals_match(conn)
+    write_finished(conn, [random_finished(rng, 2), random_finished(rng, 2)])  # one id twice
+    write_finished(conn, [random_finished(rng, 10**6)])  # no such attempt: nothing counted
+    assert_totals_match(conn)
     settle_unknown(conn)  # what a restart does with attempts a kill left reserved
     assert_totals_match(conn)
     assert attempt_summary(conn).unknown > 0
