@@ -186,21 +186,20 @@ def choose_cap(
     ratio = rule.output_price_ratio
     base_money = prompt + ratio * min(fit.mean, full)
     best = CapChoice(full, 0.0, float(prompt + full), base_money)
-    low = max(1, min(full, math.floor(math.exp(fit.mu))))
-    if low >= full:
-        return best
-    step = (full / low) ** (1.0 / _CANDIDATES)
-    cap = float(low)
-    seen = set()
-    while cap < full:
-        m = math.ceil(cap)
-        cap *= step
-        if m in seen or m >= full:
-            continue
-        seen.add(m)
+    caps = _candidates(fit, full)
+    # The cut share falls as the cap grows (both estimates are survival functions), so the caps
+    # that cut too many are a prefix: skip it by bisection.
+    lo, hi = 0, len(caps)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fit.redone(caps[mid], shift_sd) > rule.max_redone_share:
+            lo = mid + 1
+        else:
+            hi = mid
+    for m in caps[lo:]:
+        if prompt + m >= best.charge:
+            break  # a cap's charge is at least prompt + cap: no larger cap can do better
         p_cut = fit.redone(m, shift_sd)
-        if p_cut > rule.max_redone_share:
-            continue
         extra_money = p_cut * (prompt + ratio * m)
         if extra_money > rule.max_extra_money_share * base_money:
             continue
@@ -208,6 +207,23 @@ def choose_cap(
         if charge < best.charge:
             best = CapChoice(m, p_cut, charge, base_money + extra_money)
     return best
+
+
+def _candidates(fit: LengthFit, full: int) -> list[int]:
+    """The caps ``choose_cap`` tries, ascending: ``_CANDIDATES`` geometric steps from the
+    fit's median length up to (not including) ``full``, rounded up, each once."""
+    low = max(1, min(full, math.floor(math.exp(fit.mu))))
+    if low >= full:
+        return []
+    step = (full / low) ** (1.0 / _CANDIDATES)
+    caps: list[int] = []
+    cap = float(low)
+    while cap < full:
+        m = math.ceil(cap)
+        cap *= step
+        if m < full and (not caps or m > caps[-1]):
+            caps.append(m)
+    return caps
 
 
 class LengthLearner:

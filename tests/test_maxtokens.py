@@ -55,6 +55,57 @@ def test_chosen_caps_cut_about_the_target_share_and_charge_less(
     assert charged / trials - prompt < 0.6 * full
 
 
+def every_cap_tried(
+    fit: LengthFit, *, prompt: int, full: int, rule: CapRule, redo: int, shift_sd: float
+) -> tuple[int, float]:
+    """choose_cap by brute force: every candidate judged, none skipped (the reference)."""
+    ratio = rule.output_price_ratio
+    base_money = prompt + ratio * min(fit.mean, full)
+    best = (full, float(prompt + full))
+    low = max(1, min(full, math.floor(math.exp(fit.mu))))
+    if low >= full:
+        return best
+    step = (full / low) ** (1.0 / 96)
+    cap = float(low)
+    while cap < full:
+        m = math.ceil(cap)
+        cap *= step
+        if m >= full:
+            continue
+        p_cut = fit.redone(m, shift_sd)
+        if p_cut > rule.max_redone_share:
+            continue
+        if p_cut * (prompt + ratio * m) > rule.max_extra_money_share * base_money:
+            continue
+        charge = prompt + m + p_cut * (prompt + redo)
+        if charge < best[1]:
+            best = (m, charge)
+    return best
+
+
+def test_the_cap_search_skips_only_caps_that_cannot_win() -> None:
+    """choose_cap skips the caps that cut too many (by bisection) and stops once a cap alone
+    costs more than the best charge; it picks what trying every cap picks, for any fit."""
+    rng = random.Random(11)
+    for _ in range(300):
+        median, sigma = rng.uniform(5, 600), rng.uniform(0.05, 1.5)
+        samples = lognormal(rng, median, sigma, rng.randint(2, 300))
+        samples += [(rng.randint(1, 900), True) for _ in range(rng.randint(0, 10))]
+        fit = LengthFit(samples)
+        full, prompt = rng.choice([64, 256, 1024, 4096]), rng.randint(1, 20_000)
+        redo = rng.choice([full, 2 * full, full // 2 + 1])
+        rule = CapRule(
+            max_redone_share=rng.choice([0.001, 0.01, 0.1]),
+            max_extra_money_share=rng.choice([0.001, 0.02, 0.5]),
+        )
+        shift_sd = rng.choice([0.0, 0.1, 0.5])
+        choice = choose_cap(fit, prompt=prompt, full=full, rule=rule, redo=redo, shift_sd=shift_sd)
+        cap, charge = every_cap_tried(
+            fit, prompt=prompt, full=full, rule=rule, redo=redo, shift_sd=shift_sd
+        )
+        assert (choice.cap, choice.charge) == (cap, pytest.approx(charge, rel=1e-12))
+
+
 def test_a_longer_prompt_buys_more_room_and_a_tight_money_rule_too() -> None:
     """Redoing a long prompt costs more, so the cap rises with the prompt; a smaller money
     share or redo share never lowers the cap."""
