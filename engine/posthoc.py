@@ -33,8 +33,9 @@ from engine.quality import (
     check_reply,
     default_detector,
 )
-from engine.quality.analysis import Analysis, joined_units, language_texts, rank_ahead
+from engine.quality.analysis import Analysis, joined_units
 from engine.quality.expect import LanguageNames, expect_language
+from engine.quality.langid import rank_ahead_for_checks
 from prompts.languages import (
     Language,
     LanguageTable,
@@ -206,15 +207,8 @@ class PosthocFilter:
         config = self._config
         if config.check_language:
             detector = self._detector if self._detector is not None else default_detector()
-            rank_ahead(
-                (
-                    (analysis, text)
-                    for turns in analyses
-                    for analysis in turns
-                    for text in language_texts(analysis, config.language_min_chars)
-                ),
-                detector,
-            )
+            every = [analysis for turns in analyses for analysis in turns]
+            rank_ahead_for_checks(every, detector, config.language_min_chars)
         return [self.check(conv, turns) for conv, turns in zip(convs, analyses, strict=True)]
 
     def _language(self, conv: StoredConversation) -> LanguageLike:

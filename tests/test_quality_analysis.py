@@ -181,3 +181,45 @@ def test_ranking_ahead_fills_what_the_checks_ask_for_with_the_same_rankings() ->
     assert ahead == plain
     assert many.calls == 0  # every ranking was made ahead
     assert language_texts(Analysis("short"), 20) == []
+
+
+def test_folding_skips_the_fold_table_only_where_it_changes_nothing() -> None:
+    """normalize_for_match is the plain definition on every corpus text and on text holding
+    each character the fold table maps (ASCII, accents, hooks, quotes, joiners)."""
+    from engine.quality import text as text_module
+
+    def plain(text: str) -> str:
+        fold = text_module._FOLD
+        decomposed = unicodedata.normalize("NFKD", text.translate(fold))
+        kept = "".join(ch for ch in decomposed if unicodedata.category(ch) != "Mn")
+        return " ".join(kept.casefold().translate(fold).split())
+
+    samples = TEXTS + EDGES + ["plain `ascii` Text", "Ƙasar Ɗan ŋ ɛ ɔ «quoted» „x“ ’a‘ ي ك ۀ ة"]
+    samples += [f"a{chr(code)}b C" for code in text_module._FOLD]
+    for sample in samples:
+        assert normalize_for_match(sample) == plain(sample), sample
+
+
+def test_ranking_ahead_for_the_checks_leaves_the_verdicts_unchanged() -> None:
+    """rank_ahead_for_checks foresees most of what the language check asks (bodies, and the
+    sentences of texts not clearly in one language); the verdicts stay the same."""
+    from engine.quality.langid import rank_ahead_for_checks
+
+    class ManyDetector(CountingDetector):
+        def rank_many(self, texts: Sequence[str]) -> Sequence[Sequence[tuple[str, float]]]:
+            return default_detector().rank_many(texts)
+
+    texts = [c["text"] for c in CASES]
+    languages = [L.lookup(c["language"]) for c in CASES]
+    counting = CountingDetector()
+    plain = [
+        check_language(t, lang, detector=counting) for t, lang in zip(texts, languages, strict=True)
+    ]
+    many = ManyDetector()
+    analyses = [Analysis(t) for t in texts]
+    rank_ahead_for_checks(analyses, many, 20)
+    ahead = [
+        check_language(a, lang, detector=many) for a, lang in zip(analyses, languages, strict=True)
+    ]
+    assert ahead == plain
+    assert many.calls < counting.calls / 10  # nearly everything was ranked ahead

@@ -178,3 +178,38 @@ def test_missing_phrase_file_raises_config_error(tmp_path: Path) -> None:
     """A path that does not exist raises ConfigError saying so."""
     with pytest.raises(ConfigError, match="not found"):
         load_refusals(tmp_path / "nope.toml")
+
+
+def _every_phrase_in_order(phrases: object, text: str, window: int | None) -> object:
+    """The search before phrases were grouped by their heads: every phrase, longest first."""
+    from engine.quality.text import normalize_for_match
+
+    head = text.lstrip()
+    folded = normalize_for_match(head if window is None else head[:window])
+    for phrase in phrases._ordered:  # type: ignore[attr-defined]
+        at = folded.find(phrase)
+        while at >= 0:
+            if phrase not in phrases._bounded or at == 0 or not folded[at - 1].isalnum():  # type: ignore[attr-defined]
+                return phrases._lookup[phrase]  # type: ignore[attr-defined]
+            at = folded.find(phrase, at + 1)
+    return None
+
+
+def test_searching_only_phrases_whose_head_is_present_finds_the_same_match() -> None:
+    """Each bundled phrase in a text (alone, after other text, inside a word, cut short), and
+    honest texts: the grouped search reports what searching every phrase reports."""
+    import tomllib
+
+    phrases = default_refusals()
+    corpus = Path(__file__).parent / "data" / "language_corpus.toml"
+    texts = [c["text"] for c in tomllib.loads(corpus.read_text(encoding="utf-8"))["case"]]
+    for listed in phrases.by_language.values():
+        for phrase in listed:
+            texts += [phrase, f"Well. {phrase} now", f"x{phrase}", phrase[:-1], phrase.upper()]
+    found = 0
+    for text in texts:
+        for window in (None, 300, 12):
+            expected = _every_phrase_in_order(phrases, text, window)
+            assert phrases.find(text, window=window) == expected, text
+            found += expected is not None
+    assert found > len(texts)  # most phrases are found, so the comparison means something

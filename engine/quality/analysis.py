@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from engine.quality.scripts import script_counts, weighted_count
-from engine.quality.text import language_prose, ngrams, segments, units, unquoted
+from engine.quality.text import ngrams, prose, prose_language, segments, units, unquoted
 
 __all__ = [
     "SAMPLE_LETTERS",
@@ -69,6 +69,7 @@ class Analysis:
         "_counts",
         "_letters",
         "_ngram_sets",
+        "_prose",
         "_quoted_free_segments",
         "_ranks",
         "_units",
@@ -79,6 +80,7 @@ class Analysis:
         self.text = text
         self._units: list[str] | None = None
         self._ngram_sets: dict[int, set[tuple[str, ...]]] = {}
+        self._prose: str | None = None
         self._body: str | None = None
         self._counts: Counter[str] | None = None
         self._letters: int | None = None
@@ -105,10 +107,17 @@ class Analysis:
         return found
 
     @property
+    def prose(self) -> str:
+        """The text without code, URLs and e-mail addresses (``text.prose``)."""
+        if self._prose is None:
+            self._prose = prose(self.text)
+        return self._prose
+
+    @property
     def body(self) -> str:
         """What of the text is evidence of its language (``text.language_prose``)."""
         if self._body is None:
-            self._body = language_prose(self.text)
+            self._body = prose_language(self.prose)
         return self._body
 
     @property

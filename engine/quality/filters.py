@@ -123,9 +123,13 @@ def check_markers(
 ) -> Verdict:
     """Fail as "leaked_markers" on template text, chat tokens, disclaimers or role labels, and,
     in an ``instruction``, on output labels ("New instruction:", "Maagizo mapya:")."""
-    text = text.text if isinstance(text, Analysis) else text
     markers = _markers(config.markers_path, config.extra_markers)
-    found = markers.find(text, role_labels=config.role_labels, labels=instruction)
+    if isinstance(text, Analysis):
+        found = markers.find(
+            text.text, role_labels=config.role_labels, labels=instruction, prose_text=text.prose
+        )
+    else:
+        found = markers.find(text, role_labels=config.role_labels, labels=instruction)
     if found is None:
         return _PASS
     return Verdict.failed("leaked_markers", f"{found.kind} {found.text!r}")

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from engine.errors import ConfigError
-from engine.quality.analysis import Analysis, Segment, analyse, sample_segments
+from engine.quality.analysis import Analysis, Segment, analyse, rank_ahead, sample_segments
 from engine.quality.ranker import NaiveBayes, Ranking
 from engine.quality.scripts import expected_scripts, script_counts, share_of, weighted_count
 
@@ -53,6 +53,7 @@ __all__ = [
     "judge_expected",
     "judge_language",
     "language_codes",
+    "rank_ahead_for_checks",
     "weighted_letters",
 ]
 
@@ -414,12 +415,56 @@ def judge_expected(
     return whole
 
 
+def rank_ahead_for_checks(
+    analyses: Sequence[Analysis], detector: LanguageDetector, min_chars: int = 20
+) -> None:
+    """Rank together what ``judge_expected`` will most likely ask the identifier about these
+    texts: every body long enough to judge, then the sampled sentences of those whose body
+    ranking leaves room for a foreign sentence. What it does not foresee is ranked when asked,
+    so verdicts never depend on it. Does nothing for a detector without ``rank_many``.
+    """
+    if getattr(detector, "rank_many", None) is None:
+        return
+    judged = [analysis for analysis in analyses if analysis.letters >= min_chars]
+    rank_ahead(((analysis, analysis.body) for analysis in judged), detector)
+    rank_ahead(
+        (
+            (analysis, text)
+            for analysis in judged
+            for text in _doubtful_sentences(analysis, detector, min_chars)
+        ),
+        detector,
+    )
+
+
+def _doubtful_sentences(
+    analysis: Analysis, detector: LanguageDetector, min_chars: int
+) -> list[str]:
+    """The sentences a strict check reads unless the body is clearly one language (as
+    ``_clearly_own`` judges it) and was read whole."""
+    body = analysis.body
+    _, top_p = _top(analysis.rank(detector, body))
+    counts = analysis.counts
+    unread = len(body) > getattr(detector, "max_chars", len(body))
+    if (
+        not unread
+        and top_p >= 0.9999
+        and counts
+        and max(counts.values()) >= 0.95 * sum(counts.values())
+    ):
+        return []
+    sample = sample_segments(analysis.segments(quotes=False), min_chars)
+    if len(sample) == 1 and sample[0].text == body.strip():
+        return []
+    return [seg.text for seg in sample]
+
+
 def _clearly_own(check: LanguageCheck, counts: Counter[str]) -> bool:
     """A whole-text verdict so sure, in one script, that no sentence can be another language."""
     if check.method != "model" or check.confidence < 0.9999:
         return False
     letters = sum(counts.values())
-    return bool(letters) and counts.most_common(1)[0][1] >= 0.95 * letters
+    return bool(letters) and max(counts.values()) >= 0.95 * letters
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,14 +94,20 @@ class Markers:
         )
 
     def find(
-        self, text: str, *, role_labels: bool = True, labels: bool = True
+        self,
+        text: str,
+        *,
+        role_labels: bool = True,
+        labels: bool = True,
+        prose_text: str | None = None,
     ) -> MarkerMatch | None:
         """The first leaked marker in ``text`` outside code, or None.
 
         ``labels``: look for output labels too (they matter in instructions, which must be the
-        text itself; a reply may well say "Follow-up question:").
+        text itself; a reply may well say "Follow-up question:"). ``prose_text``: the text's
+        ``prose`` when the caller has it (engine.quality.analysis).
         """
-        body = prose(text)
+        body = prose(text) if prose_text is None else prose_text
         # Lines are folded one by one so that role labels stay at line starts.
         folded = "\n".join(normalize_for_match(line) for line in body.splitlines())
         checks: tuple[tuple[MarkerKind, re.Pattern[str] | None], ...] = (

@@ -40,7 +40,7 @@ class Ranking(Sequence[tuple[str, float]]):
     iterating sorts them once.
     """
 
-    __slots__ = ("_index", "_labels", "_order", "_probs")
+    __slots__ = ("_best", "_index", "_labels", "_order", "_probs")
 
     def __init__(
         self, labels: Sequence[str], index: dict[str, int], probs: npt.NDArray[np.float32]
@@ -49,11 +49,14 @@ class Ranking(Sequence[tuple[str, float]]):
         self._index = index  # label -> position in labels and probs
         self._probs = probs
         self._order: list[tuple[str, float]] | None = None
+        self._best: tuple[str, float] | None = None
 
     def top(self) -> tuple[str, float]:
         """The most likely label and its probability."""
-        best = int(self._probs.argmax())  # the first of equal maxima, as a stable sort puts it
-        return self._labels[best], float(self._probs[best])
+        if self._best is None:
+            best = int(self._probs.argmax())  # the first of equal maxima, as a stable sort has it
+            self._best = self._labels[best], float(self._probs[best])
+        return self._best
 
     def mass(self, labels: frozenset[str] | set[str]) -> float:
         """The summed probability of ``labels``, added in rank order as a walk would add it

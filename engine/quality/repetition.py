@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable
+from operator import itemgetter
 
 from engine.quality.text import ngrams, units
 
@@ -65,7 +66,8 @@ def most_repeated_sentence(text: str, *, min_units: int = 4, at_least: int = 0) 
             counts[key] += 1
     if not counts:
         return 0, ""
-    key, count = counts.most_common(1)[0]
+    # The first of the most frequent, as counts.most_common(1) picks it, without its heap.
+    key, count = max(counts.items(), key=itemgetter(1))
     return count, " ".join(key)
 
 

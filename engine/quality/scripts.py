@@ -264,5 +264,6 @@ def share_of(counts: Counter[str], scripts: frozenset[str]) -> ScriptShare:
     if letters == 0:
         return ScriptShare(0, 0.0, None)
     inside = sum(n for name, n in counts.items() if name in scripts)
-    dominant = counts.most_common(1)[0][0]
+    # The first of the largest counts, as counts.most_common(1) picks it, without its heap.
+    dominant = max(counts, key=counts.__getitem__)
     return ScriptShare(letters, inside / letters, dominant)

@@ -16,6 +16,7 @@ __all__ = [
     "ngrams",
     "normalize_for_match",
     "prose",
+    "prose_language",
     "segments",
     "similarity",
     "unit_similarity",
@@ -67,6 +68,10 @@ _FOLD = str.maketrans(
         "\u00ad": "",
     }
 )
+
+# Any character _FOLD changes: most texts hold none, and str.translate with a dict costs a
+# lookup per character, so texts without one skip it.
+_FOLDABLE = re.compile("[" + "".join(re.escape(chr(code)) for code in _FOLD) + "]")
 
 _FENCED = re.compile(r"(?ms)^[ \t]*(```|~~~).*?(^[ \t]*\1[^\n]*$|\Z)")
 _INLINE_CODE = re.compile(r"`[^`\n]+`")
@@ -127,10 +132,16 @@ def _nonspacing(text: str) -> dict[int, None]:
 def normalize_for_match(text: str) -> str:
     """Fold ``text`` for phrase matching: no accents or tone marks, one case, one space."""
     if text.isascii():  # nothing to decompose: skip the per-character pass
-        return " ".join(text.casefold().translate(_FOLD).split())
-    decomposed = unicodedata.normalize("NFKD", text.translate(_FOLD))
+        # The one ASCII character _FOLD changes is the backtick.
+        return " ".join(text.casefold().replace("`", "'").split())
+    decomposed = unicodedata.normalize("NFKD", _fold(text))
     kept = decomposed.translate(_nonspacing(decomposed))  # without Mn marks
-    return " ".join(kept.casefold().translate(_FOLD).split())
+    return " ".join(_fold(kept.casefold()).split())
+
+
+def _fold(text: str) -> str:
+    """``text.translate(_FOLD)``, skipped when no character would change."""
+    return text.translate(_FOLD) if _FOLDABLE.search(text) else text
 
 
 def prose(text: str) -> str:
@@ -140,7 +151,12 @@ def prose(text: str) -> str:
 
 def language_prose(text: str) -> str:
     """What of ``text`` is evidence of its language: ``prose`` without math and table rows."""
-    return _TABLE_ROW.sub(" ", _MATH.sub(" ", prose(text)))
+    return prose_language(prose(text))
+
+
+def prose_language(prose_text: str) -> str:
+    """``language_prose`` of a text from its ``prose``."""
+    return _TABLE_ROW.sub(" ", _MATH.sub(" ", prose_text))
 
 
 def unquoted(text: str) -> str:
