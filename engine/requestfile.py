@@ -11,16 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
-from engine.chat import ChatRequest, ChatResult, Message
+from engine.chat import TOKENS_PER_MESSAGE, ChatRequest, ChatResult, Message
 from engine.errors import RequestError
-from engine.tokens import TokenCounter
 
 __all__ = [
     "IMAGE_TOKENS",
+    "ByteBound",
+    "Counter",
     "LineError",
     "RequestLine",
     "error_line",
@@ -34,6 +35,30 @@ __all__ = [
 IMAGE_TOKENS = 765
 _CAPS = ("max_completion_tokens", "max_tokens")
 _BATCH_KEYS = frozenset({"custom_id", "method", "url", "body"})
+
+
+class Counter(Protocol):
+    """What counts a line's tokens: engine.tokens.TokenCounter, or ByteBound."""
+
+    @property
+    def encoding_name(self) -> str: ...
+
+    def count(self, text: str) -> int: ...
+
+    def message(self, role: str, content: str) -> Message: ...
+
+
+class ByteBound:
+    """Counts a text's UTF-8 bytes: never fewer than its tokens in any byte-level BPE (each
+    token is at least one byte), for free. For lines whose exact count nothing uses."""
+
+    encoding_name = "utf-8 bytes"
+
+    def count(self, text: str) -> int:
+        return len(text.encode("utf-8", "surrogatepass"))
+
+    def message(self, role: str, content: str) -> Message:
+        return Message(role, content, TOKENS_PER_MESSAGE + len(role) + self.count(content))
 
 
 class LineError(ValueError):
@@ -63,7 +88,7 @@ def parse_line(
     line_no: int,
     default_model: str,
     default_max_tokens: int,
-    counters: Callable[[str], TokenCounter],
+    counters: Callable[[str], Counter],
 ) -> RequestLine:
     """Read one non-blank line; ``counters`` gives the token counter of a model.
 
@@ -138,7 +163,7 @@ _KEPT_MAX = 1024
 _kept: dict[tuple[str, str, str], Message] = {}
 
 
-def _message(message: object, i: int, counter: TokenCounter) -> Message:
+def _message(message: object, i: int, counter: Counter) -> Message:
     if isinstance(message, dict) and message.get("role") in _REPEATED_ROLES:
         content = message.get("content")
         if isinstance(content, str) and len(message) == 2:
@@ -152,7 +177,7 @@ def _message(message: object, i: int, counter: TokenCounter) -> Message:
     return _count_message(message, i, counter)
 
 
-def _count_message(message: object, i: int, counter: TokenCounter) -> Message:
+def _count_message(message: object, i: int, counter: Counter) -> Message:
     if not isinstance(message, dict):
         raise LineError(f"messages[{i}] must be an object with role and content")
     role = message.get("role")
@@ -191,7 +216,7 @@ def _content_text(content: object, i: int, role: str, *, has_calls: bool) -> tup
     raise LineError(f"messages[{i}] has no content (a string, or a list of parts)")
 
 
-def _extra_tokens(body: Mapping[str, Any], counter: TokenCounter) -> int:
+def _extra_tokens(body: Mapping[str, Any], counter: Counter) -> int:
     total = 0
     for key in ("tools", "functions", "response_format"):
         if key in body:

@@ -11,10 +11,13 @@ import orjson
 import pytest
 
 from engine.app.cli import main
+from engine.chat import REPLY_PRIMING_TOKENS
 from engine.config import load_requests_config
+from engine.events import RequestSent
 from engine.requestjob import JobReport, RequestJob, state_dir_for
 from engine.simsettings import SimSettings
 from engine.simulator import run_simulator
+from engine.tokens import TokenCounter
 from state.requestlog import spend_total
 from tests.badserver import bad_server
 
@@ -375,3 +378,62 @@ def test_each_line_is_priced_at_its_own_models_price() -> None:
     big_cost = contextvars.copy_context().run(priced, "gpt-4o")
     small_cost = contextvars.copy_context().run(priced, "gpt-4o-mini")
     assert big_cost > 10 * small_cost > 0
+
+
+class _Sent:
+    """Collects the prompt tokens each request was charged with when it went out."""
+
+    def __init__(self) -> None:
+        self.charged: dict[str, int] = {}
+
+    def on_event(self, event: object) -> None:
+        if isinstance(event, RequestSent):
+            self.charged[event.key] = event.prompt_tokens
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("sections", "sim_limits", "exact"),
+    [
+        ({}, {}, "none"),  # nothing reads the count: a bound counted for free
+        ({"limits": {"tpm": 10_000_000}}, {}, "all"),  # the limiter charges it
+        ({"budget": {"tokens": 10_000_000}}, {}, "all"),  # a cap holds it
+        # A limit learned from the first reply's headers (one line read at a time).
+        ({"requests": {"max_active": 1}}, {"tpm": 10_000_000}, "after-first"),
+    ],
+)
+async def test_lines_are_counted_exactly_whenever_a_limit_a_cap_or_a_price_uses_the_count(
+    tmp_path: Path, sections: dict[str, Any], sim_limits: dict[str, int], exact: str
+) -> None:
+    """An unpriced model with no token limit or cap is charged a byte bound (never fewer than
+    its tokens); a configured token limit, a cap, or a limit the server's headers teach makes
+    every line sent from then on counted exactly. The log keeps the server's usage either way."""
+    text = "Grüße aus Köln, und 你好 — say hello in French, please."
+    rows = [
+        {"model": "local-model", "messages": [{"role": "user", "content": f"{text} {i}"}]}
+        for i in range(6)
+    ]
+    counter = TokenCounter("local-model")
+    exact_counts = [
+        REPLY_PRIMING_TOKENS + counter.message("user", f"{text} {i}").tokens for i in range(6)
+    ]
+    sent = _Sent()
+    settings = SimSettings(**FAST, **sim_limits)  # type: ignore[arg-type]
+    async with run_simulator(settings) as sim:
+        src = write_lines(tmp_path / "in.jsonl", rows)
+        overrides: dict[str, dict[str, Any]] = {"provider": {"base_url": sim.base_url}}
+        for name, values in sections.items():
+            overrides.setdefault(name, {}).update(values)
+        config = load_requests_config(None, overrides)
+        report = await RequestJob(config, src, tmp_path / "out.jsonl", env={}, hooks=sent).run()
+    assert report.status == "finished"
+    charged = [sent.charged[f"{i}:0"] for i in range(6)]
+    wanted = {"none": [], "all": list(range(6)), "after-first": list(range(1, 6))}[exact]
+    for i in range(6):
+        if i in wanted:
+            assert charged[i] == exact_counts[i]
+        else:
+            assert charged[i] > exact_counts[i]  # the bound: more than the tokens, never fewer
+    with duckdb.connect(str(state_dir_for(tmp_path / "out.jsonl") / "state.duckdb")) as conn:
+        logged = conn.execute("SELECT conv_id, prompt_tokens FROM requests").fetchall()
+    assert sorted(logged) == list(enumerate(exact_counts))  # the server's usage, as it said
