@@ -4,11 +4,47 @@ live in the app, ``engine.app``)."""
 
 from __future__ import annotations
 
-from budgets.admission import Budget, BudgetAdmission, Projection, load_budget
-from budgets.estimate import Estimate, estimate_run
-from budgets.ledger import Ledger, Spend, spend_from_log
-from budgets.prices import Price, PriceTable, Pricing, load_price_table, resolve_price
-from budgets.stepload import OutputLengths, StepLoad, TemplateSizes, step_loads
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from budgets.admission import Budget, BudgetAdmission, Projection, load_budget
+    from budgets.estimate import Estimate, estimate_run
+    from budgets.ledger import Ledger, Spend, spend_from_log
+    from budgets.prices import Price, PriceTable, Pricing, load_price_table, resolve_price
+    from budgets.stepload import OutputLengths, StepLoad, TemplateSizes, step_loads
+
+# Loaded on first use, not with the package: reading a price (m2l status, stats) must not
+# import the estimator, the seed selection and the taxonomy behind it.
+_HOMES: dict[str, str] = {
+    "Budget": "budgets.admission",
+    "BudgetAdmission": "budgets.admission",
+    "Estimate": "budgets.estimate",
+    "Ledger": "budgets.ledger",
+    "OutputLengths": "budgets.stepload",
+    "Price": "budgets.prices",
+    "PriceTable": "budgets.prices",
+    "Pricing": "budgets.prices",
+    "Projection": "budgets.admission",
+    "Spend": "budgets.ledger",
+    "StepLoad": "budgets.stepload",
+    "TemplateSizes": "budgets.stepload",
+    "estimate_run": "budgets.estimate",
+    "load_budget": "budgets.admission",
+    "load_price_table": "budgets.prices",
+    "resolve_price": "budgets.prices",
+    "spend_from_log": "budgets.ledger",
+    "step_loads": "budgets.stepload",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The re-exported name, imported from its module on first use; AttributeError if none."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'budgets' has no attribute {name!r}")
+    return getattr(import_module(home), name)
+
 
 __all__ = [
     "Budget",

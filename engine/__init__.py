@@ -9,22 +9,62 @@ their modules.
 
 from __future__ import annotations
 
-from engine.chat import ChatRequest, ChatResult, Message, Usage
-from engine.clock import Clock, FakeClock, MonotonicClock
-from engine.config import Config, load_config
-from engine.errors import (
-    ConfigError,
-    FatalRunError,
-    M2LError,
-    PermanentRequestError,
-    RateLimited,
-    RequestError,
-    StateError,
-    TransientError,
-)
-from engine.events import Event, EventHook, Hooks
-from engine.headers import RateLimitSnapshot
-from engine.version import __version__
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.chat import ChatRequest, ChatResult, Message, Usage
+    from engine.clock import Clock, FakeClock, MonotonicClock
+    from engine.config import Config, load_config
+    from engine.errors import (
+        ConfigError,
+        FatalRunError,
+        M2LError,
+        PermanentRequestError,
+        RateLimited,
+        RequestError,
+        StateError,
+        TransientError,
+    )
+    from engine.events import Event, EventHook, Hooks
+    from engine.headers import RateLimitSnapshot
+    from engine.version import __version__
+
+# Loaded on first use, not with the package: every `engine.*` import runs this file first,
+# and `m2l status` must not pay for the config loader and the chat types it never uses.
+_HOMES: dict[str, str] = {
+    "ChatRequest": "engine.chat",
+    "ChatResult": "engine.chat",
+    "Clock": "engine.clock",
+    "Config": "engine.config",
+    "ConfigError": "engine.errors",
+    "Event": "engine.events",
+    "EventHook": "engine.events",
+    "FakeClock": "engine.clock",
+    "FatalRunError": "engine.errors",
+    "Hooks": "engine.events",
+    "M2LError": "engine.errors",
+    "Message": "engine.chat",
+    "MonotonicClock": "engine.clock",
+    "PermanentRequestError": "engine.errors",
+    "RateLimitSnapshot": "engine.headers",
+    "RateLimited": "engine.errors",
+    "RequestError": "engine.errors",
+    "StateError": "engine.errors",
+    "TransientError": "engine.errors",
+    "Usage": "engine.chat",
+    "__version__": "engine.version",
+    "load_config": "engine.config",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The re-exported name, imported from its module on first use; AttributeError if none."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    return getattr(import_module(home), name)
+
 
 __all__ = [
     "ChatRequest",

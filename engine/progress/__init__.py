@@ -7,33 +7,84 @@ everything else here reads the model's snapshots, a status file, or a store read
 
 from __future__ import annotations
 
-from engine.progress.dashboard import Dashboard
-from engine.progress.display import (
-    MODES,
-    Display,
-    JsonDisplay,
-    PlainDisplay,
-    QuietDisplay,
-    RichDisplay,
-    make_display,
-    progress_display,
-    resolve_mode,
-)
-from engine.progress.lines import progress_json, progress_line
-from engine.progress.model import ProgressModel
-from engine.progress.rates import SlidingCounter
-from engine.progress.snapshot import FINAL_STATES, LanguageProgress, ProgressSnapshot
-from engine.progress.status import NoRun, StatusReport, judge_status_file, read_run_status
-from engine.progress.statusfile import (
-    HEARTBEAT_FRESH_S,
-    STATUS_FILE,
-    StatusFile,
-    StatusFileWriter,
-    pid_alive,
-    read_status_file,
-)
-from engine.progress.store import STATE_DB, read_store, store_snapshot
-from engine.progress.summary import export_command, render_summary, summary_text
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from engine.progress.dashboard import Dashboard
+    from engine.progress.display import (
+        MODES,
+        Display,
+        JsonDisplay,
+        PlainDisplay,
+        QuietDisplay,
+        RichDisplay,
+        make_display,
+        progress_display,
+        resolve_mode,
+    )
+    from engine.progress.lines import progress_json, progress_line
+    from engine.progress.model import ProgressModel
+    from engine.progress.rates import SlidingCounter
+    from engine.progress.snapshot import FINAL_STATES, LanguageProgress, ProgressSnapshot
+    from engine.progress.status import NoRun, StatusReport, judge_status_file, read_run_status
+    from engine.progress.statusfile import (
+        HEARTBEAT_FRESH_S,
+        STATUS_FILE,
+        StatusFile,
+        StatusFileWriter,
+        pid_alive,
+        read_status_file,
+    )
+    from engine.progress.store import STATE_DB, read_store, store_snapshot
+    from engine.progress.summary import export_command, render_summary, summary_text
+
+# Loaded on first use, not with the package: `m2l status` reads a store or a status file and
+# must not import the live display, the model and everything they pull in.
+_HOMES: dict[str, str] = {
+    "Dashboard": "engine.progress.dashboard",
+    "Display": "engine.progress.display",
+    "FINAL_STATES": "engine.progress.snapshot",
+    "HEARTBEAT_FRESH_S": "engine.progress.statusfile",
+    "JsonDisplay": "engine.progress.display",
+    "LanguageProgress": "engine.progress.snapshot",
+    "MODES": "engine.progress.display",
+    "NoRun": "engine.progress.status",
+    "PlainDisplay": "engine.progress.display",
+    "ProgressModel": "engine.progress.model",
+    "ProgressSnapshot": "engine.progress.snapshot",
+    "QuietDisplay": "engine.progress.display",
+    "RichDisplay": "engine.progress.display",
+    "STATE_DB": "engine.progress.store",
+    "STATUS_FILE": "engine.progress.statusfile",
+    "SlidingCounter": "engine.progress.rates",
+    "StatusFile": "engine.progress.statusfile",
+    "StatusFileWriter": "engine.progress.statusfile",
+    "StatusReport": "engine.progress.status",
+    "export_command": "engine.progress.summary",
+    "judge_status_file": "engine.progress.status",
+    "make_display": "engine.progress.display",
+    "pid_alive": "engine.progress.statusfile",
+    "progress_display": "engine.progress.display",
+    "progress_json": "engine.progress.lines",
+    "progress_line": "engine.progress.lines",
+    "read_run_status": "engine.progress.status",
+    "read_status_file": "engine.progress.statusfile",
+    "read_store": "engine.progress.store",
+    "render_summary": "engine.progress.summary",
+    "resolve_mode": "engine.progress.display",
+    "store_snapshot": "engine.progress.store",
+    "summary_text": "engine.progress.summary",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The re-exported name, imported from its module on first use; AttributeError if none."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'engine.progress' has no attribute {name!r}")
+    return getattr(import_module(home), name)
+
 
 __all__ = [
     "FINAL_STATES",
