@@ -131,10 +131,12 @@ def measure(
     progress: bool = False,
     kill_at: int | None = None,
     stop_after: float | None = None,
+    samples_out: Path | None = None,
 ) -> Measured:
     """Run ``argv`` under nice, sampling its RSS each second; SIGKILL it once ``kill_at``
     conversations have finished or ``stop_after`` seconds have passed. With ``progress``, it
-    reads ``--progress json`` lines."""
+    reads ``--progress json`` lines. ``samples_out`` gets each sample as a JSON line as it is
+    taken (seconds, RSS MB, finished), so a long run leaves its curve even if this stops."""
     started_wall = time.time()
     start = time.monotonic()
     proc = subprocess.Popen(
@@ -164,6 +166,7 @@ def measure(
     reader.start()
     samples: list[Sample] = []
     killed = False
+    log = samples_out.open("a") if samples_out is not None else None
     while True:
         # wait4 on the child with WNOHANG: its own rusage, once it is gone.
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
@@ -171,7 +174,11 @@ def measure(
             break
         rss = _rss_mb(proc.pid)
         if rss is not None:
-            samples.append(Sample(time.monotonic() - start, rss, state["finished"]))
+            sample = Sample(time.monotonic() - start, rss, state["finished"])
+            samples.append(sample)
+            if log is not None:
+                log.write(f"[{sample.t:.1f}, {sample.rss_mb:.1f}, {sample.finished}]\n")
+                log.flush()
         late = stop_after is not None and time.monotonic() - start > stop_after
         due = kill_at is not None and state["finished"] >= kill_at
         if (late or due) and not killed:
@@ -179,6 +186,8 @@ def measure(
             killed = True
         time.sleep(1.0 if progress else 0.05)
     wall = time.monotonic() - start
+    if log is not None:
+        log.close()
     reader.join(timeout=5)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return Measured(
@@ -211,28 +220,42 @@ def slope_per_1000(samples: Sequence[Sample], total: int) -> float | None:
 
 
 def run_once(
-    work: Path, n: int, *, kill_at: float | None = None, resume_for: float | None = None
+    work: Path,
+    n: int,
+    *,
+    kill_at: float | None = None,
+    kill_after: float | None = None,
+    resume_for: float | None = None,
 ) -> dict[str, Any]:
-    """A run of n conversations; with ``kill_at``, SIGKILLed once that fraction has finished
-    and resumed (to the end, or for ``resume_for`` seconds and killed again)."""
+    """A run of n conversations; with ``kill_at`` (a fraction finished) or ``kill_after``
+    (seconds), SIGKILLed at whichever comes first and resumed (to the end, or for
+    ``resume_for`` seconds and killed again)."""
     seeds = work / f"seeds-{n}.jsonl"
     write_seeds(seeds, n // EVOLS_PER_SEED)
     config = work / f"run-{n}.toml"
     write_config(config, name=f"run-{n}", output_dir=work, seeds=seeds)
     argv = [*M2L, "run", str(config), "--progress", "json", "--progress-interval", "1"]
     at = None if kill_at is None else int(n * kill_at)
-    fresh = measure(argv, progress=True, kill_at=at)
+    fresh = measure(
+        argv,
+        progress=True,
+        kill_at=at,
+        stop_after=kill_after,
+        samples_out=work / f"rss-{n}-fresh.jsonl",
+    )
     run_dir = work / f"run-{n}"
     result: dict[str, Any] = {"n": n, "run": _run_figures(fresh, run_dir, n)}
-    if at is None:
+    if at is None and kill_after is None:
         return result
     store = run_dir / "state.duckdb"
-    finished, last_id = _query(
+    finished, last_id, replies_at_kill = _query(
         store,
-        "SELECT (SELECT count(*) FROM conversations WHERE status <> 'pending'), "
-        "(SELECT max(request_id) FROM requests)",
+        "SELECT (SELECT count(*) FROM conversations WHERE status NOT IN ('pending', 'active')), "
+        "(SELECT max(request_id) FROM requests), (SELECT count(*) FROM messages)",
     )
-    resumed = measure(argv, progress=True, stop_after=resume_for)
+    resumed = measure(
+        argv, progress=True, stop_after=resume_for, samples_out=work / f"rss-{n}-resumed.jsonl"
+    )
     # The first request the resumed process reserved (sent_at is stored at reservation, just
     # before sending), against the moment the process was started.
     (first_sent,) = _query(
@@ -244,7 +267,7 @@ def run_once(
         "first_request_after_resume_s": (
             None if first_sent is None else round(first_sent - resumed.started_wall, 2)
         ),
-        "resumed": _run_figures(resumed, run_dir, n),
+        "resumed": _run_figures(resumed, run_dir, n, replies_at_kill),
     }
     return result
 
@@ -261,9 +284,11 @@ def _query(store: Path, sql: str) -> tuple[Any, ...]:
     return tuple(json.loads(out.stdout))
 
 
-def _run_figures(m: Measured, run_dir: Path, n: int) -> dict[str, Any]:
+def _run_figures(m: Measured, run_dir: Path, n: int, replies_before: int = 0) -> dict[str, Any]:
+    """The figures of one process of a run; ``replies_before``: replies stored before it
+    started (a resumed process's CPU is per reply it made)."""
     store = run_dir / "state.duckdb"
-    replies = _replies(run_dir)
+    replies = _replies(run_dir) - replies_before
     return {
         "returncode": m.returncode,
         "wall_s": round(m.wall_s, 1),
@@ -273,6 +298,8 @@ def _run_figures(m: Measured, run_dir: Path, n: int) -> dict[str, Any]:
         "peak_rss_mb": round(m.peak_rss_mb, 1),
         "rss_slope_mb_per_1000": _round(slope_per_1000(m.samples, n), 3),
         "rss_at": {f"{p}%": _rss_at(m.samples, n * p // 100) for p in (10, 50, 90)},
+        # Once the last conversation has finished, what the process does is the export.
+        "end_phase_peak_rss_mb": _end_phase_peak(m.samples),
         "store_mb": round(store.stat().st_size / 2**20, 1) if store.exists() else None,
         "tail": m.output_tail if m.returncode not in (0, -9) else "",
     }
@@ -283,6 +310,15 @@ def _rss_at(samples: Sequence[Sample], finished: int) -> float | None:
         if s.finished >= finished:
             return round(s.rss_mb, 1)
     return None
+
+
+def _end_phase_peak(samples: Sequence[Sample]) -> float | None:
+    """Peak RSS after the finished count stopped moving (the export ending a run)."""
+    if not samples:
+        return None
+    last = samples[-1].finished
+    tail = [s.rss_mb for s in samples if s.finished >= last]
+    return round(max(tail), 1) if tail and len(tail) < len(samples) else None
 
 
 def _round(value: float | None, digits: int) -> float | None:
@@ -358,6 +394,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="SIGKILL the largest run once this fraction has finished (e.g. 0.5), then resume it",
     )
     parser.add_argument(
+        "--kill-after",
+        type=float,
+        help="SIGKILL the largest run after this many seconds if --kill-at has not come first",
+    )
+    parser.add_argument(
         "--resume-for", type=float, help="seconds the resumed run goes on (default: to the end)"
     )
     parser.add_argument("--fill", default="", help="comma-separated store sizes to fill")
@@ -382,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             work,
             n,
             kill_at=args.kill_at if big else None,
+            kill_after=args.kill_after if big else None,
             resume_for=args.resume_for if big else None,
         )
         print(json.dumps(r, indent=1), flush=True)
