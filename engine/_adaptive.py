@@ -8,20 +8,31 @@ TCP Vegas and of gradient limiters in service meshes, judged on the marginal gai
 
 - Latency is measured per window of replies sent at one limit, as the median of seconds per
   output token (plus a fixed overhead), so long and short replies compare.
-- Throughput at a limit is ``limit / latency`` (Little's law). A probe to a higher limit is kept
-  when it raises throughput by at least half as much as it raised concurrency, and the median
-  stays within ``tolerance`` of the unloaded floor; otherwise the limit goes back, and the next
-  probe waits twice as many windows as the last (a 1-slot server is not probed every window).
-- Probes double the limit until the first rejection (slow start), then step by a quarter. A
-  slow-start step from 2 up is judged on as few as two replies, so that the limit reaches a
-  big server's slots in about one round trip per doubling.
+- Throughput at a limit is ``in flight / latency`` (Little's law). A step to a higher limit is
+  kept when it raises throughput by at least half as much as it raised concurrency, and the
+  median stays within ``tolerance`` of the unloaded floor; otherwise the limit goes back.
+- Slow start doubles the limit per step, judged on the replies to the first half of its
+  window (about one round trip a step; the step from 1 to 2 waits for four replies unless
+  the first two both came back at the floor's pace, since on one slot the second waited).
+  From 16 up, a doubling that scaled nearly perfectly (gain >= 0.8) is followed by a
+  quadrupling: a big server's batch is far from full. A quadrupling that fails goes back
+  and doubles; a doubling whose gain thins below 0.75 ends slow start at the new limit.
+- Afterwards probes step by a quarter and are judged on a whole window of at least eight
+  replies (its first replies, the ones that got a slot first, hide the queue a few added
+  requests make). A probe that
+  scales nearly perfectly resumes slow start. A step that gained next to nothing, or whose
+  latency shows a queue, found the knee: the next probe waits 32 windows, doubling after each
+  rejection (a probe queues requests at the server, which latency pays for); a near miss is
+  tried again after 1, 2, 4... windows.
 - Once slow start is over, ``headroom`` more requests (an eighth of the last accepted limit,
-  rounded down: none below 8) are let go beyond the limit: they wait at the server, so a slot
-  does not sit idle while m2l turns a reply around and sends the next request (TCP Vegas keeps
-  a few packets queued for the same reason). Windows and probes measure with it in flight.
+  rounded down, and at least one) are let go beyond the limit: they wait at the server, so a
+  slot does not sit idle while m2l turns a reply around and sends the next request (TCP
+  Vegas keeps one to three packets queued for the same reason). Against one slot that is one
+  request waiting, as a fixed cap of 2: its latency doubles, within the timeout guard below,
+  for the turnaround's share of throughput. Windows and probes measure with it in flight.
 - 503s (overloaded) or timeouts of requests sent since the last cut halve the limit once they
-  are more than stray faults; a median that drifts past the tolerance (a server shared with
-  others) cuts toward it.
+  are more than stray faults; a median that drifts past the tolerance (scaled by the headroom's
+  share, whose queue is there by design; a server shared with others) cuts toward it.
 
 Independently of the limit, the timeout guard keeps a request from being sent into a queue it
 cannot get through in time: with the server's throughput X (replies per second while busy), the
@@ -121,10 +132,20 @@ class ConcurrencyStats:
 # least two): a server that is full answers many of them, a stray 503 or hang is one.
 _OVERLOAD_SHARE = 0.05
 # A doubling whose efficiency falls below this ends slow start: the batch is nearly full.
-_SLOW_START_EXIT = 0.7
+_SLOW_START_EXIT = 0.75
 # ...judged only from this limit up: below it a window is a few replies, and noise rules.
 _SLOW_START_MIN = 8
-# Replies per second need this many successes in the ring before the timeout guard trusts them.
+# A kept doubling from this limit up with at least this efficiency is followed by a quadrupling.
+_FAST_FROM = 16
+_FAST_GAIN = 0.8
+# The step from 1 to 2 is judged on two replies when both took at most this multiple of the floor.
+_PAIR_TOLERANCE = 1.15
+# A rejected step below this efficiency (or showing a queue) found the knee: the next probe waits
+# at least _EXIT_WAIT windows.
+_KNEE_EFF = 0.4
+_EXIT_WAIT = 32
+_PROBE_SAMPLES = 8  # replies a probe after slow start is judged on, at least
+_MIN_HEADROOM = 1  # requests let wait at the server beyond the settled limit, at least
 # Requests in flight before the first reply has measured the server, under the timeout guard.
 _GUARD_START = 2
 _GUARD_RING = 64  # successes the server's throughput is measured over
@@ -145,6 +166,7 @@ class ConcurrencyCore:
         "_epoch",
         "_fixed",
         "_floor",
+        "_gain",
         "_in_flight",
         "_limit",
         "_next_seq",
@@ -183,6 +205,7 @@ class ConcurrencyCore:
         self._base_r: float | None = None  # its median latency (s per token); None = unmeasured
         self._base_cap = self._limit  # requests allowed in flight when _base_r was measured
         self._floor: float | None = None  # the lowest window median seen: the unloaded latency
+        self._gain = 0.0  # the efficiency of the last step up that was kept
         self._epoch = 0
         self._samples: list[float] = []
         self._peak = 0  # most requests in flight at once during this epoch
@@ -248,15 +271,20 @@ class ConcurrencyCore:
         latency = max(0.0, now - flight.t)
         self._samples.append(latency / (max(0, completion_tokens) + self._settings.token_overhead))
         s = self._settings
-        if self._slow_start or self._limit > self._base_limit:
-            # A probe is judged on the replies to the first half of its window, which went out
-            # at once, so that each step up takes about one round trip; in slow start on as few
-            # as slow_start_samples. Except the step from one to two: on a single slot its
+        if self._slow_start:
+            # A slow-start step is judged on the replies to the first half of its window,
+            # which went out at once, so that each doubling takes about one round trip; on as
+            # few as slow_start_samples. Except the step from one to two: on a single slot its
             # replies are one alone and one queued behind it, and two replies of different
             # lengths can look unqueued.
-            quick = self._slow_start and self._limit != 2
-            least = s.slow_start_samples if quick else s.min_samples
+            least = s.slow_start_samples
+            if self._limit == 2 and not self._unqueued_pair():
+                least = s.min_samples
             need = min(max(least, self._limit // 2), s.max_samples)
+        elif self._limit > self._base_limit:
+            # A probe from a settled limit adds a few requests to many: the first half of its
+            # replies (the ones that got a slot first) hides the queue they add.
+            need = min(max(self._cap(), _PROBE_SAMPLES), s.max_samples)
         else:
             need = min(max(self._limit, s.min_samples), s.max_samples)
         if len(self._samples) >= need:
@@ -331,7 +359,7 @@ class ConcurrencyCore:
         share = self._settings.headroom
         if self._fixed is not None or self._slow_start or share <= 0.0:
             return self._limit
-        return self._limit + math.floor(self._base_limit * share)
+        return self._limit + max(_MIN_HEADROOM, math.floor(self._base_limit * share))
 
     def _guard(self) -> int | None:
         if self._timeout_s is None:
@@ -355,6 +383,17 @@ class ConcurrencyCore:
         self._strikes = 0
         self._samples = []
         self._peak = self._in_flight
+
+    def _unqueued_pair(self) -> bool:
+        """Whether the first two replies at a limit of two both came back about as fast as
+        the floor: on one slot the second waited for the first, and shows it unless the first
+        was many times shorter."""
+        floor = self._floor
+        return (
+            floor is not None
+            and len(self._samples) >= 2
+            and max(self._samples[:2]) <= _PAIR_TOLERANCE * floor
+        )
 
     def _efficiency(self, r: float, cap: int) -> float:
         """Throughput gained per concurrency gained since the base: Little's law on the
@@ -385,22 +424,40 @@ class ConcurrencyCore:
                 return  # not enough demand to judge the probe: keep measuring
             efficiency = self._efficiency(r, cap)
             if efficiency >= s.min_efficiency and ratio <= s.tolerance:
+                # Only a slow-start doubling's gain may lead to a quadrupling: two in a row, or
+                # one right after a probe, would stake many times the limit on one window.
+                doubling = self._slow_start and self._limit == 2 * self._base_limit
+                self._gain = efficiency if doubling else 0.0
                 self._base_limit, self._base_r, self._backoff = self._limit, r, 1
                 self._base_cap = cap
                 if efficiency < _SLOW_START_EXIT and self._limit >= _SLOW_START_MIN:
                     # Gains are thinning: the knee is near, and another doubling would queue
                     # as many requests at the server as are in flight now.
                     self._slow_start = False
+                elif efficiency >= _FAST_GAIN and self._limit >= _SLOW_START_MIN:
+                    # A probe that scaled nearly perfectly is far below the knee (slow start
+                    # ended early on a noisy window, or the server grew): double again.
+                    self._slow_start = True
+                self._probe()
+            elif self._slow_start and self._limit > 2 * self._base_limit:
+                # A quadrupling overshot: back to its base, doubling from there.
+                self._gain = 0.0
+                self._set(self._base_limit)
                 self._probe()
             else:
+                # A step that gained next to nothing found the knee: wait long before the next
+                # probe (each queues requests at the server); a near miss (noise, or a knee
+                # just above) is tried again sooner, backing off by doubling.
                 self._slow_start = False
+                if efficiency < _KNEE_EFF or ratio > s.tolerance:
+                    self._backoff = max(self._backoff, min(_EXIT_WAIT, s.max_probe_wait))
                 self._wait = self._backoff
                 self._backoff = min(2 * self._backoff, s.max_probe_wait)
                 self._set(self._base_limit)
             return
         if binding:
             self._base_r, self._base_cap = r, cap
-        slow = binding and ratio > s.tolerance and self._limit > 1
+        slow = binding and ratio > s.tolerance * cap / self._limit and self._limit > 1
         self._slow_windows = self._slow_windows + 1 if slow else 0
         if self._slow_windows >= 2:
             # Slower than the floor allows, twice in a row, at a limit that was fine: the server
@@ -420,5 +477,12 @@ class ConcurrencyCore:
     def _probe(self) -> None:
         if self._limit >= self._settings.max_limit:
             return
-        step = self._limit if self._slow_start else max(1, self._limit // 4)
+        if self._slow_start:
+            # Quadruple while the last step scaled nearly perfectly (a big server's batch is
+            # far from full), double otherwise; never from below 4, where a step too far
+            # queues more replies than a short run has.
+            fast = self._limit >= _FAST_FROM and self._gain >= _FAST_GAIN
+            step = self._limit * (3 if fast else 1)
+        else:
+            step = max(1, self._limit // 4)
         self._set(self._limit + step)
