@@ -11,6 +11,8 @@ each client, each in its own spawned process:
   floor         a bare aiohttp loop posting pre-encoded bodies, 64 at a time: the CPU floor
   dispatcher    (optional) m2l's Dispatcher, limiter and ChatClient alone, no state: where the
                 job's CPU goes beyond the floor (the HTTP client and dispatch vs the job itself)
+  floor-uvloop  (optional) the floor on uvloop: m2l's clients run on the loop `m2l requests`
+                picks (uvloop when installed, --loop), the others on asyncio's
 
 Each client runs a small (1,000) and a large (5,000) file in every round, rounds alternating
 the clients so a change in the machine's load hits them alike. Marginal CPU per request is
@@ -56,7 +58,8 @@ from engine.simsettings import SimSettings
 
 CONCURRENCY = 64
 GOAL = 1.5  # marginal CPU per request of `m2l requests` over the bare aiohttp floor's
-CLIENTS = ("requests", "requests-auto", "openai", "floor", "dispatcher")
+CLIENTS = ("requests", "requests-auto", "openai", "floor", "dispatcher", "floor-uvloop")
+M2L_CLIENTS = ("requests", "requests-auto", "dispatcher")
 DEFAULT = "requests,requests-auto,openai,floor"
 
 
@@ -97,9 +100,15 @@ async def _run_requests(
 
 
 def client_main(
-    spec: ClientSpec, url: str, pool: list[tuple[Message, Message]], conn: Connection
+    spec: ClientSpec,
+    url: str,
+    pool: list[tuple[Message, Message]],
+    conn: Connection,
+    loop: str = "auto",
 ) -> None:
-    """Child process: run each (count, deadline) the parent sends; send the result back."""
+    """Child process: run each (count, deadline) the parent sends on the event loop ``loop``
+    (auto: uvloop when installed, as the command picks it); send the result back."""
+    from engine.app import eventloop
     from engine.tokens import TokenCounter
 
     requests = build_requests(pool, spec.requests)
@@ -116,7 +125,7 @@ def client_main(
             run = _run_baseline(spec, url, part, deadline_s)
         else:
             run = _run_floor(spec, url, part, deadline_s)
-        conn.send(asyncio.run(run))
+        conn.send(eventloop.run(run, loop))
     conn.close()
 
 
@@ -130,9 +139,17 @@ def main() -> None:
     parser.add_argument(
         "--only", default=DEFAULT, help=f"clients, comma-separated, of {','.join(CLIENTS)}"
     )
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="m2l's event loop (auto: uvloop when installed, as `m2l requests` picks it); the "
+        "other clients run on asyncio's, floor-uvloop on uvloop",
+    )
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
     chosen = [c for c in CLIENTS if c in args.only.split(",")]
+    load_start = [round(x, 1) for x in os.getloadavg()]  # the machine is shared: say how busy
     ctx = multiprocessing.get_context("spawn")
     sims = start_sims(ctx, {"unlimited": SimSettings(ttft_s=0.02, per_token_s=0.0, seed=2)})
     url = sims["unlimited"].base_url
@@ -143,13 +160,16 @@ def main() -> None:
         "openai": "baseline",
         "floor": "floor",
         "dispatcher": "m2l",
+        "floor-uvloop": "floor",
     }
     children: dict[str, tuple[Any, Connection]] = {}
     try:
         for label in chosen:
             spec = ClientSpec(label, kinds[label], args.large, CONCURRENCY)  # type: ignore[arg-type]
             parent, child = ctx.Pipe()
-            process = ctx.Process(target=client_main, args=(spec, url, pool, child))
+            process = ctx.Process(
+                target=client_main, args=(spec, url, pool, child, _loop_of(label, args.loop))
+            )
             process.start()
             child.close()
             assert parent.recv() == "ready"
@@ -180,11 +200,23 @@ def main() -> None:
         for sim in sims.values():
             sim.stop()
     report = _report(runs, args.small, args.large)
+    report["m2l_loop"] = args.loop
+    report["load_average"] = {"start": load_start, "end": [round(x, 1) for x in os.getloadavg()]}
     print(_table(report))
+    end = report["load_average"]["end"]
+    print(f"load average (1, 5, 15 min) at start {load_start}, at end {end}")
     line = json.dumps({"bench": "requests", "machine_cpus": os.cpu_count(), **report})
     print(line)
     if args.json_out is not None:
         args.json_out.write_text(line + "\n")
+
+
+def _loop_of(label: str, m2l_loop: str) -> str:
+    """The event loop a client runs on: m2l's as its commands pick it (``--loop``), the
+    others on asyncio's as their users write them, but ``floor-uvloop`` on uvloop."""
+    if label == "floor-uvloop":
+        return "uvloop"
+    return m2l_loop if label in M2L_CLIENTS else "asyncio"
 
 
 def _report(
