@@ -86,6 +86,7 @@ KIND: Final = "request"  # the step kind requests report in events
 LINGER_S: Final = 0.1
 FULL_SHARE: Final = 0.5
 _BYTES: Final = ByteBound()
+_LOOKS: Final = 16  # replies after each of which the limiter is looked at for a token limit
 Status = Literal["finished", "interrupted", "budget_exhausted", "failed"]
 
 
@@ -296,6 +297,8 @@ class RequestJob:
         self._prepared: tuple[Secret | None, Path, Scan, dict[str, Pricing]] | None = None
         self._exact = True  # lines counted exactly (set in run())
         self._limiter: RateLimiter | None = None
+        self._next_look = 0.0  # when _exact_counts looks at the limiter again
+        self._replies = self._looked = 0  # replies so far, and when the limiter was looked at
 
     # --- control -------------------------------------------------------------------------------
 
@@ -567,9 +570,15 @@ class RequestJob:
 
     def _exact_counts(self) -> bool:
         """Whether a line's tokens must be counted exactly: see run()."""
-        if not self._exact and self._limiter is not None:
-            # A server that sends x-ratelimit headers gives the limiter a token bucket.
-            self._exact = self._limiter.statistics().tokens is not None
+        if not self._exact and self._limiter is not None and self._replies > self._looked:
+            # A server that sends x-ratelimit headers gives the limiter a token bucket with its
+            # first reply. Looked at after each of the first replies, then a few times a second
+            # (a snapshot of the limiter is a few µs a line otherwise): a line read in between
+            # is charged the bound, which errs high.
+            now = _now()
+            if self._looked < _LOOKS or now >= self._next_look:
+                self._looked, self._next_look = self._replies, now + 0.25
+                self._exact = self._limiter.statistics().tokens is not None
         return self._exact
 
     def _bound(self, model: str) -> Counter:
@@ -611,6 +620,7 @@ class RequestJob:
             self._stop.set()
             return
         except RequestError as exc:
+            self._replies += 1
             finish(line, error_line(line, exc), False)
             emit(
                 ConversationFinished(
@@ -618,6 +628,7 @@ class RequestJob:
                 )
             )
             return
+        self._replies += 1
         finish(line, ok_line(line, result), True)
         emit(ConversationFinished(line.index, "done", None, line.model, KIND, 1, _now()))
 
