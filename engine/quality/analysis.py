@@ -139,12 +139,20 @@ class Analysis:
         spans removed (a quotation is the quoted language's, not the writer's)."""
         if quotes:
             if self._body_segments is None:
-                self._body_segments = _segments(self.body)
+                parts = segments(self.body)
+                if len(parts) == 1 and parts[0] == self.body.strip():
+                    # One sentence, the whole body: its letters are the body's (white space
+                    # holds none), counted already.
+                    self._body_segments = [Segment(parts[0], self.counts, self.letters)]
+                else:
+                    self._body_segments = [_segment(part) for part in parts]
             return self._body_segments
         if self._quoted_free_segments is None:
             free = unquoted(self.body)
             same = free == self.body  # nothing quoted: the same sentences
-            self._quoted_free_segments = self.segments() if same else _segments(free)
+            self._quoted_free_segments = (
+                self.segments() if same else [_segment(part) for part in segments(free)]
+            )
         return self._quoted_free_segments
 
     def rank(self, detector: _Ranker, text: str) -> Sequence[tuple[str, float]]:
@@ -271,9 +279,6 @@ def sample_segments(found: Sequence[Segment], min_letters: int) -> list[Segment]
     return kept[::step]
 
 
-def _segments(text: str) -> list[Segment]:
-    out = []
-    for part in segments(text):
-        counts = script_counts(part)
-        out.append(Segment(part, counts, weighted_count(counts)))
-    return out
+def _segment(part: str) -> Segment:
+    counts = script_counts(part)
+    return Segment(part, counts, weighted_count(counts))

@@ -1,0 +1,151 @@
+"""`m2l filter` on a finished run: CPU per conversation, against another checkout of m2l.
+
+    .venv/bin/python bench/filter_speed.py RUN_DIR                       # this checkout
+    .venv/bin/python bench/filter_speed.py RUN_DIR --baseline OLD_TREE    # and an older one
+    .venv/bin/python bench/filter_speed.py RUN_DIR --baseline OLD_TREE --rounds 3
+
+RUN_DIR is a finished run (e.g. one ``bench/scale.py --runs 10000`` made); it is never changed:
+each measurement runs ``m2l filter`` (not a dry run) in its own process on a fresh copy of it.
+OLD_TREE is another checkout of m2l (``git worktree add ../m2l-old 933bfdd``), run with this
+checkout's Python environment. Trees alternate within each round, so a change in the machine's
+load falls on both. A child's CPU (user + system) and peak RSS come from ``wait4``; CPU is what
+is compared, wall time on a shared machine says little. After each run the copy's verdicts
+(status and filter reason of every conversation) are read back and compared across trees.
+Nothing here asserts: it prints a table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _done(run_dir: Path) -> int:
+    import duckdb
+
+    conn = duckdb.connect(str(run_dir / "state.duckdb"), read_only=True)
+    try:
+        row = conn.execute("SELECT count(*) FROM conversations WHERE status = 'done'").fetchone()
+        return int(row[0]) if row else 0
+    finally:
+        conn.close()
+
+
+def _verdicts(run_dir: Path) -> list[tuple[Any, ...]]:
+    import duckdb
+
+    conn = duckdb.connect(str(run_dir / "state.duckdb"), read_only=True)
+    try:
+        return conn.execute(
+            "SELECT conv_id, status, filter_reason FROM conversations ORDER BY conv_id"
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def measure(tree: Path, run_dir: Path, work: Path) -> dict[str, Any]:
+    """One ``m2l filter`` with ``tree``'s code on a fresh copy of ``run_dir``."""
+    copy = work / "run"
+    if copy.exists():
+        shutil.rmtree(copy)
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("export", "*.wal"))
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    start = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.app.cli", "filter", str(copy)],
+        cwd=tree,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.monotonic() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"m2l filter failed in {tree}:\n{output.decode(errors='replace')}")
+    verdicts = _verdicts(copy)
+    return {
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "wall_s": wall,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "filtered": sum(1 for _, state, _ in verdicts if state == "filtered"),
+        "verdicts": verdicts,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", type=Path, help="a finished run (copied, never changed)")
+    parser.add_argument("--baseline", type=Path, help="another checkout of m2l to compare with")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args(argv)
+    run_dir = args.run_dir.resolve()
+    if not (run_dir / "state.duckdb").is_file():
+        parser.error(f"{run_dir}: no state.duckdb; give the directory of a finished run")
+    trees = {"this": ROOT}
+    if args.baseline is not None:
+        baseline = args.baseline.resolve()
+        if not (baseline / "engine" / "app" / "cli.py").is_file():
+            parser.error(f"{baseline}: not a checkout of m2l (no engine/app/cli.py)")
+        trees = {"baseline": baseline, "this": ROOT}
+    conversations = _done(run_dir)
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    with tempfile.TemporaryDirectory(prefix="m2l-filter-bench-") as tmp:
+        for round_no in range(1, args.rounds + 1):
+            for name, tree in trees.items():
+                got = measure(tree, run_dir, Path(tmp))
+                results[name].append(got)
+                print(
+                    f"round {round_no} {name:8} CPU {got['cpu_s']:7.2f} s "
+                    f"({got['cpu_s'] / conversations * 1000:.3f} ms per conversation), "
+                    f"wall {got['wall_s']:.1f} s, peak RSS {got['peak_rss_mb']:.0f} MB, "
+                    f"filtered {got['filtered']:,}",
+                    flush=True,
+                )
+    reference = results["this"][0]["verdicts"]
+    same = all(r["verdicts"] == reference for runs in results.values() for r in runs)
+    summary: dict[str, Any] = {
+        "conversations": conversations,
+        "load_average": os.getloadavg(),
+        "same_verdicts": same,
+    }
+    for name, runs in results.items():
+        best = min(r["cpu_s"] for r in runs)
+        summary[name] = {
+            "cpu_s": [round(r["cpu_s"], 2) for r in runs],
+            "ms_per_conversation": round(best / conversations * 1000, 3),
+            "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs)),
+            "filtered": runs[0]["filtered"],
+        }
+    print(f"\n{conversations:,} conversations checked; verdicts the same in every run: {same}")
+    if "baseline" in results:
+        ratio = summary["baseline"]["ms_per_conversation"] / summary["this"]["ms_per_conversation"]
+        summary["cpu_ratio"] = round(ratio, 2)
+        print(
+            f"CPU per conversation (least of {args.rounds} rounds): baseline "
+            f"{summary['baseline']['ms_per_conversation']} ms, this "
+            f"{summary['this']['ms_per_conversation']} ms: {ratio:.2f}x less"
+        )
+    line = json.dumps(summary)
+    print(line)
+    if args.json_out is not None:
+        args.json_out.write_text(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
