@@ -223,3 +223,36 @@ def test_ranking_ahead_for_the_checks_leaves_the_verdicts_unchanged() -> None:
     ]
     assert ahead == plain
     assert many.calls < counting.calls / 10  # nearly everything was ranked ahead
+
+
+def test_folding_a_text_whole_gives_its_lines_folded_one_by_one() -> None:
+    """normalize_lines equals normalize_for_match line by line, on the corpus and on every
+    kind of line break; it may fold whole because no code point's decomposition or case
+    folding makes or removes a line break."""
+    from engine.quality.text import normalize_lines
+
+    breaks = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+    for code in range(0x110000):
+        ch = chr(code)
+        if 0xD800 <= code <= 0xDFFF:
+            continue
+        for made in (unicodedata.normalize("NFKD", ch), ch.casefold()):
+            if made != ch:
+                assert not any(b in made for b in breaks), hex(code)
+    samples = (
+        TEXTS
+        + EDGES
+        + [
+            "A\r\nB  c\n\n  É́ d\u2028Ƙ\x85x`y\x0bZ\x1c\u00ad",
+            "ASCII line\nÜnïcödé line\r\n\tmixed `tick`\n",
+            "\u0301 starts with a mark\nधन्यवाद\n",
+            "a\r\u00ad\nb\r\u0301\nc",
+            "a\n\u200c\u0301",
+            "a\n\u00ad\nb\n",
+            "\u00ad",
+            "ß\n\u00ad",
+        ]
+    )
+    for sample in samples:
+        expected = "\n".join(normalize_for_match(line) for line in sample.splitlines())
+        assert normalize_lines(sample) == expected, sample

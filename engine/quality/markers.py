@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from engine.errors import ConfigError
-from engine.quality.text import normalize_for_match, prose
+from engine.quality.text import normalize_for_match, normalize_lines, prose
 
 __all__ = [
     "DEFAULT_MARKERS_PATH",
@@ -108,8 +108,8 @@ class Markers:
         ``prose`` when the caller has it (engine.quality.analysis).
         """
         body = prose(text) if prose_text is None else prose_text
-        # Lines are folded one by one so that role labels stay at line starts.
-        folded = "\n".join(normalize_for_match(line) for line in body.splitlines())
+        # Lines are folded apart so that role labels stay at line starts.
+        folded = normalize_lines(body)
         checks: tuple[tuple[MarkerKind, re.Pattern[str] | None], ...] = (
             ("template", self._template),
             ("label", self._label if labels else None),

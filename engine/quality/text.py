@@ -15,6 +15,7 @@ __all__ = [
     "language_prose",
     "ngrams",
     "normalize_for_match",
+    "normalize_lines",
     "prose",
     "prose_language",
     "segments",
@@ -139,6 +140,29 @@ def normalize_for_match(text: str) -> str:
     return " ".join(_fold(kept.casefold()).split())
 
 
+def normalize_lines(text: str) -> str:
+    """``normalize_for_match`` of each line of ``text``, joined by line breaks.
+
+    The text is folded whole, then cut into lines: every step (the fold table, NFKD, dropping
+    Mn marks, case folding) maps characters within a line and never makes or removes a line
+    break (tests/test_quality_analysis.py checks every code point). Two things differ from
+    folding line by line, and are put back: a last line folded to nothing leaves no line, and
+    a dropped character between "\r" and "\n" would join two breaks into one (such a text is
+    folded line by line).
+    """
+    if "\r" in text:
+        return "\n".join(normalize_for_match(line) for line in text.splitlines())
+    if text.isascii():
+        folded = text.casefold().replace("`", "'")
+    else:
+        decomposed = unicodedata.normalize("NFKD", _fold(text))
+        folded = _fold(decomposed.translate(_nonspacing(decomposed)).casefold())
+    lines = [" ".join(line.split()) for line in folded.splitlines()]
+    if len(lines) < len(text.splitlines()):
+        lines.append("")  # the last line was only characters folded away
+    return "\n".join(lines)
+
+
 def _fold(text: str) -> str:
     """``text.translate(_FOLD)``, skipped when no character would change."""
     return text.translate(_FOLD) if _FOLDABLE.search(text) else text
@@ -222,6 +246,8 @@ def units(text: str) -> list[str]:
         # No unspaced script: a unit is a run of letters, digits, apostrophes and marks, and
         # every other character separates (the same list as _walk_units, made in C).
         spaced = folded.translate(_separators(folded))
+        if "'" not in spaced:  # nothing to strip: the words as split
+            return spaced.split()
         return [u.strip("'") for u in spaced.split() if u.strip("'")]
     return _walk_units(folded)
 
@@ -254,4 +280,7 @@ def _walk_units(folded: str) -> list[str]:
 
 def ngrams(items: Sequence[str], n: int) -> list[tuple[str, ...]]:
     """The consecutive ``n``-tuples of ``items`` (none when there are fewer than ``n``)."""
-    return [tuple(items[i : i + n]) for i in range(len(items) - n + 1)]
+    if n < 1:
+        return [tuple(items[i : i + n]) for i in range(len(items) - n + 1)]
+    # zip builds the tuples in C: the same list, several times faster than slicing.
+    return list(zip(*(items[k:] for k in range(n)), strict=False))
