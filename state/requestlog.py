@@ -73,6 +73,7 @@ __all__ = [
     "spend_by",
     "spend_total",
     "status_is",
+    "write_attempts",
     "write_finished",
     "write_reserved",
 ]
@@ -155,8 +156,11 @@ _RESERVED_TYPES = (
 )  # fmt: skip
 
 
-def write_reserved(conn: Conn, rows: Sequence[RequestRow]) -> None:
-    """Log these attempts as sent with their costs reserved (status reserved)."""
+def write_reserved(
+    conn: Conn, rows: Sequence[RequestRow], *, totals: _Counts | None = None
+) -> None:
+    """Log these attempts as sent with their costs reserved (status reserved); their share of
+    the running totals goes into ``totals`` when given (``write_attempts``), else is added."""
     if not rows:
         return
     values = [
@@ -184,12 +188,14 @@ def write_reserved(conn: Conn, rows: Sequence[RequestRow]) -> None:
             f"{head} SELECT {unnest(_RESERVED_TYPES)}, $10::VARCHAR, $11::TIMESTAMP",
             [*columns(values), status, sent_at],
         )
-    delta = _Counts()
+    delta = _Counts() if totals is None else totals
     for r in rows:
         delta.add(
             _Counted(status, None, r.prompt_tokens, r.max_tokens, None, None, r.reserved_usd), +1
         )
-    _add_totals(conn, delta, first_sent=sent_at)
+    delta.widen(first_sent=sent_at)
+    if totals is None:
+        _add_totals(conn, delta)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,13 +223,16 @@ _FINISHED_TYPES = (
 )  # fmt: skip
 
 
-def write_finished(conn: Conn, rows: Sequence[FinishedRow]) -> None:
-    """Settle these attempts (each request_id at most once per call, or they go one by one)."""
+def write_finished(
+    conn: Conn, rows: Sequence[FinishedRow], *, totals: _Counts | None = None
+) -> None:
+    """Settle these attempts (each request_id at most once per call, or they go one by one);
+    the change to the running totals goes into ``totals`` when given, else is added."""
     if not rows:
         return
     if len(rows) > 1 and len({r.request_id for r in rows}) < len(rows):
         for row in rows:
-            write_finished(conn, [row])
+            write_finished(conn, [row], totals=totals)
         return
     values = [
         (
@@ -247,7 +256,7 @@ def write_finished(conn: Conn, rows: Sequence[FinishedRow]) -> None:
     # from their values in Python, as one small UPDATE of the totals (summing them in SQL cost
     # ~10 ms of planning per statement, more than the rest of a flush together).
     before = _read_counted(conn, [r.request_id for r in rows])
-    delta = _Counts()
+    delta = _Counts() if totals is None else totals
     for r in rows:
         old = before.get(r.request_id)
         if old is None:
@@ -267,7 +276,21 @@ def write_finished(conn: Conn, rows: Sequence[FinishedRow]) -> None:
         )
     finished_at = now()
     _update_finished(conn, values, finished_at)
-    _add_totals(conn, delta, last_finished=finished_at if before else None)
+    if before:
+        delta.widen(last_finished=finished_at)
+    if totals is None:
+        _add_totals(conn, delta)
+
+
+def write_attempts(
+    conn: Conn, reserved: Sequence[RequestRow], finished: Sequence[FinishedRow]
+) -> None:
+    """``write_reserved`` then ``write_finished``, with one UPDATE of the totals for both (a
+    flush's attempts: each statement costs ~1-2 ms of CPU whatever it holds)."""
+    totals = _Counts()
+    write_reserved(conn, reserved, totals=totals)
+    write_finished(conn, finished, totals=totals)
+    _add_totals(conn, totals)
 
 
 def _update_finished(conn: Conn, values: Sequence[tuple[Any, ...]], finished_at: Any) -> None:
@@ -476,15 +499,25 @@ def _counts_of(row: _Counted) -> tuple[int, ...]:
 
 
 class _Counts:
-    """A change to the running totals being summed up."""
+    """A change to the running totals being summed up, and the times that widen their span."""
 
-    __slots__ = ("values",)
+    __slots__ = ("first_sent", "last_finished", "values")
 
     def __init__(self) -> None:
         self.values = [0] * len(_TOTAL_NAMES)
+        self.first_sent: dt.datetime | None = None
+        self.last_finished: dt.datetime | None = None
 
     def add(self, row: _Counted, sign: int) -> None:
         self.values = [v + sign * c for v, c in zip(self.values, _counts_of(row), strict=True)]
+
+    def widen(
+        self, *, first_sent: dt.datetime | None = None, last_finished: dt.datetime | None = None
+    ) -> None:
+        if first_sent is not None:
+            self.first_sent = min(first_sent, self.first_sent or first_sent)
+        if last_finished is not None:
+            self.last_finished = max(last_finished, self.last_finished or last_finished)
 
 
 def _read_counted(conn: Conn, request_ids: Sequence[int]) -> dict[int, _Counted]:
@@ -512,18 +545,12 @@ _ADD_TOTALS = (
 )
 
 
-def _add_totals(
-    conn: Conn,
-    delta: _Counts,
-    *,
-    first_sent: dt.datetime | None = None,
-    last_finished: dt.datetime | None = None,
-) -> None:
-    """Add ``delta`` to this store's totals; the times widen its span (least/greatest skip
+def _add_totals(conn: Conn, delta: _Counts) -> None:
+    """Add ``delta`` to this store's totals; its times widen their span (least/greatest skip
     NULLs)."""
-    if first_sent is None and last_finished is None and not any(delta.values):
+    if delta.first_sent is None and delta.last_finished is None and not any(delta.values):
         return
-    conn.execute(_ADD_TOTALS, [*delta.values, first_sent, last_finished])
+    conn.execute(_ADD_TOTALS, [*delta.values, delta.first_sent, delta.last_finished])
 
 
 def ensure_totals(conn: Conn) -> None:

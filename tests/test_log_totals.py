@@ -21,6 +21,7 @@ from state.requestlog import (
     rebuild_totals,
     settle_unknown,
     spend_total,
+    write_attempts,
     write_finished,
     write_reserved,
 )
@@ -87,44 +88,53 @@ def random_writes(
     *,
     first_id: int,
     open_ids: list[int] | None = None,
+    together: bool = False,
 ) -> int:
     """A flush-like mix: new attempts reserved, some settled ok, failed, rejected, 429s; with
     ``open_ids``, also attempts reserved by earlier flushes (the usual case), and some settled
-    again."""
+    again; ``together``: both kinds in one call, as a flush writes them (write_attempts)."""
     ids = list(range(first_id, first_id + rng.randint(1, 12)))
-    write_reserved(
-        conn,
-        [
-            RequestRow(
-                i,
-                i // 3,
-                i % 3,
-                1 + i % 2,
-                rng.randint(10, 900),
-                rng.randint(16, 512),
-                rng.random() / 7,
-                "m",
-            )
-            for i in ids
-        ],
-    )
+    reserved = [
+        RequestRow(
+            i,
+            i // 3,
+            i % 3,
+            1 + i % 2,
+            rng.randint(10, 900),
+            rng.randint(16, 512),
+            rng.random() / 7,
+            "m",
+        )
+        for i in ids
+    ]
+    if not together:
+        write_reserved(conn, reserved)
     pool = ids if open_ids is None else open_ids + ids
     chosen = rng.sample(pool, rng.randint(0, len(pool)))
     if open_ids is not None:
         open_ids[:] = [i for i in pool if i not in chosen or rng.random() < 0.1]
-    write_finished(conn, [random_finished(rng, i) for i in chosen])
+    finished = [random_finished(rng, i) for i in chosen]
+    if together:
+        write_attempts(conn, reserved, finished)
+    else:
+        write_finished(conn, finished)
     return ids[-1] + 1
 
 
 def test_totals_equal_a_scan_after_any_mix_of_writes(tmp_path: Path) -> None:
-    """Reserve, settle in bulk and one by one, a crash's settle_unknown: totals = scan."""
+    """Reserve, settle in bulk and one by one (apart and in one write_attempts, as a flush does),
+    a crash's settle_unknown: totals = scan."""
     rng = random.Random(7)
     conn = open_store(tmp_path / "state.duckdb", create=True)
     next_id = 1
     open_ids: list[int] = []
     for round_no in range(40):
         next_id = random_writes(
-            conn, rng, first_id=next_id, open_ids=open_ids if round_no % 2 else None
+            conn,
+            rng,
+            first_id=next_id,
+            open_ids=open_ids if round_no % 2 else None,
+            together=round_no % 4 >= 2,
         )
         assert_totals_match(conn)
     write_finished(conn, [random_finished(rng, 2), random_finished(rng, 2)])  # one id twice
