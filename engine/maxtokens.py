@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 _SIGMA_FLOOR = 0.05  # a group of identical lengths still has some spread in log space
+_TAIL_SAMPLES = 10  # replies at least this long before their share alone judges a cap
 _CANDIDATES = 96  # caps tried between the smallest sensible one and the full cap
 _REFIT_SHARE = 0.05  # a group's fit is redone once its window holds this share of new samples
 _PROMPT_BUCKET = 1.1  # choices are cached per prompt length, in buckets of 10%
@@ -115,7 +116,7 @@ class CapChoice:
 class LengthFit:
     """The length distribution of one group, fitted once from its samples."""
 
-    __slots__ = ("_km_surv", "_km_times", "mean", "mu", "n", "sigma")
+    __slots__ = ("_edge", "_km_surv", "_km_times", "mean", "mu", "n", "sigma")
 
     def __init__(self, samples: Iterable[tuple[int, bool]]) -> None:
         """``samples``: (completion tokens, cut) pairs; cut means the length was at least that."""
@@ -146,6 +147,9 @@ class LengthFit:
             at_risk -= left
         self._km_times = times
         self._km_surv = surv
+        # Caps up to here have _TAIL_SAMPLES replies at least as long: enough to judge them by
+        # the replies alone. Past it the log-normal guards the few replies seen.
+        self._edge = obs[self.n - _TAIL_SAMPLES][0] if self.n > _TAIL_SAMPLES else 0
 
     def empirical(self, cap: int) -> float:
         """Kaplan-Meier estimate of P(length >= cap): the share of replies cut at ``cap``."""
@@ -164,9 +168,28 @@ class LengthFit:
         z = (math.log(max(cap, 1)) - self.mu) / spread
         return 0.5 * math.erfc(z / math.sqrt(2.0))
 
+    def upper(self, cap: int) -> float:
+        """The Kaplan-Meier share at ``cap`` plus one standard error."""
+        km = self.empirical(cap)
+        return min(1.0, km + math.sqrt(km * (1.0 - km) / self.n))
+
     def redone(self, cap: int, shift_sd: float = 0.0) -> float:
-        """The share of replies a cap of ``cap`` would cut: the larger of both estimates."""
-        return max(self.empirical(cap), self.parametric(cap, shift_sd))
+        """The share of replies a cap of ``cap`` would cut: where at least ``_TAIL_SAMPLES``
+        replies were that long, their share plus one standard error (at a cap lowered for
+        ``shift_sd``); past that, the larger of their share and the log-normal's tail, which
+        never judges a cap riskier than the last one the replies judged alone. A real model's tail may
+        be lighter than a log-normal's (the simulator's instructions: 0.3% of replies past
+        100 tokens where the fit says 1.3%) or heavier: the replies decide where they can."""
+        # Where the replies sit is uncertain by shift_sd: near the 1% tail that moves a quantile
+        # about as much as widening the log-normal by it does.
+        lowered = 2.33 * (math.hypot(self.sigma, shift_sd) - self.sigma)
+        at = max(1, math.floor(cap * math.exp(-lowered)))
+        if at <= self._edge:
+            return self.upper(at)
+        guard = self.parametric(cap, shift_sd)
+        if self._edge:
+            guard = min(guard, self.upper(self._edge))
+        return max(self.empirical(at), guard)
 
 
 def choose_cap(

@@ -213,3 +213,31 @@ def test_a_group_learns_its_own_scale_from_a_few_dozen_replies() -> None:
         learner.observe("answer", "eng", tokens, 4096)
     learner.cap("answer", "eng", prompt=300, full=4096)
     assert learner.sources() == {"answer": {"own": 1, "pooled": 5}}
+
+
+def test_many_replies_judge_the_tail_themselves_and_few_leave_it_to_the_log_normal() -> None:
+    """Replies with a lighter tail than a log-normal's (none past 90 tokens, 1% past 60): with
+    2000 of them the cap follows what they show and still cuts at most the target share;
+    with 60 the fitted log-normal keeps it higher. A cap is never judged riskier than a
+    lower one."""
+
+    def light(rng: random.Random, n: int) -> list[tuple[int, bool]]:
+        return [
+            (rng.randint(61, 90) if rng.random() < 0.01 else rng.randint(10, 60), False)
+            for _ in range(n)
+        ]
+
+    def cut_share(cap: int) -> float:  # P(length >= cap) of the distribution above
+        return 0.99 * max(0, 61 - cap) / 51 + 0.01 * min(30, max(0, 91 - cap)) / 30
+
+    rng = random.Random(13)
+    rule = CapRule()
+    many = LengthFit(light(rng, 2000))
+    assert many.parametric(90) > 0.01  # the log-normal alone would want more than 90
+    chosen = choose_cap(many, prompt=300, full=512, rule=rule, redo=1024)
+    assert chosen.cap <= 90 and cut_share(chosen.cap) <= 0.01
+    few = choose_cap(LengthFit(light(rng, 60)), prompt=300, full=512, rule=rule, redo=1024)
+    assert few.cap > chosen.cap
+    for fit in (many, LengthFit(light(rng, 60)), LengthFit(lognormal(rng, 40, 0.5, 300))):
+        shares = [fit.redone(cap, 0.1) for cap in range(1, 400)]
+        assert all(a >= b for a, b in zip(shares, shares[1:], strict=False))
