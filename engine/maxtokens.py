@@ -177,9 +177,10 @@ class LengthFit:
         """The share of replies a cap of ``cap`` would cut: where at least ``_TAIL_SAMPLES``
         replies were that long, their share plus one standard error (at a cap lowered for
         ``shift_sd``); past that, the larger of their share and the log-normal's tail, which
-        never judges a cap riskier than the last one the replies judged alone. A real model's tail may
-        be lighter than a log-normal's (the simulator's instructions: 0.3% of replies past
-        100 tokens where the fit says 1.3%) or heavier: the replies decide where they can."""
+        never judges a cap riskier than the last one the replies judged alone. A real
+        model's tail may be lighter than a log-normal's (the simulator's instructions: 0.3%
+        of replies past 100 tokens where the fit says 1.3%) or heavier: the replies decide
+        where they can."""
         # Where the replies sit is uncertain by shift_sd: near the 1% tail that moves a quantile
         # about as much as widening the log-normal by it does.
         lowered = 2.33 * (math.hypot(self.sigma, shift_sd) - self.sigma)

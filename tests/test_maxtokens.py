@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 
@@ -240,4 +241,4 @@ def test_many_replies_judge_the_tail_themselves_and_few_leave_it_to_the_log_norm
     assert few.cap > chosen.cap
     for fit in (many, LengthFit(light(rng, 60)), LengthFit(lognormal(rng, 40, 0.5, 300))):
         shares = [fit.redone(cap, 0.1) for cap in range(1, 400)]
-        assert all(a >= b for a, b in zip(shares, shares[1:], strict=False))
+        assert all(a >= b for a, b in itertools.pairwise(shares))
