@@ -20,10 +20,11 @@ TCP Vegas and of gradient limiters in service meshes, judged on the marginal gai
 - Afterwards probes step by a quarter and are judged on a whole window of at least eight
   replies (its first replies, the ones that got a slot first, hide the queue a few added
   requests make). A probe that
-  scales nearly perfectly resumes slow start. A step that gained next to nothing, or whose
-  latency shows a queue, found the knee: the next probe waits 32 windows, doubling after each
-  rejection (a probe queues requests at the server, which latency pays for); a near miss is
-  tried again after 1, 2, 4... windows.
+  scales nearly perfectly resumes slow start. A step (of a fifth or more) that gained next to
+  nothing, or whose latency shows a queue, found the knee: the next probe waits 128 replies'
+  worth of windows (32 against one slot, 4 against 64), doubling after each rejection (a
+  probe queues requests at the server, which latency pays for); a near miss is tried again
+  after 1, 2, 4... windows.
 - Once slow start is over, ``headroom`` more requests (an eighth of the last accepted limit,
   rounded down, and at least one) are let go beyond the limit: they wait at the server, so a
   slot does not sit idle while m2l turns a reply around and sends the next request (TCP
@@ -140,10 +141,12 @@ _FAST_FROM = 16
 _FAST_GAIN = 0.8
 # The step from 1 to 2 is judged on two replies when both took at most this multiple of the floor.
 _PAIR_TOLERANCE = 1.15
-# A rejected step below this efficiency (or showing a queue) found the knee: the next probe waits
-# at least _EXIT_WAIT windows.
+# A rejected step of at least _BIG_STEP times the requests in flight whose efficiency is below
+# _KNEE_EFF (or whose latency shows a queue) found the knee: the next probe waits at least
+# _EXIT_REPLIES replies' worth of windows. Smaller steps measure efficiency too roughly to tell.
 _KNEE_EFF = 0.4
-_EXIT_WAIT = 32
+_BIG_STEP = 1.2
+_EXIT_REPLIES = 128
 _PROBE_SAMPLES = 8  # replies a probe after slow start is judged on, at least
 _MIN_HEADROOM = 1  # requests let wait at the server beyond the settled limit, at least
 # Requests in flight before the first reply has measured the server, under the timeout guard.
@@ -356,10 +359,13 @@ class ConcurrencyCore:
         base limit's, so that a probe measures one more limit and not a new headroom too (at
         7 -> 8 on 8 slots that would queue one and sink the probe). Slow start has none, so
         that its steps measure the server alone."""
-        share = self._settings.headroom
-        if self._fixed is not None or self._slow_start or share <= 0.0:
+        if self._fixed is not None or self._slow_start:
             return self._limit
-        return self._limit + max(_MIN_HEADROOM, math.floor(self._base_limit * share))
+        return self._limit + self._headroom(self._base_limit)
+
+    def _headroom(self, base: int) -> int:
+        share = self._settings.headroom
+        return max(_MIN_HEADROOM, math.floor(base * share)) if share > 0.0 else 0
 
     def _guard(self) -> int | None:
         if self._timeout_s is None:
@@ -423,6 +429,9 @@ class ConcurrencyCore:
             if not binding:
                 return  # not enough demand to judge the probe: keep measuring
             efficiency = self._efficiency(r, cap)
+            # A step of a few per cent measures efficiency too roughly to call a knee by it,
+            # or to resume doubling.
+            big = cap >= _BIG_STEP * self._base_cap
             if efficiency >= s.min_efficiency and ratio <= s.tolerance:
                 # Only a slow-start doubling's gain may lead to a quadrupling: two in a row, or
                 # one right after a probe, would stake many times the limit on one window.
@@ -434,7 +443,7 @@ class ConcurrencyCore:
                     # Gains are thinning: the knee is near, and another doubling would queue
                     # as many requests at the server as are in flight now.
                     self._slow_start = False
-                elif efficiency >= _FAST_GAIN and self._limit >= _SLOW_START_MIN:
+                elif efficiency >= _FAST_GAIN and self._limit >= _SLOW_START_MIN and big:
                     # A probe that scaled nearly perfectly is far below the knee (slow start
                     # ended early on a noisy window, or the server grew): double again.
                     self._slow_start = True
@@ -449,8 +458,11 @@ class ConcurrencyCore:
                 # probe (each queues requests at the server); a near miss (noise, or a knee
                 # just above) is tried again sooner, backing off by doubling.
                 self._slow_start = False
-                if efficiency < _KNEE_EFF or ratio > s.tolerance:
-                    self._backoff = max(self._backoff, min(_EXIT_WAIT, s.max_probe_wait))
+                if (efficiency < _KNEE_EFF and big) or ratio > s.tolerance:
+                    base = self._base_limit
+                    window = min(max(base + self._headroom(base), s.min_samples), s.max_samples)
+                    windows = -(-_EXIT_REPLIES // window)
+                    self._backoff = max(self._backoff, min(windows, s.max_probe_wait))
                 self._wait = self._backoff
                 self._backoff = min(2 * self._backoff, s.max_probe_wait)
                 self._set(self._base_limit)

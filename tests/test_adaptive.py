@@ -168,9 +168,9 @@ def test_one_request_waits_behind_a_single_slot_and_no_more(turnaround: float) -
 
 
 def test_probes_above_a_found_knee_are_rare() -> None:
-    """Once a doubling gained nothing, the next probe waits 32 windows and each rejected one
-    doubles the wait: against one slot for 10 minutes (about 500 replies), at most three
-    probes (each queues a request or two more at the server)."""
+    """Once a doubling gained nothing, the next probe waits 128 replies (32 windows against one
+    slot) and each rejected one doubles the wait: against one slot for 10 minutes (about 500
+    replies), at most three probes (each queues a request or two more at the server)."""
     clock = FakeClock()
     out = drive(ConcurrencyCore(clock), clock, slots=1, seconds=600, turnaround=0.05)
     probes = sum(1 for a, b in zip(out.limits, out.limits[1:], strict=False) if b > a)
