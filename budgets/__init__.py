@@ -4,8 +4,9 @@ live in the app, ``engine.app``)."""
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from engine.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from budgets.admission import Budget, BudgetAdmission, Projection, load_budget
@@ -38,12 +39,7 @@ _HOMES: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """The re-exported name, imported from its module on first use; AttributeError if none."""
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'budgets' has no attribute {name!r}")
-    return getattr(import_module(home), name)
+__getattr__ = lazy_getattr("budgets", _HOMES)
 
 
 __all__ = [

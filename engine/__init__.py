@@ -9,8 +9,9 @@ their modules.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from engine.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from engine.chat import ChatRequest, ChatResult, Message, Usage
@@ -58,12 +59,7 @@ _HOMES: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """The re-exported name, imported from its module on first use; AttributeError if none."""
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'engine' has no attribute {name!r}")
-    return getattr(import_module(home), name)
+__getattr__ = lazy_getattr("engine", _HOMES)
 
 
 __all__ = [

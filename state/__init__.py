@@ -3,8 +3,9 @@ requests, seed ingestion and selection, export, statistics and the post-hoc filt
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from engine.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from state.batcher import LINGER_S, JournalBatcher
@@ -65,12 +66,7 @@ _HOMES: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """The re-exported name, imported from its module on first use; AttributeError if none."""
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'state' has no attribute {name!r}")
-    return getattr(import_module(home), name)
+__getattr__ = lazy_getattr("state", _HOMES)
 
 
 __all__ = [

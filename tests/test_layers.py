@@ -27,6 +27,7 @@ VOCABULARY = frozenset(
         "engine.events",
         "engine.formats",
         "engine.headers",
+        "engine.lazy",
         "engine.modelprofile",
         "engine.records",
         "engine.simsettings",

@@ -7,8 +7,9 @@ everything else here reads the model's snapshots, a status file, or a store read
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from engine.lazy import lazy_getattr
 
 if TYPE_CHECKING:
     from engine.progress.dashboard import Dashboard
@@ -78,12 +79,7 @@ _HOMES: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """The re-exported name, imported from its module on first use; AttributeError if none."""
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'engine.progress' has no attribute {name!r}")
-    return getattr(import_module(home), name)
+__getattr__ = lazy_getattr("engine.progress", _HOMES)
 
 
 __all__ = [

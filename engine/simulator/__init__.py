@@ -3,9 +3,9 @@ rate limits and 429s, a latency model and injectable faults, served on loopback 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from engine.lazy import lazy_getattr
 from engine.simsettings import FAULT_KINDS, FaultRates, SimSettings
 
 if TYPE_CHECKING:
@@ -37,12 +37,9 @@ _LAZY = {
     "run_simulator": "server",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'engine.simulator' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"engine.simulator.{module}"), name)
+__getattr__ = lazy_getattr(
+    "engine.simulator", {name: f"engine.simulator.{home}" for name, home in _LAZY.items()}
+)
 
 
 __all__ = [
