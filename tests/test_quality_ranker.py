@@ -82,3 +82,16 @@ def test_the_array_walk_meets_each_feature_where_the_dfa_does(reference: Any) ->
     features, owners = model._features_many(b"".join(raws), np.array([len(r) for r in raws]))
     expected = [(f, i) for i, raw in enumerate(raws) for f in model._features(raw)]
     assert list(zip(features.tolist(), owners.tolist(), strict=True)) == expected
+
+
+def test_many_texts_are_ranked_in_chunks_with_the_same_floats(
+    reference: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Texts past the chunk size are walked in several passes; rankings are unchanged."""
+    from engine.quality import ranker
+
+    model = NaiveBayes(reference)
+    texts = TEXTS + HELDOUT_TEXTS
+    one = [list(model.rank(text, 2000)) for text in texts]
+    monkeypatch.setattr(ranker, "_CHUNK_BYTES", 3000)
+    assert [list(r) for r in model.rank_many(texts, 2000)] == one

@@ -186,13 +186,25 @@ class NaiveBayes:
         Each step that py3langid takes per text is taken here for all texts at once, except
         the product of a text's feature weights with its rows of the table, which stays one
         product per text so that its sums are added in the same order (floating-point sums
-        depend on their order).
+        depend on their order). Texts are taken about ``_CHUNK_BYTES`` bytes at a time, so the
+        arrays stay a few MB whatever the number of texts.
         """
+        raws = [_encoded(text, max_chars) for text in texts]
+        out: list[Ranking] = []
+        start = size = 0
+        for i, raw in enumerate(raws):
+            size += len(raw)
+            if size >= _CHUNK_BYTES:
+                out += self._rank_chunk(raws[start : i + 1])
+                start, size = i + 1, 0
+        out += self._rank_chunk(raws[start:])
+        return out
+
+    def _rank_chunk(self, raws: list[bytes]) -> list[Ranking]:
         import numpy as np
 
-        if not texts:
+        if not raws:
             return []
-        raws = [_encoded(text, max_chars) for text in texts]
         if sum(map(len, raws)) < _MANY_BYTES:
             return [self._rank_encoded(raw) for raw in raws]
         sizes = np.fromiter(map(len, raws), dtype=np.intp, count=len(raws))
@@ -280,6 +292,9 @@ class NaiveBayes:
         owner = np.repeat(np.arange(len(sizes), dtype=np.intp), sizes)
         return output[found].astype(np.intp), owner[found]
 
+
+# Bytes of text walked together at most: about 15 MB of temporary arrays.
+_CHUNK_BYTES = 1 << 18
 
 # Below this many bytes in all, array operations cost more than walking each text in Python.
 _MANY_BYTES = 800
