@@ -12,7 +12,8 @@ conversation's language is not in the language table.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from engine.quality import (
     default_detector,
 )
 from engine.quality.analysis import Analysis, joined_units
+from engine.quality.dedup import Fingerprint
 from engine.quality.expect import LanguageNames, expect_language
 from engine.quality.langid import rank_ahead_for_checks
 from prompts.languages import (
@@ -47,17 +49,24 @@ from state.export import open_run
 
 __all__ = [
     "BATCH_CONVERSATIONS",
+    "MAX_DEFAULT_WORKERS",
     "FilterReport",
     "Finding",
+    "Judged",
     "PosthocFilter",
     "StoredConversation",
     "check_turns",
+    "default_workers",
     "filter_run",
     "filter_with",
 ]
 
 # Conversations read (and updated) per transaction: a few MB of text at most.
 BATCH_CONVERSATIONS = 500
+
+# Worker processes by default at most: past this, reading and marking in the parent and
+# starting the workers cost more than another worker saves.
+MAX_DEFAULT_WORKERS = 8
 
 # Examples kept per reason for the report, so a user can look at what was filtered.
 _SAMPLES_PER_REASON = 3
@@ -104,6 +113,10 @@ class FilterReport:
     @property
     def filtered(self) -> int:
         return sum(n for _, n in self.by_reason)
+
+
+# What a conversation says of itself: its turn finding, or its duplicate fingerprint.
+Judged = tuple[Finding | None, Fingerprint | None]
 
 
 def check_turns(
@@ -184,32 +197,55 @@ class PosthocFilter:
         # Each turn analysed once, for the turn checks and the duplicate check alike.
         if analyses is None:
             analyses = [Analysis(content) for _, content in conv.steps]
-        finding = check_turns(
-            conv, self._language(conv), self._config, self._detector, self._names, analyses
-        )
-        if finding is not None:
-            # Not indexed: a conversation filtered for its own faults must not make a clean
-            # later copy of it look like the duplicate.
-            return finding
-        if not self._config.near_duplicates:
-            return None
-        match = self._index.add_match(conv.conv_id, conv.text(), joined_units(analyses))
-        if match is None:
-            return None
-        verdict = match.verdict()
-        return Finding(conv.conv_id, str(verdict.reason), None, verdict.detail)
+        return self.settle(conv.conv_id, self._judge(conv, analyses))
 
     def check_many(self, convs: Sequence[StoredConversation]) -> list[Finding | None]:
         """``[check(conv) for conv in convs]``, with the language model reading every turn's
         text in one pass first (the same rankings, made together: several times faster than
         one text at a time)."""
+        judged = self.judge_many(convs)
+        return [self.settle(conv.conv_id, j) for conv, j in zip(convs, judged, strict=True)]
+
+    def judge_many(self, convs: Sequence[StoredConversation]) -> list[Judged]:
+        """What each of ``convs`` says of itself, without the run-wide duplicate index: its
+        turn finding, or (when it has none and duplicates are checked) its fingerprint.
+
+        A pure function of the conversations, so worker processes may make it; ``settle``
+        then applies the index in conv_id order. Raises ConfigError for an unknown language.
+        """
         analyses = [[Analysis(content) for _, content in conv.steps] for conv in convs]
         config = self._config
         if config.check_language:
             detector = self._detector if self._detector is not None else default_detector()
             every = [analysis for turns in analyses for analysis in turns]
             rank_ahead_for_checks(every, detector, config.language_min_chars)
-        return [self.check(conv, turns) for conv, turns in zip(convs, analyses, strict=True)]
+        return [self._judge(conv, turns) for conv, turns in zip(convs, analyses, strict=True)]
+
+    def settle(self, conv_id: int, judged: Judged) -> Finding | None:
+        """Why conversation ``conv_id`` must be filtered, from what ``judge_many`` said of it
+        and the conversations settled before it (which it joins when it is clean)."""
+        finding, fingerprint = judged
+        if finding is not None or fingerprint is None:
+            # A finding is not indexed: a conversation filtered for its own faults must not
+            # make a clean later copy of it look like the duplicate.
+            return finding
+        match = self._index.add_fingerprint(conv_id, fingerprint)
+        if match is None:
+            return None
+        verdict = match.verdict()
+        return Finding(conv_id, str(verdict.reason), None, verdict.detail)
+
+    def recipe(self) -> tuple[LanguageTable, FilterConfig, LanguageDetector | None]:
+        """The arguments that build this filter again (in another process), index empty."""
+        return self._languages, self._config, self._detector
+
+    def _judge(self, conv: StoredConversation, analyses: Sequence[Analysis]) -> Judged:
+        finding = check_turns(
+            conv, self._language(conv), self._config, self._detector, self._names, analyses
+        )
+        if finding is not None or not self._config.near_duplicates:
+            return finding, None
+        return None, self._index.fingerprint(conv.text(), joined_units(analyses))
 
     def _language(self, conv: StoredConversation) -> LanguageLike:
         code = conv.language_code
@@ -232,20 +268,22 @@ def filter_run(
     detector: LanguageDetector | None = None,
     batch_size: int = BATCH_CONVERSATIONS,
     include_rejected: bool = False,
+    workers: int = 1,
 ) -> FilterReport:
     """Run the pass over the run at ``run_dir``, holding its store exclusively unless dry.
 
     ``config`` defaults to the [quality] section the run was made with. With
     ``include_rejected`` the report also counts the outputs the run threw away inline.
-    Raises StateError when the store is missing, held by a running m2l process or damaged,
-    and ConfigError for a language the table does not know or a stored [quality] that no
-    longer loads.
+    ``workers`` processes judge the conversations (see ``filter_with``). Raises StateError
+    when the store is missing, held by a running m2l process or damaged, ConfigError for a
+    language the table does not know or a stored [quality] that no longer loads, and
+    engine.filterpool.WorkerDied when a worker process dies.
     """
     conn = open_run(run_dir, action="filter it", write=not dry_run)
     try:
         quality = config if config is not None else run_quality(conn)
         checker = PosthocFilter(languages or load_languages(), quality, detector)
-        report = filter_with(conn, checker, dry_run=dry_run, batch_size=batch_size)
+        report = filter_with(conn, checker, dry_run=dry_run, batch_size=batch_size, workers=workers)
         if include_rejected:
             rows = conn.execute(
                 "SELECT reason, count(*) FROM rejections GROUP BY 1 ORDER BY 2 DESC, 1"
@@ -283,26 +321,83 @@ def filter_with(
     *,
     dry_run: bool = False,
     batch_size: int = BATCH_CONVERSATIONS,
+    workers: int = 1,
 ) -> FilterReport:
     """Run the pass on an open store; each batch's updates commit together.
 
-    A pass stopped midway keeps the batches it committed; running it again finishes the rest.
-    Raises ConfigError for an unknown language, duckdb.Error if the store fails.
+    With ``workers`` above 1 (and more than one batch to judge), that many processes judge
+    the batches' turns (engine.filterpool) while this one reads, settles duplicates in
+    conv_id order and marks: the same verdicts as one process. A pass stopped midway keeps
+    the batches it committed; running it again finishes the rest. Raises ConfigError for an
+    unknown language, duckdb.Error if the store fails, engine.filterpool.WorkerDied when a
+    worker process dies.
     """
     checked = 0
     counts: dict[str, int] = {}
     samples: list[Finding] = []
-    for batch in _batches(conn, batch_size):
-        checked += len(batch)
-        findings = [f for f in checker.check_many(batch) if f is not None]
-        for finding in findings:
-            counts[finding.reason] = counts.get(finding.reason, 0) + 1
-            if counts[finding.reason] <= _SAMPLES_PER_REASON:
-                samples.append(finding)
-        if findings and not dry_run:
-            _mark(conn, findings)
+    stream = _judged(conn, checker, batch_size, workers)
+    try:
+        for batch, verdicts in stream:
+            checked += len(batch)
+            findings = [f for f in verdicts if f is not None]
+            for finding in findings:
+                counts[finding.reason] = counts.get(finding.reason, 0) + 1
+                if counts[finding.reason] <= _SAMPLES_PER_REASON:
+                    samples.append(finding)
+            if findings and not dry_run:
+                _mark(conn, findings)
+    finally:
+        stream.close()  # stops the workers now, also when marking failed
     by_reason = tuple(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
     return FilterReport(checked, by_reason, tuple(samples), dry_run)
+
+
+def default_workers() -> int:
+    """Worker processes for a pass by default: the CPUs this process may use, at most
+    ``MAX_DEFAULT_WORKERS``."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform (macOS)
+        usable = os.cpu_count() or 1
+    return max(1, min(usable, MAX_DEFAULT_WORKERS))
+
+
+def _judged(
+    conn: duckdb.DuckDBPyConnection, checker: PosthocFilter, batch_size: int, workers: int
+) -> Generator[tuple[list[StoredConversation], list[Finding | None]], None, None]:
+    """Each batch with its verdicts, in conv_id order, judged here or by worker processes."""
+    if workers > 1:
+        row = conn.execute("SELECT count(*) FROM conversations WHERE status = 'done'").fetchone()
+        done = int(row[0]) if row else 0
+        # Starting a process costs more than judging one batch: no more workers than batches.
+        workers = min(workers, -(-done // batch_size))
+    if workers <= 1:
+        for batch in _batches(conn, batch_size):
+            yield batch, checker.check_many(batch)
+        return
+    # Imported here: the pool's machinery is for this path only.
+    from engine.filterpool import WorkerDied, judged_batches
+
+    pooled = judged_batches(PosthocFilter, checker.recipe(), _batches(conn, batch_size), workers)
+    first: int | None = None  # the first conversation not yet settled
+    try:
+        for batch, judged in pooled:
+            first = batch[-1].conv_id + 1
+            settled = [checker.settle(c.conv_id, j) for c, j in zip(batch, judged, strict=True)]
+            yield batch, settled
+    except WorkerDied as exc:
+        left = (
+            "no conversation was marked"
+            if first is None
+            else f"conversations from {first} on are not checked, the ones before are marked"
+        )
+        raise WorkerDied(
+            f"a filter worker process died (killed, or out of memory): {left}; run m2l filter "
+            "again to finish (with fewer --workers if memory is short)",
+            exc.index,
+        ) from exc
+    finally:
+        pooled.close()
 
 
 def _batches(conn: duckdb.DuckDBPyConnection, size: int) -> Iterator[list[StoredConversation]]:

@@ -137,3 +137,19 @@ def test_bad_parameters_raise_config_errors() -> None:
         NearDuplicateIndex(threshold=0.0)
     with pytest.raises(ConfigError, match="num_perm"):
         MinHasher(num_perm=0)
+
+
+def test_a_fingerprint_made_elsewhere_gives_the_same_answers_as_the_text() -> None:
+    """add_fingerprint with fingerprints made by another index of the same settings answers
+    what add_match answers for the texts themselves (exact, near, new, and an id again)."""
+    base = "the quick brown fox jumps over the lazy dog while the cat sleeps in the warm sun"
+    texts = [base, base.upper(), base.replace("warm", "hot"), "something else entirely here"]
+    by_text, by_print, maker = NearDuplicateIndex(), NearDuplicateIndex(), NearDuplicateIndex()
+    answers = []
+    for conv_id, text in [*enumerate(texts), (0, base)]:
+        answer = by_text.add_match(conv_id, text)
+        assert by_print.add_fingerprint(conv_id, maker.fingerprint(text)) == answer
+        answers.append(answer)
+    assert answers[1] is not None and answers[1].exact
+    assert answers[0] is None and answers[-1] is None
+    assert len(by_print) == len(by_text)

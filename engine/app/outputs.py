@@ -15,7 +15,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from engine.posthoc import FilterReport, Finding, filter_run
+from engine.posthoc import (
+    MAX_DEFAULT_WORKERS,
+    FilterReport,
+    Finding,
+    default_workers,
+    filter_run,
+)
 from state.export import FORMATS, export_run, export_subsets, open_run
 from state.report_html import write_report
 from state.samples import run_metadata, sample_conversations
@@ -132,7 +138,25 @@ def add_filter_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="also count the outputs the run threw away inline (failed checks, truncated "
         "replies, turns dropped with a failed turn), by reason",
     )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="processes judging the conversations' turns (default: the CPUs m2l may use, at "
+        f"most {MAX_DEFAULT_WORKERS}; 1 = all in this process). Duplicates across the run are "
+        "still settled in conversation order, so the verdicts do not depend on N",
+    )
     p.set_defaults(func=filter_command)
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of 1 or more")
+    return value
 
 
 def export_command(args: argparse.Namespace, console: Console | None = None) -> int:
@@ -202,6 +226,7 @@ def filter_command(args: argparse.Namespace, console: Console | None = None) -> 
         Path(args.run_dir),
         dry_run=bool(args.dry_run),
         include_rejected=bool(getattr(args, "include_rejected", False)),
+        workers=getattr(args, "workers", None) or default_workers(),
     )
     print_filter_report(report, out)
     return 0

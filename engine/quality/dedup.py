@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DuplicateMatch",
+    "Fingerprint",
     "MinHasher",
     "NearDuplicateIndex",
     "exact_key",
@@ -155,6 +156,15 @@ def _estimate(a: bytes, b: bytes) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class Fingerprint:
+    """A text as the duplicate index reads it: exact digest, LSH band keys, b-bit signature."""
+
+    exact: int  # the signed exact_key
+    band_keys: tuple[int, ...]
+    sig: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class DuplicateMatch:
     """An earlier conversation this one duplicates, exactly or nearly (estimated Jaccard)."""
 
@@ -253,7 +263,30 @@ class NearDuplicateIndex:
             return DuplicateMatch(earlier, True, 1.0)
         signature = self._hasher.signature(text, items)
         keys = self._hasher.band_keys(signature, self._nbands, self._rows)
-        sig = _bbit(signature)
+        return self._add_new(conv_id, key, keys, _bbit(signature))
+
+    def fingerprint(self, text: str, items: Sequence[str] | None = None) -> Fingerprint:
+        """What ``add_fingerprint`` needs of ``text``: a pure function of the text and this
+        index's settings, so another process may make it (with an index of the same settings).
+
+        ``items``: the text's units, when the caller has them.
+        """
+        signature = self._hasher.signature(text, items)
+        keys = self._hasher.band_keys(signature, self._nbands, self._rows)
+        return Fingerprint(_signed(exact_key(text)), tuple(keys), _bbit(signature))
+
+    def add_fingerprint(self, conv_id: int, found: Fingerprint) -> DuplicateMatch | None:
+        """``add_match`` for a text whose fingerprint was made already: the same answer."""
+        if self._slot_of.get(conv_id) is not None:
+            return None
+        earlier = self._exact.get(found.exact)
+        if earlier is not None and earlier != conv_id:
+            return DuplicateMatch(earlier, True, 1.0)
+        return self._add_new(conv_id, found.exact, list(found.band_keys), found.sig)
+
+    def _add_new(
+        self, conv_id: int, key: int, keys: list[int], sig: bytes
+    ) -> DuplicateMatch | None:
         found = self._near(keys, sig)
         if found is not None:
             return found
