@@ -3,14 +3,18 @@
     .venv/bin/python bench/filter_speed.py RUN_DIR                       # this checkout
     .venv/bin/python bench/filter_speed.py RUN_DIR --baseline OLD_TREE    # and an older one
     .venv/bin/python bench/filter_speed.py RUN_DIR --baseline OLD_TREE --rounds 3
+    .venv/bin/python bench/filter_speed.py RUN_DIR --baseline OLD_TREE --workers 1,2
 
 RUN_DIR is a finished run (e.g. one ``bench/scale.py --runs 10000`` made); it is never changed:
 each measurement runs ``m2l filter`` (not a dry run) in its own process on a fresh copy of it.
 OLD_TREE is another checkout of m2l (``git worktree add ../m2l-old 933bfdd``), run with this
 checkout's Python environment. Trees alternate within each round, so a change in the machine's
-load falls on both. A child's CPU (user + system) and peak RSS come from ``wait4``; CPU is what
-is compared, wall time on a shared machine says little. After each run the copy's verdicts
-(status and filter reason of every conversation) are read back and compared across trees.
+load falls on all. ``--workers 1,2`` runs this checkout once per value of ``m2l filter
+--workers`` (the baseline has no such option and runs as it is). A child's CPU (user + system,
+its worker processes included: they are reaped before it exits) and peak RSS come from
+``wait4``; both CPU and wall time per conversation are compared with the baseline (wall time on
+a shared machine says only as much as its load allows). After each run the copy's verdicts
+(status and filter reason of every conversation) are read back and compared across all runs.
 Nothing here asserts: it prints a table and one JSON line.
 """
 
@@ -54,7 +58,7 @@ def _verdicts(run_dir: Path) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-def measure(tree: Path, run_dir: Path, work: Path) -> dict[str, Any]:
+def measure(tree: Path, run_dir: Path, work: Path, workers: int | None = None) -> dict[str, Any]:
     """One ``m2l filter`` with ``tree``'s code on a fresh copy of ``run_dir``."""
     copy = work / "run"
     if copy.exists():
@@ -63,7 +67,14 @@ def measure(tree: Path, run_dir: Path, work: Path) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(tree))
     start = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.app.cli", "filter", str(copy)],
+        [
+            sys.executable,
+            "-m",
+            "engine.app.cli",
+            "filter",
+            str(copy),
+            *([] if workers is None else ["--workers", str(workers)]),
+        ],
         cwd=tree,
         env=env,
         stdout=subprocess.PIPE,
@@ -91,32 +102,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path, help="a finished run (copied, never changed)")
     parser.add_argument("--baseline", type=Path, help="another checkout of m2l to compare with")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--workers",
+        help="comma-separated values of m2l filter --workers to run this checkout with "
+        "(default: its own default)",
+    )
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     run_dir = args.run_dir.resolve()
     if not (run_dir / "state.duckdb").is_file():
         parser.error(f"{run_dir}: no state.duckdb; give the directory of a finished run")
-    trees = {"this": ROOT}
+    counts = [None] if args.workers is None else [int(w) for w in args.workers.split(",")]
+    trees: dict[str, tuple[Path, int | None]] = {}
     if args.baseline is not None:
         baseline = args.baseline.resolve()
         if not (baseline / "engine" / "app" / "cli.py").is_file():
             parser.error(f"{baseline}: not a checkout of m2l (no engine/app/cli.py)")
-        trees = {"baseline": baseline, "this": ROOT}
+        trees["baseline"] = (baseline, None)
+    for count in counts:
+        trees["this" if count is None else f"this-w{count}"] = (ROOT, count)
     conversations = _done(run_dir)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
     with tempfile.TemporaryDirectory(prefix="m2l-filter-bench-") as tmp:
         for round_no in range(1, args.rounds + 1):
-            for name, tree in trees.items():
-                got = measure(tree, run_dir, Path(tmp))
+            for name, (tree, workers) in trees.items():
+                got = measure(tree, run_dir, Path(tmp), workers)
                 results[name].append(got)
                 print(
                     f"round {round_no} {name:8} CPU {got['cpu_s']:7.2f} s "
                     f"({got['cpu_s'] / conversations * 1000:.3f} ms per conversation), "
-                    f"wall {got['wall_s']:.1f} s, peak RSS {got['peak_rss_mb']:.0f} MB, "
+                    f"wall {got['wall_s']:.1f} s ({got['wall_s'] / conversations * 1000:.3f} ms), "
+                    f"load {os.getloadavg()[0]:.1f}, peak RSS {got['peak_rss_mb']:.0f} MB, "
                     f"filtered {got['filtered']:,}",
                     flush=True,
                 )
-    reference = results["this"][0]["verdicts"]
+    reference = next(iter(results.values()))[0]["verdicts"]
     same = all(r["verdicts"] == reference for runs in results.values() for r in runs)
     summary: dict[str, Any] = {
         "conversations": conversations,
@@ -127,19 +147,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         best = min(r["cpu_s"] for r in runs)
         summary[name] = {
             "cpu_s": [round(r["cpu_s"], 2) for r in runs],
+            "wall_s": [round(r["wall_s"], 2) for r in runs],
             "ms_per_conversation": round(best / conversations * 1000, 3),
+            "wall_ms_per_conversation": round(
+                min(r["wall_s"] for r in runs) / conversations * 1000, 3
+            ),
             "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs)),
             "filtered": runs[0]["filtered"],
         }
     print(f"\n{conversations:,} conversations checked; verdicts the same in every run: {same}")
     if "baseline" in results:
-        ratio = summary["baseline"]["ms_per_conversation"] / summary["this"]["ms_per_conversation"]
-        summary["cpu_ratio"] = round(ratio, 2)
-        print(
-            f"CPU per conversation (least of {args.rounds} rounds): baseline "
-            f"{summary['baseline']['ms_per_conversation']} ms, this "
-            f"{summary['this']['ms_per_conversation']} ms: {ratio:.2f}x less"
-        )
+        base = summary["baseline"]
+        for name in results:
+            if name == "baseline":
+                continue
+            cpu = base["ms_per_conversation"] / summary[name]["ms_per_conversation"]
+            wall = base["wall_ms_per_conversation"] / summary[name]["wall_ms_per_conversation"]
+            summary[name]["cpu_ratio"] = round(cpu, 2)
+            summary[name]["wall_ratio"] = round(wall, 2)
+            print(
+                f"{name} against the baseline (least of {args.rounds} rounds): CPU per "
+                f"conversation {base['ms_per_conversation']} -> "
+                f"{summary[name]['ms_per_conversation']} ms ({cpu:.2f}x less), wall per "
+                f"conversation {base['wall_ms_per_conversation']} -> "
+                f"{summary[name]['wall_ms_per_conversation']} ms ({wall:.2f}x less)"
+            )
     line = json.dumps(summary)
     print(line)
     if args.json_out is not None:

@@ -69,10 +69,10 @@ def judged_batches(
     pool = ProcessPoolExecutor(
         max_workers=workers, mp_context=context, initializer=_start, initargs=(make, args)
     )
+    index = 0  # of the first batch not yet yielded
     try:
         source = iter(batches)
         exhausted = False
-        index = 0
         while True:
             while not exhausted and len(pending) < ahead:
                 batch = next(source, None)
@@ -83,12 +83,12 @@ def judged_batches(
             if not pending:
                 return
             batch, future = pending.popleft()
-            try:
-                judged = future.result()
-            except BrokenProcessPool as exc:
-                raise WorkerDied("a worker process died (killed, or out of memory)", index) from exc
+            judged = future.result()
             yield batch, judged
             index += 1
+    except BrokenProcessPool as exc:
+        # From result() or from submit(), whichever meets the dead pool first.
+        raise WorkerDied("a worker process died (killed, or out of memory)", index) from exc
     finally:
         # Waits for the batches being judged (each takes well under a second), drops the rest.
         pool.shutdown(wait=True, cancel_futures=True)
