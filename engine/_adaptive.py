@@ -37,7 +37,8 @@ TCP Vegas and of gradient limiters in service meshes, judged on the marginal gai
 
 Independently of the limit, the timeout guard keeps a request from being sent into a queue it
 cannot get through in time: with the server's throughput X (replies per second while busy), the
-n-th request in flight waits about n / X, so at most ``X * timeout * margin`` are sent at once.
+n-th request in flight waits about n / X, so at most ``X * timeout * margin`` (rounded to the
+nearest) are sent at once.
 X counts replies per busy second from the first request on, up to now (so it sinks while a
 reply is overdue); before the first reply at most two go out, which one slot answering in
 half the timeout gets through. It also applies to a fixed ``max_inflight``.
@@ -376,7 +377,11 @@ class ConcurrencyCore:
             # server that may take one at a time, tens of seconds each. Two are safe whenever
             # one reply fits in the timeout; the first reply then sizes the guard.
             return _GUARD_START
-        return max(1, math.floor(rate * self._timeout_s * self._settings.timeout_margin))
+        # Rounded to the nearest, not down: the rate was measured at the concurrency the
+        # guard allowed, so at one in flight it also counts m2l's own turnaround, and rounding
+        # down would hold a server that answers in a third of the timeout at one request for
+        # good. The last in line still finishes within two thirds of the timeout.
+        return max(1, math.floor(rate * self._timeout_s * self._settings.timeout_margin + 0.5))
 
     def _set(self, limit: int) -> None:
         """Move to ``limit`` and start a new window there."""

@@ -352,3 +352,22 @@ def test_settings_and_misuse_are_checked() -> None:
     core = ConcurrencyCore(FakeClock())
     with pytest.raises(RuntimeError):
         core.finished(Flight(0, 0.0, 0))
+
+
+def test_timeout_guard_does_not_hold_auto_at_one_request_for_good() -> None:
+    """Against one slot, with the client's own turnaround twice a reply's time (a starved
+    process) and a 12 s timeout: at one request in flight the measured rate is the whole
+    cycle's, 12 s x 0.5 of it is 1.6 requests; rounded down that would hold auto at one
+    for good, so the slot idles two thirds of the time. Rounded to the nearest, one more
+    waits at the server (the rate measured then lets more, and auto's limit says 1 + 1),
+    and no request times out."""
+    clock = FakeClock()
+    core = ConcurrencyCore(clock, timeout_s=12.0)
+    out = drive(core, clock, slots=1, seconds=600, turnaround=2.5)
+    guard = core.statistics().guard
+    assert guard is not None and guard >= 2
+    assert core.allowed() == 2
+    assert max(out.latencies) < 12.0
+    alone = drive(ConcurrencyCore(c := FakeClock(), fixed=1), c, slots=1, seconds=600,
+                  turnaround=2.5)  # fmt: skip
+    assert out.replies >= 1.5 * alone.replies
