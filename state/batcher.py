@@ -62,8 +62,7 @@ class _Group:
     def __call__(self, conn: journal.Conn) -> None:
         # Runs on the writer thread; the group is sealed by then, so a rerun writes the same rows.
         journal.write_active(conn, self.active)
-        requestlog.write_reserved(conn, self.reserved)
-        requestlog.write_finished(conn, self.finished)
+        requestlog.write_attempts(conn, self.reserved, self.finished)
         journal.write_steps(conn, self.steps)
         for op in self.extra:
             op(conn)
