@@ -297,12 +297,29 @@ def _run_figures(m: Measured, run_dir: Path, n: int, replies_before: int = 0) ->
         "cpu_ms_per_reply": round(m.cpu_s / replies * 1000, 3) if replies else None,
         "peak_rss_mb": round(m.peak_rss_mb, 1),
         "rss_slope_mb_per_1000": _round(slope_per_1000(m.samples, n), 3),
+        "rss_median_slope_mb_per_1000": _round(median_slope_per_1000(m.samples, n), 3),
         "rss_at": {f"{p}%": _rss_at(m.samples, n * p // 100) for p in (10, 50, 90)},
         # Once the last conversation has finished, what the process does is the export.
         "end_phase_peak_rss_mb": _end_phase_peak(m.samples),
         "store_mb": round(store.stat().st_size / 2**20, 1) if store.exists() else None,
         "tail": m.output_tail if m.returncode not in (0, -9) else "",
     }
+
+
+def median_slope_per_1000(samples: Sequence[Sample], total: int) -> float | None:
+    """The same slope through the median RSS of each 1% of conversations after the first 10%:
+    a DuckDB checkpoint lifts RSS by up to ~200 MB for a few seconds, and such spikes would
+    otherwise steer a fit of every sample."""
+    width = max(total // 100, 1)
+    buckets: dict[int, list[float]] = {}
+    for s in samples:
+        if s.finished >= total * 0.1:
+            buckets.setdefault(s.finished // width, []).append(s.rss_mb)
+    points = [
+        (Sample(0.0, sorted(v)[len(v) // 2], k * width + width // 2))
+        for k, v in sorted(buckets.items())
+    ]
+    return slope_per_1000(points, 0)
 
 
 def _rss_at(samples: Sequence[Sample], finished: int) -> float | None:
