@@ -4,7 +4,9 @@ Made from the hand-written language corpus (tests/data/language_corpus.toml: eac
 conversation it describes, the texts of each language chained into multi-turn conversations,
 and exact and near copies of some) and from 167 conversations of a run of the embedded
 simulator in 41 languages (tests/data/sim_conversations.jsonl). tests/data/filter_verdicts.json
-holds what m2l's filter said of each before its text analysis was shared between the checks.
+holds what m2l's filter said of each before its text analysis was shared between the checks;
+the three code-mixed translation cases added later were recorded when they were added (the
+verdicts of every other conversation stayed as they were).
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ VALIDATOR = QualityValidator(load_languages())
 REJECTED_NEIGHBOURS = {
     "translation": ["pt-translation-wrong-target", "tr-translation-not-translated"],
     "cross_lingual": ["hi-crosslingual-all-english"],
-    "code_mixing": ["hi-codemix-all-english"],
+    "code_mixing": ["hi-codemix-all-english", "sw-codemix-translation-wrong-target"],
     "code": ["hi-code-english-prose"],
     "multi_script": ["sr-answered-russian"],
 }

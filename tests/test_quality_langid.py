@@ -8,17 +8,20 @@ from dataclasses import dataclass
 import pytest
 
 from engine.quality import (
+    Expectation,
     FilterConfig,
     Py3LangidDetector,
     accepted_codes,
     check_language,
     default_detector,
     expected_scripts,
+    judge_expected,
     judge_language,
     script_of,
     script_share,
     weighted_letters,
 )
+from engine.quality.langid import Mode
 
 
 @dataclass(frozen=True, slots=True)
@@ -454,6 +457,19 @@ def test_unknown_language_read_as_a_neighbour_still_passes(
     assert check.ok and check.method == "script", check
     # An English reply is still caught: by the model for Latin-script languages, by script else.
     assert not judge_language(PHOTO["en"], lang, detector=detector).ok
+
+
+@pytest.mark.parametrize("mode", ["strict", "mixed"])
+def test_a_language_the_model_does_not_know_keeps_its_leeway_beside_a_known_one(
+    mode: Mode, detector: Py3LangidDetector
+) -> None:
+    """A Wolof translation conversation accepts Wolof or English: Wolof text, which the model
+    files under a neighbour, still passes there as it does alone; a French reply does not."""
+    wolof_or_english = Expectation((L["wo"], L["en"]), mode)
+    assert not detector.knows("wo")
+    for text in (PHOTO["wo"], PHOTO["en"]):
+        assert judge_expected(text, wolof_or_english, detector=detector).ok
+    assert not judge_expected(PHOTO["fr"], wolof_or_english, detector=detector).ok
 
 
 @pytest.mark.parametrize(

@@ -87,9 +87,16 @@ def expect_language(
 
     ``instruction`` is the user turn an answer answers; ``turn`` its number (1 for the first).
     """
-    if evol_type == CODE_MIXING:
-        return Expectation((language,), "mixed", why="code-mixing by design")
     translation = task == TRANSLATION
+    mentioned: set[str] = set()
+    targets: list[LanguageLike] = []
+    if kind == "answer" and translation:
+        mentioned = names.mentioned(instruction or "")
+        targets = _targets(language, mentioned, seed_target, names, detector)
+    if evol_type == CODE_MIXING:
+        # A code-mixed request to translate is still answered with the translation: a text
+        # wholly in the target language is what was asked for.
+        return Expectation((language, *targets), "mixed", why="code-mixing by design")
     if kind == "evolve" and (translation or evol_type == CROSS_LINGUAL):
         why = "a translation's source text" if translation else "cross-lingual context"
         return Expectation((language,), "passage", why=why)
@@ -97,18 +104,6 @@ def expect_language(
         return Expectation((language,), "passage", why="a translation quoted")
     if kind != "answer" or not translation:
         return Expectation((language,))
-    mentioned = names.mentioned(instruction or "")
-    others = [
-        found
-        for code in sorted(mentioned - {language.iso639_3})
-        if (found := names.language(code)) is not None
-    ]
-    from_seed = _seed_target(seed_target, detector, names)
-    if from_seed is not None and from_seed.iso639_3 == language.iso639_3:
-        from_seed = None
-    targets: list[LanguageLike] = list(others)
-    if from_seed is not None and all(t.iso639_3 != from_seed.iso639_3 for t in others):
-        targets.append(from_seed)
     if not targets:
         return Expectation((), "any", why="the translation's target language is not named")
     require: LanguageLike | None = None
@@ -118,6 +113,28 @@ def expect_language(
     return Expectation(
         (language, *targets), "strict", require, why=f"a translation into {names_of}"
     )
+
+
+def _targets(
+    language: Language,
+    mentioned: set[str],
+    seed_target: str | None,
+    names: LanguageNames,
+    detector: LanguageDetector,
+) -> list[LanguageLike]:
+    """A translation's target languages other than the conversation's: those its instruction
+    names (``mentioned``), and the language of the seed's reference answer."""
+    targets: list[LanguageLike] = [
+        found
+        for code in sorted(mentioned - {language.iso639_3})
+        if (found := names.language(code)) is not None
+    ]
+    from_seed = _seed_target(seed_target, detector, names)
+    if from_seed is not None and from_seed.iso639_3 == language.iso639_3:
+        from_seed = None
+    if from_seed is not None and all(t.iso639_3 != from_seed.iso639_3 for t in targets):
+        targets.append(from_seed)
+    return targets
 
 
 def _seed_target(

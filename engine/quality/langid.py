@@ -344,7 +344,7 @@ def judge_expected(
             return LanguageCheck(
                 "wrong", "model", top, top_p, f"all in {top} ({top_p:.2f}), expected {want} mixed"
             )
-        known = any(detector.knows(c) for c in _facts(expect.languages).own)
+        known = _knows_all(detector, expect.languages)
         native = scripts is not None and share_of(counts, scripts[0]).share >= script_min_share
         # Written in the language's own script, which the model reads: some of it must be the
         # language (romanised text, which the model cannot read, is let through).
@@ -404,13 +404,13 @@ def judge_expected(
             for seg in params.sample()
         )
         if not found:
+            seen = f"; detected {whole.detected}" if whole.detected else ""
             return LanguageCheck(
                 "wrong",
                 "model",
                 whole.detected,
                 whole.confidence,
-                f"no text in {_display(target)}, the language asked for ({expect.why}); "
-                f"detected {whole.detected}",
+                f"no text in {_display(target)}, the language asked for ({expect.why}){seen}",
             )
     return whole
 
@@ -498,6 +498,13 @@ def _make_facts(languages: Sequence[LanguageLike]) -> _Facts:
     return _Facts(frozenset(own), frozenset(accepted), _make_scripts(languages))
 
 
+def _knows_all(detector: LanguageDetector, languages: Sequence[LanguageLike]) -> bool:
+    """Whether the identifier knows every one of ``languages`` (under any of its codes). A
+    text that may be in a language it does not know (Wolof, say, beside a translation's
+    English target) is one it cannot vouch against: it files such text under a neighbour."""
+    return all(any(detector.knows(c) for c in language_codes(lang)) for lang in languages)
+
+
 def _accepted(languages: Sequence[LanguageLike]) -> frozenset[str]:
     return _facts(languages).accepted
 
@@ -547,7 +554,7 @@ def _judge(
                 f" (expected {want})",
             )
         alternate = share_of(counts, primary).share < p.script_min_share
-    known = any(p.detector.knows(code) for code in _facts(languages).own)
+    known = _knows_all(p.detector, languages)
     ranking = p.rank(body)
     top, top_p = _top(ranking)
     accepted = _accepted(languages)
@@ -600,7 +607,7 @@ def _judge_passage(body: str, expect: Expectation, p: _Params, want: str) -> Lan
         seen.append((top, top_p))
         mass = _mass(ranking, accepted)
         in_script = primary is not None and share_of(seg.counts, primary).share >= 0.5
-        known = any(p.detector.knows(c) for c in _facts(expect.languages).own)
+        known = _knows_all(p.detector, expect.languages)
         if top in accepted or mass >= p.accept_share or (in_script and not known):
             own += n
     if total == 0:
