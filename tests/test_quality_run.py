@@ -24,6 +24,7 @@ from state.journal import load_conversations
 from tests.runfixtures import write_config
 
 pytestmark = pytest.mark.anyio
+BUNDLED_SEEDS = Path(__file__).resolve().parent.parent / "examples" / "seeds.jsonl"
 
 
 async def test_bad_replies_are_regenerated_or_fail_with_their_reason(tmp_path: Path) -> None:
@@ -154,3 +155,21 @@ def test_filter_uses_the_quality_settings_the_run_was_made_with() -> None:
     conn.execute("INSERT INTO run_meta VALUES ('config_json', ?)", [orjson.dumps(stored).decode()])
     quality = run_quality(conn)
     assert quality.check_language is False and quality.extra_markers == ("X",)
+
+
+async def test_bundled_translation_seeds_finish_without_rejections(tmp_path: Path) -> None:
+    """The simulator and the quality gate agree on translations: the demo's translation seeds
+    (each into English, 13 languages) all finish, none rejected, when no fault is injected."""
+    config_path = write_config(tmp_path, evols_per_seed=2)
+    lines = [ln for ln in BUNDLED_SEEDS.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    translations = [ln for ln in lines if orjson.loads(ln)["task_type"] == "translation"]
+    assert len(translations) >= 10
+    (tmp_path / "seeds.jsonl").write_text("\n".join(translations) + "\n", encoding="utf-8")
+    config = load_config(config_path)
+    report = await execute_run(config, env={})
+    assert report.result.status is RunStatus.FINISHED
+    with duckdb.connect(str(config.run_dir / "state.duckdb"), read_only=True) as conn:
+        rejected = conn.execute("SELECT conv_id, step, reason, detail FROM rejections").fetchall()
+        statuses = conn.execute("SELECT status, count(*) FROM conversations GROUP BY 1").fetchall()
+    assert rejected == []
+    assert dict(statuses) == {"done": 2 * len(translations)}

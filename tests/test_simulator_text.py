@@ -347,3 +347,27 @@ def test_an_independent_language_identifier_agrees() -> None:
             if code != language.codes[0]:
                 wrong.append((language.name, seed, code))
     assert wrong == []
+
+
+def test_first_turn_of_a_translation_is_answered_in_english() -> None:
+    """Under m2l's own answer prompt, a translation's first answer is the translation (English,
+    as every bundled translation seed asks); later turns and other tasks keep the target."""
+    from prompts.taxonomy import load_taxonomy
+
+    answer_system = load_taxonomy().system("answer")
+    w = writer()
+
+    def system(task: str) -> tuple[str, str]:
+        return ("system", answer_system.render(language="Turkish", task=task))
+
+    first = request(system("translation"), ("user", "Şu cümleyi çevirin: «Yarın yağmur var.»"))
+    assert w.spec_for(first).language is ENGLISH
+    assert w.write(first, 400, 0, None).language == "English"
+    later = request(
+        system("translation"), ("user", "Çevirin."), ("assistant", "Rain."), ("user", "Neden?")
+    )
+    assert w.spec_for(later).language.name == "Turkish"
+    other = request(system("open_qa"), ("user", "Neden gökyüzü mavi?"))
+    assert w.spec_for(other).language.name == "Turkish"
+    rewrite = request(system("translation"), ("user", "Çevirin. Return only the new one."))
+    assert w.spec_for(rewrite).language.name == "Turkish"

@@ -23,6 +23,11 @@ __all__ = ["Reply", "ReplyWriter", "target_language"]
 _TARGET = re.compile(r"^[ \t]*target language[ \t]*:[ \t]*(.+?)[ \t]*$", re.IGNORECASE | re.M)
 _JSON_WORD = re.compile(r"\bJSON\b")
 _REWRITE_MARK = "return only the new"
+# m2l's answer prompt names the task ("For translation requests, ..."). A real model answering
+# the first turn of a translation conversation writes the translation, in the language the
+# seed translates into; the bundled seeds all translate into English, and so does the simulator
+# (its instructions name no language, and English is its default target).
+_TRANSLATION_MARK = "for translation requests"
 # Drafting past max_tokens by this much, then cutting at max_tokens, gives a "length" reply
 # that really was cut off rather than one that ended by chance just at the limit.
 _OVERDRAFT = 8
@@ -63,6 +68,13 @@ def target_language(messages: tuple[tuple[str, str], ...]) -> Language:
     return ENGLISH
 
 
+def _first_turn_of_translation(messages: tuple[tuple[str, str], ...], last_user: str) -> bool:
+    """An answer to a translation conversation's first user turn (not a rewrite of it)."""
+    if _REWRITE_MARK in last_user.lower() or sum(r == "user" for r, _ in messages) != 1:
+        return False
+    return any(r in ("system", "developer") and _TRANSLATION_MARK in c.lower() for r, c in messages)
+
+
 class ReplyWriter:
     """Writes replies for one simulator: its seed, bounds and latency model."""
 
@@ -81,8 +93,11 @@ class ReplyWriter:
             keys = json_keys_in(last_user) or next(
                 (json_keys_in(c) for r, c in req.messages if r in ("system", "developer")), ()
             )
+        language = target_language(req.messages)
+        if _first_turn_of_translation(req.messages, last_user):
+            language = ENGLISH
         return ReplySpec(
-            language=target_language(req.messages),
+            language=language,
             instruction=_REWRITE_MARK in last_user.lower(),
             json=json_mode,
             json_keys=keys,
