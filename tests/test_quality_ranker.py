@@ -70,13 +70,19 @@ def test_ranking_many_texts_together_gives_the_same_floats(reference: Any, max_c
     assert model.rank_many([], max_chars) == []
 
 
-def test_the_array_walk_meets_each_feature_where_the_dfa_does(reference: Any) -> None:
+@pytest.mark.parametrize("piece", [64, 1, 5, 6, 7, 13])
+def test_the_array_walk_meets_each_feature_where_the_dfa_does(
+    reference: Any, piece: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Features and the text they belong to, position by position, across text boundaries
-    (no text's walk may start from the previous text's state)."""
+    (no text's walk may start from the previous text's state) and across the pieces a text
+    is walked in (each piece starts from the bytes before it, as short as one byte)."""
     import numpy as np
 
+    from engine.quality import ranker
     from engine.quality.ranker import _encoded
 
+    monkeypatch.setattr(ranker, "_PIECE_BYTES", piece)
     model = NaiveBayes(reference)
     raws = [_encoded(text, 2000) for text in TEXTS + EDGES + ["", "zz", ""]]
     features, owners = model._features_many(b"".join(raws), np.array([len(r) for r in raws]))
@@ -95,3 +101,32 @@ def test_many_texts_are_ranked_in_chunks_with_the_same_floats(
     one = [list(model.rank(text, 2000)) for text in texts]
     monkeypatch.setattr(ranker, "_CHUNK_BYTES", 3000)
     assert [list(r) for r in model.rank_many(texts, 2000)] == one
+
+
+def test_no_trie_node_is_deeper_than_the_walk_assumes(reference: Any) -> None:
+    """Every state of the automaton stands for at most _MAX_DEPTH bytes (its distance from the
+    start, level by level), and a move from a state goes at most one level deeper: so the
+    state after a byte depends on the _MAX_DEPTH bytes up to it only."""
+    import numpy as np
+
+    from engine.quality.ranker import _MAX_DEPTH
+
+    nextmove = np.asarray(reference.tk_nextmove)
+    rowbase = np.asarray(reference.tk_row, dtype=np.intp) << 8
+    depth = np.full(len(rowbase), -1, dtype=np.int16)
+    depth[0] = 0
+    frontier = np.zeros(1, dtype=np.intp)
+    level = 0
+    every_byte = np.arange(256, dtype=np.intp)
+    while len(frontier):
+        level += 1
+        for lo in range(0, len(frontier), 4096):
+            reached = nextmove[(rowbase[frontier[lo : lo + 4096], None] + every_byte).ravel()]
+            depth[reached[depth[reached] < 0]] = level
+        frontier = np.flatnonzero(depth == level)
+    assert depth.min() >= 0  # every state is reached from the start
+    assert depth.max() == _MAX_DEPTH
+    for lo in range(0, len(rowbase), 4096):
+        rows = np.arange(lo, min(lo + 4096, len(rowbase)))
+        moved = nextmove[(rowbase[rows, None] + every_byte).ravel()].reshape(len(rows), 256)
+        assert (depth[moved] <= depth[rows, None] + 1).all()

@@ -12,14 +12,16 @@ twice as fast; ``Ranking`` sorts only when a caller walks the whole list.
 text's bytes in Python (about 0.2 µs a byte, the largest part of a short text's cost). That DFA
 is an Aho-Corasick automaton whose state after each byte is the longest suffix of the text read
 so far that is a node of its trie (at most 6 bytes; checked for every state and byte), so the
-state at every position can be found for all texts together with array operations: the node of
-the d-byte string ending at byte i is the trie child of the (d-1)-byte one ending at i-1.
+state at a byte depends on the 6 bytes up to it only: texts are cut into short pieces, each
+walked from a few bytes before it, and all pieces are walked together, one array gather per
+byte position.
 
 Nothing here raises.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import unicodedata
 from collections import Counter
@@ -109,7 +111,6 @@ class NaiveBayes:
 
     __slots__ = (
         "_alias",
-        "_depths",
         "_index",
         "_keep",
         "_labels",
@@ -150,7 +151,6 @@ class NaiveBayes:
         # 32-bit: half the memory traffic of the walk (states < 2**17, rows << 8 < 2**24).
         self._np_rowbase = np.asarray(self._rowbase, dtype=np.int32)
         self._np_output = np.asarray(self._output, dtype=np.int32)
-        self._depths: npt.NDArray[np.int8] | None = None  # made by the first rank_many
 
     @property
     def labels(self) -> frozenset[str]:
@@ -209,24 +209,18 @@ class NaiveBayes:
             return [self._rank_encoded(raw) for raw in raws]
         sizes = np.fromiter(map(len, raws), dtype=np.intp, count=len(raws))
         feature, owner = self._features_many(b"".join(raws), sizes)
-        n_features = len(self._np_output)
         scores = np.zeros((len(raws), len(self._pc)), dtype=np.float32)
         if len(feature):
-            # Each text's distinct features in the order they first occur, with their counts:
-            # the order a Counter of the walk's features holds them in.
-            keys, first, counts = np.unique(
-                owner * n_features + feature, return_index=True, return_counts=True
-            )
-            order = np.argsort(first, kind="stable")
-            keys = keys[order]
-            weights = np.log1p(counts[order].astype(np.float32))
-            texts_of = keys // n_features
-            features = keys - texts_of * n_features
+            features, weights, texts_of = _first_seen_counts(feature, owner, len(raws))
             bounds = np.searchsorted(texts_of, np.arange(len(raws) + 1)).tolist()
-            ptc, pc = self._ptc, self._pc
-            for i in np.unique(texts_of).tolist():
-                lo, hi = bounds[i], bounds[i + 1]
-                scores[i] = weights[lo:hi] @ ptc.take(features[lo:hi], axis=0) + pc
+            ptc = self._ptc
+            present = []
+            for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+                if hi > lo:
+                    present.append(i)
+                    np.matmul(weights[lo:hi], ptc.take(features[lo:hi], axis=0), out=scores[i])
+            # A text without features keeps scores of 0, as a single ranking has it.
+            scores[present] += self._pc
         temperature = np.array([1.0 / math.sqrt(len(raw) or 1) for raw in raws], dtype=np.float32)
         scores *= temperature[:, None]
         np.exp(scores - scores.max(axis=1, keepdims=True), out=scores)
@@ -253,51 +247,95 @@ class NaiveBayes:
         self, data: bytes, sizes: npt.NDArray[np.intp]
     ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
         """The walk's features of texts joined in ``data`` (``sizes`` bytes each), in the
-        order the walk meets them, and the index of the text each belongs to."""
+        order the walk meets them, and the index of the text each belongs to.
+
+        The state after a byte is the longest trie node ending there, so it depends on the
+        last ``_MAX_DEPTH`` bytes only: each text is cut into pieces of ``_PIECE_BYTES``, and each
+        piece is walked from up to ``_MAX_DEPTH - 1`` bytes before it (those bytes' states are its
+        neighbour's). All pieces step together, one array gather per byte position: one
+        read of the 39 MB table per byte, where a walk level by level read it once per level.
+        """
         import numpy as np
 
-        size = len(data)
         empty = np.zeros(0, dtype=np.intp)
-        if size == 0:
+        if len(data) == 0:
             return empty, empty
-        text_bytes = np.frombuffer(data, dtype=np.uint8).astype(np.int32)
-        # A text starts here (no context before it), or the data ends.
-        starts = np.zeros(size + 1, dtype=bool)
-        starts[np.cumsum(sizes)] = True
         nextmove, rowbase = self._np_nextmove, self._np_rowbase
-        depth = self._depths
-        if depth is None:
-            depth = self._depths = _depths(nextmove, rowbase)  # 0.2 s, once
-        # Depth 1: the node of each byte alone (the root, 0, when it is none).
-        node = nextmove[rowbase[0] + text_bytes]
-        at = np.flatnonzero(depth[node] == 1)
-        state = np.where(depth[node] == 1, node, 0)
-        node = node[at]
-        for level in range(2, int(depth.max()) + 1):
-            # The d-byte string ending at i is a node iff it is the child of the (d-1)-byte
-            # node ending at i-1 by byte i: the automaton's move from that node then goes
-            # one level deeper (otherwise it falls back to a shorter suffix).
-            nxt = at + 1
-            keep = ~starts[nxt]
-            nxt = nxt[keep]
-            moved = nextmove[rowbase[node[keep]] + text_bytes[nxt]]
-            deeper = depth[moved] == level
-            at = nxt[deeper]
-            node = moved[deeper]
-            if not len(at):
-                break
-            state[at] = node  # the longest node ending there wins: deeper levels come later
-        output = self._np_output[state]
-        found = np.flatnonzero(output >= 0)
-        owner = np.repeat(np.arange(len(sizes), dtype=np.intp), sizes)
-        return output[found].astype(np.intp), owner[found]
+        ends = np.cumsum(sizes)
+        text_starts = ends - sizes
+        pieces = -(-sizes // _PIECE_BYTES)  # an empty text has none
+        text_of = np.repeat(np.arange(len(sizes), dtype=np.intp), pieces)
+        nth = np.arange(len(text_of)) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+        first = text_starts[text_of] + nth * _PIECE_BYTES  # the piece's first byte
+        end = np.minimum(first + _PIECE_BYTES, ends[text_of])
+        begin = np.maximum(first - (_MAX_DEPTH - 1), text_starts[text_of])
+        # Longest walks first, so the walks still going at any step are a prefix.
+        order = np.argsort(begin - end, kind="stable")
+        length = (end - begin)[order]
+        going = np.searchsorted(-length, -np.arange(int(length[0])), side="left").tolist()
+        text_bytes = np.frombuffer(data, dtype=np.uint8).astype(np.int32)
+        at = begin[order]
+        states = np.zeros((len(going), len(order)), dtype=np.int32)
+        state = states[0]
+        for step, k in enumerate(going):
+            state = nextmove[rowbase[state[:k]] + text_bytes[at[:k] + step]]
+            states[step, :k] = state
+        # Back to text order, position by position, without each piece's lead-in.
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        steps = np.arange(len(going))
+        kept = (steps >= (first - begin)[:, None]) & (steps < (end - begin)[:, None])
+        output = self._np_output[states.T[back]]
+        found = kept & (output >= 0)
+        owner = np.broadcast_to(text_of[:, None], found.shape)[found]
+        return output[found].astype(np.intp), owner
 
+
+# The deepest node of py3langid 0.4's trie: 6 bytes (tests/test_quality_ranker.py finds it
+# from the automaton; a walk that starts 5 bytes early reaches every state a whole walk does).
+# pyproject pins py3langid below 0.5, whose model this is.
+_MAX_DEPTH = 6
+
+# Bytes of a text each walk reads (plus the lead-in from the piece before): short pieces
+# keep all walks stepping together; each piece re-reads at most 5 bytes of the one before.
+_PIECE_BYTES = 64
 
 # Bytes of text walked together at most: about 15 MB of temporary arrays.
 _CHUNK_BYTES = 1 << 18
 
 # Below this many bytes in all, array operations cost more than walking each text in Python.
 _MANY_BYTES = 800
+
+
+def _first_seen_counts(
+    feature: npt.NDArray[np.intp], owner: npt.NDArray[np.intp], texts: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.float32], npt.NDArray[np.intp]]:
+    """Each text's distinct features in the order they first occur (the order a Counter of
+    the walk's features holds them in), their weights log1p(count), and the text of each.
+
+    One sort of (text, feature, position) packed in an integer finds the groups; the first
+    occurrences are then read back in position order, so no second sort is needed.
+    """
+    import numpy as np
+
+    n = len(feature)
+    width = int(feature.max()) + 1
+    pos_bits = n.bit_length()
+    if (texts * width).bit_length() + pos_bits > 62:  # too many to pack: sort the slow way
+        order = np.lexsort((np.arange(n), feature, owner))
+        packed_keys = owner[order] * width + feature[order]
+        positions = order
+    else:
+        packed = ((owner * width + feature) << pos_bits) | np.arange(n)
+        packed.sort()
+        packed_keys = packed >> pos_bits
+        positions = packed & ((1 << pos_bits) - 1)
+    starts = np.flatnonzero(np.concatenate(([True], packed_keys[1:] != packed_keys[:-1])))
+    counts_at = np.zeros(n, dtype=np.intp)
+    counts_at[positions[starts]] = np.diff(starts, append=n)
+    firsts = np.flatnonzero(counts_at)  # ascending: the walk's order
+    weights = np.log1p(counts_at[firsts].astype(np.float32))
+    return feature[firsts], weights, owner[firsts]
 
 
 def _encoded(text: str, max_chars: int) -> bytes:
@@ -307,26 +345,3 @@ def _encoded(text: str, max_chars: int) -> bytes:
     if data.isupper():
         data = data.lower()
     return unicodedata.normalize("NFC", data).encode("utf8", errors="surrogatepass")
-
-
-def _depths(
-    nextmove: npt.NDArray[np.uint32], rowbase: npt.NDArray[np.int32]
-) -> npt.NDArray[np.int8]:
-    """Each automaton state's depth in its trie (the length of the string it stands for):
-    its distance from the start state, found level by level (a few thousand states at a
-    time, so the temporary arrays stay near 10 MB)."""
-    import numpy as np
-
-    depth = np.full(len(rowbase), -1, dtype=np.int8)
-    depth[0] = 0
-    frontier = np.zeros(1, dtype=np.intp)
-    level = 0
-    every_byte = np.arange(256, dtype=np.intp)
-    while len(frontier):
-        level += 1
-        for lo in range(0, len(frontier), 4096):
-            rows = rowbase[frontier[lo : lo + 4096]].astype(np.intp)
-            reached = nextmove[(rows[:, None] + every_byte).ravel()]
-            depth[reached[depth[reached] < 0]] = level
-        frontier = np.flatnonzero(depth == level)
-    return depth
