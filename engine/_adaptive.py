@@ -12,16 +12,20 @@ TCP Vegas and of gradient limiters in service meshes, judged on the marginal gai
   kept when it raises throughput by at least half as much as it raised concurrency, and the
   median stays within ``tolerance`` of the unloaded floor; otherwise the limit goes back.
 - Slow start doubles the limit per step, judged on the replies to the first half of its
-  window (about one round trip a step; the step from 1 to 2 waits for four replies unless
-  the first two both came back at the floor's pace, since on one slot the second waited).
+  window (about one round trip a step). The first reply alone moves 1 to 2 (the first reply
+  at two, unqueued on any server, is the floor's second sample); the step from 2 to 4 waits
+  for four replies unless the first two both came back at the floor's pace, since on one
+  slot the second waited. A failed step from one request is the knee, never a near miss.
   From 16 up, a doubling that scaled nearly perfectly (gain >= 0.8) is followed by a
-  quadrupling: a big server's batch is far from full. A quadrupling that fails goes back
-  and doubles; a doubling whose gain thins below 0.75 ends slow start at the new limit.
+  quadrupling (a big server's batch is far from full) while the quadrupled window's first
+  half still fits in ``max_samples``. A quadrupling that fails goes back and doubles; a
+  doubling whose gain thins below 0.75, or whose latency passes the middle of the tolerated
+  band, ends slow start at the new limit.
 - Afterwards probes step by a quarter and are judged on a whole window of at least eight
   replies (its first replies, the ones that got a slot first, hide the queue a few added
-  requests make). A probe that
-  scales nearly perfectly resumes slow start. A step (of a fifth or more) that gained next to
-  nothing, or whose latency shows a queue, found the knee: the next probe waits 128 replies'
+  requests make). A probe that scales nearly perfectly with latency in the lower half of the
+  band resumes slow start. A step (of a fifth or more) that gained next to nothing, or
+  whose latency shows a queue, found the knee: the next probe waits 128 replies'
   worth of windows (32 against one slot, 4 against 64), doubling after each rejection (a
   probe queues requests at the server, which latency pays for); a near miss is tried again
   after 1, 2, 4... windows.
@@ -33,7 +37,8 @@ TCP Vegas and of gradient limiters in service meshes, judged on the marginal gai
   for the turnaround's share of throughput. Windows and probes measure with it in flight.
 - 503s (overloaded) or timeouts of requests sent since the last cut halve the limit once they
   are more than stray faults; a median that drifts past the tolerance (scaled by the headroom's
-  share, whose queue is there by design; a server shared with others) cuts toward it.
+  share, whose queue is there by design; a server shared with others) cuts toward it, first
+  back to the limit before the last kept step.
 
 Independently of the limit, the timeout guard keeps a request from being sent into a queue it
 cannot get through in time: with the server's throughput X (replies per second while busy), the
@@ -176,6 +181,7 @@ class ConcurrencyCore:
         "_next_seq",
         "_overloads",
         "_peak",
+        "_provisional",
         "_ring",
         "_samples",
         "_settings",
@@ -184,6 +190,7 @@ class ConcurrencyCore:
         "_slow_windows",
         "_strikes",
         "_timeout_s",
+        "_undo",
         "_wait",
     )
 
@@ -209,6 +216,8 @@ class ConcurrencyCore:
         self._base_r: float | None = None  # its median latency (s per token); None = unmeasured
         self._base_cap = self._limit  # requests allowed in flight when _base_r was measured
         self._floor: float | None = None  # the lowest window median seen: the unloaded latency
+        self._undo = 0  # the base limit before the last kept step up (0: none to undo)
+        self._provisional = fixed is None  # the floor is one reply's yet (see succeeded)
         self._gain = 0.0  # the efficiency of the last step up that was kept
         self._epoch = 0
         self._samples: list[float] = []
@@ -273,8 +282,15 @@ class ConcurrencyCore:
         if self._fixed is not None or flight.epoch != self._epoch:
             return  # sent at another limit: it says nothing about this one
         latency = max(0.0, now - flight.t)
-        self._samples.append(latency / (max(0, completion_tokens) + self._settings.token_overhead))
+        sample = latency / (max(0, completion_tokens) + self._settings.token_overhead)
+        self._samples.append(sample)
         s = self._settings
+        if self._provisional and self._slow_start and self._limit == 2 and self._floor is not None:
+            # Two went out at once when the first reply came back: whichever comes first did
+            # not queue, even behind a single slot. The floor is the lower of the two samples
+            # (the lower the floor, the sooner latency reads as a queue: the safe side).
+            self._provisional = False
+            self._floor = self._base_r = min(self._floor, sample)
         if self._slow_start:
             # A slow-start step is judged on the replies to the first half of its window,
             # which went out at once, so that each doubling takes about one round trip; on as
@@ -282,7 +298,12 @@ class ConcurrencyCore:
             # replies are one alone and one queued behind it, and two replies of different
             # lengths can look unqueued.
             least = s.slow_start_samples
-            if self._limit == 2 and not self._unqueued_pair():
+            if self._limit == 1:
+                # The first reply alone sets the floor and moves on (at 64 slots every round
+                # trip at one request idles the rest); the first reply at two, unqueued on
+                # any server, is the floor's second sample.
+                least = 1
+            elif self._limit == 2 and not self._unqueued_pair():
                 least = s.min_samples
             need = min(max(least, self._limit // 2), s.max_samples)
         elif self._limit > self._base_limit:
@@ -442,15 +463,27 @@ class ConcurrencyCore:
                 # one right after a probe, would stake many times the limit on one window.
                 doubling = self._slow_start and self._limit == 2 * self._base_limit
                 self._gain = efficiency if doubling else 0.0
+                self._undo = self._base_limit
                 self._base_limit, self._base_r, self._backoff = self._limit, r, 1
                 self._base_cap = cap
-                if efficiency < _SLOW_START_EXIT and self._limit >= _SLOW_START_MIN:
-                    # Gains are thinning: the knee is near, and another doubling would queue
-                    # as many requests at the server as are in flight now.
+                near_floor = ratio <= (1.0 + s.tolerance) / 2.0
+                if self._limit >= _SLOW_START_MIN and (
+                    efficiency < _SLOW_START_EXIT or not near_floor
+                ):
+                    # Gains are thinning, or latency is past the middle of the tolerated band:
+                    # the knee is near, and another doubling would queue as many requests at
+                    # the server as are in flight now.
                     self._slow_start = False
-                elif efficiency >= _FAST_GAIN and self._limit >= _SLOW_START_MIN and big:
-                    # A probe that scaled nearly perfectly is far below the knee (slow start
-                    # ended early on a noisy window, or the server grew): double again.
+                elif (
+                    efficiency >= _FAST_GAIN
+                    and self._limit >= _SLOW_START_MIN
+                    and big
+                    and near_floor
+                ):
+                    # A probe that scaled nearly perfectly with latency still near the floor
+                    # is far below the knee (slow start ended early on a noisy window, or the
+                    # server grew): double again. Near the knee latency is well above the
+                    # floor, and one window's median against another's can look perfect.
                     self._slow_start = True
                 self._probe()
             elif self._slow_start and self._limit > 2 * self._base_limit:
@@ -463,7 +496,7 @@ class ConcurrencyCore:
                 # probe (each queues requests at the server); a near miss (noise, or a knee
                 # just above) is tried again sooner, backing off by doubling.
                 self._slow_start = False
-                if (efficiency < _KNEE_EFF and big) or ratio > s.tolerance:
+                if (efficiency < _KNEE_EFF and big) or ratio > s.tolerance or self._base_cap == 1:
                     base = self._base_limit
                     window = min(max(base + self._headroom(base), s.min_samples), s.max_samples)
                     windows = -(-_EXIT_REPLIES // window)
@@ -479,11 +512,17 @@ class ConcurrencyCore:
         if self._slow_windows >= 2:
             # Slower than the floor allows, twice in a row, at a limit that was fine: the server
             # is shared or got slower (one slow window can be a pause of our own process). Cut
-            # toward the middle of the tolerated band, by a quarter at most.
+            # toward the middle of the tolerated band, by a quarter at most; but first back to
+            # the limit before the last kept step, since a probe kept on a lucky window is the
+            # likelier cause (below it the batch slowdown, not a queue, is most of the ratio,
+            # so the formula would cut past the slots).
             self._slow_windows = 0
             self._slow_start = False
             target = (1.0 + s.tolerance) / 2.0
             cut = max(1, math.floor(self._limit * max(0.75, target / ratio)))
+            if cut < self._undo < self._limit:
+                cut = self._undo
+            self._undo = 0
             self._base_limit, self._base_r = cut, None
             self._set(cut)
         elif self._wait > 0:
@@ -498,7 +537,11 @@ class ConcurrencyCore:
             # Quadruple while the last step scaled nearly perfectly (a big server's batch is
             # far from full), double otherwise; never from below 4, where a step too far
             # queues more replies than a short run has.
-            fast = self._limit >= _FAST_FROM and self._gain >= _FAST_GAIN
+            fast = (
+                self._limit >= _FAST_FROM
+                and 2 * self._limit <= self._settings.max_samples
+                and self._gain >= _FAST_GAIN
+            )
             step = self._limit * (3 if fast else 1)
         else:
             step = max(1, self._limit // 4)
