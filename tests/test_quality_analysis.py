@@ -256,3 +256,17 @@ def test_folding_a_text_whole_gives_its_lines_folded_one_by_one() -> None:
     for sample in samples:
         expected = "\n".join(normalize_for_match(line) for line in sample.splitlines())
         assert normalize_lines(sample) == expected, sample
+
+
+def test_the_refusal_window_folded_from_the_markers_fold_is_the_same() -> None:
+    """folded_head, made from folded_lines when the text is all prose and fits the window,
+    equals normalize_for_match of the window: with every white space character leading,
+    inside and between lines, on the corpus, with code, and past the window."""
+    spaces = [chr(code) for code in range(0x110000) if chr(code).isspace()]
+    samples = TEXTS + EDGES + ["see `code` and http://x.y/z here", "\u00ad", "", " \n "]
+    samples += [f"{ch}{ch}Ab\u0301c{ch}d\ré\u00ad{ch}" for ch in spaces]
+    for sample in samples:
+        for window in (300, 7, None):
+            head = sample.lstrip()
+            expected = normalize_for_match(head if window is None else head[:window])
+            assert Analysis(sample).folded_head(window) == expected, (sample, window)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from engine.quality import (
     REASONS,
@@ -249,3 +251,25 @@ def test_a_songs_chorus_is_no_repetition_but_a_loop_is() -> None:
 
     assert check_repetition(song).ok
     assert check_repetition("\n\n".join([verses[0], *[chorus] * 6])).reason == "repetition"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.sampled_from("abcdef"), max_size=12),
+    st.lists(st.sampled_from("abcdef"), max_size=12),
+    st.sampled_from([0.0, 0.5, 0.8, 0.9, 1.0]),
+)
+def test_similarity_bounds_decide_as_the_full_ratio_does(
+    left: list[str], right: list[str], limit: float
+) -> None:
+    """The evolution check's shortcut: at or above the limit it is difflib's ratio itself;
+    below, a value below the limit, exactly when the ratio is below it."""
+    from engine.quality.filters import _similarity_from
+    from engine.quality.text import unit_similarity
+
+    ratio = unit_similarity(left, right)
+    got = _similarity_from(left, right, limit)
+    if ratio >= limit:
+        assert got == ratio
+    else:
+        assert got < limit

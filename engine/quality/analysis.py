@@ -24,7 +24,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from engine.quality.scripts import script_counts, weighted_count
-from engine.quality.text import ngrams, prose, prose_language, segments, units, unquoted
+from engine.quality.text import (
+    ngrams,
+    normalize_for_match,
+    normalize_lines,
+    prose,
+    prose_language,
+    segments,
+    units,
+    unquoted,
+)
 
 __all__ = [
     "SAMPLE_LETTERS",
@@ -67,6 +76,7 @@ class Analysis:
         "_body",
         "_body_segments",
         "_counts",
+        "_folded_lines",
         "_letters",
         "_ngram_sets",
         "_prose",
@@ -81,6 +91,7 @@ class Analysis:
         self._units: list[str] | None = None
         self._ngram_sets: dict[int, set[tuple[str, ...]]] = {}
         self._prose: str | None = None
+        self._folded_lines: str | None = None
         self._body: str | None = None
         self._counts: Counter[str] | None = None
         self._letters: int | None = None
@@ -112,6 +123,28 @@ class Analysis:
         if self._prose is None:
             self._prose = prose(self.text)
         return self._prose
+
+    @property
+    def folded_lines(self) -> str:
+        """``text.normalize_lines`` of ``prose``: what the marker patterns read."""
+        if self._folded_lines is None:
+            self._folded_lines = normalize_lines(self.prose)
+        return self._folded_lines
+
+    def folded_head(self, window: int | None) -> str:
+        """``text.normalize_for_match`` of the text's first ``window`` characters after its
+        leading white space: what the refusal phrases are looked for in.
+
+        Folding maps each character on its own and every line break is white space, so
+        when the text is all prose and fits the window this is ``folded_lines`` with its
+        white space made single spaces: the text is folded once for both checks.
+        """
+        head = self.text.lstrip()
+        if window is not None and len(head) > window:
+            return normalize_for_match(head[:window])
+        if self.prose != self.text:
+            return normalize_for_match(head)
+        return " ".join(self.folded_lines.split())
 
     @property
     def body(self) -> str:

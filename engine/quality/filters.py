@@ -11,6 +11,7 @@ data file (refusals, markers) is missing or malformed, or py3langid is not insta
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -111,8 +112,11 @@ def check_cross_turn(
 
 def check_refusal(text: str | Analysis, config: FilterConfig = DEFAULT_FILTER_CONFIG) -> Verdict:
     """Fail as "refusal" when the opening of ``text`` holds a refusal phrase (any language)."""
-    text = text.text if isinstance(text, Analysis) else text
-    found = _refusals(config.refusals_path).find(text, window=config.refusal_window)
+    refusals = _refusals(config.refusals_path)
+    if isinstance(text, Analysis):
+        found = refusals.find_folded(text.folded_head(config.refusal_window))
+    else:
+        found = refusals.find(text, window=config.refusal_window)
     if found is None:
         return _PASS
     return Verdict.failed("refusal", f"{found.language}: {found.phrase!r}")
@@ -126,7 +130,10 @@ def check_markers(
     markers = _markers(config.markers_path, config.extra_markers)
     if isinstance(text, Analysis):
         found = markers.find(
-            text.text, role_labels=config.role_labels, labels=instruction, prose_text=text.prose
+            text.text,
+            role_labels=config.role_labels,
+            labels=instruction,
+            folded_lines=text.folded_lines,
         )
     else:
         found = markers.find(text, role_labels=config.role_labels, labels=instruction)
@@ -174,16 +181,32 @@ def check_evolved(
         return Verdict.passed()
     limit = config.evolved_max_similarity
     mine = analyse(text).units
-    ratio = unit_similarity(mine, units(seed))
+    ratio = _similarity_from(mine, units(seed), limit)
     if ratio >= limit:
         return Verdict.failed(
             "not_evolved", f"{ratio:.0%} the same as the seed (limit {limit:.0%})"
         )
-    if seed_target and (ratio := unit_similarity(mine, units(seed_target))) >= limit:
+    if seed_target and (ratio := _similarity_from(mine, units(seed_target), limit)) >= limit:
         return Verdict.failed(
             "not_evolved", f"{ratio:.0%} the same as the seed's answer: answered, not rewritten"
         )
     return Verdict.passed()
+
+
+def _similarity_from(left: Sequence[str], right: Sequence[str], limit: float) -> float:
+    """``unit_similarity(left, right)`` when it may reach ``limit``; below it, a bound that
+    is below it too. difflib's ratio is at most its quick_ratio (the units the two have in
+    common, order aside), which is at most its real_quick_ratio (from the lengths alone):
+    both are worked out here as difflib does, for a fraction of finding the matching runs."""
+    total = len(left) + len(right)
+    if total:
+        bound = 2.0 * min(len(left), len(right)) / total
+        if bound < limit:
+            return bound
+        bound = 2.0 * sum((Counter(left) & Counter(right)).values()) / total
+        if bound < limit:
+            return bound
+    return unit_similarity(left, right)
 
 
 def check_reply(

@@ -481,12 +481,25 @@ def _cached_facts(languages: tuple[LanguageLike, ...]) -> _Facts:
     return _make_facts(languages)
 
 
+# The same language objects meet the checks again and again (a run's table holds them): found
+# by identity first, which spares hashing every field of each. Each entry keeps the objects it
+# was made for, so an id reused by a new object is told apart.
+_BY_IDENTITY: dict[tuple[int, ...], tuple[tuple[LanguageLike, ...], _Facts]] = {}
+
+
 def _facts(languages: Sequence[LanguageLike]) -> _Facts:
     """The _Facts of ``languages``, worked out once per set of languages a run meets."""
+    key = tuple(map(id, languages))
+    held = _BY_IDENTITY.get(key)
+    if held is not None and all(a is b for a, b in zip(held[0], languages, strict=True)):
+        return held[1]
     try:
-        return _cached_facts(tuple(languages))
+        found = _cached_facts(tuple(languages))
     except TypeError:  # an unhashable LanguageLike (a caller's own type)
         return _make_facts(languages)
+    if len(_BY_IDENTITY) < 1024:
+        _BY_IDENTITY[key] = (tuple(languages), found)
+    return found
 
 
 def _make_facts(languages: Sequence[LanguageLike]) -> _Facts:
@@ -502,7 +515,23 @@ def _knows_all(detector: LanguageDetector, languages: Sequence[LanguageLike]) ->
     """Whether the identifier knows every one of ``languages`` (under any of its codes). A
     text that may be in a language it does not know (Wolof, say, beside a translation's
     English target) is one it cannot vouch against: it files such text under a neighbour."""
-    return all(any(detector.knows(c) for c in language_codes(lang)) for lang in languages)
+    key = (id(detector), *map(id, languages))
+    held = _KNOWN.get(key)
+    if (
+        held is not None
+        and held[0] is detector
+        and all(a is b for a, b in zip(held[1], languages, strict=True))
+    ):
+        return held[2]
+    known = all(any(detector.knows(c) for c in language_codes(lang)) for lang in languages)
+    if len(_KNOWN) < 1024:
+        _KNOWN[key] = (detector, tuple(languages), known)
+    return known
+
+
+# _knows_all's answers by identity of the detector and languages (a detector's labels do not
+# change); each entry keeps its objects, so a reused id is told apart.
+_KNOWN: dict[tuple[int, ...], tuple[LanguageDetector, tuple[LanguageLike, ...], bool]] = {}
 
 
 def _accepted(languages: Sequence[LanguageLike]) -> frozenset[str]:

@@ -45,7 +45,7 @@ class RefusalMatch:
 class RefusalPhrases:
     """Refusal phrases by language code, folded once for fast substring search."""
 
-    __slots__ = ("_bounded", "_by_head", "_lookup", "_ordered", "by_language")
+    __slots__ = ("_bounded", "_by_head", "_heads", "_lookup", "_ordered", "_short", "by_language")
 
     def __init__(self, by_language: Mapping[str, tuple[str, ...]]) -> None:
         self.by_language: Mapping[str, tuple[str, ...]] = dict(by_language)
@@ -64,13 +64,29 @@ class RefusalPhrases:
         by_head: dict[str, list[int]] = {}
         for i, phrase in enumerate(self._ordered):
             by_head.setdefault(phrase[:_HEAD], []).append(i)
-        self._by_head = tuple(by_head.items())
+        # Heads as tuples of characters: a text's heads are then found in one set
+        # intersection with the tuples of its consecutive characters (made by zip, in C),
+        # instead of a substring search per head. Shorter phrases are searched for whole.
+        self._by_head = {
+            tuple(head): places for head, places in by_head.items() if len(head) == _HEAD
+        }
+        self._heads = frozenset(self._by_head)
+        self._short = tuple((head, places) for head, places in by_head.items() if len(head) < _HEAD)
 
     def find(self, text: str, *, window: int | None = None) -> RefusalMatch | None:
         """The first refusal phrase in the first ``window`` characters of ``text``, if any."""
         head = text.lstrip()
-        folded = normalize_for_match(head if window is None else head[:window])
-        held = [i for start, places in self._by_head if start in folded for i in places]
+        return self.find_folded(normalize_for_match(head if window is None else head[:window]))
+
+    def find_folded(self, folded: str) -> RefusalMatch | None:
+        """``find`` in a window already folded by ``normalize_for_match``."""
+        by_head = self._by_head
+        held = [
+            i
+            for key in self._heads.intersection(zip(folded, folded[1:], folded[2:], strict=False))
+            for i in by_head[key]
+        ]
+        held += [i for start, places in self._short if start in folded for i in places]
         ordered = self._ordered
         for phrase in [ordered[i] for i in sorted(held)]:  # longest first, as listed
             at = folded.find(phrase)

@@ -260,6 +260,10 @@ def script_share(text: str, scripts: frozenset[str]) -> ScriptShare:
 
 def share_of(counts: Counter[str], scripts: frozenset[str]) -> ScriptShare:
     """``script_share`` from letter counts already made by ``script_counts``."""
+    if len(counts) == 1:  # one script, as most texts are: the same values, without the sums
+        ((name, letters),) = counts.items()
+        if letters:
+            return ScriptShare(letters, 1.0 if name in scripts else 0.0, name)
     letters = sum(counts.values())
     if letters == 0:
         return ScriptShare(0, 0.0, None)

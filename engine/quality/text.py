@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = [
     "language_prose",
@@ -96,38 +96,34 @@ _SENTENCE_END = re.compile(r"(?<=[。！？])\s*|(?<=[.!?।॥۔؟።။։៕])
 # Texts hold a few thousand distinct characters at most; past _MAX_SEEN, new ones are
 # classified on every call instead of remembered.
 _MAX_SEEN = 1 << 16
-_SEPARATORS: dict[int, str] = {}
-_UNITS_SEEN: set[str] = set()
-_NONSPACING: dict[int, None] = {}
-_MARKS_SEEN: set[str] = set()
+
+
+class _Classified(dict[int, str | None]):
+    """A str.translate table that classifies each character the first time a text holds it
+    (``__missing__``), so a text is translated in one call with no set of its characters made
+    first and no lookup that fails (each failed lookup raises KeyError inside translate)."""
+
+    __slots__ = ("_classify",)
+
+    def __init__(self, classify: Callable[[str], str | None]) -> None:
+        super().__init__()
+        self._classify = classify
+
+    def __missing__(self, code: int) -> str | None:
+        value = self._classify(chr(code))
+        if len(self) < _MAX_SEEN:
+            self[code] = value
+        return value
 
 
 def _is_unit_char(ch: str) -> bool:
     return ch.isalnum() or ch == "'" or unicodedata.category(ch)[0] == "M"
 
 
-def _separators(text: str) -> dict[int, str]:
-    new = set(text) - _UNITS_SEEN
-    if not new:
-        return _SEPARATORS
-    found = {ord(ch): " " for ch in new if not _is_unit_char(ch)}
-    if len(_UNITS_SEEN) > _MAX_SEEN:
-        return _SEPARATORS | found
-    _SEPARATORS.update(found)
-    _UNITS_SEEN.update(new)
-    return _SEPARATORS
-
-
-def _nonspacing(text: str) -> dict[int, None]:
-    new = set(text) - _MARKS_SEEN
-    if not new:
-        return _NONSPACING
-    found: dict[int, None] = {ord(ch): None for ch in new if unicodedata.category(ch) == "Mn"}
-    if len(_MARKS_SEEN) > _MAX_SEEN:
-        return _NONSPACING | found
-    _NONSPACING.update(found)
-    _MARKS_SEEN.update(new)
-    return _NONSPACING
+# Separators of units become a space; every other character stays.
+_SEPARATORS = _Classified(lambda ch: ch if _is_unit_char(ch) else " ")
+# Non-spacing marks are dropped; every other character stays.
+_NONSPACING = _Classified(lambda ch: None if unicodedata.category(ch) == "Mn" else ch)
 
 
 def normalize_for_match(text: str) -> str:
@@ -136,7 +132,7 @@ def normalize_for_match(text: str) -> str:
         # The one ASCII character _FOLD changes is the backtick.
         return " ".join(text.casefold().replace("`", "'").split())
     decomposed = unicodedata.normalize("NFKD", _fold(text))
-    kept = decomposed.translate(_nonspacing(decomposed))  # without Mn marks
+    kept = decomposed.translate(_NONSPACING)  # without Mn marks
     return " ".join(_fold(kept.casefold()).split())
 
 
@@ -156,7 +152,7 @@ def normalize_lines(text: str) -> str:
         folded = text.casefold().replace("`", "'")
     else:
         decomposed = unicodedata.normalize("NFKD", _fold(text))
-        folded = _fold(decomposed.translate(_nonspacing(decomposed)).casefold())
+        folded = _fold(decomposed.translate(_NONSPACING).casefold())
     lines = [" ".join(line.split()) for line in folded.splitlines()]
     if len(lines) < len(text.splitlines()):
         lines.append("")  # the last line was only characters folded away
@@ -245,7 +241,7 @@ def units(text: str) -> list[str]:
     if _UNSPACED.search(folded) is None:
         # No unspaced script: a unit is a run of letters, digits, apostrophes and marks, and
         # every other character separates (the same list as _walk_units, made in C).
-        spaced = folded.translate(_separators(folded))
+        spaced = folded.translate(_SEPARATORS)
         if "'" not in spaced:  # nothing to strip: the words as split
             return spaced.split()
         return [u.strip("'") for u in spaced.split() if u.strip("'")]
