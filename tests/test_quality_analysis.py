@@ -270,3 +270,19 @@ def test_the_refusal_window_folded_from_the_markers_fold_is_the_same() -> None:
             head = sample.lstrip()
             expected = normalize_for_match(head if window is None else head[:window])
             assert Analysis(sample).folded_head(window) == expected, (sample, window)
+
+
+@pytest.mark.parametrize("text", [*TEXTS, *EDGES, "", "123 !", "abc ДЖЗ 日本 abc é"])
+def test_script_counts_equal_a_count_character_by_character(text: str) -> None:
+    """Letters by script, and the order scripts first occur in (which picks the dominant
+    one among equal counts), as classifying each character on its own gives them."""
+    from collections import Counter
+
+    from engine.quality.scripts import _letter_script, script_counts
+
+    expected: Counter[str] = Counter()
+    for ch in text:
+        if script := _letter_script(ch):
+            expected[script] += 1
+    got = script_counts(text)
+    assert list(got.items()) == list(expected.items())

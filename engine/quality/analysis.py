@@ -114,7 +114,13 @@ class Analysis:
         """The distinct ``n``-grams of units (callers must not change the set)."""
         found = self._ngram_sets.get(n)
         if found is None:
-            found = self._ngram_sets[n] = set(ngrams(self.units, n))
+            items = self.units
+            # zip's tuples go straight into the set (ngrams would list them first).
+            found = self._ngram_sets[n] = (
+                set(zip(*(items[k:] for k in range(n)), strict=False))
+                if n >= 1
+                else set(ngrams(items, n))
+            )
         return found
 
     @property

@@ -101,7 +101,8 @@ class MinHasher:
         k = self.shingle_size
         if len(items) <= k:
             return {" ".join(items)} if items else set()
-        return {" ".join(items[i : i + k]) for i in range(len(items) - k + 1)}
+        # zip makes the runs and join makes each string, both in C.
+        return set(map(" ".join, zip(*(items[i:] for i in range(k)), strict=False)))
 
     def signature(self, text: str, items: Sequence[str] | None = None) -> npt.NDArray[np.uint64]:
         """The MinHash signature of ``text`` (``num_perm`` values below 2**32 + 15).
@@ -118,7 +119,13 @@ class MinHasher:
         out = np.full(self.num_perm, prime, dtype=np.uint64)
         for start in range(0, len(hashes), _CHUNK):
             chunk = hashes[start : start + _CHUNK, None]
-            values = (chunk * self._a[None, :] + self._b[None, :]) % prime
+            values = chunk * self._a[None, :] + self._b[None, :]
+            # values % prime, as values - (values // prime) * prime: numpy divides a uint64
+            # array by a scalar with a multiply and shifts (libdivide), about 3x faster than
+            # its remainder, which divides each element.
+            quotient = values // prime
+            quotient *= prime
+            values -= quotient
             np.minimum(out, values.min(axis=0), out=out)
         return out
 

@@ -34,7 +34,7 @@ import importlib
 import threading
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from engine.errors import ConfigError
@@ -474,6 +474,11 @@ class _Facts:
     own: frozenset[str]
     accepted: frozenset[str]
     scripts: tuple[frozenset[str], frozenset[str]] | None
+    # Whether a detector knows all of them, by id(detector) (with the detector, so a reused
+    # id is told apart): a detector's labels do not change.
+    known: dict[int, tuple[LanguageDetector, bool]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -482,23 +487,25 @@ def _cached_facts(languages: tuple[LanguageLike, ...]) -> _Facts:
 
 
 # The same language objects meet the checks again and again (a run's table holds them): found
-# by identity first, which spares hashing every field of each. Each entry keeps the objects it
-# was made for, so an id reused by a new object is told apart.
+# by identity first, which spares hashing every field of each. Each entry keeps the languages it
+# was made for, compared on a hit (a tuple compares identical items without calling their
+# __eq__), so an id reused by a new object is told apart.
 _BY_IDENTITY: dict[tuple[int, ...], tuple[tuple[LanguageLike, ...], _Facts]] = {}
 
 
 def _facts(languages: Sequence[LanguageLike]) -> _Facts:
     """The _Facts of ``languages``, worked out once per set of languages a run meets."""
-    key = tuple(map(id, languages))
+    langs = languages if isinstance(languages, tuple) else tuple(languages)
+    key = tuple(map(id, langs))
     held = _BY_IDENTITY.get(key)
-    if held is not None and all(a is b for a, b in zip(held[0], languages, strict=True)):
+    if held is not None and held[0] == langs:
         return held[1]
     try:
-        found = _cached_facts(tuple(languages))
+        found = _cached_facts(langs)
     except TypeError:  # an unhashable LanguageLike (a caller's own type)
-        return _make_facts(languages)
+        return _make_facts(langs)
     if len(_BY_IDENTITY) < 1024:
-        _BY_IDENTITY[key] = (tuple(languages), found)
+        _BY_IDENTITY[key] = (langs, found)
     return found
 
 
@@ -515,23 +522,20 @@ def _knows_all(detector: LanguageDetector, languages: Sequence[LanguageLike]) ->
     """Whether the identifier knows every one of ``languages`` (under any of its codes). A
     text that may be in a language it does not know (Wolof, say, beside a translation's
     English target) is one it cannot vouch against: it files such text under a neighbour."""
-    key = (id(detector), *map(id, languages))
-    held = _KNOWN.get(key)
-    if (
-        held is not None
-        and held[0] is detector
-        and all(a is b for a, b in zip(held[1], languages, strict=True))
-    ):
-        return held[2]
+    return _knows_facts(detector, _facts(languages), languages)
+
+
+def _knows_facts(
+    detector: LanguageDetector, facts: _Facts, languages: Sequence[LanguageLike]
+) -> bool:
+    """``_knows_all`` with the languages' _Facts at hand (the answer is kept there)."""
+    held = facts.known.get(id(detector))
+    if held is not None and held[0] is detector:
+        return held[1]
     known = all(any(detector.knows(c) for c in language_codes(lang)) for lang in languages)
-    if len(_KNOWN) < 1024:
-        _KNOWN[key] = (detector, tuple(languages), known)
+    if len(facts.known) < 16:
+        facts.known[id(detector)] = (detector, known)
     return known
-
-
-# _knows_all's answers by identity of the detector and languages (a detector's labels do not
-# change); each entry keeps its objects, so a reused id is told apart.
-_KNOWN: dict[tuple[int, ...], tuple[LanguageDetector, tuple[LanguageLike, ...], bool]] = {}
 
 
 def _accepted(languages: Sequence[LanguageLike]) -> frozenset[str]:
@@ -567,7 +571,8 @@ def _judge(
     want: str,
 ) -> LanguageCheck:
     """One text against a set of languages: script first, then the identifier."""
-    scripts = _scripts(languages)
+    facts = _facts(languages)
+    scripts = facts.scripts
     alternate = False
     if scripts is not None:
         primary, every = scripts
@@ -583,10 +588,10 @@ def _judge(
                 f" (expected {want})",
             )
         alternate = share_of(counts, primary).share < p.script_min_share
-    known = _knows_all(p.detector, languages)
+    known = _knows_facts(p.detector, facts, languages)
     ranking = p.rank(body)
     top, top_p = _top(ranking)
-    accepted = _accepted(languages)
+    accepted = facts.accepted
     if top in accepted:
         return LanguageCheck("ok", "model", top, top_p, f"detected {top} ({top_p:.2f})")
     if not known or alternate:
@@ -604,11 +609,7 @@ def _judge(
         return LanguageCheck("ok", "script", None, 0.0, f"{how} {want}; the script matches")
     if top == _NOT_LANGUAGE:
         return LanguageCheck("unknown", "none", top, top_p, "no natural language detected")
-    if (
-        "ja" in _facts(languages).own
-        and top in _CHINESE
-        and counts["Hiragana"] + counts["Katakana"] > 0
-    ):
+    if "ja" in facts.own and top in _CHINESE and counts["Hiragana"] + counts["Katakana"] > 0:
         # Kanji-heavy Japanese reads as Chinese to a character model; kana settle it.
         return LanguageCheck("ok", "script", "ja", top_p, f"detected {top}, but kana present")
     mass = _mass(ranking, accepted)

@@ -45,7 +45,7 @@ class RefusalMatch:
 class RefusalPhrases:
     """Refusal phrases by language code, folded once for fast substring search."""
 
-    __slots__ = ("_bounded", "_by_head", "_heads", "_lookup", "_ordered", "_short", "by_language")
+    __slots__ = ("_bounded", "_by_first", "_firsts", "_lookup", "_ordered", "by_language")
 
     def __init__(self, by_language: Mapping[str, tuple[str, ...]]) -> None:
         self.by_language: Mapping[str, tuple[str, ...]] = dict(by_language)
@@ -64,14 +64,14 @@ class RefusalPhrases:
         by_head: dict[str, list[int]] = {}
         for i, phrase in enumerate(self._ordered):
             by_head.setdefault(phrase[:_HEAD], []).append(i)
-        # Heads as tuples of characters: a text's heads are then found in one set
-        # intersection with the tuples of its consecutive characters (made by zip, in C),
-        # instead of a substring search per head. Shorter phrases are searched for whole.
-        self._by_head = {
-            tuple(head): places for head, places in by_head.items() if len(head) == _HEAD
-        }
-        self._heads = frozenset(self._by_head)
-        self._short = tuple((head, places) for head, places in by_head.items() if len(head) < _HEAD)
+        # Heads by their first character: a text is searched only for the heads that start
+        # with one of its characters (one set intersection in C), so a text in a script no
+        # phrase is written in costs no substring search at all.
+        by_first: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+        for head, places in by_head.items():
+            by_first.setdefault(head[0], []).append((head, tuple(places)))
+        self._by_first = {first: tuple(heads) for first, heads in by_first.items()}
+        self._firsts = frozenset(self._by_first)
 
     def find(self, text: str, *, window: int | None = None) -> RefusalMatch | None:
         """The first refusal phrase in the first ``window`` characters of ``text``, if any."""
@@ -80,13 +80,14 @@ class RefusalPhrases:
 
     def find_folded(self, folded: str) -> RefusalMatch | None:
         """``find`` in a window already folded by ``normalize_for_match``."""
-        by_head = self._by_head
+        by_first = self._by_first
         held = [
             i
-            for key in self._heads.intersection(zip(folded, folded[1:], folded[2:], strict=False))
-            for i in by_head[key]
+            for first in self._firsts.intersection(folded)
+            for head, places in by_first[first]
+            if head in folded
+            for i in places
         ]
-        held += [i for start, places in self._short if start in folded for i in places]
         ordered = self._ordered
         for phrase in [ordered[i] for i in sorted(held)]:  # longest first, as listed
             at = folded.find(phrase)

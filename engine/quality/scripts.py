@@ -194,10 +194,9 @@ def _is_letter(char: str) -> bool:
     return unicodedata.category(char)[0] == "M" and not 0x0300 <= ord(char) <= 0x036F
 
 
-# Each distinct character's script ("" for a non-letter), as met: texts hold a few thousand
-# distinct characters at most; past _MAX_SEEN, new ones are classified on every call.
+# Characters classified and remembered at most (texts hold a few thousand distinct ones);
+# past it, new ones are classified on every call.
 _MAX_SEEN = 1 << 16
-_SCRIPT_OF: dict[str, str] = {}
 
 
 def _letter_script(char: str) -> str:
@@ -206,20 +205,49 @@ def _letter_script(char: str) -> str:
     return script_of(char) if _is_letter(char) else ""
 
 
-def script_counts(text: str) -> Counter[str]:
-    """How many letters (and script-specific combining marks) of ``text`` each script has."""
-    counts: Counter[str] = Counter()
-    # Each distinct character is classified once: a reply has a few hundred distinct
-    # characters but thousands of characters, and the per-character Python work dominates.
-    known = _SCRIPT_OF
-    for char, n in Counter(text).items():
-        script = known.get(char)
-        if script is None:
-            script = _letter_script(char)
-            if len(known) < _MAX_SEEN:
-                known[char] = script
+class _ScriptTable(dict[int, str | None]):
+    """A str.translate table from each letter to a one-character code of its script (an ASCII
+    character, so an ASCII text takes translate's fast path) and from other characters to
+    nothing, filled as characters are met (``__missing__``)."""
+
+    __slots__ = ("codes", "names")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.codes: dict[str, str] = {}  # script -> its code
+        self.names: dict[str, str] = {}  # code -> its script
+
+    def __missing__(self, code: int) -> str | None:
+        script = _letter_script(chr(code))
+        value = None
         if script:
-            counts[script] += n
+            value = self.codes.get(script)
+            if value is None:
+                # Scripts are a few dozen (_RANGES and "Other"): printable ASCII has room.
+                value = self.codes[script] = chr(0x21 + len(self.codes))
+                self.names[value] = script
+        if len(self) < _MAX_SEEN:
+            self[code] = value
+        return value
+
+
+_SCRIPTS = _ScriptTable()
+
+
+def script_counts(text: str) -> Counter[str]:
+    """How many letters (and script-specific combining marks) of ``text`` each script has,
+    scripts in the order their first letter occurs."""
+    # Each letter becomes its script's code in one translate call, and the codes are counted
+    # in C: a text's per-character work stays out of Python.
+    coded = text.translate(_SCRIPTS)
+    names = _SCRIPTS.names
+    counts: Counter[str] = Counter()
+    if coded:
+        n = coded.count(coded[0])
+        if n == len(coded):  # one script, as most texts are: counted without a Counter pass
+            counts[names[coded[0]]] = n
+        else:
+            counts.update({names[code]: n for code, n in Counter(coded).items()})
     return counts
 
 
