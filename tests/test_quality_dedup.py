@@ -153,3 +153,40 @@ def test_a_fingerprint_made_elsewhere_gives_the_same_answers_as_the_text() -> No
     assert answers[1] is not None and answers[1].exact
     assert answers[0] is None and answers[-1] is None
     assert len(by_print) == len(by_text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "one", "two words", "exactly three units", "Ein längerer Satz, mit Umlauten: ä ö ü " * 5],
+)
+def test_signature_and_band_keys_are_the_textbook_ones(text: str) -> None:
+    """The signature is the minimum of (a * crc32(shingle) + b) mod p over the shingles, each
+    band key the blake2b of its slice salted with its index: computed here the plain way."""
+    import hashlib
+    import zlib
+
+    import numpy as np
+
+    from engine.quality.dedup import _PRIME
+
+    hasher = MinHasher(num_perm=16, shingle_size=3, seed=7)
+    hashes = [zlib.crc32(s.encode()) for s in hasher.shingles(text)]
+    expected = [
+        min(((int(a) * h + int(b)) % _PRIME for h in hashes), default=_PRIME)
+        for a, b in zip(hasher._a, hasher._b, strict=True)
+    ]
+    signature = hasher.signature(text)
+    assert signature.tolist() == expected
+    keys = [
+        int.from_bytes(
+            hashlib.blake2b(
+                np.array(expected[band * 4 : band * 4 + 4], dtype=np.uint64).tobytes(),
+                digest_size=8,
+                salt=band.to_bytes(16, "big"),
+            ).digest(),
+            "big",
+            signed=True,
+        )
+        for band in range(4)
+    ]
+    assert hasher.band_keys(signature, 4, 4) == keys

@@ -48,6 +48,10 @@ _PRIME = (1 << 32) + 15
 _CHUNK = 2048  # shingles per step: bounds the temporary (shingles x hash functions) matrix
 
 
+# Each band's blake2b salt (its index as 16 bytes), made once for the usual numbers of bands.
+_SALTS = [band.to_bytes(16, "big") for band in range(256)]
+
+
 def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows) for LSH: the most rows per band that still make a pair at ``threshold``
     similarity a candidate with probability 0.9 or more.
@@ -113,9 +117,16 @@ class MinHasher:
         import numpy as np
 
         prime = np.uint64(_PRIME)
-        hashes = np.fromiter(
-            (zlib.crc32(s.encode()) for s in self.shingles(text, items)), dtype=np.uint64
-        )
+        items = units(text) if items is None else items
+        k = self.shingle_size
+        if len(items) <= k:
+            grams = {" ".join(items).encode()} if items else set()
+        else:
+            # The shingles of ``shingles``, each UTF-8 encoded: the units are encoded once and
+            # joined as bytes (UTF-8 of a joined string is the join of the UTF-8 of its parts).
+            encoded = list(map(str.encode, items))
+            grams = set(map(b" ".join, zip(*(encoded[i:] for i in range(k)), strict=False)))
+        hashes = np.fromiter(map(zlib.crc32, grams), dtype=np.uint64, count=len(grams))
         out = np.full(self.num_perm, prime, dtype=np.uint64)
         for start in range(0, len(hashes), _CHUNK):
             chunk = hashes[start : start + _CHUNK, None]
@@ -131,11 +142,17 @@ class MinHasher:
 
     def band_keys(self, signature: npt.NDArray[np.uint64], bands: int, rows: int) -> list[int]:
         """One signed 64-bit key per band (band index mixed in): fits a BIGINT column."""
+        import numpy as np
+
+        # Each band's bytes cut from the signature's bytes (the same as each slice's tobytes).
+        raw = np.ascontiguousarray(signature).tobytes()
+        width = rows * signature.itemsize
         keys = []
         for band in range(bands):
-            chunk = signature[band * rows : (band + 1) * rows]
             digest = hashlib.blake2b(
-                chunk.tobytes(), digest_size=8, salt=band.to_bytes(16, "big")
+                raw[band * width : (band + 1) * width],
+                digest_size=8,
+                salt=_SALTS[band] if band < len(_SALTS) else band.to_bytes(16, "big"),
             ).digest()
             keys.append(int.from_bytes(digest, "big", signed=True))
         return keys

@@ -103,7 +103,7 @@ def expect_language(
     if kind == "follow_up" and translation:
         return Expectation((language,), "passage", why="a translation quoted")
     if kind != "answer" or not translation:
-        return Expectation((language,))
+        return _strictly(language)
     if not targets:
         return Expectation((), "any", why="the translation's target language is not named")
     require: LanguageLike | None = None
@@ -113,6 +113,21 @@ def expect_language(
     return Expectation(
         (language, *targets), "strict", require, why=f"a translation into {names_of}"
     )
+
+
+# Expectation.of(language) for each language met, made once: an Expectation is a frozen value,
+# and the same one (its languages tuple too) lets the checks find the language's facts by
+# identity. Each entry keeps its language, so a reused id is told apart.
+_STRICTLY: dict[int, Expectation] = {}
+
+
+def _strictly(language: Language) -> Expectation:
+    found = _STRICTLY.get(id(language))
+    if found is None or found.languages[0] is not language:
+        found = Expectation((language,))
+        if len(_STRICTLY) < 4096:
+            _STRICTLY[id(language)] = found
+    return found
 
 
 def _targets(
