@@ -557,10 +557,17 @@ class StoreConfig:
     threads: int = 2
     # Where DuckDB spills what does not fit; None: ``duckdb.tmp`` inside the run directory.
     temp_directory: Path | None = None
+    # Row-group merges ("vacuum") a checkpoint may schedule. A merge reads and rewrites whole
+    # row groups of messages, texts and all: at 10^5 conversations one checkpoint in a few
+    # then lifted RSS by 200-480 MB for seconds (bench/scale.py). With 0 each checkpoint only
+    # writes what it adds, as a row group of its own (a few thousand rows, which scans do not
+    # mind), and what rows a failed turn deleted stays in the file as deleted.
+    vacuum_tasks: int = 0
 
     def __post_init__(self) -> None:
         at_least(self, "memory_limit_mb", 64)  # below that DuckDB fails its own queries
         between(self, "threads", 1, 256)
+        between(self, "vacuum_tasks", 0, 1000)
 
 
 @dataclass(frozen=True, slots=True)

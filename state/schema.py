@@ -197,7 +197,8 @@ def check_schema(conn: duckdb.DuckDBPyConnection, path: Path) -> None:
 
 
 def duckdb_settings(store: StoreConfig, run_dir: Path | None) -> dict[str, Any]:
-    """DuckDB's connection settings for ``store``: memory cap, threads, spill directory.
+    """DuckDB's connection settings for ``store``: memory cap, threads, spill directory, and
+    how many row-group merges a checkpoint may do.
 
     The spill directory is ``store.temp_directory``, else ``duckdb.tmp`` in ``run_dir``, else
     (no run: an in-memory database) the system's temporary folder.
@@ -212,6 +213,7 @@ def duckdb_settings(store: StoreConfig, run_dir: Path | None) -> dict[str, Any]:
         "memory_limit": f"{store.memory_limit_mb}MB",
         "threads": store.threads,
         "temp_directory": str(temp),
+        "max_vacuum_tasks": store.vacuum_tasks,
     }
 
 

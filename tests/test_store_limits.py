@@ -55,6 +55,7 @@ def test_store_section_is_loaded_and_defaults_are_small(tmp_path: Path) -> None:
     [
         ("memory_limit_mb = 16", r"store\.memory_limit_mb: must be at least 64, found 16"),
         ("threads = 0", r"store\.threads: must be between 1 and 256, found 0"),
+        ("vacuum_tasks = -1", r"store\.vacuum_tasks: must be between 0 and 1000, found -1"),
         ("memory_limit = '1GB'", r"unknown key 'store\.memory_limit'; did you mean"),
     ],
 )
@@ -186,3 +187,34 @@ def test_release_cache_leaves_an_open_transaction_intact(tmp_path: Path) -> None
         assert _settings(conn)[0] == _limit_text(300)
     finally:
         conn.close()
+
+
+def _row_groups_after_checkpoints(path: Path, store: StoreConfig) -> int:
+    """Append 4 x 1,000 messages, one checkpoint after each; the row groups they end in."""
+    conn = open_store(path, create=True, store=store)
+    try:
+        for k in range(4):
+            conn.execute(
+                "INSERT INTO messages (conv_id, step, turn, role, kind, content, tokens) "
+                "SELECT range, 0, 0, 'assistant', 'answer', repeat('text ', 20), 20 "
+                "FROM range(?, ?)",
+                [k * 1000, k * 1000 + 1000],
+            )
+            conn.execute("CHECKPOINT")
+        row = conn.execute(
+            "SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('messages')"
+        ).fetchone()
+        assert row is not None
+        return int(row[0])
+    finally:
+        conn.close()
+
+
+def test_checkpoints_merge_no_row_groups_unless_asked(tmp_path: Path) -> None:
+    """By default a checkpoint writes what was added as a row group of its own: merging row
+    groups (DuckDB's vacuum) rewrites every text in them, which at 10^5 conversations lifted
+    a run's RSS by hundreds of MB. ``vacuum_tasks`` lets DuckDB merge them again."""
+    assert StoreConfig().vacuum_tasks == 0
+    assert _row_groups_after_checkpoints(tmp_path / "a" / STATE_FILE, StoreConfig()) == 4
+    merged = StoreConfig(vacuum_tasks=100)
+    assert _row_groups_after_checkpoints(tmp_path / "b" / STATE_FILE, merged) == 1
