@@ -245,15 +245,37 @@ def judge_language(
     )
 
 
-@dataclass(frozen=True, slots=True)
 class _Params:
-    detector: LanguageDetector
-    min_chars: int
-    script_min_share: float
-    min_confidence: float
-    accept_share: float
-    foreign_confidence: float
-    analysis: Analysis
+    """A judgement's settings and text, passed to its helpers (made once per check: a plain
+    class, as a frozen dataclass costs a setattr call per field)."""
+
+    __slots__ = (
+        "accept_share",
+        "analysis",
+        "detector",
+        "foreign_confidence",
+        "min_chars",
+        "min_confidence",
+        "script_min_share",
+    )
+
+    def __init__(
+        self,
+        detector: LanguageDetector,
+        min_chars: int,
+        script_min_share: float,
+        min_confidence: float,
+        accept_share: float,
+        foreign_confidence: float,
+        analysis: Analysis,
+    ) -> None:
+        self.detector = detector
+        self.min_chars = min_chars
+        self.script_min_share = script_min_share
+        self.min_confidence = min_confidence
+        self.accept_share = accept_share
+        self.foreign_confidence = foreign_confidence
+        self.analysis = analysis
 
     def rank(self, text: str) -> Sequence[tuple[str, float]]:
         """The detector's ranking of ``text`` (a piece of the analysed text), asked once."""
@@ -304,9 +326,9 @@ def judge_expected(
     ``max_foreign_share`` of the letters in confidently foreign sentences is "wrong". Sentence
     walks read a bounded sample of a long text's sentences (engine.quality.analysis).
     """
-    want = "/".join(_display(lang) for lang in expect.languages)
     if expect.mode == "any" or not expect.languages:
         return LanguageCheck("unknown", "none", None, 0.0, expect.why or "any language may do")
+    want = _facts(expect.languages).want
     analysis = analyse(text)
     body = analysis.body
     counts = analysis.counts
@@ -474,6 +496,7 @@ class _Facts:
     own: frozenset[str]
     accepted: frozenset[str]
     scripts: tuple[frozenset[str], frozenset[str]] | None
+    want: str  # the languages as a verdict's detail names them ("sw", "hi/en")
     # Whether a detector knows all of them, by id(detector) (with the detector, so a reused
     # id is told apart): a detector's labels do not change.
     known: dict[int, tuple[LanguageDetector, bool]] = field(
@@ -515,7 +538,8 @@ def _make_facts(languages: Sequence[LanguageLike]) -> _Facts:
     for lang in languages:
         own |= language_codes(lang)
         accepted |= accepted_codes(lang)
-    return _Facts(frozenset(own), frozenset(accepted), _make_scripts(languages))
+    want = "/".join(_display(lang) for lang in languages)
+    return _Facts(frozenset(own), frozenset(accepted), _make_scripts(languages), want)
 
 
 def _knows_all(detector: LanguageDetector, languages: Sequence[LanguageLike]) -> bool:
