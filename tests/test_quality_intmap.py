@@ -40,3 +40,21 @@ def test_duplicate_index_finds_copies_of_early_texts_after_its_maps_merged() -> 
     edited[60] = "changed"
     assert index.add(5_001, " ".join(edited)) == 10
     assert 5_001 not in index and 10 in index and 1_999 in index
+
+
+def test_setdefault_many_answers_as_setdefault_one_by_one() -> None:
+    """Groups of keys (present in the buffer, in the arrays, new, or twice in one group) end
+    with the values dict.setdefault gives them one at a time, across merges."""
+    rng = random.Random(11)
+    pool = [rng.randrange(-(1 << 63), 1 << 63) for _ in range(30_000)]
+    ours, reference = IntMap(), {}
+    for value in range(6_000):
+        group = rng.sample(pool, 12)
+        if value % 7 == 0:
+            group.append(group[0])  # the same key twice in one group
+        ours.setdefault_many(group, value)
+        for key in group:
+            reference.setdefault(key, value)
+    assert len(ours) == len(reference)
+    for key in pool[:5_000]:
+        assert ours.get(key) == reference.get(key)

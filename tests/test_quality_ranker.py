@@ -63,7 +63,10 @@ def test_ranking_many_texts_together_gives_the_same_floats(reference: Any, max_c
     model = NaiveBayes(reference)
     texts = TEXTS + HELDOUT_TEXTS + EDGES + [t * 5 for t in TEXTS[:20]] + ["a", "\ud800 x"]
     one = [list(model.rank(text, max_chars)) for text in texts]
-    assert [list(r) for r in model.rank_many(texts, max_chars)] == one
+    many = model.rank_many(texts, max_chars)
+    assert [list(r) for r in many] == one
+    # The top label found for all texts at once is the one a single ranking finds.
+    assert [r.top() for r in many] == [model.rank(text, max_chars).top() for text in texts]
     for size in (1, 2, 7):  # small batches take the per-text walk, larger ones the arrays
         chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
         assert [list(r) for chunk in chunks for r in model.rank_many(chunk, max_chars)] == one

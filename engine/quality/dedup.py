@@ -319,8 +319,7 @@ class NearDuplicateIndex:
         self._sigs += sig
         self._slot_of.setdefault(conv_id, slot)
         self._exact.setdefault(key, conv_id)
-        for band_key in keys:
-            self._bands.setdefault(band_key, slot)
+        self._bands.setdefault_many(keys, slot)
         return None
 
     def query(self, text: str) -> DuplicateMatch | None:

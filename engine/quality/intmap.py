@@ -85,6 +85,25 @@ class IntMap:
             self._merge()
         return value
 
+    def setdefault_many(self, keys: Iterable[int], value: int) -> None:
+        """``setdefault(key, value)`` for each of ``keys`` in turn: the keys already present
+        are found with one search of the arrays instead of one per key."""
+        buffer = self._buffer
+        missing = [key for key in keys if key not in buffer]
+        if missing and len(self._keys):
+            import numpy as np
+
+            wanted = np.array(missing, dtype=np.int64)
+            at = np.searchsorted(self._keys, wanted)
+            inside = at < len(self._keys)
+            hit = np.zeros(len(wanted), dtype=bool)
+            hit[inside] = self._keys[at[inside]] == wanted[inside]
+            missing = [key for key, found in zip(missing, hit.tolist(), strict=True) if not found]
+        for key in missing:
+            buffer.setdefault(key, value)  # a key twice in ``keys`` keeps its first value
+        if len(buffer) >= max(_MIN_BUFFER, len(self._keys) // 8):
+            self._merge()
+
     def _merge(self) -> None:
         import numpy as np
 

@@ -45,13 +45,17 @@ class Ranking(Sequence[tuple[str, float]]):
     __slots__ = ("_best", "_index", "_labels", "_order", "_probs")
 
     def __init__(
-        self, labels: Sequence[str], index: dict[str, int], probs: npt.NDArray[np.float32]
+        self,
+        labels: Sequence[str],
+        index: dict[str, int],
+        probs: npt.NDArray[np.float32],
+        best: tuple[str, float] | None = None,
     ) -> None:
         self._labels = labels
         self._index = index  # label -> position in labels and probs
         self._probs = probs
         self._order: list[tuple[str, float]] | None = None
-        self._best: tuple[str, float] | None = None
+        self._best = best  # top(), when the maker found it already
 
     def top(self) -> tuple[str, float]:
         """The most likely label and its probability."""
@@ -228,7 +232,15 @@ class NaiveBayes:
         for first_col, dupe in self._alias:
             scores[:, first_col] += scores[:, dupe]
         kept = scores[:, self._keep]
-        return [Ranking(self._labels, self._index, row) for row in kept]
+        # Each text's top label for all texts at once (argmax takes the first of equal maxima,
+        # as top() does; tolist gives the floats float() would).
+        best = kept.argmax(axis=1)
+        best_p = kept[np.arange(len(kept)), best].tolist()
+        labels, index = self._labels, self._index
+        return [
+            Ranking(labels, index, row, (labels[b], p))
+            for row, b, p in zip(kept, best.tolist(), best_p, strict=True)
+        ]
 
     def _features(self, raw: bytes) -> list[int]:
         # The model's tokenizer: a DFA over bytes whose accepting states name n-gram features.
