@@ -67,9 +67,13 @@ def check_repetition(text: str | Analysis, config: FilterConfig = DEFAULT_FILTER
         analysis = Analysis(free)
     n = config.ngram_size
     total = analysis.ngram_total(n)
-    # rep-n, as engine.quality.repetition.repetition_ratio computes it
-    ratio = 1.0 - len(analysis.ngram_set(n)) / total if total else 0.0
-    if total >= config.min_ngrams and ratio > config.max_ngram_repeat_ratio:
+    # rep-n, as engine.quality.repetition.repetition_ratio computes it (read only when the
+    # text has enough n-grams to judge, so only then made)
+    if (
+        total >= config.min_ngrams
+        and (ratio := 1.0 - len(analysis.ngram_set(n)) / total if total else 0.0)
+        > config.max_ngram_repeat_ratio
+    ):
         return Verdict.failed(
             "repetition",
             f"{ratio:.0%} of {n}-grams repeat (limit {config.max_ngram_repeat_ratio:.0%})",

@@ -202,6 +202,8 @@ def without_refrains(text: str) -> str:
     A block repeated back to back, or a text that is nothing but the same block, is left alone:
     that is a loop, not a refrain.
     """
+    if "\n" not in text:  # one line: one stanza at most, nothing to remove
+        return text
     stanzas = [block for block in re.split(r"\n[ \t]*\n", text) if block.strip()]
     if len(stanzas) < 4:
         return text
