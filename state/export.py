@@ -53,9 +53,10 @@ __all__ = [
 _INT32_MAX = 2**31 - 1
 
 
-# Conversations per COPY: DuckDB's ORDER BY does not spill rows holding long nested lists, so
-# each range must fit in memory (about 20 kB per conversation in the release schema: ~80 MB).
-CHUNK_CONVERSATIONS = 4000
+# Conversations per COPY unless [store] export_chunk says otherwise: DuckDB's ORDER BY does
+# not spill rows holding long nested lists, so each range must fit in memory (about 20 kB per
+# conversation in the release schema: ~20 MB).
+CHUNK_CONVERSATIONS = StoreConfig().export_chunk
 
 # Rows per Parquet row group: the writer buffers one group, so this bounds its memory too.
 _ROW_GROUP_ROWS = 2000
@@ -197,7 +198,7 @@ def export_with(
     output: Path,
     include_filtered: bool = False,
     *,
-    chunk_size: int = CHUNK_CONVERSATIONS,
+    chunk_size: int | None = None,
     subset: str | None = None,
     quality_fields: bool = False,
     exclude_partial: bool = False,
@@ -210,7 +211,8 @@ def export_with(
     kind, reason, content). ``exclude_partial`` leaves out conversations kept with fewer turns
     than planned.
 
-    Rows are in conv_id order, written ``chunk_size`` conversations per COPY; a release
+    Rows are in conv_id order, written ``chunk_size`` conversations per COPY (default: the
+    run's ``[store] export_chunk``); a release
     ``subset`` writes that subset's rows instead (see SUBSETS). The file is built beside
     ``output`` and moved into place at the end, so a failure leaves any earlier file there
     untouched; then the directory's dataset card is brought up to date. Raises ConfigError for
@@ -223,6 +225,9 @@ def export_with(
             "--quality-fields needs the run's record of rejected outputs, which this store "
             "(made by an older m2l) does not have yet: resume the run once, or export without it"
         )
+    store = stored_store_config(conn, output)
+    if chunk_size is None:
+        chunk_size = store.export_chunk
     if chunk_size < 1:
         raise ConfigError(f"chunk_size = {chunk_size}: expected 1 or more conversations")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -234,7 +239,6 @@ def export_with(
     shape = _shape(conn, spec) if spec.stem == "release" else None
     extra = _Extra(quality_fields, exclude_partial)
     selects = _selects(spec, statuses, include_filtered, ranges, shape, subset, extra)
-    store = stored_store_config(conn, output)
     with _scratch(output) as scratch:
         temp = scratch(".tmp")
         write = _parquet_in_parts if spec.copy_format == "parquet" else _jsonl_in_parts

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 import pytest
 from rich.console import Console
 
+import state.export
 from engine.app.outputs import add_export_parser
 from engine.errors import ConfigError, StateError
 from engine.simulator.languages import find_language
@@ -521,6 +522,31 @@ def test_empty_run_writes_a_valid_empty_file(tmp_path: Path) -> None:
     report = export_run(tmp_path / "empty", "release-parquet", output=tmp_path / "e.parquet")
     table = pq.read_table(report.path)
     assert (report.rows, table.num_rows, table.column_names) == (0, 0, RELEASE_COLUMNS)
+
+
+def test_an_export_sorts_and_writes_the_runs_export_chunk_at_a_time(
+    run: FixtureRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each COPY holds at most [store] export_chunk conversations, as the run's stored config
+    says: the bound on what an export keeps in memory (bench/scale.py)."""
+    conn = open_store(run.run_dir / STATE_FILE, create=False)
+    conn.execute(
+        "UPDATE run_meta SET value = ? WHERE key = 'config_json'",
+        [json.dumps({"run": {"name": "fx"}, "store": {"export_chunk": 3}})],
+    )
+    conn.close()
+    copies: list[int] = []
+    copy = state.export._copy
+
+    def counted(*args: Any) -> int:
+        copies.append(rows := copy(*args))
+        return rows
+
+    monkeypatch.setattr(state.export, "_copy", counted)
+    report = export_run(run.run_dir, "sharegpt-jsonl", output=tmp_path / "s.jsonl")
+    done = len(run.by_status("done"))
+    assert report.rows == sum(copies) == done
+    assert len(copies) == -(-done // 3) and max(copies) == 3
 
 
 def test_failed_export_keeps_the_old_file_and_leaves_no_temp(
