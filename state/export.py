@@ -239,6 +239,9 @@ def export_with(
     shape = _shape(conn, spec) if spec.stem == "release" else None
     extra = _Extra(quality_fields, exclude_partial)
     selects = _selects(spec, statuses, include_filtered, ranges, shape, subset, extra)
+    # What the connection read before (at the end of a run: the writer's blocks) is let go
+    # first, so the export's memory takes the place of that cache instead of adding to it.
+    release_cache(conn, store)
     with _scratch(output) as scratch:
         temp = scratch(".tmp")
         write = _parquet_in_parts if spec.copy_format == "parquet" else _jsonl_in_parts
