@@ -7,10 +7,13 @@ done conversations first, and a filtered one where the language has any, marked 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import duckdb
 import orjson
+
+from state.schema import STATE_FILE, release_cache, stored_store_config
 
 __all__ = ["Message", "Sample", "run_metadata", "sample_conversations"]
 
@@ -56,14 +59,21 @@ def sample_conversations(
     if not picked:
         return ()
     messages: dict[int, list[Message]] = {}
-    for conv_id, role, kind, evol_type, content in conn.execute(
-        "SELECT conv_id, role, kind, evol_type, content FROM messages "
-        "WHERE conv_id IN (SELECT unnest(?::BIGINT[])) ORDER BY conv_id, step",
-        [[row[0] for row in picked]],
-    ).fetchall():
-        messages.setdefault(int(conv_id), []).append(
-            Message(str(role), str(kind), evol_type, str(content or ""))
-        )
+    store = stored_store_config(conn, Path(STATE_FILE))
+    for ids in _windows(sorted(int(row[0]) for row in picked)):
+        # The range lets DuckDB skip the row groups of other conversations; the texts it read
+        # are then let go, so this holds one window's blocks, not the whole messages table
+        # (one query over all the samples kept 34 MB of texts cached at 10^5 conversations).
+        for conv_id, role, kind, evol_type, content in conn.execute(
+            "SELECT conv_id, role, kind, evol_type, content FROM messages "
+            "WHERE conv_id BETWEEN ? AND ? AND conv_id IN (SELECT unnest(?::BIGINT[])) "
+            "ORDER BY conv_id, step",
+            [ids[0], ids[-1], ids],
+        ).fetchall():
+            messages.setdefault(int(conv_id), []).append(
+                Message(str(role), str(kind), evol_type, str(content or ""))
+            )
+        release_cache(conn, store)
     return tuple(
         Sample(
             int(conv_id),
@@ -76,6 +86,22 @@ def sample_conversations(
         )
         for conv_id, language, task, evol_type, status, reason in picked
     )
+
+
+# Conversation ids per read of sampled messages: a row group of messages holds about 18,000
+# conversations' turns.
+_WINDOW = 20_000
+
+
+def _windows(ids: list[int]) -> list[list[int]]:
+    """Sorted ids cut into runs that each span fewer than _WINDOW ids."""
+    out: list[list[int]] = []
+    for conv_id in ids:
+        if out and conv_id - out[-1][0] < _WINDOW:
+            out[-1].append(conv_id)
+        else:
+            out.append([conv_id])
+    return out
 
 
 def run_metadata(conn: duckdb.DuckDBPyConnection) -> tuple[tuple[str, str], ...]:

@@ -16,6 +16,8 @@ import duckdb
 import pytest
 from rich.console import Console
 
+import state.samples
+import state.stats
 from engine.app.outputs import add_stats_parser
 from engine.errors import StateError
 from engine.posthoc import filter_run
@@ -388,3 +390,26 @@ def test_stats_say_how_many_caps_were_learned(stats: RunStats) -> None:
     assert doc["tpm_charge"]["adaptive_caps"] == counts
     conn.execute("UPDATE run_meta SET value = '{not json'")
     assert _cap_sources(conn) == ()
+
+
+def test_spend_and_samples_read_in_small_ranges_are_the_same(
+    template: FixtureRun, stats: RunStats, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spend tables and the sample conversations are read a range of conversations at a
+    time, letting DuckDB's cache go after each (bounded memory at 10^6): ranges of 3 ids give
+    what one range gives."""
+    conn = open_run(template.run_dir, action="read")
+    try:
+        whole = sample_conversations(conn)
+        monkeypatch.setattr(state.stats, "_SPEND_RANGE", 3)
+        monkeypatch.setattr(state.samples, "_WINDOW", 3)
+        ranged = compute_stats(conn, run="fx")
+        assert sample_conversations(conn) == whole
+    finally:
+        conn.close()
+    for name in ("by_language", "by_task", "by_kind", "by_endpoint"):
+        assert [(b.key, b.spend.requests, b.spend.ok) for b in getattr(ranged, name)] == [
+            (b.key, b.spend.requests, b.spend.ok) for b in getattr(stats, name)
+        ]
+    assert ranged.total.cost_usd == pytest.approx(stats.total.cost_usd)
+    assert ranged.total.requests == stats.total.requests == len(template.requests)
