@@ -133,3 +133,27 @@ def test_no_trie_node_is_deeper_than_the_walk_assumes(reference: Any) -> None:
         rows = np.arange(lo, min(lo + 4096, len(rowbase)))
         moved = nextmove[(rowbase[rows, None] + every_byte).ravel()].reshape(len(rows), 256)
         assert (depth[moved] <= depth[rows, None] + 1).all()
+
+
+@pytest.mark.parametrize("texts", [50, 1 << 60])  # the packed sort, and the lexsort past 62 bits
+def test_first_seen_counts_are_a_counter_per_text_in_walk_order(texts: int) -> None:
+    """Each text's distinct features in the order a Counter of its walk holds them, with
+    log1p of their counts in float32, and the text of each."""
+    from collections import Counter
+
+    import numpy as np
+
+    from engine.quality.ranker import _first_seen_counts
+
+    rng = np.random.default_rng(1)
+    owner = np.sort(rng.integers(0, 50, 5000)).astype(np.intp)
+    feature = rng.integers(0, 300, 5000).astype(np.intp)
+    features, weights, texts_of = _first_seen_counts(feature, owner, texts)
+    expected = [
+        (f, np.log1p(np.float32(k)), i)
+        for i in range(50)
+        for f, k in Counter(feature[owner == i].tolist()).items()
+    ]
+    assert features.tolist() == [f for f, _, _ in expected]
+    assert weights.tobytes() == np.array([w for _, w, _ in expected], dtype=np.float32).tobytes()
+    assert texts_of.tolist() == [i for _, _, i in expected]
