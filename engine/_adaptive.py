@@ -7,7 +7,10 @@ throughput does not. The core finds the knee by hill climbing on measured latenc
 TCP Vegas and of gradient limiters in service meshes, judged on the marginal gain):
 
 - Latency is measured per window of replies sent at one limit, as the median of seconds per
-  output token (plus a fixed overhead), so long and short replies compare.
+  output token (plus a fixed overhead), so long and short replies compare; or per reply,
+  once the replies of a run show that their length explains next to none of their latency's
+  spread within a window (a server answering in a fixed time, where seconds per token would
+  differ twentyfold between short and long replies and bury a queue in noise).
 - Throughput at a limit is ``in flight / latency`` (Little's law). A step to a higher limit is
   kept when it raises throughput by at least half as much as it raised concurrency, and the
   median stays within ``tolerance`` of the unloaded floor; otherwise the limit goes back.
@@ -39,6 +42,14 @@ TCP Vegas and of gradient limiters in service meshes, judged on the marginal gai
   are more than stray faults; a median that drifts past the tolerance (scaled by the headroom's
   share, whose queue is there by design; a server shared with others) cuts toward it, first
   back to the limit before the last kept step.
+
+Latency is counted from the send to the reply as the client sees it, less the client's own
+delay: ``loop_lag`` probes (how late a timer ran on the client's event loop) keep a moving
+average, and a reply is taken to have waited that long for the loop after the server
+answered, and through every stall (lateness past the average) while it was in flight; a
+sample that discount alone puts below the floor is held at the floor. Without it a CPU-bound
+or starved client reads its own lag, which grows with the requests in flight, as the
+server's queue.
 
 Independently of the limit, the timeout guard keeps a request from being sent into a queue it
 cannot get through in time: with the server's throughput X (replies per second while busy), the
@@ -112,11 +123,13 @@ class AdaptiveSettings:
 
 @dataclass(frozen=True, slots=True)
 class Flight:
-    """One request at the server: its send order, send time and the limit epoch it went in."""
+    """One request at the server: its send order, send time and the limit epoch it went in,
+    and the loop's stalls counted until then (see ConcurrencyCore.loop_lag)."""
 
     seq: int
     t: float
     epoch: int
+    stalls: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +146,7 @@ class ConcurrencyStats:
     throughput_per_s: float | None
     slow_start: bool
     overloads: int
+    loop_lag_s: float = 0.0  # the client's event loop lateness (moving average)
 
 
 # Overload answers cut the limit only when they are this share of a window's outcomes (and at
@@ -158,6 +172,18 @@ _MIN_HEADROOM = 1  # requests let wait at the server beyond the settled limit, a
 # Requests in flight before the first reply has measured the server, under the timeout guard.
 _GUARD_START = 2
 _GUARD_RING = 64  # successes the server's throughput is measured over
+# A reply waits for the event loop about this many times a timer's lateness after the server
+# answered (the socket read, then the task's wake-up: measured 1.3-4x, about 2, against a 20 ms
+# server with 1-64 requests in flight and 0-3 ms of client CPU per reply). The low end: a lag
+# taken out that the reply did not wait would hide that much of a server queue.
+_LAG_STEPS = 1.0
+_LAG_WEIGHT = 0.1  # weight of each lateness probe in the loop lag's moving average
+# Units latency is compared in: seconds per output token (token_overhead added), or per reply.
+_PER_TOKEN, _PER_REPLY = 0, 1
+# Per reply once replies of windows of two or more, at least _UNIT_SAMPLES of them, show the
+# reply's length explaining less than _UNIT_R2 of their latency's spread within a window.
+_UNIT_SAMPLES = 8
+_UNIT_R2 = 0.1
 
 
 class ConcurrencyCore:
@@ -177,10 +203,12 @@ class ConcurrencyCore:
         "_floor",
         "_gain",
         "_in_flight",
+        "_lag",
         "_limit",
         "_next_seq",
         "_overloads",
         "_peak",
+        "_pooled",
         "_provisional",
         "_ring",
         "_samples",
@@ -188,9 +216,14 @@ class ConcurrencyCore:
         "_skip",
         "_slow_start",
         "_slow_windows",
+        "_stalls",
         "_strikes",
+        "_sxx",
+        "_sxy",
+        "_syy",
         "_timeout_s",
         "_undo",
+        "_unit",
         "_wait",
     )
 
@@ -213,14 +246,20 @@ class ConcurrencyCore:
         self._limit = fixed if fixed is not None else s.initial
         self._slow_start = fixed is None
         self._base_limit = self._limit  # the last limit whose window was accepted
-        self._base_r: float | None = None  # its median latency (s per token); None = unmeasured
+        # Latency is judged per output token (``token_overhead`` added) or per reply, whichever
+        # the server's latency follows (see _judge_unit); both are kept, so a switch is exact.
+        self._unit = _PER_TOKEN
+        self._base_r: list[float | None] = [None, None]  # the base window's median, per unit
         self._base_cap = self._limit  # requests allowed in flight when _base_r was measured
-        self._floor: float | None = None  # the lowest window median seen: the unloaded latency
+        self._floor: list[float | None] = [None, None]  # the lowest window median: unloaded
+        # Within-window sums that tell whether latency follows the reply's length (see _pool).
+        self._sxx = self._sxy = self._syy = 0.0
+        self._pooled = 0
         self._undo = 0  # the base limit before the last kept step up (0: none to undo)
         self._provisional = fixed is None  # the floor is one reply's yet (see succeeded)
         self._gain = 0.0  # the efficiency of the last step up that was kept
         self._epoch = 0
-        self._samples: list[float] = []
+        self._samples: list[tuple[float, float, int]] = []  # (s per token, s per reply, tokens)
         self._peak = 0  # most requests in flight at once during this epoch
         self._skip = False  # the next window still waits behind requests of a higher limit
         self._wait = 0  # windows still to hold before the next probe
@@ -231,6 +270,8 @@ class ConcurrencyCore:
         self._strikes = 0  # overload answers in this window, not yet acted on
         self._slow_windows = 0  # windows in a row slower than the tolerance at the base limit
         self._in_flight = 0
+        self._lag = 0.0  # the event loop's lateness, a moving average of loop_lag probes
+        self._stalls = 0.0  # lateness beyond that average, summed over all probes
         self._busy_cum = 0.0  # seconds with at least one request in flight, before _busy_since
         self._busy_since = 0.0
         # Busy time at each success, after the start's zero: the k-th success after the first
@@ -264,14 +305,15 @@ class ConcurrencyCore:
             self._busy_since = now
         self._in_flight += 1
         self._peak = max(self._peak, self._in_flight)
-        flight = Flight(self._next_seq, now, self._epoch)
+        flight = Flight(self._next_seq, now, self._epoch, self._stalls)
         self._next_seq += 1
         return flight
 
     def sent(self, flight: Flight) -> Flight:
-        """The request left for the server now (it may have waited for the rate limiter since
-        it took its slot): latency is counted from here, so limiter waits are not queueing."""
-        return Flight(flight.seq, self._clock.now(), flight.epoch)
+        """The request left for the server now (it may have waited for the rate limiter, or
+        for the request log, since it took its slot): latency is counted from here, so those
+        waits are not queueing."""
+        return Flight(flight.seq, self._clock.now(), flight.epoch, self._stalls)
 
     # --- outcomes ---------------------------------------------------------------------------
 
@@ -281,16 +323,35 @@ class ConcurrencyCore:
         self._ring.append(self._busy_time(now))
         if self._fixed is not None or flight.epoch != self._epoch:
             return  # sent at another limit: it says nothing about this one
-        latency = max(0.0, now - flight.t)
-        sample = latency / (max(0, completion_tokens) + self._settings.token_overhead)
-        self._samples.append(sample)
+        tokens = max(0, completion_tokens) + self._settings.token_overhead
+        raw = max(0.0, now - flight.t)
+        # The time from send to reply includes the client's own delay: each of the few loop
+        # steps a request takes after the server answered waits for the callbacks ahead of it
+        # (a CPU-bound client, or one the machine starves). That grows with the requests in
+        # flight just as a server queue does, and read as one it held auto at a few requests
+        # against an unlimited server. It is taken out, as _LAG_STEPS times the loop's
+        # measured lateness; but a sample the discount alone puts below the floor is held at
+        # the floor, so an overestimate of the lag can hide a queue, never lower the floor.
+        lag = _LAG_STEPS * self._lag + (self._stalls - flight.stalls)
+        server = max(0.0, raw - lag)
+        sample = [server / tokens, server]
+        for unit, floor in enumerate(self._floor):
+            if floor is None or sample[unit] < floor:
+                # Only the raw latency may set or lower the floor (nothing to hold it at yet,
+                # or the discount took it below): an overestimated lag must not make every
+                # later sample look queued.
+                raw_sample = raw / (tokens if unit == _PER_TOKEN else 1)
+                sample[unit] = raw_sample if floor is None else min(raw_sample, floor)
+        self._samples.append((sample[0], sample[1], tokens))
         s = self._settings
-        if self._provisional and self._slow_start and self._limit == 2 and self._floor is not None:
+        if self._provisional and self._slow_start and self._limit == 2:
             # Two went out at once when the first reply came back: whichever comes first did
             # not queue, even behind a single slot. The floor is the lower of the two samples
             # (the lower the floor, the sooner latency reads as a queue: the safe side).
             self._provisional = False
-            self._floor = self._base_r = min(self._floor, sample)
+            for unit, floor in enumerate(self._floor):
+                if floor is not None:
+                    self._floor[unit] = self._base_r[unit] = min(floor, sample[unit])
         if self._slow_start:
             # A slow-start step is judged on the replies to the first half of its window,
             # which went out at once, so that each doubling takes about one round trip; on as
@@ -332,12 +393,22 @@ class ConcurrencyCore:
         self._wait = self._backoff
         self._cut_seq = self._next_seq
         cut = max(1, math.floor(self._limit * self._settings.overload_factor))
-        self._base_limit, self._base_r = cut, None
+        self._base_limit, self._base_r = cut, [None, None]
         self._set(cut)
 
     def finished(self, flight: Flight) -> None:
         """Any other outcome (an error, a 429, cancelled): the slot is free, nothing learned."""
         self._land()
+
+    def loop_lag(self, late_s: float) -> None:
+        """A probe of the client's own delay: how late a timer callback ran on the event loop
+        that sends the requests (a busy or starved loop runs every callback late). Its steady
+        part is a moving average; lateness beyond it is a stall (a long callback, the GIL held
+        by another thread, the process descheduled), counted whole against the requests in
+        flight during it, whose replies it held up if they came back meanwhile."""
+        late = max(0.0, late_s)
+        self._stalls += max(0.0, late - self._lag)
+        self._lag += _LAG_WEIGHT * (late - self._lag)
 
     def statistics(self) -> ConcurrencyStats:
         return ConcurrencyStats(
@@ -346,10 +417,11 @@ class ConcurrencyCore:
             allowed=self.allowed(),
             in_flight=self._in_flight,
             guard=self._guard(),
-            floor_s_per_token=self._floor,
+            floor_s_per_token=self._floor[_PER_TOKEN],
             throughput_per_s=self._throughput(),
             slow_start=self._slow_start,
             overloads=self._overloads,
+            loop_lag_s=self._lag,
         )
 
     # --- internals --------------------------------------------------------------------------
@@ -420,22 +492,53 @@ class ConcurrencyCore:
         """Whether the first two replies at a limit of two both came back about as fast as
         the floor: on one slot the second waited for the first, and shows it unless the first
         was many times shorter."""
-        floor = self._floor
+        unit = self._unit
+        floor = self._floor[unit]
         return (
             floor is not None
             and len(self._samples) >= 2
-            and max(self._samples[:2]) <= _PAIR_TOLERANCE * floor
+            and max(x[unit] for x in self._samples[:2]) <= _PAIR_TOLERANCE * floor
         )
 
-    def _efficiency(self, r: float, cap: int) -> float:
+    def _pool(self, window: list[tuple[float, float, int]]) -> None:
+        """Add a window's replies to the evidence of whether latency follows their length,
+        and judge by it which unit latency is compared in.
+
+        Within one window the load is the same for every reply, so how much of the spread of
+        their latencies (relative to the window's mean) the reply's length explains is the
+        server's own: most of it for a model decoding token by token, next to none for a
+        server that answers in a fixed time (a cache, a simulator, a proxy in front of a
+        batch), where seconds per token would differ fivefold between replies of 20 and 400
+        tokens and bury any queue in noise.
+        """
+        if len(window) < 2:
+            return
+        mean_l = sum(x[1] for x in window) / len(window)
+        mean_n = sum(x[2] for x in window) / len(window)
+        if mean_l <= 0.0:
+            return
+        for _, latency, tokens in window:
+            dl, dn = latency / mean_l - 1.0, tokens - mean_n
+            self._sxx += dn * dn
+            self._sxy += dn * dl
+            self._syy += dl * dl
+        self._pooled += len(window)
+        if self._pooled < _UNIT_SAMPLES or self._sxx <= 0.0 or self._syy <= 0.0:
+            return
+        explained = self._sxy * self._sxy / (self._sxx * self._syy)
+        self._unit = _PER_TOKEN if explained >= _UNIT_R2 else _PER_REPLY
+
+    def _efficiency(self, r: float, cap: int, unit: int) -> float:
         """Throughput gained per concurrency gained since the base: Little's law on the
         requests actually in flight at each limit (1 = perfect scaling, 0 = pure queueing)."""
-        assert self._base_r is not None
+        base_r = self._base_r[unit]
+        assert base_r is not None
         scale = cap / self._base_cap
-        return (scale * self._base_r / r - 1.0) / (scale - 1.0)
+        return (scale * base_r / r - 1.0) / (scale - 1.0)
 
     def _close_window(self) -> None:
-        r = median(self._samples)
+        rs: list[float] = [median(x[0] for x in self._samples), median(x[1] for x in self._samples)]
+        self._pool(self._samples)
         cap = self._cap()
         # Was the limit reached? Below it, the window measured the demand, not the server.
         binding = self._peak >= cap
@@ -445,16 +548,20 @@ class ConcurrencyCore:
         if self._skip:
             self._skip = False
             return
-        if self._floor is None or r < self._floor or (cap == 1 and binding):
-            # At one request in flight nothing queues behind us: that median is the floor now
-            # (it also lets the floor rise again after the server got slower for good).
-            self._floor = r
-        ratio = r / self._floor
+        for unit, floor in enumerate(self._floor):
+            if floor is None or rs[unit] < floor or (cap == 1 and binding):
+                # At one request in flight nothing queues behind us: that median is the floor
+                # now (it also lets the floor rise again after the server got slower for good).
+                self._floor[unit] = rs[unit]
+        unit = self._unit
+        r, floor_now = rs[unit], self._floor[unit]
+        assert floor_now is not None
+        ratio = r / floor_now if floor_now > 0.0 else 1.0  # (a fake clock's instant replies)
         s = self._settings
         if self._limit > self._base_limit:
             if not binding:
                 return  # not enough demand to judge the probe: keep measuring
-            efficiency = self._efficiency(r, cap)
+            efficiency = self._efficiency(r, cap, unit)
             # A step of a few per cent measures efficiency too roughly to call a knee by it,
             # or to resume doubling.
             big = cap >= _BIG_STEP * self._base_cap
@@ -464,7 +571,7 @@ class ConcurrencyCore:
                 doubling = self._slow_start and self._limit == 2 * self._base_limit
                 self._gain = efficiency if doubling else 0.0
                 self._undo = self._base_limit
-                self._base_limit, self._base_r, self._backoff = self._limit, r, 1
+                self._base_limit, self._base_r, self._backoff = self._limit, [rs[0], rs[1]], 1
                 self._base_cap = cap
                 near_floor = ratio <= (1.0 + s.tolerance) / 2.0
                 if self._limit >= _SLOW_START_MIN and (
@@ -506,7 +613,7 @@ class ConcurrencyCore:
                 self._set(self._base_limit)
             return
         if binding:
-            self._base_r, self._base_cap = r, cap
+            self._base_r, self._base_cap = [rs[0], rs[1]], cap
         slow = binding and ratio > s.tolerance * cap / self._limit and self._limit > 1
         self._slow_windows = self._slow_windows + 1 if slow else 0
         if self._slow_windows >= 2:
@@ -523,11 +630,11 @@ class ConcurrencyCore:
             if cut < self._undo < self._limit:
                 cut = self._undo
             self._undo = 0
-            self._base_limit, self._base_r = cut, None
+            self._base_limit, self._base_r = cut, [None, None]
             self._set(cut)
         elif self._wait > 0:
             self._wait -= 1
-        elif binding and self._base_r is not None:
+        elif binding and self._base_r[unit] is not None:
             self._probe()
 
     def _probe(self) -> None:

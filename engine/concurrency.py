@@ -2,9 +2,12 @@
 
 The decisions (the adaptive limit, the timeout guard) are the pure ``engine._adaptive``
 core; this module is its async shell: first-come waiters as futures, woken when a request
-comes back. Nothing needs a timer, since the allowance only changes when a request lands.
-The dispatcher passes the gate before the rate limiter, so a request waiting for a slot holds
-no rate-limit quota.
+comes back. The allowance only changes when a request lands, so no timer wakes waiters. One
+timer does run while an adaptive gate has requests in flight: a lateness probe every 20 ms,
+how late the event loop ran it, which the core takes out of the latency it measures (the
+client's own lag is not the server's queue; a late timer is the one way to see it from
+inside the loop). The dispatcher passes the gate before the rate limiter, so a request
+waiting for a slot holds no rate-limit quota.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from engine.clock import Clock, MonotonicClock
 
 __all__ = ["AdaptiveSettings", "ConcurrencyGate", "ConcurrencyStats", "Flight"]
 
+_PROBE_S = 0.02  # between lateness probes of the event loop, while requests are in flight
+
 
 class ConcurrencyGate:
     """Admits requests first come, first served while fewer than the allowance are in flight.
@@ -25,7 +30,7 @@ class ConcurrencyGate:
     ``overloaded`` or ``finished``.
     """
 
-    __slots__ = ("_core", "_waiters")
+    __slots__ = ("_adaptive", "_core", "_due", "_probe", "_probe_loop", "_waiters")
 
     def __init__(
         self,
@@ -43,11 +48,15 @@ class ConcurrencyGate:
             settings=settings,
         )
         self._waiters: deque[asyncio.Future[Flight]] = deque()
+        self._adaptive = fixed is None
+        self._probe: asyncio.TimerHandle | None = None  # the pending lateness probe
+        self._due = 0.0  # the loop time it is due at
+        self._probe_loop: asyncio.AbstractEventLoop | None = None
 
     async def acquire(self) -> Flight:
         """Wait for a slot and take it."""
         if not self._waiters and self._core.can_send():
-            return self._core.send()
+            return self._send()
         fut: asyncio.Future[Flight] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
         try:
@@ -64,7 +73,7 @@ class ConcurrencyGate:
     def try_acquire(self) -> Flight | None:
         """Take a slot now if one is free and nobody waits for it; None otherwise."""
         if not self._waiters and self._core.can_send():
-            return self._core.send()
+            return self._send()
         return None
 
     @property
@@ -111,4 +120,28 @@ class ConcurrencyGate:
         while self._waiters and self._core.can_send():
             fut = self._waiters.popleft()
             if not fut.done():
-                fut.set_result(self._core.send())
+                fut.set_result(self._send())
+
+    def _send(self) -> Flight:
+        flight = self._core.send()
+        if self._adaptive:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop runs: nothing to probe
+                return flight
+            # A probe pending on another loop died with it (a gate reused by a second run).
+            if self._probe is None or self._probe_loop is not loop:
+                self._arm(loop)
+        return flight
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._due = loop.time() + _PROBE_S
+        self._probe = loop.call_at(self._due, self._probed, loop)
+        self._probe_loop = loop
+
+    def _probed(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The lateness probe ran: report how late, and probe again while requests fly."""
+        self._probe = None
+        self._core.loop_lag(loop.time() - self._due)
+        if self._core.in_flight > 0:
+            self._arm(loop)

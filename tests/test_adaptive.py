@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import random
 from dataclasses import dataclass, field
@@ -446,3 +447,86 @@ def test_timeout_guard_does_not_hold_auto_at_one_request_for_good() -> None:
     alone = drive(ConcurrencyCore(c := FakeClock(), fixed=1), c, slots=1, seconds=600,
                   turnaround=2.5)  # fmt: skip
     assert out.replies >= 1.5 * alone.replies
+
+
+def drive_fast_server(
+    core: ConcurrencyCore,
+    clock: FakeClock,
+    *,
+    seconds: float,
+    client_s: float = 0.0,
+    probes: bool = True,
+    seed: int = 1,
+) -> Outcome:
+    """An unlimited server answering in 20 ms whatever the reply's length (a cache, a proxy,
+    a simulator), for as many requests as the core allows. The client's one event loop runs
+    everything in the order it became due and spends ``client_s`` on each reply, so with many
+    in flight replies wait for it; with ``probes`` a lateness probe is due every 20 ms and
+    reports how late the loop got to it."""
+    rng = random.Random(seed)
+    out = Outcome()
+    end = clock.now() + seconds
+    due: list[tuple[float, int, str, Flight | None, int]] = []  # (due, order, what, flight, n)
+    order = 0
+
+    def push(at: float, what: str, flight: Flight | None = None, tokens: int = 0) -> None:
+        nonlocal order
+        order += 1
+        heapq.heappush(due, (at, order, what, flight, tokens))
+
+    def submit(flight: Flight) -> None:
+        latency = 0.02 * (1.0 + 0.1 * (2.0 * rng.random() - 1.0))
+        push(clock.now() + latency, "reply", core.sent(flight), rng.randint(20, 400))
+
+    def refill() -> None:
+        while core.can_send():
+            submit(core.send())
+
+    if probes:
+        push(clock.now() + 0.02, "probe")
+    refill()
+    while due and clock.now() < end:
+        at, _, what, flight, tokens = heapq.heappop(due)
+        clock.advance(max(0.0, at - clock.now()))  # the loop gets to it now, or later if busy
+        if what == "probe":
+            core.loop_lag(clock.now() - at)
+            push(clock.now() + 0.02, "probe")
+        else:
+            assert flight is not None
+            clock.advance(client_s)
+            out.latencies.append(clock.now() - flight.t)
+            core.succeeded(flight, tokens)
+            out.replies += 1
+            out.limits.append(core.limit)
+            out.allowed.append(core.allowed())
+            out.times.append(clock.now())
+            refill()
+    return out
+
+
+def test_a_server_whose_latency_ignores_the_reply_length_is_judged_per_reply() -> None:
+    """An unlimited server answering every request in 20 ms: seconds per token would differ
+    twentyfold between replies of 20 and 400 tokens and read as queueing; judged per reply
+    the latency stays at the floor and the limit grows past a hundred."""
+    clock = FakeClock()
+    core = ConcurrencyCore(clock)
+    out = drive_fast_server(core, clock, seconds=30)
+    assert max(settled(out)) >= 128
+    assert median(out.latencies) <= 0.025
+
+
+def test_the_clients_own_lag_is_not_taken_for_a_server_queue() -> None:
+    """The same server with a client that spends 1 ms of its loop on each reply: past 20 in
+    flight replies wait for the loop (latency grows with the limit, as a queue would make it),
+    but the loop's lateness, probed, is taken out: the limit is not held where the client's
+    own lag starts, and throughput is the loop's (1,000 replies a second). Without the
+    probes the lag reads as the server's queue and holds the limit at 30."""
+    clock = FakeClock()
+    core = ConcurrencyCore(clock)
+    out = drive_fast_server(core, clock, seconds=30, client_s=0.001)
+    assert median(settled(out)) >= 48
+    assert out.second_half >= 0.95 * 1000 * 15
+    blind = drive_fast_server(
+        ConcurrencyCore(c := FakeClock()), c, seconds=30, client_s=0.001, probes=False
+    )
+    assert median(settled(blind)) <= 32

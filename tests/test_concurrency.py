@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,26 @@ class Recorder:
 
     def on_event(self, event: Event) -> None:
         self.events.append(event)
+
+
+async def test_an_adaptive_gate_probes_its_loop_only_while_requests_fly() -> None:
+    """While a request is in flight the adaptive gate times its event loop: a loop blocked for
+    100 ms (a long callback, a starved process) shows as lateness; once nothing flies no probe
+    is left pending, and a fixed gate never probes."""
+    gate = ConcurrencyGate(timeout_s=5.0)
+    flight = await gate.acquire()
+    await asyncio.sleep(0.03)  # a probe or two on time
+    time.sleep(0.1)  # noqa: ASYNC251 -- the loop held on purpose: the next probe runs late
+    await asyncio.sleep(0.03)
+    assert gate.statistics().loop_lag_s > 0.005
+    gate.succeeded(gate.sent(flight), 10)
+    await asyncio.sleep(0.05)  # the pending probe runs, sees nothing in flight, stops
+    lag = gate.statistics().loop_lag_s
+    await asyncio.sleep(0.05)
+    assert gate.statistics().loop_lag_s == lag
+    fixed = ConcurrencyGate(fixed=2)
+    fixed.finished(await fixed.acquire())
+    assert fixed.statistics().loop_lag_s == 0.0
 
 
 async def test_gate_admits_first_come_first_served_and_survives_cancellation() -> None:
