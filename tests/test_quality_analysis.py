@@ -229,9 +229,14 @@ def test_folding_a_text_whole_gives_its_lines_folded_one_by_one() -> None:
     """normalize_lines equals normalize_for_match line by line, on the corpus and on every
     kind of line break; it may fold whole because no code point's decomposition or case
     folding makes or removes a line break."""
-    from engine.quality.text import normalize_lines
+    from engine.quality.text import _LINE_BREAK, normalize_lines
 
     breaks = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+    # The characters a one-line text lacks (normalize_lines' shortcut) are the breaks.
+    assert {ch for ch in map(chr, range(0x110000)) if len(f"a{ch}b".splitlines()) > 1} == set(
+        breaks
+    )
+    assert all(_LINE_BREAK.fullmatch(ch) for ch in breaks)
     for code in range(0x110000):
         ch = chr(code)
         if 0xD800 <= code <= 0xDFFF:
@@ -251,6 +256,9 @@ def test_folding_a_text_whole_gives_its_lines_folded_one_by_one() -> None:
             "a\n\u00ad\nb\n",
             "\u00ad",
             "ß\n\u00ad",
+            "one line, no break at all: Ünïcödé `tick`",
+            "\u00ad",
+            "",
         ]
     )
     for sample in samples:

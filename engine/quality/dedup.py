@@ -120,12 +120,14 @@ class MinHasher:
         items = units(text) if items is None else items
         k = self.shingle_size
         if len(items) <= k:
-            grams = {" ".join(items).encode()} if items else set()
+            grams = [" ".join(items).encode()] if items else []
         else:
             # The shingles of ``shingles``, each UTF-8 encoded: the units are encoded once and
             # joined as bytes (UTF-8 of a joined string is the join of the UTF-8 of its parts).
+            # A shingle met twice is hashed twice: the minimum over a row it already has is
+            # the same, and no set of them is made.
             encoded = list(map(str.encode, items))
-            grams = set(map(b" ".join, zip(*(encoded[i:] for i in range(k)), strict=False)))
+            grams = list(map(b" ".join, zip(*(encoded[i:] for i in range(k)), strict=False)))
         hashes = np.fromiter(map(zlib.crc32, grams), dtype=np.uint64, count=len(grams))
         out = np.full(self.num_perm, prime, dtype=np.uint64)
         for start in range(0, len(hashes), _CHUNK):

@@ -153,10 +153,17 @@ def normalize_lines(text: str) -> str:
     else:
         decomposed = unicodedata.normalize("NFKD", _fold(text))
         folded = _fold(decomposed.translate(_NONSPACING).casefold())
+    if _LINE_BREAK.search(text) is None:
+        # One line (or none), and folding makes no line break: that line, or nothing.
+        return " ".join(folded.split())
     lines = [" ".join(line.split()) for line in folded.splitlines()]
     if len(lines) < len(text.splitlines()):
         lines.append("")  # the last line was only characters folded away
     return "\n".join(lines)
+
+
+# Every character str.splitlines breaks a line at.
+_LINE_BREAK = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 def _fold(text: str) -> str:
