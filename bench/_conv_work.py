@@ -142,6 +142,16 @@ class MemoryStore:
     async def mark_active(self, conv: Conversation) -> None:
         return None
 
+    async def record_rejection(
+        self,
+        conv: Conversation,
+        *,
+        prompt_tokens: int | None,
+        completion_tokens: int | None,
+        cost: float,
+    ) -> None:
+        return None
+
     async def flush(self) -> None:
         return None
 
@@ -382,10 +392,18 @@ def cpu_main(spec: ConvSpec, base_url: str, conn: Connection) -> None:
         result.conversations = asyncio.run(set_up(config))
         asyncio.run(_measured(spec, config, result))
     except Exception as exc:  # reported in the table, not a crash of the whole bench
-        result.error = f"{type(exc).__name__}: {exc}"
+        result.error = _describe(exc)
     result.peak_rss_mb = _peak_mb()
     conn.send(result)
     conn.close()
+
+
+def _describe(exc: BaseException) -> str:
+    """An error and, for a task group's, the errors inside it (what actually went wrong)."""
+    if isinstance(exc, BaseExceptionGroup):
+        inner = "; ".join(_describe(e) for e in exc.exceptions)
+        return f"{type(exc).__name__}: {inner}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 # --- memory runs ----------------------------------------------------------------------------

@@ -13,8 +13,8 @@ Workloads (each client and each simulator is its own spawned process):
        conversations (set up beforehand in a process of their own), each stopped
        (StopControl.request) after 1,000 finished, against an unlimited simulator
 
-Sizes (full run, about 2.5 minutes on 2 cores): L and L0 240 conversations (60 seeds x 4 evols,
-~1,750 replies: the TPM limit binds, ~140 s); U and U0 1,000 conversations (~7,100 replies);
+Sizes (full run, about 3.5 minutes on 2 cores): L and L0 240 conversations (60 seeds x 4 evols,
+~1,790 replies: the TPM limit binds, ~170 s); U and U0 1,000 conversations (~7,100 replies);
 M 10k and 100k. ``--quick`` is a smoke run of about a minute.
 
 CPU is ``getrusage(RUSAGE_SELF)`` of the client process around the run only (set-up excluded,
@@ -96,7 +96,8 @@ class Plan:
             # A 6 s bucket keeps a small limited run past its first burst, where the limiter
             # works; the memory runs keep their 10x ratio.
             return cls(10, 6.0, 40.0, 40, 30.0, (2_000, 20_000), 100, 20.0)
-        return cls(60, 60.0, 170.0, 250, 60.0, (10_000, 100_000), 1_000, 45.0)
+        # L takes ~170 s since every request carries a system prompt: 240 s leaves it room.
+        return cls(60, 60.0, 240.0, 250, 60.0, (10_000, 100_000), 1_000, 45.0)
 
 
 def limited_sim(bucket_s: float) -> SimSettings:
