@@ -127,32 +127,38 @@ reply_lengths = "realistic"
     )
 
 
+def _row(
+    conn: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None
+) -> tuple[Any, ...]:
+    """The one row ``sql`` gives (an aggregate always gives one)."""
+    row = conn.execute(sql, params or []).fetchone()
+    assert row is not None, sql
+    return tuple(row)
+
+
 def figures(run_dir: Path) -> dict[str, Any]:
     """The run's figures from its state file."""
     with duckdb.connect(str(run_dir / "state.duckdb"), read_only=True) as conn:
         charged, used = charged_and_used(conn)
-        t0, t1 = conn.execute(
-            "SELECT epoch(min(sent_at)), epoch(max(finished_at)) FROM requests"
-        ).fetchone() or (0.0, 0.0)
+        t0, t1 = _row(conn, "SELECT epoch(min(sent_at)), epoch(max(finished_at)) FROM requests")
         span = float(t1) - float(t0)
-        done = conn.execute("SELECT count(*) FROM conversations WHERE status = 'done'").fetchone()[
-            0
-        ]
-        mid = conn.execute(
+        (done,) = _row(conn, "SELECT count(*) FROM conversations WHERE status = 'done'")
+        (mid,) = _row(
+            conn,
             "SELECT count(*) FROM conversations WHERE status = 'done' AND epoch(finished_at) "
             "BETWEEN ? AND ?",
             [float(t0) + 0.25 * span, float(t0) + 0.75 * span],
-        ).fetchone()[0]
-        replies = conn.execute(
-            "SELECT count(*) FROM requests WHERE status = 'ok' AND step IS NOT NULL"
-        ).fetchone()[0]
-        redone, redone_usd = conn.execute(
-            "SELECT count(*), coalesce(sum(cost_usd), 0) FROM rejections WHERE reason = 'truncated'"
-        ).fetchone()
-        cost = conn.execute("SELECT coalesce(sum(cost_usd), 0) FROM requests").fetchone()[0]
-        failed = conn.execute(
-            "SELECT count(*) FROM conversations WHERE status <> 'done'"
-        ).fetchone()[0]
+        )
+        (replies,) = _row(
+            conn, "SELECT count(*) FROM requests WHERE status = 'ok' AND step IS NOT NULL"
+        )
+        redone, redone_usd = _row(
+            conn,
+            "SELECT count(*), coalesce(sum(cost_usd), 0) FROM rejections "
+            "WHERE reason = 'truncated'",
+        )
+        (cost,) = _row(conn, "SELECT coalesce(sum(cost_usd), 0) FROM requests")
+        (failed,) = _row(conn, "SELECT count(*) FROM conversations WHERE status <> 'done'")
         row = conn.execute("SELECT value FROM run_meta WHERE key = 'adaptive_caps'").fetchone()
     sources: dict[str, int] = {}
     for counts in (json.loads(row[0]) if row else {}).values():
@@ -229,9 +235,7 @@ def oracle(run_dir: Path, caps: tuple[int, int, int]) -> dict[str, Any]:
             WHERE r.step IS NOT NULL AND r.status = 'ok' AND r.completion_tokens < r.max_tokens
             GROUP BY 1, 2"""
         ).fetchall()
-        done = conn.execute("SELECT count(*) FROM conversations WHERE status = 'done'").fetchone()[
-            0
-        ]
+        (done,) = _row(conn, "SELECT count(*) FROM conversations WHERE status = 'done'")
     full = dict(zip(KINDS, caps, strict=True))
     replies = sum(int(n) for _, _, n, _ in rows)
     # Per (step kind, cut share): charged, used, cut replies, money, extra money.
@@ -262,11 +266,11 @@ def oracle(run_dir: Path, caps: tuple[int, int, int]) -> dict[str, Any]:
         if best is None or charged < best[0]:
             best = (charged, used, dict(zip(KINDS, shares, strict=True)))
     assert best is not None  # no cut at all always qualifies
-    charged, used, shares = best
+    charged, used, best_shares = best
     return {
         "charged_per_used": float(charged / used),
         "charged_per_conversation": float(charged / done) if done else 0.0,
-        "cut_shares": shares,
+        "cut_shares": best_shares,
     }
 
 
@@ -278,21 +282,19 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="keep the runs in this folder")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args()
-    caps = tuple(int(x) for x in args.caps.split(","))
-    if len(caps) != 3:
+    numbers = [int(x) for x in args.caps.split(",")]
+    if len(numbers) != 3:
         parser.error("--caps takes three numbers: evolve,answer,follow_up")
+    caps = (numbers[0], numbers[1], numbers[2])
     folder = args.keep or Path(tempfile.mkdtemp(prefix="m2l-adaptive-"))
     folder.mkdir(parents=True, exist_ok=True)
     seeds = folder / "seeds.jsonl"
     planned = write_seeds(seeds, args.conversations)
     procs = {}
     started = time.monotonic()
-    for name, adaptive in (("fixed", False), ("adaptive", True)):
+    for name, learns in (("fixed", False), ("adaptive", True)):
         config = folder / f"{name}.toml"
-        write_config(
-            config, name=name, seeds=seeds, adaptive=adaptive,
-            caps=caps, tpm=args.tpm,  # type: ignore[arg-type]
-        )  # fmt: skip
+        write_config(config, name=name, seeds=seeds, adaptive=learns, caps=caps, tpm=args.tpm)
         procs[name] = subprocess.Popen(
             [*M2L, "run", str(config), "--quiet"],
             cwd=folder,
@@ -338,7 +340,7 @@ def main() -> int:
         if adaptive["charged_per_conversation"]
         else 0
     )
-    best = oracle(folder / "runs" / "fixed", caps)  # type: ignore[arg-type]
+    best = oracle(folder / "runs" / "fixed", caps)
     best_speedup = (
         fixed["charged_per_conversation"] / best["charged_per_conversation"]
         if best["charged_per_conversation"]
