@@ -45,17 +45,27 @@ def sample_conversations(
     conn: duckdb.DuckDBPyConnection, *, done: int = 2, filtered: int = 1
 ) -> tuple[Sample, ...]:
     """Up to ``done`` done and ``filtered`` filtered conversations per language, by language."""
-    picked = conn.execute(
-        """WITH ranked AS (
-            SELECT conv_id, language, task, evol_type, status, filter_reason,
-                   row_number() OVER (PARTITION BY language, status
-                                      ORDER BY hash(conv_id), conv_id) AS rn
-            FROM conversations WHERE status IN ('done', 'filtered'))
-        SELECT conv_id, language, task, evol_type, status, filter_reason FROM ranked
-        WHERE (status = 'done' AND rn <= ?) OR (status = 'filtered' AND rn <= ?)
-        ORDER BY language, status, rn""",
-        [done, filtered],
+    # Each (language, status) keeps its few smallest hashes as it goes (min_by with a count):
+    # ranking every conversation with a window function sorted them all, 25 MB at 10^5.
+    first = conn.execute(
+        """SELECT language, status, min_by(conv_id, (hash(conv_id), conv_id), ?)
+        FROM conversations WHERE status IN ('done', 'filtered') GROUP BY ALL ORDER BY ALL""",
+        [max(done, filtered, 1)],
     ).fetchall()
+    order = [
+        int(conv_id)
+        for _, status, ids in first
+        for conv_id in ids[: done if status == "done" else filtered]
+    ]
+    labels = {
+        int(row[0]): row
+        for row in conn.execute(
+            "SELECT conv_id, language, task, evol_type, status, filter_reason "
+            "FROM conversations WHERE conv_id IN (SELECT unnest(?::BIGINT[]))",
+            [order],
+        ).fetchall()
+    }
+    picked = [labels[conv_id] for conv_id in order]
     if not picked:
         return ()
     messages: dict[int, list[Message]] = {}

@@ -347,13 +347,7 @@ def _compute(conn: duckdb.DuckDBPyConnection, run: str) -> RunStats:
         evol_types=evol_types,
         evol_kinds=_evol_kinds(evol_types),
         evol_mix=_evol_mix(conn),
-        multiturn_types=_types(
-            rows(
-                f"""SELECT m.evol_type, {_STATUS_COUNTS}
-                FROM messages m JOIN conversations c USING (conv_id)
-                WHERE m.kind = 'follow_up' GROUP BY 1"""
-            )
-        ),
+        multiturn_types=_multiturn_types(conn, store),
         filter_reasons=tuple(
             ReasonCount(*r)
             for r in rows(
@@ -543,14 +537,32 @@ def _spends(
     }
 
 
+def _multiturn_types(conn: duckdb.DuckDBPyConnection, store: StoreConfig) -> tuple[TypeCount, ...]:
+    """Stored follow-up turns by multi-turn type and their conversation's status, one range of
+    conversations at a time as _spends reads them (the join over all of them grew with N)."""
+    counts: dict[Any, list[int]] = {}
+    for where in _conv_ranges(conn, "conversations"):
+        for evol_type, *n in conn.execute(
+            f"""SELECT m.evol_type, {_STATUS_COUNTS}
+            FROM messages m JOIN conversations c USING (conv_id)
+            WHERE m.kind = 'follow_up' AND {where.replace("conv_id", "m.conv_id")}
+            GROUP BY 1"""
+        ).fetchall():
+            acc = counts.setdefault(evol_type, [0, 0, 0, 0])
+            for i, value in enumerate(n):
+                acc[i] += int(value)
+        release_cache(conn, store)
+    return _types([(evol_type, *n) for evol_type, n in counts.items()])
+
+
 # Conversations per range of the spend query: a few row groups of the request log each.
 _SPEND_RANGE = 20_000
 
 
-def _conv_ranges(conn: duckdb.DuckDBPyConnection) -> list[str]:
-    """SQL conditions on conv_id that together cover every attempt of the log once: ranges of
-    _SPEND_RANGE conversation ids, then the attempts of no conversation."""
-    row = conn.execute("SELECT min(conv_id), max(conv_id) FROM requests").fetchone()
+def _conv_ranges(conn: duckdb.DuckDBPyConnection, table: str = "requests") -> list[str]:
+    """SQL conditions on conv_id that together cover every row of ``table`` once: ranges of
+    _SPEND_RANGE conversation ids, then the rows of no conversation."""
+    row = conn.execute(f"SELECT min(conv_id), max(conv_id) FROM {table}").fetchone()
     ranges = ["conv_id IS NULL"]
     if row is not None and row[0] is not None:
         lo, hi = int(row[0]), int(row[1])

@@ -395,9 +395,9 @@ def test_stats_say_how_many_caps_were_learned(stats: RunStats) -> None:
 def test_spend_and_samples_read_in_small_ranges_are_the_same(
     template: FixtureRun, stats: RunStats, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The spend tables and the sample conversations are read a range of conversations at a
-    time, letting DuckDB's cache go after each (bounded memory at 10^6): ranges of 3 ids give
-    what one range gives."""
+    """The spend tables, the multi-turn type counts and the sample conversations' texts are
+    read a range of conversations at a time, letting DuckDB's cache go after each (bounded
+    memory at 10^6): ranges of 3 ids give what one range gives."""
     conn = open_run(template.run_dir, action="read")
     try:
         whole = sample_conversations(conn)
@@ -411,5 +411,6 @@ def test_spend_and_samples_read_in_small_ranges_are_the_same(
         assert [(b.key, b.spend.requests, b.spend.ok) for b in getattr(ranged, name)] == [
             (b.key, b.spend.requests, b.spend.ok) for b in getattr(stats, name)
         ]
+    assert ranged.multiturn_types == stats.multiturn_types
     assert ranged.total.cost_usd == pytest.approx(stats.total.cost_usd)
     assert ranged.total.requests == stats.total.requests == len(template.requests)
