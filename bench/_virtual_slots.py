@@ -109,8 +109,8 @@ def drive_virtual(
             if seq not in live:
                 continue
             flight, _, _ = live.pop(seq)
-            job = at_server.pop(seq, None)
-            if job is not None:
+            job = at_server.pop(seq, -1)
+            if job >= 0:
                 jobs.pop(job, None)
                 model.cancel(job)  # the client hung up: the server drops it
             transit = [item for item in transit if item[1] != seq]

@@ -54,7 +54,7 @@ from engine.simsettings import SimSettings
 CALLERS = 512  # conversations wanting a reply at once (a run's max_active)
 READ_TIMEOUT_S = 20.0
 _PER_RUN = 8_000  # request bodies per run, more than the fastest run sends
-SWEEPS = {1: (1, 2), 8: (8, 12), 64: (64, 96)}
+SWEEPS: dict[int, tuple[int, ...]] = {1: (1, 2), 8: (8, 12), 64: (64, 96)}
 
 
 @dataclass
