@@ -566,7 +566,8 @@ class StoreConfig:
     # Conversations an export writes per COPY. DuckDB sorts each range in memory (it does not
     # spill rows holding nested lists), so this bounds what an export holds: 4,000 a range
     # made `m2l export` 80-215 MB larger than 1,000 does (10^4-10^5 short conversations,
-    # bench/scale.py), which costs 8-13% more CPU.
+    # bench/scale.py); 1,000 takes the same CPU and 12-35% more wall time (DuckDB's threads
+    # have less to share in a smaller COPY).
     export_chunk: int = 1000
 
     def __post_init__(self) -> None:
