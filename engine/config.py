@@ -7,6 +7,7 @@ from it once into a ``Secret`` whose repr hides it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -57,6 +58,7 @@ __all__ = [
     "StepEfforts",
     "StepTokens",
     "StoreConfig",
+    "config_defaults",
     "config_diff",
     "load_config",
     "load_requests_config",
@@ -1020,16 +1022,35 @@ def _safe_endpoint_key(key: str, old: Mapping[str, Any], new: Mapping[str, Any])
     return _safe(f"provider.{rest}")
 
 
-def config_diff(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any, bool]]:
-    """``(key, old, new, safe)`` for every leaf that differs between two snapshots."""
+def config_diff(
+    old: Mapping[str, Any], new: Mapping[str, Any], *, defaults: Mapping[str, Any] | None = None
+) -> list[tuple[str, Any, Any, bool]]:
+    """``(key, old, new, safe)`` for every leaf that differs between two snapshots.
+
+    With ``defaults`` (flattened, as config_defaults gives them), a key the old snapshot lacks
+    (a setting added to m2l after that run started) is no change when it is safe on resume and
+    holds its default: upgrading m2l does not ask for --force.
+    """
     a, b = _flatten(dict(old)), _flatten(dict(new))
+    defaults = defaults or {}
     out = []
     for key in sorted(set(a) | set(b)):
         if a.get(key) != b.get(key):
             endpoint = key.startswith("providers.")
             safe = _safe_endpoint_key(key, a, b) if endpoint else _safe(key)
+            if safe and key not in a and key in defaults and b[key] == defaults[key]:
+                continue
             out.append((key, a.get(key), b.get(key), safe))
     return out
+
+
+@functools.cache
+def config_defaults() -> dict[str, Any]:
+    """Every key of a run config at its default, flattened (the two required keys hold
+    stand-ins)."""
+    required = {"run": {"name": "defaults"}, "seeds": {"file": "seeds.jsonl"}}
+    config = from_table(Config, required, source="m2l's defaults", base_dir=None)
+    return _flatten(config.snapshot())
 
 
 def parse_config(data: Mapping[str, Any], *, source: str, base_dir: Path | None) -> Config:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.config import Config, QualityConfig, config_diff, load_config
+from engine.config import Config, QualityConfig, config_defaults, config_diff, load_config
 from engine.errors import ConfigError
 
 GOOD = """
@@ -181,3 +181,22 @@ def test_max_inflight_is_auto_by_default_and_a_number_is_a_fixed_cap(tmp_path: P
         load_config(write(tmp_path, GOOD + '[limits]\nmax_inflight = "fast"\n'))
     with pytest.raises(ConfigError, match=r"limits\.max_inflight: must be at least 1"):
         load_config(write(tmp_path, GOOD + "[limits]\nmax_inflight = 0\n"))
+
+
+def test_a_setting_added_after_a_run_started_is_no_change_at_its_default(tmp_path: Path) -> None:
+    """A run stored before [store] had vacuum_tasks and export_chunk resumes without --force
+    when they hold their defaults; set otherwise, or a content key, they are still changes."""
+    stored = load_config(write(tmp_path, GOOD)).snapshot()
+    del stored["store"]["vacuum_tasks"], stored["store"]["export_chunk"]
+    del stored["quality"]["check_language"]
+    now = load_config(write(tmp_path, GOOD)).snapshot()
+    defaults = config_defaults()
+    assert config_diff(stored, now, defaults=defaults) == [
+        ("quality.check_language", None, True, False)
+    ]
+    chunked = load_config(write(tmp_path, GOOD + "[store]\nexport_chunk = 500\n")).snapshot()
+    assert ("store.export_chunk", None, 500, True) in config_diff(
+        stored, chunked, defaults=defaults
+    )
+    # Without defaults every added key is a change, as before.
+    assert ("store.vacuum_tasks", None, 0, True) in config_diff(stored, now)

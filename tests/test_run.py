@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import duckdb
+import orjson
 import pytest
 
 from engine.app.run import RunOptions, execute_run
 from engine.config import load_config
 from engine.errors import ConfigError
-from engine.scheduler import RunStatus
+from engine.scheduler import RunStatus, StopControl
 from tests.runfixtures import write_config
 
 pytestmark = pytest.mark.anyio
@@ -68,6 +69,26 @@ async def test_safe_change_needs_force(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--force"):
         await execute_run(load_config(path), env={})
     report = await execute_run(load_config(path), env={}, options=RunOptions(force=True))
+    assert report.result.status is RunStatus.FINISHED
+
+
+async def test_a_run_stored_by_an_older_m2l_resumes_without_force(tmp_path: Path) -> None:
+    """Settings added to m2l since a run started (here [store]'s vacuum_tasks and export_chunk,
+    taken out of its stored config) are no change on resume while they hold their defaults."""
+    path = write_config(tmp_path)
+    config = load_config(path)
+    stop = StopControl()
+    stop.request("test: set-up only")
+    await execute_run(config, env={}, stop=stop)
+    with duckdb.connect(str(config.run_dir / "state.duckdb")) as conn:
+        (text,) = conn.execute("SELECT value FROM run_meta WHERE key = 'config_json'").fetchone()
+        stored = orjson.loads(text)
+        del stored["store"]["vacuum_tasks"], stored["store"]["export_chunk"]
+        conn.execute(
+            "UPDATE run_meta SET value = ? WHERE key = 'config_json'",
+            [orjson.dumps(stored).decode()],
+        )
+    report = await execute_run(load_config(path), env={})
     assert report.result.status is RunStatus.FINISHED
 
 

@@ -38,7 +38,7 @@ from engine.batch.mode import cancel_open_batches, make_api, open_batch_mode
 from engine.chat import Usage
 from engine.client import ChatClient
 from engine.concurrency import ConcurrencyGate
-from engine.config import Config, LimitsConfig, Secret, config_diff
+from engine.config import Config, LimitsConfig, Secret, config_defaults, config_diff
 from engine.conversation import StepRules
 from engine.dispatcher import Accounting, Completer, Dispatcher
 from engine.endpoints import Endpoint, EndpointPool
@@ -168,7 +168,7 @@ def check_resume(
 ) -> dict[str, str]:
     """Compare the stored config with this one; the meta keys to update, or ConfigError."""
     stored: dict[str, Any] = orjson.loads(meta["config_json"])
-    diffs = config_diff(stored, config.snapshot())
+    diffs = config_diff(stored, config.snapshot(), defaults=config_defaults())
     changed_files = []  # content the config names but does not hold
     if meta.get("taxonomy_fingerprint") != taxonomy.fingerprint:
         changed_files.append("taxonomy (prompt files)")
