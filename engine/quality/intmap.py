@@ -65,13 +65,7 @@ class IntMap:
             else:
                 missing.append(key)
         if missing and len(self._keys):
-            import numpy as np
-
-            wanted = np.array(missing, dtype=np.int64)
-            at = np.searchsorted(self._keys, wanted)
-            inside = at < len(self._keys)
-            hit = np.zeros(len(wanted), dtype=bool)
-            hit[inside] = self._keys[at[inside]] == wanted[inside]
+            at, hit = self._search(missing)
             out.extend(int(v) for v in self._values[at[hit]])
         return out
 
@@ -91,18 +85,23 @@ class IntMap:
         buffer = self._buffer
         missing = [key for key in keys if key not in buffer]
         if missing and len(self._keys):
-            import numpy as np
-
-            wanted = np.array(missing, dtype=np.int64)
-            at = np.searchsorted(self._keys, wanted)
-            inside = at < len(self._keys)
-            hit = np.zeros(len(wanted), dtype=bool)
-            hit[inside] = self._keys[at[inside]] == wanted[inside]
+            _, hit = self._search(missing)
             missing = [key for key, found in zip(missing, hit.tolist(), strict=True) if not found]
         for key in missing:
             buffer.setdefault(key, value)  # a key twice in ``keys`` keeps its first value
         if len(buffer) >= max(_MIN_BUFFER, len(self._keys) // 8):
             self._merge()
+
+    def _search(self, keys: list[int]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
+        """Where each of ``keys`` sits in the sorted arrays, and whether it is there."""
+        import numpy as np
+
+        wanted = np.array(keys, dtype=np.int64)
+        at = np.searchsorted(self._keys, wanted)
+        inside = at < len(self._keys)
+        hit = np.zeros(len(wanted), dtype=bool)
+        hit[inside] = self._keys[at[inside]] == wanted[inside]
+        return at, hit
 
     def _merge(self) -> None:
         import numpy as np
