@@ -466,14 +466,8 @@ def _doubtful_sentences(
     ``_clearly_own`` judges it) and was read whole."""
     body = analysis.body
     _, top_p = _top(analysis.rank(detector, body))
-    counts = analysis.counts
     unread = len(body) > getattr(detector, "max_chars", len(body))
-    if (
-        not unread
-        and top_p >= 0.9999
-        and counts
-        and max(counts.values()) >= 0.95 * sum(counts.values())
-    ):
+    if not unread and _sure_in_one_script(top_p, analysis.counts):
         return []
     sample = sample_segments(analysis.segments(quotes=False), min_chars)
     if len(sample) == 1 and sample[0].text == body.strip():
@@ -483,7 +477,12 @@ def _doubtful_sentences(
 
 def _clearly_own(check: LanguageCheck, counts: Counter[str]) -> bool:
     """A whole-text verdict so sure, in one script, that no sentence can be another language."""
-    if check.method != "model" or check.confidence < 0.9999:
+    return check.method == "model" and _sure_in_one_script(check.confidence, counts)
+
+
+def _sure_in_one_script(confidence: float, counts: Counter[str]) -> bool:
+    """The identifier all but certain of a text whose letters are nearly all of one script."""
+    if confidence < 0.9999:
         return False
     letters = sum(counts.values())
     return bool(letters) and max(counts.values()) >= 0.95 * letters
@@ -651,6 +650,7 @@ def _judge_passage(body: str, expect: Expectation, p: _Params, want: str) -> Lan
     accepted = _accepted(expect.languages)
     scripts = _scripts(expect.languages)
     primary = scripts[0] if scripts is not None else None
+    known = _knows_all(p.detector, expect.languages)
     own = total = 0
     seen: list[tuple[str, float]] = []
     for seg in p.sample():
@@ -661,7 +661,6 @@ def _judge_passage(body: str, expect: Expectation, p: _Params, want: str) -> Lan
         seen.append((top, top_p))
         mass = _mass(ranking, accepted)
         in_script = primary is not None and share_of(seg.counts, primary).share >= 0.5
-        known = _knows_all(p.detector, expect.languages)
         if top in accepted or mass >= p.accept_share or (in_script and not known):
             own += n
     if total == 0:
