@@ -188,16 +188,10 @@ class PosthocFilter:
         self._names = LanguageNames(load_language_names(), languages)
         self._resolved: dict[str, LanguageLike] = {}
 
-    def check(
-        self, conv: StoredConversation, analyses: Sequence[Analysis] | None = None
-    ) -> Finding | None:
-        """Why ``conv`` must be filtered, or None; raises ConfigError for an unknown language.
-
-        ``analyses``: one per step of ``conv`` (made here if not given).
-        """
+    def check(self, conv: StoredConversation) -> Finding | None:
+        """Why ``conv`` must be filtered, or None; raises ConfigError for an unknown language."""
         # Each turn analysed once, for the turn checks and the duplicate check alike.
-        if analyses is None:
-            analyses = [Analysis(content) for _, content in conv.steps]
+        analyses = [Analysis(content) for _, content in conv.steps]
         return self.settle(conv.conv_id, self._judge(conv, analyses))
 
     def check_many(self, convs: Sequence[StoredConversation]) -> list[Finding | None]:

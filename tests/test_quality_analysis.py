@@ -157,10 +157,26 @@ def test_analysis_cache_is_bounded_by_characters() -> None:
     assert len(cache) == 2 and cache.get("a" * 40) is not first
 
 
+def language_texts(analysis: Analysis, min_letters: int) -> list[str]:
+    """What the language checks may ask the identifier about ``analysis``: its body and the
+    sampled sentences (with and without quotes) when it has ``min_letters`` letters, else
+    nothing (engine.quality.langid reads only these)."""
+    from engine.quality.analysis import sample_segments
+
+    if analysis.letters < min_letters:
+        return []
+    texts = [analysis.body]
+    for quotes in (False, True):
+        texts.extend(
+            seg.text for seg in sample_segments(analysis.segments(quotes=quotes), min_letters)
+        )
+    return texts
+
+
 def test_ranking_ahead_fills_what_the_checks_ask_for_with_the_same_rankings() -> None:
     """rank_ahead over the texts language_texts names: the language check then asks the
     detector nothing more, and its verdicts are the ones made without ranking ahead."""
-    from engine.quality.analysis import language_texts, rank_ahead
+    from engine.quality.analysis import rank_ahead
 
     class ManyDetector(CountingDetector):
         def rank_many(self, texts: Sequence[str]) -> Sequence[Sequence[tuple[str, float]]]:

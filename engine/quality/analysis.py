@@ -42,7 +42,6 @@ __all__ = [
     "Segment",
     "analyse",
     "joined_units",
-    "language_texts",
     "rank_ahead",
     "sample_segments",
 ]
@@ -258,20 +257,6 @@ def rank_ahead(wanted: Iterable[tuple[Analysis, str]], detector: _Ranker) -> Non
     for text, ranking in zip(texts, rank_many(texts), strict=True):
         for analysis in pending[text]:
             analysis._ranks[(ident, text)] = ranking
-
-
-def language_texts(analysis: Analysis, min_letters: int) -> list[str]:
-    """What the language checks may ask the identifier about ``analysis``: its body and the
-    sampled sentences (with and without quotes) when it has ``min_letters`` letters, else
-    nothing (engine.quality.langid reads only these)."""
-    if analysis.letters < min_letters:
-        return []
-    texts = [analysis.body]
-    for quotes in (False, True):
-        texts.extend(
-            seg.text for seg in sample_segments(analysis.segments(quotes=quotes), min_letters)
-        )
-    return texts
 
 
 def analyse(text: str | Analysis) -> Analysis:

@@ -99,21 +99,17 @@ class Markers:
         *,
         role_labels: bool = True,
         labels: bool = True,
-        prose_text: str | None = None,
         folded_lines: str | None = None,
     ) -> MarkerMatch | None:
         """The first leaked marker in ``text`` outside code, or None.
 
         ``labels``: look for output labels too (they matter in instructions, which must be the
-        text itself; a reply may well say "Follow-up question:"). ``prose_text``: the text's
-        ``prose`` when the caller has it (engine.quality.analysis), ``folded_lines`` its
-        ``normalize_lines``.
+        text itself; a reply may well say "Follow-up question:"). ``folded_lines``: the
+        ``normalize_lines`` of the text's ``prose``, when the caller has it
+        (engine.quality.analysis).
         """
-        if folded_lines is None:
-            body = prose(text) if prose_text is None else prose_text
-            # Lines are folded apart so that role labels stay at line starts.
-            folded_lines = normalize_lines(body)
-        folded = folded_lines
+        # Lines are folded apart so that role labels stay at line starts.
+        folded = normalize_lines(prose(text)) if folded_lines is None else folded_lines
         checks: tuple[tuple[MarkerKind, re.Pattern[str] | None], ...] = (
             ("template", self._template),
             ("label", self._label if labels else None),
