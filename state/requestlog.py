@@ -29,7 +29,7 @@ import enum
 import logging
 import math
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias
 
 from engine.chat import ChatRequest, ChatResult, Usage, cost_parts
@@ -359,12 +359,21 @@ def settle_unknown(conn: Conn, *, awaited: str | None = None) -> int:
         int(r[0])
         for r in conn.execute(f"SELECT request_id FROM requests WHERE {_RESERVED}{keep}").fetchall()
     ]
-    _shift_totals(conn, ids, -1)
+    if not ids:
+        return 0
+    # The totals change as write_finished changes them: from the rows' values, in Python.
+    before = _read_counted(conn, ids)
+    finished_at = now()
     row = conn.execute(
         f"UPDATE requests SET status = ?, finished_at = ? WHERE {_RESERVED}{keep}",
-        [AttemptStatus.UNKNOWN.value, now()],
+        [_UNKNOWN_VALUE, finished_at],
     ).fetchone()
-    _shift_totals(conn, ids, +1)
+    delta = _Counts()
+    for old in before.values():
+        delta.add(old, -1)
+        delta.add(replace(old, status=_UNKNOWN_VALUE), +1)
+    delta.widen(last_finished=finished_at)
+    _add_totals(conn, delta)
     return int(row[0]) if row else 0
 
 
@@ -415,27 +424,7 @@ def _sums_of(where: str) -> str:
     )
 
 
-def _shift_totals(conn: Conn, request_ids: Sequence[int], sign: int) -> None:
-    """Add (``sign`` +1) or take out (-1) what these rows count for, to this store's totals.
-
-    The ids are recent, so the range lets DuckDB skip every older block of the table.
-    """
-    if not request_ids:
-        return
-    op = "+" if sign > 0 else "-"
-    sets = [f"{name} = log_totals.{name} {op} s.{name}" for name in _TOTAL_NAMES]
-    if sign > 0:  # sent_at never changes and finished_at only moves later: min and max hold
-        sets.append("first_sent = least(log_totals.first_sent, s.first_sent)")
-        sets.append("last_finished = greatest(log_totals.last_finished, s.last_finished)")
-    where = "request_id BETWEEN $lo AND $hi AND request_id IN (SELECT unnest($ids))"
-    conn.execute(
-        f"UPDATE log_totals SET {', '.join(sets)} FROM ({_sums_of(where)}) AS s "
-        f"WHERE log_totals.store = '{_OWN}'",
-        {"lo": min(request_ids), "hi": max(request_ids), "ids": list(request_ids)},
-    )
-
-
-# The same totals kept from the rows' values in Python, for the writes of a flush: one small
+# The same totals kept from the rows' values in Python, for every write of the log: one small
 # UPDATE of the totals row instead of summing the rows in SQL, whose many expressions cost
 # ~10 ms of planning per statement, whatever the rows. _counts_of must say what _SUMS says (the
 # tests compare the two after every kind of write).
