@@ -16,6 +16,7 @@ import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import duckdb
+import orjson
 
 from engine.chat import Message
 from engine.records import Conversation, Plan, Status, Step, StepKind, step_kind
@@ -24,6 +25,7 @@ from state._bulk import columns, marks, unnest
 from state.requestlog import AttemptStatus, status_is
 
 __all__ = [
+    "adaptive_caps",
     "count_by_status",
     "load_conversations",
     "mark_active",
@@ -78,6 +80,22 @@ def retry_failed(conn: Conn) -> int:
 
 def read_meta(conn: Conn) -> dict[str, str]:
     return dict(conn.execute("SELECT key, value FROM run_meta").fetchall())
+
+
+def adaptive_caps(meta: Mapping[str, str]) -> dict[str, dict[str, int]]:
+    """How many first tries the run's sessions sent per step kind and cap source (adaptive
+    max_tokens' "adaptive_caps" in ``meta``, as read_meta gives it); none if unreadable."""
+    try:
+        data = orjson.loads(meta.get("adaptive_caps") or "{}")
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {
+        str(kind): {str(k): int(v) for k, v in counts.items() if isinstance(v, int)}
+        for kind, counts in data.items()
+        if isinstance(counts, dict)
+    }
 
 
 def count_by_status(conn: Conn) -> dict[str, int]:

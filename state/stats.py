@@ -26,6 +26,7 @@ from engine.formats import usd
 from engine.records import step_kind
 from prompts.taxonomy import load_taxonomy
 from state._tables import table_width
+from state.journal import adaptive_caps, read_meta
 from state.requestlog import AttemptStatus, charged_and_used, model_sums, status_is
 from state.schema import STATE_FILE, has_added_columns, release_cache, stored_store_config
 
@@ -405,19 +406,11 @@ def _rejections(conn: duckdb.DuckDBPyConnection) -> tuple[RejectionCount, ...]:
 
 def _cap_sources(conn: duckdb.DuckDBPyConnection) -> tuple[tuple[str, str, int], ...]:
     """Adaptive max_tokens' caps by step kind and source, as the run's sessions counted them."""
-    row = conn.execute("SELECT value FROM run_meta WHERE key = 'adaptive_caps'").fetchone()
-    try:
-        data = orjson.loads(row[0]) if row else {}
-    except orjson.JSONDecodeError:
-        return ()
-    if not isinstance(data, dict):
-        return ()
+    caps = adaptive_caps(read_meta(conn))
     return tuple(
-        (str(kind), str(source), int(n))
-        for kind, counts in sorted(data.items())
-        if isinstance(counts, dict)
+        (kind, source, n)
+        for kind, counts in sorted(caps.items())
         for source, n in sorted(counts.items())
-        if isinstance(n, int)
     )
 
 

@@ -300,7 +300,7 @@ async def execute_run(
         events.on_event(budget.admission.snapshot())  # spend so far, before the first reply
         meta = await writer.run(journal.read_meta)
         adapted = _stored_adaptations(meta)
-        earlier_caps = _stored_caps(meta)
+        earlier_caps = journal.adaptive_caps(meta)
         # Adaptive max_tokens starts from the replies earlier sessions of the run received.
         window = config.generation.adaptive_max_tokens.window
         replies = await writer.run(lambda conn: completion_lengths(conn, per_group=window))
@@ -824,21 +824,6 @@ def _stored_adaptations(meta: Mapping[str, str]) -> dict[str, str]:
     if not isinstance(data, dict):
         return {}
     return {str(k): str(v) for k, v in data.items()}
-
-
-def _stored_caps(meta: Mapping[str, str]) -> dict[str, dict[str, int]]:
-    """How many caps earlier sessions sent per step kind and source (none if unreadable)."""
-    try:
-        data = orjson.loads(meta.get("adaptive_caps") or "{}")
-    except orjson.JSONDecodeError:
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {
-        str(kind): {str(k): int(v) for k, v in counts.items() if isinstance(v, int)}
-        for kind, counts in data.items()
-        if isinstance(counts, dict)
-    }
 
 
 def _add_caps(
