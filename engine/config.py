@@ -342,10 +342,14 @@ class RunConfig:
     grace_s: float = 30.0
     # The last N conversations to finish all failed for the same reason: stop (0: never).
     systematic_failure_window: int = 20
+    # A run that ends with more than this share of its conversations failed exits 1 (failed),
+    # its done ones exported all the same: most of a dataset lost is not a success (1: never).
+    max_failed_share: float = 0.5
     mode: Literal["online", "batch"] = "online"  # batch: OpenAI Batch API, see [batch]
 
     def __post_init__(self) -> None:
         non_negative(self, "systematic_failure_window")  # 0: off
+        between(self, "max_failed_share", 0.0, 1.0)
         if not self.name or any(c in self.name for c in "/\\") or self.name.startswith("."):
             raise Invalid(
                 "name", "must be a plain folder name (no / or \\, not starting with .)", self.name
@@ -842,6 +846,7 @@ SAFE_ON_RESUME = (
     # is never kept), like the limits.
     "generation.adaptive_max_tokens.",
     "run.systematic_failure_window",
+    "run.max_failed_share",
     "run.mode",  # a batch line carries the online body: the same replies either way
     "batch.",
     "run.output_dir",

@@ -7,8 +7,9 @@ reason", and summaries use it to list 34 malformed bodies as one line with a cou
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
-__all__ = ["reason_family"]
+__all__ = ["by_family", "reason_family"]
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"|«[^»]*»")
 _HEXISH = re.compile(r"\b(?=[0-9a-f_-]*\d)[0-9a-f][0-9a-f_-]{7,}\b", re.IGNORECASE)
@@ -30,3 +31,12 @@ def reason_family(reason: str | None) -> str:
     text = _NUMBER.sub("N", text)
     text = _SPACE.sub(" ", text).strip()
     return text if len(text) <= _MAX else text[: _MAX - 1] + "…"
+
+
+def by_family(counts: Mapping[str, int]) -> dict[str, int]:
+    """Counts by reason summed by family (``reason_family``)."""
+    out: dict[str, int] = {}
+    for reason, n in counts.items():
+        family = reason_family(reason)
+        out[family] = out.get(family, 0) + n
+    return out

@@ -41,6 +41,7 @@ from engine.events import (
     OutputRejected,
     StepDone,
 )
+from engine.health import fix_hint
 from engine.limiter import RateLimiter
 from engine.maxtokens import Warmup
 
@@ -154,20 +155,44 @@ class RunResult:
     message: str
 
 
-def judge_finished(result: RunResult, counts: Mapping[str, int]) -> RunResult:
-    """A run that "finished" with conversations but not one of them done has failed.
+def judge_finished(
+    result: RunResult,
+    counts: Mapping[str, int],
+    failures: Mapping[str, int] | None = None,
+    max_failed_share: float = 1.0,
+) -> RunResult:
+    """A run that "finished" with too many of its conversations failed has failed.
 
-    ``counts`` are the run's conversations by status, over every session.
+    ``counts`` are the run's conversations by status, over every session; ``failures`` its
+    failed conversations by reason family (engine.reasons), to name the commonest. Not one
+    conversation done always fails the run; otherwise more than ``max_failed_share`` of the
+    final ones failed does (1: never). The done ones are kept and exported either way.
     """
-    if result.status is not RunStatus.FINISHED or counts.get("done", 0) > 0:
+    if result.status is not RunStatus.FINISHED:
         return result
-    failed = sum(n for status, n in counts.items() if status != "done")
-    if failed == 0:
+    done = counts.get("done", 0)
+    lost = sum(n for status, n in counts.items() if status != "done")
+    failed = counts.get("failed", 0)
+    top = max((failures or {}).items(), key=lambda item: (item[1], item[0]), default=None)
+    why = ""
+    if top is not None:
+        why = f"; the commonest reason ({top[1]:,}): {top[0]}: {fix_hint(top[0])}"
+    if done == 0 and lost > 0:
+        return RunResult(
+            RunStatus.FAILED,
+            f"every conversation failed ({lost} of {lost}){why}. `m2l stats RUN_DIR` lists "
+            "the reasons. Fix the cause, then run the same command with --retry-failed",
+        )
+    final = done + lost
+    if failed == 0 or failed / final <= max_failed_share:
         return result
     return RunResult(
         RunStatus.FAILED,
-        f"every conversation failed ({failed} of {failed}); `m2l stats RUN_DIR` lists the "
-        "reasons. Fix the cause, then run the same command with --retry-failed",
+        f"{failed:,} of {final:,} conversations failed ({failed / final:.0%}){why}. The "
+        f"{done:,} done are kept and exported; `m2l stats RUN_DIR` lists the reasons. Fix the "
+        "cause, then run the same command with --retry-failed (run.max_failed_share, now "
+        f"{max_failed_share:g}, is the share of failed conversations above which a run counts "
+        "as failed; 1 turns this off)",
     )
 
 

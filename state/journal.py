@@ -27,6 +27,7 @@ from state.requestlog import AttemptStatus, status_is
 __all__ = [
     "adaptive_caps",
     "count_by_status",
+    "failed_by_reason",
     "load_conversations",
     "mark_active",
     "mark_final",
@@ -101,6 +102,14 @@ def adaptive_caps(meta: Mapping[str, str]) -> dict[str, dict[str, int]]:
 def count_by_status(conn: Conn) -> dict[str, int]:
     rows = conn.execute("SELECT status, count(*) FROM conversations GROUP BY status").fetchall()
     return {str(status): int(n) for status, n in rows}
+
+
+def failed_by_reason(conn: Conn) -> dict[str, int]:
+    """Failed conversations by their stored reason (the error text, "" when none)."""
+    rows = conn.execute(
+        "SELECT coalesce(error, ''), count(*) FROM conversations WHERE status = 'failed' GROUP BY 1"
+    ).fetchall()
+    return {str(reason): int(n) for reason, n in rows}
 
 
 _CONV_COLUMNS = """c.conv_id, c.seed_id, s.instruction, c.language, c.language_code, c.task,

@@ -29,7 +29,7 @@ from engine.health import RunHealth
 from engine.progress.store import store_snapshot
 from engine.progress.summary import summary_text
 from engine.reasons import reason_family
-from engine.scheduler import RunStatus
+from engine.scheduler import RunResult, RunStatus, judge_finished
 from engine.simulator import SimSettings, run_simulator
 from tests.badserver import bad_server
 from tests.runfixtures import write_config
@@ -329,3 +329,53 @@ async def test_a_fatal_stop_settles_the_attempts_it_cut_short_as_unknown(tmp_pat
         snapshot = store_snapshot(conn)
     assert snapshot.unknown_usd > 0 and snapshot.reserved_usd == 0.0
     assert "held for unknown outcomes" in summary_text(snapshot, run_dir=config.run_dir)
+
+
+def test_a_run_that_ends_mostly_failed_has_failed() -> None:
+    """More than max_failed_share of the final conversations failed: the run failed, and the
+    message names the commonest reason with its fix; at or below the share it finished."""
+    finished = RunResult(RunStatus.FINISHED, "every conversation is done, failed or filtered")
+    counts = {"done": 4, "failed": 6}
+    families = {"wrong_language after N tries": 5, "server_error: HTTP N": 1}
+    judged = judge_finished(finished, counts, families, 0.5)
+    assert judged.status is RunStatus.FAILED
+    assert "6 of 10 conversations failed (60%)" in judged.message
+    assert "(5): wrong_language after N tries" in judged.message
+    assert "does not write the target language" in judged.message  # the fix hint
+    assert "4 done are kept" in judged.message and "--retry-failed" in judged.message
+    assert "run.max_failed_share" in judged.message
+    assert judge_finished(finished, counts, families, 0.6) is finished
+    assert judge_finished(finished, counts, families, 1.0) is finished
+    assert judge_finished(finished, {"done": 10}, {}, 0.0) is finished
+    # Not one done: failed whatever the share; a stop is judged by what stopped it.
+    every = judge_finished(finished, {"failed": 3}, {}, 1.0)
+    assert (
+        every.status is RunStatus.FAILED and "every conversation failed (3 of 3)" in every.message
+    )
+    stopped = RunResult(RunStatus.INTERRUPTED, "stopped")
+    assert judge_finished(stopped, counts, families, 0.0) is stopped
+
+
+@pytest.mark.anyio
+async def test_a_resumed_run_that_ends_mostly_failed_exits_failed(tmp_path: Path) -> None:
+    """The share is of every session's conversations, read from the store at the run's end:
+    a finished run with 5 of its 8 conversations failed ends as failed, its 3 done exported;
+    with run.max_failed_share = 1 the same store ends as finished."""
+    path = write_config(tmp_path)
+    config = load_config(path)
+    first = await execute_run(config, env={})
+    assert first.result.status is RunStatus.FINISHED and first.counts == {"done": 8}
+    with duckdb.connect(str(config.run_dir / "state.duckdb")) as conn:
+        conn.execute(
+            "UPDATE conversations SET status = 'failed', error = 'wrong_language after 3 tries' "
+            "WHERE conv_id IN (SELECT conv_id FROM conversations ORDER BY conv_id LIMIT 5)"
+        )
+    again = await execute_run(config, env={})
+    assert again.counts == {"done": 3, "failed": 5}
+    assert again.result.status is RunStatus.FAILED
+    assert "5 of 8 conversations failed (62%)" in again.result.message
+    assert "wrong_language after N tries" in again.result.message
+    assert again.dataset is not None and again.dataset.rows == 3
+    path.write_text(path.read_text().replace("grace_s = 5", "grace_s = 5\nmax_failed_share = 1"))
+    lenient = await execute_run(load_config(path), env={}, options=RunOptions(force=True))
+    assert lenient.result.status is RunStatus.FINISHED, lenient.result.message

@@ -54,6 +54,7 @@ from engine.lease import Lease, LeaseBook, LeaseStats
 from engine.leaseholder import LeaseHolder
 from engine.progress.snapshot import ProgressSnapshot
 from engine.progress.store import store_snapshot
+from engine.reasons import by_family
 from engine.scheduler import RunResult, RunStatus, StopControl, judge_finished
 from engine.simulator import run_simulator
 from state import journal
@@ -273,7 +274,8 @@ async def execute_sharded(
     try:
         merge_shards(conn, config.run_dir)
         counts = journal.count_by_status(conn)
-        result = judge_finished(result, counts)
+        failures = by_family(journal.failed_by_reason(conn))
+        result = judge_finished(result, counts, failures, config.run.max_failed_share)
         journal.write_meta({"status": result.status.value})(conn)
         if final is not None:
             final(store_snapshot(conn, run=config.run.name))

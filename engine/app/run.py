@@ -61,6 +61,7 @@ from engine.progress.snapshot import ProgressSnapshot
 from engine.progress.store import store_snapshot
 from engine.prompter import TaxonomyPrompter
 from engine.quality import default_detector
+from engine.reasons import by_family
 from engine.requestshape import RequestShape
 from engine.scheduler import (
     Admission,
@@ -366,7 +367,8 @@ async def execute_run(
             await batcher.flush()
             await writer.run(_settle_unknown)
         counts = await writer.run(journal.count_by_status)
-        result = judge_finished(result, counts)
+        failures = await writer.run(journal.failed_by_reason)
+        result = judge_finished(result, counts, by_family(failures), config.run.max_failed_share)
         # Why endpoints were taken out this session, for `m2l status` (a resume starts afresh).
         final_meta = {
             "status": result.status.value,
