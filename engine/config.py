@@ -58,6 +58,7 @@ __all__ = [
     "StepEfforts",
     "StepTokens",
     "StoreConfig",
+    "added_at_default",
     "config_defaults",
     "config_diff",
     "load_config",
@@ -1047,6 +1048,15 @@ def config_diff(
                 continue
             out.append((key, a.get(key), b.get(key), safe))
     return out
+
+
+def added_at_default(
+    old: Mapping[str, Any], new: Mapping[str, Any], defaults: Mapping[str, Any]
+) -> set[str]:
+    """Keys (flattened) the old snapshot lacks and the new one holds at their default: settings
+    added to m2l after the run with the old snapshot started, left as they come."""
+    a, b = _flatten(dict(old)), _flatten(dict(new))
+    return {key for key in b.keys() - a.keys() if key in defaults and b[key] == defaults[key]}
 
 
 @functools.cache

@@ -92,6 +92,46 @@ async def test_a_run_stored_by_an_older_m2l_resumes_without_force(tmp_path: Path
     assert report.result.status is RunStatus.FINISHED
 
 
+async def test_a_content_setting_added_since_the_run_started_continues_with_force(
+    tmp_path: Path,
+) -> None:
+    """A content setting m2l gained after a run started (here quality.check_language, taken
+    out of the stored config) cannot be restored: the refusal names it as new, with advice a
+    user can follow (--force, the old m2l, a new run.name), and --force continues the run."""
+    path = write_config(tmp_path)
+    config = load_config(path)
+    stop = StopControl()
+    stop.request("test: set-up only")
+    await execute_run(config, env={}, stop=stop)
+    with duckdb.connect(str(config.run_dir / "state.duckdb")) as conn:
+        (text,) = conn.execute("SELECT value FROM run_meta WHERE key = 'config_json'").fetchone()
+        stored = orjson.loads(text)
+        del stored["quality"]["check_language"]
+        conn.execute(
+            "UPDATE run_meta SET value = ? WHERE key = 'config_json'",
+            [orjson.dumps(stored).decode()],
+        )
+        conn.execute("UPDATE run_meta SET value = '0.0.1' WHERE key = 'm2l_version'")
+    with pytest.raises(ConfigError) as refused:
+        await execute_run(load_config(path), env={})
+    message = str(refused.value)
+    assert "quality.check_language: new in this m2l, at its default True" in message
+    assert "--force" in message and "m2l 0.0.1" in message and "restore" not in message
+    report = await execute_run(load_config(path), env={}, options=RunOptions(force=True))
+    assert report.result.status is RunStatus.FINISHED, report.result.message
+    # Set to something else than its default, the new key is a content change as any other.
+    path.write_text(
+        path.read_text().replace("[retry]", "[quality]\ncheck_language = false\n\n[retry]")
+    )
+    with duckdb.connect(str(config.run_dir / "state.duckdb")) as conn:
+        conn.execute(
+            "UPDATE run_meta SET value = ? WHERE key = 'config_json'",
+            [orjson.dumps(stored).decode()],
+        )
+    with pytest.raises(ConfigError, match="restore the old values"):
+        await execute_run(load_config(path), env={}, options=RunOptions(force=True))
+
+
 async def test_transient_faults_do_not_change_the_dataset(tmp_path: Path) -> None:
     """With 500s, 503s, resets and truncated bodies injected, the conversations are the same."""
     (tmp_path / "a").mkdir()

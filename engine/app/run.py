@@ -38,7 +38,14 @@ from engine.batch.mode import cancel_open_batches, make_api, open_batch_mode
 from engine.chat import Usage
 from engine.client import ChatClient
 from engine.concurrency import ConcurrencyGate
-from engine.config import Config, LimitsConfig, Secret, config_defaults, config_diff
+from engine.config import (
+    Config,
+    LimitsConfig,
+    Secret,
+    added_at_default,
+    config_defaults,
+    config_diff,
+)
 from engine.conversation import StepRules
 from engine.dispatcher import Accounting, Completer, Dispatcher
 from engine.endpoints import Endpoint, EndpointPool
@@ -148,6 +155,12 @@ def _config_meta(config: Config) -> dict[str, str]:
     }
 
 
+def _diff_line(key: str, old: object, new: object, safe: bool, added: bool) -> str:
+    # A safe key added at its default is no change (config_diff): an added one here is content.
+    change = f"new in this m2l, at its default {new!r}" if added else f"{old!r} → {new!r}"
+    return f"  {key}: {change}" + ("" if safe else "   (changes content)")
+
+
 def _meta_for(config: Config, taxonomy: Taxonomy, seeds_sha256: str) -> dict[str, str]:
     return {
         "m2l_version": __version__,
@@ -169,7 +182,11 @@ def check_resume(
 ) -> dict[str, str]:
     """Compare the stored config with this one; the meta keys to update, or ConfigError."""
     stored: dict[str, Any] = orjson.loads(meta["config_json"])
-    diffs = config_diff(stored, config.snapshot(), defaults=config_defaults())
+    snapshot, defaults = config.snapshot(), config_defaults()
+    diffs = config_diff(stored, snapshot, defaults=defaults)
+    # Content settings m2l gained since the run started cannot be "restored": they did not
+    # exist. At their defaults they are the upgrade's change, not the user's: --force accepts.
+    added = added_at_default(stored, snapshot, defaults)
     changed_files = []  # content the config names but does not hold
     if meta.get("taxonomy_fingerprint") != taxonomy.fingerprint:
         changed_files.append("taxonomy (prompt files)")
@@ -178,19 +195,25 @@ def check_resume(
     if not diffs and not changed_files:
         return {"status": "running"}
     listing = "\n".join(
-        [
-            f"  {key}: {old!r} → {new!r}" + ("" if safe else "   (changes content)")
-            for key, old, new, safe in diffs
-        ]
+        [_diff_line(key, old, new, safe, key in added) for key, old, new, safe in diffs]
         + [f"  {name}: changed   (changes content)" for name in changed_files]
     )
-    if changed_files or not all(safe for *_, safe in diffs):
+    if changed_files or any(not safe and key not in added for key, _, _, safe in diffs):
         raise ConfigError(
             f"the config differs from the one run {config.run.name!r} started with:\n{listing}\n"
             "These changes alter what is generated, so they cannot continue this run: restore "
             "the old values, or set a new run.name to start a new run."
         )
     if not force:
+        if any(not safe for *_, safe in diffs):
+            started = meta.get("m2l_version", "an older version")
+            raise ConfigError(
+                f"the config differs from the one run {config.run.name!r} started with:\n"
+                f"{listing}\nm2l {started} started this run; the settings marked new did not "
+                "exist then, and this m2l's defaults for them may generate differently. Run "
+                "again with --force to continue with them (finished conversations keep what "
+                f"they have), finish the run with m2l {started}, or set a new run.name."
+            )
         raise ConfigError(
             f"the config differs from the one run {config.run.name!r} started with:\n{listing}\n"
             "These changes alter cost or delivery, not content (prices, base_url, headers, "
