@@ -29,15 +29,18 @@ Nothing here raises, except ConfigError when py3langid is not installed.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from engine.errors import ConfigError
+from engine.quality import modelcache
 from engine.quality.analysis import Analysis, Segment, analyse, rank_ahead, sample_segments
 from engine.quality.ranker import NaiveBayes, Ranking
 from engine.quality.scripts import expected_scripts, script_counts, share_of, weighted_count
@@ -719,13 +722,10 @@ class Py3LangidDetector:
                             "language checks need the py3langid package: install m2l with its "
                             "dependencies, or set quality.check_language = false in the config"
                         ) from exc
-                    identifier = module.LanguageIdentifier.from_model_file(
-                        module.MODEL_FILE, norm_probs=True
-                    )
-                    self._labels = frozenset(identifier.labels)
                     # py3langid's identifier is dropped: its float16 table (28 MB) is held
                     # widened by the model instead.
-                    model = self._model = NaiveBayes(identifier)
+                    model = self._model = NaiveBayes(_model_arrays(module))
+                    self._labels = model.labels
         return model
 
     def warm_up(self) -> None:
@@ -744,6 +744,26 @@ class Py3LangidDetector:
     def rank_many(self, texts: Sequence[str]) -> list[Ranking]:
         """``[rank(text) for text in texts]``, made together (faster for many texts)."""
         return self._load().rank_many(texts, self.max_chars)
+
+
+def _model_arrays(module: Any) -> Any:
+    """py3langid's model arrays: from m2l's cache of them when it holds them whole, else
+    decompressed from the package (and cached for the next process)."""
+    model_file = Path(module.MODEL_DIR) / module.MODEL_FILE
+    version = str(getattr(importlib.import_module("py3langid"), "__version__", "?"))
+    try:
+        folder = modelcache.cache_root() / modelcache.entry_name(model_file, version)
+    except OSError:
+        folder = None
+    cached = modelcache.load_cached(folder) if folder is not None else None
+    if cached is not None:
+        return cached
+    identifier = module.LanguageIdentifier.from_model_file(module.MODEL_FILE, norm_probs=True)
+    if folder is not None:
+        # No room or no right to write there costs the next process the same time, no more.
+        with contextlib.suppress(OSError):
+            modelcache.store(folder, identifier)
+    return identifier
 
 
 @functools.cache
