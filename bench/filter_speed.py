@@ -4,13 +4,16 @@
     .venv/bin/python bench/filter_speed.py RUN_DIR --baseline OLD_TREE    # and an older one
     .venv/bin/python bench/filter_speed.py RUN_DIR --baseline OLD_TREE --rounds 3
     .venv/bin/python bench/filter_speed.py RUN_DIR --baseline OLD_TREE --workers 1,2
+    .venv/bin/python bench/filter_speed.py RUN_DIR --baseline OLD_TREE --workers 1 --recheck
 
 RUN_DIR is a finished run (e.g. one ``bench/scale.py --runs 10000`` made); it is never changed:
 each measurement runs ``m2l filter`` (not a dry run) in its own process on a fresh copy of it.
 OLD_TREE is another checkout of m2l (``git worktree add ../m2l-old 933bfdd``), run with this
 checkout's Python environment. Trees alternate within each round, so a change in the machine's
 load falls on all. ``--workers 1,2`` runs this checkout once per value of ``m2l filter
---workers`` (the baseline has no such option and runs as it is). A child's CPU (user + system,
+--workers`` (the baseline has no such option and runs as it is); ``--recheck`` runs it once more
+per value with ``m2l filter --recheck`` (every turn checked again, also those the run's own
+gate stamped: what the pass costs on a run made before the stamps). A child's CPU (user + system,
 its worker processes included: they are reaped before it exits) and peak RSS come from
 ``wait4``; both CPU and wall time per conversation are compared with the baseline (wall time on
 a shared machine says only as much as its load allows). After each run the copy's verdicts
@@ -58,8 +61,14 @@ def _verdicts(run_dir: Path) -> list[tuple[Any, ...]]:
         conn.close()
 
 
-def measure(tree: Path, run_dir: Path, work: Path, workers: int | None = None) -> dict[str, Any]:
-    """One ``m2l filter`` with ``tree``'s code on a fresh copy of ``run_dir``."""
+def measure(
+    tree: Path,
+    run_dir: Path,
+    work: Path,
+    workers: int | None = None,
+    flags: Sequence[str] = (),
+) -> dict[str, Any]:
+    """One ``m2l filter`` with ``tree``'s code (and ``flags``) on a fresh copy of ``run_dir``."""
     copy = work / "run"
     if copy.exists():
         shutil.rmtree(copy)
@@ -74,6 +83,7 @@ def measure(tree: Path, run_dir: Path, work: Path, workers: int | None = None) -
             "filter",
             str(copy),
             *([] if workers is None else ["--workers", str(workers)]),
+            *flags,
         ],
         cwd=tree,
         env=env,
@@ -88,7 +98,10 @@ def measure(tree: Path, run_dir: Path, work: Path, workers: int | None = None) -
     if proc.returncode != 0:
         raise SystemExit(f"m2l filter failed in {tree}:\n{output.decode(errors='replace')}")
     verdicts = _verdicts(copy)
+    # The line saying how many conversations were checked in full (absent in older trees).
+    full = [ln for ln in output.decode(errors="replace").splitlines() if "checked in full" in ln]
     return {
+        "report": full[0].strip() if full else "",
         "cpu_s": usage.ru_utime + usage.ru_stime,
         "wall_s": wall,
         "peak_rss_mb": usage.ru_maxrss / 1024,
@@ -107,33 +120,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated values of m2l filter --workers to run this checkout with "
         "(default: its own default)",
     )
+    parser.add_argument(
+        "--recheck",
+        action="store_true",
+        help="also run this checkout with m2l filter --recheck, for each --workers value",
+    )
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     run_dir = args.run_dir.resolve()
     if not (run_dir / "state.duckdb").is_file():
         parser.error(f"{run_dir}: no state.duckdb; give the directory of a finished run")
     counts = [None] if args.workers is None else [int(w) for w in args.workers.split(",")]
-    trees: dict[str, tuple[Path, int | None]] = {}
+    trees: dict[str, tuple[Path, int | None, tuple[str, ...]]] = {}
     if args.baseline is not None:
         baseline = args.baseline.resolve()
         if not (baseline / "engine" / "app" / "cli.py").is_file():
             parser.error(f"{baseline}: not a checkout of m2l (no engine/app/cli.py)")
-        trees["baseline"] = (baseline, None)
+        trees["baseline"] = (baseline, None, ())
     for count in counts:
-        trees["this" if count is None else f"this-w{count}"] = (ROOT, count)
+        name = "this" if count is None else f"this-w{count}"
+        trees[name] = (ROOT, count, ())
+        if args.recheck:
+            trees[f"{name}-recheck"] = (ROOT, count, ("--recheck",))
     conversations = _done(run_dir)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
     with tempfile.TemporaryDirectory(prefix="m2l-filter-bench-") as tmp:
         for round_no in range(1, args.rounds + 1):
-            for name, (tree, workers) in trees.items():
-                got = measure(tree, run_dir, Path(tmp), workers)
+            for name, (tree, workers, flags) in trees.items():
+                got = measure(tree, run_dir, Path(tmp), workers, flags)
                 results[name].append(got)
                 print(
                     f"round {round_no} {name:8} CPU {got['cpu_s']:7.2f} s "
                     f"({got['cpu_s'] / conversations * 1000:.3f} ms per conversation), "
                     f"wall {got['wall_s']:.1f} s ({got['wall_s'] / conversations * 1000:.3f} ms), "
                     f"load {os.getloadavg()[0]:.1f}, peak RSS {got['peak_rss_mb']:.0f} MB, "
-                    f"filtered {got['filtered']:,}",
+                    f"filtered {got['filtered']:,}"
+                    + (f"; {got['report']}" if got["report"] else ""),
                     flush=True,
                 )
     reference = next(iter(results.values()))[0]["verdicts"]
@@ -154,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs)),
             "filtered": runs[0]["filtered"],
+            "report": runs[0]["report"],
         }
     print(f"\n{conversations:,} conversations checked; verdicts the same in every run: {same}")
     if "baseline" in results:

@@ -99,6 +99,10 @@ class Validator(Protocol):
 
     def check(self, conv: Conversation, kind: StepKind, text: str) -> Verdict: ...
 
+    def stamp(self, conv: Conversation, kind: StepKind, text: str) -> int | None:
+        """The stamp stored with an output ``check`` accepted (engine.gatecheck), or None."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class StepRules:
@@ -214,6 +218,7 @@ def apply(
         prompt_id=rendered.prompt_id,
         prompt=rendered.prompt,
         finish_reason=outcome.finish_reason,
+        gate_check=validator.stamp(conv, kind, text),
     )
     steps = (*conv.steps, step)
     status = Status.DONE if len(steps) == conv.plan.steps else Status.ACTIVE

@@ -4,10 +4,14 @@ Conversations are read in conv_id order, a batch at a time; one failing a filter
 'filtered' with a stable ``filter_reason``, and nothing is deleted. Turn checks mirror the run's
 inline validation (engine.validation): user turns as instructions, answers as replies against
 the earlier answers. Near and exact duplicates need the whole run, so only this pass finds them:
-the earlier conversation of a pair stays, the later one is filtered. Only 'done' conversations
-are read and a filtered one is never restored, so a second pass over the same store changes
-nothing. Raises StateError when the store is missing, busy or damaged, and ConfigError when a
-conversation's language is not in the language table.
+the earlier conversation of a pair stays, the later one is filtered. A conversation whose every
+message carries the stamp of a gate identical to this pass's (engine.gatecheck: the same code,
+settings, language table and identifier, the same text after the same turns) passed these very
+turn checks when the run stored it: only its duplicates are checked (``recheck`` checks it in
+full all the same). Only 'done' conversations are read and a filtered one is never restored,
+so a second pass over the same store changes nothing. Raises StateError when the store is
+missing, busy or damaged, and ConfigError when a conversation's language is not in the language
+table.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import orjson
 
 from engine._typed_toml import from_table
 from engine.errors import ConfigError
+from engine.gatecheck import chain, conversation_key, gate_fingerprint
 from engine.quality import (
     DEFAULT_FILTER_CONFIG,
     Expectation,
@@ -84,6 +89,8 @@ class StoredConversation:
     evol_type: str = ""
     seed_text: str = ""
     seed_target: str | None = None
+    # Each step's stamp from the run's gate (engine.gatecheck), None where it has none.
+    gate_checks: tuple[int | None, ...] = ()
 
     def text(self) -> str:
         """Every turn, user and assistant, one after the other: what duplicates compare."""
@@ -110,14 +117,18 @@ class FilterReport:
     dry_run: bool
     # outputs the run threw away inline, by reason (filled when asked to include them)
     rejected: tuple[tuple[str, int], ...] = ()
+    # of ``checked``, those whose turns the run's gate had accepted (stamps matched): only
+    # their duplicates were checked here
+    on_gate: int = 0
 
     @property
     def filtered(self) -> int:
         return sum(n for _, n in self.by_reason)
 
 
-# What a conversation says of itself: its turn finding, or its duplicate fingerprint.
-Judged = tuple[Finding | None, Fingerprint | None]
+# What a conversation says of itself: its turn finding, or its duplicate fingerprint; and
+# whether its turns were taken on the run's gate (not checked again).
+Judged = tuple[Finding | None, Fingerprint | None, bool]
 
 
 def check_turns(
@@ -173,26 +184,42 @@ def check_turns(
 class PosthocFilter:
     """Judges conversations in conv_id order; holds the run-wide duplicate index between them."""
 
-    __slots__ = ("_config", "_detector", "_index", "_languages", "_names", "_resolved")
+    __slots__ = (
+        "_config",
+        "_detector",
+        "_fingerprint",
+        "_index",
+        "_languages",
+        "_names",
+        "_recheck",
+        "_resolved",
+    )
 
     def __init__(
         self,
         languages: LanguageTable,
         config: FilterConfig = DEFAULT_FILTER_CONFIG,
         detector: LanguageDetector | None = None,
+        recheck: bool = False,
     ) -> None:
+        """``recheck``: check every conversation's turns, also those the run's gate stamped."""
         self._languages = languages
         self._config = config
         self._detector = detector
+        self._recheck = recheck
         self._index = NearDuplicateIndex.from_config(config)
         self._names = LanguageNames(load_language_names(), languages)
         self._resolved: dict[str, LanguageLike] = {}
+        # Stamps vouch for the default identifier only (engine.validation stamps with it).
+        self._fingerprint = (
+            None if recheck or detector is not None else gate_fingerprint(config, languages)
+        )
 
     def check(self, conv: StoredConversation) -> Finding | None:
         """Why ``conv`` must be filtered, or None; raises ConfigError for an unknown language."""
         # Each turn analysed once, for the turn checks and the duplicate check alike.
         analyses = [Analysis(content) for _, content in conv.steps]
-        return self.settle(conv.conv_id, self._judge(conv, analyses))
+        return self.settle(conv.conv_id, self._judge(conv, analyses, self.on_gate(conv)))
 
     def check_many(self, convs: Sequence[StoredConversation]) -> list[Finding | None]:
         """``[check(conv) for conv in convs]``, with the language model reading every turn's
@@ -203,7 +230,8 @@ class PosthocFilter:
 
     def judge_many(self, convs: Sequence[StoredConversation]) -> list[Judged]:
         """What each of ``convs`` says of itself, without the run-wide duplicate index: its
-        turn finding, or (when it has none and duplicates are checked) its fingerprint.
+        turn finding, or (when it has none and duplicates are checked) its fingerprint; and
+        whether its turns were taken on the run's gate (``on_gate``) instead of checked.
 
         A pure function of the conversations, so worker processes may make it; ``settle``
         then applies the index in conv_id order. Raises ConfigError for an unknown language.
@@ -216,12 +244,21 @@ class PosthocFilter:
         gc.disable()
         try:
             analyses = [[Analysis(content) for _, content in conv.steps] for conv in convs]
+            taken = [self.on_gate(conv) for conv in convs]
             config = self._config
-            if config.check_language:
+            if config.check_language and not all(taken):
                 detector = self._detector if self._detector is not None else default_detector()
-                every = [analysis for turns in analyses for analysis in turns]
+                every = [
+                    analysis
+                    for turns, on_gate in zip(analyses, taken, strict=True)
+                    if not on_gate
+                    for analysis in turns
+                ]
                 rank_ahead_for_checks(every, detector, config.language_min_chars)
-            return [self._judge(conv, turns) for conv, turns in zip(convs, analyses, strict=True)]
+            return [
+                self._judge(conv, turns, on_gate)
+                for conv, turns, on_gate in zip(convs, analyses, taken, strict=True)
+            ]
         finally:
             if collecting:
                 gc.enable()
@@ -229,7 +266,7 @@ class PosthocFilter:
     def settle(self, conv_id: int, judged: Judged) -> Finding | None:
         """Why conversation ``conv_id`` must be filtered, from what ``judge_many`` said of it
         and the conversations settled before it (which it joins when it is clean)."""
-        finding, fingerprint = judged
+        finding, fingerprint, _ = judged
         if finding is not None or fingerprint is None:
             # A finding is not indexed: a conversation filtered for its own faults must not
             # make a clean later copy of it look like the duplicate.
@@ -240,17 +277,45 @@ class PosthocFilter:
         verdict = match.verdict()
         return Finding(conv_id, str(verdict.reason), None, verdict.detail)
 
-    def recipe(self) -> tuple[LanguageTable, FilterConfig, LanguageDetector | None]:
+    def recipe(self) -> tuple[LanguageTable, FilterConfig, LanguageDetector | None, bool]:
         """The arguments that build this filter again (in another process), index empty."""
-        return self._languages, self._config, self._detector
+        return self._languages, self._config, self._detector, self._recheck
 
-    def _judge(self, conv: StoredConversation, analyses: Sequence[Analysis]) -> Judged:
-        finding = check_turns(
-            conv, self._language(conv), self._config, self._detector, self._names, analyses
+    def on_gate(self, conv: StoredConversation) -> bool:
+        """Whether every step of ``conv`` carries the stamp of a gate identical to this
+        filter's turn checks (so they would all pass again): never with ``recheck``."""
+        fingerprint = self._fingerprint
+        stamps = conv.gate_checks
+        if fingerprint is None or not conv.steps or len(stamps) != len(conv.steps):
+            return False
+        key = conversation_key(
+            fingerprint,
+            language_code=conv.language_code,
+            task=conv.task,
+            evol_type=conv.evol_type,
+            seed_text=conv.seed_text,
+            seed_target=conv.seed_target,
+        )
+        previous: int | None = None
+        for (kind, content), stamp in zip(conv.steps, stamps, strict=True):
+            if stamp is None or stamp != chain(key, previous, kind, content):
+                return False
+            previous = stamp
+        return True
+
+    def _judge(
+        self, conv: StoredConversation, analyses: Sequence[Analysis], on_gate: bool
+    ) -> Judged:
+        finding = (
+            None
+            if on_gate
+            else check_turns(
+                conv, self._language(conv), self._config, self._detector, self._names, analyses
+            )
         )
         if finding is not None or not self._config.near_duplicates:
-            return finding, None
-        return None, self._index.fingerprint(conv.text(), joined_units(analyses))
+            return finding, None, on_gate
+        return None, self._index.fingerprint(conv.text(), joined_units(analyses)), on_gate
 
     def _language(self, conv: StoredConversation) -> LanguageLike:
         code = conv.language_code
@@ -274,11 +339,13 @@ def filter_run(
     batch_size: int = BATCH_CONVERSATIONS,
     include_rejected: bool = False,
     workers: int = 1,
+    recheck: bool = False,
 ) -> FilterReport:
     """Run the pass over the run at ``run_dir``, holding its store exclusively unless dry.
 
     ``config`` defaults to the [quality] section the run was made with. With
-    ``include_rejected`` the report also counts the outputs the run threw away inline.
+    ``include_rejected`` the report also counts the outputs the run threw away inline. With
+    ``recheck`` every conversation's turns are checked, also those the run's gate stamped.
     ``workers`` processes judge the conversations (see ``filter_with``). Raises StateError
     when the store is missing, held by a running m2l process or damaged, ConfigError for a
     language the table does not know or a stored [quality] that no longer loads, and
@@ -287,7 +354,7 @@ def filter_run(
     conn = open_run(run_dir, action="filter it", write=not dry_run)
     try:
         quality = config if config is not None else run_quality(conn)
-        checker = PosthocFilter(languages or load_languages(), quality, detector)
+        checker = PosthocFilter(languages or load_languages(), quality, detector, recheck)
         report = filter_with(conn, checker, dry_run=dry_run, batch_size=batch_size, workers=workers)
         if include_rejected:
             rows = conn.execute(
@@ -337,13 +404,14 @@ def filter_with(
     unknown language, duckdb.Error if the store fails, engine.filterpool.WorkerDied when a
     worker process dies.
     """
-    checked = 0
+    checked = on_gate = 0
     counts: dict[str, int] = {}
     samples: list[Finding] = []
     stream = _judged(conn, checker, batch_size, workers)
     try:
-        for batch, verdicts in stream:
+        for batch, verdicts, taken in stream:
             checked += len(batch)
+            on_gate += taken
             findings = [f for f in verdicts if f is not None]
             for finding in findings:
                 counts[finding.reason] = counts.get(finding.reason, 0) + 1
@@ -354,7 +422,7 @@ def filter_with(
     finally:
         stream.close()  # stops the workers now, also when marking failed
     by_reason = tuple(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
-    return FilterReport(checked, by_reason, tuple(samples), dry_run)
+    return FilterReport(checked, by_reason, tuple(samples), dry_run, on_gate=on_gate)
 
 
 def default_workers() -> int:
@@ -369,8 +437,9 @@ def default_workers() -> int:
 
 def _judged(
     conn: duckdb.DuckDBPyConnection, checker: PosthocFilter, batch_size: int, workers: int
-) -> Generator[tuple[list[StoredConversation], list[Finding | None]], None, None]:
-    """Each batch with its verdicts, in conv_id order, judged here or by worker processes."""
+) -> Generator[tuple[list[StoredConversation], list[Finding | None], int], None, None]:
+    """Each batch with its verdicts and how many of it were taken on the run's gate, in
+    conv_id order, judged here or by worker processes."""
     if workers > 1:
         row = conn.execute("SELECT count(*) FROM conversations WHERE status = 'done'").fetchone()
         done = int(row[0]) if row else 0
@@ -378,7 +447,9 @@ def _judged(
         workers = min(workers, -(-done // batch_size))
     if workers <= 1:
         for batch in _batches(conn, batch_size):
-            yield batch, checker.check_many(batch)
+            judged = checker.judge_many(batch)
+            settled = [checker.settle(c.conv_id, j) for c, j in zip(batch, judged, strict=True)]
+            yield batch, settled, sum(j[2] for j in judged)
         return
     # Imported here: the pool's machinery is for this path only.
     from engine.filterpool import WorkerDied, judged_batches
@@ -389,7 +460,7 @@ def _judged(
         for batch, judged in pooled:
             first = batch[-1].conv_id + 1
             settled = [checker.settle(c.conv_id, j) for c, j in zip(batch, judged, strict=True)]
-            yield batch, settled
+            yield batch, settled, sum(j[2] for j in judged)
     except WorkerDied as exc:
         left = (
             "no conversation was marked"
@@ -407,6 +478,12 @@ def _judged(
 
 def _batches(conn: duckdb.DuckDBPyConnection, size: int) -> Iterator[list[StoredConversation]]:
     """Done conversations in conv_id order, ``size`` at a time, with their steps."""
+    # A store from before the stamps, opened read-only (a dry run), lacks their column.
+    stamped = conn.execute(
+        "SELECT count(*) FROM information_schema.columns "
+        "WHERE table_name = 'messages' AND column_name = 'gate_check'"
+    ).fetchone() != (0,)
+    stamps = "gate_check" if stamped else "NULL"
     after: int | None = None
     while True:
         heads = conn.execute(
@@ -420,15 +497,26 @@ def _batches(conn: duckdb.DuckDBPyConnection, size: int) -> Iterator[list[Stored
             return
         lo, hi = heads[0][0], heads[-1][0]
         steps: dict[int, list[tuple[str, str]]] = {int(h[0]): [] for h in heads}
-        for cid, kind, content in conn.execute(
-            """SELECT conv_id, kind, content FROM messages
+        checks: dict[int, list[int | None]] = {int(h[0]): [] for h in heads}
+        for cid, kind, content, check in conn.execute(
+            f"""SELECT conv_id, kind, content, {stamps} FROM messages
                WHERE conv_id BETWEEN ? AND ? ORDER BY conv_id, step""",
             [lo, hi],
         ).fetchall():
             if cid in steps:  # the range also holds conversations that are not done
                 steps[cid].append((kind, content))
+                checks[cid].append(check)
         yield [
-            StoredConversation(int(cid), code, tuple(steps[cid]), task, evol, seed or "", target)
+            StoredConversation(
+                int(cid),
+                code,
+                tuple(steps[cid]),
+                task,
+                evol,
+                seed or "",
+                target,
+                tuple(checks[cid]),
+            )
             for cid, code, task, evol, seed, target in heads
         ]
         after = int(hi)

@@ -88,6 +88,8 @@ class Step:
     prompt_id: str | None  # evol or multi-turn type that produced a user turn
     prompt: str | None  # the rendered prompt that produced it
     finish_reason: str
+    # The run's gate's stamp on the message it accepted (engine.gatecheck); None: not stamped.
+    gate_check: int | None = None
 
     @property
     def turn(self) -> int:

@@ -7,12 +7,14 @@ cross-lingual passage, code-mixing). An evolved instruction (near-)identical to 
 the seed's reference answer, fails as "not_evolved". Checks that only make sense over the whole
 run (near-duplicates) are left to ``m2l filter``. Each text is analysed once
 (engine.quality.analysis): its checks share the analysis, and a conversation's earlier answers
-keep theirs for the later steps' cross-turn checks.
+keep theirs for the later steps' cross-turn checks. Each output accepted is stamped
+(engine.gatecheck), so ``m2l filter`` with the same gate need not judge it again.
 """
 
 from __future__ import annotations
 
 from engine.conversation import Conversation, StepKind
+from engine.gatecheck import chain, conversation_key, gate_fingerprint
 from engine.quality import FilterConfig, Verdict, check_evolved, check_instruction, check_reply
 from engine.quality.analysis import AnalysisCache
 from engine.quality.expect import LanguageNames, expect_language
@@ -25,7 +27,15 @@ __all__ = ["QualityValidator"]
 class QualityValidator:
     """The engine's Validator, backed by ``engine.quality``."""
 
-    __slots__ = ("_analyses", "_config", "_detector", "_languages", "_names", "_resolved")
+    __slots__ = (
+        "_analyses",
+        "_config",
+        "_detector",
+        "_fingerprint",
+        "_languages",
+        "_names",
+        "_resolved",
+    )
 
     def __init__(
         self,
@@ -39,6 +49,8 @@ class QualityValidator:
         self._names: LanguageNames | None = None
         self._resolved: dict[str, Language] = {}
         self._analyses = AnalysisCache()
+        # Stamps vouch for the default identifier only: a gate with another one never stamps.
+        self._fingerprint = gate_fingerprint(self._config, languages) if detector is None else None
 
     def _language(self, conv: Conversation) -> Language:
         code = conv.plan.language_code
@@ -84,3 +96,22 @@ class QualityValidator:
         if verdict.ok and kind is StepKind.EVOLVE:
             return check_evolved(analysis, conv.plan.seed_text, conv.plan.seed_target, self._config)
         return verdict
+
+    def stamp(self, conv: Conversation, kind: StepKind, text: str) -> int | None:
+        """The stamp on ``text``, accepted by ``check`` as ``conv``'s next step (a ``kind``
+        step); None when the gate does not stamp or the step before is not stamped."""
+        if self._fingerprint is None:
+            return None
+        previous = conv.steps[-1].gate_check if conv.steps else None
+        if conv.steps and previous is None:
+            return None  # its chain is broken: no stamp could match
+        plan = conv.plan
+        key = conversation_key(
+            self._fingerprint,
+            language_code=plan.language_code,
+            task=plan.task,
+            evol_type=plan.evol_type,
+            seed_text=plan.seed_text,
+            seed_target=plan.seed_target,
+        )
+        return chain(key, previous, kind.value, text)

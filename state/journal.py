@@ -133,8 +133,9 @@ def load_conversations(
     ids = [r[0] for r in rows]
     steps: dict[int, list[Step]] = {i: [] for i in ids}
     lo, hi = ids[0], ids[-1]
-    for conv_id, index, role, content, tokens, prompt_id, prompt, finish in conn.execute(
-        """SELECT conv_id, step, role, content, tokens, evol_type, prompt, finish_reason
+    for conv_id, index, role, content, tokens, prompt_id, prompt, finish, stamp in conn.execute(
+        """SELECT conv_id, step, role, content, tokens, evol_type, prompt, finish_reason,
+               gate_check
            FROM messages WHERE conv_id BETWEEN ? AND ? ORDER BY conv_id, step""",
         [lo, hi],
     ).fetchall():
@@ -147,6 +148,7 @@ def load_conversations(
                     prompt_id=prompt_id,
                     prompt=prompt,
                     finish_reason=finish or "stop",
+                    gate_check=stamp,
                 )
             )
     out = []
@@ -217,7 +219,7 @@ def write_steps(conn: Conn, convs: Sequence[Conversation]) -> None:
         for conv in convs
     ]
     if len(convs) == 1:
-        conn.execute(f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({marks(11)})", messages[0])
+        conn.execute(f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES ({marks(12)})", messages[0])
         conv_id, status, steps, finished = progress[0]
         conn.execute(
             """UPDATE conversations SET status = ?, steps_done = ?, regenerations = 0, room = 0,
@@ -240,11 +242,12 @@ def write_steps(conn: Conn, convs: Sequence[Conversation]) -> None:
 
 
 _MESSAGE_COLUMNS = (
-    "conv_id, step, turn, role, kind, content, tokens, evol_type, prompt, finish_reason, created_at"
+    "conv_id, step, turn, role, kind, content, tokens, evol_type, prompt, finish_reason, "
+    "created_at, gate_check"
 )
 _MESSAGE_TYPES = (
     "BIGINT", "SMALLINT", "SMALLINT", "VARCHAR", "VARCHAR", "VARCHAR", "INTEGER", "VARCHAR",
-    "VARCHAR", "VARCHAR", "TIMESTAMP",
+    "VARCHAR", "VARCHAR", "TIMESTAMP", "BIGINT",
 )  # fmt: skip
 
 
@@ -262,6 +265,7 @@ def _message_row(conv: Conversation, now: dt.datetime) -> tuple[object, ...]:
         step.prompt,
         step.finish_reason,
         now,
+        step.gate_check,
     )
 
 

@@ -79,7 +79,7 @@ TABLES: dict[str, str] = {
             turn SMALLINT NOT NULL, role VARCHAR NOT NULL, kind VARCHAR NOT NULL,
             content VARCHAR NOT NULL, tokens INTEGER NOT NULL, evol_type VARCHAR,
             prompt VARCHAR, finish_reason VARCHAR, created_at TIMESTAMP,
-            PRIMARY KEY(conv_id, step))""",
+            gate_check BIGINT, PRIMARY KEY(conv_id, step))""",
     # Every output thrown away: a rejected or truncated try (regeneration = its index among the
     # step's tries), or an accepted user turn dropped with the failed turn it opened.
     "rejections": """
@@ -303,14 +303,19 @@ ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("requests", "cache_saved_usd", "DOUBLE"),
     ("conversations", "room", "SMALLINT DEFAULT 0"),
     ("requests", "endpoint", "VARCHAR"),  # the endpoint each attempt went to
+    ("messages", "gate_check", "BIGINT"),  # the run's gate's stamp (engine.gatecheck)
 )
+# Added columns no reader's figure needs (m2l filter reads the stamps where it finds them): a
+# store without them is not "older" for has_added_columns.
+_NOT_FIGURES = frozenset({("messages", "gate_check")})
 # Tables added after schema v1 shipped, created in place when an older file is opened.
 ADDED_TABLES = ("rejections", "request_lines", "log_totals")
 
 
 def has_added_columns(conn: duckdb.DuckDBPyConnection) -> bool:
-    """Whether the open store has every ADDED_COLUMNS column (an older file opened read-only,
-    never resumed by this version, lacks them: readers then count those figures as zero)."""
+    """Whether the open store has every ADDED_COLUMNS column a figure reads (an older file
+    opened read-only, never resumed by this version, lacks them: readers then count those
+    figures as zero)."""
     present = {
         (table, column)
         for table, column in conn.execute(
@@ -318,9 +323,11 @@ def has_added_columns(conn: duckdb.DuckDBPyConnection) -> bool:
         ).fetchall()
     }
     tables = {table for table, _ in present}
-    return all((table, column) in present for table, column, _ in ADDED_COLUMNS) and all(
-        table in tables for table in ADDED_TABLES
-    )
+    return all(
+        (table, column) in present
+        for table, column, _ in ADDED_COLUMNS
+        if (table, column) not in _NOT_FIGURES
+    ) and all(table in tables for table in ADDED_TABLES)
 
 
 def _add_columns(conn: duckdb.DuckDBPyConnection) -> None:

@@ -57,6 +57,9 @@ class RejectWord:
     def check(self, conv: Conversation, kind: StepKind, text: str) -> Verdict:
         return Verdict(False, "refusal") if "bad" in text else Verdict(True)
 
+    def stamp(self, conv: Conversation, kind: StepKind, text: str) -> int | None:
+        return None  # a fake gate vouches for nothing
+
 
 def plan(turns: int = 2) -> Plan:
     return Plan(

@@ -53,6 +53,9 @@ class AcceptAll:
     def check(self, conv: Conversation, kind: StepKind, text: str) -> Verdict:
         return Verdict(True)
 
+    def stamp(self, conv: Conversation, kind: StepKind, text: str) -> int | None:
+        return None  # a fake gate vouches for nothing
+
 
 def _text(tokens: int) -> str:
     # " word" is one token in o200k_base: a reply of exactly ``tokens`` tokens.

@@ -266,7 +266,7 @@ def build_run(run_dir: Path) -> FixtureRun:
             ],
         )
         conn.executemany(
-            "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            "INSERT INTO messages VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL)",
             [
                 (
                     c.conv_id,

@@ -81,6 +81,7 @@ EXPECTED_COLUMNS = {
         "prompt",
         "finish_reason",
         "created_at",
+        "gate_check",
     ],
     "requests": [
         "request_id",

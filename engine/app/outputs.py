@@ -146,6 +146,14 @@ def add_filter_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         f"most {MAX_DEFAULT_WORKERS}; 1 = all in this process). Duplicates across the run are "
         "still settled in conversation order, so the verdicts do not depend on N",
     )
+    p.add_argument(
+        "--recheck",
+        action="store_true",
+        help="check every conversation's turns again. By default a conversation whose every "
+        "message the run's own checks accepted, with the same m2l version, [quality] settings "
+        "and data files, and whose text is unchanged since (each message carries their stamp), "
+        "is only checked for duplicates: its turn checks would pass again",
+    )
     p.set_defaults(func=filter_command)
 
 
@@ -227,6 +235,7 @@ def filter_command(args: argparse.Namespace, console: Console | None = None) -> 
         dry_run=bool(args.dry_run),
         include_rejected=bool(getattr(args, "include_rejected", False)),
         workers=getattr(args, "workers", None) or default_workers(),
+        recheck=bool(getattr(args, "recheck", False)),
     )
     print_filter_report(report, out)
     return 0
@@ -239,6 +248,12 @@ def print_filter_report(report: FilterReport, console: Console) -> None:
         f"checked {report.checked:,} done conversations; {verb} {report.filtered:,}"
         + (" (dry run: nothing changed)" if report.dry_run else "")
     )
+    if report.checked:
+        console.print(
+            f"turn checks: {report.checked - report.on_gate:,} conversations checked in full, "
+            f"{report.on_gate:,} taken on the run's own checks (stamped by them, unchanged "
+            "since; their duplicates still checked)"
+        )
     if report.rejected:
         thrown = sum(n for _, n in report.rejected)
         listed = ", ".join(f"{reason} {n:,}" for reason, n in report.rejected)
