@@ -1,16 +1,18 @@
 """The rate limiter's pure core: a local model of the provider's request and token buckets.
 
-Each bucket has a level that refills at ``limit / 60`` per second up to a capacity; a request
-is charged (1 request; prompt + max_tokens tokens) when it is granted, first in, first out,
-once it fits with some headroom left. Before any header the capacity is ``initial_burst_s`` of
-quota. Headers are the truth: ``limit`` gives the rate (adopted when lower than configured),
+Each bucket has a level that refills at ``limit / 60`` per second up to a capacity; a request is
+charged (1 request; prompt + max_tokens tokens) when it is granted, first in, first out, once it
+fits with some headroom left. Before any header the capacity is ``initial_burst_s`` of quota.
+Headers are the truth: ``limit`` gives the rate (adopted when lower than configured),
 ``remaining + reset x rate`` the capacity, and ``remaining`` - the server's level right after
-admitting that request - is compared with the level stamped when it was charged. Corrections
-move one shared offset (replies in flight together never apply the same error twice), and only
-by what no order of admission explains, since requests granted together reach the server in
-any order; a learned bucket is spent at most 10x the rate so that they mostly do not. A steady
-drift of the offset is another process on the key. A 429 refunds its charge, caps the level,
-pauses everyone and cuts the rate factor (AIMD).
+admitting that request - is compared with the level stamped when it was charged, carried to when
+it was sent (a request waits between the two while its reservation is made durable: the server's
+refill over that wait is no news, the model refilled too). Corrections move one shared offset
+(replies in flight together never apply the same error twice), and only by what no order of
+admission explains, since requests granted together reach the server in any order; a learned
+bucket is spent at most 10x the rate so that they mostly do not. A steady drift of the offset is
+another process on the key. A 429 refunds its charge, caps the level, pauses everyone and cuts
+the rate factor (AIMD).
 
 Time comes from an injected Clock and nothing here awaits, so tests drive it with a FakeClock;
 ``engine.limiter`` wraps it in futures and one timer. Raises OversizeRequest for a request
@@ -109,8 +111,8 @@ class _Stamp:
     __slots__ = ("adjust", "amount", "level", "shift", "t")
 
     def __init__(self, t: float, level: float, shift: float, amount: float) -> None:
-        self.t = t  # when it was charged
-        self.level = level  # the bucket's level right after this charge
+        self.t = t  # when it was charged, then when it was sent (``Bucket.sent``)
+        self.level = level  # the bucket's level right after this charge, as of ``t``
         self.shift = shift  # the bucket's cumulative header correction at that moment
         self.amount = amount
         # Charges of earlier requests that the server later rejected: the server never held
@@ -312,6 +314,21 @@ class Bucket:
         self._pace -= amount
         self._in_flight.add(seq, amount)
         return _Stamp(self._t, self.level, self._shift, amount)
+
+    def sent(self, stamp: _Stamp, now: float, factor: float) -> None:
+        """The request charged at ``stamp`` goes to the server only now: stamp it here.
+
+        The server admits a request when it arrives, so its ``remaining`` holds the refill from
+        the grant to the send (a durable reservation, a busy loop); compared with the level at
+        the grant, that refill reads as room the model lacks, which it already credited itself.
+        """
+        if now <= stamp.t:
+            return
+        # The model's own refill meanwhile. (A server whose bucket was full then wasted it, and
+        # its ``remaining`` is then bad news: the model credited refill the server never had.)
+        refilled = stamp.level + (now - stamp.t) * self.net_rate(factor)
+        stamp.level = max(stamp.level, min(self.capacity, refilled))
+        stamp.t = now
 
     def settle(self, seq: int) -> None:
         """Permit ``seq`` has its outcome: it no longer waits to be admitted."""
@@ -569,6 +586,15 @@ class LimiterCore:
             bucket.set_share(share, now, self._factor)
 
     # --- outcomes ---------------------------------------------------------------------------
+
+    def sent(self, permit: Permit) -> None:
+        """The granted request goes to the server now (a no-op once it was handed back)."""
+        flight = self._flights.get(permit.id)
+        if flight is None:
+            return
+        now = self._refill()
+        for kind, stamp in flight.stamps.items():
+            self._buckets[kind].sent(stamp, now, self._factor)
 
     def complete(
         self, permit: Permit, *, snapshot: RateLimitSnapshot, used_tokens: int | None

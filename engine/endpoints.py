@@ -112,7 +112,9 @@ class Lease:
     permit: Permit
 
     def sent(self) -> None:
-        """The request goes to the server now: its latency is counted from here."""
+        """The request goes to the server now: its latency is counted from here, and the
+        limiter reads its rate-limit headers as of now rather than of the grant."""
+        self.endpoint.limiter.sent(self.permit)
         gate = self.endpoint.gate
         if self.flight is not None and gate is not None:
             self.flight = gate.sent(self.flight)

@@ -93,6 +93,11 @@ class RateLimiter:
         self._core.cancel(ticket)
         return math.inf if at is None else at
 
+    def sent(self, permit: Permit) -> None:
+        """The granted request goes to the server now; call it when the send is later than the
+        grant (a durable reservation between them), so its headers are read as of the send."""
+        self._core.sent(permit)
+
     def complete(
         self, permit: Permit, *, snapshot: RateLimitSnapshot, used_tokens: int | None
     ) -> None:
