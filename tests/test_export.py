@@ -506,6 +506,61 @@ def test_chunked_export_equals_one_pass(run: FixtureRun, tmp_path: Path, fmt: st
     ]
 
 
+def merged_by_duckdb(
+    conn: duckdb.DuckDBPyConnection,
+    spec: state.export.ExportFormat,
+    selects: list[str],
+    temp: Path,
+    scratch: Any,
+    store: Any,
+) -> int:
+    """Release Parquet as the export wrote it before its parts were joined by their bytes
+    (4a70228): every part read back into one DuckDB COPY."""
+    parts = []
+    for i, select in enumerate(selects):
+        parts.append(part := scratch(f".part{i}"))
+        state.export._copy(conn, select, spec, part)
+    files = ", ".join(f"'{p}'" for p in parts)
+    with state.export._settings(conn, threads="1", disabled_optimizers="statistics_propagation"):
+        return state.export._copy(conn, f"SELECT * FROM read_parquet([{files}])", spec, temp)
+
+
+@pytest.mark.parametrize(
+    ("include_filtered", "quality", "subset"),
+    [(False, False, None), (True, True, None), (True, False, "full_data")],
+)
+def test_release_parquet_is_the_file_one_copy_of_the_parts_wrote(
+    run: FixtureRun,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    include_filtered: bool,
+    quality: bool,
+    subset: str | None,
+) -> None:
+    """Joining the parts by their bytes gives the rows, in order, and the schema of the file
+    that reading them back into one COPY wrote (the code before), read by DuckDB and pyarrow."""
+    options: dict[str, Any] = {"chunk_size": 4, "subset": subset, "quality_fields": quality}
+    conn = open_run(run.run_dir, action="export")
+    try:
+        new = export_with(conn, "release-parquet", tmp_path / "new", include_filtered, **options)
+        monkeypatch.setattr(state.export, "_parquet_in_parts", merged_by_duckdb)
+        old = export_with(conn, "release-parquet", tmp_path / "old", include_filtered, **options)
+    finally:
+        conn.close()
+    assert new.rows == old.rows > 8  # several parts
+    reader = duckdb.connect()
+    read = "SELECT * FROM read_parquet('{}')"
+    assert reader.execute(read.format(new.path)).fetchall() == (
+        reader.execute(read.format(old.path)).fetchall()
+    )
+    describe = "DESCRIBE " + read
+    assert reader.execute(describe.format(new.path)).fetchall() == (
+        reader.execute(describe.format(old.path)).fetchall()
+    )
+    assert pq.read_table(new.path).equals(pq.read_table(old.path))
+    assert pq.read_schema(new.path).equals(pq.read_schema(old.path), check_metadata=True)
+
+
 def test_default_output_is_in_the_run_export_folder(run: FixtureRun) -> None:
     """Without --output the file goes to <run>/export/<stem><suffix>."""
     report = export_run(run.run_dir, "sharegpt-jsonl")
