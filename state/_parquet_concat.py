@@ -5,7 +5,7 @@ A Parquet file is ``PAR1``, its column chunks (and bloom filters), then a footer
 So the parts' bytes can follow one another in a new file under one footer that lists every
 part's row groups, each offset moved by where its part landed. The export uses this instead of
 reading every part back into one writer, whose memory grew with the rows written: here what is
-held is a copy buffer and the row groups' metadata (about 30 kB per part).
+held is a copy buffer and one part's footer (about 30 kB), whatever the number of parts.
 
 Only what this needs of the compact protocol is here: a generic decoder into (field id, type,
 value) lists and the encoder that writes them back unchanged, except the offsets it moves.
@@ -42,11 +42,13 @@ class ParquetConcatError(ValueError):
     """A part is not a Parquet file this module can join, or the parts' schemas differ."""
 
 
-def concat_parquet(parts: Sequence[Path], output: BinaryIO) -> int:
+def concat_parquet(parts: Sequence[Path], output: BinaryIO, spill: BinaryIO) -> int:
     """Write the parts' row groups, in order, as one Parquet file to ``output``; the row count.
 
-    Every part must have the same schema (byte for byte in its footer) and no encryption or
-    external column chunks. Raises ParquetConcatError otherwise and OSError on I/O failure.
+    The row groups' metadata waits in ``spill`` (an empty file open for reading and writing)
+    until the footer is written, so memory holds one part's footer at a time. Every part must
+    have the same schema (byte for byte in its footer) and no encryption or external column
+    chunks. Raises ParquetConcatError otherwise and OSError on I/O failure.
     """
     if not parts:
         raise ParquetConcatError("no Parquet part to join")
@@ -54,8 +56,7 @@ def concat_parquet(parts: Sequence[Path], output: BinaryIO) -> int:
     position = len(_MAGIC)
     head: list[Field] = []
     schema: Any = None
-    groups: list[bytes] = []
-    rows = 0
+    groups = spilled = rows = 0
     for part in parts:
         meta, body_end = _footer(part)
         fields = dict((fid, value) for fid, _, value in meta)
@@ -66,14 +67,18 @@ def concat_parquet(parts: Sequence[Path], output: BinaryIO) -> int:
         # The part's bytes after its magic land at ``position``: each offset moves by this.
         shift = position - len(_MAGIC)
         for group in _list_items(fields.get(_FILE_ROW_GROUPS)):
-            groups.append(_encode_struct(_moved_group(group, shift, len(groups))))
+            spilled += spill.write(_encode_struct(_moved_group(group, shift, groups)))
+            groups += 1
         rows += int(fields.get(_FILE_NUM_ROWS, 0))
         with part.open("rb") as src:
             src.seek(len(_MAGIC))
             position += _copy_bytes(src, output, body_end - len(_MAGIC))
-    footer = _footer_bytes(head, rows, groups)
-    output.write(footer)
-    output.write(struct.pack("<I", len(footer)))
+    before, after = _footer_around_groups(head, rows, groups)
+    output.write(before)
+    spill.seek(0)
+    _copy_bytes(spill, output, spilled)
+    output.write(after)
+    output.write(struct.pack("<I", len(before) + spilled + len(after)))
     output.write(_MAGIC)
     return rows
 
@@ -141,23 +146,24 @@ def _list_items(value: Any) -> list[Any]:
     return list(value[1]) if value is not None else []
 
 
-def _footer_bytes(head: list[Field], rows: int, groups: list[bytes]) -> bytes:
-    """The first part's FileMetaData with every part's row groups and the total row count."""
-    out = bytearray()
+def _footer_around_groups(head: list[Field], rows: int, groups: int) -> tuple[bytes, bytes]:
+    """The first part's FileMetaData with the total row count, encoded up to its row groups
+    (list header included) and after them: the row groups go between."""
+    before, after = bytearray(), bytearray()
+    out = before
     last = 0
     for fid, ttype, value in head:
         if fid == _FILE_NUM_ROWS:
             value = rows
         _field_header(out, fid, ttype, last)
         if fid == _FILE_ROW_GROUPS:
-            _list_header(out, _STRUCT, len(groups))
-            for group in groups:
-                out += group
+            _list_header(out, _STRUCT, groups)
+            out = after
         elif ttype not in (_TRUE, _FALSE):  # a struct's booleans are in their field's type
             _value(out, ttype, value)
         last = fid
     out.append(0)
-    return bytes(out)
+    return bytes(before), bytes(after)
 
 
 class _Reader:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -248,10 +248,15 @@ def export_with(
     release_cache(conn, store)
     with _scratch(output) as scratch:
         temp = scratch(".tmp")
-        write = _parquet_in_parts if spec.copy_format == "parquet" else _jsonl_in_parts
-        rows = write(conn, spec, selects, temp, scratch, store)
-        if shape is not None and spec.copy_format == "parquet":
-            _check_release_file(temp, shape, include_filtered, quality_fields)
+        if spec.copy_format == "parquet":
+            assert shape is not None  # the release formats are the only Parquet ones
+
+            def check(part: Path, shape: _Shape = shape) -> None:
+                _check_release_file(part, shape, include_filtered, quality_fields)
+
+            rows = _parquet_in_parts(conn, spec, selects, temp, scratch, store, check)
+        else:
+            rows = _jsonl_in_parts(conn, spec, selects, temp, scratch, store)
         _fsync(temp)
         os.replace(temp, output)
     written = card.record_export(
@@ -635,8 +640,11 @@ def _parquet_in_parts(
     temp: Path,
     scratch: _Scratch,
     store: StoreConfig,
+    check: Callable[[Path], None],
 ) -> int:
     """Write each range to its own Parquet part, then join the parts' bytes into one file.
+
+    ``check`` raises if a part's schema is not the file's (it is called on the first part).
 
     DuckDB cannot append to a Parquet file, and reading every part back into one COPY held a
     little more for each part and row group written (hundreds at 10^5 conversations), so the
@@ -654,9 +662,12 @@ def _parquet_in_parts(
             # Else DuckDB keeps every block of the store it read, and the export grows with it.
             release_cache(conn, store)
             parts.append(part)
+    # The file's schema is the first part's (every part's must be the same to be joined): read
+    # from its small footer, not from the file's, which holds every row group's metadata.
+    check(parts[0])
     try:
-        with temp.open("wb") as out:
-            return concat_parquet(parts, out)
+        with temp.open("wb") as out, scratch(".groups").open("w+b") as spill:
+            return concat_parquet(parts, out, spill)
     except ParquetConcatError as e:
         raise StateError(
             f"internal error: the export's parts could not be joined ({e}); please report "

@@ -513,6 +513,7 @@ def merged_by_duckdb(
     temp: Path,
     scratch: Any,
     store: Any,
+    check: Any,
 ) -> int:
     """Release Parquet as the export wrote it before its parts were joined by their bytes
     (4a70228): every part read back into one DuckDB COPY."""
@@ -522,7 +523,9 @@ def merged_by_duckdb(
         state.export._copy(conn, select, spec, part)
     files = ", ".join(f"'{p}'" for p in parts)
     with state.export._settings(conn, threads="1", disabled_optimizers="statistics_propagation"):
-        return state.export._copy(conn, f"SELECT * FROM read_parquet([{files}])", spec, temp)
+        rows = state.export._copy(conn, f"SELECT * FROM read_parquet([{files}])", spec, temp)
+    check(temp)
+    return rows
 
 
 @pytest.mark.parametrize(
@@ -559,6 +562,21 @@ def test_release_parquet_is_the_file_one_copy_of_the_parts_wrote(
     )
     assert pq.read_table(new.path).equals(pq.read_table(old.path))
     assert pq.read_schema(new.path).equals(pq.read_schema(old.path), check_metadata=True)
+
+
+def test_a_file_not_of_the_release_schema_is_not_written(
+    run: FixtureRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The schema DuckDB wrote is checked against the release schema before the file is put in
+    place: a difference is an internal error and leaves no file (nor any part) behind."""
+    wanted = release_schema(DEFAULT_MULTITURN_TYPES)
+    other = wanted.set(0, pa.field("id", pa.int64()))
+    monkeypatch.setattr(state.export, "release_schema", lambda types: other)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(StateError, match="differs from the release schema"):
+        export_run(run.run_dir, "release-parquet", output=out / "r.parquet")
+    assert list(out.iterdir()) == []
 
 
 def test_default_output_is_in_the_run_export_folder(run: FixtureRun) -> None:

@@ -41,8 +41,8 @@ def group_rows(path: Path) -> list[int]:
 
 
 def join(parts: list[Path], out: Path) -> int:
-    with out.open("wb") as f:
-        return concat_parquet(parts, f)
+    with out.open("wb") as f, (out.parent / "spill").open("w+b") as spill:
+        return concat_parquet(parts, f, spill)
 
 
 def test_joined_file_holds_every_parts_rows_in_order(tmp_path: Path) -> None:
