@@ -23,7 +23,15 @@ from state.release import SUBSETS, features_yaml, quality_fields, release_schema
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["CARD_MARKER", "MANIFEST", "Entry", "format_features", "record_export", "render_card"]
+__all__ = [
+    "CARD_MARKER",
+    "MANIFEST",
+    "Entry",
+    "format_features",
+    "record_export",
+    "render_card",
+    "run_facts",
+]
 
 MANIFEST = ".m2l-export.json"
 CARD = "README.md"
@@ -89,11 +97,12 @@ def format_features(entry: Entry) -> pa.Schema:
     return schema
 
 
-def record_export(conn: duckdb.DuckDBPyConnection, output: Path, entry: Entry) -> Path | None:
+def record_export(output: Path, entry: Entry, facts: dict[str, Any]) -> Path | None:
     """Record ``entry`` in its directory's manifest and write the card; the card's path.
 
-    Returns None when the directory holds a README.md that m2l did not write (it is left
-    alone). Raises OSError when the directory cannot be written.
+    ``facts`` are the run's (``run_facts``). Returns None when the directory holds a README.md
+    that m2l did not write (it is left alone). Raises OSError when the directory cannot be
+    written.
     """
     directory = output.parent
     entries = {e.file: e for e in _read_manifest(directory)}
@@ -106,7 +115,7 @@ def record_export(conn: duckdb.DuckDBPyConnection, output: Path, entry: Entry) -
     path = directory / CARD
     if path.is_file() and not path.read_text("utf-8", errors="replace").startswith(_CARD_START):
         return None
-    _write_atomically(path, render_card(kept, _run_facts(conn)).encode("utf-8"))
+    _write_atomically(path, render_card(kept, facts).encode("utf-8"))
     return path
 
 
@@ -128,7 +137,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
     os.replace(temp, path)
 
 
-def _run_facts(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+def run_facts(conn: duckdb.DuckDBPyConnection) -> dict[str, Any]:
     """Languages (card codes), run name, model and m2l version, from the store."""
     meta = dict(conn.execute("SELECT key, value FROM run_meta").fetchall())
     try:

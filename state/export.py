@@ -241,6 +241,9 @@ def export_with(
     # A run with nothing to export still gets a file: one unbounded range with no rows.
     ranges = list(_ranges(bounds)) or [(None, None)]
     shape = _shape(conn, spec) if spec.stem == "release" else None
+    # Read before the ranges, whose cache is let go after each: at the end, the scan would add
+    # its blocks to what the file's check and the card hold.
+    facts = card.run_facts(conn)
     extra = _Extra(quality_fields, exclude_partial)
     selects = _selects(spec, statuses, include_filtered, ranges, shape, subset, extra)
     # What the connection read before (at the end of a run: the writer's blocks) is let go
@@ -260,7 +263,6 @@ def export_with(
         _fsync(temp)
         os.replace(temp, output)
     written = card.record_export(
-        conn,
         output,
         card.Entry(
             file=output.name,
@@ -271,6 +273,7 @@ def export_with(
             multiturn_types=list(shape.types) if shape is not None else [],
             quality_fields=quality_fields,
         ),
+        facts,
     )
     return ExportReport(output, rows, written)
 
