@@ -73,7 +73,8 @@ def measure(
     if copy.exists():
         shutil.rmtree(copy)
     shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("export", "*.wal"))
-    env = dict(os.environ, PYTHONPATH=str(tree))
+    # Wide enough that the report's lines are not wrapped where they are read back.
+    env = dict(os.environ, PYTHONPATH=str(tree), COLUMNS="200")
     start = time.monotonic()
     proc = subprocess.Popen(
         [
@@ -160,6 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
     reference = next(iter(results.values()))[0]["verdicts"]
     same = all(r["verdicts"] == reference for runs in results.values() for r in runs)
+    # Conversations whose verdict in a tree's first run differs from the first tree's.
+    differ = {
+        name: sum(a != b for a, b in zip(runs[0]["verdicts"], reference, strict=True))
+        for name, runs in results.items()
+    }
     summary: dict[str, Any] = {
         "conversations": conversations,
         "load_average": os.getloadavg(),
@@ -177,8 +183,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "peak_rss_mb": round(max(r["peak_rss_mb"] for r in runs)),
             "filtered": runs[0]["filtered"],
             "report": runs[0]["report"],
+            "verdicts_differ": differ[name],
         }
     print(f"\n{conversations:,} conversations checked; verdicts the same in every run: {same}")
+    if not same:
+        first = next(iter(results))
+        print(
+            "conversations whose verdict differs from the first run of "
+            f"{first}: {', '.join(f'{name} {n:,}' for name, n in differ.items())}"
+        )
     if "baseline" in results:
         base = summary["baseline"]
         for name in results:
