@@ -23,6 +23,7 @@ from engine.app.outputs import add_filter_parser
 from engine.app.run import execute_run
 from engine.config import load_config
 from engine.conversation import Conversation, Status
+from engine.gatecheck import gate_fingerprint
 from engine.posthoc import FilterReport, filter_run
 from engine.quality import FilterConfig
 from engine.scheduler import RunStatus
@@ -196,3 +197,13 @@ def test_cli_says_how_many_were_taken_on_the_gate(run_dir: Path) -> None:
             f"turn checks: {full:,} conversations checked in full, {done - full:,} taken on the "
             "run's own checks"
         ) in text
+
+
+def test_a_config_built_by_hand_gets_a_gate_of_its_own() -> None:
+    """A [quality] value built in code with a list of extra markers (unhashable) still gets
+    a fingerprint, another than the same markers as a tuple (the form a config file gives)."""
+    languages = load_languages()
+    listed = gate_fingerprint(FilterConfig(extra_markers=["X"]), languages)
+    assert listed == gate_fingerprint(FilterConfig(extra_markers=["X"]), languages)
+    assert listed != gate_fingerprint(FilterConfig(extra_markers=("X",)), languages)
+    assert listed != gate_fingerprint(FilterConfig(), languages)
