@@ -241,6 +241,25 @@ def test_prompt_cache_forgets_nothing_it_should_keep_and_needs_the_minimum() -> 
     assert cache.lookup_and_store("other", msgs, [60, 30, 200, 10]) == 0
 
 
+def test_prompt_cache_holds_at_most_its_bound_and_keeps_a_live_conversation() -> None:
+    """Past its bound the cache forgets the prefixes unused longest, never a live history."""
+    cache = PromptCache(min_tokens=100, max_prefixes=50)
+    live = [("system", "s"), ("user", "u0")]
+    cache.lookup_and_store("m", live, [60, 60])
+    for turn in range(1, 40):
+        # Many finished conversations pass between two turns of the live one.
+        for other in range(10):
+            msgs = [("system", f"other {turn} {other}"), ("user", "x"), ("assistant", "y")]
+            cache.lookup_and_store("m", msgs, [60, 60, 60])
+            assert len(cache) <= 50
+        live += [("assistant", f"a{turn}"), ("user", f"u{turn}")]
+        # Its history so far (all but the two new messages) is still a hit.
+        assert cache.lookup_and_store("m", live, [60] * len(live)) == 100 + 128 * (
+            (60 * (len(live) - 2) - 100) // 128
+        )
+    assert len(cache) == 50
+
+
 @pytest.mark.anyio
 async def test_a_server_can_refuse_max_completion_tokens_like_an_older_one() -> None:
     """refuse_params makes the simulator answer as a server that only knows max_tokens."""

@@ -16,16 +16,26 @@ from collections.abc import Sequence
 __all__ = ["CACHE_STEP", "PromptCache"]
 
 CACHE_STEP = 128  # OpenAI reports cached tokens in increments of 128
-_MAX_PREFIXES = 200_000  # ~20 MB of digests: enough for every live conversation of a big run
+# The simulator runs inside `m2l run` for `make demo` and the benchmarks, so what it keeps counts
+# in the run's memory: an entry (a 16-byte digest in an OrderedDict) takes ~155 bytes, and a
+# finished conversation leaves ~10 prefixes behind. At 200,000 the cache grew by ~1.3 MB per
+# 1,000 conversations until ~20,000 (31 MB), which was most of a run's growth after warm-up
+# (issue #21). A prefix only has to outlive the gap to its conversation's next request, and a
+# hit moves it to the young end: in bench/scale.py's run (512 active conversations) 99% of hits
+# came within 2,000 new prefixes of the last use and all within 7,200, so 32,768 (~5 MB, full
+# after ~3,000 conversations) forgets no live history there, with room for several times as
+# many conversations in flight.
+_MAX_PREFIXES = 32_768
 
 
 class PromptCache:
     """Remembers message prefixes; ``lookup_and_store`` gives the cached tokens of a prompt."""
 
-    __slots__ = ("_min_tokens", "_seen")
+    __slots__ = ("_max_prefixes", "_min_tokens", "_seen")
 
-    def __init__(self, min_tokens: int = 1024) -> None:
+    def __init__(self, min_tokens: int = 1024, max_prefixes: int = _MAX_PREFIXES) -> None:
         self._min_tokens = min_tokens
+        self._max_prefixes = max_prefixes
         self._seen: OrderedDict[bytes, None] = OrderedDict()
 
     def lookup_and_store(
@@ -48,11 +58,14 @@ class PromptCache:
                 cached = total
         for digest in digests:
             self._seen[digest] = None
-        while len(self._seen) > _MAX_PREFIXES:
+        while len(self._seen) > self._max_prefixes:
             self._seen.popitem(last=False)
         if cached < self._min_tokens:
             return 0
         return cached - (cached - self._min_tokens) % CACHE_STEP
+
+    def __len__(self) -> int:
+        return len(self._seen)
 
     def clear(self) -> None:
         self._seen.clear()
