@@ -356,3 +356,32 @@ def test_pid_alive_tells_live_dead_and_zombie_processes_apart() -> None:
     finally:
         child.wait()
     assert not pid_alive(child.pid) and not pid_alive(0)
+
+
+def test_status_reads_under_a_small_cache_and_again_under_the_runs_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`m2l status` reads the store with DuckDB's cache capped small (so it stays the same size
+    at any N), with the same figures as an uncapped read; an aggregate DuckDB refuses under the
+    small cap is read again under the run's own cap, not reported as a failure."""
+    from engine.progress import store as progress_store
+
+    path = make_store(tmp_path / "demo")
+    con = duckdb.connect(str(path), read_only=True)
+    expected = store_snapshot(con, run="demo")
+    con.close()
+    caps: list[str] = []
+    real = progress_store.store_snapshot
+
+    def snapshot_once_out_of_memory(
+        con: duckdb.DuckDBPyConnection, *, run: str = ""
+    ) -> ProgressSnapshot:
+        caps.append(str(con.execute("SELECT current_setting('memory_limit')").fetchone()[0]))
+        if len(caps) == 1:
+            raise duckdb.OutOfMemoryException("could not allocate (as a big store would)")
+        return real(con, run=run)
+
+    assert progress_store.read_store(path) == expected
+    monkeypatch.setattr(progress_store, "store_snapshot", snapshot_once_out_of_memory)
+    assert progress_store.read_store(path) == expected
+    assert caps[0].startswith("7.") and caps[1].endswith("MiB") and float(caps[1].split()[0]) > 400

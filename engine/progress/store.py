@@ -40,9 +40,24 @@ def read_store(path: Path) -> ProgressSnapshot:
     ensure_merged(path.parent)  # a sharded run whose last session ended unmerged
     con = open_read_only(path, action="read it")
     try:
-        return store_snapshot(con, run=path.parent.name)
+        # DuckDB keeps every block a query reads until its memory_limit forces it out, so
+        # `m2l status` grew with the store (97 -> 122 MB from 10^4 to 10^5 conversations). Its
+        # figures are small aggregates: a small cap keeps it the same size at any N. A store
+        # whose aggregates need more (DuckDB refuses rather than spill some of them) is read
+        # again under the run's own cap.
+        limit = con.execute("SELECT current_setting('memory_limit')").fetchone()
+        con.execute(f"SET memory_limit = '{_STATUS_MB}MB'")
+        try:
+            return store_snapshot(con, run=path.parent.name)
+        except duckdb.OutOfMemoryException:
+            con.execute(f"SET memory_limit = '{limit[0] if limit else '512MB'}'")
+            return store_snapshot(con, run=path.parent.name)
     finally:
         con.close()
+
+
+# DuckDB's cache for `m2l status`: its reads are aggregates of a few columns.
+_STATUS_MB = 8
 
 
 def store_snapshot(con: duckdb.DuckDBPyConnection, *, run: str = "") -> ProgressSnapshot:
