@@ -52,6 +52,7 @@ from prompts.languages import (
     load_languages,
 )
 from state.export import open_run
+from state.schema import STATE_FILE, release_cache, stored_store_config
 
 __all__ = [
     "BATCH_CONVERSATIONS",
@@ -73,6 +74,9 @@ BATCH_CONVERSATIONS = 500
 # Worker processes by default at most: past this, reading and marking in the parent and
 # starting the workers cost more than another worker saves.
 MAX_DEFAULT_WORKERS = 8
+
+# Batches read between two releases of DuckDB's cache (_batches).
+_RELEASE_EVERY = 8
 
 # Examples kept per reason for the report, so a user can look at what was filtered.
 _SAMPLES_PER_REASON = 3
@@ -484,7 +488,12 @@ def _batches(conn: duckdb.DuckDBPyConnection, size: int) -> Iterator[list[Stored
         "WHERE table_name = 'messages' AND column_name = 'gate_check'"
     ).fetchone() != (0,)
     stamps = "gate_check" if stamped else "NULL"
+    # DuckDB keeps the blocks the batches read until its memory_limit forces them out: let them
+    # go every few batches, so the pass holds a few batches' worth, not the run's. (Every batch
+    # would read again blocks its neighbours share: 12% more CPU.)
+    store = stored_store_config(conn, Path(STATE_FILE))
     after: int | None = None
+    read = 0
     while True:
         heads = conn.execute(
             """SELECT c.conv_id, c.language_code, c.task, c.evol_type, s.instruction, s.target
@@ -506,6 +515,9 @@ def _batches(conn: duckdb.DuckDBPyConnection, size: int) -> Iterator[list[Stored
             if cid in steps:  # the range also holds conversations that are not done
                 steps[cid].append((kind, content))
                 checks[cid].append(check)
+        read += 1
+        if read % _RELEASE_EVERY == 0:
+            release_cache(conn, store)
         yield [
             StoredConversation(
                 int(cid),
