@@ -643,6 +643,9 @@ def completions_by_step(conn: Conn) -> dict[int, tuple[int, int]]:
 def charged_and_used(conn: Conn) -> tuple[int, int]:
     """(tokens charged against TPM: prompt + max_tokens of every attempt sent, tokens used:
     prompt + completion of every answered one)."""
+    if (kept := read_totals(conn)) is not None:
+        # The running totals hold both: no scan of the log (whose blocks a scan keeps cached).
+        return kept.charged_tokens, kept.prompt_tokens + kept.completion_tokens
     row = conn.execute(
         f"""SELECT coalesce(sum(prompt_tokens + max_tokens) FILTER (WHERE {_SENT}), 0),
             coalesce(sum(prompt_tokens + coalesce(completion_tokens, 0)) FILTER (WHERE {_OK}), 0)

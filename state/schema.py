@@ -33,6 +33,7 @@ __all__ = [
     "TEMP_DIRECTORY",
     "StoreLocked",
     "check_schema",
+    "compact",
     "connect_memory",
     "create_schema",
     "damaged",
@@ -239,6 +240,34 @@ def release_cache(conn: duckdb.DuckDBPyConnection, store: StoreConfig) -> None:
 
 # What DuckDB may keep while its cache is released: below anything a query holds.
 _RELEASE_MB = 8
+
+
+def compact(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Rewrite ``table`` (a name of TABLES) into as few row groups as its rows need, when it is
+    spread over many more; True when it was. Run it in the writer's transaction.
+
+    Checkpoints do not merge row groups (``max_vacuum_tasks`` 0: a merge lifted a run's
+    memory by hundreds of MB), so a table that gains a few rows between checkpoints keeps one
+    small row group per checkpoint: a 10^5 run's 235 rejected outputs lay in 52, and every
+    scan of them read 52 groups' blocks (+15 MB for `m2l stats`, against a 10^4 run's 7).
+    """
+    row = conn.execute(
+        f"SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('{table}')"
+    ).fetchone()
+    total = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    groups, rows = (int(row[0]) if row else 0), (int(total[0]) if total else 0)
+    if groups <= rows // _ROW_GROUP_ROWS + 1 + _SPREAD_SLACK:
+        return False
+    conn.execute(f"ALTER TABLE {table} RENAME TO {table}_spread")
+    conn.execute(TABLES[table])
+    # BY NAME: an older store's table may lack columns added since (they read as NULL).
+    conn.execute(f"INSERT INTO {table} BY NAME SELECT * FROM {table}_spread")
+    conn.execute(f"DROP TABLE {table}_spread")
+    return True
+
+
+_ROW_GROUP_ROWS = 122_880  # DuckDB's default row group size
+_SPREAD_SLACK = 4  # row groups beyond the fewest a table may keep before it is compacted
 
 
 def connect_memory(store: StoreConfig | None = None) -> duckdb.DuckDBPyConnection:

@@ -42,6 +42,7 @@ from state.export import (
     open_run,
 )
 from state.release import DEFAULT_MULTITURN_TYPES, release_schema
+from state.requestlog import rebuild_totals
 from state.schema import StoreLocked, open_store
 
 # --- the fixture run -------------------------------------------------------------------------
@@ -290,6 +291,9 @@ def build_run(run_dir: Path) -> FixtureRun:
                reserved_usd, cost_usd, model) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             requests,
         )
+        # Rows written past the request log: its running totals are counted from them, as a
+        # run's writes would have kept them.
+        rebuild_totals(conn)
         conn.execute('INSERT INTO run_meta VALUES (\'config_json\', \'{"run": {"name": "fx"}}\')')
         conn.execute("COMMIT")
     finally:

@@ -18,6 +18,7 @@ from state.schema import (
     SCHEMA_VERSION,
     TABLES,
     check_schema,
+    compact,
     create_schema,
     open_read_only,
     open_store,
@@ -380,3 +381,43 @@ def test_an_older_store_read_only_reads_reasoning_and_cache_as_zero(tmp_path: Pa
         assert store_snapshot(conn, run="run").tokens_reasoning == 0
     finally:
         conn.close()
+
+
+def test_a_table_spread_over_small_row_groups_is_compacted(tmp_path: Path) -> None:
+    """Rejected outputs written a few between checkpoints (as a run writes them, checkpoints
+    merging nothing) lie in one row group each; compact rewrites them into one, rows, key and
+    all, and leaves a table that needs no compaction alone."""
+    path = tmp_path / "run" / "state.duckdb"
+    conn = open_store(path, create=True)
+    for batch in range(12):
+        conn.executemany(
+            "INSERT INTO rejections (conv_id, step, regeneration, kind, reason, content, "
+            "cost_usd) VALUES (?, ?, 0, 'answer', 'wrong_language', ?, 0.001)",
+            [[batch, step, f"Texte rejeté {batch}-{step}"] for step in range(3)],
+        )
+        conn.execute("CHECKPOINT")
+
+    def groups() -> int:
+        row = conn.execute(
+            "SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('rejections')"
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    before = conn.execute("SELECT * FROM rejections ORDER BY ALL").fetchall()
+    assert groups() == 12
+    conn.execute("BEGIN TRANSACTION")
+    assert compact(conn, "rejections") is True
+    conn.execute("COMMIT")
+    conn.execute("CHECKPOINT")
+    assert groups() == 1
+    assert conn.execute("SELECT * FROM rejections ORDER BY ALL").fetchall() == before
+    with pytest.raises(duckdb.ConstraintException):  # the key came back with the table
+        conn.execute(
+            "INSERT INTO rejections (conv_id, step, regeneration, kind, reason, content) "
+            "VALUES (0, 0, 0, 'answer', 'again', 'x')"
+        )
+    assert compact(conn, "rejections") is False
+    conn.close()
+    check = open_read_only(path, action="read it")  # still an m2l store
+    assert check.execute("SELECT count(*) FROM rejections").fetchone() == (36,)
+    check.close()

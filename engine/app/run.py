@@ -89,7 +89,7 @@ from state import batchstore, journal
 from state.batcher import JournalBatcher
 from state.export import ExportReport, default_output, export_with
 from state.requestlog import RequestLog, completion_lengths, settle_unknown
-from state.schema import STATE_FILE
+from state.schema import STATE_FILE, compact
 from state.setup import SetupReport, plan_run
 from state.store import RunStore
 from state.tempfiles import remove_stale_temp_files
@@ -389,6 +389,8 @@ async def execute_run(
             # unknown now, so spend and status are exact even if the run is never resumed.
             await batcher.flush()
             await writer.run(_settle_unknown)
+            # The rejected outputs arrive a few at a time: one small row group per checkpoint.
+            await writer.run(lambda conn: compact(conn, "rejections"))
         counts = await writer.run(journal.count_by_status)
         failures = await writer.run(journal.failed_by_reason)
         result = judge_finished(result, counts, by_family(failures), config.run.max_failed_share)
