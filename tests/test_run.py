@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import orjson
@@ -72,22 +74,35 @@ async def test_safe_change_needs_force(tmp_path: Path) -> None:
     assert report.result.status is RunStatus.FINISHED
 
 
-async def test_a_run_stored_by_an_older_m2l_resumes_without_force(tmp_path: Path) -> None:
-    """Settings added to m2l since a run started (here [store]'s vacuum_tasks and export_chunk,
-    taken out of its stored config) are no change on resume while they hold their defaults."""
-    path = write_config(tmp_path)
+async def _set_up_with_stored_config(
+    path: Path, edit: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    """Set up the run of the config at ``path`` (no request sent), then ``edit`` its stored
+    config in place, as an older m2l would have stored it; the edited config."""
     config = load_config(path)
     stop = StopControl()
     stop.request("test: set-up only")
     await execute_run(config, env={}, stop=stop)
     with duckdb.connect(str(config.run_dir / "state.duckdb")) as conn:
         (text,) = conn.execute("SELECT value FROM run_meta WHERE key = 'config_json'").fetchone()
-        stored = orjson.loads(text)
-        del stored["store"]["vacuum_tasks"], stored["store"]["export_chunk"]
+        stored: dict[str, Any] = orjson.loads(text)
+        edit(stored)
         conn.execute(
             "UPDATE run_meta SET value = ? WHERE key = 'config_json'",
             [orjson.dumps(stored).decode()],
         )
+    return stored
+
+
+async def test_a_run_stored_by_an_older_m2l_resumes_without_force(tmp_path: Path) -> None:
+    """Settings added to m2l since a run started (here [store]'s vacuum_tasks and export_chunk,
+    taken out of its stored config) are no change on resume while they hold their defaults."""
+    path = write_config(tmp_path)
+
+    def older(stored: dict[str, Any]) -> None:
+        del stored["store"]["vacuum_tasks"], stored["store"]["export_chunk"]
+
+    await _set_up_with_stored_config(path, older)
     report = await execute_run(load_config(path), env={})
     assert report.result.status is RunStatus.FINISHED
 
@@ -100,17 +115,12 @@ async def test_a_content_setting_added_since_the_run_started_continues_with_forc
     user can follow (--force, the old m2l, a new run.name), and --force continues the run."""
     path = write_config(tmp_path)
     config = load_config(path)
-    stop = StopControl()
-    stop.request("test: set-up only")
-    await execute_run(config, env={}, stop=stop)
-    with duckdb.connect(str(config.run_dir / "state.duckdb")) as conn:
-        (text,) = conn.execute("SELECT value FROM run_meta WHERE key = 'config_json'").fetchone()
-        stored = orjson.loads(text)
+
+    def older(stored: dict[str, Any]) -> None:
         del stored["quality"]["check_language"]
-        conn.execute(
-            "UPDATE run_meta SET value = ? WHERE key = 'config_json'",
-            [orjson.dumps(stored).decode()],
-        )
+
+    stored = await _set_up_with_stored_config(path, older)
+    with duckdb.connect(str(config.run_dir / "state.duckdb")) as conn:
         conn.execute("UPDATE run_meta SET value = '0.0.1' WHERE key = 'm2l_version'")
     with pytest.raises(ConfigError) as refused:
         await execute_run(load_config(path), env={})
