@@ -33,6 +33,7 @@ _CHUNK_FILE_PATH, _CHUNK_META = 1, 3
 # ColumnMetaData's data_page_offset, index_page_offset, dictionary_page_offset,
 # bloom_filter_offset.
 _CHUNK_OFFSETS = frozenset({2, 4, 6})
+_CHUNK_OFFSET_INDEX = 4
 _META_OFFSETS = frozenset({9, 10, 11, 14})
 
 Field = tuple[int, int, Any]  # (field id, compact type, value)
@@ -134,6 +135,10 @@ def _moved_chunk(chunk: list[Field], shift: int) -> list[Field]:
     for fid, ttype, value in chunk:
         if fid == _CHUNK_FILE_PATH:
             raise ParquetConcatError("a part's column chunk lives in another file")
+        if fid == _CHUNK_OFFSET_INDEX:
+            # Its page locations are absolute offsets inside the index itself, which this does
+            # not rewrite: refused rather than joined into a file whose page index misleads.
+            raise ParquetConcatError("a part has a page offset index (not joined)")
         if fid in _CHUNK_OFFSETS:
             value += shift
         elif fid == _CHUNK_META:

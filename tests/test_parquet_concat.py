@@ -98,3 +98,20 @@ def test_a_file_that_is_not_parquet_is_refused(tmp_path: Path) -> None:
         with pytest.raises(ParquetConcatError, match=f"{bad}: not a Parquet file"):
             join([first, tmp_path / bad], tmp_path / "joined.parquet")
     assert struct.unpack("<I", data[-8:-4])[0] > 0
+
+
+def test_a_part_with_a_page_offset_index_is_refused(tmp_path: Path) -> None:
+    """An offset index holds absolute page offsets the join would not move: such parts are
+    refused (DuckDB writes none today) rather than joined into a misleading file."""
+    import pyarrow as pa
+
+    parts = []
+    for i in range(2):
+        part = tmp_path / f"p{i}.parquet"
+        pq.write_table(
+            pa.table({"id": list(range(i * 10, i * 10 + 10))}), part, write_page_index=True
+        )
+        parts.append(part)
+    out, spill = (tmp_path / "out.parquet").open("wb"), (tmp_path / "spill").open("w+b")
+    with out, spill, pytest.raises(ParquetConcatError, match="offset index"):
+        concat_parquet(parts, out, spill)
