@@ -3,9 +3,8 @@
 A step, an attempt logged, an attempt settled, a conversation started: each would be one DuckDB
 statement and one commit if written alone, at ~0.7 ms of CPU each. The batcher hands the writer
 one op per flush, which writes each kind of row with one statement. Flushes are at most
-``linger_s`` apart; while the run says waiting costs nothing (``pace_by``), up to
-``busy_linger_s`` apart, and at the first check after it stops saying so; the first write
-after a quiet spell flushes at once. Awaiting a write still
+``linger_s`` apart (``busy_linger_s`` while the run says waiting costs nothing, see
+``pace_by``); the first write after a quiet spell flushes at once. Awaiting a write still
 returns only once it is committed, so a step is durable before its conversation advances.
 Raises StateError (engine.errors) as the writer does.
 """
@@ -21,7 +20,7 @@ from engine.records import Conversation
 from state import journal, requestlog
 from state.writer import GroupCommitWriter
 
-__all__ = ["BUSY_FLUSH_ROWS", "BUSY_LINGER_S", "LINGER_S", "JournalBatcher", "flush_delay"]
+__all__ = ["BUSY_LINGER_S", "LINGER_S", "JournalBatcher", "flush_delay"]
 
 # A DuckDB statement costs ~0.7 ms of CPU and a commit ~0.5 ms whatever they hold, so under
 # load the writer should commit many rows at a time rather than as soon as it can: 50 ms
@@ -31,21 +30,11 @@ LINGER_S: Final = 0.05
 
 # While requests queue at the rate limiter, a flush that waits longer delays nothing that
 # matters: the limiter, not the store, sets the pace, and the requests a flush holds back are
-# sent as soon as it commits, before the limiter would have let them go. A flush costs ~5-15 ms
-# of CPU whatever it holds (about seven statements and a commit), so while a run waits for its
-# limit, the pace of flushes, not their rows, decides the writer's CPU: a flush every 250 ms
-# whatever it held cost twice the writer CPU per reply of an unlimited run, and seven times at
-# 11 replies/s (bench/runcpu.py). A busy flush therefore goes once it holds BUSY_FLUSH_ROWS
-# writes (about what an unlimited run's flushes hold), after BUSY_LINGER_S at the latest, or as
-# soon as the run is no longer busy (its limiter's queue ran dry: the requests a flush holds
-# back must reach it now), checked every ``linger_s``. The conversations waiting for a flush
-# let the scheduler admit others, so the limiter's queue stays filled meanwhile.
-# A request held back this way is granted well before it is sent; that wait once turned
-# into near-miss 429s (the limiter read the reply's rate-limit headers as of the grant), and
-# this pacing was taken out for them until the limiter restamped a permit at send
-# (RateLimiter.sent): now no more 429s than with 250 ms flushes (bench/README.md, runcpu.py).
-BUSY_LINGER_S: Final = 1.0
-BUSY_FLUSH_ROWS: Final = 64
+# sent as soon as it commits, still before the limiter would have let the next ones go. A flush
+# costs ~5 ms of CPU whatever it holds (four statements and a commit), so at 35 replies/s under
+# a TPM limit, flushing every 50 ms cost 3 ms of CPU per reply (bench/runcpu.py); every 250 ms
+# holds five times as many rows per flush.
+BUSY_LINGER_S: Final = 0.25
 
 
 def flush_delay(last: float, now: float, linger_s: float) -> float:
@@ -70,12 +59,6 @@ class _Group:
         self.steps: list[Conversation] = []
         self.extra: list[Callable[[journal.Conn], None]] = []
 
-    def size(self) -> int:
-        return (
-            len(self.active) + len(self.reserved) + len(self.finished) + len(self.steps)
-            + len(self.extra)
-        )  # fmt: skip
-
     def __call__(self, conn: journal.Conn) -> None:
         # Runs on the writer thread; the group is sealed by then, so a rerun writes the same rows.
         journal.write_active(conn, self.active)
@@ -94,8 +77,8 @@ class JournalBatcher:
     """
 
     __slots__ = (
-        "__weakref__", "_busy", "_busy_flush_rows", "_busy_linger_s", "_full", "_group",
-        "_handle", "_last", "_linger_s", "_writer",
+        "__weakref__", "_busy", "_busy_linger_s", "_full", "_group", "_handle", "_last",
+        "_linger_s", "_writer",
     )  # fmt: skip
 
     def __init__(
@@ -104,12 +87,10 @@ class JournalBatcher:
         *,
         linger_s: float = LINGER_S,
         busy_linger_s: float = BUSY_LINGER_S,
-        busy_flush_rows: int = BUSY_FLUSH_ROWS,
     ) -> None:
         self._writer = writer
         self._linger_s = linger_s
         self._busy_linger_s = max(busy_linger_s, linger_s)
-        self._busy_flush_rows = busy_flush_rows
         self._busy: Callable[[], bool] = _never
         self._full: Callable[[int], bool] | None = None
         self._group: _Group | None = None
@@ -117,10 +98,8 @@ class JournalBatcher:
         self._last = float("-inf")  # loop time of the last flush
 
     def pace_by(self, busy: Callable[[], bool]) -> None:
-        """While ``busy()`` is true, let a flush gather up to ``busy_flush_rows`` writes for up
-        to ``busy_linger_s``: asked when its first write arrives and then every ``linger_s``,
-        it goes at the first check that finds it false or the flush full. The run passes
-        "requests are queued at the rate limiter"."""
+        """Flush at most every ``busy_linger_s`` while ``busy()`` is true (asked when a flush's
+        first write arrives): the run passes "requests are queued at the rate limiter"."""
         self._busy = busy
 
     def flush_when(self, full: Callable[[int], bool]) -> None:
@@ -181,31 +160,14 @@ class JournalBatcher:
         future: asyncio.Future[None] = loop.create_future()
         future.add_done_callback(_retrieve)
         self._group = _Group(future)
-        now = loop.time()
-        busy_left = flush_delay(self._last, now, self._busy_linger_s)
-        delay = flush_delay(self._last, now, self._linger_s)
-        if busy_left > 0 and self._busy():
-            self._handle = loop.call_later(
-                min(delay or self._linger_s, busy_left), self._check_busy
-            )
-        elif delay > 0:
+        linger = self._busy_linger_s if self._busy() else self._linger_s
+        delay = flush_delay(self._last, loop.time(), linger)
+        # call_soon even when idle: writes made in the same loop pass share the flush.
+        if delay > 0:
             self._handle = loop.call_later(delay, self._flush)
         else:
-            # call_soon even when idle: writes made in the same loop pass share the flush.
             self._handle = loop.call_soon(self._flush)
         return self._group
-
-    def _check_busy(self) -> None:
-        """A busy flush waits on while the run is busy and it is not full, up to
-        ``busy_linger_s`` after the last flush."""
-        loop = asyncio.get_running_loop()
-        left = flush_delay(self._last, loop.time(), self._busy_linger_s)
-        group = self._group
-        full = group is not None and group.size() >= self._busy_flush_rows
-        if left > 0 and not full and self._busy():
-            self._handle = loop.call_later(min(self._linger_s, left), self._check_busy)
-        else:
-            self._flush()
 
     def _flush(self) -> None:
         group, self._group, self._handle = self._group, None, None

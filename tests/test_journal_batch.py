@@ -155,66 +155,6 @@ def test_a_flush_waits_the_busy_linger_while_the_run_is_busy(tmp_path: Path) -> 
     assert times == pytest.approx([0.0, 0.25, 0.30, 1.30])
 
 
-def test_a_busy_flush_goes_at_the_first_check_after_the_run_stops_being_busy(
-    tmp_path: Path,
-) -> None:
-    """A flush waiting out its busy linger is checked every linger_s: it goes at the first
-    check that finds the run no longer busy (the limiter's queue ran dry), not a second later;
-    a write long after the last flush goes at once, busy or not."""
-    busy = True
-
-    async def scenario() -> list[float]:
-        nonlocal busy
-        loop = asyncio.get_running_loop()
-        async with GroupCommitWriter(tmp_path / "s.duckdb", noop=True) as writer:
-            batcher = JournalBatcher(writer, linger_s=0.05, busy_linger_s=1.0)
-            batcher.pace_by(lambda: busy)
-            times = []
-            await batcher.step(_conv(1, 1, Status.ACTIVE))  # after a quiet spell: at once
-            times.append(loop.time())
-            waiting = asyncio.ensure_future(batcher.step(_conv(1, 2, Status.ACTIVE)))
-            await asyncio.sleep(0.32)
-            assert not waiting.done()  # busy: still waiting at 0.32 s
-            busy = False
-            await waiting  # the check at 0.35 s finds the run no longer busy
-            times.append(loop.time())
-            busy = True
-            await asyncio.sleep(2.0)
-            await batcher.step(_conv(1, 3, Status.ACTIVE))  # quiet for longer: at once
-            times.append(loop.time())
-            await batcher.step(_conv(1, 4, Status.ACTIVE))  # busy all along: a second later
-            times.append(loop.time())
-            return times
-
-    times, _ = run_virtual(scenario())
-    assert times == pytest.approx([0.0, 0.35, 2.35, 3.35])
-
-
-def test_a_busy_flush_goes_once_it_holds_busy_flush_rows_writes(tmp_path: Path) -> None:
-    """While busy, a flush that has gathered busy_flush_rows writes goes at the next check
-    instead of waiting out the busy linger."""
-
-    async def scenario() -> list[float]:
-        loop = asyncio.get_running_loop()
-        async with GroupCommitWriter(tmp_path / "s.duckdb", noop=True) as writer:
-            batcher = JournalBatcher(writer, linger_s=0.05, busy_linger_s=1.0, busy_flush_rows=3)
-            batcher.pace_by(lambda: True)
-            times = []
-            await batcher.step(_conv(1, 1, Status.ACTIVE))  # after a quiet spell: at once
-            times.append(loop.time())
-            await batcher.step(_conv(1, 2, Status.ACTIVE))  # one write: the busy linger
-            times.append(loop.time())
-            loop.call_later(0.12, lambda: batcher.step(_conv(3, 1, Status.ACTIVE)))
-            await asyncio.gather(
-                batcher.step(_conv(1, 3, Status.ACTIVE)), batcher.step(_conv(2, 1, Status.ACTIVE))
-            )  # the third write at 1.12 s fills it: the check at 1.15 s sends it
-            times.append(loop.time())
-            return times
-
-    times, _ = run_virtual(scenario())
-    assert times == pytest.approx([0.0, 1.0, 1.15])
-
-
 def test_a_flush_goes_before_its_linger_once_flush_when_says_it_is_full(tmp_path: Path) -> None:
     """With flush_when, the flush holding enough reserved attempts goes at once; one holding
     fewer waits out its linger as before."""
