@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import duckdb
 import orjson
@@ -31,6 +32,7 @@ __all__ = [
     "load_conversations",
     "mark_active",
     "mark_final",
+    "meta_object",
     "read_meta",
     "record_rejection",
     "record_step",
@@ -83,15 +85,20 @@ def read_meta(conn: Conn) -> dict[str, str]:
     return dict(conn.execute("SELECT key, value FROM run_meta").fetchall())
 
 
+def meta_object(meta: Mapping[str, str], key: str) -> dict[str, Any]:
+    """The JSON object stored under ``key`` in ``meta`` (as read_meta gives it); empty when it
+    is missing or unreadable: a damaged record costs only the figures read from it."""
+    try:
+        data = orjson.loads(meta.get(key) or "{}")
+    except orjson.JSONDecodeError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def adaptive_caps(meta: Mapping[str, str]) -> dict[str, dict[str, int]]:
     """How many first tries the run's sessions sent per step kind and cap source (adaptive
     max_tokens' "adaptive_caps" in ``meta``, as read_meta gives it); none if unreadable."""
-    try:
-        data = orjson.loads(meta.get("adaptive_caps") or "{}")
-    except orjson.JSONDecodeError:
-        return {}
-    if not isinstance(data, dict):
-        return {}
+    data = meta_object(meta, "adaptive_caps")
     return {
         str(kind): {str(k): int(v) for k, v in counts.items() if isinstance(v, int)}
         for kind, counts in data.items()

@@ -844,13 +844,7 @@ async def _run_with_signals(
 
 def _stored_adaptations(meta: Mapping[str, str]) -> dict[str, str]:
     """The parameter adaptations an earlier session of the run recorded (none if unreadable)."""
-    try:
-        data = orjson.loads(meta.get("adapted_params") or "{}")
-    except orjson.JSONDecodeError:
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {str(k): str(v) for k, v in data.items()}
+    return {str(k): str(v) for k, v in journal.meta_object(meta, "adapted_params").items()}
 
 
 def _add_caps(

@@ -7,7 +7,6 @@ not DuckDB, or not an m2l store.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from engine.progress.snapshot import (
 )
 from engine.reasons import reason_family
 from state.batchstore import batch_summary
+from state.journal import meta_object
 from state.requestlog import attempt_summary, endpoint_figures, model_figures, spend_total
 from state.schema import STATE_FILE, has_added_columns, open_read_only
 from state.shards import ensure_merged
@@ -74,7 +74,7 @@ def store_snapshot(con: duckdb.DuckDBPyConnection, *, run: str = "") -> Progress
 
 def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
     meta = dict(con.execute("SELECT key, value FROM run_meta").fetchall())
-    config = _config(meta.get("config_json"))
+    config = meta_object(meta, "config_json")
     run = str(_dig(config, "run", "name") or run)
     by_status = dict(
         con.execute("SELECT status, count(*) FROM conversations GROUP BY 1").fetchall()
@@ -119,7 +119,7 @@ def _snapshot(con: duckdb.DuckDBPyConnection, run: str) -> ProgressSnapshot:
     added = has_added_columns(con)
     # Per-endpoint figures are one scan of the whole log (0.4 s of CPU at 7M attempts) and are
     # shown only for several endpoints; with one they are the run's own figures.
-    several = _several_endpoints(config) or bool(_config(meta.get("endpoints_out")))
+    several = _several_endpoints(config) or bool(meta_object(meta, "endpoints_out"))
     endpoints = _endpoints(con, meta, minutes) if added and several else ()
     return ProgressSnapshot(
         run=run,
@@ -191,7 +191,7 @@ def _endpoints(
 ) -> tuple[EndpointProgress, ...]:
     """Each endpoint's figures from the request log, and why an endpoint was taken out in the
     last session (run_meta ``endpoints_out``)."""
-    out = _config(meta.get("endpoints_out"))
+    out = meta_object(meta, "endpoints_out")
     return tuple(
         EndpointProgress(
             f.endpoint or meta.get("provider", "") or "provider",
@@ -261,17 +261,6 @@ def _languages(
         )
     rows.sort(key=slowest_first)
     return tuple(rows)
-
-
-def _config(text: str | None) -> dict[str, Any]:
-    """The run's stored configuration; an unreadable one only costs the limits and the cap."""
-    if not text:
-        return {}
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _dig(data: dict[str, Any], *keys: str) -> Any:
