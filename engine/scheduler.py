@@ -86,7 +86,9 @@ class ConversationStore(Protocol):
         completion_tokens: int | None,
         cost: float,
     ) -> None:
-        """Store the output ``conv.rejected`` describes with the step's try count, durably."""
+        """Store the output ``conv.rejected`` describes with the step's try count, durably;
+        when that output ended the conversation (``conv.status`` is final), its end too, in
+        the same commit: a kill between them would have the last try paid for again."""
         ...
 
     async def mark_active(self, conv: Conversation) -> None: ...
@@ -438,7 +440,8 @@ class Scheduler:
                 )
                 if new.rejected is not None:
                     # Submitted in the same loop pass as the attempt's settlement, so both
-                    # commit together: the try count on disk never lags the paid replies.
+                    # commit together: the try count on disk never lags the paid replies. A
+                    # last try's rejection carries the conversation's end with it.
                     usage = result.usage if result is not None else None
                     await self._store.record_rejection(
                         new,
@@ -459,7 +462,7 @@ class Scheduler:
                 if len(new.steps) > len(conv.steps):
                     await self._store.record_step(new)  # durable before we move on
                     emit(StepDone(plan.conv_id, kind.value, plan.language, time.monotonic()))
-                elif new.status.final:
+                elif new.status.final and new.rejected is None:
                     await self._store.mark_final(new)
                 conv = new
                 self._room.set()  # a step finished: the limiter's queue may have room now

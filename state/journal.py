@@ -334,11 +334,15 @@ def record_rejection(
     """An op that stores the output ``conv`` just threw away and the step's new try count.
 
     The count and the room are written with the output, so a restart resumes the step at the
-    same try (same sampling seed, same max_tokens) and never exceeds its bound.
+    same try (same sampling seed, same max_tokens) and never exceeds its bound. An output that
+    ended the conversation (its last try) is written with that end (``mark_final``): committed
+    apart, a kill between the two left the step active at its last try, and the restart paid
+    for that try again.
     """
     rejected = conv.rejected
     assert rejected is not None, "record_rejection needs a conversation that rejected an output"
     conv_id = conv.plan.conv_id
+    end = mark_final(conv) if conv.status.final else None
 
     def op(conn: Conn) -> None:
         conn.execute(
@@ -361,7 +365,9 @@ def record_rejection(
                 _bulk.now(),
             ],
         )
-        if not conv.status.final:
+        if end is not None:
+            end(conn)
+        else:
             conn.execute(
                 "UPDATE conversations SET regenerations = ?, room = ? WHERE conv_id = ?",
                 [conv.regenerations, conv.room, conv_id],

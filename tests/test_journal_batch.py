@@ -4,6 +4,7 @@ many writes in one op without giving up durability-before-return."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -11,6 +12,7 @@ import pytest
 
 from engine.chat import Message
 from engine.conversation import Conversation, Plan, Status, Step, step_kind
+from engine.records import Rejection
 from state import journal, requestlog
 from state.batcher import JournalBatcher, flush_delay
 from state.schema import open_store
@@ -126,6 +128,56 @@ async def test_a_cancelled_writer_leaves_the_others_of_its_flush_alone(tmp_path:
         await store.flush()
         rows = await writer.run(lambda c: c.execute("SELECT conv_id FROM messages").fetchall())
         assert sorted(rows) == [(1,), (2,)]
+
+
+async def test_a_last_try_thrown_away_commits_with_its_conversations_end(tmp_path: Path) -> None:
+    """The rejection of a step's last try is one commit with the conversation's end: a kill
+    right after it leaves nothing to resume, where a restart would pay for that try again."""
+    _store(tmp_path / "s.duckdb", conversations=2).close()
+    failed = replace(
+        _conv(1, 1, Status.FAILED),
+        regenerations=2,
+        reason="wrong_language after 3 tries",
+        rejected=Rejection(1, step_kind(1), 2, "wrong_language", "detected vi", "hola", "stop"),
+    )
+    # keep_partial: turn 2's answer failed, so the turn's question is dropped and 1 turn kept.
+    whole = _conv(2, 3, Status.ACTIVE)
+    cut = replace(
+        whole,
+        steps=whole.steps[:2],
+        dropped=whole.steps[2:],
+        status=Status.DONE,
+        reason="kept 1 of 2 turns: turn 2 failed: wrong_language after 3 tries",
+        regenerations=2,
+        rejected=Rejection(3, step_kind(3), 2, "wrong_language", "detected vi", "hola", "stop"),
+    )
+    async with GroupCommitWriter(tmp_path / "s.duckdb", create=False) as writer:
+        store = RunStore(writer, JournalBatcher(writer))
+        await store.record_step(_conv(1, 1, Status.ACTIVE))
+        for made in range(1, 4):
+            await store.record_step(replace(whole, steps=whole.steps[:made]))
+        for conv in (failed, cut):
+            await store.record_rejection(conv, prompt_tokens=9, completion_tokens=4, cost=0.01)
+        # Nothing else is written, as if the process were killed here.
+    with duckdb.connect(str(tmp_path / "s.duckdb"), read_only=True) as conn:
+        assert not journal.load_conversations(
+            conn, statuses=("pending", "active"), after=0, limit=10
+        )
+        assert conn.execute(
+            "SELECT conv_id, status, error, steps_done FROM conversations ORDER BY 1"
+        ).fetchall() == [(1, "failed", failed.reason, 1), (2, "done", cut.reason, 2)]
+        assert conn.execute(
+            "SELECT conv_id, step, regeneration, reason FROM rejections ORDER BY 1, 2"
+        ).fetchall() == [
+            (1, 1, 2, "wrong_language"),
+            (2, 2, 0, "unanswered"),
+            (2, 3, 2, "wrong_language"),
+        ]
+        assert conn.execute("SELECT conv_id, step FROM messages ORDER BY 1, 2").fetchall() == [
+            (1, 0),
+            (2, 0),
+            (2, 1),
+        ]
 
 
 def test_a_flush_waits_the_busy_linger_while_the_run_is_busy(tmp_path: Path) -> None:
