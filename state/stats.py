@@ -27,7 +27,7 @@ from engine.records import step_kind
 from prompts.taxonomy import load_taxonomy
 from state._tables import table_width
 from state.journal import adaptive_caps, read_meta
-from state.requestlog import AttemptStatus, charged_and_used, model_sums, status_is
+from state.requestlog import AttemptStatus, charged_and_used, status_is
 from state.schema import STATE_FILE, has_added_columns, release_cache, stored_store_config
 
 __all__ = [
@@ -57,6 +57,8 @@ _STATUS_COUNTS = """count(*) FILTER (WHERE status = 'done'),
     count(*) FILTER (WHERE status = 'filtered'),
     count(*) FILTER (WHERE status = 'failed'),
     count(*) FILTER (WHERE status IN ('pending', 'active'))"""
+# The same columns, from a conversation's status (one not listed counts in none of them).
+_STATUS_COLUMN = {"done": 0, "filtered": 1, "failed": 2, "pending": 3, "active": 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +323,19 @@ def _compute(conn: duckdb.DuckDBPyConnection, run: str) -> RunStats:
     store = stored_store_config(conn, Path(STATE_FILE))
 
     evol_types = _types(rows(f"SELECT evol_type, {_STATUS_COUNTS} FROM conversations GROUP BY 1"))
-    spend = _spends(conn, store)
+    language_task = tuple(
+        LanguageTask(*r)
+        for r in rows(
+            f"SELECT language, task, {_STATUS_COUNTS} FROM conversations "
+            "GROUP BY ALL ORDER BY language, task"
+        )
+    )
+    spend, outputs = _spends(
+        conn,
+        store,
+        languages=sorted({r.language for r in language_task}),
+        tasks=sorted({r.task for r in language_task}),
+    )
     charged, used = charged_and_used(conn)
     return RunStats(
         run=_run_name(conn) or run,
@@ -331,13 +345,7 @@ def _compute(conn: duckdb.DuckDBPyConnection, run: str) -> RunStats:
                 "SELECT status, count(*) FROM conversations GROUP BY 1 ORDER BY 2 DESC, 1"
             )
         ),
-        language_task=tuple(
-            LanguageTask(*r)
-            for r in rows(
-                f"SELECT language, task, {_STATUS_COUNTS} FROM conversations "
-                "GROUP BY ALL ORDER BY language, task"
-            )
-        ),
+        language_task=language_task,
         turns=tuple(
             (int(t), int(n))
             for t, n in rows(
@@ -369,12 +377,7 @@ def _compute(conn: duckdb.DuckDBPyConnection, run: str) -> RunStats:
         by_endpoint=spend["endpoint"],
         total=next(iter(spend["all"]), Breakdown("all", _NO_SPEND)).spend,
         rejections=_rejections(conn) if has_added_columns(conn) else (),
-        outputs=int(
-            rows(
-                f"SELECT count(*) FROM requests WHERE {status_is(AttemptStatus.OK)} "
-                "AND step IS NOT NULL"
-            )[0][0]
-        ),
+        outputs=outputs,
         turns_made=tuple(
             TurnsMade(int(p), int(m), int(n))
             for p, m, n in rows(
@@ -459,99 +462,155 @@ def _types(rows: Sequence[tuple[Any, ...]]) -> tuple[TypeCount, ...]:
     return tuple(sorted(items, key=lambda t: (-t.done, -t.filtered, t.type)))
 
 
-# The groupings of the spend tables: name, and the SQL expression over r and c.
-_SPEND_KEYS = (
-    ("language", "coalesce(c.language, '(no conversation)')"),
-    ("task", "coalesce(c.task, '(no conversation)')"),
-    ("step", "r.step"),
-    ("all", "'all'"),
-)
-# Each attempt's endpoint and model, as one key (a store from before endpoints were recorded,
-# opened read-only, has neither column filled: it reads as one row).
-_ENDPOINT_KEY = "coalesce(r.endpoint, '(not recorded)') || ' · ' || coalesce(r.model, '?')"
+# The spend tables, in the order _spends returns them.
+_SPEND_NAMES = ("language", "task", "step", "all", "endpoint")
+_NO_CONVERSATION = "(no conversation)"
+_NOT_RECORDED = "(not recorded)"
 
 
 def _spends(
-    conn: duckdb.DuckDBPyConnection, store: StoreConfig
-) -> dict[str, tuple[Breakdown, ...]]:
-    """Request-log spend by language, task, step and in all, costliest first in each.
+    conn: duckdb.DuckDBPyConnection,
+    store: StoreConfig,
+    *,
+    languages: Sequence[str],
+    tasks: Sequence[str],
+) -> tuple[dict[str, tuple[Breakdown, ...]], int]:
+    """Request-log spend by language, task, step, endpoint and in all, costliest first in each;
+    and the step outputs received (answered attempts of a conversation step).
 
-    The log is read joined to the conversations one range of conversations at a time, each
-    folded into one row per (language, task, step, endpoint); then DuckDB's cached blocks
-    are let go (release_cache), so what this holds is one range's, whatever the run's size:
-    one query over the whole log kept every block it read (+14 MB from 10^4 to 10^5
-    conversations). Four separate queries took 0.5 s at 10^5 conversations.
+    The log is read one range of conversations at a time, by two queries: one joins the
+    attempts to their conversation's language and task (as their places in ``languages`` and
+    ``tasks``: integers hash faster than the strings), the other groups them by step, endpoint
+    and model, columns of the log itself; both return a row per key and answered or not, the
+    plain sums _spend_row makes a LogTotals of. Then DuckDB's cached blocks are let go
+    (release_cache), so what this holds is one range's, whatever the run's size: one query over
+    the whole log kept every block it read (+14 MB from 10^4 to 10^5 conversations).
+
+    At 10^6 conversations (101 ranges) one query per range grouping by (language, task, step,
+    endpoint) took 2.2 s and returned 2,124 rows a range, which Python then folded (0.9 s
+    more): hashing the strings of the join and sums each with its own FILTER were most of it.
     """
-    ok = status_is(AttemptStatus.OK, column="r.status")
-    # A store from before the reasoning columns, opened read-only, reads them as zero.
     added = has_added_columns(conn)
-    reasoning = model_sums("r.") if added else "0, 0, 0"
-    spend_keys = (*_SPEND_KEYS, ("endpoint", _ENDPOINT_KEY if added else "'(not recorded)'"))
-    keys = ", ".join(f"{expr} AS k_{name}" for name, expr in spend_keys)
-    width = len(spend_keys)
-    sums: list[dict[Any, list[Any]]] = [{} for _ in spend_keys]
+    answered = status_is(AttemptStatus.OK, column="r.status")
+    # A store from before the reasoning columns, opened read-only, reads them as zero.
+    reasoning = (
+        "sum(r.reasoning_tokens), sum(r.reasoning_usd), sum(r.cache_saved_usd)"
+        if added
+        else "0, 0, 0"
+    )
+    sums = (
+        f"{answered}, count(*), sum(r.prompt_tokens), sum(r.completion_tokens), "
+        f"sum(r.cached_tokens), sum(r.cost_usd), {reasoning}"
+    )
+    # Without the endpoint column (an old store opened read-only) every attempt is one row.
+    endpoint = "r.endpoint, r.model" if added else "NULL, NULL"
+    acc: dict[str, dict[Any, list[Any]]] = {name: {} for name in _SPEND_NAMES}
+    outputs = 0
     for where in _conv_ranges(conn):
-        for row in conn.execute(
-            f"""SELECT {keys}, count(*),
-                count(*) FILTER (WHERE {ok}),
-                coalesce(sum(r.prompt_tokens) FILTER (WHERE {ok}), 0),
-                coalesce(sum(r.completion_tokens) FILTER (WHERE {ok}), 0),
-                coalesce(sum(r.cached_tokens) FILTER (WHERE {ok}), 0),
-                coalesce(sum(r.cost_usd), 0),
-                {reasoning}
+        on_r = where.replace("conv_id", "r.conv_id")
+        for language, task, *sums_row in conn.execute(
+            f"""SELECT c.language, c.task, {sums}
             FROM requests r LEFT JOIN
-                (SELECT conv_id, language, task FROM conversations WHERE {where}) c
+                (SELECT conv_id, list_position($1, language) AS language,
+                    list_position($2, task) AS task
+                FROM conversations WHERE {where}) c
                 USING (conv_id)
-            WHERE {where.replace("conv_id", "r.conv_id")}
-            GROUP BY ALL"""
+            WHERE {on_r}
+            GROUP BY ALL""",
+            [languages, tasks],
         ).fetchall():
-            for at in range(width):
-                acc = sums[at].get(row[at])
-                if acc is None:
-                    sums[at][row[at]] = list(row[width:])
-                else:
-                    for i, value in enumerate(row[width:]):
-                        acc[i] += value
-        release_cache(conn, store)
-    found: dict[str, list[tuple[Any, Breakdown]]] = {}
-    for (name, _), by_key in zip(spend_keys, sums, strict=True):
-        found[name] = []
-        for key, (a, b, c, d, e, f, g, h, i) in by_key.items():
-            spend = LogTotals(
-                int(a), int(b), int(c), int(d), int(e), float(f), int(g), float(h), float(i)
+            values = _spend_row(*sums_row)
+            _add(
+                acc["language"],
+                _NO_CONVERSATION if language is None else languages[language - 1],
+                values,
             )
-            found[name].append((key, Breakdown(str(key), spend)))
-    # As ORDER BY cost DESC, key (NULLS LAST) would have them.
-    return {
-        name: tuple(
-            b for k, b in sorted(rows, key=lambda r: (-r[1].spend.cost_usd, r[0] is None, r[0]))
-        )
-        for name, rows in found.items()
-    }
+            _add(acc["task"], _NO_CONVERSATION if task is None else tasks[task - 1], values)
+        for step, endpoint_name, model, *sums_row in conn.execute(
+            f"SELECT r.step, {endpoint}, {sums} FROM requests r WHERE {on_r} GROUP BY ALL"
+        ).fetchall():
+            values = _spend_row(*sums_row)
+            _add(acc["step"], step, values)
+            _add(acc["all"], "all", values)
+            key = (
+                f"{_NOT_RECORDED if endpoint_name is None else endpoint_name} · "
+                f"{'?' if model is None else model}"
+                if added
+                else _NOT_RECORDED
+            )
+            _add(acc["endpoint"], key, values)
+            if step is not None:
+                outputs += values[1]
+        release_cache(conn, store)
+    found: dict[str, tuple[Breakdown, ...]] = {}
+    for name, by_key in acc.items():
+        rows = [(key, Breakdown(str(key), LogTotals(*values))) for key, values in by_key.items()]
+        # As ORDER BY cost DESC, key (NULLS LAST) would have them.
+        rows.sort(key=lambda r: (-r[1].spend.cost_usd, r[0] is None, r[0]))
+        found[name] = tuple(b for _, b in rows)
+    return found, outputs
+
+
+def _spend_row(
+    answered: bool,
+    requests: int,
+    prompt: int | None,
+    completion: int | None,
+    cached: int | None,
+    cost: float | None,
+    reasoning: int | None,
+    reasoning_usd: float | None,
+    saved_usd: float | None,
+) -> list[Any]:
+    """A LogTotals' fields from plain sums over attempts answered or not: token counts are the
+    answered attempts' (the usage the provider reported), USD every attempt's (as
+    requestlog.model_sums sums them)."""
+    n = int(requests)
+    tokens = (n, int(prompt or 0), int(completion or 0), int(cached or 0)) if answered else (0,) * 4
+    return [
+        n, *tokens, float(cost or 0), int(reasoning or 0) if answered else 0,
+        float(reasoning_usd or 0), float(saved_usd or 0),
+    ]  # fmt: skip
+
+
+def _add(sums: dict[Any, list[Any]], key: Any, values: Sequence[Any]) -> None:
+    """Add one row of a range's sums to ``key``'s."""
+    acc = sums.get(key)
+    if acc is None:
+        sums[key] = list(values)
+    else:
+        for i, value in enumerate(values):
+            acc[i] += value
 
 
 def _multiturn_types(conn: duckdb.DuckDBPyConnection, store: StoreConfig) -> tuple[TypeCount, ...]:
     """Stored follow-up turns by multi-turn type and their conversation's status, one range of
-    conversations at a time as _spends reads them (the join over all of them grew with N)."""
+    conversations at a time as _spends reads them (the join over all of them grew with N).
+
+    Both sides of the join are cut to the range: with the messages' side alone, DuckDB built
+    its join on the range's messages and probed every conversation of the store for each range
+    (at 10^6 conversations 0.6-1.3 s, and the command's peak, 210 MB). A row per (type,
+    status) counted into the status columns here costs less than a FILTER per column."""
     counts: dict[Any, list[int]] = {}
     for where in _conv_ranges(conn, "conversations"):
-        for evol_type, *n in conn.execute(
-            f"""SELECT m.evol_type, {_STATUS_COUNTS}
-            FROM messages m JOIN conversations c USING (conv_id)
+        for evol_type, status, n in conn.execute(
+            f"""SELECT m.evol_type, c.status, count(*)
+            FROM messages m JOIN (SELECT conv_id, status FROM conversations WHERE {where}) c
+                USING (conv_id)
             WHERE m.kind = 'follow_up' AND {where.replace("conv_id", "m.conv_id")}
-            GROUP BY 1"""
+            GROUP BY ALL"""
         ).fetchall():
             acc = counts.setdefault(evol_type, [0, 0, 0, 0])
-            for i, value in enumerate(n):
-                acc[i] += int(value)
+            if (at := _STATUS_COLUMN.get(status)) is not None:
+                acc[at] += int(n)
         release_cache(conn, store)
     return _types([(evol_type, *n) for evol_type, n in counts.items()])
 
 
 # Conversations per range of the spend query: a few row groups of the request log each. One
-# range's join is most of what `m2l stats` holds above its start: ranges of 20,000 made it 11%
-# larger on a 10^5 run than on a 10^4 one (7% at 10,000, for a third more CPU at 10^6; 5,000
-# doubled the CPU).
+# range's queries are most of what `m2l stats` holds above its start: ranges of 20,000 made it
+# 11% larger on a 10^5 run than on a 10^4 one (7% at 10,000, for a third more CPU at 10^6;
+# 5,000 doubled the CPU); with the queries of 2026-12-03 still 12% at 20,000 and 22% at 50,000.
 _SPEND_RANGE = 10_000
 
 

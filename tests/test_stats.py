@@ -414,3 +414,97 @@ def test_spend_and_samples_read_in_small_ranges_are_the_same(
     assert ranged.multiturn_types == stats.multiturn_types
     assert ranged.total.cost_usd == pytest.approx(stats.total.cost_usd)
     assert ranged.total.requests == stats.total.requests == len(template.requests)
+
+
+# The spend tables as their definition says, one query each over the whole store (the first
+# column is the key): what the ranged, split queries of compute_stats must add up to.
+_SPEND_BY = {
+    "by_language": "coalesce(c.language, '(no conversation)')",
+    "by_task": "coalesce(c.task, '(no conversation)')",
+    "by_endpoint": "coalesce(r.endpoint, '(not recorded)') || ' · ' || coalesce(r.model, '?')",
+    "total": "'all'",
+}
+_SPEND_SQL = """SELECT {key}, count(*), count(*) FILTER (WHERE r.status = 'ok'),
+    coalesce(sum(r.prompt_tokens) FILTER (WHERE r.status = 'ok'), 0),
+    coalesce(sum(r.completion_tokens) FILTER (WHERE r.status = 'ok'), 0),
+    coalesce(sum(r.cached_tokens) FILTER (WHERE r.status = 'ok'), 0),
+    coalesce(sum(r.cost_usd), 0),
+    coalesce(sum(r.reasoning_tokens) FILTER (WHERE r.status = 'ok'), 0),
+    coalesce(sum(r.reasoning_usd), 0), coalesce(sum(r.cache_saved_usd), 0)
+    FROM requests r LEFT JOIN conversations c USING (conv_id) GROUP BY 1"""
+
+
+@pytest.mark.parametrize("spend_range", [3, 10_000])
+def test_spend_and_multiturn_tables_are_what_one_query_over_the_store_says(
+    template: FixtureRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spend_range: int
+) -> None:
+    """Every field of every spend table (by language, task, endpoint, in all), the outputs
+    received and the multi-turn counts by status are what one query over the whole store gives,
+    in ranges of 3 conversation ids as in one: with attempts of no conversation and of one not
+    in the store, several endpoints and models (and none recorded), reasoning and cached
+    tokens, and failed, rejected and open attempts."""
+    run = copy_run(template, tmp_path / "run")
+    conn = duckdb.connect(str(run.run_dir / STATE_FILE))
+    top = conn.execute("SELECT max(request_id), max(conv_id) FROM requests").fetchone()
+    assert top is not None
+    conn.execute(
+        """UPDATE requests SET endpoint = CASE WHEN conv_id % 3 = 0 THEN 'east'
+            WHEN conv_id % 3 = 1 THEN 'west' END,
+            model = CASE WHEN conv_id % 5 = 0 THEN 'gpt-4o' ELSE model END,
+            reasoning_tokens = CASE WHEN status = 'ok' THEN 7 * step ELSE 3 END,
+            reasoning_usd = 0.0001 * step, cache_saved_usd = 0.00002 * attempt,
+            cached_tokens = CASE WHEN step > 1 THEN 16 ELSE 0 END"""
+    )
+    extra = [  # (conv_id, step, status, cost, endpoint, model)
+        (None, None, "ok", 0.5, "east", "gpt-4o"),
+        (None, None, "error", 0.25, None, None),
+        (top[1] + 100, 1, "ok", 0.125, "west", None),
+        (top[1] + 101, None, "rejected", None, "west", "gpt-4o"),
+    ]
+    conn.executemany(
+        """INSERT INTO requests (request_id, conv_id, step, attempt, status, prompt_tokens,
+            max_tokens, completion_tokens, cached_tokens, cost_usd, endpoint, model,
+            reasoning_tokens, reasoning_usd, cache_saved_usd)
+        VALUES (?, ?, ?, 1, ?, 90, 512, 40, 8, ?, ?, ?, 5, 0.001, 0.0005)""",
+        [(top[0] + i + 1, *row) for i, row in enumerate(extra)],
+    )
+    expected = {
+        name: {row[0]: row[1:] for row in conn.execute(_SPEND_SQL.format(key=key)).fetchall()}
+        for name, key in _SPEND_BY.items()
+    }
+    outputs = conn.execute(
+        "SELECT count(*) FROM requests WHERE status = 'ok' AND step IS NOT NULL"
+    ).fetchone()
+    multiturn = {
+        row[0]: row[1:]
+        for row in conn.execute(
+            f"""SELECT m.evol_type, {state.stats._STATUS_COUNTS} FROM messages m
+            JOIN conversations c USING (conv_id) WHERE m.kind = 'follow_up' GROUP BY 1"""
+        ).fetchall()
+    }
+    conn.close()
+    assert len(expected["by_endpoint"]) >= 5 and "(no conversation)" in expected["by_language"]
+    monkeypatch.setattr(state.stats, "_SPEND_RANGE", spend_range)
+    conn = open_run(run.run_dir, action="read")
+    try:
+        got = compute_stats(conn, run="fx")
+    finally:
+        conn.close()
+    for name, rows in expected.items():
+        tables = [got.total] if name == "total" else [b.spend for b in getattr(got, name)]
+        keys = ["all"] if name == "total" else [b.key for b in getattr(got, name)]
+        assert sorted(keys) == sorted(rows)
+        for key, spend in zip(keys, tables, strict=True):
+            fields = dataclasses.astuple(spend)
+            want = rows[key]
+            assert fields[:5] == tuple(want[:5]) and fields[6] == want[6], (name, key)
+            assert [fields[5], fields[7], fields[8]] == pytest.approx(
+                [want[5], want[7], want[8]]
+            ), (name, key)
+        costs = [spend.cost_usd for spend in tables]
+        assert costs == sorted(costs, reverse=True)  # costliest first
+    assert got.outputs == (outputs or (0,))[0]
+    assert {t.type: (t.done, t.filtered, t.failed, t.open) for t in got.multiturn_types} == {
+        key: tuple(n) for key, n in multiturn.items()
+    }
+    assert any(t.filtered or t.failed or t.open for t in got.multiturn_types)
