@@ -495,11 +495,15 @@ def _batches(conn: duckdb.DuckDBPyConnection, size: int) -> Iterator[list[Stored
     after: int | None = None
     read = 0
     while True:
+        # The batch's conversations first, then their seeds: joined before the LIMIT, every
+        # batch built a hash table of the run's seeds (+10 MB at 10^5 conversations).
         heads = conn.execute(
-            """SELECT c.conv_id, c.language_code, c.task, c.evol_type, s.instruction, s.target
-               FROM conversations c LEFT JOIN seeds s USING (seed_id)
-               WHERE c.status = 'done' AND ($after IS NULL OR c.conv_id > $after)
-               ORDER BY c.conv_id LIMIT $size""",
+            """WITH batch AS (
+                   SELECT conv_id, seed_id, language_code, task, evol_type FROM conversations
+                   WHERE status = 'done' AND ($after IS NULL OR conv_id > $after)
+                   ORDER BY conv_id LIMIT $size)
+               SELECT b.conv_id, b.language_code, b.task, b.evol_type, s.instruction, s.target
+               FROM batch b LEFT JOIN seeds s USING (seed_id) ORDER BY b.conv_id""",
             {"after": after, "size": size},
         ).fetchall()
         if not heads:
