@@ -4,14 +4,18 @@ Conversations are read in conv_id order, a batch at a time; one failing a filter
 'filtered' with a stable ``filter_reason``, and nothing is deleted. Turn checks mirror the run's
 inline validation (engine.validation): user turns as instructions, answers as replies against
 the earlier answers. Near and exact duplicates need the whole run, so only this pass finds them:
-the earlier conversation of a pair stays, the later one is filtered. A conversation whose every
-message carries the stamp of a gate identical to this pass's (engine.gatecheck: the same code,
-settings, language table and identifier, the same text after the same turns) passed these very
-turn checks when the run stored it: only its duplicates are checked (``recheck`` checks it in
-full all the same). Only 'done' conversations are read and a filtered one is never restored,
-so a second pass over the same store changes nothing. Raises StateError when the store is
-missing, busy or damaged, and ConfigError when a conversation's language is not in the language
-table.
+the earlier conversation of a pair stays, the later one is filtered. Each clean conversation's
+fingerprint waits in a TEMP table of the pass (state.fingerprints) until every batch is judged;
+then only the conversations sharing a key with another are fed, in conv_id order, to one
+NearDuplicateIndex, so the pass holds the run's duplicated texts, not the run. A conversation
+whose every message carries the stamp of a gate identical to this pass's (engine.gatecheck: the
+same code, settings, language table and identifier, the same text after the same turns) passed
+these very turn checks when the run stored it: only its duplicates are checked (``recheck``
+checks it in full all the same). Only 'done' conversations are read and a filtered one is never
+restored, so a second pass over the same store changes nothing, and a pass stopped midway (its
+turn findings marked a batch at a time, its duplicates a chunk at a time at the end) is finished
+by running it again. Raises StateError when the store is missing, busy or damaged, and
+ConfigError when a conversation's language is not in the language table.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import duckdb
 import orjson
 
 from engine._typed_toml import from_table
+from engine.config import StoreConfig
 from engine.errors import ConfigError
 from engine.gatecheck import chain, conversation_key, gate_fingerprint
 from engine.quality import (
@@ -52,6 +57,7 @@ from prompts.languages import (
     load_languages,
 )
 from state.export import open_run
+from state.fingerprints import RunFingerprints
 from state.schema import STATE_FILE, release_cache, stored_store_config
 
 __all__ = [
@@ -401,30 +407,56 @@ def filter_with(
 ) -> FilterReport:
     """Run the pass on an open store; each batch's updates commit together.
 
-    With ``workers`` above 1 (and more than one batch to judge), that many processes judge
-    the batches' turns (engine.filterpool) while this one reads, settles duplicates in
-    conv_id order and marks: the same verdicts as one process. A pass stopped midway keeps
-    the batches it committed; running it again finishes the rest. Raises ConfigError for an
-    unknown language, duckdb.Error if the store fails, engine.filterpool.WorkerDied when a
-    worker process dies.
+    Turn findings are marked a batch at a time. Each clean conversation's duplicate
+    fingerprint goes to a TEMP table on ``conn`` (state.fingerprints); after the last batch,
+    only the conversations sharing a key with another are settled, in conv_id order, by the
+    checker's index (``settle``), and their duplicates marked a chunk at a time: the verdicts
+    of one index fed every conversation in order, with memory that follows the run's
+    duplicates instead of its size. With ``workers`` above 1 (and more than one batch to
+    judge), that many processes judge the batches (engine.filterpool) while this one reads,
+    stores the fingerprints and marks. A pass stopped midway keeps what it committed (no
+    finding is ever taken back, and filtered conversations are not read again); running it
+    again finishes the rest. Raises ConfigError for an unknown language, duckdb.Error if the
+    store fails, engine.filterpool.WorkerDied when a worker process dies.
     """
     checked = on_gate = 0
     counts: dict[str, int] = {}
     samples: list[Finding] = []
-    stream = _judged(conn, checker, batch_size, workers)
-    try:
-        for batch, verdicts, taken in stream:
-            checked += len(batch)
-            on_gate += taken
-            findings = [f for f in verdicts if f is not None]
-            for finding in findings:
-                counts[finding.reason] = counts.get(finding.reason, 0) + 1
-                if counts[finding.reason] <= _SAMPLES_PER_REASON:
-                    samples.append(finding)
-            if findings and not dry_run:
-                _mark(conn, findings)
-    finally:
-        stream.close()  # stops the workers now, also when marking failed
+
+    def tally(findings: list[Finding]) -> None:
+        for finding in findings:
+            counts[finding.reason] = counts.get(finding.reason, 0) + 1
+            if counts[finding.reason] <= _SAMPLES_PER_REASON:
+                samples.append(finding)
+        if findings and not dry_run:
+            _mark(conn, findings)
+
+    store = stored_store_config(conn, Path(STATE_FILE))
+    with RunFingerprints(conn, store) as fingerprints:
+        stream = _judged(conn, checker, store, batch_size, workers)
+        try:
+            for batch, judged in stream:
+                checked += len(batch)
+                on_gate += sum(j[2] for j in judged)
+                tally([j[0] for j in judged if j[0] is not None])
+                fingerprints.add(
+                    [
+                        (conv.conv_id, fp.exact, fp.band_keys, fp.sig)
+                        for conv, (finding, fp, _) in zip(batch, judged, strict=True)
+                        if finding is None and fp is not None
+                    ]
+                )
+        finally:
+            stream.close()  # stops the workers now, also when marking failed
+        for chunk in fingerprints.colliding():
+            settled = (
+                checker.settle(cid, (None, Fingerprint(exact, tuple(bands), sig), False))
+                for cid, exact, bands, sig in chunk
+            )
+            tally([finding for finding in settled if finding is not None])
+    # Turn findings were counted batch by batch and duplicates after them: in conv_id order,
+    # the samples are the ones a pass settling each batch in turn picked, in its order.
+    samples.sort(key=lambda finding: finding.conv_id)
     by_reason = tuple(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
     return FilterReport(checked, by_reason, tuple(samples), dry_run, on_gate=on_gate)
 
@@ -440,36 +472,40 @@ def default_workers() -> int:
 
 
 def _judged(
-    conn: duckdb.DuckDBPyConnection, checker: PosthocFilter, batch_size: int, workers: int
-) -> Generator[tuple[list[StoredConversation], list[Finding | None], int], None, None]:
-    """Each batch with its verdicts and how many of it were taken on the run's gate, in
-    conv_id order, judged here or by worker processes."""
+    conn: duckdb.DuckDBPyConnection,
+    checker: PosthocFilter,
+    store: StoreConfig,
+    batch_size: int,
+    workers: int,
+) -> Generator[tuple[list[StoredConversation], list[Judged]], None, None]:
+    """Each batch with what ``judge_many`` says of it, in conv_id order, judged here or by
+    worker processes."""
     if workers > 1:
         row = conn.execute("SELECT count(*) FROM conversations WHERE status = 'done'").fetchone()
         done = int(row[0]) if row else 0
         # Starting a process costs more than judging one batch: no more workers than batches.
         workers = min(workers, -(-done // batch_size))
     if workers <= 1:
-        for batch in _batches(conn, batch_size):
-            judged = checker.judge_many(batch)
-            settled = [checker.settle(c.conv_id, j) for c, j in zip(batch, judged, strict=True)]
-            yield batch, settled, sum(j[2] for j in judged)
+        for batch in _batches(conn, batch_size, store):
+            yield batch, checker.judge_many(batch)
         return
     # Imported here: the pool's machinery is for this path only.
     from engine.filterpool import WorkerDied, judged_batches
 
-    pooled = judged_batches(PosthocFilter, checker.recipe(), _batches(conn, batch_size), workers)
-    first: int | None = None  # the first conversation not yet settled
+    pooled = judged_batches(
+        PosthocFilter, checker.recipe(), _batches(conn, batch_size, store), workers
+    )
+    first: int | None = None  # the first conversation not yet judged
     try:
         for batch, judged in pooled:
             first = batch[-1].conv_id + 1
-            settled = [checker.settle(c.conv_id, j) for c, j in zip(batch, judged, strict=True)]
-            yield batch, settled, sum(j[2] for j in judged)
+            yield batch, judged
     except WorkerDied as exc:
         left = (
             "no conversation was marked"
             if first is None
-            else f"conversations from {first} on are not checked, the ones before are marked"
+            else f"conversations from {first} on are not checked, the turn findings before "
+            "them are marked (duplicates are settled when a pass ends)"
         )
         raise WorkerDied(
             f"a filter worker process died (killed, or out of memory): {left}; run m2l filter "
@@ -480,8 +516,11 @@ def _judged(
         pooled.close()
 
 
-def _batches(conn: duckdb.DuckDBPyConnection, size: int) -> Iterator[list[StoredConversation]]:
-    """Done conversations in conv_id order, ``size`` at a time, with their steps."""
+def _batches(
+    conn: duckdb.DuckDBPyConnection, size: int, store: StoreConfig | None = None
+) -> Iterator[list[StoredConversation]]:
+    """Done conversations in conv_id order, ``size`` at a time, with their steps; ``store``:
+    the run's DuckDB caps (read from the store when not given)."""
     # A store from before the stamps, opened read-only (a dry run), lacks their column.
     stamped = conn.execute(
         "SELECT count(*) FROM information_schema.columns "
@@ -489,9 +528,11 @@ def _batches(conn: duckdb.DuckDBPyConnection, size: int) -> Iterator[list[Stored
     ).fetchone() != (0,)
     stamps = "gate_check" if stamped else "NULL"
     # DuckDB keeps the blocks the batches read until its memory_limit forces them out: let them
-    # go every few batches, so the pass holds a few batches' worth, not the run's. (Every batch
-    # would read again blocks its neighbours share: 12% more CPU.)
-    store = stored_store_config(conn, Path(STATE_FILE))
+    # go every few batches, so the pass holds a few batches' worth, not the run's (and the
+    # fingerprints the pass appended meanwhile go to the spill directory). (Every batch would
+    # read again blocks its neighbours share: 12% more CPU.)
+    if store is None:
+        store = stored_store_config(conn, Path(STATE_FILE))
     after: int | None = None
     read = 0
     while True:

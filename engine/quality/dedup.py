@@ -8,7 +8,11 @@ and an 8-byte digest for exact matches, in compact integer maps (``IntMap``): ab
 per conversation (12 band keys of 16 bytes, 128 signature bytes, the digest and the id), so
 10^6 conversations fit in about 330 MB where Python dictionaries took 1.2 kB each. The pure
 helpers (``MinHasher.signature``, ``MinHasher.band_keys``) let a post-hoc pass store band keys
-in the run's database and find candidates with a join instead of holding an index in memory.
+in the run's database instead of holding every conversation here: `m2l filter` keeps each
+``Fingerprint`` in DuckDB (state.fingerprints), finds there the conversations that share their
+exact key or a band key with another, and feeds only those, in order, to this index. The rest
+would have been added and never looked up, so the verdicts are the same, and the index holds
+the run's duplicated texts instead of all of them.
 
 Hash functions are seeded, so signatures and band keys are the same in every process and run.
 Construction raises FilterConfigError for impossible parameters; nothing else raises.
