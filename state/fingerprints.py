@@ -145,8 +145,9 @@ class RunFingerprints:
         release_cache(conn, self._store)  # what the batches left cached, before the cap
         cursor = conn.cursor()
         try:
-            # Refused when more is pinned than the cap: the queries then run under the store's.
-            with contextlib.suppress(duckdb.OutOfMemoryException):
+            # Refused when more is pinned than the cap, or when what must go cannot be spilled
+            # (no spill directory can be made): the queries then run under the store's cap.
+            with contextlib.suppress(duckdb.OutOfMemoryException, duckdb.IOException):
                 cursor.execute(f"SET memory_limit = '{_COLLIDE_MEMORY_MB}MB'")
             # Exact keys and band keys are looked up in separate maps by the index, so each
             # is grouped on its own; the band index is mixed into every band key already.

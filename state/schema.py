@@ -226,12 +226,13 @@ def release_cache(conn: duckdb.DuckDBPyConnection, store: StoreConfig) -> None:
     the limit for a moment evicts what is not in use (those blocks are on disk already) and
     returns the memory to the system. It is done on a cursor of its own: DuckDB refuses a
     limit below what is pinned, and that refusal would abort a transaction open on ``conn``
-    (the writer's); here it only means less was released. Raises duckdb.Error only if the
-    connection is closed.
+    (the writer's); here it only means less was released. So does a spill directory that
+    cannot be made (a read-only run directory): blocks of TEMP tables, which have no file of
+    their own, then stay. Raises duckdb.Error only if the connection is closed.
     """
     cursor = conn.cursor()
     try:
-        with contextlib.suppress(duckdb.OutOfMemoryException):
+        with contextlib.suppress(duckdb.OutOfMemoryException, duckdb.IOException):
             cursor.execute(f"SET memory_limit = '{_RELEASE_MB}MB'")
         cursor.execute(f"SET memory_limit = '{store.memory_limit_mb}MB'")
     finally:

@@ -189,6 +189,23 @@ def test_release_cache_leaves_an_open_transaction_intact(tmp_path: Path) -> None
         conn.close()
 
 
+def test_release_cache_keeps_temp_tables_when_it_cannot_spill(tmp_path: Path) -> None:
+    """A TEMP table's blocks can only go to the spill directory: when none can be made there
+    (a read-only run directory), the release keeps them, and the cap is the store's again."""
+    (tmp_path / "a-file").write_text("")
+    store = StoreConfig(memory_limit_mb=300, threads=1, temp_directory=tmp_path / "a-file" / "x")
+    conn = connect_memory(store)
+    try:
+        conn.execute(
+            "CREATE TEMP TABLE t AS SELECT range AS i, md5(range::VARCHAR) AS s FROM range(300000)"
+        )
+        release_cache(conn, store)
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (300000,)
+        assert _settings(conn)[0] == _limit_text(300)
+    finally:
+        conn.close()
+
+
 def _row_groups_after_checkpoints(path: Path, store: StoreConfig) -> int:
     """Append 4 x 1,000 messages, one checkpoint after each; the row groups they end in."""
     conn = open_store(path, create=True, store=store)
