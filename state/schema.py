@@ -22,6 +22,7 @@ from engine.config import StoreConfig
 from engine.errors import ConfigError, StateError
 from engine.version import __version__ as M2L_VERSION
 from state.requestlog import ensure_totals
+from state.tempfiles import remove_stale_temp_files
 
 __all__ = [
     "ADDED_COLUMNS",
@@ -45,6 +46,7 @@ __all__ = [
     "open_read_only",
     "open_store",
     "release_cache",
+    "spill_directory",
     "stored_store_config",
     "table_for_error",
 ]
@@ -197,19 +199,20 @@ def check_schema(conn: duckdb.DuckDBPyConnection, path: Path) -> None:
         )
 
 
+def spill_directory(store: StoreConfig, run_dir: Path) -> Path:
+    """Where DuckDB spills for the run in ``run_dir``: ``store.temp_directory``, else
+    ``duckdb.tmp`` inside the run directory."""
+    return store.temp_directory if store.temp_directory is not None else run_dir / TEMP_DIRECTORY
+
+
 def duckdb_settings(store: StoreConfig, run_dir: Path | None) -> dict[str, Any]:
     """DuckDB's connection settings for ``store``: memory cap, threads, spill directory, and
     how many row-group merges a checkpoint may do.
 
-    The spill directory is ``store.temp_directory``, else ``duckdb.tmp`` in ``run_dir``, else
-    (no run: an in-memory database) the system's temporary folder.
+    The spill directory is ``spill_directory``'s, else (no run: an in-memory database) the
+    system's temporary folder.
     """
-    if store.temp_directory is not None:
-        temp = store.temp_directory
-    elif run_dir is not None:
-        temp = run_dir / TEMP_DIRECTORY
-    else:
-        temp = Path(tempfile.gettempdir())
+    temp = Path(tempfile.gettempdir()) if run_dir is None else spill_directory(store, run_dir)
     return {
         "memory_limit": f"{store.memory_limit_mb}MB",
         "threads": store.threads,
@@ -293,6 +296,8 @@ def open_store(
             f"there is no run at {path.parent} (no state file {path.name}): check the output "
             "directory and the run name, or start a new run"
         )
+    # What a process killed while it spilled left behind (state.tempfiles).
+    remove_stale_temp_files(spill_directory(store, path.parent))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # A memory cap makes DuckDB spill big ingests and exports to disk (inside the run
@@ -416,6 +421,7 @@ def open_existing(path: Path, *, action: str, read_only: bool) -> duckdb.DuckDBP
     try:
         check_schema(conn, path)
         stored = stored_store_config(conn, path)
+        remove_stale_temp_files(spill_directory(stored, path.parent))  # as open_store does
         if stored != StoreConfig():
             for name, value in duckdb_settings(stored, path.parent).items():
                 conn.execute(f"SET {name} = {_setting_literal(value)}")

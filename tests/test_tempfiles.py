@@ -8,8 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from engine.app.run import execute_run
 from engine.config import load_config
+from state.schema import TEMP_DIRECTORY, open_read_only, open_store
 from state.tempfiles import remove_stale_temp_files
 from tests.runfixtures import write_config
 
@@ -55,3 +58,44 @@ def test_a_run_start_removes_what_a_killed_run_left(tmp_path: Path) -> None:
         path.write_text("half written")
     asyncio.run(execute_run(config, env={}))
     assert not any(path.exists() for path in left)
+
+
+# Opens a store whose DuckDB may hold 64 MB, fills a TEMP table of ~100 MB (spilled to the
+# run's spill directory), says so and waits to be killed.
+_SPILLING = """
+import sys
+from pathlib import Path
+from engine.config import StoreConfig
+from state.schema import open_store
+conn = open_store(Path(sys.argv[1]), create=True, store=StoreConfig(memory_limit_mb=64))
+conn.execute("CREATE TEMP TABLE t AS SELECT repeat('x', 100) || i AS s FROM range(1000000) r(i)")
+print("spilled", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("opener", ["open_store", "open_read_only"])
+def test_spill_files_of_a_killed_process_go_when_its_store_is_opened_again(
+    tmp_path: Path, opener: str
+) -> None:
+    """DuckDB's spill files, left by a process SIGKILLed mid-spill, are removed by the next
+    open of the store (a run's start or any command); a live process's are kept."""
+    path = tmp_path / "run" / "state.duckdb"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SPILLING, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == b"spilled\n"
+    spill = tmp_path / "run" / TEMP_DIRECTORY
+    left = [p for p in spill.iterdir() if p.name.startswith(f"duckdb_temp_{proc.pid}_")]
+    assert sum(p.stat().st_size for p in left) > 10 << 20, "the child did not spill"
+    proc.kill()
+    proc.communicate(timeout=30)
+    live = spill / f"duckdb_temp_{os.getpid()}_0_owner"  # a live process's file: kept
+    live.write_text("")
+    if opener == "open_store":
+        open_store(path, create=False).close()
+    else:
+        open_read_only(path, action="read it").close()
+    assert [p.name for p in spill.iterdir()] == [live.name]
