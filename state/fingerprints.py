@@ -29,7 +29,7 @@ import duckdb
 
 from engine.config import StoreConfig
 from state._bulk import columns, unnest
-from state.schema import release_cache
+from state.schema import memory_cap, release_cache
 
 __all__ = ["FingerprintRow", "RunFingerprints"]
 
@@ -143,12 +143,9 @@ class RunFingerprints:
         slices = max(1, -(-(int(row[0]) if row else 0) // self._slice_rows))
         conn.execute(f"CREATE OR REPLACE TEMP TABLE {_FOUND}(conv_id BIGINT)")
         release_cache(conn, self._store)  # what the batches left cached, before the cap
-        cursor = conn.cursor()
-        try:
-            # Refused when more is pinned than the cap, or when what must go cannot be spilled
-            # (no spill directory can be made): the queries then run under the store's cap.
-            with contextlib.suppress(duckdb.OutOfMemoryException, duckdb.IOException):
-                cursor.execute(f"SET memory_limit = '{_COLLIDE_MEMORY_MB}MB'")
+        # Refused when more is pinned than the cap, or when what must go cannot be spilled (no
+        # spill directory can be made): the queries then run under the store's cap.
+        with memory_cap(conn, self._store, _COLLIDE_MEMORY_MB):
             # Exact keys and band keys are looked up in separate maps by the index, so each
             # is grouped on its own; the band index is mixed into every band key already.
             for part in range(slices):
@@ -171,6 +168,3 @@ class RunFingerprints:
                     SELECT DISTINCT conv_id FROM {_FOUND} ORDER BY conv_id"""
             )
             conn.execute(f"DROP TABLE {_FOUND}")
-        finally:
-            cursor.execute(f"SET memory_limit = '{self._store.memory_limit_mb}MB'")
-            cursor.close()

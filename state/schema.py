@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = [
     "duckdb_settings",
     "has_added_columns",
     "is_damage",
+    "memory_cap",
     "open_error",
     "open_existing",
     "open_read_only",
@@ -226,20 +228,33 @@ def release_cache(conn: duckdb.DuckDBPyConnection, store: StoreConfig) -> None:
 
     DuckDB keeps every block it has read or written cached until ``memory_limit`` forces it
     out, so a run's process (and an export's) grows with the store up to that limit. Lowering
-    the limit for a moment evicts what is not in use (those blocks are on disk already) and
-    returns the memory to the system. It is done on a cursor of its own: DuckDB refuses a
-    limit below what is pinned, and that refusal would abort a transaction open on ``conn``
-    (the writer's); here it only means less was released. So does a spill directory that
-    cannot be made (a read-only run directory): blocks of TEMP tables, which have no file of
-    their own, then stay. Raises duckdb.Error only if the connection is closed.
+    the limit for a moment (``memory_cap``) evicts what is not in use (those blocks are on disk
+    already) and returns the memory to the system. Raises duckdb.Error only if the connection
+    is closed.
+    """
+    with memory_cap(conn, store, _RELEASE_MB):
+        pass
+
+
+@contextlib.contextmanager
+def memory_cap(conn: duckdb.DuckDBPyConnection, store: StoreConfig, mb: int) -> Iterator[None]:
+    """DuckDB's ``memory_limit`` at ``mb`` while the block runs, then ``store``'s again.
+
+    Set on a cursor of its own: DuckDB refuses a limit below what is pinned, and that refusal
+    would abort a transaction open on ``conn`` (the writer's); here it only means the block
+    runs under a higher limit. So does a spill directory that cannot be made (a read-only run
+    directory): blocks of TEMP tables, which have no file of their own, then stay.
     """
     cursor = conn.cursor()
     try:
         with contextlib.suppress(duckdb.OutOfMemoryException, duckdb.IOException):
-            cursor.execute(f"SET memory_limit = '{_RELEASE_MB}MB'")
-        cursor.execute(f"SET memory_limit = '{store.memory_limit_mb}MB'")
+            cursor.execute(f"SET memory_limit = '{mb}MB'")
+        yield
     finally:
-        cursor.close()
+        try:
+            cursor.execute(f"SET memory_limit = '{store.memory_limit_mb}MB'")
+        finally:
+            cursor.close()
 
 
 # What DuckDB may keep while its cache is released: below anything a query holds.
