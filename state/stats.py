@@ -53,12 +53,15 @@ STATUSES = ("done", "filtered", "failed", "open")
 # Step kinds of the request log, from the step number (a failed step has no message row).
 KINDS = ("evolve", "answer", "follow_up", "other")
 
-_STATUS_COUNTS = """count(*) FILTER (WHERE status = 'done'),
-    count(*) FILTER (WHERE status = 'filtered'),
-    count(*) FILTER (WHERE status = 'failed'),
-    count(*) FILTER (WHERE status IN ('pending', 'active'))"""
-# The same columns, from a conversation's status (one not listed counts in none of them).
-_STATUS_COLUMN = {"done": 0, "filtered": 1, "failed": 2, "pending": 3, "active": 3}
+# The status columns of the counts tables (done, filtered, failed, not finished), as the
+# statuses each counts: one not listed counts in none of them.
+_STATUS_GROUPS = (("done",), ("filtered",), ("failed",), ("pending", "active"))
+# The columns by SQL, and a conversation's status to its column when counted in Python.
+_STATUS_COUNTS = ", ".join(
+    f"count(*) FILTER (WHERE status IN ({', '.join(repr(s) for s in group)}))"
+    for group in _STATUS_GROUPS
+)
+_STATUS_COLUMN = {status: at for at, group in enumerate(_STATUS_GROUPS) for status in group}
 
 
 @dataclass(frozen=True, slots=True)
